@@ -1,0 +1,86 @@
+"""The per-request context: the only way stages share facts about one request."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from gateway.policy.model import ApiKey, Deployment, ModelSpec, Policy, Tenant
+    from gateway.providers.base import Endpoint
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    estimated: bool = False  # True when the provider reported nothing and we estimated
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One upstream attempt, for logs, metrics and the dead-letter queue."""
+
+    deployment: str  # "provider/model"
+    provider: str
+    started: float  # monotonic
+    duration_s: float = 0.0
+    ttfb_s: float | None = None
+    status: int | None = None
+    error_kind: str | None = None  # timeout|connect|5xx|4xx|429|stream_cut|circuit_open
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    endpoint: Endpoint
+    policy: Policy
+    request: web.Request
+    started: float  # monotonic
+    started_wall: float
+    raw_body: bytes = b""
+    body: dict[str, Any] = field(default_factory=dict)
+    # set by authenticate
+    tenant: Tenant | None = None
+    api_key: ApiKey | None = None
+    # set by check_input
+    public_model: str = ""  # model name as requested (after alias resolution)
+    model: ModelSpec | None = None  # the concrete model that serves (after routing)
+    stream: bool = False
+    client_wants_usage: bool = False
+    prompt_tokens_est: int = 0
+    max_tokens: int | None = None  # as requested; None when absent
+    # set by route / call_upstream
+    route: str | None = None  # "small" | "large"
+    route_rule: str | None = None
+    deployment: Deployment | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    upstream_wait_s: float = 0.0  # time spent waiting on upstreams (for the gateway-overhead metric)
+    ttft_s: float | None = None  # time to first token (first byte to the client on streams)
+    # results
+    usage: Usage | None = None
+    cost_usd: float = 0.0
+    cost_saved_usd: float = 0.0
+    cache_status: str | None = None  # HIT|MISS|BYPASS|STALE
+    status: int = 0
+    outcome: str = "ok"  # fixed vocabulary: ok, error, rejected, over_limit, over_budget, cache_hit, ...
+    client_disconnected: bool = False
+    response_headers: dict[str, str] = field(default_factory=dict)  # added to the client response
+    upstream_headers: dict[str, str] = field(default_factory=dict)  # extra headers for the provider
+    extras: dict[str, Any] = field(default_factory=dict)  # stage-private facts, keyed by stage name
+
+    @property
+    def tenant_name(self) -> str:
+        return self.tenant.name if self.tenant is not None else "unknown"
+
+    def elapsed(self, now: float) -> float:
+        return now - self.started

@@ -1,0 +1,269 @@
+"""Frozen, typed policy objects: the only form of the policy the request path reads.
+
+The loader (``loader.py``) parses YAML, interpolates ``${VAR}``, validates, and builds these.
+Everything here is immutable so a loaded policy can be shared by every in-flight request and
+swapped atomically on reload. Per-tenant blocks are already merged over the defaults at load time.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Mode = Literal["enforce", "shadow"]
+ProviderType = Literal["openai", "anthropic", "azure_openai", "mock"]
+BackendErrorMode = Literal["local", "allow", "deny"]
+Strategy = Literal["fallback", "weighted", "least_busy", "latency"]
+OnExhausted = Literal["error", "stale", "static"]
+Period = Literal["daily", "weekly", "monthly", "total"]
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    connect_s: float = 5.0
+    first_byte_s: float = 60.0
+    total_s: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderSpec:
+    name: str
+    type: ProviderType
+    base_url: str = ""
+    api_key: str = field(default="", repr=False)
+    api_version: str = ""  # azure_openai
+    timeouts: Timeouts = Timeouts()
+    headers: tuple[tuple[str, str], ...] = ()  # extra static headers sent upstream
+    max_connections: int = 256
+    # mock only
+    latency_ms: float = 0.0
+    failure_rate: float = 0.0
+    stream_chunk_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """USD per 1M tokens."""
+
+    input: float
+    output: float
+    cached_input: float | None = None
+    reasoning: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Deployment:
+    provider: str
+    model: str
+    weight: float = 1.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.provider}/{self.model}"
+
+
+@dataclass(frozen=True, slots=True)
+class RouteRule:
+    """One ``large_when`` rule. ``kind`` is the rule key, ``value`` its checked value."""
+
+    kind: str  # prompt_tokens_over|has_tools|has_images|response_format|header|tenant|messages_over|matches|score_over
+    value: Any
+    pattern: re.Pattern[str] | None = None  # compiled for ``matches``
+
+    @property
+    def label(self) -> str:
+        return self.kind
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    small: str
+    large: str
+    large_when: tuple[RouteRule, ...] = ()
+    mode: Mode = "enforce"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int = 3
+    backoff_ms: float = 100.0
+    max_backoff_ms: float = 2000.0
+    on_status: tuple[int, ...] = (429, 500, 502, 503, 504)
+    deadline_s: float = 120.0  # overall deadline for one client request, all attempts included
+    budget_ratio: float = 0.2  # retries at most this share of active requests
+    min_retries: int = 3  # retries always allowed in flight regardless of ratio
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreakerPolicy:
+    failures: int = 5
+    cooldown_s: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    name: str
+    context_window: int | None = None
+    max_output_tokens: int | None = None
+    price: Price | None = None
+    deployments: tuple[Deployment, ...] = ()
+    strategy: Strategy = "fallback"
+    route: Route | None = None  # set for a virtual (routed) model; then deployments is empty
+    context_fallback: str | None = None
+    on_exhausted: OnExhausted = "error"
+    static_response: str = "The service is temporarily unavailable. Please try again later."
+    aliases: tuple[str, ...] = ()
+
+    @property
+    def is_virtual(self) -> bool:
+        return self.route is not None
+
+
+@dataclass(frozen=True, slots=True)
+class LimitSet:
+    """One set of rate limits. ``None`` means no limit of that kind."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    concurrency: int | None = None
+
+    @property
+    def empty(self) -> bool:
+        return self.rpm is None and self.tpm is None and self.concurrency is None
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitPolicy:
+    rpm: int | None = None
+    tpm: int | None = None
+    concurrency: int | None = None
+    mode: Mode = "enforce"
+    per_key: LimitSet | None = None  # applied to each API key of the tenant on its own
+    models: tuple[tuple[str, LimitSet], ...] = ()  # per tenant+model limits, by public model
+
+    @property
+    def tenant_limits(self) -> LimitSet:
+        return LimitSet(self.rpm, self.tpm, self.concurrency)
+
+    def model_limits(self, model: str) -> LimitSet | None:
+        for name, limits in self.models:
+            if name == model:
+                return limits
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class QueuePolicy:
+    max_wait_ms: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class CachePolicy:
+    enabled: bool = False
+    ttl_s: float = 3600.0
+    shared: bool = False
+    max_entry_bytes: int = 1_048_576
+    nondeterministic: bool = False  # cache temperature>0 requests without a seed
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetPolicy:
+    usd: float
+    period: Period = "monthly"
+    soft: float | None = None  # fraction of usd, e.g. 0.8
+    on_soft: Literal["warn", "downgrade"] = "warn"
+    mode: Mode = "enforce"
+
+
+@dataclass(frozen=True, slots=True)
+class AuditPolicy:
+    bodies: bool = False
+    redact: tuple[re.Pattern[str], ...] = ()  # extra policy-declared patterns
+    sample_rate: float = 0.0  # share of requests marked for human review
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKey:
+    """A tenant key. ``digest`` is the sha256 hex of the plain key (plain keys are hashed at load)."""
+
+    digest: str = field(repr=False)
+    name: str = ""  # label used in logs instead of the key itself
+    rate_limit: LimitSet | None = None
+    budget: BudgetPolicy | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Tenant:
+    name: str
+    api_keys: tuple[ApiKey, ...]
+    models: tuple[str, ...]  # public model names this tenant may use ("*" expanded at load)
+    rate_limit: RateLimitPolicy = RateLimitPolicy()
+    queue: QueuePolicy | None = None
+    budget: BudgetPolicy | None = None
+    cache: CachePolicy = CachePolicy()
+    retry: RetryPolicy = RetryPolicy()
+    audit: AuditPolicy = AuditPolicy()
+    redact_upstream: bool = False
+
+    def may_use(self, model: str) -> bool:
+        return model in self.models
+
+
+@dataclass(frozen=True, slots=True)
+class StatePolicy:
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    on_backend_error: BackendErrorMode = "local"
+    timeout_ms: float = 250.0  # per Redis call
+    replicas: int = 1  # divides limits in the `local` fallback
+    key_prefix: str = "gw"
+    dlq_path: str = "gateway-dlq.jsonl"  # memory backend's dead-letter file
+    dlq_max: int = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class InputPolicy:
+    max_body_bytes: int = 4 * 1024 * 1024
+    default_max_tokens: int = 1024  # assumed completion size when the request has no max_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class AdminPolicy:
+    api_keys: tuple[str, ...] = field(default=(), repr=False)  # sha256 hex digests
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsPolicy:
+    per_tenant: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingPolicy:
+    access_log: str = "stdout"  # stdout | off | a file path (rotated)
+    audit_path: str = "gateway-audit.jsonl"
+    max_bytes: int = 50 * 1024 * 1024
+    backups: int = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    version: int
+    source: str  # file path it came from
+    digest: str  # sha256 of the file bytes, for policy_info
+    state: StatePolicy
+    providers: dict[str, ProviderSpec]
+    models: dict[str, ModelSpec]  # aliases included as extra keys
+    tenants: dict[str, Tenant]
+    input: InputPolicy = InputPolicy()
+    retry: RetryPolicy = RetryPolicy()
+    circuit_breaker: CircuitBreakerPolicy = CircuitBreakerPolicy()
+    admin: AdminPolicy = AdminPolicy()
+    metrics: MetricsPolicy = MetricsPolicy()
+    logging: LoggingPolicy = LoggingPolicy()
+    # derived at load time: sha256 digest of a key -> (tenant, key)
+    key_index: dict[str, tuple[Tenant, ApiKey]] = field(default_factory=dict, repr=False)
+    warnings: tuple[str, ...] = ()
+
+    def model(self, name: str) -> ModelSpec | None:
+        return self.models.get(name)

@@ -1,0 +1,91 @@
+"""The provider interface: one small contract every upstream adapter implements.
+
+A provider takes an OpenAI-shaped request (``UpstreamRequest``) and returns an OpenAI-shaped
+``UpstreamResponse``: a whole body, or a stream of ``chat.completion.chunk``/completion JSON payloads
+(one bytes object per SSE event, without the ``data: `` framing and without ``[DONE]``). Adapters for
+other wire formats (Anthropic) translate both ways so nothing after them knows the difference.
+
+Failures are raised as ``UpstreamError`` (timeouts, connection errors, 5xx, 429, a stream cut);
+other upstream statuses (4xx) come back as a response with the error body in the OpenAI shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gateway.policy.model import ProviderSpec
+
+Endpoint = Literal["chat", "completions", "embeddings"]
+
+
+@dataclass(slots=True)
+class UpstreamRequest:
+    endpoint: Endpoint
+    body: dict  # OpenAI-shaped request body, ``model`` already set to the deployment's model
+    stream: bool
+    request_id: str
+    headers: dict[str, str] = field(default_factory=dict)  # extra headers to forward (already filtered)
+    first_byte_timeout_s: float | None = None  # overrides the provider's, e.g. from a request deadline
+    total_timeout_s: float | None = None
+
+
+@dataclass(slots=True)
+class UpstreamResponse:
+    status: int
+    headers: dict[str, str]
+    body: bytes | None = None  # non-stream answer (or an error body)
+    events: AsyncIterator[bytes] | None = None  # stream: one JSON payload per SSE event
+    close: Callable[[], Awaitable[None]] | None = None  # release the connection (cancel if mid-stream)
+
+    @property
+    def is_stream(self) -> bool:
+        return self.events is not None
+
+    async def aclose(self) -> None:
+        if self.close is not None:
+            close, self.close = self.close, None
+            await close()
+
+
+class Provider:
+    """Base class for upstream adapters. One instance per ``ProviderSpec``, shared by all requests."""
+
+    type: str = "base"
+
+    def __init__(self, spec: ProviderSpec) -> None:
+        self.spec = spec
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    async def start(self) -> None:
+        """Open pooled connections; called once before first use."""
+
+    async def close(self) -> None:
+        """Close pooled connections."""
+
+    async def send(self, req: UpstreamRequest) -> UpstreamResponse:
+        raise NotImplementedError
+
+
+def retry_after_seconds(headers: dict[str, str] | object) -> float | None:
+    """Parse ``retry-after-ms`` / ``retry-after`` (seconds) from upstream headers."""
+    get = getattr(headers, "get", None)
+    if get is None:
+        return None
+    ms = get("retry-after-ms") or get("Retry-After-Ms")
+    if ms:
+        try:
+            return max(0.0, float(ms) / 1000.0)
+        except ValueError:
+            pass
+    s = get("retry-after") or get("Retry-After")
+    if s:
+        try:
+            return max(0.0, float(s))
+        except ValueError:
+            return None
+    return None
