@@ -71,6 +71,11 @@ class RequestContext:
     cost_usd: float = 0.0
     cost_saved_usd: float = 0.0
     cache_status: str | None = None  # HIT|MISS|BYPASS|STALE
+    ratelimit_outcome: str | None = None  # ok|over_limit|near_limit|failure_mode_allowed|shadow_over_limit
+    budget_outcome: str | None = None  # ok|soft|downgraded|over_budget|shadow_over_budget|failure_mode_allowed
+    retries: int = 0  # upstream attempts beyond the first on the same deployment
+    fallbacks: int = 0  # moves to another deployment
+    generated_chars: int = 0  # text streamed to the client (for estimates when usage never arrives)
     status: int = 0
     outcome: str = "ok"  # fixed vocabulary: ok, error, rejected, over_limit, over_budget, cache_hit, ...
     client_disconnected: bool = False

@@ -13,7 +13,6 @@ this runner never changes for it.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -31,10 +30,13 @@ PHASES = (
     "check_input",
     "limit_requests",
     "cache_lookup",
-    "admit",
     "route",
+    "admit",
     "call_upstream",
 )
+# ``route`` runs before ``admit`` on purpose: token limits per tenant+model and budget reservations
+# need the concrete model (and its price) the router picked, and a budget's soft-limit downgrade
+# rewrites that choice during ``admit``. Both still run only on a cache miss.
 
 
 @dataclass(slots=True)
@@ -77,6 +79,9 @@ class Stage:
     """Base class: override only the phases you need. Every phase may be cancelled at any await."""
 
     name = "stage"
+
+    def install(self, app: object) -> None:
+        """Called once while the app is built: add routes (admin, feedback) or shared services."""
 
     async def start(self, app: object) -> None:
         """Called once at start-up (open connections, start background tasks)."""

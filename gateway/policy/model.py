@@ -165,6 +165,7 @@ class CachePolicy:
     shared: bool = False
     max_entry_bytes: int = 1_048_576
     nondeterministic: bool = False  # cache temperature>0 requests without a seed
+    max_bytes: int = 268_435_456  # in-process backend: total size bound (the largest value among tenants)
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,8 +5,9 @@ A provider takes an OpenAI-shaped request (``UpstreamRequest``) and returns an O
 (one bytes object per SSE event, without the ``data: `` framing and without ``[DONE]``). Adapters for
 other wire formats (Anthropic) translate both ways so nothing after them knows the difference.
 
-Failures are raised as ``UpstreamError`` (timeouts, connection errors, 5xx, 429, a stream cut);
-other upstream statuses (4xx) come back as a response with the error body in the OpenAI shape.
+Every HTTP status comes back as a response (error bodies translated to the OpenAI error shape); the
+upstream stage decides what is retryable. Transport failures (connect, timeout, a stream cut, a
+broken protocol) raise ``UpstreamError``, also from inside ``events`` mid-stream.
 """
 
 from __future__ import annotations

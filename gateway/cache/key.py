@@ -1,0 +1,56 @@
+"""The cache key: which requests get the same answer, and who may see it.
+
+The key hashes every body field except those known not to change the answer (``IGNORED``), so a
+field this gateway has never heard of still separates entries (safe by default). The public model
+(after alias resolution) replaces the requested name, so an alias and its model share entries; the
+endpoint is part of the key because a chat and a legacy completion never share an answer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+from gateway.state.base import hash_tag
+
+# Transport and bookkeeping fields: the same answer whatever their value.
+IGNORED = frozenset({"model", "user", "stream", "stream_options", "metadata", "store", "service_tier"})
+SHARED_NAMESPACE = "shared"
+
+
+def canonical(endpoint: str, public_model: str, body: dict[str, Any]) -> bytes:
+    """The answer-determining part of a request, serialised canonically (sorted keys, no spaces)."""
+    fields = {k: v for k, v in body.items() if k not in IGNORED}
+    return orjson.dumps([endpoint, public_model, fields], option=orjson.OPT_SORT_KEYS)
+
+
+def digest(endpoint: str, public_model: str, body: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical(endpoint, public_model, body)).hexdigest()
+
+
+def namespace(tenant: str, shared: bool) -> str:
+    """Entries of a tenant are its own unless the tenant opts into the shared namespace."""
+    return SHARED_NAMESPACE if shared else f"t.{tenant}"
+
+
+def cache_key(prefix: str, tenant: str, shared: bool, endpoint: str, public_model: str,
+              body: dict[str, Any]) -> str:
+    """``<prefix>:{<namespace>}:cache:<sha256>``; the hash tag keeps a namespace on one cluster slot.
+
+    Tenant namespaces carry a ``t.`` prefix so a tenant called ``shared`` can't read shared entries.
+    """
+    return f"{hash_tag(prefix, namespace(tenant, shared))}:cache:{digest(endpoint, public_model, body)}"
+
+
+def is_deterministic(body: dict[str, Any]) -> bool:
+    """Temperature 0 (or absent), or any temperature with a seed: the answer is meant to repeat.
+
+    An absent temperature counts as deterministic on purpose: most clients never send one, and a
+    cache that skips them would be a cache for almost nobody. ``cache.nondeterministic`` caches the rest.
+    """
+    temperature = body.get("temperature")
+    if temperature is None or temperature <= 0:
+        return True
+    return body.get("seed") is not None

@@ -1,0 +1,203 @@
+"""Pass 3: the key-by-key schema of a policy file, and builders for providers and models.
+
+Each block lists its keys with a checker; the YAML keys are the ``model.py`` field names. Blocks a
+tenant may override (rate_limit, cache, retry, budget, queue, audit) are checked into plain dicts
+of the keys actually written, so ``tenants.py`` can merge them key-wise over the defaults.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Any, get_args
+from urllib.parse import urlsplit
+
+from gateway.policy import model as m
+from gateway.policy.checkers import (
+    BAD,
+    BOOLEAN,
+    NAME,
+    REGEX,
+    Checker,
+    Invalid,
+    as_string,
+    build,
+    enum,
+    fields,
+    integer,
+    leaf,
+    list_of,
+    map_of,
+    nullable,
+    number,
+    string,
+    then,
+)
+from gateway.policy.problems import Report
+from gateway.policy.rules import ROUTE
+
+MODE = enum("mode", get_args(m.Mode))
+POSITIVE = integer(gt=0)
+NON_NEGATIVE = number(ge=0)
+FRACTION = number(ge=0, le=1)
+DEFAULT_BASE_URLS = {"anthropic": "https://api.anthropic.com"}
+_SHA256 = re.compile(r"sha256:([0-9a-fA-F]{64})")
+
+
+def key_digest(value: Any) -> str:
+    """The sha256 hex digest of an API key given plain or as ``sha256:<hex>``; never echoes the key."""
+    text = as_string(value, secret=True)
+    if text.startswith("sha256:"):
+        match = _SHA256.fullmatch(text)
+        if not match:
+            raise Invalid("invalid digest (expected sha256: followed by 64 hex digits)")
+        return match.group(1).lower()
+    if not text:
+        raise Invalid("empty API key")
+    if text != text.strip():
+        raise Invalid("API key has leading or trailing whitespace")
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+KEY_DIGEST = leaf(key_digest)
+
+# -- blocks with fixed defaults, built straight into objects -------------------------------------
+LIMITS: dict[str, Checker] = {k: nullable(POSITIVE) for k in ("rpm", "tpm", "concurrency")}
+LIMIT_SET = build(m.LimitSet, LIMITS)
+TIMEOUTS = build(m.Timeouts, {k: number(gt=0) for k in ("connect_s", "first_byte_s", "total_s")})
+STATE = build(m.StatePolicy, {
+    "backend": enum("backend", ("memory", "redis")),
+    "redis_url": string(nonempty=True, secret=True),
+    "on_backend_error": enum("on_backend_error mode", get_args(m.BackendErrorMode)),
+    "timeout_ms": number(gt=0),
+    "replicas": POSITIVE,
+    "key_prefix": string(nonempty=True),
+    "dlq_path": string(nonempty=True),
+    "dlq_max": POSITIVE,
+})
+CIRCUIT_BREAKER = build(m.CircuitBreakerPolicy, {"failures": integer(ge=1), "cooldown_s": number(gt=0)})
+INPUT = build(m.InputPolicy, {"max_body_bytes": POSITIVE, "default_max_tokens": POSITIVE})
+ADMIN = build(m.AdminPolicy, {"api_keys": list_of(KEY_DIGEST)})
+METRICS = build(m.MetricsPolicy, {"per_tenant": BOOLEAN})
+LOGGING = build(m.LoggingPolicy, {
+    "access_log": string(nonempty=True),
+    "audit_path": string(nonempty=True),
+    "max_bytes": POSITIVE,
+    "backups": integer(ge=0),
+})
+
+# -- blocks a tenant may override key-wise: checked into dicts -----------------------------------
+RATE_LIMIT = fields({
+    **LIMITS,
+    "mode": MODE,
+    "per_key": nullable(LIMIT_SET),
+    "models": then(map_of(LIMIT_SET, names=False), lambda d: tuple(d.items())),
+})
+BUDGET = fields({
+    "usd": NON_NEGATIVE,
+    "period": enum("period", get_args(m.Period)),
+    "soft": nullable(number(gt=0, le=1)),
+    "on_soft": enum("on_soft action", ("warn", "downgrade")),
+    "mode": MODE,
+})
+QUEUE = fields({"max_wait_ms": NON_NEGATIVE})
+CACHE = fields({
+    "enabled": BOOLEAN,
+    "ttl_s": number(gt=0),
+    "shared": BOOLEAN,
+    "max_entry_bytes": POSITIVE,
+    "nondeterministic": BOOLEAN,
+    "max_bytes": POSITIVE,
+})
+RETRY = fields({
+    "attempts": integer(ge=1),
+    "backoff_ms": NON_NEGATIVE,
+    "max_backoff_ms": NON_NEGATIVE,
+    "on_status": list_of(integer(ge=100, le=599)),
+    "deadline_s": number(gt=0),
+    "budget_ratio": FRACTION,
+    "min_retries": integer(ge=0),
+})
+AUDIT = fields({"bodies": BOOLEAN, "redact": list_of(REGEX), "sample_rate": FRACTION})
+OVERRIDABLE: dict[str, Checker] = {
+    "rate_limit": RATE_LIMIT,
+    "budget": nullable(BUDGET),
+    "queue": nullable(QUEUE),
+    "cache": CACHE,
+    "retry": RETRY,
+    "audit": AUDIT,
+}
+
+# -- providers ------------------------------------------------------------------------------------
+PROVIDER = fields({
+    "type": enum("provider type", get_args(m.ProviderType)),
+    "base_url": string(nonempty=True),
+    "api_key": string(secret=True),
+    "api_version": string(),
+    "timeouts": TIMEOUTS,
+    "headers": then(map_of(string(secret=True), names=False), lambda d: tuple(d.items())),
+    "max_connections": POSITIVE,
+    "latency_ms": NON_NEGATIVE,
+    "failure_rate": FRACTION,
+    "stream_chunk_ms": NON_NEGATIVE,
+}, required=("type",))
+
+
+def build_provider(name: str, raw: Any, path: str, report: Report) -> m.ProviderSpec | None:
+    """A provider; ``base_url`` is required for real APIs (anthropic has a well-known default)."""
+    values = PROVIDER(raw, path, report)
+    if values is BAD or "type" not in values:
+        return None
+    kind = values["type"]
+    if kind != "mock" and "base_url" not in raw:
+        if kind not in DEFAULT_BASE_URLS:
+            report.error(path, f"missing required key 'base_url' (required for type {kind})")
+            return None
+        values["base_url"] = DEFAULT_BASE_URLS[kind]
+    url = values.get("base_url")
+    if url is not None and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc):
+        report.error(f"{path}.base_url", f"invalid URL '{url}' (expected http://host... or https://host...)")
+    return m.ProviderSpec(name=name, **values)
+
+
+# -- models ---------------------------------------------------------------------------------------
+PRICE = build(m.Price, {
+    "input": NON_NEGATIVE,
+    "output": NON_NEGATIVE,
+    "cached_input": nullable(NON_NEGATIVE),
+    "reasoning": nullable(NON_NEGATIVE),
+}, required=("input", "output"))
+DEPLOYMENT = build(m.Deployment, {
+    "provider": string(nonempty=True),
+    "model": string(nonempty=True),
+    "weight": number(gt=0),
+}, required=("provider", "model"))
+MODEL = fields({
+    "context_window": nullable(POSITIVE),
+    "max_output_tokens": nullable(POSITIVE),
+    "price": nullable(PRICE),
+    "deployments": list_of(DEPLOYMENT, nonempty=True),
+    "strategy": enum("strategy", get_args(m.Strategy)),
+    "route": ROUTE,
+    "context_fallback": nullable(string(nonempty=True)),
+    "on_exhausted": enum("on_exhausted action", get_args(m.OnExhausted)),
+    "static_response": string(),
+    "aliases": list_of(NAME),
+})
+
+
+def build_model(name: str, raw: Any, path: str, report: Report) -> m.ModelSpec | None:
+    """A model serves from its own deployments or routes to others: exactly one of the two."""
+    values = MODEL(raw, path, report)
+    if values is BAD:
+        return None
+    has_deployments, has_route = "deployments" in raw, "route" in raw
+    if has_deployments and has_route:
+        report.error(path, "has both 'deployments' and 'route' (a routed model has no deployments of its own)")
+    elif not has_deployments and not has_route:
+        report.error(path, "needs 'deployments' (a served model) or 'route' (a virtual model)")
+    elif has_deployments and raw.get("price") is None:
+        report.warn(f"{path}.price", "no price; its cost counts as 0 (unpriced)")
+    if has_route and "route" in values and not values["route"].large_when:
+        report.warn(f"{path}.route.large_when", f"no rules; every request goes to '{values['route'].small}'")
+    return m.ModelSpec(name=name, **values)

@@ -1,0 +1,202 @@
+"""OpenAI-compatible upstreams: OpenAI, vLLM, Ollama, Groq, Together, and anything speaking the API.
+
+One pooled ``aiohttp.ClientSession`` per provider with keep-alive. Timeouts: connect, first byte
+(headers), and total (the whole answer; on streams each read also waits at most ``first_byte_s`` so a
+stalled stream is cut). Every HTTP status comes back as a response (the upstream stage decides what is
+retryable); transport failures raise ``UpstreamError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+
+import aiohttp
+import orjson
+
+from gateway.errors import UpstreamError
+from gateway.policy.model import ProviderSpec
+from gateway.providers.base import Provider, UpstreamRequest, UpstreamResponse
+from gateway.sse import DONE, iter_sse
+
+PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "content-encoding",
+        "content-type",
+        "date",
+        "server",
+    }
+)
+
+
+class OpenAIProvider(Provider):
+    type = "openai"
+
+    def __init__(self, spec: ProviderSpec) -> None:
+        super().__init__(spec)
+        self._session: aiohttp.ClientSession | None = None
+        self._base = spec.base_url.rstrip("/")
+        self._static_headers = {"content-type": "application/json", **dict(spec.headers)}
+        self._static_headers.update(self.auth_headers())
+
+    # --- hooks for variants (azure_openai) ---------------------------------------------------------
+    def auth_headers(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.spec.api_key}"} if self.spec.api_key else {}
+
+    def url(self, req: UpstreamRequest) -> str:
+        return self._base + PATHS[req.endpoint]
+
+    def encode(self, req: UpstreamRequest) -> bytes:
+        return orjson.dumps(req.body)
+
+    # --- lifecycle -----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = new_session(self.spec)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    # --- the call ------------------------------------------------------------------------------------
+    async def send(self, req: UpstreamRequest) -> UpstreamResponse:
+        if self._session is None:
+            await self.start()
+        assert self._session is not None
+        first_byte, total = attempt_timeouts(self.spec, req)
+        deadline = asyncio.get_running_loop().time() + total
+        headers = {**self._static_headers, **req.headers, "x-request-id": req.request_id}
+        resp = await timed_post(
+            self._session, self.name, self.url(req), self.encode(req), headers, first_byte, total
+        )
+        out_headers = upstream_headers(resp)
+        if req.stream and resp.status == 200:
+            return UpstreamResponse(
+                status=200,
+                headers=out_headers,
+                events=self._events(resp, first_byte, deadline),
+                close=_closer(resp),
+            )
+        body = await timed_read(resp, self.name, deadline, total)
+        return UpstreamResponse(status=resp.status, headers=out_headers, body=body)
+
+    async def _events(
+        self, resp: aiohttp.ClientResponse, idle_s: float, deadline: float
+    ) -> AsyncIterator[bytes]:
+        async with aclosing(timed_sse(resp, self.name, idle_s, deadline)) as events:
+            async for _event, data in events:
+                if data == DONE:
+                    return
+                yield data
+        raise UpstreamError("stream_cut", f"{self.name} ended the stream without [DONE]")
+
+
+# --- shared by the HTTP adapters (openai, azure_openai, anthropic) -----------------------------------
+def new_session(spec: ProviderSpec) -> aiohttp.ClientSession:
+    """A pooled keep-alive session; only connect has a session-wide timeout, the rest is per call."""
+    t = spec.timeouts
+    connector = aiohttp.TCPConnector(
+        limit=spec.max_connections, keepalive_timeout=30, enable_cleanup_closed=True
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s, connect=t.connect_s),
+        auto_decompress=True,
+        skip_auto_headers=("User-Agent",),
+    )
+
+
+def attempt_timeouts(spec: ProviderSpec, req: UpstreamRequest) -> tuple[float, float]:
+    """``(first_byte_s, total_s)`` for one attempt: the request's overrides win over the provider's."""
+    t = spec.timeouts
+    return req.first_byte_timeout_s or t.first_byte_s, req.total_timeout_s or t.total_s
+
+
+def upstream_headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
+    """Response headers worth passing on (retry-after, rate-limit info), lower-cased."""
+    return {k.lower(): v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
+
+
+async def timed_post(
+    session: aiohttp.ClientSession,
+    name: str,
+    url: str,
+    data: bytes,
+    headers: dict[str, str],
+    first_byte: float,
+    total: float,
+) -> aiohttp.ClientResponse:
+    """POST and wait for the response headers; transport failures become ``UpstreamError``."""
+    try:
+        async with asyncio.timeout(min(first_byte, total)):
+            return await session.post(url, data=data, headers=headers)
+    except TimeoutError as exc:
+        raise UpstreamError("timeout", f"no response from {name} within {first_byte:g}s") from exc
+    except (aiohttp.ClientConnectionError, OSError) as exc:
+        raise UpstreamError("connect", f"cannot reach {name}: {type(exc).__name__}") from exc
+
+
+async def timed_read(resp: aiohttp.ClientResponse, name: str, deadline: float, total: float) -> bytes:
+    """Read a whole body before the attempt's deadline, then give the connection back to the pool."""
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(max(0.001, deadline - loop.time())):
+            body = await resp.read()
+    except TimeoutError as exc:
+        resp.close()
+        raise UpstreamError("timeout", f"{name} did not finish within {total:g}s") from exc
+    except (aiohttp.ClientError, OSError) as exc:
+        resp.close()
+        raise UpstreamError("stream_cut", f"{name} closed the connection mid-answer") from exc
+    resp.release()
+    return body
+
+
+async def timed_sse(
+    resp: aiohttp.ClientResponse, name: str, idle_s: float, deadline: float
+) -> AsyncIterator[tuple[bytes | None, bytes]]:
+    """SSE ``(event, data)`` pairs; each read waits at most ``idle_s`` so a stalled stream is cut.
+
+    Ends quietly when the upstream closes: whether that is a cut depends on the wire format.
+    Releases the connection (or closes it, if unread bytes remain) however it ends.
+    """
+    loop = asyncio.get_running_loop()
+    it = iter_sse(resp.content).__aiter__()
+    try:
+        while True:
+            wait = min(idle_s, deadline - loop.time())
+            try:
+                async with asyncio.timeout(max(0.001, wait)):
+                    item = await it.__anext__()
+            except StopAsyncIteration:
+                return
+            except TimeoutError as exc:
+                raise UpstreamError("timeout", f"{name} stream stalled") from exc
+            except (aiohttp.ClientError, OSError) as exc:
+                raise UpstreamError("stream_cut", f"{name} stream broke: {type(exc).__name__}") from exc
+            yield item
+    finally:
+        resp.close() if not resp.content.at_eof() else resp.release()
+
+
+def _closer(resp: aiohttp.ClientResponse):  # noqa: ANN202
+    async def close() -> None:
+        if not resp.closed:
+            resp.close()
+
+    return close
+
+
+closer = _closer  # public name for the other adapters

@@ -1,0 +1,90 @@
+"""Running the gateway: one process on uvloop, or N worker processes sharing a port (SO_REUSEPORT)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.policy.model import Policy
+
+log = logging.getLogger("gateway")
+
+BUNDLED_POLICY = Path(__file__).resolve().parent.parent / "policies" / "quickstart.yaml"
+DEMO_KEY = "sk-demo-quickstart"
+
+
+async def start_site(app: web.Application, host: str, port: int, reuse_port: bool = False) -> web.AppRunner:
+    """Start ``app`` listening; client disconnects cancel the handler (and so the upstream call)."""
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=30.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=2048)
+    await site.start()
+    return runner
+
+
+def banner(policy: Policy, host: str, port: int, workers: int) -> str:
+    lines = [
+        f"LLM gateway listening on http://{host}:{port}/v1 ({workers} worker{'s' if workers > 1 else ''})",
+        f"  policy: {policy.source} (sha256 {policy.digest[:12]}), state: {policy.state.backend}",
+        f"  models: {', '.join(sorted({m.name for m in policy.models.values()}))}",
+    ]
+    if Path(policy.source).resolve() == BUNDLED_POLICY:
+        lines.append(f"  demo tenant key: {DEMO_KEY}")
+        lines.append(
+            f"  try: curl http://{host}:{port}/v1/chat/completions -H 'Authorization: Bearer {DEMO_KEY}' "
+            "-H 'Content-Type: application/json' -d '{\"model\":\"demo\",\"messages\":[{\"role\":\"user\","
+            "\"content\":\"hello\"}]}'"
+        )
+    return "\n".join(lines)
+
+
+async def _serve_one(policy: Policy, path: str, host: str, port: int, reuse_port: bool) -> None:
+    from gateway.server import create_app
+
+    app = create_app(policy, path=path, watch=True)
+    runner = await start_site(app, host, port, reuse_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()
+
+
+def run_worker(policy: Policy, path: str, host: str, port: int, reuse_port: bool) -> None:
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is a dependency; Windows has none
+        pass
+    asyncio.run(_serve_one(policy, path, host, port, reuse_port))
+
+
+def run_workers(path: str, host: str, port: int, workers: int) -> int:
+    """Supervise N ``gateway serve`` children on one port; forward SIGTERM/SIGINT/SIGHUP to them."""
+    env = dict(os.environ)
+    cmd = [sys.executable, "-m", "gateway", "serve", "--policy", path, "--host", host, "--port", str(port),
+           "--workers", "1", "--reuse-port", "--quiet"]
+    children = [subprocess.Popen(cmd + ["--worker-id", str(i)], env=env) for i in range(workers)]
+
+    def forward(sig: int, _frame: object) -> None:
+        for child in children:
+            with contextlib.suppress(ProcessLookupError):
+                child.send_signal(sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    codes = [child.wait() for child in children]
+    return max(codes, default=0)

@@ -1,0 +1,192 @@
+"""Redis state for many replicas: every call one bounded round trip, every failure a StateError.
+
+No retries here (the caller's ``on_backend_error`` decides what a failure means) and a hard
+per-call deadline on top of the socket timeouts, so a black-holed Redis costs a request
+``timeout_ms``, never a hang. The pool re-dials on the next call, so recovery needs no action.
+
+Script convention: the backend puts one line in front of every Lua body that pops one extra
+trailing ARGV and binds it to ``now`` (seconds, float). That ARGV is the injected clock's time when
+the backend was given a clock (tests with a fake clock), else empty and ``now`` comes from the
+server's ``TIME`` (one clock for all replicas). So a Lua body sees exactly the caller's ARGV, plus a
+local ``now`` that matches the ``now`` argument of its Python twin.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Awaitable
+from typing import Any, TypeVar
+
+import orjson
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import NoScriptError, RedisError, ResponseError
+
+from gateway.clock import Clock
+from gateway.state.base import Script, StateError
+from gateway.state.memory import check_script_args
+
+T = TypeVar("T")
+
+NOW_PRELUDE = (
+    "local now = table.remove(ARGV) if now == '' then local t = redis.call('TIME') "
+    "now = tonumber(t[1]) + tonumber(t[2]) / 1000000 else now = tonumber(now) end "
+)
+
+
+def _server_only(*_: Any) -> Any:
+    raise NotImplementedError("this script only runs on Redis")
+
+
+# INCRBY, and a ttl only when the key has none yet (a fixed window starts at the first increment).
+_INCR_TTL = Script(
+    name="incr_ttl",
+    lua="local v = redis.call('INCRBY', KEYS[1], ARGV[1]) "
+    "if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return v",
+    local=_server_only,
+)
+
+# XADD unless the stream is full: a dead-letter queue refuses rather than trimming what it holds.
+_LOG_APPEND = Script(
+    name="log_append",
+    lua="if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[2]) then return redis.error_reply('log full') end "
+    "return redis.call('XADD', KEYS[1], '*', 'data', ARGV[1])",
+    local=_server_only,
+)
+
+
+def with_prelude(lua: str) -> str:
+    """The Lua actually sent: ``NOW_PRELUDE`` on the first line (after a ``#!lua`` shebang if any)."""
+    if lua.startswith("#!"):
+        shebang, _, body = lua.partition("\n")
+        return f"{shebang}\n{NOW_PRELUDE}{body}"
+    return NOW_PRELUDE + lua
+
+
+def _decode(value: Any) -> Any:
+    """Bulk strings as str, recursively, so script results compare equal to the memory twin's."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, list):
+        return [_decode(item) for item in value]
+    return value
+
+
+def _ms(ttl_s: float) -> int:
+    return max(1, round(ttl_s * 1000))
+
+
+class RedisBackend:
+    """``StateBackend`` on one Redis (or a proxy in front of a cluster; keys carry hash tags).
+
+    ``clock``: ``None`` (production) lets scripts read the server's TIME; a ``Clock`` makes every
+    script see ``clock.time()`` instead, for deterministic tests.
+    """
+
+    kind = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        timeout_ms: float = 250.0,
+        clock: Clock | None = None,
+        max_connections: int = 256,
+        health_check_interval: float = 30.0,
+    ) -> None:
+        self._timeout = timeout_ms / 1000.0
+        self._clock = clock
+        self._pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=self._timeout,  # waiting for a free connection counts against the call too
+            socket_timeout=self._timeout,
+            socket_connect_timeout=self._timeout,
+            health_check_interval=health_check_interval,
+            retry=Retry(NoBackoff(), 0),
+            protocol=2,
+        )
+        self._client = Redis(connection_pool=self._pool)
+        self._compiled: dict[Script, tuple[str, str]] = {}  # script -> (lua sent, sha1)
+
+    async def start(self) -> None:
+        """No I/O: the gateway must come up while Redis is down (``on_backend_error`` decides)."""
+
+    async def close(self) -> None:
+        await self._client.aclose()
+        await self._pool.disconnect()
+
+    async def ping(self) -> None:
+        await self._do("ping", self._client.ping())
+
+    async def get(self, key: str) -> bytes | None:
+        return await self._do("get", self._client.get(key))
+
+    async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        if ttl_s is not None and ttl_s <= 0:  # already expired: what the memory backend does too
+            await self.delete(key)
+        else:
+            await self._do("set", self._client.set(key, value, px=_ms(ttl_s) if ttl_s is not None else None))
+
+    async def delete(self, *keys: str) -> int:
+        return await self._do("delete", self._client.delete(*keys)) if keys else 0
+
+    async def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
+        if ttl_s is None:
+            return await self._do("incr", self._client.incrby(key, amount))
+        ms = _ms(ttl_s) if ttl_s > 0 else 0  # PEXPIRE 0 deletes the key, as a ttl <= 0 does in memory
+        return await self.run(_INCR_TTL, [key], [amount, ms])
+
+    async def run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        """EVALSHA (one round trip); on NOSCRIPT (restart, SCRIPT FLUSH, failover) EVAL, which reloads."""
+        check_script_args(args)
+        compiled = self._compiled.get(script)
+        if compiled is None:
+            lua = with_prelude(script.lua)
+            compiled = self._compiled[script] = (lua, hashlib.sha1(lua.encode()).hexdigest())
+        lua, sha = compiled
+        argv = [*args, "" if self._clock is None else repr(self._clock.time())]
+        return _decode(await self._do(script.name, self._eval(lua, sha, keys, argv)))
+
+    async def _eval(self, lua: str, sha: str, keys: list[str], argv: list[Any]) -> Any:
+        try:
+            return await self._client.evalsha(sha, len(keys), *keys, *argv)
+        except NoScriptError:
+            return await self._client.eval(lua, len(keys), *keys, *argv)
+
+    async def log_append(self, key: str, record: dict[str, Any], max_len: int) -> str:
+        """Raises ``StateError("log full")`` at ``max_len`` records: nothing is trimmed away."""
+        return await self.run(_LOG_APPEND, [key], [orjson.dumps(record), max_len])
+
+    async def log_range(self, key: str, count: int = 100, after: str | None = None) -> list[tuple[str, dict]]:
+        if count <= 0:
+            return []
+        start = f"({after}" if after is not None else "-"
+        rows = await self._do("log_range", self._client.xrange(key, min=start, max="+", count=count))
+        try:
+            return [(sid.decode(), orjson.loads(fields[b"data"])) for sid, fields in rows]
+        except (KeyError, orjson.JSONDecodeError) as exc:
+            raise StateError(f"log {key!r} holds an entry this gateway did not write: {exc!r}") from exc
+
+    async def log_remove(self, key: str, ids: list[str]) -> int:
+        return await self._do("log_remove", self._client.xdel(key, *ids)) if ids else 0
+
+    async def log_len(self, key: str) -> int:
+        return await self._do("log_len", self._client.xlen(key))
+
+    async def _do(self, op: str, call: Awaitable[T]) -> T:
+        """Await ``call`` under the per-call deadline; every Redis, socket or timeout error -> StateError.
+
+        A script's own error (``redis.error_reply('x')``) keeps its message, so it reads the same as
+        the ``StateError('x')`` its Python twin raises. Cancellation passes through untouched.
+        """
+        try:
+            async with asyncio.timeout(self._timeout):
+                return await call
+        except ResponseError as exc:
+            raise StateError(str(exc)) from exc
+        except TimeoutError as exc:
+            raise StateError(f"redis {op}: no answer within {self._timeout * 1000:.0f} ms") from exc
+        except (RedisError, OSError) as exc:
+            raise StateError(f"redis {op}: {exc or type(exc).__name__}") from exc

@@ -1,0 +1,51 @@
+"""Shared fixtures: real loopback servers, gateways built from policy text, a real redis-server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.harness import Gateway, ServerThread
+from tests.support.mock_anthropic import mock_anthropic  # noqa: F401
+from tests.support.mock_openai import MockOpenAI
+from tests.support.redis_server import redis_server, redis_url  # noqa: F401
+
+
+@pytest.fixture
+def servers() -> Iterator[ServerThread]:
+    thread = ServerThread()
+    yield thread
+    thread.close()
+
+
+@pytest.fixture
+def upstream(servers: ServerThread) -> Iterator[MockOpenAI]:
+    mock = servers.mock("upstream")
+    yield mock
+    servers.call(mock.stop())
+
+
+@pytest.fixture
+def backup(servers: ServerThread) -> Iterator[MockOpenAI]:
+    mock = servers.mock("backup")
+    yield mock
+    servers.call(mock.stop())
+
+
+@pytest.fixture
+def make_gateway(servers: ServerThread, tmp_path: Path) -> Iterator[Callable[..., Gateway]]:
+    started: list[Gateway] = []
+
+    def make(policy_text: str, name: str = "policy.yaml", **kw) -> Gateway:
+        path = tmp_path / name
+        path.write_text(policy_text)
+        gw = Gateway(servers, path, **kw).start()
+        started.append(gw)
+        return gw
+
+    yield make
+    for gw in started:
+        gw.stop()
+
