@@ -13,6 +13,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway.metrics import prepare_multiproc_dir, release_multiproc_dir
 from gateway.policy.model import Policy
 
 log = logging.getLogger("gateway")
@@ -75,6 +76,7 @@ def run_worker(policy: Policy, path: str, host: str, port: int, reuse_port: bool
 def run_workers(path: str, host: str, port: int, workers: int) -> int:
     """Supervise N ``gateway serve`` children on one port; forward SIGTERM/SIGINT/SIGHUP to them."""
     env = dict(os.environ)
+    metrics_dir, owned = prepare_multiproc_dir(env)  # one coherent /metrics across workers
     cmd = [sys.executable, "-m", "gateway", "serve", "--policy", path, "--host", host, "--port", str(port),
            "--workers", "1", "--reuse-port", "--quiet"]
     children = [subprocess.Popen(cmd + ["--worker-id", str(i)], env=env) for i in range(workers)]
@@ -87,4 +89,5 @@ def run_workers(path: str, host: str, port: int, workers: int) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
     codes = [child.wait() for child in children]
+    release_multiproc_dir(metrics_dir, owned, [child.pid for child in children])
     return max(codes, default=0)

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 
 import orjson
 from aiohttp import web
@@ -54,7 +55,9 @@ class Handler:
 
         return handle
 
-    async def handle(self, request: web.Request, endpoint: str) -> web.StreamResponse:
+    async def handle(self, request: web.Request, endpoint: str,
+                     prepare: Callable[[RequestContext], None] | None = None) -> web.StreamResponse:
+        """``prepare`` presets context facts for trusted internal callers (admin DLQ replay sets the tenant)."""
         loop = asyncio.get_running_loop()
         ctx = RequestContext(
             request_id=_request_id(request),
@@ -64,12 +67,14 @@ class Handler:
             started=loop.time(),
             started_wall=time.time(),
         )
+        if prepare is not None:
+            prepare(ctx)
         error: BaseException | None = None
         resp: GatewayResponse | None = None
         try:
             resp = await self.pipeline.run(ctx)
             error = ctx.extras.get("error")
-            web_resp, stream_error = await self.write(ctx, resp)
+            web_resp, _ = await self.write(ctx, resp)
             return web_resp
         except asyncio.CancelledError as exc:
             ctx.client_disconnected = True
@@ -85,12 +90,22 @@ class Handler:
             return web.Response(status=500, body=err.body(), content_type="application/json",
                                 headers={"x-request-id": ctx.request_id})
         finally:
-            if resp is not None:
+            await self._finish(ctx, resp, error)
+
+    async def _finish(self, ctx: RequestContext, resp: GatewayResponse | None, error: BaseException | None) -> None:
+        """Release the upstream and run ``complete`` once; shielded only when the client left."""
+        if error is None:
+            error = ctx.extras.get("stream_error")
+        if ctx.client_disconnected:
+            if resp is not None and resp.close is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.shield(resp.aclose())
-            if error is None and ctx.extras.get("stream_error") is not None:
-                error = ctx.extras["stream_error"]
             await asyncio.shield(self.pipeline.complete(ctx, error))
+            return
+        if resp is not None and resp.close is not None:
+            with contextlib.suppress(Exception):
+                await resp.aclose()
+        await self.pipeline.complete(ctx, error)
 
     async def write(self, ctx: RequestContext, resp: GatewayResponse) -> tuple[web.StreamResponse, object]:
         headers = {"x-request-id": ctx.request_id, **ctx.response_headers, **resp.headers}
@@ -166,7 +181,10 @@ async def _metrics(request: web.Request) -> web.Response:
     render = request.app[SERVICES].extras.get("render_metrics")
     if render is None:
         return web.Response(text="# metrics arrive with the observability stage\n", content_type="text/plain")
-    body, ctype = render()
+    rendered = render()
+    if asyncio.iscoroutine(rendered):  # the observe stage reads shared state (DLQ, budgets) at scrape time
+        rendered = await rendered
+    body, ctype = rendered
     return web.Response(body=body, headers={"content-type": ctype})
 
 

@@ -321,3 +321,28 @@ def test_unpriced_model_is_a_warning_not_an_error() -> None:
                   "    deployments: [{provider: up, model: x}]\n")
     assert policy.warnings == ("test.yaml:5: models.m.price: no price; its cost counts as 0 (unpriced)",)
     assert policy.models["m"].price is None
+
+
+# -- the schema follows model.py ------------------------------------------------------------------
+def _schema_pairs() -> list[tuple[object, type, set[str]]]:
+    from gateway.policy import model as m
+    from gateway.policy import rules, schema, tenants
+
+    return [
+        (schema.TIMEOUTS, m.Timeouts, set()), (schema.STATE, m.StatePolicy, set()),
+        (schema.CIRCUIT_BREAKER, m.CircuitBreakerPolicy, set()), (schema.INPUT, m.InputPolicy, set()),
+        (schema.ADMIN, m.AdminPolicy, set()), (schema.METRICS, m.MetricsPolicy, set()),
+        (schema.LOGGING, m.LoggingPolicy, set()), (schema.LIMIT_SET, m.LimitSet, set()),
+        (schema.RATE_LIMIT, m.RateLimitPolicy, set()), (schema.BUDGET, m.BudgetPolicy, set()),
+        (schema.QUEUE, m.QueuePolicy, set()), (schema.CACHE, m.CachePolicy, set()),
+        (schema.RETRY, m.RetryPolicy, set()), (schema.AUDIT, m.AuditPolicy, set()),
+        (schema.PROVIDER, m.ProviderSpec, {"name"}), (schema.PRICE, m.Price, set()),
+        (schema.DEPLOYMENT, m.Deployment, set()), (schema.MODEL, m.ModelSpec, {"name"}),
+        (rules.ROUTE, m.Route, set()), (tenants.TENANT, m.Tenant, {"name"}),
+    ]
+
+
+@pytest.mark.parametrize(("checker", "cls", "derived"), _schema_pairs(), ids=lambda x: getattr(x, "__name__", ""))
+def test_every_model_field_has_a_policy_key(checker: object, cls: type, derived: set[str]) -> None:
+    """YAML keys are the model.py field names: a field added there must be added to the schema too."""
+    assert set(checker.keys) == {f.name for f in dataclasses.fields(cls)} - derived  # type: ignore[attr-defined]

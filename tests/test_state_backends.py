@@ -475,3 +475,11 @@ async def test_build_backend(tmp_path: Path) -> None:
     assert isinstance(remote, RedisBackend) and remote.kind == "redis"
     assert await _fails_fast(remote.ping()) < 1.0  # nothing listens on port 1
     await remote.close()
+
+
+async def test_memory_backend_creates_no_files_until_a_log_is_written(tmp_path: Path) -> None:
+    backend = MemoryBackend(dlq_path=str(tmp_path / "dlq.jsonl"))
+    await backend.start()
+    assert await backend.log_len("dlq") == 0
+    assert await backend.log_range("dlq") == []
+    assert list(tmp_path.iterdir()) == []

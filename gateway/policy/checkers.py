@@ -275,6 +275,7 @@ def fields(spec: dict[str, Checker], required: Iterable[str] = ()) -> Checker:
                 report.error(path, f"missing required key '{key}'")
         return out
 
+    check.keys = tuple(spec)  # type: ignore[attr-defined]  # the accepted keys, for docs and tests
     return check
 
 
@@ -289,4 +290,5 @@ def build(cls: type, spec: dict[str, Checker], required: Iterable[str] = ()) -> 
             return BAD
         return cls(**values)
 
+    check.keys = checker.keys  # type: ignore[attr-defined]
     return check

@@ -8,6 +8,7 @@ built tuples, which leave out invalid items.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
 
@@ -28,16 +29,23 @@ def dig(data: Any, *keys: str) -> Any:
     return data
 
 
+def known(names: Iterable[str]) -> str:
+    """The "(known: ...)" part of an unknown-name message."""
+    return f"known: {', '.join(names) or 'none'}"
+
+
 def _strings(data: Any) -> list[tuple[int, str]]:
     return [(i, v) for i, v in enumerate(data) if isinstance(v, str)] if isinstance(data, list) else []
 
 
-def public_names(models: Models, report: Report) -> Models:
+def public_names(models: Models, raw_models: Any, report: Report) -> Models:
     """Every public name (model names, then aliases) to its model; alias collisions are errors."""
     public: Models = dict(models)
     owner: dict[str, str] = {}
     for name, spec in models.items():
-        for i, alias in enumerate(spec.aliases if spec else ()):
+        for i, alias in _strings(dig(raw_models, name, "aliases")):
+            if spec is None or alias not in spec.aliases:
+                continue  # an invalid name, already reported
             path = f"models.{name}.aliases[{i}]"
             if alias in models:
                 report.error(path, f"alias '{alias}' is already a model name")
@@ -51,9 +59,8 @@ def public_names(models: Models, report: Report) -> Models:
 
 def check_deployments(raw_models: Any, providers: dict[str, Any], report: Report) -> set[str]:
     """Every deployment names a declared provider; returns the providers in use."""
-    known = ", ".join(providers)
     used: set[str] = set()
-    for name, raw in (raw_models or {}).items():
+    for name, raw in raw_models.items() if isinstance(raw_models, dict) else ():
         deployments = dig(raw, "deployments")
         for i, item in enumerate(deployments if isinstance(deployments, list) else ()):
             provider = dig(item, "provider")
@@ -61,7 +68,7 @@ def check_deployments(raw_models: Any, providers: dict[str, Any], report: Report
                 continue
             used.add(provider)
             if provider not in providers:
-                report.error(f"models.{name}.deployments[{i}].provider", f"unknown provider '{provider}' (known: {known})")
+                report.error(f"models.{name}.deployments[{i}].provider", f"unknown provider '{provider}' ({known(providers)})")
     return used
 
 
@@ -69,7 +76,7 @@ def _served(name: str, public: Models, path: str, what: str, report: Report) -> 
     """The canonical name of the served (non-virtual) model ``name``, or None after a problem."""
     if name not in public:
         served = [n for n, s in public.items() if s is None or not s.is_virtual]
-        report.error(path, f"unknown model '{name}' (known: {', '.join(served)})")
+        report.error(path, f"unknown model '{name}' ({known(served)})")
         return None
     spec = public[name]
     if spec is not None and spec.is_virtual:
@@ -78,8 +85,10 @@ def _served(name: str, public: Models, path: str, what: str, report: Report) -> 
     return spec.name if spec else name
 
 
-def check_routes(models: Models, public: Models, tenants: list[str], raw_models: Any, report: Report) -> Models:
-    """Route targets and context fallbacks must be served models; ``tenant`` rules name tenants."""
+def check_routes(models: Models, public: Models, tenants: list[str] | None, raw_models: Any,
+                 report: Report) -> Models:
+    """Route targets and context fallbacks must be served models; ``tenant`` rules name tenants
+    (not checked when ``tenants`` is None: the tenants section is itself malformed)."""
     out: Models = {}
     for name, spec in models.items():
         if spec is not None and spec.route is not None:
@@ -88,7 +97,8 @@ def check_routes(models: Models, public: Models, tenants: list[str], raw_models:
             large = _served(spec.route.large, public, f"{path}.large", "route targets", report)
             route = replace(spec.route, small=small or spec.route.small, large=large or spec.route.large)
             spec = replace(spec, route=route)
-            _check_rule_tenants(dig(raw_models, name, "route", "large_when"), tenants, f"{path}.large_when", report)
+            if tenants is not None:
+                _check_rule_tenants(dig(raw_models, name, "route", "large_when"), tenants, f"{path}.large_when", report)
         if spec is not None and spec.context_fallback is not None:
             path = f"models.{name}.context_fallback"
             target = _served(spec.context_fallback, public, path, "context fallbacks", report)
@@ -104,7 +114,7 @@ def _check_rule_tenants(rules: Any, tenants: list[str], path: str, report: Repor
     for i, rule in enumerate(rules if isinstance(rules, list) else ()):
         for j, tenant in _strings(dig(rule, "tenant")):
             if tenant not in tenants:
-                report.error(f"{path}[{i}].tenant[{j}]", f"unknown tenant '{tenant}' (known: {', '.join(tenants)})")
+                report.error(f"{path}[{i}].tenant[{j}]", f"unknown tenant '{tenant}' ({known(tenants)})")
 
 
 def _check_fallback_cycles(models: Models, report: Report) -> None:
@@ -136,7 +146,7 @@ def _allowed_models(tenant: str, raw: Any, public: Models, report: Report) -> tu
         if name == "*":
             allowed.update(dict.fromkeys(public))
         elif name not in public:
-            report.error(f"{path}[{i}]", f"unknown model '{name}' (known: {', '.join(public)})")
+            report.error(f"{path}[{i}]", f"unknown model '{name}' ({known(public)})")
         else:
             allowed.update(dict.fromkeys(_names_of(name, public)))
     return tuple(allowed)
@@ -150,7 +160,7 @@ def _model_limits(limits: Any, raw: Any, tenant: str, allowed: tuple[str, ...], 
         if not isinstance(key, str):
             continue
         if key not in public:
-            report.error(f"{path}.{key}", f"unknown model '{key}' (known: {', '.join(public)})")
+            report.error(f"{path}.{key}", f"unknown model '{key}' ({known(public)})")
         elif key not in allowed:
             report.error(f"{path}.{key}", f"tenant '{tenant}' may not use model '{key}' (its models: {', '.join(allowed)})")
     canonical = tuple((_names_of(k, public)[0], v) for k, v in limits.models)
@@ -175,7 +185,7 @@ def check_default_limits(raw: Any, public: Models, report: Report) -> None:
     """The default ``rate_limit.models`` may only name models of this policy."""
     for key in raw if isinstance(raw, dict) else ():
         if isinstance(key, str) and key not in public:
-            report.error(f"rate_limit.models.{key}", f"unknown model '{key}' (known: {', '.join(public)})")
+            report.error(f"rate_limit.models.{key}", f"unknown model '{key}' ({known(public)})")
 
 
 def index_keys(tenants: dict[str, Tenant | None], key_paths: dict[str, list[str]], raw_admin: Any,

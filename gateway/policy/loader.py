@@ -115,7 +115,8 @@ def _build(data: dict[str, Any], source: str, digest: str, report: Report) -> m.
     served = {n: s.build_model(n, raw, f"models.{n}", report) for n, raw in top.get("models", {}).items()}
     built = {n: build_tenant(n, raw, defaults, f"tenants.{n}", report) for n, raw in top.get("tenants", {}).items()}
 
-    tenants, key_index, public = _check_references(data, providers, served, built, report)
+    broken = {k for k in ("providers", "models", "tenants") if k in data and k not in top}
+    tenants, key_index, public = _check_references(data, providers, served, built, broken, report)
     if report.problems:
         return None
     return m.Policy(
@@ -137,18 +138,26 @@ def _build(data: dict[str, Any], source: str, digest: str, report: Report) -> m.
     )
 
 
-def _check_references(data: dict[str, Any], providers: dict, served: dict, built: dict,
+def _check_references(data: dict[str, Any], providers: dict, served: dict, built: dict, broken: set[str],
                       report: Report) -> tuple[dict, dict, dict]:
-    """Pass 4; returns the final tenants, the key index and the public model names."""
-    used = check_deployments(data.get("models"), providers, report)
-    for name in providers:
-        if name not in used:
-            report.warn(f"providers.{name}", "not used by any model")
-    public = public_names(served, report)
-    served = check_routes(served, public, list(built), data.get("models"), report)
+    """Pass 4; returns the final tenants, the key index and the public model names.
+
+    References into a section that is itself malformed (``broken``) are not checked: every one
+    of them would be reported as unknown, burying the one real problem.
+    """
+    if "providers" not in broken:
+        used = check_deployments(data.get("models"), providers, report)
+        for name in providers:
+            if name not in used:
+                report.warn(f"providers.{name}", "not used by any model")
+    public = public_names(served, data.get("models"), report)
+    tenant_names = None if "tenants" in broken else list(built)
+    served = check_routes(served, public, tenant_names, data.get("models"), report)
     public = {n: served[spec.name] if spec else None for n, spec in public.items()}  # canonical route targets
-    check_default_limits(dig(data, "rate_limit", "models"), public, report)
-    tenants = check_tenants({n: t for n, (t, _) in built.items()}, data.get("tenants"), public, report)
+    tenants = {n: t for n, (t, _) in built.items()}
+    if "models" not in broken:
+        check_default_limits(dig(data, "rate_limit", "models"), public, report)
+        tenants = check_tenants(tenants, data.get("tenants"), public, report)
     key_paths = {n: paths for n, (_, paths) in built.items()}
     key_index = index_keys(tenants, key_paths, dig(data, "admin", "api_keys"), report)
     return tenants, key_index, public

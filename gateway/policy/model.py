@@ -182,6 +182,7 @@ class AuditPolicy:
     bodies: bool = False
     redact: tuple[re.Pattern[str], ...] = ()  # extra policy-declared patterns
     sample_rate: float = 0.0  # share of requests marked for human review
+    categories: tuple[str, ...] = ()  # feedback categories kept as metric labels (others: "other")
 
 
 @dataclass(frozen=True, slots=True)

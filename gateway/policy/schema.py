@@ -12,6 +12,7 @@ import re
 from typing import Any, get_args
 from urllib.parse import urlsplit
 
+from gateway.budget.table import check_price
 from gateway.policy import model as m
 from gateway.policy.checkers import (
     BAD,
@@ -118,7 +119,8 @@ RETRY = fields({
     "budget_ratio": FRACTION,
     "min_retries": integer(ge=0),
 })
-AUDIT = fields({"bodies": BOOLEAN, "redact": list_of(REGEX), "sample_rate": FRACTION})
+AUDIT = fields({"bodies": BOOLEAN, "redact": list_of(REGEX), "sample_rate": FRACTION,
+                "categories": list_of(NAME)})
 OVERRIDABLE: dict[str, Checker] = {
     "rate_limit": RATE_LIMIT,
     "budget": nullable(BUDGET),
@@ -175,7 +177,7 @@ DEPLOYMENT = build(m.Deployment, {
 MODEL = fields({
     "context_window": nullable(POSITIVE),
     "max_output_tokens": nullable(POSITIVE),
-    "price": nullable(PRICE),
+    "price": nullable(check_price),  # written out, or a price table entry (gateway.budget.table)
     "deployments": list_of(DEPLOYMENT, nonempty=True),
     "strategy": enum("strategy", get_args(m.Strategy)),
     "route": ROUTE,

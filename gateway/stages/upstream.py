@@ -1,24 +1,56 @@
-"""The upstream call: send the request to the model's deployments and shape the answer.
+"""The upstream call: balancing, retries, failover, circuit breakers, and what to do when all fail.
 
-Deployments are tried in order; a transport failure or a status in ``retry.on_status`` moves to
-the next one.
+A request walks its model's deployments in the balancer's order (``gateway.routing.balancer``).
+On each it makes up to ``retry.attempts`` attempts: a transport failure (connect, timeout, reset,
+a stream that dies before its first event) or a status in ``retry.on_status`` is retried after an
+exponential, fully jittered backoff that honours ``retry-after`` (``gateway.routing.retry``), while
+the retry budget, the request's ``retry.deadline_s`` and the deployment's circuit breaker allow;
+otherwise the request moves on to the next deployment. Any other status is answered faithfully.
+
+Streams are primed: the first event is read before the client sees anything, so a stream that
+breaks before its first byte fails over transparently; a break after it reaches the client as an
+error event (written by the server), never as a silent truncated 200.
+
+When every deployment failed, the model's ``on_exhausted`` decides: ``error`` (503 + retry-after),
+``stale`` (the cache stage's expired entry, ``x-cache: STALE``) or ``static`` (the configured safe
+answer). ``ctx.extras["exhausted"]`` then names what was served, and the dead-letter stage keeps the
+request. Time spent waiting on upstreams, backoff included, goes to ``ctx.upstream_wait_s``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import orjson
 
 from gateway.context import Attempt, RequestContext
 from gateway.errors import GatewayError, UpstreamError
 from gateway.pipeline import GatewayResponse, Respond, Stage, Verdict
-from gateway.policy.model import Deployment
-from gateway.providers import ProviderRegistry, UpstreamRequest, UpstreamResponse
+from gateway.policy.model import Deployment, ModelSpec, Policy, RetryPolicy
+from gateway.providers import UpstreamRequest, UpstreamResponse
 from gateway.providers.base import retry_after_seconds
+from gateway.routing.balancer import Balancer, Lease
+from gateway.routing.breaker import CLOSED, Breakers, CircuitBreaker
+from gateway.routing.exhausted import EXHAUSTED_HEADER, exhausted_error, static_response
+from gateway.routing.retry import RetryBudget, backoff_s
+from gateway.services import Services
+
+log = logging.getLogger("gateway.upstream")
 
 PASS_HEADERS = ("retry-after", "retry-after-ms")
+
+
+@dataclass(slots=True)
+class Failure:
+    """One failed attempt (or a skipped deployment), as far as failover cares."""
+
+    kind: str  # timeout|connect|stream_cut|protocol|5xx|429|circuit_open|deadline
+    message: str
+    retry_after_s: float | None = None
 
 
 def upstream_body(ctx: RequestContext, deployment: Deployment) -> dict:
@@ -41,89 +73,235 @@ def error_response(resp: UpstreamResponse) -> GatewayResponse:
     return GatewayResponse(status=resp.status, headers=headers, body=body)
 
 
+def _status_kind(status: int) -> str:
+    return "429" if status == 429 else "5xx" if status >= 500 else "4xx"
+
+
 class UpstreamStage(Stage):
     name = "upstream"
 
-    def __init__(self, providers: ProviderRegistry) -> None:
-        self.providers = providers
+    def __init__(self, services: Services, rng: random.Random | None = None) -> None:
+        self.services = services
+        self.providers = services.providers
+        self.rng = rng or services.extras.get("rng") or random.Random()
+        self.breakers = Breakers(services.clock)
+        self.balancer = Balancer(self.rng)
+        self.budget = RetryBudget()
+        services.extras["breakers"] = self.breakers
+        services.extras["balancer"] = self.balancer
+        services.extras["retry_budget"] = self.budget
+
+    def on_policy(self, policy: Policy) -> None:
+        self.breakers.configure(policy)
+
+    def _is_open(self, name: str) -> bool:
+        return self.breakers.get(name).view() == "open"
 
     async def call_upstream(self, ctx: RequestContext) -> Verdict:
         model = ctx.model
         assert model is not None and ctx.tenant is not None
         retry = ctx.tenant.retry
-        last: UpstreamError | UpstreamResponse | None = None
-        for deployment in model.deployments:
-            resp = await self._attempt(ctx, deployment)
-            if isinstance(resp, UpstreamError):
-                last = resp
-                continue
-            if resp.status >= 400 and resp.status in retry.on_status:
-                last = resp
-                continue
-            return Respond(self._answer(ctx, resp), "ok" if resp.status < 400 else "upstream_error")
-        return Respond(self._exhausted(last), "upstream_error")
-
-    async def _attempt(self, ctx: RequestContext, deployment: Deployment) -> UpstreamResponse | UpstreamError:
-        provider = self.providers.get(deployment.provider)
-        loop = asyncio.get_running_loop()
-        attempt = Attempt(deployment=deployment.name, provider=deployment.provider, started=loop.time())
-        ctx.attempts.append(attempt)
-        ctx.deployment = deployment
-        req = UpstreamRequest(
-            endpoint=ctx.endpoint,
-            body=upstream_body(ctx, deployment),
-            stream=ctx.stream,
-            request_id=ctx.request_id,
-            headers=ctx.upstream_headers,
-        )
+        deadline = ctx.started + retry.deadline_s
+        failures: list[Failure] = []
+        self.budget.enter()
         try:
-            resp = await provider.send(req)
-        except UpstreamError as err:
-            attempt.error_kind, attempt.error = err.kind, err.message
-            return err
+            for i, dep in enumerate(self.balancer.order(model, self._is_open)):
+                if i:
+                    ctx.fallbacks += 1
+                served = await self._from_deployment(ctx, dep, retry, deadline, failures)
+                if served is not None:
+                    return served
         finally:
-            attempt.duration_s = attempt.ttfb_s = loop.time() - attempt.started
-            ctx.upstream_wait_s += attempt.duration_s
-        attempt.status = resp.status
-        if resp.status >= 400:
-            attempt.error_kind = "429" if resp.status == 429 else "5xx" if resp.status >= 500 else "4xx"
-        return resp
+            self.budget.leave()
+        return await self._exhausted(ctx, model, failures)
 
-    def _answer(self, ctx: RequestContext, resp: UpstreamResponse) -> GatewayResponse:
-        d = ctx.deployment
-        assert d is not None
-        ctx.response_headers["x-gateway-model"] = ctx.model.name if ctx.model else ""
-        ctx.response_headers["x-gateway-provider"] = d.provider
-        if resp.status >= 400:
-            return error_response(resp)
-        if resp.events is not None:
-            return GatewayResponse(status=200, events=self._timed(ctx, resp.events), close=resp.aclose,
-                                   content_type="text/event-stream")
-        return GatewayResponse(status=resp.status, body=resp.body)
-
-    async def _timed(self, ctx: RequestContext, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """Pass chunks through, adding the time spent waiting on the upstream to ``upstream_wait_s``."""
+    async def _from_deployment(self, ctx: RequestContext, dep: Deployment, retry: RetryPolicy, deadline: float,
+                               failures: list[Failure]) -> Respond | None:
+        """Up to ``retry.attempts`` attempts on one deployment; None means: move on."""
         loop = asyncio.get_running_loop()
-        it = events.__aiter__()
-        while True:
-            t0 = loop.time()
-            try:
-                payload = await it.__anext__()
-            except StopAsyncIteration:
-                return
-            finally:
+        breaker = self.breakers.get(dep.name)
+        retrying = False  # holds a retry-budget token
+        try:
+            for n in range(retry.attempts):
+                if not breaker.allow():
+                    return self._skip(ctx, dep, breaker, failures)
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    failures.append(Failure("deadline", f"request deadline of {retry.deadline_s:g}s passed"))
+                    return None
+                outcome = await self._attempt(ctx, dep, breaker, retry, remaining)
+                if retrying:
+                    self.budget.release()
+                    retrying = False
+                if isinstance(outcome, Respond):
+                    return outcome
+                failures.append(outcome)
+                if n + 1 >= retry.attempts or breaker.state != CLOSED:
+                    return None
+                wait = backoff_s(retry, n, self.rng, outcome.retry_after_s, deadline - loop.time())
+                if wait is None or not self.budget.acquire(retry):
+                    return None
+                retrying = True
+                t0 = loop.time()
+                await asyncio.sleep(wait)
                 ctx.upstream_wait_s += loop.time() - t0
-            yield payload
+                ctx.retries += 1
+            return None
+        finally:
+            if retrying:
+                self.budget.release()
+
+    def _skip(self, ctx: RequestContext, dep: Deployment, breaker: CircuitBreaker,
+              failures: list[Failure]) -> None:
+        """An open breaker: record the skip (no network call) and move on."""
+        started = asyncio.get_running_loop().time()
+        msg = f"circuit open for {dep.name}"
+        ctx.attempts.append(Attempt(deployment=dep.name, provider=dep.provider, started=started,
+                                    error_kind="circuit_open", error=msg))
+        failures.append(Failure("circuit_open", msg, breaker.retry_after()))
+        return None
+
+    async def _attempt(self, ctx: RequestContext, dep: Deployment, breaker: CircuitBreaker, retry: RetryPolicy,
+                       remaining: float) -> Respond | Failure:
+        """One call. Settles the breaker either way (or frees its probe slot if cancelled)."""
+        loop = asyncio.get_running_loop()
+        provider = self.providers.get(dep.provider)
+        timeouts = provider.spec.timeouts
+        attempt = Attempt(deployment=dep.name, provider=dep.provider, started=loop.time())
+        ctx.attempts.append(attempt)
+        ctx.deployment = dep
+        req = UpstreamRequest(
+            endpoint=ctx.endpoint, body=upstream_body(ctx, dep), stream=ctx.stream, request_id=ctx.request_id,
+            headers=ctx.upstream_headers, first_byte_timeout_s=min(timeouts.first_byte_s, remaining),
+            total_timeout_s=None if ctx.stream else min(timeouts.total_s, remaining))
+        lease = self.balancer.lease(dep.name)
+        resp: UpstreamResponse | None = None
+        handed_over = settled = False
+        try:
+            try:
+                resp = await provider.send(req)
+                first, it = await self._prime(resp)
+            except UpstreamError as err:
+                settled = True
+                return self._failed(attempt, breaker, err.kind, err.message, err.retry_after_s)
+            attempt.status = resp.status
+            attempt.ttfb_s = loop.time() - attempt.started
+            if resp.status >= 400 and resp.status in retry.on_status:
+                settled = True
+                return self._failed(attempt, breaker, _status_kind(resp.status), f"HTTP {resp.status}",
+                                    retry_after_seconds(resp.headers))
+            settled = True
+            breaker.success()
+            if resp.status >= 400:
+                attempt.error_kind, attempt.error = _status_kind(resp.status), f"HTTP {resp.status}"
+                return Respond(self._answer(ctx, dep, error_response(resp)), "upstream_error")
+            self.balancer.observe_ttfb(dep.name, attempt.ttfb_s)
+            if it is None:
+                return Respond(self._answer(ctx, dep, GatewayResponse(status=resp.status, body=resp.body)), "ok")
+            handed_over = True
+            events = self._relay(ctx, attempt, breaker, lease, first, it)
+            out = GatewayResponse(status=200, events=events, close=_closer(lease, resp),
+                                  content_type="text/event-stream")
+            return Respond(self._answer(ctx, dep, out), "ok")
+        finally:
+            if not settled:
+                breaker.abandon()
+            if not handed_over:
+                attempt.duration_s = loop.time() - attempt.started
+                lease.release()
+                if resp is not None:
+                    await resp.aclose()
+            ctx.upstream_wait_s += loop.time() - attempt.started
 
     @staticmethod
-    def _exhausted(last: UpstreamError | UpstreamResponse | None) -> GatewayResponse:
-        if isinstance(last, UpstreamResponse):
-            return error_response(last)
-        retry_after = None if last is None else last.retry_after_s
-        msg = "all upstream deployments failed" + (f": {last.message}" if last is not None else "")
-        status = 504 if last is not None and last.kind == "timeout" else 502
-        headers = {"retry-after": str(int(retry_after or 1))}
-        return GatewayResponse.from_error(GatewayError(status, msg, code="upstream_unavailable", headers=headers))
+    async def _prime(resp: UpstreamResponse) -> tuple[bytes | None, AsyncIterator[bytes] | None]:
+        """Read a stream's first event before answering, so an early break can still fail over."""
+        if resp.events is None:
+            return None, None
+        it = resp.events.__aiter__()
+        try:
+            return await it.__anext__(), it
+        except StopAsyncIteration:
+            return None, it
+
+    def _failed(self, attempt: Attempt, breaker: CircuitBreaker, kind: str, message: str,
+                retry_after_s: float | None) -> Failure:
+        attempt.error_kind, attempt.error = kind, message
+        trips = breaker.trips
+        breaker.failure()
+        if breaker.trips != trips:
+            log.warning("circuit breaker for %s opened (%ss cooldown) after: %s", attempt.deployment,
+                        f"{breaker.cooldown_s:g}", message)
+        return Failure(kind, f"{attempt.deployment}: {message}", retry_after_s)
+
+    def _answer(self, ctx: RequestContext, dep: Deployment, resp: GatewayResponse) -> GatewayResponse:
+        ctx.response_headers["x-gateway-model"] = ctx.model.name if ctx.model else ""
+        ctx.response_headers["x-gateway-provider"] = dep.provider
+        return resp
+
+    async def _relay(self, ctx: RequestContext, attempt: Attempt, breaker: CircuitBreaker, lease: Lease,
+                     first: bytes | None, it: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The primed stream; a later break marks the attempt and the breaker, then reaches the client."""
+        loop = asyncio.get_running_loop()
+        try:
+            if first is not None:
+                yield first
+            while True:
+                t0 = loop.time()
+                try:
+                    payload = await it.__anext__()
+                except StopAsyncIteration:
+                    return
+                except UpstreamError as err:
+                    attempt.error_kind, attempt.error = err.kind, err.message
+                    breaker.failure()
+                    raise
+                finally:
+                    ctx.upstream_wait_s += loop.time() - t0
+                yield payload
+        finally:
+            attempt.duration_s = loop.time() - attempt.started
+            lease.release()
+
+    async def _exhausted(self, ctx: RequestContext, model: ModelSpec, failures: list[Failure]) -> Verdict:
+        ctx.response_headers["x-gateway-model"] = model.name
+        if model.on_exhausted == "stale" and (resp := await self._stale(ctx)) is not None:
+            ctx.extras["exhausted"] = "stale"
+            return Respond(resp, "stale")
+        if model.on_exhausted == "static" and (resp := static_response(ctx, model)) is not None:
+            ctx.extras["exhausted"] = "static"
+            return Respond(resp, "static")
+        ctx.extras["exhausted"] = "error"
+        hints = [f.retry_after_s for f in failures if f.retry_after_s]
+        last = failures[-1].message if failures else "no deployment to try"
+        raise exhausted_error(model, last, min(hints, default=1.0))
+
+    async def _stale(self, ctx: RequestContext) -> GatewayResponse | None:
+        """The cache stage's expired entry (``services.extras["cache"].stale(ctx)``), if it has one."""
+        stale = getattr(self.services.extras.get("cache"), "stale", None)
+        if stale is None:
+            return None
+        try:
+            resp = await stale(ctx)
+        except Exception:  # noqa: BLE001 - a broken cache must not turn a 503 into a 500
+            log.exception("stale cache lookup failed for request %s", ctx.request_id)
+            return None
+        if resp is None:
+            return None
+        if isinstance(resp, bytes):
+            resp = GatewayResponse(status=200, body=resp)
+        resp.headers["x-cache"] = "STALE"
+        resp.headers[EXHAUSTED_HEADER] = "stale"
+        ctx.cache_status = "STALE"
+        return resp
+
+
+def _closer(lease: Lease, resp: UpstreamResponse):  # noqa: ANN202
+    async def close() -> None:
+        lease.release()
+        await resp.aclose()
+
+    return close
 
 
 __all__ = ["UpstreamStage", "error_response", "retry_after_seconds", "upstream_body"]

@@ -304,12 +304,15 @@ class MemoryBackend:
         self._journal = _Journal(dlq_path) if dlq_path else None
 
     async def start(self) -> None:
-        """Load the journal and compact it if removals left dead lines behind."""
-        if self._journal is not None:
+        """Load the journal and compact it if removals left dead lines behind (no file is created)."""
+        if self._journal is None:
+            return
+        with self._io(lock=False):
+            self._catch_up()
+        if self._journal.dead:
             with self._io(lock=True):
                 self._catch_up()
-                if self._journal.dead:
-                    self._compact()
+                self._compact()
 
     async def close(self) -> None:
         return None

@@ -1,8 +1,10 @@
-"""Redis state for many replicas: every call one bounded round trip, every failure a StateError.
+"""Redis state for many replicas: each call one bounded round trip, every failure a StateError.
 
 No retries here (the caller's ``on_backend_error`` decides what a failure means) and a hard
 per-call deadline on top of the socket timeouts, so a black-holed Redis costs a request
 ``timeout_ms``, never a hang. The pool re-dials on the next call, so recovery needs no action.
+(``health_check_interval`` adds a PING before a connection's first command after an idle spell, so a
+dead connection fails before a non-idempotent command is sent on it.)
 
 Script convention: the backend puts one line in front of every Lua body that pops one extra
 trailing ARGV and binds it to ``now`` (seconds, float). That ARGV is the injected clock's time when

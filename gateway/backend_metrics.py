@@ -1,0 +1,82 @@
+"""A state backend that times every call and counts its failures, for every stage at once.
+
+It wraps whatever backend the gateway built, so rate limits, cache, budgets and the DLQ are all
+measured without any of them knowing: ``llm_gateway_state_duration_seconds{op}`` and
+``llm_gateway_state_errors_total{op}``, where ``op`` is the method or, for scripts, the script name
+(both fixed in code). Anything else is delegated to the wrapped backend untouched.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from gateway.metrics import GatewayMetrics
+from gateway.state.base import Script, StateBackend, StateError
+
+
+class MeteredBackend:
+    """``StateBackend`` proxy: same behaviour, plus latency and error metrics per operation."""
+
+    def __init__(self, inner: StateBackend, metrics: GatewayMetrics) -> None:
+        self.inner = inner
+        self.kind = inner.kind
+        self._metrics = metrics
+        self._children: dict[str, tuple[Any, Any]] = {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def _series(self, op: str) -> tuple[Any, Any]:
+        series = self._children.get(op)
+        if series is None:
+            series = (self._metrics.state_duration.labels(op), self._metrics.state_errors.labels(op))
+            self._children[op] = series
+        return series
+
+    async def _timed(self, op: str, call: Any) -> Any:
+        duration, errors = self._series(op)
+        start = time.perf_counter()
+        try:
+            return await call
+        except StateError:
+            errors.inc()
+            raise
+        finally:
+            duration.observe(time.perf_counter() - start)
+
+    async def start(self) -> None:
+        await self.inner.start()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    async def ping(self) -> None:
+        await self._timed("ping", self.inner.ping())
+
+    async def get(self, key: str) -> bytes | None:
+        return await self._timed("get", self.inner.get(key))
+
+    async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        await self._timed("set", self.inner.set(key, value, ttl_s))
+
+    async def delete(self, *keys: str) -> int:
+        return await self._timed("delete", self.inner.delete(*keys))
+
+    async def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
+        return await self._timed("incr", self.inner.incr(key, amount, ttl_s))
+
+    async def run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
+        return await self._timed(script.name, self.inner.run(script, keys, args))
+
+    async def log_append(self, key: str, record: dict[str, Any], max_len: int) -> str:
+        return await self._timed("log_append", self.inner.log_append(key, record, max_len))
+
+    async def log_range(self, key: str, count: int = 100, after: str | None = None) -> list[tuple[str, dict]]:
+        return await self._timed("log_range", self.inner.log_range(key, count, after))
+
+    async def log_remove(self, key: str, ids: list[str]) -> int:
+        return await self._timed("log_remove", self.inner.log_remove(key, ids))
+
+    async def log_len(self, key: str) -> int:
+        return await self._timed("log_len", self.inner.log_len(key))

@@ -1,0 +1,298 @@
+"""The spend ledger: atomic reserve and settle, one round trip each, on any state backend.
+
+Per budget scope (a tenant, or one API key) and period there are two keys, both under the
+tenant's hash tag so a request's scopes are always on one Redis Cluster slot:
+
+* ``<tag>:bud:<scope>:<period>`` a hash: ``spent`` and ``held`` (pico-dollars) and one
+  ``r:<id>`` field per live reservation;
+* ``<tag>:bud:<scope>:<period>:exp`` a sorted set: reservation id -> expiry (wall seconds).
+
+Reserve first releases reservations whose replica never settled them (expired), then admits the
+request only if ``spent + held + amount <= limit`` in every enforced scope, and holds ``amount``
+in every scope. Settle releases the hold and adds the real cost; it also adds the request to the
+per-tenant day record ``<tag>:spend:<YYYY-MM-DD>`` (fields ``<model>:usd|n|est|in|out|cached``
+and ``k|<key name>:usd|n``). Amounts are integers, so ``HINCRBY`` keeps them exact; Lua compares
+them as doubles (exact up to 2**53 pico-dollars, ~9,000 USD, and off by a few pico-dollars above).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.state.base import LocalStore, Script, StateBackend, hash_tag
+
+MAX_PURGE = 100  # expired reservations released per scope per reserve, to bound one script's work
+
+# -- reserve --------------------------------------------------------------------------------------
+# KEYS: B1 Z1 [B2 Z2 ...]   ARGV: rid hold_s main alt, then per scope: limit soft enforce downgrade ttl_ms
+_RESERVE_LUA = """
+local rid, hold_s, main, alt = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local n = #KEYS / 2
+local function arg(i, k) return ARGV[4 + (i - 1) * 5 + k] end
+local levels, out = {}, {}
+for i = 1, n do
+  local b, z = KEYS[2 * i - 1], KEYS[2 * i]
+  local expired = redis.call('ZRANGEBYSCORE', z, '-inf', now, 'LIMIT', 0, MAX_PURGE)
+  for _, old in ipairs(expired) do
+    local amt = redis.call('HGET', b, 'r:' .. old)
+    if amt then
+      redis.call('HINCRBY', b, 'held', '-' .. amt)
+      redis.call('HDEL', b, 'r:' .. old)
+    end
+    redis.call('ZREM', z, old)
+  end
+  local spent = redis.call('HGET', b, 'spent') or '0'
+  local held = redis.call('HGET', b, 'held') or '0'
+  out[#out + 1] = spent
+  out[#out + 1] = held
+  levels[i] = tonumber(spent) + tonumber(held)
+end
+local function over(amount)
+  for i = 1, n do
+    if arg(i, 3) == '1' and levels[i] + tonumber(amount) > tonumber(arg(i, 1)) then return i end
+  end
+  return 0
+end
+local may_alt, use_alt = false, false
+if alt ~= '' then
+  for i = 1, n do
+    if arg(i, 4) == '1' then
+      may_alt = true
+      if arg(i, 2) ~= '' and levels[i] >= tonumber(arg(i, 2)) then use_alt = true end
+    end
+  end
+end
+local amount = main
+if use_alt then amount = alt end
+local refused = over(amount)
+if refused > 0 and may_alt and not use_alt and over(alt) == 0 then
+  use_alt, amount, refused = true, alt, 0
+end
+if refused > 0 then return {'over', tostring(refused), unpack(out)} end
+for i = 1, n do
+  local b, z = KEYS[2 * i - 1], KEYS[2 * i]
+  redis.call('HINCRBY', b, 'held', amount)
+  redis.call('HSET', b, 'r:' .. rid, amount)
+  redis.call('ZADD', z, now + hold_s, rid)
+  local ttl = tonumber(arg(i, 5))
+  if ttl > 0 then
+    redis.call('PEXPIRE', b, ttl)
+    redis.call('PEXPIRE', z, ttl)
+  end
+end
+local verdict = 'main'
+if use_alt then verdict = 'alt' end
+return {verdict, '0', unpack(out)}
+""".replace("MAX_PURGE", str(MAX_PURGE))
+
+
+def _hash(store: LocalStore, key: str) -> dict[str, Any]:
+    value = store.get(key)
+    if value is None:
+        value = {}
+        store.set(key, value)
+    return value
+
+
+def _purge(store: LocalStore, b: str, z: str, now: float) -> None:
+    exp = store.get(z) or {}
+    expired = sorted((score, rid) for rid, score in exp.items() if score <= now)[:MAX_PURGE]
+    bucket = store.get(b)
+    for _, rid in expired:
+        if bucket is not None and f"r:{rid}" in bucket:
+            bucket["held"] = bucket.get("held", 0) - bucket.pop(f"r:{rid}")
+        del exp[rid]
+
+
+def _reserve_local(store: LocalStore, keys: list[str], args: list[Any], now: float) -> list[str]:
+    """Python twin of ``_RESERVE_LUA``."""
+    rid, hold_s, main, alt = str(args[0]), float(args[1]), int(args[2]), str(args[3])
+    n = len(keys) // 2
+    scope = [args[4 + i * 5: 9 + i * 5] for i in range(n)]  # limit soft enforce downgrade ttl_ms
+    levels, out = [], []
+    for i in range(n):
+        _purge(store, keys[2 * i], keys[2 * i + 1], now)
+        bucket = store.get(keys[2 * i]) or {}
+        spent, held = bucket.get("spent", 0), bucket.get("held", 0)
+        out += [str(spent), str(held)]
+        levels.append(spent + held)
+
+    def over(amount: int) -> int:
+        return next((i + 1 for i in range(n) if str(scope[i][2]) == "1" and levels[i] + amount > int(scope[i][0])), 0)
+
+    downgraders = [i for i in range(n) if str(scope[i][3]) == "1"] if alt != "" else []
+    use_alt = any(str(scope[i][1]) != "" and levels[i] >= int(scope[i][1]) for i in downgraders)
+    amount = int(alt) if use_alt else main
+    refused = over(amount)
+    if refused and downgraders and not use_alt and over(int(alt)) == 0:
+        use_alt, amount, refused = True, int(alt), 0
+    if refused:
+        return ["over", str(refused), *out]
+    for i in range(n):
+        b, z = keys[2 * i], keys[2 * i + 1]
+        bucket, exp = _hash(store, b), _hash(store, z)
+        bucket["held"] = bucket.get("held", 0) + amount
+        bucket[f"r:{rid}"] = amount
+        exp[rid] = now + hold_s
+        ttl_ms = int(scope[i][4])
+        if ttl_ms > 0:
+            store.expire(b, ttl_ms / 1000)
+            store.expire(z, ttl_ms / 1000)
+    return ["alt" if use_alt else "main", "0", *out]
+
+
+RESERVE = Script(name="budget_reserve", lua=_RESERVE_LUA, local=_reserve_local)
+
+# -- settle ---------------------------------------------------------------------------------------
+# KEYS: B1 Z1 [B2 Z2 ...] D   ARGV: rid cost d_ttl_ms, one ttl_ms per scope, then field amount pairs for D
+_SETTLE_LUA = """
+local rid, cost, dttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local n = (#KEYS - 1) / 2
+local out = {}
+for i = 1, n do
+  local b, z = KEYS[2 * i - 1], KEYS[2 * i]
+  local amt = redis.call('HGET', b, 'r:' .. rid)
+  if amt then
+    redis.call('HINCRBY', b, 'held', '-' .. amt)
+    redis.call('HDEL', b, 'r:' .. rid)
+  end
+  redis.call('ZREM', z, rid)
+  redis.call('HINCRBY', b, 'spent', cost)
+  local ttl = tonumber(ARGV[3 + i])
+  if ttl > 0 and redis.call('PTTL', b) == -1 then redis.call('PEXPIRE', b, ttl) end
+  out[#out + 1] = redis.call('HGET', b, 'spent')
+  out[#out + 1] = redis.call('HGET', b, 'held') or '0'
+end
+if dttl > 0 then
+  local d = KEYS[#KEYS]
+  for j = 4 + n, #ARGV, 2 do redis.call('HINCRBY', d, ARGV[j], ARGV[j + 1]) end
+  if redis.call('PTTL', d) == -1 then redis.call('PEXPIRE', d, dttl) end
+end
+return out
+"""
+
+
+def _settle_local(store: LocalStore, keys: list[str], args: list[Any], now: float) -> list[str]:
+    """Python twin of ``_SETTLE_LUA``."""
+    rid, cost, dttl = str(args[0]), int(args[1]), int(args[2])
+    n = (len(keys) - 1) // 2
+    out: list[str] = []
+    for i in range(n):
+        b, z = keys[2 * i], keys[2 * i + 1]
+        bucket = _hash(store, b)
+        if f"r:{rid}" in bucket:
+            bucket["held"] = bucket.get("held", 0) - bucket.pop(f"r:{rid}")
+        (store.get(z) or {}).pop(rid, None)
+        bucket["spent"] = bucket.get("spent", 0) + cost
+        ttl_ms = int(args[3 + i])
+        if ttl_ms > 0 and store.ttl(b) is None:
+            store.expire(b, ttl_ms / 1000)
+        out += [str(bucket["spent"]), str(bucket.get("held", 0))]
+    if dttl > 0:
+        day = _hash(store, keys[-1])
+        pairs = args[3 + n:]
+        for field, amount in zip(pairs[::2], pairs[1::2], strict=True):
+            day[str(field)] = day.get(str(field), 0) + int(amount)
+        if store.ttl(keys[-1]) is None:
+            store.expire(keys[-1], dttl / 1000)
+    return out
+
+
+SETTLE = Script(name="budget_settle", lua=_SETTLE_LUA, local=_settle_local)
+
+# -- read -----------------------------------------------------------------------------------------
+_READ_LUA = "local out = {} for i, k in ipairs(KEYS) do out[i] = redis.call('HGETALL', k) end return out"
+
+
+def _read_local(store: LocalStore, keys: list[str], args: list[Any], now: float) -> list[list[str]]:
+    out = []
+    for key in keys:
+        value = store.get(key) or {}
+        out.append([item for field, amount in value.items() for item in (field, str(amount))])
+    return out
+
+
+READ = Script(name="budget_read", lua=_READ_LUA, local=_read_local)
+
+
+# -- keys and calls -------------------------------------------------------------------------------
+def scope_key(prefix: str, tenant: str, scope: str, period_id: str) -> str:
+    """``scope`` is ``t`` (the tenant) or ``k|<key name>``."""
+    return f"{hash_tag(prefix, tenant)}:bud:{scope}:{period_id}"
+
+
+def day_key(prefix: str, tenant: str, day: str) -> str:
+    return f"{hash_tag(prefix, tenant)}:spend:{day}"
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeArgs:
+    """One scope of a reservation, as the reserve script takes it."""
+
+    key: str
+    limit: int
+    soft: int | None
+    enforce: bool
+    downgrade: bool
+    ttl_ms: int  # 0: never expires (a "total" budget)
+
+    def argv(self) -> list[Any]:
+        return [self.limit, "" if self.soft is None else self.soft, int(self.enforce), int(self.downgrade),
+                self.ttl_ms]
+
+
+@dataclass(frozen=True, slots=True)
+class Reserved:
+    verdict: str  # main | alt | over
+    over: int  # 1-based index of the scope that refused, 0 when admitted
+    levels: tuple[tuple[int, int], ...]  # (spent, held) per scope, before this reservation
+
+
+def _pairs(flat: list[str]) -> dict[str, int]:
+    return {flat[i]: int(flat[i + 1]) for i in range(0, len(flat) - 1, 2)}
+
+
+class Ledger:
+    """Budget state on one backend (the shared one, or a replica's local fallback)."""
+
+    def __init__(self, backend: StateBackend) -> None:
+        self.backend = backend
+
+    async def reserve(self, scopes: list[ScopeArgs], rid: str, hold_s: float, main: int,
+                      alt: int | None) -> Reserved:
+        keys = [k for s in scopes for k in (s.key, s.key + ":exp")]
+        args: list[Any] = [rid, hold_s, main, "" if alt is None else alt]
+        for s in scopes:
+            args += s.argv()
+        reply = await self.backend.run(RESERVE, keys, args)
+        levels = tuple((int(reply[2 + 2 * i]), int(reply[3 + 2 * i])) for i in range(len(scopes)))
+        return Reserved(str(reply[0]), int(reply[1]), levels)
+
+    async def settle(self, charge: Charge) -> list[tuple[int, int]]:
+        """Release ``charge.rid``'s hold, add its cost; returns (spent, held) per scope afterwards."""
+        keys = [k for key in charge.scope_keys for k in (key, key + ":exp")] + [charge.day_key]
+        args: list[Any] = [charge.rid, charge.cost, charge.day_ttl_ms, *charge.scope_ttls_ms]
+        for field, amount in charge.fields:
+            args += [field, amount]
+        reply = await self.backend.run(SETTLE, keys, args)
+        return [(int(reply[i]), int(reply[i + 1])) for i in range(0, len(reply) - 1, 2)]
+
+    async def read(self, keys: list[str]) -> list[dict[str, int]]:
+        if not keys:
+            return []
+        reply = await self.backend.run(READ, keys, [])
+        return [_pairs(flat) for flat in reply]
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """Everything one settle needs, so a failed settle can be replayed later as is."""
+
+    rid: str
+    cost: int
+    scope_keys: tuple[str, ...]
+    scope_ttls_ms: tuple[int, ...]
+    day_key: str
+    day_ttl_ms: int  # 0: nothing to record for the day (the request never reached a model)
+    fields: tuple[tuple[str, int], ...]

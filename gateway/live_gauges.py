@@ -1,0 +1,126 @@
+"""Values read when ``/metrics`` is scraped rather than counted per request.
+
+* Shared state (DLQ depth, budget spend) is read from the state backend just before rendering, under
+  a deadline, by whichever process answers the scrape: the same answer from any worker.
+* Process-local state (circuit breakers, policy reload counts) is published into regular metrics, at
+  each scrape and, with several workers, every second by each of them, so multiprocess mode sums
+  reload counts and takes the max of breaker states across workers.
+* ``policy_info`` carries the loaded policy's sha256 as a label (value 1).
+
+Every source is optional: a stage that is not there (yet) simply exports no series.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client.core import Metric
+
+from gateway.metrics import BREAKER_STATES, NO_TENANT, GatewayMetrics, ScrapeCollector, gauge
+from gateway.services import Services
+
+log = logging.getLogger("gateway.metrics")
+
+REFRESH_DEADLINE_S = 2.0
+
+
+class LiveGauges:
+    def __init__(self, services: Services, metrics: GatewayMetrics) -> None:
+        self.services = services
+        self.metrics = metrics
+        self.collector = ScrapeCollector()
+        self.collector.sources += [self._policy_info, self._dlq, self._budgets]
+        metrics.register(self.collector)
+        self._reloads = {"success": 0, "failure": 0, "unchanged": 0}
+        self._breakers: dict[tuple[str, str], float] = {}
+
+    async def refresh(self) -> None:
+        """Read shared state for the coming render; a slow or failing backend drops those series."""
+        snapshot: dict[str, Any] = {}
+        dlq, budget = self.services.extras.get("dlq"), self.services.extras.get("budget")
+        try:
+            async with asyncio.timeout(REFRESH_DEADLINE_S):
+                if dlq is not None:
+                    snapshot["dlq_depth"] = await _quiet(dlq.depth())
+                if budget is not None:
+                    snapshot["budget"] = await _quiet(budget.snapshot())
+        except TimeoutError:
+            log.warning("metrics: state backend too slow, shared gauges skipped this scrape")
+        self.collector.snapshot = snapshot
+        self.publish_local()
+
+    def publish_local(self) -> None:
+        self._publish_reloads()
+        self._publish_breakers()
+
+    def _publish_reloads(self) -> None:
+        stats = self.services.holder.stats
+        for result in self._reloads:
+            now = int(getattr(stats, result, 0))
+            if now > self._reloads[result]:
+                self.metrics.reloads.labels(result).inc(now - self._reloads[result])
+            self._reloads[result] = now
+            self.metrics.reloads.labels(result)  # the series exists at 0 before the first reload
+
+    def _publish_breakers(self) -> None:
+        breakers = self.services.extras.get("breakers")
+        if breakers is None:
+            return
+        known = {d.name for m in self.services.holder.current.models.values() for d in m.deployments}
+        for deployment, state in breakers.states().items():
+            if deployment not in known:
+                continue
+            for name in BREAKER_STATES:
+                value = 1.0 if state == name else 0.0
+                if self._breakers.get((deployment, name)) != value:
+                    self.metrics.breaker.labels(deployment, name).set(value)
+                    self._breakers[(deployment, name)] = value
+
+    def _policy_info(self, _snapshot: dict[str, Any]) -> Iterator[Metric]:
+        policy = self.services.holder.current
+        yield gauge("policy_info", "The loaded policy (value 1), by the sha256 of its file.", ("sha256",),
+                    [((policy.digest,), 1.0)])
+        yield gauge("policy_loaded_timestamp_seconds", "When the serving policy was loaded (Unix time).", (),
+                    [((), self.services.holder.stats.loaded_at)])
+
+    def _dlq(self, snapshot: dict[str, Any]) -> Iterator[Metric]:
+        depth = snapshot.get("dlq_depth")
+        if isinstance(depth, int | float):
+            yield gauge("dlq_depth", "Requests waiting in the dead-letter queue.", (), [((), depth)])
+
+    def _budgets(self, snapshot: dict[str, Any]) -> Iterator[Metric]:
+        rows = snapshot.get("budget")
+        if not isinstance(rows, dict):
+            return
+        policy = self.services.holder.current
+        rows = {t: v for t, v in rows.items() if t in policy.tenants and isinstance(v, dict)}
+        if not policy.metrics.per_tenant:
+            rows = _aggregate(rows)
+        for field, name, doc in (("spent", "budget_spent_usd", "Spend in the current budget period (USD)."),
+                                 ("limit", "budget_limit_usd", "Budget of the current period (USD)."),
+                                 ("remaining_ratio", "budget_remaining_ratio",
+                                  "Share of the budget left (1 untouched, 0 exhausted).")):
+            values = [((t,), float(v[field])) for t, v in sorted(rows.items()) if v.get(field) is not None]
+            yield gauge(name, doc, ("tenant",), values)
+
+
+def _aggregate(rows: dict[str, dict]) -> dict[str, dict]:
+    """``per_tenant: false``: one row, summed spend and limit, the smallest remaining ratio."""
+    if not rows:
+        return {}
+    ratios = [float(v["remaining_ratio"]) for v in rows.values() if v.get("remaining_ratio") is not None]
+    return {NO_TENANT: {"spent": sum(float(v.get("spent") or 0) for v in rows.values()),
+                        "limit": sum(float(v.get("limit") or 0) for v in rows.values()),
+                        "remaining_ratio": min(ratios) if ratios else None}}
+
+
+async def _quiet(call: Any) -> Any:
+    """The value, or None when the backend fails (the failure is already counted by the backend)."""
+    try:
+        return await call
+    except Exception as exc:  # noqa: BLE001 - a scrape must never fail because a source did
+        log.warning("metrics: a scrape-time source failed: %s", exc)
+        return None

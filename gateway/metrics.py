@@ -1,0 +1,188 @@
+"""The gateway's Prometheus metrics: one registry per app, every name ``llm_gateway_*``.
+
+Label values come only from the policy (tenants, models, providers, deployments) or from fixed
+vocabularies in code (status class, outcome, error kind), never from request strings, so the number
+of series is bounded by the policy. ``metrics: {per_tenant: false}`` sets every tenant label to the
+empty string, which Prometheus treats as no label at all: one series per model instead of per
+tenant and model.
+
+With ``--workers N`` the supervisor sets ``PROMETHEUS_MULTIPROC_DIR``: every worker writes its
+counters and histograms to memory-mapped files there, and whichever worker answers a scrape sums
+all of them (prometheus-client multiprocess mode), so the scrape is one coherent set whatever worker
+serves it. Process-local state (breakers, reload counts) is published into those files by each
+worker every second; shared state (DLQ depth, budgets) is read from the state backend at scrape time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
+
+PREFIX = "llm_gateway_"
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+NO_TENANT = ""  # per_tenant: false
+OTHER = "other"  # a model (or anything) not named by the policy
+NONE = "none"  # no provider/route was involved
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+TTFT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+STATE_BUCKETS = (0.0002, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
+SCORE_BUCKETS = (0.0, 0.25, 0.5, 0.75, 1.0)
+BREAKER_STATES = ("closed", "half_open", "open")
+ERROR_KINDS = frozenset({"timeout", "connect", "5xx", "4xx", "429", "stream_cut", "protocol", "circuit_open"})
+
+
+def multiproc_dir() -> str | None:
+    """The multiprocess directory when this process is one of several workers, else None."""
+    path = os.environ.get(MULTIPROC_ENV)
+    return path if path and os.path.isdir(path) else None
+
+
+def status_class(status: int) -> str:
+    return f"{status // 100}xx" if 100 <= status < 600 else NONE
+
+
+class GatewayMetrics:
+    """Every metric object of one gateway; ``render()`` is what ``/metrics`` answers."""
+
+    def __init__(self, multiproc: str | None = None) -> None:
+        self.multiproc = multiproc
+        self.registry = CollectorRegistry(auto_describe=True)
+        own = None if multiproc else self.registry  # multiprocess: files are the source, not objects
+        self._define_requests(own)
+        self._define_upstream(own)
+        self._define_state(own)
+        self.scrape_registry = self.registry
+        if multiproc:
+            self.scrape_registry = CollectorRegistry(auto_describe=True)
+            MultiProcessCollector(self.scrape_registry, path=multiproc)
+
+    def _c(self, name: str, doc: str, labels: Iterable[str], reg: CollectorRegistry | None) -> Counter:
+        return Counter(PREFIX + name, doc, list(labels), registry=reg)
+
+    def _h(self, name: str, doc: str, labels: Iterable[str], buckets: tuple, reg: CollectorRegistry | None,
+           ) -> Histogram:
+        return Histogram(PREFIX + name, doc, list(labels), buckets=buckets, registry=reg)
+
+    def _define_requests(self, reg: CollectorRegistry | None) -> None:
+        self.requests = self._c("requests", "Requests answered, by tenant, public model, provider, "
+                                "status class and outcome.", ("tenant", "model", "provider", "status_class",
+                                                              "outcome"), reg)
+        self.in_flight = Gauge(PREFIX + "requests_in_flight", "Requests being processed now.", registry=reg,
+                               multiprocess_mode="livesum")
+        self.duration = self._h("request_duration_seconds", "Total request duration, streams included.",
+                                ("tenant", "model"), DURATION_BUCKETS, reg)
+        self.upstream_duration = self._h("upstream_duration_seconds", "Time spent waiting on upstreams "
+                                         "per request (all attempts, stream chunks included).",
+                                         ("model", "provider"), DURATION_BUCKETS, reg)
+        self.ttft = self._h("time_to_first_token_seconds", "Time from request to the first streamed chunk "
+                            "sent to the client.", ("model", "provider"), TTFT_BUCKETS, reg)
+        self.overhead = self._h("overhead_seconds", "Gateway overhead: total duration minus upstream wait, "
+                                "for requests that reached an upstream.", ("model",), OVERHEAD_BUCKETS, reg)
+        self.tokens = self._c("tokens", "Tokens by type (prompt, completion, cached).",
+                              ("tenant", "model", "type"), reg)
+        self.cost = self._c("cost_usd", "Spend in USD at policy prices.", ("tenant", "model"), reg)
+        self.cost_saved = self._c("cost_saved_usd", "USD not spent thanks to cache hits.", ("tenant", "model"),
+                                  reg)
+        self.cache = self._c("cache_requests", "Cache lookups by result (hit, miss, bypass, stale).",
+                             ("tenant", "model", "result"), reg)
+        self.ratelimit = self._c("ratelimit_decisions", "Rate-limit decisions.", ("tenant", "decision"), reg)
+        self.budget = self._c("budget_decisions", "Budget admission outcomes.", ("tenant", "decision"), reg)
+        self.downgrades = self._c("budget_downgrades", "Requests moved to a cheaper model past a soft budget.",
+                                  ("tenant",), reg)
+        self.routed = self._c("routed_requests", "Routing decisions of virtual models.",
+                              ("model", "route", "rule"), reg)
+        self.feedback = self._c("feedback", "Answer-quality feedback received.",
+                                ("tenant", "model", "route", "category", "label"), reg)
+        self.feedback_score = self._h("feedback_score", "Feedback scores (0 bad .. 1 good).",
+                                      ("model", "route", "category"), SCORE_BUCKETS, reg)
+        self.review_sampled = self._c("review_sampled", "Requests marked for human review.", ("tenant",), reg)
+        self.audit_records = self._c("audit_records", "Audit records written, or dropped by reason.",
+                                     ("result",), reg)
+
+    def _define_upstream(self, reg: CollectorRegistry | None) -> None:
+        self.attempts = self._c("upstream_attempts", "Upstream attempts.", ("deployment",), reg)
+        self.upstream_errors = self._c("upstream_errors", "Failed upstream attempts by kind.",
+                                       ("deployment", "kind"), reg)
+        self.retries = self._c("upstream_retries", "Attempts repeated on the same deployment.", ("deployment",),
+                               reg)
+        self.fallbacks = self._c("upstream_fallbacks", "Moves to another deployment of the model.", ("model",),
+                                 reg)
+        self.breaker = Gauge(PREFIX + "circuit_breaker_state", "1 for the state a deployment's breaker is in "
+                             "(with several workers: in at least one of them).", ["deployment", "state"],
+                             registry=reg, multiprocess_mode="livemax")
+
+    def _define_state(self, reg: CollectorRegistry | None) -> None:
+        self.state_errors = self._c("state_errors", "State backend calls that failed.", ("op",), reg)
+        self.state_duration = self._h("state_duration_seconds", "State backend call latency.", ("op",),
+                                      STATE_BUCKETS, reg)
+        self.reloads = self._c("policy_reloads", "Policy reloads by result.", ("result",), reg)
+
+    def register(self, collector: Any) -> None:
+        """Add a scrape-time collector (values read when ``/metrics`` is asked)."""
+        self.scrape_registry.register(collector)
+
+    def render(self) -> tuple[bytes, str]:
+        return generate_latest(self.scrape_registry), CONTENT_TYPE_LATEST
+
+
+class ScrapeCollector:
+    """Gauges computed when scraped, from a snapshot ``refresh()`` took just before."""
+
+    def __init__(self) -> None:
+        self.snapshot: dict[str, Any] = {}
+        self.sources: list[Callable[[dict[str, Any]], Iterator[Metric]]] = []
+
+    def describe(self) -> list[Metric]:
+        return []  # values vary with the policy: never checked for duplicates up front
+
+    def collect(self) -> Iterator[Metric]:
+        for source in self.sources:
+            yield from source(self.snapshot)
+
+
+def gauge(name: str, doc: str, labels: tuple[str, ...], rows: Iterable[tuple[tuple[str, ...], float]],
+          ) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(PREFIX + name, doc, labels=list(labels))
+    for values, value in rows:
+        family.add_metric(list(values), float(value))
+    return family
+
+
+def prepare_multiproc_dir(env: dict[str, str]) -> tuple[str, bool]:
+    """For a ``--workers N`` supervisor: the directory all workers share, emptied of stale files.
+
+    An operator-set ``PROMETHEUS_MULTIPROC_DIR`` is used (and cleared of ``*.db`` left by an earlier
+    run, which would otherwise be summed in); else a private temporary directory is created, which
+    the supervisor removes at exit (``True`` second).
+    """
+    import glob
+    import tempfile
+
+    path = env.get(MULTIPROC_ENV)
+    if path:
+        os.makedirs(path, exist_ok=True)
+        for stale in glob.glob(os.path.join(path, "*.db")):
+            os.remove(stale)
+        return path, False
+    path = env[MULTIPROC_ENV] = tempfile.mkdtemp(prefix="gateway-metrics-")
+    return path, True
+
+
+def release_multiproc_dir(path: str, owned: bool, pids: Iterable[int]) -> None:
+    """After workers exit: drop their live gauges; remove the directory if the supervisor made it."""
+    import shutil
+
+    from prometheus_client.multiprocess import mark_process_dead
+
+    for pid in pids:
+        mark_process_dead(pid, path)
+    if owned:
+        shutil.rmtree(path, ignore_errors=True)

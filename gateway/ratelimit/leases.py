@@ -1,0 +1,66 @@
+"""This replica's live concurrency slots, renewed so that only a crashed replica's slots expire.
+
+A slot is a lease of ``LEASE_US``; while its request runs, this replica pushes the lease forward
+every third of it (one script call per tenant and backend). A replica that dies stops renewing, and
+its slots leave the count within one lease. A renewal that fails (backend down) is simply retried at
+the next tick; a slot whose lease ran out meanwhile is not recreated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from gateway.ratelimit.scripts import RENEW
+from gateway.ratelimit.stats import RateLimitStats
+from gateway.ratelimit.window import LEASE_US
+from gateway.state import StateBackend, StateError
+
+log = logging.getLogger("gateway.ratelimit")
+
+RENEW_EVERY_S = LEASE_US / 1_000_000 / 3
+
+
+class Leases:
+    def __init__(self, stats: RateLimitStats) -> None:
+        self.stats = stats
+        # (backend id, tenant) -> (backend, {token: slot keys})
+        self._held: dict[tuple[int, str], tuple[StateBackend, dict[str, tuple[str, ...]]]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(tokens) for _, tokens in self._held.values())
+
+    def add(self, backend: StateBackend, tenant: str, token: str, keys: tuple[str, ...]) -> None:
+        group = self._held.setdefault((id(backend), tenant), (backend, {}))
+        group[1][token] = keys
+
+    def remove(self, backend: StateBackend, tenant: str, token: str) -> None:
+        group = self._held.get((id(backend), tenant))
+        if group is not None:
+            group[1].pop(token, None)
+            if not group[1]:
+                del self._held[(id(backend), tenant)]
+
+    async def renew(self) -> None:
+        """One renewal round: a script call per (backend, tenant) holding slots."""
+        for backend, tokens in list(self._held.values()):
+            by_key: dict[str, list[str]] = {}
+            for token, keys in list(tokens.items()):
+                for key in keys:
+                    by_key.setdefault(key, []).append(token)
+            args: list[Any] = [LEASE_US]
+            for members in by_key.values():
+                args += [len(members), *members]
+            try:
+                self.stats.lease_renewals += int(await backend.run(RENEW, list(by_key), args) or 0)
+            except StateError as exc:
+                log.debug("lease renewal failed: %s", exc)
+
+    async def run(self, every_s: float = RENEW_EVERY_S) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            try:
+                await self.renew()
+            except Exception:  # noqa: BLE001 - the renewer must outlive a bad round
+                log.exception("lease renewal round failed")

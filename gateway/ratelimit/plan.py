@@ -1,0 +1,140 @@
+"""Which limits apply to a request, worked out once per (tenant, API key, public model) and reused.
+
+A request is limited by up to three scopes: the tenant (``rate_limit``), its API key (the key's own
+``rate_limit`` over the tenant's ``rate_limit.per_key``, field by field) and the tenant+public model
+(``rate_limit.models``). Each scope's ``rpm`` and ``concurrency`` are checked in ``limit_requests``
+and its ``tpm`` in ``admit``, each phase in one script call. Plans are built lazily and memoised per
+policy, so the request path never reads the policy's limit blocks, only these tuples.
+
+Redis keys: ``<prefix>:{<tenant>}:rl:<scope>:<kind>``, hash-tagged per tenant (one cluster slot per
+call). Scopes: ``t`` (tenant), ``k:<key name>``, ``m:<model>``; names come from the policy only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.policy.model import ApiKey, LimitSet, Policy, Tenant
+from gateway.ratelimit.window import LEASE_US, WINDOW_US
+from gateway.state.base import hash_tag
+
+NEAR_FRACTION = 0.1  # admitted with less than this share of a limit left: ``near_limit``
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One limit of one scope. ``local_limit`` is this replica's share in the ``local`` fallback."""
+
+    kind: str  # R (rpm) | C (concurrency) | T (tpm)
+    scope: str  # tenant | key | model
+    name: str  # the tenant, key or model name, for messages
+    limit: int
+    local_limit: int
+    keys: tuple[str, ...]
+
+    @property
+    def unit(self) -> str:
+        return {"R": "requests per minute (rpm)", "C": "concurrent requests",
+                "T": "tokens per minute (tpm)"}[self.kind]
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The limits of one (tenant, key, model), in script order, with their script arguments."""
+
+    tenant: str
+    shadow: bool
+    queue_s: float  # 0: answer 429 at once
+    requests: tuple[Limit, ...]  # R and C
+    tokens: tuple[Limit, ...]  # T
+    acquire_keys: list[str] = field(default_factory=list)
+    acquire_spec: tuple[Any, ...] = ()
+    acquire_local_spec: tuple[Any, ...] = ()
+    token_keys: list[str] = field(default_factory=list)
+    slot_keys: tuple[str, ...] = ()  # concurrency keys, released at completion
+
+    @property
+    def empty(self) -> bool:
+        return not self.requests and not self.tokens
+
+    @property
+    def force(self) -> str:
+        return "1" if self.shadow else "0"
+
+    def acquire_args(self, token: str, local: bool) -> list[Any]:
+        spec = self.acquire_local_spec if local else self.acquire_spec
+        return [token, self.force, WINDOW_US, LEASE_US, *spec]
+
+    def reserve_args(self, token: str, cost: int, local: bool) -> list[Any]:
+        args: list[Any] = [token, self.force, WINDOW_US, LEASE_US]
+        for lim in self.tokens:
+            args += ["T", lim.local_limit if local else lim.limit, cost]
+        return args
+
+    def acquire_limits(self) -> tuple[tuple[str, Limit], ...]:
+        """(kind in the acquire call, limit) in result order: request limits, then token peeks."""
+        return tuple((lim.kind, lim) for lim in self.requests) + tuple(("P", lim) for lim in self.tokens)
+
+
+def _merge(own: LimitSet | None, default: LimitSet | None) -> LimitSet | None:
+    if own is None:
+        return default
+    if default is None:
+        return own
+    return LimitSet(*(o if o is not None else d for o, d in
+                      ((own.rpm, default.rpm), (own.tpm, default.tpm), (own.concurrency, default.concurrency))))
+
+
+def _limits(base: str, scope: str, name: str, limits: LimitSet | None, replicas: int) -> list[Limit]:
+    if limits is None:
+        return []
+    out = []
+    for kind, value, suffix in (("R", limits.rpm, "rpm"), ("C", limits.concurrency, "conc"),
+                                ("T", limits.tpm, "tpm")):
+        if value is None:
+            continue
+        keys = (f"{base}:{suffix}", f"{base}:{suffix}:w") if kind == "T" else (f"{base}:{suffix}",)
+        out.append(Limit(kind, scope, name, value, max(1, value // replicas), keys))
+    return out
+
+
+def build_plan(policy: Policy, tenant: Tenant, key: ApiKey | None, model: str) -> Plan:
+    """Every limit that applies to a request of ``tenant`` with ``key`` for public ``model``."""
+    rl = tenant.rate_limit
+    tag = f"{hash_tag(policy.state.key_prefix, tenant.name)}:rl"
+    replicas = policy.state.replicas
+    found = _limits(f"{tag}:t", "tenant", tenant.name, rl.tenant_limits, replicas)
+    if key is not None:
+        found += _limits(f"{tag}:k:{key.name}", "key", key.name, _merge(key.rate_limit, rl.per_key), replicas)
+    found += _limits(f"{tag}:m:{model}", "model", model, rl.model_limits(model), replicas)
+    requests = tuple(lim for lim in found if lim.kind != "T")
+    tokens = tuple(lim for lim in found if lim.kind == "T")
+    queue = tenant.queue.max_wait_ms / 1000 if tenant.queue is not None else 0.0
+    plan = Plan(tenant.name, rl.mode == "shadow", queue, requests, tokens)
+    pairs = plan.acquire_limits()
+    return Plan(
+        plan.tenant, plan.shadow, plan.queue_s, requests, tokens,
+        acquire_keys=[k for _, lim in pairs for k in lim.keys],
+        acquire_spec=tuple(x for kind, lim in pairs for x in (kind, lim.limit, 1)),
+        acquire_local_spec=tuple(x for kind, lim in pairs for x in (kind, lim.local_limit, 1)),
+        token_keys=[k for lim in tokens for k in lim.keys],
+        slot_keys=tuple(lim.keys[0] for lim in requests if lim.kind == "C"),
+    )
+
+
+class Plans:
+    """Plans of one policy, memoised by (tenant, key name, model); rebuilt on every policy load."""
+
+    def __init__(self, policy: Policy | None) -> None:
+        self.policy = policy
+        self._memo: dict[tuple[str, str, str], Plan] = {}
+
+    def get(self, policy: Policy, tenant: Tenant, key: ApiKey | None, model: str) -> Plan:
+        if policy is not self.policy:  # a request that started under the previous policy
+            return build_plan(policy, tenant, key, model)
+        memo_key = (tenant.name, key.name if key is not None else "", model)
+        plan = self._memo.get(memo_key)
+        if plan is None:
+            plan = self._memo[memo_key] = build_plan(policy, tenant, key, model)
+        return plan

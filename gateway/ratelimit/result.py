@@ -1,0 +1,121 @@
+"""What one script call decided, and how it reads to a client: 429 bodies and x-ratelimit headers."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from gateway.errors import GatewayError
+from gateway.ratelimit.plan import NEAR_FRACTION, Limit
+
+ADMITTED, REJECTED, OVER_COMMITTED = 1, 0, 2  # acquire status: OVER_COMMITTED is shadow mode's "would reject"
+CONCURRENCY_RETRY_MS = 1000  # a slot frees on some completion: a hint, not a promise
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """One limit after the call: ``limit`` is the one enforced (a replica's share in the fallback)."""
+
+    kind: str  # R | C | T | P
+    source: Limit
+    limit: int
+    used: int
+    reset_ms: int
+    over: bool
+
+    @property
+    def remaining(self) -> int:
+        return max(0, self.limit - self.used)
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    status: int
+    retry_ms: int  # exact to the next admission; -1 never; 0 unknown (concurrency)
+    usages: tuple[Usage, ...]
+    local: bool = False  # decided by the in-process fallback
+
+    @property
+    def admitted(self) -> bool:
+        return self.status != REJECTED
+
+    @property
+    def over(self) -> bool:
+        return self.status != ADMITTED
+
+    @property
+    def near(self) -> bool:
+        return any(u.kind != "P" and u.remaining < u.limit * NEAR_FRACTION for u in self.usages)
+
+    @property
+    def wait_ms(self) -> int:
+        """What to tell a rejected client: the exact time, or the concurrency hint."""
+        if self.retry_ms < 0:
+            return -1
+        concurrency = any(u.over and u.kind == "C" for u in self.usages)
+        return max(self.retry_ms, CONCURRENCY_RETRY_MS if concurrency else 0)
+
+
+def parse(raw: list[int], pairs: tuple[tuple[str, Limit], ...], local: bool) -> Result:
+    """The script's flat reply, zipped with the limits it was called with."""
+    usages = tuple(
+        Usage(kind, lim, lim.local_limit if local else lim.limit, int(raw[2 + 3 * i]), int(raw[3 + 3 * i]),
+              bool(raw[4 + 3 * i]))
+        for i, (kind, lim) in enumerate(pairs)
+    )
+    return Result(int(raw[0]), int(raw[1]), usages, local)
+
+
+def duration(ms: int) -> str:
+    """OpenAI's reset format: ``20ms``, ``1.5s``, ``6m0s``."""
+    if ms < 1000:
+        return f"{max(ms, 0)}ms"
+    minutes, rest = divmod(ms, 60_000)
+    seconds = f"{rest / 1000:.3f}".rstrip("0").rstrip(".")
+    return f"{minutes}m{seconds}s" if minutes else f"{seconds}s"
+
+
+def headers(requests: Result | None, tokens: Result | None) -> dict[str, str]:
+    """``x-ratelimit-*`` for the binding (least remaining) request and token limits of the request."""
+    out: dict[str, str] = {}
+    for suffix, result, kinds in (("requests", requests, ("R",)), ("tokens", tokens, ("T", "P"))):
+        found = [u for u in result.usages if u.kind in kinds] if result is not None else []
+        if not found:
+            continue
+        u = min(found, key=lambda x: (x.remaining, x.limit))
+        out[f"x-ratelimit-limit-{suffix}"] = str(u.limit)
+        out[f"x-ratelimit-remaining-{suffix}"] = str(u.remaining)
+        out[f"x-ratelimit-reset-{suffix}"] = duration(u.reset_ms)
+    return out
+
+
+def _describe(lim: Limit, tenant: str) -> str:
+    if lim.scope == "tenant":
+        return f"tenant '{tenant}'"
+    if lim.scope == "key":
+        return f"API key '{lim.name}' of tenant '{tenant}'"
+    return f"model '{lim.name}' for tenant '{tenant}'"
+
+
+def over_limit_error(result: Result, tenant: str, cost: int = 1) -> GatewayError:
+    """429 ``rate_limit_exceeded`` with ``retry-after`` (ceil seconds) and exact ``retry-after-ms``."""
+    over = [u for u in result.usages if u.over]
+    u = over[0] if over else result.usages[0]
+    wait = result.wait_ms
+    where = _describe(u.source, tenant)
+    if wait < 0:
+        message = (f"Request too large: it needs about {cost} tokens, more than the {u.source.unit} limit "
+                   f"of {u.limit} for {where}. Reduce the prompt or max_tokens.")
+        return GatewayError(429, message, code="rate_limit_exceeded", outcome="over_limit",
+                            headers={"x-should-retry": "false"})
+    message = (f"Rate limit reached for {where} on {u.source.unit}: limit {u.limit}, used {u.used}. "
+               f"Please try again in {duration(wait)}.")
+    retry = {"retry-after": str(max(1, math.ceil(wait / 1000))), "retry-after-ms": str(wait)}
+    return GatewayError(429, message, code="rate_limit_exceeded", outcome="over_limit", headers=retry)
+
+
+def unavailable_error(retry_s: int) -> GatewayError:
+    """``on_backend_error: deny``: fail closed, and say when trying again makes sense."""
+    return GatewayError(503, "Rate limiting is unavailable (the shared state backend does not answer) and "
+                        "the policy fails closed. Please try again shortly.", code="rate_limit_unavailable",
+                        outcome="failure_mode_denied", headers={"retry-after": str(retry_s)})

@@ -1,0 +1,108 @@
+"""``gateway review list|done`` and ``gateway review feedback``: the human-review queue and feedback.
+
+``audit.sample_rate`` marks a share of each tenant's requests for review; their redacted records
+sit in the state backend's ``<prefix>:review`` log (a Redis stream, or the memory backend's journal
+at ``state.dlq_path``) until a reviewer marks them ``done``. ``feedback`` lists what applications
+sent to ``POST /v1/feedback``. The backend is the one the policy (``--policy``) names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from gateway.audit import review_key
+from gateway.cli import EXTRA_COMMANDS
+from gateway.feedback import feedback_key
+from gateway.serve import BUNDLED_POLICY
+from gateway.state import StateError, build_backend
+
+PAGE = 500
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="review_command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--policy", default=os.environ.get("GATEWAY_POLICY") or str(BUNDLED_POLICY),
+                        help="policy file naming the state backend (default: $GATEWAY_POLICY or the bundled one)")
+    common.add_argument("--tenant", help="only this tenant's records")
+    common.add_argument("--limit", type=int, default=0, help="show at most N records (0: all)")
+    common.add_argument("--json", action="store_true", help="one JSON record per line")
+    sub.add_parser("list", parents=[common], help="requests marked for human review")
+    sub.add_parser("feedback", parents=[common], help="feedback sent to /v1/feedback")
+    done = sub.add_parser("done", parents=[common], help="remove reviewed records from the queue")
+    done.add_argument("ids", nargs="+", metavar="ID")
+
+
+def run(args: argparse.Namespace) -> int:
+    from gateway.policy.loader import PolicyError, load_policy
+
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"{args.policy}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_run(args, policy))
+    except StateError as exc:
+        print(f"state backend unavailable: {exc}", file=sys.stderr)
+        return 2
+
+
+async def _run(args: argparse.Namespace, policy: Any) -> int:
+    backend = build_backend(policy.state)
+    await backend.start()
+    try:
+        if args.review_command == "done":
+            removed = await backend.log_remove(review_key(policy), list(args.ids))
+            print(f"{removed} record(s) marked done")
+            return 0
+        key = review_key(policy) if args.review_command == "list" else feedback_key(policy)
+        rows = await _read(backend, key, args.tenant, args.limit)
+    finally:
+        await backend.close()
+    for sid, record in rows:
+        print(orjson.dumps({"id": sid, **record}).decode() if args.json else _line(sid, record))
+    if not args.json:
+        print(f"{len(rows)} record(s)", file=sys.stderr)
+    return 0
+
+
+async def _read(backend: Any, key: str, tenant: str | None, limit: int) -> list[tuple[str, dict]]:
+    out: list[tuple[str, dict]] = []
+    after: str | None = None
+    while batch := await backend.log_range(key, PAGE, after):
+        after = batch[-1][0]
+        out.extend(row for row in batch if tenant is None or row[1].get("tenant") == tenant)
+        if limit and len(out) >= limit:
+            return out[:limit]
+    return out
+
+
+def _when(ts: Any) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ts)) if isinstance(ts, int | float) else "-"
+
+
+def _line(sid: str, r: dict[str, Any]) -> str:
+    """One human-readable line: id, time, tenant, request, model/route, and what matters."""
+    if "score" in r:  # feedback
+        extra = f"score={r.get('score')} label={r.get('label') or '-'} category={r.get('category') or '-'}"
+        if r.get("comment"):
+            extra += f" comment={r['comment']!r}"
+    else:
+        extra = f"status={r.get('status')} outcome={r.get('outcome')}"
+    return (f"{sid}  {_when(r.get('time'))}  {r.get('tenant')}  {r.get('request_id')}  "
+            f"model={r.get('served_model') or r.get('model')} route={r.get('route') or '-'}  {extra}")
+
+
+EXTRA_COMMANDS["review"] = (configure, run)

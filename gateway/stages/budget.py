@@ -1,0 +1,270 @@
+"""Cost budgets on the request path: reserve the worst case in ``admit``, settle the real cost in
+``complete``.
+
+``admit`` runs after ``route`` and only on a cache miss, so it sees the concrete model and a cache
+hit costs nothing. It reserves the most the request can cost (prompt estimate plus ``max_tokens``,
+else the model's output cap, else ``input.default_max_tokens``) against the tenant's budget and the
+API key's, atomically with every other replica: a request that does not fit is refused (429
+``insufficient_quota``, ``x-should-retry: false``), so concurrent requests never overshoot a hard
+budget. Past the soft threshold ``warn`` adds ``x-gateway-budget-*`` headers and ``downgrade``
+sends requests for a large or routed model to the route's small model (which is also tried before
+refusing a request whose large-model reservation no longer fits). ``mode: shadow`` accounts and
+counts but never refuses, downgrades or adds headers.
+
+``complete`` settles exactly once per request: the cost of the provider's usage, or an estimate
+(``estimated``) when none arrived, e.g. a stream cut or a client that left mid-way; nothing when
+no model answered.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from gateway.budget import admin
+from gateway.budget.ledger import Charge, Ledger, Reserved, ScopeArgs, day_key
+from gateway.budget.periods import DAY_RECORD_TTL_S, day_id
+from gateway.budget.pricing import cost, estimate_usage, usd, worst_case
+from gateway.budget.service import BudgetService, BudgetSpec
+from gateway.context import RequestContext, Usage
+from gateway.errors import GatewayError
+from gateway.pipeline import GatewayResponse, Respond, Stage, Verdict
+from gateway.policy.model import ModelSpec
+from gateway.state.base import StateError
+
+if TYPE_CHECKING:
+    from gateway.services import Services
+
+
+@dataclass(slots=True)
+class Hold:
+    """This request's reservation: ``pending`` while reserving (a cancelled reserve may have held)."""
+
+    rid: str
+    scopes: list[ScopeArgs]
+    state: str = "pending"  # pending | held | none (no reservation, still charged) | refused
+    ledger: Ledger | None = None
+    amount: int = 0
+
+
+def output_tokens(ctx: RequestContext, model: ModelSpec) -> int:
+    if ctx.endpoint == "embeddings":
+        return 0
+    return ctx.max_tokens or model.max_output_tokens or ctx.policy.input.default_max_tokens
+
+
+class BudgetStage(Stage):
+    name = "budget"
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.service = BudgetService(services.backend, services.clock)
+        services.extras["budget"] = self.service
+
+    def install(self, app: object) -> None:
+        admin.install(app, self.service, self.services)
+
+    def on_policy(self, policy: Any) -> None:
+        self.service.on_policy(policy)
+
+    # -- admit ------------------------------------------------------------------------------------
+    async def admit(self, ctx: RequestContext) -> Verdict:
+        tenant, model = ctx.tenant, ctx.model
+        if tenant is None or model is None:
+            return None
+        specs = self.service.specs(tenant, ctx.api_key)
+        if not specs:
+            return None
+        model = self._worst_model(ctx, model)
+        small = self._small(ctx, model) if any(s.downgrade for s in specs) else None
+        main = worst_case(ctx.prompt_tokens_est, output_tokens(ctx, model), self.service.rates(model))
+        alt = None if small is None else worst_case(ctx.prompt_tokens_est, output_tokens(ctx, small),
+                                                    self.service.rates(small))
+        now = self.services.clock.time()
+        hold = Hold(uuid.uuid4().hex, [self.service.scope_args(tenant.name, s, now) for s in specs])
+        ctx.extras["budget"] = hold  # before the await: a cancelled reserve is still released
+        try:
+            reserved, hold.ledger = await self.service.reserve(hold.scopes, hold.rid, main, alt)
+        except StateError:
+            hold.state = "none"
+            return self._deny(ctx)
+        if reserved is None:
+            hold.state = "none"
+            ctx.budget_outcome = "failure_mode_allowed"
+            return None
+        if reserved.verdict == "over":
+            hold.state = "refused"
+            return self._refuse(ctx, specs[reserved.over - 1], reserved.levels[reserved.over - 1], main, now)
+        hold.state = "held"
+        hold.amount = main
+        if reserved.verdict == "alt" and small is not None:
+            hold.amount = alt or 0
+            self._downgrade(ctx, model, small)
+        self._outcome(ctx, specs, reserved, hold.amount, now)
+        return None
+
+    def _worst_model(self, ctx: RequestContext, model: ModelSpec) -> ModelSpec:
+        """A routed model nobody resolved yet is reserved at the price of its large model."""
+        if model.route is not None:
+            return ctx.policy.models.get(model.route.large) or model
+        return model
+
+    def _small(self, ctx: RequestContext, model: ModelSpec) -> ModelSpec | None:
+        """The small model this request may be downgraded to, if it fits the request."""
+        name, via_route = _route_small(ctx)
+        if name is None:
+            assert self.service.derived is not None
+            name = self.service.derived.small_of.get(model.name)
+        spec = ctx.policy.models.get(name) if name else None
+        if spec is None or spec.is_virtual or spec.name == model.name:
+            return None
+        if not via_route and ctx.tenant is not None and not ctx.tenant.may_use(spec.name):
+            return None
+        if spec.max_output_tokens is not None and (ctx.max_tokens or 0) > spec.max_output_tokens:
+            return None
+        window = spec.context_window
+        if window is not None and ctx.prompt_tokens_est + (ctx.max_tokens or 0) > window:
+            return None
+        return spec
+
+    @staticmethod
+    def _downgrade(ctx: RequestContext, model: ModelSpec, small: ModelSpec) -> None:
+        ctx.extras["budget_downgraded_from"] = model.name
+        ctx.model, ctx.route = small, "small"
+        ctx.response_headers["x-gateway-downgraded"] = "true"
+        ctx.response_headers["x-gateway-downgraded-from"] = model.name
+        ctx.response_headers["x-gateway-route"] = "small"
+        ctx.budget_outcome = "downgraded"
+
+    def _outcome(self, ctx: RequestContext, specs: list[BudgetSpec], reserved: Reserved, amount: int,
+                 now: float) -> None:
+        soft = shadow_over = False
+        for spec, (spent, held) in zip(specs, reserved.levels, strict=True):
+            level = spent + held
+            if not spec.enforce:
+                shadow_over = shadow_over or level + amount > spec.limit
+            elif spec.soft is not None and level >= spec.soft:
+                soft = True
+                self._warn_headers(ctx, spec, level, now)
+        if ctx.budget_outcome != "downgraded":
+            ctx.budget_outcome = "shadow_over_budget" if shadow_over else "soft" if soft else "ok"
+        self.service.counts[f"outcome_{ctx.budget_outcome}"] += 1
+
+    def _warn_headers(self, ctx: RequestContext, spec: BudgetSpec, level: int, now: float) -> None:
+        """The tightest enforced budget past its soft threshold speaks in the headers."""
+        remaining = max(0, spec.limit - level)
+        shown = ctx.response_headers.get("x-gateway-budget-remaining")
+        if shown is not None and float(shown) <= usd(remaining):
+            return
+        ctx.response_headers["x-gateway-budget-remaining"] = f"{usd(remaining):.6f}"
+        ratio = remaining / spec.limit if spec.limit else 0.0
+        ctx.response_headers["x-gateway-budget-remaining-ratio"] = f"{ratio:.4f}"
+        ctx.response_headers["x-gateway-budget-scope"] = "tenant" if spec.scope == "t" else "key"
+        reset = self.service.window(spec.policy.period, now).resets_at
+        if reset is not None:
+            ctx.response_headers["x-gateway-budget-reset"] = reset
+
+    def _refuse(self, ctx: RequestContext, spec: BudgetSpec, level: tuple[int, int], amount: int,
+                now: float) -> Respond:
+        ctx.budget_outcome = "over_budget"
+        self.service.counts["outcome_over_budget"] += 1
+        current = self.service.window(spec.policy.period, now)
+        spent, held = level
+        when = (f"it resets at {current.resets_at}" if current.end is not None
+                else "it does not reset (period: total)")
+        pending = f", ${usd(held):.6f} reserved by requests in flight" if held else ""
+        msg = (f"Budget exceeded: {spec.label} has spent ${usd(spent):.6f}{pending} of its "
+               f"${spec.policy.usd:g} {spec.policy.period} budget, and this request may cost up to "
+               f"${usd(amount):.6f}; {when}.")
+        headers = {"x-should-retry": "false"}
+        if current.end is not None:
+            headers["retry-after"] = str(max(1, int(current.end - now)))
+        err = GatewayError(429, msg, code="insufficient_quota", type="insufficient_quota", headers=headers,
+                           outcome="over_budget")
+        return Respond(GatewayResponse.from_error(err), "over_budget")
+
+    def _deny(self, ctx: RequestContext) -> Respond:
+        ctx.budget_outcome = "failure_mode_denied"
+        err = GatewayError(503, "Budget state is unavailable, so the request was refused "
+                           "(state.on_backend_error: deny).", code="budget_unavailable",
+                           headers={"retry-after": "1"}, outcome="failure_mode_denied")
+        return Respond(GatewayResponse.from_error(err), "failure_mode_denied")
+
+    # -- complete ---------------------------------------------------------------------------------
+    async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
+        if self.service.derived is None or ctx.tenant is None:
+            return
+        hold: Hold | None = ctx.extras.get("budget")
+        if hold is not None and hold.state == "refused":
+            return
+        usage, amount = self._charge(ctx)
+        ctx.cost_usd = usd(amount)
+        if usage is None and hold is None:
+            return
+        fields: tuple[tuple[str, int], ...] = ()
+        now = self.services.clock.time()
+        if usage is not None and ctx.model is not None:
+            fields = self._day_fields(ctx, ctx.model.name, usage, amount)
+        assert self.service.derived is not None
+        scopes = hold.scopes if hold is not None else []
+        charge = Charge(
+            rid=hold.rid if hold is not None else "-",
+            cost=amount,
+            scope_keys=tuple(s.key for s in scopes),
+            scope_ttls_ms=tuple(s.ttl_ms for s in scopes),
+            day_key=day_key(self.service.derived.prefix, ctx.tenant.name, day_id(now)),
+            day_ttl_ms=int(DAY_RECORD_TTL_S * 1000) if fields else 0,
+            fields=fields,
+        )
+        await self.service.settle(charge, hold.ledger if hold is not None else None)
+
+    def _charge(self, ctx: RequestContext) -> tuple[Usage | None, int]:
+        """The usage to charge (estimated when the provider reported none) and its cost."""
+        if ctx.cache_status in ("HIT", "STALE"):  # answered from the cache: no model worked on it
+            return None, 0
+        usage = ctx.usage
+        if usage is None:
+            if not _reached_model(ctx):
+                return None, 0
+            completion_chars = 0 if ctx.endpoint == "embeddings" else ctx.generated_chars
+            usage = ctx.usage = estimate_usage(ctx.prompt_tokens_est, completion_chars)
+        return usage, cost(usage, self.service.rates(ctx.model))
+
+    @staticmethod
+    def _day_fields(ctx: RequestContext, model: str, usage: Usage, amount: int) -> tuple[tuple[str, int], ...]:
+        fields = [(f"{model}:usd", amount), (f"{model}:n", 1), (f"{model}:in", usage.prompt_tokens),
+                  (f"{model}:out", usage.completion_tokens)]
+        if usage.cached_tokens:
+            fields.append((f"{model}:cached", usage.cached_tokens))
+        if usage.reasoning_tokens:
+            fields.append((f"{model}:reasoning", usage.reasoning_tokens))
+        if usage.estimated:
+            fields.append((f"{model}:est", 1))
+        if ctx.api_key is not None:
+            fields += [(f"k|{ctx.api_key.name}:usd", amount), (f"k|{ctx.api_key.name}:n", 1)]
+        return tuple(fields)
+
+
+def _route_small(ctx: RequestContext) -> tuple[str | None, bool]:
+    """The small model of the route this request took (set by the router), or of its virtual model."""
+    route = ctx.extras.get("route")
+    if isinstance(route, str):
+        virtual = ctx.policy.models.get(route)
+        route = virtual.route if virtual is not None else None
+    small = route.get("small") if isinstance(route, dict) else getattr(route, "small", None)
+    if isinstance(small, str):
+        return small, True
+    public = ctx.policy.models.get(ctx.public_model)
+    if public is not None and public.route is not None:
+        return public.route.small, True
+    return None, False
+
+
+def _reached_model(ctx: RequestContext) -> bool:
+    """Did a model start working on this request (so it is billed even without reported usage)?"""
+    if any(a.status == 200 for a in ctx.attempts):
+        return True
+    last = ctx.attempts[-1] if ctx.attempts else None
+    # a client that left while the upstream was working on the prompt
+    return ctx.client_disconnected and last is not None and last.status is None and last.error_kind is None

@@ -1,0 +1,317 @@
+"""The response cache stage: exact-match answers, stream replay, single-flight, stale answers.
+
+``cache_lookup`` answers a request from a stored entry (``x-cache: HIT``, ``age``) or from an
+identical request in flight in this process (also a HIT: the upstream is called once); otherwise
+the request leads a flight and ``on_response`` captures its answer: a whole 200 body, or a stream
+stored only once it ended cleanly. Errors, partial streams and non-``ok`` outcomes are never stored.
+
+Hits are free: they answer before ``admit``, so no token limit or budget sees them, and they are
+marked ``ctx.cache_status == "HIT"`` (``ctx.usage`` holds the cached usage, for the client and the
+logs; accounting must charge nothing for a HIT). ``ctx.cost_saved_usd`` is what the call would
+have cost at the serving model's price. A failing state backend turns the cache into a bypass,
+counted in ``services.extras["cache_stats"]`` (``CacheStats``), and never fails the request.
+
+For failover (``on_exhausted: stale``), ``services.extras["cache"].stale(ctx)`` returns an entry
+past its TTL (entries are kept ``STALE_FACTOR`` x TTL in all) marked ``x-cache: STALE``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Literal
+
+import orjson
+
+from gateway.budget.pricing import cost, rates_for, usd
+from gateway.cache.controls import Controls, parse_controls
+from gateway.cache.convert import assemble, replay
+from gateway.cache.entry import Entry, entry_from_answer, entry_from_body
+from gateway.cache.flight import Flight, FlightTable
+from gateway.cache.key import cache_key, is_deterministic
+from gateway.cache.store import BackendStore, CacheStats, CacheStore, MemoryStore
+from gateway.context import RequestContext, Usage
+from gateway.pipeline import GatewayResponse, Respond, Stage, Verdict
+from gateway.policy.model import CachePolicy, ModelSpec, Policy
+from gateway.services import Services
+from gateway.state.base import StateError
+
+STALE_FACTOR = 2.0  # an entry is fresh for ttl_s and kept, for stale answers, until STALE_FACTOR * ttl_s
+Role = Literal["miss", "hit"]
+
+
+@dataclass(slots=True)
+class CacheState:
+    """The cache's facts about one request (``ctx.extras["cache"]``)."""
+
+    key: str
+    controls: Controls
+    policy: CachePolicy
+    store: bool  # write the answer (False: no-store, ttl 0, or the backend failed)
+    role: Role = "miss"
+    flight: Flight | None = None
+    joined: bool = False
+
+
+def saved_usd(model: ModelSpec | None, usage: Usage | None) -> float:
+    if model is None or usage is None:
+        return 0.0
+    return usd(cost(usage, rates_for(model.price)))
+
+
+async def _chunks(payloads: list[bytes]) -> AsyncIterator[bytes]:
+    for payload in payloads:
+        yield payload
+
+
+def _route_extras(policy: Policy) -> dict[str, tuple[tuple[str, ...], bool]]:
+    """Per routed model: request headers its rules read, and whether a rule reads the tenant.
+
+    Both steer the answer without being in the body, so they go into the key.
+    """
+    out: dict[str, tuple[tuple[str, ...], bool]] = {}
+    for name, model in policy.models.items():
+        if model.route is not None:
+            rules = model.route.large_when
+            headers = tuple(sorted({r.value[0] for r in rules if r.kind == "header"}))
+            out[name] = (headers, any(r.kind == "tenant" for r in rules))
+    return out
+
+
+class CacheStage(Stage):
+    name = "cache"
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.clock = services.clock
+        self.stats = CacheStats()
+        self.flights = FlightTable()
+        self.memory: MemoryStore | None = None
+        self.store: CacheStore = BackendStore(services.backend)
+        if services.backend.kind != "redis":
+            self.memory = MemoryStore(CachePolicy().max_bytes, services.clock)
+            self.store = self.memory
+        self._prefix = "gw"
+        self._route_extras: dict[str, tuple[tuple[str, ...], bool]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        services.extras["cache"] = self
+        services.extras["cache_stats"] = self.stats
+
+    def on_policy(self, policy: Policy) -> None:
+        self._prefix = policy.state.key_prefix
+        self._route_extras = _route_extras(policy)
+        if self.memory is not None:
+            sizes = [t.cache.max_bytes for t in policy.tenants.values() if t.cache.enabled]
+            self.memory.resize(max(sizes, default=CachePolicy().max_bytes))
+
+    async def stop(self) -> None:
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    # -- lookup ---------------------------------------------------------------------------------------
+    def _key(self, ctx: RequestContext, cp: CachePolicy) -> str:
+        body = ctx.body
+        extras = self._route_extras.get(ctx.public_model)
+        if extras is not None:
+            headers, by_tenant = extras
+            steer = [ctx.request.headers.get(h, "") for h in headers]
+            if by_tenant:
+                steer.append(ctx.tenant_name)
+            body = {**body, "\x00route": steer}  # can't collide with a real field name
+        return cache_key(self._prefix, ctx.tenant_name, cp.shared, ctx.endpoint, ctx.public_model, body)
+
+    def _mark(self, ctx: RequestContext, status: str) -> None:
+        ctx.cache_status = status
+        ctx.response_headers["x-cache"] = status
+        if status == "MISS":
+            self.stats.misses += 1
+        elif status == "BYPASS":
+            self.stats.bypasses += 1
+
+    async def cache_lookup(self, ctx: RequestContext) -> Verdict:
+        tenant = ctx.tenant
+        if tenant is None or not tenant.cache.enabled:
+            return None
+        cp = tenant.cache
+        if not (cp.nondeterministic or is_deterministic(ctx.body)):
+            self._mark(ctx, "BYPASS")
+            return None
+        controls = parse_controls(ctx.request.headers, cp.ttl_s)
+        st = CacheState(key=self._key(ctx, cp), controls=controls, policy=cp, store=controls.store)
+        ctx.extras["cache"] = st
+        if not controls.lookup:  # no-cache: answer from the upstream, then refresh the entry
+            self._own(st, ctx, lead=False)
+            self._mark(ctx, "BYPASS")
+            return None
+        entry, ok = await self._read(st.key)
+        if entry is not None and entry.fresh(self.clock.time(), controls.max_age_s):
+            return self._hit(ctx, st, entry, "HIT")
+        if not ok:
+            st.store = False
+        flight = self.flights.get(st.key)
+        if flight is not None and flight.join():
+            verdict = await self._follow(ctx, st, flight)
+            if verdict is not None:
+                return verdict
+            self._own(st, ctx, lead=False)  # the leader failed or took too long: on our own
+        else:
+            self._own(st, ctx, lead=True)
+        self._mark(ctx, "MISS" if ok else "BYPASS")
+        return None
+
+    async def _read(self, key: str) -> tuple[Entry | None, bool]:
+        """The stored entry (None if absent or unreadable) and whether the backend answered."""
+        try:
+            raw = await self.store.get(key)
+        except StateError:
+            self.stats.backend_errors += 1
+            return None, False
+        return (Entry.decode(raw) if raw else None), True
+
+    def _own(self, st: CacheState, ctx: RequestContext, lead: bool) -> None:
+        st.role = "miss"
+        st.flight = self.flights.lead(st.key, ctx.endpoint) if lead else self.flights.private(st.key, ctx.endpoint)
+        st.joined = True
+
+    def _hit(self, ctx: RequestContext, st: CacheState, entry: Entry, status: str, coalesced: bool = False,
+             ) -> Respond:
+        """Answer from ``entry``: its body as stored, or replayed as a stream."""
+        st.role = "hit"
+        ctx.cache_status = status
+        ctx.usage = entry.usage
+        served = ctx.policy.models.get(entry.model)
+        if served is not None:
+            ctx.model = served
+        ctx.cost_saved_usd = saved_usd(served, entry.usage)
+        if coalesced:
+            self.stats.coalesced += 1
+        elif status == "HIT":
+            self.stats.hits += 1
+        else:
+            self.stats.stale += 1
+        headers = {"x-cache": status, "age": str(int(entry.age(self.clock.time()))),
+                   "x-gateway-model": entry.model}
+        if ctx.stream:
+            events = _chunks(replay(orjson.loads(entry.body), ctx.endpoint, ctx.client_wants_usage))
+            resp = GatewayResponse(status=200, headers=headers, events=events, content_type="text/event-stream")
+        else:
+            resp = GatewayResponse(status=200, headers=headers, body=entry.body)
+        return Respond(resp, "cache_hit")
+
+    # -- single-flight followers ----------------------------------------------------------------------
+    async def _follow(self, ctx: RequestContext, st: CacheState, flight: Flight) -> Verdict:
+        """Wait (bounded) for the identical request in flight; None: proceed on our own."""
+        st.flight, st.joined = flight, True
+        wait_s = ctx.tenant.retry.deadline_s if ctx.tenant is not None else 60.0
+        ok = await flight.wait(lambda f: ctx.stream and bool(f.chunks), wait_s)
+        entry = flight.entry
+        if not ok or flight.state == "failed" or (entry is None and not (ctx.stream and flight.chunks)):
+            self._leave(st)
+            return None
+        if entry is not None and not (ctx.stream and flight.chunks):
+            verdict = self._hit(ctx, st, entry, "HIT", coalesced=True)
+            self._leave(st)
+            return verdict
+        self.stats.coalesced += 1
+        st.role = "hit"  # a stream in progress: replay it chunk by chunk as it arrives
+        ctx.cache_status = "HIT"
+        headers = {"x-cache": "HIT", "age": "0"}
+        resp = GatewayResponse(status=200, headers=headers, events=self._relay(ctx, flight),
+                               content_type="text/event-stream", close=lambda: self._aleave(st))
+        return Respond(resp, "cache_hit")
+
+    async def _relay(self, ctx: RequestContext, flight: Flight) -> AsyncIterator[bytes]:
+        async for payload in flight.follow():
+            yield payload
+        entry = flight.entry
+        if entry is not None:
+            served = ctx.policy.models.get(entry.model)
+            ctx.model = served or ctx.model
+            ctx.cost_saved_usd = saved_usd(served, entry.usage)
+
+    def _leave(self, st: CacheState) -> None:
+        if st.joined and st.flight is not None:
+            st.joined = False
+            st.flight.leave()
+
+    async def _aleave(self, st: CacheState) -> None:
+        self._leave(st)
+
+    # -- capture --------------------------------------------------------------------------------------
+    async def on_response(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:
+        st: CacheState | None = ctx.extras.get("cache")
+        if st is None or st.role != "miss" or st.flight is None or st.flight.settled:
+            return resp
+        flight = st.flight
+        if resp.status != 200 or ctx.outcome != "ok" or ctx.budget_outcome == "downgraded":
+            flight.fail()  # errors, substitutes (static, stale) and downgraded answers are never stored
+            self._leave(st)
+            self.stats.skipped += 1
+            return resp
+        model = ctx.model.name if ctx.model is not None else ctx.public_model
+        created, ttl = self.clock.time(), st.controls.ttl_s
+        if resp.events is not None:
+            flight.start_stream(resp.events, resp.close,
+                                lambda f: self._stream_entry(f, created, ttl, model),
+                                lambda f: self._settle(st, f))
+            self._track(flight.pump)
+            resp.events, resp.close = flight.follow(), (lambda: self._aleave(st))
+            return resp
+        flight.finish(entry_from_body(resp.body, created, ttl, model) if resp.body else None)
+        self._leave(st)
+        if self.memory is not None:
+            await self._settle(st, flight)  # never waits: nothing to gain from a task
+        else:
+            self._track(asyncio.get_running_loop().create_task(self._settle(st, flight)))
+        return resp
+
+    @staticmethod
+    def _stream_entry(flight: Flight, created: float, ttl: float, model: str) -> Entry | None:
+        try:
+            answer = assemble(flight.chunks, flight.endpoint)
+        except (orjson.JSONDecodeError, TypeError, AttributeError, ValueError):
+            return None
+        return None if answer is None else entry_from_answer(answer, created, ttl, model)
+
+    async def _settle(self, st: CacheState, flight: Flight) -> None:
+        """Store a finished answer, then let the flight go (until then it serves newcomers itself)."""
+        entry = flight.entry
+        try:
+            if entry is None or not st.store or len(entry.body) > st.policy.max_entry_bytes:
+                self.stats.skipped += 1
+                return
+            await self.store.set(st.key, entry.encode(), entry.ttl_s * STALE_FACTOR)
+            self.stats.stores += 1
+        except StateError:
+            self.stats.backend_errors += 1
+        finally:
+            self.flights.drop(flight)
+
+    def _track(self, task: asyncio.Task[None] | None) -> None:
+        if task is not None:
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
+        st: CacheState | None = ctx.extras.get("cache")
+        if st is None or st.flight is None:
+            return
+        if st.role == "miss" and st.flight.state == "pending":
+            st.flight.fail()  # never answered (cancelled, a bug): followers go on their own
+        self._leave(st)
+
+    # -- failover -------------------------------------------------------------------------------------
+    async def stale(self, ctx: RequestContext) -> GatewayResponse | None:
+        """An entry kept past its TTL (or a fresh one) for a request no upstream could answer."""
+        st: CacheState | None = ctx.extras.get("cache")
+        if st is None:
+            return None
+        entry, _ = await self._read(st.key)
+        if entry is None or entry.age(self.clock.time()) >= entry.ttl_s * STALE_FACTOR:
+            return None
+        if st.flight is not None and st.role == "miss":
+            st.flight.fail()  # followers try for themselves rather than wait on a stale answer
+        return self._hit(ctx, st, entry, "STALE").response

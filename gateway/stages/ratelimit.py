@@ -1,0 +1,253 @@
+"""Rate limiting: request limits before the cache, token limits on a miss, exact across replicas.
+
+``limit_requests`` checks and takes, in one script call, every ``rpm`` and ``concurrency`` limit of
+the request (tenant, API key, tenant+model) and reads the token logs for the headers. ``admit``
+(cache misses only, after ``route``) reserves ``prompt estimate + max_tokens`` (or
+``input.default_max_tokens``; embeddings reserve no completion) against every ``tpm`` limit, again
+in one call. ``complete`` frees the concurrency slots and sets the reservation to the real use:
+``ctx.usage`` when known; nothing when no upstream was called (a later stage refused, the client
+left); otherwise the reservation is **kept** — a cut stream may have cost up to ``max_tokens``, and
+keeping the upper bound is what makes ``tpm`` a ceiling rather than a guess.
+
+Time: the scripts read Redis ``TIME`` (one clock for every replica). This stage never passes a
+time itself; when the gateway is built with a non-system clock (tests), the Redis backend hands
+that clock's time to every script and the memory backend always uses it (``gateway.state``).
+
+Outcomes (``ctx.ratelimit_outcome``): ``ok``, ``near_limit`` (admitted with under 10% of a limit
+left), ``over_limit`` (429), ``shadow_over_limit`` (``rate_limit.mode: shadow``: counted and
+admitted), ``failure_mode_allowed`` (admitted while the shared backend failed, by ``allow`` or the
+``local`` fallback), ``failure_mode_denied`` (503 under ``deny``). Counters: ``ratelimit.stats``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import math
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from gateway.context import RequestContext
+from gateway.pipeline import GatewayResponse, Respond, Stage, Verdict
+from gateway.policy.model import Policy
+from gateway.ratelimit.fallback import ALLOW, DENY, LOCAL, Guard
+from gateway.ratelimit.leases import Leases
+from gateway.ratelimit.plan import Plan, Plans
+from gateway.ratelimit.queue import Lines, wait_turn
+from gateway.ratelimit.result import (
+    OVER_COMMITTED,
+    REJECTED,
+    Result,
+    headers,
+    over_limit_error,
+    parse,
+    unavailable_error,
+)
+from gateway.ratelimit.scripts import ACQUIRE, RELEASE
+from gateway.ratelimit.stats import RateLimitStats
+from gateway.services import Services
+from gateway.state import StateBackend, StateError
+
+_RANK = {"ok": 0, "near_limit": 1, "failure_mode_allowed": 2, "shadow_over_limit": 3,
+         "failure_mode_denied": 4, "over_limit": 5}
+Decision = Result | str  # a script's result, or ALLOW / DENY when the shared backend failed
+
+
+@dataclass(slots=True)
+class _Request:
+    """The limiter's facts about one request (``ctx.extras["ratelimit"]``)."""
+
+    token: str  # unique per request (never the client's x-request-id): the member in every log
+    plan: Plan
+    requests: Result | None = None
+    tokens: Result | None = None
+    reserved: int = 0  # tokens committed in admit
+    slots_on: list[StateBackend] = field(default_factory=list)  # backends that may hold our slots
+    tokens_on: list[StateBackend] = field(default_factory=list)  # ... and our token reservation
+
+
+def _keep(found: list[StateBackend], backend: StateBackend) -> None:
+    if not any(b is backend for b in found):
+        found.append(backend)
+
+
+class RateLimitStage(Stage):
+    name = "ratelimit"
+
+    def __init__(self, services: Services) -> None:
+        self.services = services
+        self.stats: RateLimitStats = services.extras.setdefault("ratelimit_stats", RateLimitStats())
+        self.guard = Guard(services.backend, services.clock, self.stats)
+        self.plans = Plans(None)
+        self.lines = Lines()
+        self.leases = Leases(self.stats)
+        self._prefix = secrets.token_hex(5) + "."  # this replica; the counter makes it unique per request
+        self._seq = itertools.count()
+        self._renewer: asyncio.Task | None = None
+
+    def on_policy(self, policy: Policy) -> None:
+        self.plans = Plans(policy)
+
+    async def start(self, app: object) -> None:
+        self._renewer = asyncio.create_task(self.leases.run())
+
+    async def stop(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            self._renewer = None
+
+    # -- phases ----------------------------------------------------------------------------------
+
+    async def limit_requests(self, ctx: RequestContext) -> Verdict:
+        if ctx.tenant is None:
+            return None
+        plan = self.plans.get(ctx.policy, ctx.tenant, ctx.api_key, ctx.public_model)
+        if plan.empty:
+            return None
+        st = _Request(f"{self._prefix}{next(self._seq)}", plan)
+        ctx.extras["ratelimit"] = st
+        pairs = plan.acquire_limits()
+        args, local_args = plan.acquire_args(st.token, False), plan.acquire_args(st.token, True)
+
+        async def attempt() -> Decision:
+            return await self._call(ctx, st, plan.acquire_keys, args, local_args, pairs, st.slots_on)
+
+        decision = await self._decide(st, attempt)
+        if isinstance(decision, Result):
+            st.requests = decision
+            if decision.admitted and plan.slot_keys:
+                self.leases.add(self._holder(decision), plan.tenant, st.token, plan.slot_keys)
+        return self._verdict(ctx, decision, 1)
+
+    async def admit(self, ctx: RequestContext) -> Verdict:
+        st: _Request | None = ctx.extras.get("ratelimit")
+        if st is None or not st.plan.tokens:
+            return None
+        plan = st.plan
+        completion = 0 if ctx.endpoint == "embeddings" else ctx.policy.input.default_max_tokens
+        cost = ctx.prompt_tokens_est + (ctx.max_tokens or completion)
+        args, local_args = plan.reserve_args(st.token, cost, False), plan.reserve_args(st.token, cost, True)
+        pairs = tuple(("T", lim) for lim in plan.tokens)
+
+        async def attempt() -> Decision:
+            return await self._call(ctx, st, plan.token_keys, args, local_args, pairs, st.tokens_on)
+
+        decision = await self._decide(st, attempt)
+        if isinstance(decision, Result):
+            st.tokens = decision
+            if decision.admitted:
+                st.reserved = cost
+        return self._verdict(ctx, decision, cost)
+
+    async def on_response(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:
+        st: _Request | None = ctx.extras.get("ratelimit")
+        if st is not None:
+            ctx.response_headers.update(headers(st.requests, st.tokens or st.requests))
+        return resp
+
+    async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
+        if ctx.ratelimit_outcome is not None:
+            self.stats.outcomes[ctx.ratelimit_outcome] = self.stats.outcomes.get(ctx.ratelimit_outcome, 0) + 1
+        st: _Request | None = ctx.extras.get("ratelimit")
+        if st is None or not (st.slots_on or st.tokens_on):
+            return
+        actual = self._actual_tokens(ctx, st)
+        for backend in [*st.slots_on, *(b for b in st.tokens_on if not any(b is s for s in st.slots_on))]:
+            await self._release(st, backend, actual)
+        if st.plan.slot_keys:
+            self.lines.freed(st.plan.tenant)
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    async def _call(self, ctx: RequestContext, st: _Request, keys: list[str], args: list, local_args: list,
+                    pairs: tuple, holds: list[StateBackend]) -> Decision:
+        """One script call (shared backend, or the failure mode); ``holds`` learns where it may write."""
+        mode = ctx.policy.state.on_backend_error
+        how, reply, backend = await self.guard.run(ACQUIRE, keys, args, local_args, mode,
+                                                   lambda b: _keep(holds, b))
+        if how in (ALLOW, DENY):
+            return how
+        result = parse(reply, pairs, how == LOCAL)
+        if result.status == REJECTED:  # a clear "no" wrote nothing: nothing to undo there
+            holds[:] = [b for b in holds if b is not backend]
+        return result
+
+    def _holder(self, result: Result) -> StateBackend:
+        return self.guard.local if result.local else self.guard.shared
+
+    async def _decide(self, st: _Request, attempt: Callable[[], Awaitable[Decision]]) -> Decision:
+        """Attempt now; over the limit with a queue, wait in the tenant's line instead of refusing."""
+        plan = st.plan
+        line = self.lines.get(plan.tenant) if plan.queue_s > 0 else None
+        if line is None or not line.busy:
+            first = await attempt()
+            if line is None or not _rejected(first) or first.retry_ms < 0:  # type: ignore[union-attr]
+                return first
+        self.stats.queued += 1
+        deadline = asyncio.get_running_loop().time() + plan.queue_s
+        last = await wait_turn(line, deadline, attempt, lambda d: not _rejected(d),
+                               lambda d: d.wait_ms / 1000 if isinstance(d, Result) else 0.0)
+        if _rejected(last):
+            self.stats.queue_timeouts += 1
+        return last
+
+    def _verdict(self, ctx: RequestContext, decision: Decision, cost: int) -> Verdict:
+        if decision == ALLOW:
+            self._record(ctx, "failure_mode_allowed")
+            return None
+        if decision == DENY:
+            self._record(ctx, "failure_mode_denied")
+            err = unavailable_error(max(1, math.ceil(self.guard.hold_s)))
+            return Respond(GatewayResponse.from_error(err), "error")
+        assert isinstance(decision, Result)
+        if decision.status == REJECTED:
+            self._record(ctx, "over_limit")
+            err = over_limit_error(decision, ctx.tenant_name, cost)
+            return Respond(GatewayResponse.from_error(err), "over_limit")
+        if decision.status == OVER_COMMITTED:
+            self._record(ctx, "shadow_over_limit")
+        else:
+            self._record(ctx, "failure_mode_allowed" if decision.local else
+                         "near_limit" if decision.near else "ok")
+        return None
+
+    @staticmethod
+    def _record(ctx: RequestContext, outcome: str) -> None:
+        if _RANK[outcome] >= _RANK.get(ctx.ratelimit_outcome or "ok", 0):
+            ctx.ratelimit_outcome = outcome
+
+    @staticmethod
+    def _actual_tokens(ctx: RequestContext, st: _Request) -> int:
+        if not st.reserved:
+            return 0
+        if ctx.usage is not None:
+            return ctx.usage.total_tokens
+        return st.reserved if ctx.attempts else 0
+
+    async def _release(self, st: _Request, backend: StateBackend, actual: int) -> None:
+        """Free the slots and settle the reservation held on ``backend`` (one call)."""
+        plan = st.plan
+        keys: list[str] = []
+        args: list = [st.token]
+        if any(b is backend for b in st.slots_on):
+            keys += plan.slot_keys
+            args += ["C", 0] * len(plan.slot_keys)
+        if any(b is backend for b in st.tokens_on):
+            for lim in plan.tokens:
+                keys += lim.keys
+                args += ["T", actual]
+        self.leases.remove(backend, plan.tenant, st.token)
+        if not keys or (backend is self.guard.shared and self.guard.down):
+            return  # nothing held, or the backend is away: leases and windows expire on their own
+        try:
+            await backend.run(RELEASE, keys, args)
+        except StateError as exc:
+            self.guard.failed(exc)
+
+
+def _rejected(decision: Decision) -> bool:
+    return isinstance(decision, Result) and decision.status == REJECTED

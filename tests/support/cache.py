@@ -1,0 +1,59 @@
+"""Helpers for the cache tests: a gateway with the cache on, over memory or a real Redis."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from gateway.clock import FakeClock
+from tests.support.policies import basic_policy
+
+MSG = [{"role": "user", "content": "what is the capital of France"}]
+CACHE_ON = "cache: {enabled: true, ttl_s: 60}"
+
+
+def state_for(request: pytest.FixtureRequest, backend: str) -> str:
+    """The ``state:`` block for ``backend``; a real redis-server is started for ``redis``."""
+    if backend == "memory":
+        return "backend: memory"
+    url = request.getfixturevalue("redis_url")
+    return f"backend: redis\n  redis_url: {url}"
+
+
+def cache_gateway(make_gateway: Any, upstream: Any, state: str, defaults: str = CACHE_ON, extra_tenant: str = "",
+                  extra_models: str = "", clock: FakeClock | None = None, name: str = "policy.yaml") -> Any:
+    policy = basic_policy(upstream.url, defaults=defaults, state=state, extra_tenant=extra_tenant,
+                          extra_models=extra_models)
+    return make_gateway(policy, name=name, clock=clock or FakeClock())
+
+
+def chat(client: Any, headers: dict[str, str] | None = None, **kw: Any) -> tuple[str, Any, Any]:
+    """(text, response headers, parsed completion) of one non-stream chat call."""
+    kw.setdefault("model", "small")
+    kw.setdefault("messages", MSG)
+    raw = client.chat.completions.with_raw_response.create(extra_headers=headers or {}, **kw)
+    out = raw.parse()
+    return out.choices[0].message.content, raw.headers, out
+
+
+def chat_stream(client: Any, headers: dict[str, str] | None = None, **kw: Any) -> tuple[str, Any, list]:
+    """(text, response headers, chunks) of one streamed chat call."""
+    kw.setdefault("model", "small")
+    kw.setdefault("messages", MSG)
+    raw = client.chat.completions.with_raw_response.create(extra_headers=headers or {}, stream=True, **kw)
+    chunks = list(raw.parse())
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    return text, raw.headers, chunks
+
+
+def eventually(check: Callable[[], bool], within_s: float = 5.0) -> bool:
+    """Poll ``check`` until true (bounded): for effects that land just after a response is sent."""
+    deadline = time.monotonic() + within_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
