@@ -71,7 +71,7 @@ class RequestContext:
     cost_usd: float = 0.0
     cost_saved_usd: float = 0.0
     cache_status: str | None = None  # HIT|MISS|BYPASS|STALE
-    ratelimit_outcome: str | None = None  # ok|over_limit|near_limit|failure_mode_allowed|shadow_over_limit
+    ratelimit_outcome: str | None = None  # ok|over_limit|near_limit|failure_mode_allowed|failure_mode_denied|shadow_over_limit
     budget_outcome: str | None = None  # ok|soft|downgraded|over_budget|shadow_over_budget|failure_mode_allowed
     retries: int = 0  # upstream attempts beyond the first on the same deployment
     fallbacks: int = 0  # moves to another deployment

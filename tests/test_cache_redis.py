@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from tests.support.cache import MSG, cache_gateway, chat, chat_stream, state_for
+from tests.support.cache import MSG, cache_gateway, chat, chat_stream, eventually, state_for
 from tests.support.mock_openai import Fault
 
 
@@ -19,6 +19,8 @@ def test_entries_live_in_redis_with_a_ttl(gw, redis_server):
     import redis
 
     chat(gw.client("sk-acme"))
+    stats = gw.services.extras["cache_stats"]
+    assert eventually(lambda: stats.stores == 1)
     conn = redis.Redis.from_url(redis_server.url)
     try:
         keys = [k.decode() for k in conn.keys("*cache*")]
@@ -31,6 +33,8 @@ def test_entries_live_in_redis_with_a_ttl(gw, redis_server):
 def test_redis_stopped_mid_test_bypasses_the_cache(gw, upstream, redis_server):
     client = gw.client("sk-acme")
     text, _, _ = chat(client)
+    stats = gw.services.extras["cache_stats"]
+    assert eventually(lambda: stats.stores == 1)
     assert chat(client)[1]["x-cache"] == "HIT"
     redis_server.stop()
     for _ in range(2):
@@ -38,7 +42,6 @@ def test_redis_stopped_mid_test_bypasses_the_cache(gw, upstream, redis_server):
         assert headers["x-cache"] == "BYPASS" and again == text
     streamed, headers, _ = chat_stream(client)
     assert headers["x-cache"] == "BYPASS" and streamed == text
-    stats = gw.services.extras["cache_stats"]
     assert stats.backend_errors >= 3 and stats.bypasses == 3
     assert upstream.calls == 4
     redis_server.start()  # back, and empty
@@ -49,6 +52,8 @@ def test_redis_stopped_mid_test_bypasses_the_cache(gw, upstream, redis_server):
 def test_black_holed_redis_costs_a_timeout_not_a_failure(gw, upstream, redis_server):
     client = gw.client("sk-acme")
     chat(client)
+    stats = gw.services.extras["cache_stats"]
+    assert eventually(lambda: stats.stores == 1)  # written (after the answer was sent)
     redis_server.pause()
     try:
         _, headers, _ = chat(client)

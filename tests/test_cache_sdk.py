@@ -36,7 +36,7 @@ def test_second_identical_call_is_a_hit_with_identical_content(gw, upstream, clo
     assert out2.model_dump() == out1.model_dump()  # same id, usage, everything
     assert upstream.calls == 1
     stats = gw.services.extras["cache_stats"]
-    assert eventually(lambda: stats.stores == 1) and (stats.misses, stats.hits) == (1, 1)
+    assert eventually(lambda: stats.stores == 1) and (stats.misses, stats.hits + stats.coalesced) == (1, 1)
 
 
 def test_fields_that_do_not_change_the_answer_share_an_entry(gw, upstream):
@@ -232,3 +232,17 @@ def test_messages_param_is_part_of_the_key(gw, upstream):
     other = [{"role": "system", "content": "be brief"}, *MSG]
     _, headers, _ = chat(client, messages=other)
     assert headers["x-cache"] == "MISS"
+
+
+def test_route_steering_headers_are_part_of_the_key(make_gateway, upstream, state):
+    auto = ("auto:\n  route:\n    small: small\n    large: large\n    large_when:\n"
+            "      - header: {x-gateway-tier: large}\n")
+    gw = cache_gateway(make_gateway, upstream, state, extra_models=auto)
+    client = gw.client("sk-acme")
+    chat(client, model="auto")
+    _, headers, _ = chat(client, model="auto", headers={"x-gateway-tier": "large"})
+    assert headers["x-cache"] == "MISS" and upstream.requests[-1]["model"] == "large-a"
+    _, headers, _ = chat(client, model="auto", headers={"x-gateway-tier": "large"})
+    assert headers["x-cache"] == "HIT" and headers["x-gateway-model"] == "large"
+    assert chat(client, model="auto")[1]["x-gateway-model"] == "small"
+    assert upstream.calls == 2

@@ -151,7 +151,7 @@ def test_upstream_500_then_exhausted(make_gateway, upstream):
     upstream.default = Fault(status=500)
     with pytest.raises(openai.InternalServerError) as exc:
         gw.client("sk-acme").chat.completions.create(model="small", messages=MSG)
-    assert exc.value.status_code == 500
+    assert exc.value.status_code == 503  # every deployment failed: on_exhausted error (issue 5)
     assert set(exc.value.body) == {"message", "type", "param", "code"}
 
 

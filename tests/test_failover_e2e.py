@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import openai
@@ -189,3 +190,42 @@ def test_client_leaving_mid_failover_releases_everything(make, upstream, backup)
     assert gw.services.extras["breakers"].states()["primary/m-primary"] == "closed"
     assert ask(gw).headers["x-gateway-provider"] == "primary"
     assert backup.calls == 0
+
+
+async def test_client_leaving_mid_stream_cancels_the_upstream_and_frees_the_deployment(make, upstream):
+    gw = make()
+    upstream.push(Fault(chunk_delay_s=0.3))
+    client = gw.aclient("sk-acme")
+    stream = await client.chat.completions.create(model="chat", messages=MSG, stream=True)
+    async for chunk in stream:
+        assert chunk.choices[0].delta.content == "Echo:"
+        break
+    await stream.close()
+    await client.close()
+    stats = gw.services.extras["balancer"].stats["primary/m-primary"]
+    deadline = time.monotonic() + 5
+    while (stats.in_flight or not upstream.cancelled) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert stats.in_flight == 0 and upstream.cancelled == 1
+    assert gw.services.extras["breakers"].states()["primary/m-primary"] == "closed"
+
+
+async def test_retry_budget_keeps_an_outage_from_becoming_a_retry_storm(make, upstream):
+    gw = make(retry="{attempts: 5, backoff_ms: 0, budget_ratio: 0.2, min_retries: 2}")
+    upstream.default = Fault(503, delay_s=0.2)  # everyone is in flight when the first failures come back
+    client = gw.aclient("sk-acme")
+
+    async def one() -> int:
+        try:
+            await client.chat.completions.create(model="solo", messages=MSG)
+        except openai.InternalServerError as err:
+            return err.status_code
+        return 200
+
+    statuses = await asyncio.gather(*(one() for _ in range(40)))
+    await client.close()
+    budget = gw.services.extras["retry_budget"]
+    assert statuses == [503] * 40
+    # without a budget: 40 x 5 = 200 calls; with it, retries in flight stay within 20% of active requests
+    assert 40 < upstream.calls <= 40 + 40 * 4 * 0.2 and budget.denied > 0
+    assert budget.active == 0 and budget.retrying == 0

@@ -11,7 +11,6 @@ import openai
 import orjson
 import pytest
 
-from gateway.stages import build_stages
 from tests.support.mock_openai import Fault
 from tests.support.policies import basic_policy
 from tests.support.prom import scrape
@@ -21,13 +20,9 @@ NO_RETRY = "retry: {attempts: 1, backoff_ms: 0}"
 
 
 def stage_names(gw) -> set[str]:
-    return {type(s).__name__ for s in build_stages_of(gw)}
-
-
-def build_stages_of(gw):
     from gateway.server import PIPELINE
 
-    return gw.app[PIPELINE].stages
+    return {type(s).__name__ for s in gw.app[PIPELINE].stages}
 
 
 @pytest.fixture
@@ -108,7 +103,9 @@ def test_retries_on_the_same_deployment(make_gateway, upstream):
     assert s.value("llm_gateway_requests_total", provider="upstream", outcome="ok") == 1
 
 
-def test_every_deployment_failing_is_a_5xx(gw, upstream, backup):
+def test_every_deployment_failing_is_a_5xx(make_gateway, upstream, backup, tmp_path):
+    gw = make_gateway(basic_policy(upstream.url, backup.url, defaults=NO_RETRY,
+                                   state=f"backend: memory\n  dlq_path: {tmp_path / 'dlq.jsonl'}"))
     upstream.push(Fault(500))
     backup.push(Fault(500))
     with pytest.raises(openai.APIStatusError) as info:

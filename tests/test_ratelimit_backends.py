@@ -62,7 +62,7 @@ async def lim(request) -> AsyncIterator[Limiter]:
         yield Limiter(MemoryBackend(clock=clock, dlq_path=None), clock)
         return
     url = request.getfixturevalue("redis_url")
-    backend = RedisBackend(url, clock=clock)
+    backend = RedisBackend(url, clock=clock, timeout_ms=5000)  # exactness here; timeouts: outage tests
     try:
         yield Limiter(backend, clock, url)
     finally:
@@ -214,3 +214,20 @@ async def test_redis_time_is_the_clock_when_none_is_injected(redis_url):
         await backend.close()
     assert first[0] == 1 and second[0] == 0
     assert 59000 < second[1] <= 60000
+
+
+async def test_the_renewer_keeps_live_slots_and_forgets_released_ones(lim):
+    from gateway.ratelimit.leases import Leases
+    from gateway.ratelimit.stats import RateLimitStats
+
+    leases = Leases(RateLimitStats())
+    for token in ("long", "done"):
+        await lim.acquire(token, ("C", 3, 1))
+        leases.add(lim.backend, "acme", token, (CONC,))
+    leases.remove(lim.backend, "acme", "done")  # completed here; its slot is released by the stage
+    await lim.release("done", slot=True)
+    for _ in range(4):  # two minutes of a long stream, renewed every 30 s
+        lim.clock.advance(LEASE_US / 1e6 - 1)
+        await leases.renew()
+    assert leases.stats.lease_renewals == 4 and len(leases) == 1
+    assert (await lim.acquire("probe", ("C", 3, 1)))[2] == 2  # "long" still counts, plus the probe

@@ -181,13 +181,15 @@ class BudgetService:
 
     async def replay(self) -> None:
         """Replay charges kept during an outage (a few per call, oldest first)."""
-        for _ in range(min(REPLAY_BATCH, len(self.pending))):
-            charge = self.pending[0]
+        for _ in range(REPLAY_BATCH):
+            if not self.pending:
+                return
+            charge = self.pending.popleft()  # taken first: concurrent replays never settle one twice
             try:
                 await self.shared.settle(charge)
             except StateError:
+                self.pending.appendleft(charge)
                 return
-            self.pending.popleft()
             self.counts["settle_replayed"] += 1
 
     # -- read side --------------------------------------------------------------------------------

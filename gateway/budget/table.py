@@ -16,13 +16,14 @@ from typing import Any
 import yaml
 
 from gateway.policy import model as m
-from gateway.policy.checkers import BAD, nullable, number, string
+from gateway.policy.checkers import BAD, describe, nullable, number, string
 from gateway.policy.checkers import fields as fields_of
 from gateway.policy.interpolate import UNRESOLVED
 from gateway.policy.problems import Report, join
 
 TABLE_PATH = Path(__file__).resolve().parents[1] / "data" / "prices.yaml"
 _FIELDS = ("input", "output", "cached_input", "reasoning")
+_PRICE_FIELDS_AND_TABLE = (*_FIELDS, "table")
 
 
 @functools.cache
@@ -66,6 +67,10 @@ def check_price(value: Any, path: str, report: Report) -> Any:
         return BAD
     if isinstance(value, str):
         return _entry(str(value), path, report) or BAD
+    if not isinstance(value, dict):
+        report.error(path, f"expected a price table entry name or a mapping (input, output, ...), "
+                           f"got {describe(value)}")
+        return BAD
     values = _PRICE_KEYS(value, path, report)
     if values is BAD:
         return BAD
@@ -77,7 +82,8 @@ def check_price(value: Any, path: str, report: Report) -> Any:
         base = dataclasses.asdict(entry)
     merged = {**base, **values}
     missing = [key for key in ("input", "output") if key not in merged]
+    mistyped = any(key not in _PRICE_FIELDS_AND_TABLE for key in value)  # already reported
     for key in missing:
-        if key not in value:  # absent, not merely invalid (that was reported already)
+        if key not in value and not mistyped:  # absent, not merely invalid (that was reported already)
             report.error(path, f"missing required key '{key}'")
     return BAD if missing else m.Price(**merged)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,19 @@ def load_policy(path: str, env: Mapping[str, str] | None = None) -> m.Policy:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PolicyError([Problem(path, None, "", f"not UTF-8 text (byte {exc.start})")]) from None
-    return _load(text, path, env, hashlib.sha256(data).hexdigest())
+    return _anchor_paths(_load(text, path, env, hashlib.sha256(data).hexdigest()), Path(path).parent)
+
+
+def _anchor_paths(policy: m.Policy, folder: Path) -> m.Policy:
+    """Relative file paths in a policy are relative to its file, so the server and the CLI agree."""
+
+    def anchored(value: str) -> str:
+        return value if value in ("stdout", "off") or Path(value).is_absolute() else str(folder.resolve() / value)
+
+    state = replace(policy.state, dlq_path=anchored(policy.state.dlq_path))
+    logging = replace(policy.logging, access_log=anchored(policy.logging.access_log),
+                      audit_path=anchored(policy.logging.audit_path))
+    return replace(policy, state=state, logging=logging)
 
 
 def load_policy_text(text: str, source: str = "<policy>", env: Mapping[str, str] | None = None) -> m.Policy:

@@ -118,4 +118,4 @@ def unavailable_error(retry_s: int) -> GatewayError:
     """``on_backend_error: deny``: fail closed, and say when trying again makes sense."""
     return GatewayError(503, "Rate limiting is unavailable (the shared state backend does not answer) and "
                         "the policy fails closed. Please try again shortly.", code="rate_limit_unavailable",
-                        outcome="failure_mode_denied", headers={"retry-after": str(retry_s)})
+                        outcome="error", headers={"retry-after": str(retry_s)})

@@ -7,7 +7,7 @@ struggle", each capped so no single signal decides alone. The score is the sum o
 * code (up to 0.20): fenced code blocks (```), 0.10 each;
 * questions (up to 0.15): question marks, 0.05 each (several questions = several sub-tasks);
 * reasoning keywords (up to 0.25): words such as "prove", "step by step", "analyze",
-  "trade-off", "debug", "optimize", 0.0625 each distinct hit;
+  "trade-off", "debug", "optimize", 0.0625 each distinct hit (in the first 8,000 characters);
 * structure (up to 0.10): numbered or bulleted lines asking for several things, 0.025 each.
 
 So a one-line chat question scores about 0.05; a pasted stack trace with "why does this fail?"
@@ -27,13 +27,22 @@ QUESTION_WEIGHT, QUESTION_EACH = 0.15, 0.05
 KEYWORD_WEIGHT, KEYWORD_EACH = 0.25, 0.0625
 STRUCTURE_WEIGHT, STRUCTURE_EACH = 0.10, 0.025
 
-KEYWORDS = re.compile(
-    r"\b(prove|proof|derive|step[- ]by[- ]step|analy[sz]e|analysis|reason(?:ing)?|explain why|compare|"
-    r"trade-?offs?|evaluate|optimi[sz]e|debug|refactor|architecture|design|algorithm|complexity|"
-    r"theorem|calculate|strategy|root cause)\b",
-    re.IGNORECASE,
-)
+KEYWORDS = frozenset({
+    "prove", "proof", "derive", "analyze", "analyse", "analysis", "reason", "reasoning", "compare", "tradeoff",
+    "tradeoffs", "trade-off", "trade-offs", "evaluate", "optimize", "optimise", "debug", "refactor",
+    "architecture", "design", "algorithm", "complexity", "theorem", "calculate", "strategy",
+})
+PHRASES = ("step by step", "step-by-step", "explain why", "root cause")
+SCAN_CHARS = 8000  # keywords and list items are looked for in the first 8,000 characters only
+_PUNCTUATION = str.maketrans({c: " " for c in "!\"#$%&'()*+,./:;<=>?@[\\]^_`{|}~\n\t\r"})
 LIST_ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+\S", re.MULTILINE)
+
+
+def keyword_hits(text: str) -> int:
+    """Distinct reasoning keywords and phrases in ``text`` (lower-cased words, not a regex: it is hot)."""
+    lower = text[:SCAN_CHARS].lower()
+    words = set(lower.translate(_PUNCTUATION).split())
+    return len(words & KEYWORDS) + sum(1 for p in PHRASES if p in lower)
 
 
 def user_text(body: dict[str, Any]) -> str:
@@ -63,7 +72,6 @@ def complexity_score(text: str) -> float:
     length = LENGTH_WEIGHT * min(1.0, len(text) / LENGTH_SATURATION)
     code = min(CODE_WEIGHT, CODE_EACH * (text.count("```") // 2))
     questions = min(QUESTION_WEIGHT, QUESTION_EACH * text.count("?"))
-    hits = {m.group(0).lower() for m in KEYWORDS.finditer(text)}
-    keywords = min(KEYWORD_WEIGHT, KEYWORD_EACH * len(hits))
-    structure = min(STRUCTURE_WEIGHT, STRUCTURE_EACH * len(LIST_ITEM.findall(text)))
+    keywords = min(KEYWORD_WEIGHT, KEYWORD_EACH * keyword_hits(text))
+    structure = min(STRUCTURE_WEIGHT, STRUCTURE_EACH * len(LIST_ITEM.findall(text, 0, SCAN_CHARS)))
     return round(min(1.0, length + code + questions + keywords + structure), 3)

@@ -1,5 +1,8 @@
 """What a request gets when every deployment failed: a 503, or the model's static safe answer.
 
+(When every attempt was a 429, the answer is a 429 with the upstreams' ``retry-after`` instead:
+the provider is throttling, not down, and clients treat the two differently.)
+
 The static answer is a normal completion (``finish_reason: stop``, zero usage) in the shape the
 client asked for, whole or streamed, so applications keep working; ``x-gateway-exhausted: static``
 tells operators (and ``gateway dlq replay``) that it was not a real answer.
@@ -27,6 +30,14 @@ def exhausted_error(model: ModelSpec, last_error: str | None, retry_after_s: flo
     return GatewayError(
         503, f"Every upstream deployment of model '{model.name}' failed{detail}.",
         code="upstream_unavailable", headers={"retry-after": str(max(1, math.ceil(retry_after_s)))},
+        outcome="exhausted")
+
+
+def rate_limited_error(model: ModelSpec, retry_after_s: float) -> GatewayError:
+    """Every attempt was refused with 429: the upstreams are throttling us, not down; say so faithfully."""
+    return GatewayError(
+        429, f"Every upstream deployment of model '{model.name}' is rate limited; retry after the given delay.",
+        code="upstream_rate_limited", headers={"retry-after": str(max(1, math.ceil(retry_after_s)))},
         outcome="exhausted")
 
 

@@ -146,21 +146,32 @@ class CacheStage(Stage):
             self._own(st, ctx, lead=False)
             self._mark(ctx, "BYPASS")
             return None
-        entry, ok = await self._read(st.key)
-        if entry is not None and entry.fresh(self.clock.time(), controls.max_age_s):
-            return self._hit(ctx, st, entry, "HIT")
-        if not ok:
-            st.store = False
-        flight = self.flights.get(st.key)
-        if flight is not None and flight.join():
-            verdict = await self._follow(ctx, st, flight)
-            if verdict is not None:
-                return verdict
-            self._own(st, ctx, lead=False)  # the leader failed or took too long: on our own
-        else:
+        flight, ok = self._joinable(st), True  # an identical request in flight: no round trip needed
+        if flight is None:
+            entry, ok = await self._read(st.key)
+            if entry is not None and entry.fresh(self.clock.time(), controls.max_age_s):
+                return self._hit(ctx, st, entry, "HIT")
+            st.store = st.store and ok
+            flight = self._joinable(st)  # one may have started while we read
+        if flight is None:
             self._own(st, ctx, lead=True)
+        elif (verdict := await self._follow(ctx, st, flight)) is not None:
+            return verdict
+        else:
+            self._own(st, ctx, lead=False)  # the leader failed or took too long: on our own
         self._mark(ctx, "MISS" if ok else "BYPASS")
         return None
+
+    def _joinable(self, st: CacheState) -> Flight | None:
+        """The flight in progress for this key, joined; None if absent, failed or too old for max-age.
+
+        A finished flight stays joinable until its entry is stored, so no request falls in between.
+        """
+        flight = self.flights.get(st.key)
+        if flight is None or (flight.entry is not None
+                              and not flight.entry.fresh(self.clock.time(), st.controls.max_age_s)):
+            return None
+        return flight if flight.join() else None
 
     async def _read(self, key: str) -> tuple[Entry | None, bool]:
         """The stored entry (None if absent or unreadable) and whether the backend answered."""
@@ -262,7 +273,7 @@ class CacheStage(Stage):
             return resp
         flight.finish(entry_from_body(resp.body, created, ttl, model) if resp.body else None)
         self._leave(st)
-        if self.memory is not None:
+        if self.memory is not None or not self._storable(st, flight):
             await self._settle(st, flight)  # never waits: nothing to gain from a task
         else:
             self._track(asyncio.get_running_loop().create_task(self._settle(st, flight)))
@@ -276,13 +287,18 @@ class CacheStage(Stage):
             return None
         return None if answer is None else entry_from_answer(answer, created, ttl, model)
 
+    @staticmethod
+    def _storable(st: CacheState, flight: Flight) -> bool:
+        entry = flight.entry
+        return entry is not None and st.store and len(entry.body) <= st.policy.max_entry_bytes
+
     async def _settle(self, st: CacheState, flight: Flight) -> None:
         """Store a finished answer, then let the flight go (until then it serves newcomers itself)."""
         entry = flight.entry
         try:
-            if entry is None or not st.store or len(entry.body) > st.policy.max_entry_bytes:
+            if entry is None or not self._storable(st, flight):
                 self.stats.skipped += 1
-                return
+                return  # dropped at once: an answer not stored is not served to newcomers either
             await self.store.set(st.key, entry.encode(), entry.ttl_s * STALE_FACTOR)
             self.stats.stores += 1
         except StateError:

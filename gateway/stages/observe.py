@@ -225,7 +225,8 @@ class Recorder:
         """Attempts and errors per deployment; a retry repeats a deployment, a fallback changes it."""
         m, previous, fallbacks = self.m, None, 0
         for attempt in ctx.attempts:
-            self.kid(m.attempts, attempt.deployment).inc()
+            if attempt.error_kind != "circuit_open":  # a skip, not a call
+                self.kid(m.attempts, attempt.deployment).inc()
             if attempt.error_kind:
                 kind = attempt.error_kind if attempt.error_kind in ERROR_KINDS else "other"
                 self.kid(m.upstream_errors, attempt.deployment, kind).inc()

@@ -11,7 +11,8 @@ Streams are primed: the first event is read before the client sees anything, so 
 breaks before its first byte fails over transparently; a break after it reaches the client as an
 error event (written by the server), never as a silent truncated 200.
 
-When every deployment failed, the model's ``on_exhausted`` decides: ``error`` (503 + retry-after),
+When every deployment failed, the model's ``on_exhausted`` decides: ``error`` (503 + retry-after; a
+429 with the upstreams' retry-after when every attempt was a 429),
 ``stale`` (the cache stage's expired entry, ``x-cache: STALE``) or ``static`` (the configured safe
 answer). ``ctx.extras["exhausted"]`` then names what was served, and the dead-letter stage keeps the
 request. Time spent waiting on upstreams, backoff included, goes to ``ctx.upstream_wait_s``.
@@ -35,7 +36,7 @@ from gateway.providers import UpstreamRequest, UpstreamResponse
 from gateway.providers.base import retry_after_seconds
 from gateway.routing.balancer import Balancer, Lease
 from gateway.routing.breaker import CLOSED, Breakers, CircuitBreaker
-from gateway.routing.exhausted import EXHAUSTED_HEADER, exhausted_error, static_response
+from gateway.routing.exhausted import EXHAUSTED_HEADER, exhausted_error, rate_limited_error, static_response
 from gateway.routing.retry import RetryBudget, backoff_s
 from gateway.services import Services
 
@@ -273,6 +274,8 @@ class UpstreamStage(Stage):
             return Respond(resp, "static")
         ctx.extras["exhausted"] = "error"
         hints = [f.retry_after_s for f in failures if f.retry_after_s]
+        if failures and all(f.kind == "429" for f in failures):
+            raise rate_limited_error(model, min(hints, default=1.0))
         last = failures[-1].message if failures else "no deployment to try"
         raise exhausted_error(model, last, min(hints, default=1.0))
 

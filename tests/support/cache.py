@@ -20,7 +20,7 @@ def state_for(request: pytest.FixtureRequest, backend: str) -> str:
     if backend == "memory":
         return "backend: memory"
     url = request.getfixturevalue("redis_url")
-    return f"backend: redis\n  redis_url: {url}"
+    return f"backend: redis\n  redis_url: {url}\n  timeout_ms: 1000"  # a loaded test box is slow
 
 
 def cache_gateway(make_gateway: Any, upstream: Any, state: str, defaults: str = CACHE_ON, extra_tenant: str = "",

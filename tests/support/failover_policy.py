@@ -8,7 +8,7 @@ ADMIN_KEY = "sk-admin-secret"
 def failover_policy(primary: str, backup: str, *, dlq_path: str, retry: str = "{attempts: 1, backoff_ms: 0}",
                     breaker: str = "{failures: 100, cooldown_s: 30}", first_byte_s: float = 2.0,
                     strategy: str = "fallback", on_exhausted: str = "error", state: str = "backend: memory",
-                    dlq_max: int = 1000) -> str:
+                    dlq_max: int = 1000, cache: str = "{enabled: false}") -> str:
     return f"""\
 version: 1
 state:
@@ -40,7 +40,7 @@ models:
       - {{provider: primary, model: m-solo}}
 retry: {retry}
 circuit_breaker: {breaker}
-cache: {{enabled: false}}
+cache: {cache}
 admin:
   api_keys: [{ADMIN_KEY}]
 tenants:

@@ -1,0 +1,50 @@
+"""The audit keys of the policy: one tiny fixture per error, with the exact line it produces."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.policy.loader import PolicyError, load_policy, load_policy_text
+
+FIXTURES = Path(__file__).parent / "audit_fixtures"
+EXPECTED = {
+    "audit_category_bad_name.yaml": "{file}:3: audit.categories[1]: invalid name 'code review' "
+                                    "(use letters, digits, '_', '.', '-')",
+    "audit_sample_rate_range.yaml": "{file}:2: audit.sample_rate: must be between 0 and 1, got 1.5",
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_fixture_gives_exactly_its_message(name: str) -> None:
+    path = str(FIXTURES / name)
+    with pytest.raises(PolicyError) as info:
+        load_policy(path, env={})
+    assert [str(p) for p in info.value.problems] == [EXPECTED[name].format(file=path)]
+
+
+def test_every_fixture_is_in_the_table() -> None:
+    assert sorted(p.name for p in FIXTURES.glob("*.yaml")) == sorted(EXPECTED)
+
+
+def test_audit_blocks_merge_over_defaults() -> None:
+    policy = load_policy_text("""\
+version: 1
+audit: {sample_rate: 0.1, categories: [billing]}
+metrics: {per_tenant: false}
+logging: {access_log: "stdout,/tmp/gw-access.jsonl", audit_path: /tmp/gw-audit.jsonl}
+providers:
+  up: {type: openai, base_url: "http://127.0.0.1:1/v1"}
+models:
+  m: {price: {input: 1, output: 1}, deployments: [{provider: up, model: a}]}
+tenants:
+  a: {api_keys: [k1], models: [m], audit: {bodies: true}, redact_upstream: true}
+  b: {api_keys: [k2], models: [m], audit: {categories: [code, billing]}}
+""", env={})
+    a, b = policy.tenants["a"], policy.tenants["b"]
+    assert (a.audit.bodies, a.audit.sample_rate, a.audit.categories, a.redact_upstream) == (
+        True, 0.1, ("billing",), True)
+    assert (b.audit.bodies, b.audit.categories, b.redact_upstream) == (False, ("code", "billing"), False)
+    assert policy.metrics.per_tenant is False
+    assert policy.logging.access_log == "stdout,/tmp/gw-access.jsonl"
