@@ -48,6 +48,9 @@ def test_non_stream_spend_is_exact_per_tenant_model_and_key(make_gateway, upstre
     b = budget(gw.url)["budget"]
     assert b["spent_usd"] == pytest.approx(expected_small + expected_large, abs=1e-12)
     assert b["reserved_usd"] == 0 and b["state"] == "ok" and b["usd"] == 10
+    snap = gw.thread.call(gw.services.extras["budget"].snapshot())  # what the metrics gauges read
+    assert snap["acme"]["spent"] == pytest.approx(expected_small + expected_large, abs=1e-12)
+    assert snap["acme"]["limit"] == 10 and snap["acme"]["remaining_ratio"] == pytest.approx(1 - snap["acme"]["spent"] / 10)
 
 
 def test_stream_without_client_usage_is_charged_from_the_stripped_usage_chunk(make_gateway, upstream):

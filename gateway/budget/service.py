@@ -106,10 +106,12 @@ class BudgetService:
         self.derived: Derived | None = None
         self.policy: Policy | None = None
         self._windows: dict[str, Window] = {}
+        self._scopes: dict[tuple[str, str], tuple[Window, ScopeArgs]] = {}  # (tenant, scope) -> this period's
 
     def on_policy(self, policy: Policy) -> None:
         self.policy = policy
         self.derived = derive(policy)
+        self._scopes = {}
 
     # -- lookups ----------------------------------------------------------------------------------
     def specs(self, tenant: Tenant, api_key: ApiKey | None) -> list[BudgetSpec]:
@@ -134,12 +136,23 @@ class BudgetService:
         return cached
 
     def scope_args(self, tenant: str, spec: BudgetSpec, now: float) -> ScopeArgs:
+        """The reserve arguments of one scope, built once per period (the key TTL is from then on:
+        it may outlive its due by up to one period, never fall short of it)."""
         assert self.derived is not None
         current = self.window(spec.policy.period, now)
+        cached = self._scopes.get((tenant, spec.scope))
+        if cached is not None and cached[0] is current:
+            return cached[1]
         ttl = key_ttl_s(current, now)
         key = scope_key(self.derived.prefix, tenant, spec.scope, current.id)
-        return ScopeArgs(key, spec.limit, spec.soft, spec.enforce, spec.downgrade,
+        args = ScopeArgs(key, spec.limit, spec.soft, spec.enforce, spec.downgrade,
                          0 if ttl is None else max(1, round(ttl * 1000)))
+        self._scopes[(tenant, spec.scope)] = (current, args)
+        return args
+
+    def day(self, now: float) -> str:
+        """Today (UTC) as ``YYYY-MM-DD``, for day records."""
+        return self.window("daily", now).id[1:]
 
     # -- reserve and settle -----------------------------------------------------------------------
     async def reserve(self, scopes: list[ScopeArgs], rid: str, main: int,

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.budget import admin
 from gateway.budget.ledger import Charge, Ledger, Reserved, ScopeArgs, day_key
-from gateway.budget.periods import DAY_RECORD_TTL_S, day_id
+from gateway.budget.periods import DAY_RECORD_TTL_S
 from gateway.budget.pricing import cost, estimate_usage, usd, worst_case
 from gateway.budget.service import BudgetService, BudgetSpec
 from gateway.context import RequestContext, Usage
@@ -213,7 +213,7 @@ class BudgetStage(Stage):
             cost=amount,
             scope_keys=tuple(s.key for s in scopes),
             scope_ttls_ms=tuple(s.ttl_ms for s in scopes),
-            day_key=day_key(self.service.derived.prefix, ctx.tenant.name, day_id(now)),
+            day_key=day_key(self.service.derived.prefix, ctx.tenant.name, self.service.day(now)),
             day_ttl_ms=int(DAY_RECORD_TTL_S * 1000) if fields else 0,
             fields=fields,
         )

@@ -177,42 +177,44 @@ class UpstreamStage(Stage):
             total_timeout_s=None if ctx.stream else min(timeouts.total_s, remaining))
         lease = self.balancer.lease(dep.name)
         resp: UpstreamResponse | None = None
-        handed_over = settled = False
+        outcome: Respond | Failure | None = None
         try:
             try:
                 resp = await provider.send(req)
                 first, it = await self._prime(resp)
             except UpstreamError as err:
-                settled = True
-                return self._failed(attempt, breaker, err.kind, err.message, err.retry_after_s)
-            attempt.status = resp.status
-            attempt.ttfb_s = loop.time() - attempt.started
-            if resp.status >= 400 and resp.status in retry.on_status:
-                settled = True
-                return self._failed(attempt, breaker, _status_kind(resp.status), f"HTTP {resp.status}",
-                                    retry_after_seconds(resp.headers))
-            settled = True
-            breaker.success()
-            if resp.status >= 400:
-                attempt.error_kind, attempt.error = _status_kind(resp.status), f"HTTP {resp.status}"
-                return Respond(self._answer(ctx, dep, error_response(resp)), "upstream_error")
-            self.balancer.observe_ttfb(dep.name, attempt.ttfb_s)
-            if it is None:
-                return Respond(self._answer(ctx, dep, GatewayResponse(status=resp.status, body=resp.body)), "ok")
-            handed_over = True
-            events = self._relay(ctx, attempt, breaker, lease, first, it)
-            out = GatewayResponse(status=200, events=events, close=_closer(lease, resp),
-                                  content_type="text/event-stream")
-            return Respond(self._answer(ctx, dep, out), "ok")
+                outcome = self._failed(attempt, breaker, err.kind, err.message, err.retry_after_s)
+                return outcome
+            attempt.status, attempt.ttfb_s = resp.status, loop.time() - attempt.started
+            outcome = self._judge(ctx, dep, breaker, retry, attempt, resp)
+            if isinstance(outcome, Respond) and it is not None and resp.status == 200:
+                events = self._relay(ctx, attempt, breaker, lease, first, it)
+                outcome.response = GatewayResponse(status=200, events=events, close=_closer(lease, resp),
+                                                   content_type="text/event-stream")
+            return outcome
         finally:
-            if not settled:
+            if outcome is None:
                 breaker.abandon()
-            if not handed_over:
+            if not (isinstance(outcome, Respond) and outcome.response.events is not None):  # not handed over
                 attempt.duration_s = loop.time() - attempt.started
                 lease.release()
                 if resp is not None:
                     await resp.aclose()
             ctx.upstream_wait_s += loop.time() - attempt.started
+
+    def _judge(self, ctx: RequestContext, dep: Deployment, breaker: CircuitBreaker, retry: RetryPolicy,
+               attempt: Attempt, resp: UpstreamResponse) -> Respond | Failure:
+        """A status in ``on_status`` fails over; any other is the answer (an error one answered faithfully)."""
+        status = resp.status
+        if status >= 400 and status in retry.on_status:
+            return self._failed(attempt, breaker, _status_kind(status), f"HTTP {status}",
+                                retry_after_seconds(resp.headers))
+        breaker.success()
+        if status >= 400:
+            attempt.error_kind, attempt.error = _status_kind(status), f"HTTP {status}"
+            return Respond(self._answer(ctx, dep, error_response(resp)), "upstream_error")
+        self.balancer.observe_ttfb(dep.name, attempt.ttfb_s or 0.0)
+        return Respond(self._answer(ctx, dep, GatewayResponse(status=status, body=resp.body)), "ok")
 
     @staticmethod
     async def _prime(resp: UpstreamResponse) -> tuple[bytes | None, AsyncIterator[bytes] | None]:
