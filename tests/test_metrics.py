@@ -227,3 +227,77 @@ def test_access_log_line_per_request(make_gateway, upstream, tmp_path):
     assert lines[1]["status"] == 401 and lines[1]["tenant"] == "unknown"
     text = path.read_text()
     assert "sk-acme" not in text and "sk-nope-secret-key" not in text and "sk-upstream-secret" not in text
+
+
+def test_rate_limit_decisions_and_429s(make_gateway, upstream):
+    from gateway.clock import FakeClock
+
+    gw = make_gateway(basic_policy(upstream.url, extra_tenant="lim:\n  api_keys: [sk-lim]\n  models: [small]\n"
+                                   "  rate_limit: {rpm: 20}\n"), clock=FakeClock())
+    if "RateLimitStage" not in stage_names(gw):
+        pytest.skip("no rate-limit stage in this tree")
+    client = gw.client("sk-lim")
+    for _ in range(20):
+        client.chat.completions.create(model="small", messages=MSG)
+    for _ in range(3):
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(model="small", messages=MSG)
+    s = scrape(gw.url)
+    rl = "llm_gateway_ratelimit_decisions_total"
+    # under 10% of the limit left (2 of 20) counts as near_limit: the 19th and 20th requests
+    assert s.value(rl, tenant="lim", decision="ok") == 18
+    assert s.value(rl, tenant="lim", decision="near_limit") == 2
+    assert s.value(rl, tenant="lim", decision="over_limit") == 3
+    assert s.value("llm_gateway_requests_total", tenant="lim", status_class="4xx", outcome="over_limit") == 3
+    assert s.value("llm_gateway_requests_total", tenant="lim", status_class="2xx") == 20
+    assert upstream.calls == 20
+
+
+def test_budget_downgrade_and_budget_gauges(make_gateway, upstream):
+    auto = "auto:\n  route: {small: small, large: large, large_when: [{header: {x-gateway-tier: large}}]}\n"
+    gw = make_gateway(basic_policy(upstream.url, extra_models=auto, extra_tenant=(
+        "rich:\n  api_keys: [sk-rich]\n  models: [small, large, auto]\n"
+        "  budget: {usd: 1, soft: 0.00002, on_soft: downgrade}\n")))
+    if "BudgetStage" not in stage_names(gw):
+        pytest.skip("no budget stage in this tree")
+    client = gw.client("sk-rich")
+    client.chat.completions.create(model="large", messages=MSG, max_tokens=8)  # 2*10 + 3*20 = 80e-6 USD
+    for _ in range(2):
+        raw = client.chat.completions.with_raw_response.create(model="large", messages=MSG, max_tokens=8)
+        assert raw.headers["x-gateway-downgraded"] == "true"
+    s = scrape(gw.url)
+    assert s.value("llm_gateway_budget_downgrades_total", tenant="rich") == 2
+    assert s.value("llm_gateway_budget_decisions_total", tenant="rich", decision="downgraded") == 2
+    assert s.value("llm_gateway_budget_decisions_total", tenant="rich", decision="ok") == 1
+    assert s.value("llm_gateway_cost_usd_total", tenant="rich", model="large") == pytest.approx(80e-6)
+    assert s.value("llm_gateway_cost_usd_total", tenant="rich", model="small") == pytest.approx(2 * 8e-6)
+    assert s.value("llm_gateway_requests_total", tenant="rich", model="large", provider="upstream") == 3
+    assert s.value("llm_gateway_budget_spent_usd", tenant="rich") == pytest.approx(96e-6)
+    assert s.value("llm_gateway_budget_limit_usd", tenant="rich") == 1
+    assert s.value("llm_gateway_budget_remaining_ratio", tenant="rich") == pytest.approx(1 - 96e-6)
+    assert s.series("llm_gateway_budget_remaining_ratio") == [{"tenant": "rich"}]  # acme/beta have none
+
+
+def test_state_backend_latency_and_errors(make_gateway, upstream, redis_server, redis_url):
+    gw = make_gateway(basic_policy(upstream.url, state=f"backend: redis\n  redis_url: {redis_url}\n"
+                                   "  timeout_ms: 500", defaults="cache: {enabled: true}"))
+    client = gw.client("sk-acme")
+    client.chat.completions.create(model="small", messages=MSG)
+    s = scrape(gw.url)
+    ops = {lbl["op"] for lbl in s.series("llm_gateway_state_duration_seconds_count")}
+    assert "set" in ops  # the request record feedback needs; other stages add theirs
+    assert s.value("llm_gateway_state_errors_total") == 0
+    redis_server.stop()
+    client.chat.completions.create(model="small", messages=MSG)  # every stage degrades, none fails
+    before = s
+    import time
+
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        s = scrape(gw.url)
+        if s.value("llm_gateway_state_errors_total", op="set") >= 1:
+            break
+        time.sleep(0.05)
+    assert s.value("llm_gateway_state_errors_total", op="set") >= 1
+    assert s.value("llm_gateway_state_errors_total") > before.value("llm_gateway_state_errors_total")
+    assert s.value("llm_gateway_requests_total", status_class="2xx") == 2

@@ -16,7 +16,8 @@ that clock's time to every script and the memory backend always uses it (``gatew
 Outcomes (``ctx.ratelimit_outcome``): ``ok``, ``near_limit`` (admitted with under 10% of a limit
 left), ``over_limit`` (429), ``shadow_over_limit`` (``rate_limit.mode: shadow``: counted and
 admitted), ``failure_mode_allowed`` (admitted while the shared backend failed, by ``allow`` or the
-``local`` fallback), ``failure_mode_denied`` (503 under ``deny``). Counters: ``ratelimit.stats``.
+``local`` fallback), ``failure_mode_denied`` (503 under ``deny``). Counters: ``services.extras["ratelimit_stats"]``
+(``gateway.ratelimit.stats.RateLimitStats``).
 """
 
 from __future__ import annotations
