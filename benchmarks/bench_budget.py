@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import sys
 import tempfile
 import textwrap
@@ -24,7 +23,19 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.bench_proxy import MOCK, free_port, run_wrk, spawn, wait_port  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    WRK_COLUMNS,
+    free_port,
+    missing_tool,
+    post_lua,
+    run_wrk,
+    running_gateway,
+    spawn_mock,
+    start_redis,
+    stop_all,
+    wait_port,
+    wrk_cells,
+)
 from gateway.budget.ledger import Charge, Ledger, ScopeArgs  # noqa: E402
 from gateway.state import MemoryBackend, RedisBackend  # noqa: E402
 
@@ -50,12 +61,6 @@ tenants:
 """
 
 BODY = '{"model":"m","messages":[{"role":"user","content":"Say hello"}],"max_tokens":64}'
-WRK_LUA = """
-wrk.method = "POST"
-wrk.body = '%s'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer %s"
-"""
 
 
 async def ledger_pairs(ledger: Ledger, pairs: int) -> float:
@@ -71,24 +76,18 @@ async def ledger_pairs(ledger: Ledger, pairs: int) -> float:
 
 
 def bench_gateway(name: str, state: str, up: int, tmp: Path, args: argparse.Namespace) -> list[tuple]:
-    port = free_port()
     policy = tmp / f"{name}.yaml"
     policy.write_text(textwrap.dedent(POLICY.format(state=state, up=up)))
-    proc = spawn([sys.executable, "-m", "gateway", "serve", "--policy", str(policy), "--port", str(port), "--quiet"])
     rows = []
-    try:
-        wait_port(port)
+    with running_gateway(policy) as port:
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         for tenant in ("free", "budgeted"):
-            httpx.post(url, content=BODY, headers={"Authorization": f"Bearer sk-{tenant}",
-                                                   "Content-Type": "application/json"}).raise_for_status()
+            auth = {"Authorization": f"Bearer sk-{tenant}"}
+            httpx.post(url, content=BODY, headers={**auth, "Content-Type": "application/json"}).raise_for_status()
             lua = tmp / f"{name}-{tenant}.lua"
-            lua.write_text(WRK_LUA % (BODY, f"sk-{tenant}"))
+            lua.write_text(post_lua(BODY, auth))
             r = run_wrk(url, args.duration, args.connections, lua)
             rows.append((name, "no budget" if tenant == "free" else "budget", r))
-    finally:
-        proc.terminate()
-        proc.wait(10)
     return rows
 
 
@@ -98,15 +97,12 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--pairs", type=int, default=5000)
     args = ap.parse_args()
-    for tool in ("wrk", "redis-server"):
-        if not shutil.which(tool):
-            print(f"{tool} not found (apt-get install {tool})")
-            return 1
+    if tool := missing_tool("wrk", "redis-server"):
+        print(f"{tool} not found (apt-get install {tool})")
+        return 1
     tmp = Path(tempfile.mkdtemp())
     up, redis_port = free_port(), free_port()
-    procs = [spawn([sys.executable, "-c", MOCK, str(up)]),
-             spawn(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                    "--appendonly", "no", "--dir", str(tmp)])]
+    procs = [spawn_mock(up), start_redis(redis_port, tmp)]
     redis_url = f"redis://127.0.0.1:{redis_port}/0"
     try:
         wait_port(up)
@@ -126,15 +122,12 @@ def main() -> int:
             print(f"{name:<15} {rate:>23.0f} {1e6 / rate:>12.1f}")
         rows = bench_gateway("in-process", "backend: memory", up, tmp, args)
         rows += bench_gateway("redis", f"backend: redis, redis_url: '{redis_url}'", up, tmp, args)
-        print(f"\n{'backend':<11} {'tenant':<10} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+        print(f"\n{'backend':<11} {'tenant':<10} {WRK_COLUMNS}")
         for name, label, r in rows:
-            print(f"{name:<11} {label:<10} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['non2xx']:>8.0f}")
+            print(f"{name:<11} {label:<10} {wrk_cells(r)}")
         print(f"(wrk -t2 -c{args.connections} {args.duration}s on CPU 1; gateway + mock + redis on CPU 0)")
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(10)
+        stop_all(procs)
     return 0
 
 

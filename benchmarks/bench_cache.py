@@ -15,7 +15,6 @@ Needs ``wrk`` and ``redis-server``.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
 import tempfile
@@ -26,7 +25,17 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.bench_proxy import MOCK, free_port, run_wrk, spawn, wait_port  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    free_port,
+    missing_tool,
+    post_lua,
+    run_wrk,
+    running_gateway,
+    spawn_mock,
+    start_redis,
+    stop_all,
+    wait_port,
+)
 
 POLICY = """
 version: 1
@@ -47,20 +56,14 @@ tenants:
 """
 
 BODY = '{"model":"m","messages":[{"role":"user","content":"Say hello"}]}'
-WRK_LUA = """
-wrk.method = "POST"
-wrk.body = '%s'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer sk-bench"
-%s
-"""
+AUTH = {"Authorization": "Bearer sk-bench"}
 NO_CACHE = {"Cache-Control": "no-cache, no-store"}
 
 
 def latency_ms(url: str, n: int, headers: dict[str, str], stream: bool = False) -> tuple[float, float, str]:
     """p50, p99 (ms) of ``n`` sequential requests, and the last ``x-cache`` seen."""
     body = BODY[:-1] + ',"stream":true}' if stream else BODY
-    hdrs = {"Authorization": "Bearer sk-bench", "Content-Type": "application/json", **headers}
+    hdrs = {**AUTH, "Content-Type": "application/json", **headers}
     times: list[float] = []
     status = ""
     with httpx.Client(timeout=10.0) as client:
@@ -76,28 +79,21 @@ def latency_ms(url: str, n: int, headers: dict[str, str], stream: bool = False) 
 
 
 def bench_backend(name: str, state: str, up: int, tmp: Path, args: argparse.Namespace) -> list[tuple]:
-    port = free_port()
     policy = tmp / f"{name}.yaml"
     policy.write_text(textwrap.dedent(POLICY.format(state=state, up=up)))
-    proc = spawn([sys.executable, "-m", "gateway", "serve", "--policy", str(policy), "--port", str(port),
-                  "--quiet"])
     rows = []
-    try:
-        wait_port(port)
+    with running_gateway(policy) as port:
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
         latency_ms(url, 1, {})  # warm the entry
         for label, headers, stream in (("HIT", {}, False), ("HIT stream", {}, True), ("MISS", NO_CACHE, False)):
             p50, p99, seen = latency_ms(url, args.requests, headers, stream)
             assert seen == label.split()[0] or label == "MISS", f"expected {label}, got {seen}"
             rows.append((name, label, "latency", p50, p99, None))
-        for label, extra in (("HIT", ""), ("MISS", 'wrk.headers["Cache-Control"] = "no-cache, no-store"')):
+        for label, headers in (("HIT", AUTH), ("MISS", {**AUTH, **NO_CACHE})):
             lua = tmp / f"{name}-{label}.lua"
-            lua.write_text(WRK_LUA % (BODY, extra))
+            lua.write_text(post_lua(BODY, headers))
             r = run_wrk(url, args.duration, args.connections, lua)
             rows.append((name, label, f"wrk -c{args.connections}", r["p50"], r["p99"], r["rps"]))
-    finally:
-        proc.terminate()
-        proc.wait(10)
     return rows
 
 
@@ -107,15 +103,12 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--requests", type=int, default=2000)
     args = ap.parse_args()
-    for tool in ("wrk", "redis-server"):
-        if not shutil.which(tool):
-            print(f"{tool} not found (apt-get install {tool})")
-            return 1
+    if tool := missing_tool("wrk", "redis-server"):
+        print(f"{tool} not found (apt-get install {tool})")
+        return 1
     tmp = Path(tempfile.mkdtemp())
     up, redis_port = free_port(), free_port()
-    procs = [spawn([sys.executable, "-c", MOCK, str(up)]),
-             spawn(["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
-                    "--appendonly", "no", "--dir", str(tmp)])]
+    procs = [spawn_mock(up), start_redis(redis_port, tmp)]
     try:
         wait_port(up)
         wait_port(redis_port)
@@ -129,10 +122,7 @@ def main() -> int:
         print(f"(sequential latency over {args.requests} requests; wrk {args.duration}s on CPU 1, "
               "gateway + mock + redis on CPU 0)")
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(10)
+        stop_all(procs)
     return 0
 
 

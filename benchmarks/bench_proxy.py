@@ -16,32 +16,28 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 import httpx
 
-HERE = Path(__file__).resolve().parent
-
-MOCK = """
-import sys, orjson, uvloop
-from aiohttp import web
-BODY = orjson.dumps({"id": "x", "object": "chat.completion", "created": 0, "model": "m",
-  "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello! How can I help you today?"},
-  "finish_reason": "stop"}], "usage": {"prompt_tokens": 9, "completion_tokens": 9, "total_tokens": 18}})
-async def h(request):
-    await request.read()
-    return web.Response(body=BODY, content_type="application/json")
-app = web.Application(); app.router.add_post("/v1/chat/completions", h)
-uvloop.install(); web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
-"""
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import (  # noqa: E402
+    WRK_COLUMNS,
+    free_port,
+    missing_tool,
+    post_lua,
+    rss_mib,
+    run_wrk,
+    spawn,
+    spawn_gateway,
+    spawn_mock,
+    stop_all,
+    wait_port,
+    wrk_cells,
+)
 
 BARE = """
 import sys, aiohttp, uvloop
@@ -76,58 +72,8 @@ tenants:
     budget: {{usd: 1000000000, period: total}}
 """
 
-WRK_LUA = """
-wrk.method = "POST"
-wrk.body = '{"model":"m","messages":[{"role":"user","content":"Say hello"}]}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer sk-bench"
-wrk.headers["Cache-Control"] = "no-store, no-cache"
-"""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def spawn(args: list[str], cpu: str = "0") -> subprocess.Popen:
-    prefix = ["taskset", "-c", cpu] if shutil.which("taskset") else []
-    return subprocess.Popen(prefix + args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"port {port} never opened")
-
-
-def rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return float("nan")
-
-
-def run_wrk(url: str, duration: int, connections: int, lua: Path) -> dict[str, float]:
-    out = subprocess.run(["taskset", "-c", "1", "wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency",
-                          "-s", str(lua), url], capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-
-    def pct(p: str) -> float:
-        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
-        value, unit = float(m.group(1)), m.group(2)
-        return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
-
-    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    return {"rps": rps, "p50": pct("50"), "p99": pct("99"), "non2xx": float(errors.group(1)) if errors else 0.0}
+BODY = '{"model":"m","messages":[{"role":"user","content":"Say hello"}]}'
+HEADERS = {"Authorization": "Bearer sk-bench", "Cache-Control": "no-store, no-cache"}
 
 
 def main() -> int:
@@ -135,19 +81,18 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=32)
     args = ap.parse_args()
-    if not shutil.which("wrk"):
+    if missing_tool("wrk"):
         print("wrk not found (apt-get install wrk)")
         return 1
     tmp = Path(tempfile.mkdtemp())
     lua = tmp / "post.lua"
-    lua.write_text(WRK_LUA)
+    lua.write_text(post_lua(BODY, HEADERS))
     up, bare, gw = free_port(), free_port(), free_port()
     (tmp / "policy.yaml").write_text(textwrap.dedent(POLICY.format(up=up)))
-    procs = [spawn([sys.executable, "-c", MOCK, str(up)])]
+    procs = [spawn_mock(up)]
     wait_port(up)
     procs.append(spawn([sys.executable, "-c", BARE, str(bare), f"http://127.0.0.1:{up}/v1/chat/completions"]))
-    procs.append(spawn([sys.executable, "-m", "gateway", "serve", "--policy", str(tmp / "policy.yaml"),
-                        "--port", str(gw), "--quiet"]))
+    procs.append(spawn_gateway(tmp / "policy.yaml", gw))
     try:
         wait_port(bare)
         wait_port(gw)
@@ -159,17 +104,13 @@ def main() -> int:
                                  ("gateway, full policy", gw, procs[2])):
             r = run_wrk(f"http://127.0.0.1:{port}/v1/chat/completions", args.duration, args.connections, lua)
             rows.append((name, r, rss_mib(proc.pid)))
-        print(f"{'what sits between wrk and the mock':<30} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} "
-              f"{'non-2xx':>8} {'RSS MiB':>8}")
+        print(f"{'what sits between wrk and the mock':<30} {WRK_COLUMNS} {'RSS MiB':>8}")
         for name, r, rss in rows:
-            print(f"{name:<30} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['non2xx']:>8.0f} {rss:>8.1f}")
+            print(f"{name:<30} {wrk_cells(r)} {rss:>8.1f}")
         print(f"gateway / bare throughput: {rows[2][1]['rps'] / rows[1][1]['rps']:.2f}x "
               f"(cpu count {os.cpu_count()}, duration {args.duration}s, {args.connections} connections)")
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(10)
+        stop_all(procs)
     return 0
 
 

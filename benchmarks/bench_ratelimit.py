@@ -28,12 +28,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import free_port, missing_tool, start_redis, stop_all, wait_port  # noqa: E402
 from gateway.context import RequestContext, Usage  # noqa: E402
 from gateway.policy.loader import load_policy_text  # noqa: E402
 from gateway.services import Services  # noqa: E402
 from gateway.stages.ratelimit import RateLimitStage  # noqa: E402
 from gateway.state import build_backend  # noqa: E402
-from tests.support.redis_server import RedisServer  # noqa: E402
 
 POLICY = """
 version: 1
@@ -114,16 +114,19 @@ def main() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     except ImportError:
         pass
-    server = RedisServer()
-    server.start()
+    if missing_tool("redis-server"):
+        sys.exit("redis-server not found (apt-get install redis-server)")
     results = {}
-    try:
-        with tempfile.TemporaryDirectory():
+    port = free_port()
+    with tempfile.TemporaryDirectory() as folder:
+        redis = start_redis(port, Path(folder), cpu=None)  # unpinned, like the benchmark itself
+        try:
+            wait_port(port)
             results["memory"] = asyncio.run(_measure("backend: memory", args.requests, args.concurrency))
-            redis_state = f"backend: redis, redis_url: '{server.url}', timeout_ms: 2000"
+            redis_state = f"backend: redis, redis_url: 'redis://127.0.0.1:{port}/0', timeout_ms: 2000"
             results["redis"] = asyncio.run(_measure(redis_state, args.requests, args.concurrency))
-    finally:
-        server.cleanup()
+        finally:
+            stop_all([redis])
     print("Rate limiter added latency per request (limit_requests + admit + on_response + complete)")
     print("| backend   | mode           | p50 ms   | p99 ms   | n      |")
     print("|-----------|----------------|----------|----------|--------|")

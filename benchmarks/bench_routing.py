@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import random
-import shutil
 import sys
 import tempfile
 import textwrap
@@ -31,18 +30,20 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.bench_proxy import MOCK, free_port, run_wrk, spawn, wait_port  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    WRK_COLUMNS,
+    free_port,
+    missing_tool,
+    post_lua,
+    run_wrk,
+    spawn_gateway,
+    spawn_mock,
+    stop_all,
+    wait_port,
+    wrk_cells,
+)
 
-MOCK_500 = """
-import sys, uvloop
-from aiohttp import web
-async def h(request):
-    await request.read()
-    return web.Response(status=500, body=b'{"error":{"message":"down","type":"server_error"}}',
-                        content_type="application/json")
-app = web.Application(); app.router.add_post("/v1/chat/completions", h)
-uvloop.install(); web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
-"""
+DOWN = b'{"error":{"message":"down","type":"server_error"}}'
 
 POLICY = """
 version: 1
@@ -90,12 +91,7 @@ tenants:
     models: [auto]
 """
 
-LUA = """
-wrk.method = "POST"
-wrk.body = '{{"model":"{model}","messages":[{{"role":"user","content":"Say hello to the team"}}]}}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer sk-bench"
-"""
+BODY = '{{"model":"{model}","messages":[{{"role":"user","content":"Say hello to the team"}}]}}'
 
 
 def per_op_us(fn, n: int = 20000) -> float:
@@ -134,15 +130,13 @@ def main() -> int:
     ap.add_argument("--connections", type=int, default=32)
     args = ap.parse_args()
     micro()
-    if not shutil.which("wrk"):
+    if missing_tool("wrk"):
         print("wrk not found (apt-get install wrk): part 2 skipped")
         return 1
     tmp = Path(tempfile.mkdtemp())
     up, sick, gone, gw = free_port(), free_port(), free_port(), free_port()
     (tmp / "policy.yaml").write_text(textwrap.dedent(POLICY.format(up=up, sick=sick, gone=gone)))
-    procs = [spawn([sys.executable, "-c", MOCK, str(up)]), spawn([sys.executable, "-c", MOCK_500, str(sick)])]
-    procs.append(spawn([sys.executable, "-m", "gateway", "serve", "--policy", str(tmp / "policy.yaml"),
-                        "--port", str(gw), "--quiet"]))
+    procs = [spawn_mock(up), spawn_mock(sick, DOWN, status=500), spawn_gateway(tmp / "policy.yaml", gw)]
     try:
         for port in (up, sick, gw):
             wait_port(port)
@@ -155,7 +149,7 @@ def main() -> int:
         for name, model in (("direct model", "m"), ("routed model (9 rules)", "auto"),
                             ("failover, primary 500s", "flaky"), ("failover, breaker open", "dead")):
             lua = tmp / f"{model}.lua"
-            lua.write_text(LUA.format(model=model))
+            lua.write_text(post_lua(BODY.format(model=model), {"Authorization": "Bearer sk-bench"}))
             if model == "dead":  # open the dead primary's breaker: lower the threshold, then reload
                 (tmp / "policy.yaml").write_text(textwrap.dedent(POLICY.format(up=up, sick=sick, gone=gone)).replace(
                     "failures: 1000000000", "failures: 1"))
@@ -169,14 +163,11 @@ def main() -> int:
                 print(f"  (dead primary's breaker open before the run: {opened})")
             rows.append((name, run_wrk(url, args.duration, args.connections, lua)))
         print(f"part 2: wrk -t2 -c{args.connections} -d{args.duration}s through the gateway")
-        print(f"  {'scenario':<28} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+        print(f"  {'scenario':<28} {WRK_COLUMNS}")
         for name, r in rows:
-            print(f"  {name:<28} {r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['non2xx']:>8.0f}")
+            print(f"  {name:<28} {wrk_cells(r)}")
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            p.wait(10)
+        stop_all(procs)
     return 0
 
 

@@ -1,7 +1,8 @@
 """The feedback loop: ``POST /v1/feedback`` rates an answer the gateway gave, by its request id.
 
-Every answered request leaves a small record in the state backend (tenant-scoped key, 24 h), so
-feedback sent to any replica finds which model, route and deployment produced the answer. Feedback
+Every answered request leaves a small record in the state backend (a tenant-scoped key kept
+``audit.feedback_ttl_s``, 1 h by default), so feedback sent to any replica finds which model, route
+and deployment produced the answer. Feedback
 is appended to the ``<prefix>:feedback`` log (and to the audit file for tenants with
 ``audit.bodies``) and counted in ``llm_gateway_feedback_total`` / ``llm_gateway_feedback_score`` by
 model, route and category, so a team sees answer quality per input type and per route (is the
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
+from cachetools import TLRUCache
 
 from gateway.admin import error_json
 from gateway.context import RequestContext
@@ -32,7 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gateway.feedback")
 
-RECORD_TTL_S = 86_400.0  # how long after a request feedback on it is accepted
+RECORD_FIELDS = ("model", "served_model", "route", "deployment")  # stored as a list: ~60 bytes a record
+MAX_LOCAL = 200_000  # records the memory backend keeps (in-process, least recently used first out)
 FEEDBACK_MAX = 1_000_000  # records the feedback log holds before new ones are refused
 MAX_BODY = 65_536
 MAX_COMMENT = 4_000
@@ -51,40 +54,54 @@ def feedback_key(policy: Policy) -> str:
 
 
 class RequestRecords:
-    """Remembers answered requests in the shared backend, written off the request path."""
+    """Which model, route and deployment answered each recent request, for feedback to refer to.
+
+    Kept ``audit.feedback_ttl_s`` (per tenant). With Redis, one small key per answered request,
+    written by a task after the answer (every replica can then find it); with the memory backend,
+    an in-process TLRU cache bounded to ``MAX_LOCAL`` records, since nothing else could read it.
+    """
 
     def __init__(self, backend: StateBackend) -> None:
         self.backend = backend
+        self.local: TLRUCache = TLRUCache(maxsize=MAX_LOCAL, ttu=lambda _k, v, now: now + v[0],
+                                          timer=time.monotonic)
         self._pending: dict[str, asyncio.Task] = {}
         self.dropped = 0
 
     def remember(self, ctx: RequestContext, facts: dict[str, Any]) -> None:
-        if ctx.tenant is None or ctx.model is None or ctx.status != 200:
+        tenant = ctx.tenant
+        if tenant is None or ctx.model is None or ctx.status != 200 or tenant.audit.feedback_ttl_s <= 0:
+            return
+        ttl = tenant.audit.feedback_ttl_s
+        record = [facts.get(k) for k in RECORD_FIELDS]
+        key = record_key(ctx.policy, tenant.name, ctx.request_id)
+        if self.backend.kind == "memory":
+            self.local[key] = (ttl, record)
             return
         if len(self._pending) >= MAX_PENDING:
             self.dropped += 1
             return
-        key = record_key(ctx.policy, ctx.tenant.name, ctx.request_id)
-        data = orjson.dumps({k: facts.get(k) for k in ("request_id", "tenant", "model", "served_model", "route",
-                                                       "route_rule", "deployment", "time")})
-        task = asyncio.create_task(self._write(key, data))
+        task = asyncio.create_task(self._write(key, orjson.dumps(record), ttl))
         self._pending[key] = task
         task.add_done_callback(lambda _t, k=key: self._pending.pop(k, None))
 
-    async def _write(self, key: str, data: bytes) -> None:
+    async def _write(self, key: str, data: bytes, ttl: float) -> None:
         try:
-            await self.backend.set(key, data, RECORD_TTL_S)
+            await self.backend.set(key, data, ttl)
         except StateError as exc:
             self.dropped += 1
             log.warning("request record %s not stored: %s", key, exc)
 
     async def lookup(self, policy: Policy, tenant: str, request_id: str) -> dict[str, Any] | None:
         key = record_key(policy, tenant, request_id)
+        if self.backend.kind == "memory":
+            found = self.local.get(key)
+            return dict(zip(RECORD_FIELDS, found[1], strict=True)) if found else None
         pending = self._pending.get(key)
         if pending is not None:
             await asyncio.shield(pending)
         raw = await self.backend.get(key)
-        return orjson.loads(raw) if raw else None
+        return dict(zip(RECORD_FIELDS, orjson.loads(raw), strict=True)) if raw else None
 
     async def drain(self) -> None:
         if self._pending:
@@ -154,9 +171,10 @@ class FeedbackEndpoint:
         except StateError as exc:
             raise GatewayError(503, f"feedback store unavailable: {exc}", code="state_unavailable") from None
         if record is None:
-            raise GatewayError(404, f"No answered request '{request_id}' of this tenant in the last "
-                               f"{RECORD_TTL_S / 3600:g} hours.", param="request_id", code="request_not_found",
-                               outcome="rejected")
+            window = tenant.audit.feedback_ttl_s
+            when = f"in the last {window:g} seconds" if window > 0 else "(feedback is off: audit.feedback_ttl_s 0)"
+            raise GatewayError(404, f"No answered request '{request_id}' of this tenant {when}.",
+                               param="request_id", code="request_not_found", outcome="rejected")
         return record
 
     def _entry(self, policy: Policy, tenant: Tenant, key_name: str, fields: dict[str, Any],

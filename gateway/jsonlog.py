@@ -90,6 +90,7 @@ class LineSink:
 
     def __init__(self, target: str, max_bytes: int, backups: int) -> None:
         self.target = target
+        self.max_bytes, self.backups = max_bytes, backups
         parts = [p.strip() for p in target.split(",") if p.strip()]
         self.stdout = STDOUT in parts
         paths = [p for p in parts if p not in (STDOUT, OFF)]

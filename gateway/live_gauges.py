@@ -2,9 +2,9 @@
 
 * Shared state (DLQ depth, budget spend) is read from the state backend just before rendering, under
   a deadline, by whichever process answers the scrape: the same answer from any worker.
-* Process-local state (circuit breakers, policy reload counts) is published into regular metrics, at
-  each scrape and, with several workers, every second by each of them, so multiprocess mode sums
-  reload counts and takes the max of breaker states across workers.
+* Process-local state (circuit breakers, policy reload counts, the cache's, limiter's and DLQ's own
+  counters) is published into regular metrics at each scrape and, with several workers, every
+  second by each of them, so multiprocess mode sums the counts and takes the max of breaker states.
 * ``policy_info`` carries the loaded policy's sha256 as a label (value 1).
 
 Every source is optional: a stage that is not there (yet) simply exports no series.
@@ -34,7 +34,7 @@ class LiveGauges:
         self.collector = ScrapeCollector()
         self.collector.sources += [self._policy_info, self._dlq, self._budgets]
         metrics.register(self.collector)
-        self._reloads = {"success": 0, "failure": 0, "unchanged": 0}
+        self._seen: dict[tuple[Any, str], int] = {}  # last published value of each local count
         self._breakers: dict[tuple[str, str], float] = {}
 
     async def refresh(self) -> None:
@@ -53,17 +53,28 @@ class LiveGauges:
         self.publish_local()
 
     def publish_local(self) -> None:
-        self._publish_reloads()
+        """Copy process-local counts into counters (as increments, so workers' counts add up)."""
+        stats = self.services.holder.stats
+        self._publish(self.metrics.reloads, {r: getattr(stats, r, 0) for r in ("success", "failure", "unchanged")})
+        extras = self.services.extras
+        self._publish(self.metrics.cache_events, _int_fields(extras.get("cache_stats")))
+        limiter = extras.get("ratelimit_stats")
+        counts = _int_fields(limiter)
+        counts.update({f"failure_{mode}": n for mode, n in (getattr(limiter, "failure_decisions", None) or {}).items()})
+        self._publish(self.metrics.ratelimit_events, counts)
+        dlq = extras.get("dlq")
+        if dlq is not None:
+            self._publish(self.metrics.dlq_records, {"written": dlq.written, "dropped": dlq.dropped})
         self._publish_breakers()
 
-    def _publish_reloads(self) -> None:
-        stats = self.services.holder.stats
-        for result in self._reloads:
-            now = int(getattr(stats, result, 0))
-            if now > self._reloads[result]:
-                self.metrics.reloads.labels(result).inc(now - self._reloads[result])
-            self._reloads[result] = now
-            self.metrics.reloads.labels(result)  # the series exists at 0 before the first reload
+    def _publish(self, counter: Any, values: dict[str, int]) -> None:
+        for label, now in values.items():
+            key = (counter, label)
+            seen = self._seen.get(key, 0)
+            child = counter.labels(label)  # the series exists at 0 before its first event
+            if now > seen:
+                child.inc(now - seen)
+            self._seen[key] = now
 
     def _publish_breakers(self) -> None:
         breakers = self.services.extras.get("breakers")
@@ -115,6 +126,14 @@ def _aggregate(rows: dict[str, dict]) -> dict[str, dict]:
     return {NO_TENANT: {"spent": sum(float(v.get("spent") or 0) for v in rows.values()),
                         "limit": sum(float(v.get("limit") or 0) for v in rows.values()),
                         "remaining_ratio": min(ratios) if ratios else None}}
+
+
+def _int_fields(stats: Any) -> dict[str, int]:
+    """The plain integer counters of a stage's stats object (absent stage: none)."""
+    if stats is None or not hasattr(stats, "__dataclass_fields__"):
+        return {}
+    values = {name: getattr(stats, name) for name in stats.__dataclass_fields__}
+    return {k: v for k, v in values.items() if isinstance(v, int) and not isinstance(v, bool)}
 
 
 async def _quiet(call: Any) -> Any:

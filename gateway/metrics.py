@@ -124,6 +124,12 @@ class GatewayMetrics:
         self.state_duration = self._h("state_duration_seconds", "State backend call latency.", ("op",),
                                       STATE_BUCKETS, reg)
         self.reloads = self._c("policy_reloads", "Policy reloads by result.", ("result",), reg)
+        self.cache_events = self._c("cache_events", "Cache internals (stores, skipped, coalesced, backend "
+                                    "errors...).", ("event",), reg)
+        self.ratelimit_events = self._c("ratelimit_events", "Rate-limiter internals (backend errors, decisions "
+                                        "by failure mode, queueing).", ("event",), reg)
+        self.dlq_records = self._c("dlq_records", "Dead-letter records written, or dropped (queue full or "
+                                   "backend down).", ("result",), reg)
 
     def register(self, collector: Any) -> None:
         """Add a scrape-time collector (values read when ``/metrics`` is asked)."""

@@ -23,10 +23,13 @@ CUSTOM = "[REDACTED]"
 
 _EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
 _TOKEN = re.compile(r"\b(?:sk|pk|rk|key)-[A-Za-z0-9_-]{16,}|(?<=Bearer )[A-Za-z0-9._~+/=-]{16,}")
-_IBAN = re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,32}")
-_CARD = re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d-])")
+# Each pattern starts with a plain character class and checks what precedes it in a lookbehind right
+# after, so the regex engine skips to candidate characters instead of trying every position.
+_IBAN = re.compile(r"[A-Z](?<!\w[A-Z])[A-Z]\d{2}(?: ?[A-Z0-9]){11,32}")
+_CARD = re.compile(r"\d(?<![\d-]\d)(?:[ -]?\d){12,18}(?![\d-])")
 _PHONE = re.compile(
-    r"(?<![\w+.:/-])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{1,4}(?:[ .-]?\d{1,4}){1,5}(?![\w:/]|[.-]\d)"
+    r"[+(\d](?<![\w+.:/-][+(\d])(?:(?<=\+)\d{1,3}[ .-]?(?:\(\d{1,4}\)[ .-]?)?|(?<=\()\d{1,4}\)[ .-]?|(?<=\d))"
+    r"\d{0,4}(?:[ .-]?\d{1,4}){1,5}(?![\w:/]|[.-]\d)"
 )
 _DATE = re.compile(r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{4}")
 _IPV4 = re.compile(r"\d{1,3}(?:\.\d{1,3}){3}")
@@ -99,7 +102,8 @@ class Redactor:
         for secret in self.secrets:
             if secret in value:
                 value = value.replace(secret, SECRET)
-        value = _TOKEN.sub(SECRET, value)
+        if "-" in value or "Bearer " in value:
+            value = _TOKEN.sub(SECRET, value)
         if "@" in value:
             value = _EMAIL.sub(EMAIL, value)
         if _DIGITS.search(value):

@@ -112,9 +112,6 @@ class Handler:
         ctx.status = resp.status
         if resp.events is None:
             out = web.Response(status=resp.status, body=resp.body, headers=headers, content_type=resp.content_type)
-            # Send it now: ``complete`` (accounting, logs) runs after, off the client's critical path.
-            await out.prepare(ctx.request)
-            await out.write_eof()
             return out, None
         out = web.StreamResponse(status=resp.status, headers=headers)
         out.content_type = "text/event-stream"

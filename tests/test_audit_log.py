@@ -122,6 +122,10 @@ def test_review_sampling_and_cli(make_gateway, upstream, tmp_path, capsys):
     assert capsys.readouterr().out == "1 record(s) marked done\n"
     assert cli_main(["review", "list", "--policy", str(gw.path), "--json"]) == 0
     assert len(capsys.readouterr().out.splitlines()) == len(expected) - 1
+    assert cli_main(["review", "list", "--policy", str(gw.path), "--limit", "2"]) == 0
+    out = capsys.readouterr()
+    assert [line.split()[4] for line in out.out.splitlines()] == expected[1:3]
+    assert "model=small route=-  status=200 outcome=ok" in out.out and out.err == "2 record(s)\n"
 
 
 def test_feedback_loop(make_gateway, upstream, tmp_path, capsys):
@@ -174,10 +178,44 @@ def test_feedback_reaches_any_replica_through_redis(make_gateway, upstream, redi
     second = make_gateway(text, name="b.yaml")
     first.client("sk-acme").chat.completions.create(model="small", messages=[{"role": "user", "content": "hi"}],
                                                     extra_headers={"x-request-id": "shared-1"})
-    status, body = post(second.base_url + "/feedback", "sk-acme", {"request_id": "shared-1", "score": 0.9})
+    deadline = time.monotonic() + 5  # the first replica stores its record just after answering
+    while (answer := post(second.base_url + "/feedback", "sk-acme", {"request_id": "shared-1", "score": 0.9}))[0] \
+            == 404 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    status, body = answer
     assert status == 201 and body["model"] == "small"
     s = scrape(second.url)
     assert s.value("llm_gateway_feedback_total", tenant="acme", model="small") == 1
     # every backend call of the feedback path was measured
     assert s.value("llm_gateway_state_duration_seconds_count", op="get") >= 1
     assert s.value("llm_gateway_state_duration_seconds_count", op="log_append") == 1
+
+
+def test_log_files_rotate_and_stdout_gets_the_same_lines(tmp_path, capsys):
+    from gateway.jsonlog import LineSink
+
+    path = tmp_path / "access.jsonl"
+    sink = LineSink(f"stdout,{path}", max_bytes=1000, backups=2)
+    for i in range(100):
+        sink.add(orjson.dumps({"i": i, "pad": "x" * 40}))
+        if i % 10 == 9:
+            sink.flush()
+    sink.close()
+    out = [orjson.loads(line)["i"] for line in capsys.readouterr().out.splitlines()]
+    assert out == list(range(100))
+    kept = [path.with_name(f"access.jsonl{suffix}") for suffix in (".2", ".1", "")]
+    assert all(p.exists() for p in kept) and not path.with_name("access.jsonl.3").exists()
+    assert all(p.stat().st_size <= 1000 for p in kept)
+    lines = [orjson.loads(line)["i"] for p in kept for line in p.read_bytes().splitlines()]
+    assert lines == list(range(100))[-len(lines):] and len(lines) >= 10  # whole lines, newest kept, in order
+
+
+def test_feedback_window_is_per_tenant_and_zero_turns_it_off(make_gateway, upstream, tmp_path):
+    gw = make_gateway(audited_policy(upstream.url, tmp_path, audit="{feedback_ttl_s: 0}"))
+    gw.client("sk-audited-tenant").chat.completions.create(
+        model="small", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-request-id": "off-1"})
+    gw.client("sk-acme").chat.completions.create(
+        model="small", messages=[{"role": "user", "content": "hi"}], extra_headers={"x-request-id": "on-1"})
+    status, body = post(gw.base_url + "/feedback", "sk-audited-tenant", {"request_id": "off-1", "score": 1})
+    assert status == 404 and "feedback is off" in body["error"]["message"]
+    assert post(gw.base_url + "/feedback", "sk-acme", {"request_id": "on-1", "score": 1})[0] == 201

@@ -116,6 +116,8 @@ def test_every_deployment_failing_is_a_5xx(make_gateway, upstream, backup, tmp_p
     assert s.value("llm_gateway_upstream_errors_total", kind="5xx") == 2
     if "dlq" in gw.services.extras:
         assert s.value("llm_gateway_dlq_depth") == 1
+        assert s.value("llm_gateway_dlq_records_total", result="written") == 1
+        assert s.value("llm_gateway_dlq_records_total", result="dropped") == 0
 
 
 def test_per_tenant_false_drops_the_tenant_label(make_gateway, upstream):
@@ -203,6 +205,8 @@ def test_cache_hits_misses_and_cost_saved(make_gateway, upstream):
     assert s.value("llm_gateway_cost_saved_usd_total", tenant="acme", model="small") == pytest.approx(16e-6)
     assert s.value("llm_gateway_tokens_total", type="prompt") == 2
     assert s.value("llm_gateway_upstream_attempts_total") == 1
+    assert s.value("llm_gateway_cache_events_total", event="hits") == 2  # the cache's own counters
+    assert s.value("llm_gateway_cache_events_total", event="misses") == 1
 
 
 def test_access_log_line_per_request(make_gateway, upstream, tmp_path):
@@ -250,6 +254,7 @@ def test_rate_limit_decisions_and_429s(make_gateway, upstream):
     assert s.value(rl, tenant="lim", decision="over_limit") == 3
     assert s.value("llm_gateway_requests_total", tenant="lim", status_class="4xx", outcome="over_limit") == 3
     assert s.value("llm_gateway_requests_total", tenant="lim", status_class="2xx") == 20
+    assert s.value("llm_gateway_ratelimit_events_total", event="backend_errors") == 0
     assert upstream.calls == 20
 
 
@@ -301,3 +306,15 @@ def test_state_backend_latency_and_errors(make_gateway, upstream, redis_server, 
     assert s.value("llm_gateway_state_errors_total", op="set") >= 1
     assert s.value("llm_gateway_state_errors_total") > before.value("llm_gateway_state_errors_total")
     assert s.value("llm_gateway_requests_total", status_class="2xx") == 2
+
+
+def test_connect_errors_by_deployment_and_kind(make_gateway, backup):
+    from tests.support.redis_server import free_port
+
+    closed = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens there
+    gw = make_gateway(basic_policy(closed, backup.url, defaults=NO_RETRY))
+    gw.client("sk-acme").chat.completions.create(model="small", messages=MSG)
+    s = scrape(gw.url)
+    assert s.value("llm_gateway_upstream_errors_total", deployment="upstream/small-a", kind="connect") == 1
+    assert s.value("llm_gateway_upstream_fallbacks_total", model="small") == 1
+    assert s.value("llm_gateway_requests_total", provider="backup", outcome="ok") == 1

@@ -88,8 +88,11 @@ def _anchor_paths(policy: m.Policy, folder: Path) -> m.Policy:
     def anchored(value: str) -> str:
         return value if value in ("stdout", "off") or Path(value).is_absolute() else str(folder.resolve() / value)
 
+    def anchored_each(value: str) -> str:  # access_log may name both: "stdout,<path>"
+        return ",".join(anchored(part.strip()) for part in value.split(",") if part.strip())
+
     state = replace(policy.state, dlq_path=anchored(policy.state.dlq_path))
-    logging = replace(policy.logging, access_log=anchored(policy.logging.access_log),
+    logging = replace(policy.logging, access_log=anchored_each(policy.logging.access_log),
                       audit_path=anchored(policy.logging.audit_path))
     return replace(policy, state=state, logging=logging)
 

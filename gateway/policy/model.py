@@ -183,6 +183,7 @@ class AuditPolicy:
     redact: tuple[re.Pattern[str], ...] = ()  # extra policy-declared patterns
     sample_rate: float = 0.0  # share of requests marked for human review
     categories: tuple[str, ...] = ()  # feedback categories kept as metric labels (others: "other")
+    feedback_ttl_s: float = 3600.0  # feedback accepted this long after an answer (0: feedback off)
 
 
 @dataclass(frozen=True, slots=True)

@@ -120,7 +120,7 @@ RETRY = fields({
     "min_retries": integer(ge=0),
 })
 AUDIT = fields({"bodies": BOOLEAN, "redact": list_of(REGEX), "sample_rate": FRACTION,
-                "categories": list_of(NAME)})
+                "categories": list_of(NAME), "feedback_ttl_s": NON_NEGATIVE})
 OVERRIDABLE: dict[str, Checker] = {
     "rate_limit": RATE_LIMIT,
     "budget": nullable(BUDGET),

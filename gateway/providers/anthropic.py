@@ -9,7 +9,6 @@ Only the chat endpoint exists upstream; completions and embeddings get a local 4
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
@@ -27,28 +26,19 @@ from gateway.providers.anthropic_translate import (
     to_anthropic,
     usage,
 )
-from gateway.providers.base import Provider, UpstreamRequest, UpstreamResponse
-from gateway.providers.openai import (
-    attempt_timeouts,
-    closer,
-    new_session,
-    timed_post,
-    timed_read,
-    timed_sse,
-    upstream_headers,
-)
+from gateway.providers.base import UpstreamRequest, UpstreamResponse
+from gateway.providers.openai import HTTPProvider, closer, timed_read, timed_sse, upstream_headers
 
 API_VERSION = "2023-06-01"
 _BAD_SHAPE = (KeyError, TypeError, AttributeError, ValueError)  # orjson.JSONDecodeError is a ValueError
 
 
-class AnthropicProvider(Provider):
+class AnthropicProvider(HTTPProvider):
     type = "anthropic"
 
     def __init__(self, spec: ProviderSpec, clock: Clock = SYSTEM_CLOCK) -> None:
         super().__init__(spec)
         self._clock = clock
-        self._session: aiohttp.ClientSession | None = None
         base = spec.base_url.rstrip("/")
         self._url = base.removesuffix("/v1") + "/v1/messages"  # accept a base with or without /v1
         self._static_headers = {
@@ -59,15 +49,6 @@ class AnthropicProvider(Provider):
         if spec.api_key:
             self._static_headers["x-api-key"] = spec.api_key
 
-    async def start(self) -> None:
-        if self._session is None:
-            self._session = new_session(self.spec)
-
-    async def close(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
-
     async def send(self, req: UpstreamRequest) -> UpstreamResponse:
         if req.endpoint != "chat":
             message = f"the {req.endpoint} endpoint is not supported by {self.name} (anthropic)"
@@ -76,14 +57,7 @@ class AnthropicProvider(Provider):
             payload = to_anthropic({**req.body, "stream": req.stream})
         except GatewayError as exc:
             return _local_error(exc)
-        if self._session is None:
-            await self.start()
-        assert self._session is not None
-        first_byte, total = attempt_timeouts(self.spec, req)
-        deadline = asyncio.get_running_loop().time() + total
-        headers = {**self._static_headers, **req.headers, "x-request-id": req.request_id}
-        data = orjson.dumps(payload)
-        resp = await timed_post(self._session, self.name, self._url, data, headers, first_byte, total)
+        resp, first_byte, total, deadline = await self._post(req, self._url, orjson.dumps(payload))
         out_headers = upstream_headers(resp)
         if req.stream and resp.status == 200:
             include_usage = bool((req.body.get("stream_options") or {}).get("include_usage"))

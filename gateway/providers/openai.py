@@ -40,12 +40,43 @@ HOP_BY_HOP = frozenset(
 )
 
 
-class OpenAIProvider(Provider):
-    type = "openai"
+class HTTPProvider(Provider):
+    """An HTTP adapter's pooled session (opened on start or first use) and its timed POST."""
+
+    _static_headers: dict[str, str]
 
     def __init__(self, spec: ProviderSpec) -> None:
         super().__init__(spec)
         self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        if self._session is None:
+            self._session = new_session(self.spec)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            session, self._session = self._session, None
+            await session.close()
+
+    async def _post(
+        self, req: UpstreamRequest, url: str, data: bytes
+    ) -> tuple[aiohttp.ClientResponse, float, float, float]:
+        """POST one attempt; ``(response, first_byte_s, total_s, deadline)``, deadline on the loop clock."""
+        if self._session is None:
+            await self.start()
+        assert self._session is not None
+        first_byte, total = attempt_timeouts(self.spec, req)
+        deadline = asyncio.get_running_loop().time() + total
+        headers = {**self._static_headers, **req.headers, "x-request-id": req.request_id}
+        resp = await timed_post(self._session, self.name, url, data, headers, first_byte, total)
+        return resp, first_byte, total, deadline
+
+
+class OpenAIProvider(HTTPProvider):
+    type = "openai"
+
+    def __init__(self, spec: ProviderSpec) -> None:
+        super().__init__(spec)
         self._base = spec.base_url.rstrip("/")
         self._static_headers = {"content-type": "application/json", **dict(spec.headers)}
         self._static_headers.update(self.auth_headers())
@@ -60,27 +91,9 @@ class OpenAIProvider(Provider):
     def encode(self, req: UpstreamRequest) -> bytes:
         return orjson.dumps(req.body)
 
-    # --- lifecycle -----------------------------------------------------------------------------------
-    async def start(self) -> None:
-        if self._session is None:
-            self._session = new_session(self.spec)
-
-    async def close(self) -> None:
-        if self._session is not None:
-            session, self._session = self._session, None
-            await session.close()
-
     # --- the call ------------------------------------------------------------------------------------
     async def send(self, req: UpstreamRequest) -> UpstreamResponse:
-        if self._session is None:
-            await self.start()
-        assert self._session is not None
-        first_byte, total = attempt_timeouts(self.spec, req)
-        deadline = asyncio.get_running_loop().time() + total
-        headers = {**self._static_headers, **req.headers, "x-request-id": req.request_id}
-        resp = await timed_post(
-            self._session, self.name, self.url(req), self.encode(req), headers, first_byte, total
-        )
+        resp, first_byte, total, deadline = await self._post(req, self.url(req), self.encode(req))
         out_headers = upstream_headers(resp)
         if req.stream and resp.status == 200:
             return UpstreamResponse(

@@ -98,7 +98,8 @@ class Observability:
 
     def on_policy(self, policy: Policy) -> None:
         cfg = policy.logging
-        if self.access is None or self.access.target != cfg.access_log:
+        wanted = (cfg.access_log, cfg.max_bytes, cfg.backups)
+        if self.access is None or (self.access.target, self.access.max_bytes, self.access.backups) != wanted:
             if self.access is not None:
                 self.access.close()
             self.access = LineSink(cfg.access_log, cfg.max_bytes, cfg.backups)
