@@ -60,7 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("files", nargs="+")
     validate.set_defaults(func=_validate)
     for name, (configure, run) in EXTRA_COMMANDS.items():
-        p = sub.add_parser(name)
+        module_doc = (getattr(sys.modules.get(configure.__module__), "__doc__", None) or "").strip()
+        p = sub.add_parser(name, help=module_doc.splitlines()[0].replace("``", "").rstrip(".") if module_doc else None)
         configure(p)
         p.set_defaults(func=run)
     return parser
