@@ -210,6 +210,14 @@ def create_app(
     app = web.Application(client_max_size=1024**3)
     app[SERVICES] = services
     app[PIPELINE] = pipeline
+    _add_routes(app, handler)
+    for stage in pipeline.stages:
+        stage.install(app)
+    _add_lifecycle(app, services, pipeline, watch)
+    return app
+
+
+def _add_routes(app: web.Application, handler: Handler) -> None:
     app.router.add_post("/v1/chat/completions", handler.endpoint("chat"))
     app.router.add_post("/v1/completions", handler.endpoint("completions"))
     app.router.add_post("/v1/embeddings", handler.endpoint("embeddings"))
@@ -217,8 +225,11 @@ def create_app(
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
-    for stage in pipeline.stages:
-        stage.install(app)
+
+
+def _add_lifecycle(app: web.Application, services: Services, pipeline: Pipeline, watch: bool) -> None:
+    """Start the backend and stages (and the policy watcher); stop them in reverse order."""
+    holder = services.holder
 
     async def on_startup(app: web.Application) -> None:
         await services.backend.start()
@@ -232,9 +243,8 @@ def create_app(
         for stage in reversed(pipeline.stages):
             with contextlib.suppress(Exception):
                 await stage.stop()
-        await providers.close()
+        await services.providers.close()
         await services.backend.close()
 
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
-    return app
