@@ -53,6 +53,8 @@ class Plan:
     acquire_local_spec: tuple[Any, ...] = ()
     token_keys: list[str] = field(default_factory=list)
     slot_keys: tuple[str, ...] = ()  # concurrency keys, released at completion
+    acquire_pairs: tuple[tuple[str, Limit], ...] = ()  # ``acquire_limits()``, computed once
+    token_pairs: tuple[tuple[str, Limit], ...] = ()  # ("T", limit) per token limit, in reserve order
 
     @property
     def empty(self) -> bool:
@@ -120,6 +122,8 @@ def build_plan(policy: Policy, tenant: Tenant, key: ApiKey | None, model: str) -
         acquire_local_spec=tuple(x for kind, lim in pairs for x in (kind, lim.local_limit, 1)),
         token_keys=[k for lim in tokens for k in lim.keys],
         slot_keys=tuple(lim.keys[0] for lim in requests if lim.kind == "C"),
+        acquire_pairs=pairs,
+        token_pairs=tuple(("T", lim) for lim in tokens),
     )
 
 

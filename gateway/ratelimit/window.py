@@ -47,24 +47,39 @@ def ceil_ms(us: int | float) -> int:
 
 
 class ZSet:
-    """The sorted-set operations the twins need, ordered as Redis orders them (score, then member)."""
+    """The sorted-set operations the twins need, ordered as Redis orders them (score, then member).
 
-    __slots__ = ("items", "scores")
+    A window log loses its oldest entries on nearly every call, so ``pop_through`` only moves a start
+    index (``_head``) over the dead prefix and compacts the list once that prefix is half of it:
+    trimming costs O(removed) amortised instead of shifting a list of up to a minute's entries.
+    """
+
+    __slots__ = ("_head", "_items", "scores")
 
     def __init__(self) -> None:
-        self.items: list[tuple[int, str]] = []
+        self._items: list[tuple[int, str]] = []  # sorted from ``_head`` on; before it: already removed
+        self._head = 0
         self.scores: dict[str, int] = {}
 
     def __len__(self) -> int:
-        return len(self.items)
+        return len(self._items) - self._head
+
+    @property
+    def items(self) -> list[tuple[int, str]]:
+        """The live ``(score, member)`` pairs in order (a copy: for the rare paths and tests)."""
+        return self._items[self._head:]
+
+    def at(self, index: int) -> tuple[int, str]:
+        """The ``index``-th live pair in order (``-1``: the newest)."""
+        return self._items[self._head + index if index >= 0 else index]
 
     def add(self, member: str, score: int, only_existing: bool = False) -> bool:
         old = self.scores.get(member)
         if old is None and only_existing:
             return False
         if old is not None:
-            self.items.pop(bisect.bisect_left(self.items, (old, member)))
-        bisect.insort(self.items, (score, member))
+            self._items.pop(bisect.bisect_left(self._items, (old, member), self._head))
+        bisect.insort(self._items, (score, member), self._head)
         self.scores[member] = score
         return True
 
@@ -72,16 +87,22 @@ class ZSet:
         score = self.scores.pop(member, None)
         if score is None:
             return False
-        self.items.pop(bisect.bisect_left(self.items, (score, member)))
+        self._items.pop(bisect.bisect_left(self._items, (score, member), self._head))
         return True
 
     def pop_through(self, max_score: int) -> list[str]:
         """ZRANGEBYSCORE -inf max + ZREMRANGEBYSCORE -inf max: the members removed, oldest first."""
-        cut = bisect.bisect_right(self.items, (max_score, "\U0010ffff"))
-        gone = [member for _, member in self.items[:cut]]
-        del self.items[:cut]
+        items, head = self._items, self._head
+        cut = bisect.bisect_right(items, (max_score, "\U0010ffff"), head)
+        if cut == head:
+            return []
+        gone = [member for _, member in items[head:cut]]
         for member in gone:
             del self.scores[member]
+        if 2 * cut >= len(items):  # the dead prefix is half the list or more: drop it for real
+            del items[:cut]
+            cut = 0
+        self._head = cut
         return gone
 
 
@@ -95,6 +116,7 @@ class _Entry:
     used: int = 0
     over: bool = False
     retry_us: int = 0
+    zs: ZSet = None  # type: ignore[assignment]  # the key's log, read once per call (see ``acquire``)
 
 
 def _zset(store: LocalStore, key: str) -> ZSet:
@@ -114,7 +136,7 @@ def _save(store: LocalStore, key: str, zs: ZSet, ttl_ms: int | None = None) -> N
 
 
 def _trim_tokens(store: LocalStore, e: _Entry, cutoff: int) -> int:
-    zs = _zset(store, e.key)
+    zs = e.zs
     weights = store.get(e.hkey)
     old = zs.pop_through(cutoff)
     _save(store, e.key, zs)
@@ -132,7 +154,7 @@ def _trim_tokens(store: LocalStore, e: _Entry, cutoff: int) -> int:
 def _token_retry(store: LocalStore, e: _Entry, need: int, window: int, now: int) -> int:
     weights = store.get(e.hkey) or {}
     acc = 0
-    for score, member in _zset(store, e.key).items:
+    for score, member in e.zs.items:
         acc += int(weights.get(member, 0))
         if acc >= need:
             return score + window - now
@@ -142,12 +164,12 @@ def _token_retry(store: LocalStore, e: _Entry, need: int, window: int, now: int)
 def _check(store: LocalStore, e: _Entry, window: int, now: int) -> None:
     """Trim the entry's key to the window (or live leases) and decide whether ``weight`` fits."""
     if e.kind == "C":
-        zs = _zset(store, e.key)
+        zs = e.zs
         zs.pop_through(now)
         _save(store, e.key, zs)
         e.used = len(zs)
     elif e.kind == "R":
-        zs = _zset(store, e.key)
+        zs = e.zs
         zs.pop_through(now - window)
         _save(store, e.key, zs)
         e.used = len(zs)
@@ -159,7 +181,7 @@ def _check(store: LocalStore, e: _Entry, window: int, now: int) -> None:
     if e.weight > e.limit:
         e.retry_us = -1
     elif e.kind == "R":
-        score, _ = _zset(store, e.key).items[e.used + e.weight - e.limit - 1]
+        score, _ = e.zs.at(e.used + e.weight - e.limit - 1)
         e.retry_us = score + window - now
     else:
         e.retry_us = _token_retry(store, e, e.used + e.weight - e.limit, window, now)
@@ -168,7 +190,7 @@ def _check(store: LocalStore, e: _Entry, window: int, now: int) -> None:
 def _commit(store: LocalStore, e: _Entry, token: str, window: int, lease: int, now: int) -> None:
     if e.kind == "P":
         return
-    zs = _zset(store, e.key)
+    zs = e.zs
     if e.kind == "C":
         zs.add(token, now + lease)
         _save(store, e.key, zs, lease // 1000 + TTL_PAD_MS)
@@ -193,8 +215,8 @@ def _reset_us(store: LocalStore, e: _Entry, window: int, now: int) -> int:
     """Time until the log is empty again (OpenAI's "reset to its initial state")."""
     if e.kind == "C":
         return 0
-    items = _zset(store, e.key).items
-    return items[-1][0] + window - now if items else 0
+    zs = e.zs
+    return zs.at(-1)[0] + window - now if zs else 0
 
 
 def acquire(store: LocalStore, keys: list[str], args: list[Any], now: float) -> list[int]:
@@ -208,9 +230,16 @@ def acquire(store: LocalStore, keys: list[str], args: list[Any], now: float) -> 
     token, force = str(args[0]), str(args[1]) == "1"
     window, lease, t = int(args[2]), int(args[3]), now_us(now)
     entries: list[_Entry] = []
+    # Each key's log is read from the store once per call and shared by its entries: the store then
+    # holds that very object, or nothing when it emptied (and an empty log is as good as a new one).
+    logs: dict[str, ZSet] = {}
     ki, ok, retry = 0, True, 0
     for i in range(4, len(args), 3):
         e = _Entry(str(args[i]), int(args[i + 1]), int(args[i + 2]), keys[ki])
+        zs = logs.get(e.key)
+        if zs is None:
+            zs = logs[e.key] = _zset(store, e.key)
+        e.zs = zs
         ki += 1
         if e.kind in ("T", "P"):
             e.hkey = keys[ki]

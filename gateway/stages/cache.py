@@ -271,7 +271,10 @@ class CacheStage(Stage):
             self._track(flight.pump)
             resp.events, resp.close = flight.follow(), (lambda: self._aleave(st))
             return resp
-        flight.finish(entry_from_body(resp.body, created, ttl, model) if resp.body else None)
+        # Parse the answer only if someone can use it: the store, or followers of a shared flight (a
+        # private flight that won't be stored, e.g. ``no-store``, would drop it unread).
+        wanted = st.store or self.flights.get(st.key) is flight
+        flight.finish(entry_from_body(resp.body, created, ttl, model) if resp.body and wanted else None)
         self._leave(st)
         if self.memory is not None or not self._storable(st, flight):
             await self._settle(st, flight)  # never waits: nothing to gain from a task

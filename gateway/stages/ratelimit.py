@@ -111,7 +111,7 @@ class RateLimitStage(Stage):
             return None
         st = _Request(f"{self._prefix}{next(self._seq)}", plan)
         ctx.extras["ratelimit"] = st
-        pairs = plan.acquire_limits()
+        pairs = plan.acquire_pairs
         args, local_args = plan.acquire_args(st.token, False), plan.acquire_args(st.token, True)
 
         async def attempt() -> Decision:
@@ -132,7 +132,7 @@ class RateLimitStage(Stage):
         completion = 0 if ctx.endpoint == "embeddings" else ctx.policy.input.default_max_tokens
         cost = ctx.prompt_tokens_est + (ctx.max_tokens or completion)
         args, local_args = plan.reserve_args(st.token, cost, False), plan.reserve_args(st.token, cost, True)
-        pairs = tuple(("T", lim) for lim in plan.tokens)
+        pairs = plan.token_pairs
 
         async def attempt() -> Decision:
             return await self._call(ctx, st, plan.token_keys, args, local_args, pairs, st.tokens_on)

@@ -11,6 +11,7 @@ Logs (the dead-letter queue) and, given ``dlq_path``, the JSONL journal behind t
 from __future__ import annotations
 
 import heapq
+import time
 from typing import Any
 
 from gateway.clock import SYSTEM_CLOCK, Clock
@@ -31,8 +32,14 @@ _SWEEP_BATCH = 32  # heap entries looked at per operation at most: bounds the co
 _MIN_STALE = 1024  # stale heap entries tolerated before the heap is rebuilt
 
 
+_ARG_TYPES = frozenset({int, float, str, bytes})  # exact types that always pass (bool is not int here)
+_REPLY_ITEMS = frozenset({int, str})  # exact types ``to_reply`` keeps as they are
+
+
 def check_script_args(args: list[Any]) -> None:
     """Refuse what Redis can't carry as ARGV, so a twin can't quietly accept what Lua never gets."""
+    if _ARG_TYPES.issuperset(map(type, args)):  # hot path: one C-level pass; subclasses go the long way
+        return
     for arg in args:
         if isinstance(arg, bool) or not isinstance(arg, int | float | str | bytes):
             raise TypeError(f"script args must be int, float, str or bytes, not {type(arg).__name__}")
@@ -44,6 +51,11 @@ def to_reply(value: Any) -> Any:
     Numbers become ints (floats truncate toward zero), ``True`` 1, ``False``/``None`` nil, bytes
     str; a list stops at its first ``None`` (a Lua array ends at its first nil).
     """
+    kind = type(value)
+    if kind is int or kind is str:  # hot path: twins mostly return Redis-shaped values already
+        return value
+    if (kind is list or kind is tuple) and _REPLY_ITEMS.issuperset(map(type, value)):
+        return list(value)  # a flat list of ints/strs converts to a copy of itself
     if value is None or value is False:
         return None
     if value is True:
@@ -73,6 +85,8 @@ class MemoryStore:
 
     def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
         self._clock = clock
+        # the system clock's ``monotonic`` is ``time.monotonic``: call it directly (dozens of calls a request)
+        self._monotonic = time.monotonic if type(clock).monotonic is Clock.monotonic else clock.monotonic
         self._data: dict[str, Any] = {}
         self._deadline: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []  # (deadline, key); stale entries are skipped
@@ -83,13 +97,17 @@ class MemoryStore:
 
     def _alive(self, key: str) -> bool:
         deadline = self._deadline.get(key)
-        if deadline is not None and deadline <= self._clock.monotonic():
+        if deadline is not None and deadline <= self._monotonic():
             self.delete(key)
             return False
         return key in self._data
 
     def get(self, key: str, default: Any = None) -> Any:
-        return self._data.get(key, default) if self._alive(key) else default
+        deadline = self._deadline.get(key)  # ``_alive`` inlined: twins call this dozens of times a request
+        if deadline is not None and deadline <= self._monotonic():
+            self.delete(key)
+            return default
+        return self._data.get(key, default)
 
     def set(self, key: str, value: Any, ttl_s: float | None = None) -> None:
         if ttl_s is not None and ttl_s <= 0:
@@ -106,7 +124,7 @@ class MemoryStore:
         if ttl_s <= 0:
             self.delete(key)
             return
-        deadline = self._clock.monotonic() + ttl_s
+        deadline = self._monotonic() + ttl_s
         self._deadline[key] = deadline
         heapq.heappush(self._heap, (deadline, key))
         if len(self._heap) > 2 * len(self._deadline) + _MIN_STALE:  # mostly stale: rebuild
@@ -121,14 +139,14 @@ class MemoryStore:
         """Seconds left; ``None`` when the key is missing or never expires."""
         if not self._alive(key) or key not in self._deadline:
             return None
-        return max(0.0, self._deadline[key] - self._clock.monotonic())
+        return max(0.0, self._deadline[key] - self._monotonic())
 
     def exists(self, key: str) -> bool:
         return self._alive(key)
 
     def sweep(self) -> None:
         """Drop a bounded batch of expired keys; called by every backend operation."""
-        now = self._clock.monotonic()
+        now = self._monotonic()
         heap = self._heap
         for _ in range(_SWEEP_BATCH):
             if not heap or heap[0][0] > now:
