@@ -318,3 +318,19 @@ def test_connect_errors_by_deployment_and_kind(make_gateway, backup):
     assert s.value("llm_gateway_upstream_errors_total", deployment="upstream/small-a", kind="connect") == 1
     assert s.value("llm_gateway_upstream_fallbacks_total", model="small") == 1
     assert s.value("llm_gateway_requests_total", provider="backup", outcome="ok") == 1
+
+
+def test_timeout_and_stream_cut_kinds(make_gateway, upstream, backup):
+    gw = make_gateway(basic_policy(upstream.url, backup.url, defaults=NO_RETRY))
+    client = gw.client("sk-acme")
+    upstream.push(Fault(black_hole=True))  # no first byte within first_byte_s (2 s): timeout, backup serves
+    assert client.chat.completions.create(model="small", messages=MSG).choices
+    upstream.push(Fault(cut_after=0))  # cut before the first chunk: transparent failover
+    assert list(client.chat.completions.create(model="small", messages=MSG, stream=True))
+    upstream.push(Fault(cut_after=1))  # cut after the first chunk reached the client: an error event
+    with pytest.raises(openai.APIError):
+        list(client.chat.completions.create(model="small", messages=MSG, stream=True))
+    s = scrape(gw.url)
+    assert s.value("llm_gateway_upstream_errors_total", deployment="upstream/small-a", kind="timeout") == 1
+    assert s.value("llm_gateway_upstream_errors_total", deployment="upstream/small-a", kind="stream_cut") == 2
+    assert s.value("llm_gateway_upstream_errors_total", deployment="backup/small-b") == 0
