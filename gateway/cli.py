@@ -6,25 +6,35 @@ import argparse
 import logging
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from gateway.serve import BUNDLED_POLICY, banner, run_worker, run_workers
+
+if TYPE_CHECKING:
+    from gateway.policy.model import Policy
 
 # Operator commands register here: name -> (configure subparser, run(args) -> exit code).
 EXTRA_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
 
 
-def _serve(args: argparse.Namespace) -> int:
+def load_or_report(path: str) -> Policy | None:
+    """The policy at ``path``, or None after printing each problem (``file:line: key: what``) to stderr."""
     from gateway.policy.loader import PolicyError, load_policy
 
-    path = args.policy or str(BUNDLED_POLICY)
     try:
-        policy = load_policy(path)
+        return load_policy(path)
     except PolicyError as exc:
         for problem in exc.problems:
             print(problem, file=sys.stderr)
-        return 1
     except OSError as exc:
         print(f"{path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+    return None
+
+
+def _serve(args: argparse.Namespace) -> int:
+    path = args.policy or str(BUNDLED_POLICY)
+    policy = load_or_report(path)
+    if policy is None:
         return 1
     for warning in policy.warnings:
         logging.getLogger("gateway.policy").warning("%s", warning)

@@ -41,16 +41,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gateway.policy.loader import PolicyError, load_policy
+    from gateway.cli import load_or_report
 
-    try:
-        policy = load_policy(args.policy)
-    except PolicyError as exc:
-        for problem in exc.problems:
-            print(problem, file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"{args.policy}: cannot read: {exc.strerror or exc}", file=sys.stderr)
+    policy = load_or_report(args.policy)
+    if policy is None:
         return 2
     try:
         return asyncio.run(_run(args, policy))
