@@ -33,6 +33,7 @@ log = logging.getLogger("gateway.audit")
 CAPTURE_LIMIT = 1_048_576  # characters of response text kept per request
 REVIEW_MAX = 100_000  # records the review log holds before new ones are refused
 REVIEW_BODY_LIMIT = 16_384  # characters of each body kept in a review record
+INLINE_REDACT_BYTES = 65_536  # larger bodies are redacted for the upstream in a worker thread
 
 
 def review_key(policy: Policy) -> str:
@@ -43,7 +44,12 @@ def caller_key(ctx: RequestContext) -> str:
     """The tenant key the caller sent (to scrub it if it was pasted into a body); never stored."""
     header = ctx.request.headers.get("Authorization", "")
     token = header[7:].strip() if header[:7].lower() == "bearer " else ctx.request.headers.get("api-key", "")
-    return token.strip()
+    token = token.strip()
+    try:
+        token.encode()
+    except UnicodeEncodeError:  # bytes that are not UTF-8 (aiohttp keeps them as surrogates): no text holds them
+        return ""
+    return token
 
 
 def sampled(request_id: str, rate: float) -> bool:
@@ -133,7 +139,12 @@ class RedactUpstreamStage(Stage):
     async def check_input(self, ctx: RequestContext) -> Verdict:
         if ctx.tenant is None or not ctx.tenant.redact_upstream or not ctx.body:
             return None
-        body, changed = redact_request(ctx.body, self.redactors.for_request(ctx))
+        redactor = self.redactors.for_request(ctx)
+        if len(ctx.raw_body) > INLINE_REDACT_BYTES:  # seconds of regex work on a multi-MB body: off the loop
+            loop = asyncio.get_running_loop()
+            body, changed = await loop.run_in_executor(None, redact_request, ctx.body, redactor)
+        else:
+            body, changed = redact_request(ctx.body, redactor)
         if changed:
             ctx.body, ctx.raw_body = body, orjson.dumps(body)
             ctx.extras["redacted_upstream"] = True

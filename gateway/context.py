@@ -59,6 +59,7 @@ class RequestContext:
     client_wants_usage: bool = False
     prompt_tokens_est: int = 0
     max_tokens: int | None = None  # as requested; None when absent
+    choices: int = 1  # completions the upstream generates (n, best_of): worst-case admission counts each
     # set by route / call_upstream
     route: str | None = None  # "small" | "large"
     route_rule: str | None = None
@@ -89,3 +90,16 @@ class RequestContext:
 
     def elapsed(self, now: float) -> float:
         return now - self.started
+
+    def model_reached(self) -> bool:
+        """Did a model work on this request, so that it used tokens even if no usage was reported?
+
+        Yes when an attempt was answered (200), or the client left while an attempt still waited on
+        the upstream (the prompt was being processed). Failed attempts, skipped deployments, cache
+        answers and substitutes on exhaustion (stale, static) used none. Budgets and token limits
+        both settle by this rule.
+        """
+        if any(a.status == 200 for a in self.attempts):
+            return True
+        last = self.attempts[-1] if self.attempts else None
+        return self.client_disconnected and last is not None and last.status is None and last.error_kind is None

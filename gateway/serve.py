@@ -14,6 +14,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway.http_protocol import GatewayRunner
 from gateway.metrics import prepare_multiproc_dir, release_multiproc_dir
 from gateway.policy.model import Policy
 
@@ -25,7 +26,7 @@ DEMO_KEY = "sk-demo-quickstart"
 
 async def start_site(app: web.Application, host: str, port: int, reuse_port: bool = False) -> web.AppRunner:
     """Start ``app`` listening; client disconnects cancel the handler (and so the upstream call)."""
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=30.0)
+    runner = GatewayRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=30.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=2048)
     await site.start()

@@ -15,6 +15,7 @@ from aiohttp import web
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, UpstreamError
+from gateway.http_protocol import add_fallbacks
 from gateway.pipeline import GatewayResponse, Pipeline, error_event
 from gateway.policy.model import Policy
 from gateway.policy.reload import PolicyHolder
@@ -112,6 +113,8 @@ class Handler:
         ctx.status = resp.status
         if resp.events is None:
             out = web.Response(status=resp.status, body=resp.body, headers=headers, content_type=resp.content_type)
+            if ctx.request.body_exists and not ctx.request.content.is_eof():
+                out.force_close()  # a body not (fully) received or undecodable: don't reuse the connection
             return out, None
         out = web.StreamResponse(status=resp.status, headers=headers)
         out.content_type = "text/event-stream"
@@ -213,6 +216,7 @@ def create_app(
     _add_routes(app, handler)
     for stage in pipeline.stages:
         stage.install(app)
+    add_fallbacks(app)  # last: JSON 404/405 for whatever no route above serves; x-request-id everywhere
     _add_lifecycle(app, services, pipeline, watch)
     return app
 

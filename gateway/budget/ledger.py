@@ -37,7 +37,7 @@ for i = 1, n do
   for _, old in ipairs(expired) do
     local amt = redis.call('HGET', b, 'r:' .. old)
     if amt then
-      redis.call('HINCRBY', b, 'held', '-' .. amt)
+      if amt ~= '0' then redis.call('HINCRBY', b, 'held', '-' .. amt) end  -- Redis refuses '-0'
       redis.call('HDEL', b, 'r:' .. old)
     end
     redis.call('ZREM', z, old)
@@ -154,7 +154,7 @@ for i = 1, n do
   local b, z = KEYS[2 * i - 1], KEYS[2 * i]
   local amt = redis.call('HGET', b, 'r:' .. rid)
   if amt then
-    redis.call('HINCRBY', b, 'held', '-' .. amt)
+    if amt ~= '0' then redis.call('HINCRBY', b, 'held', '-' .. amt) end  -- Redis refuses '-0' (a free model)
     redis.call('HDEL', b, 'r:' .. rid)
   end
   redis.call('ZREM', z, rid)

@@ -76,10 +76,18 @@ def cost(usage: Usage, rates: Rates) -> int:
             + (completion - reasoning) * rates.output + reasoning * rates.reasoning)
 
 
+MAX_RESERVATION = 2**53  # pico-dollars (~9,000 USD): exact in Lua's doubles, far from HINCRBY's 64-bit limit
+
+
 def worst_case(prompt_tokens: int, output_tokens: int, rates: Rates) -> int:
     """The most a request can cost: every prompt token at the dearer input rate, every output
-    token at the dearer output rate. What a budget reserves before the call."""
-    return max(0, prompt_tokens) * rates.worst_input + max(0, output_tokens) * rates.worst_output
+    token at the dearer output rate. What a budget reserves before the call.
+
+    Capped at ``MAX_RESERVATION``: an absurd ``max_tokens`` on an unbounded model must be refused by
+    the budget (or held, in shadow mode), not overflow the ledger's 64-bit counters into a Redis error.
+    """
+    amount = max(0, prompt_tokens) * rates.worst_input + max(0, output_tokens) * rates.worst_output
+    return min(amount, MAX_RESERVATION)
 
 
 def estimate_usage(prompt_tokens_est: int, generated_chars: int) -> Usage:

@@ -22,7 +22,7 @@ from gateway.budget.ledger import Charge, Ledger, Reserved, ScopeArgs, scope_key
 from gateway.budget.periods import Window, key_ttl_s, window
 from gateway.budget.pricing import UNPRICED, Rates, pico, rates_for, usd
 from gateway.clock import SYSTEM_CLOCK, Clock
-from gateway.policy.model import ApiKey, BudgetPolicy, ModelSpec, Policy, Tenant
+from gateway.policy.model import ApiKey, BudgetPolicy, ModelSpec, Policy, Price, Tenant
 from gateway.state.base import StateBackend, StateError
 from gateway.state.memory import MemoryBackend
 
@@ -65,7 +65,7 @@ class Derived:
     on_error: str
     replicas: int
     hold_s: float  # a reservation outlives any request; then it expires (a crashed replica)
-    rates: dict[str, Rates]  # served model name -> rates
+    rates: dict[str, tuple[Price | None, Rates]]  # served model name -> (its price, the rates of that price)
     small_of: dict[str, str]  # a route's large model -> its small model
     tenants: dict[str, BudgetSpec]
     keys: dict[tuple[str, str], BudgetSpec]
@@ -88,7 +88,7 @@ def derive(policy: Policy) -> Derived:
         on_error=policy.state.on_backend_error,
         replicas=max(1, policy.state.replicas),
         hold_s=longest + HOLD_MARGIN_S,
-        rates={name: rates_for(spec.price) for name, spec in served.items()},
+        rates={name: (spec.price, rates_for(spec.price)) for name, spec in served.items()},
         small_of=small_of,
         tenants=tenants,
         keys=keys,
@@ -125,8 +125,18 @@ class BudgetService:
         return out
 
     def rates(self, model: ModelSpec | None) -> Rates:
+        """The rates of ``model`` as the policy it comes from prices it.
+
+        A request admitted before a reload holds the old policy's ``ModelSpec``: it is reserved and
+        settled at that price, even if the new policy changed or removed the model.
+        """
         assert self.derived is not None
-        return UNPRICED if model is None else self.derived.rates.get(model.name, UNPRICED)
+        if model is None:
+            return UNPRICED
+        found = self.derived.rates.get(model.name)
+        if found is not None and found[0] == model.price:
+            return found[1]
+        return rates_for(model.price)
 
     def window(self, kind: str, now: float) -> Window:
         """The current window of ``kind``, cached until it ends."""

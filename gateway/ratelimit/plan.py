@@ -3,7 +3,9 @@
 A request is limited by up to three scopes: the tenant (``rate_limit``), its API key (the key's own
 ``rate_limit`` over the tenant's ``rate_limit.per_key``, field by field) and the tenant+public model
 (``rate_limit.models``). Each scope's ``rpm`` and ``concurrency`` are checked in ``limit_requests``
-and its ``tpm`` in ``admit``, each phase in one script call. Plans are built lazily and memoised per
+and its ``tpm`` in ``admit``, each phase in one script call. Request limits are per public model (what
+was asked, before the cache); a model's ``tpm`` counts the tokens of the model that serves (after
+routing and a budget downgrade, ``build_token_plan``). Plans are built lazily and memoised per
 policy, so the request path never reads the policy's limit blocks, only these tuples.
 
 Redis keys: ``<prefix>:{<tenant>}:rl:<scope>:<kind>``, hash-tagged per tenant (one cluster slot per
@@ -127,12 +129,37 @@ def build_plan(policy: Policy, tenant: Tenant, key: ApiKey | None, model: str) -
     )
 
 
+def build_token_plan(policy: Policy, tenant: Tenant, key: ApiKey | None, public: str, served: str) -> Plan:
+    """The ``tpm`` limits of a request for ``public`` that ``served`` answers (routed, moved to a
+    larger context window, or downgraded by a budget): the tenant's and key's, the served model's,
+    and a virtual public model's own (it never serves, so its limit is on what is asked of it)."""
+    base = build_plan(policy, tenant, key, public)
+    tokens = build_plan(policy, tenant, key, served).tokens
+    spec = policy.models.get(public)
+    if spec is not None and spec.is_virtual:
+        tokens += tuple(lim for lim in base.tokens if lim.scope == "model")
+    return Plan(base.tenant, base.shadow, base.queue_s, (), tokens,
+                token_keys=[k for lim in tokens for k in lim.keys],
+                token_pairs=tuple(("T", lim) for lim in tokens))
+
+
 class Plans:
     """Plans of one policy, memoised by (tenant, key name, model); rebuilt on every policy load."""
 
     def __init__(self, policy: Policy | None) -> None:
         self.policy = policy
         self._memo: dict[tuple[str, str, str], Plan] = {}
+        self._tokens: dict[tuple[str, str, str, str], Plan] = {}
+
+    def tokens(self, policy: Policy, tenant: Tenant, key: ApiKey | None, public: str, served: str) -> Plan:
+        """``build_token_plan``, memoised like ``get``."""
+        if policy is not self.policy:
+            return build_token_plan(policy, tenant, key, public, served)
+        memo_key = (tenant.name, key.name if key is not None else "", public, served)
+        plan = self._tokens.get(memo_key)
+        if plan is None:
+            plan = self._tokens[memo_key] = build_token_plan(policy, tenant, key, public, served)
+        return plan
 
     def get(self, policy: Policy, tenant: Tenant, key: ApiKey | None, model: str) -> Plan:
         if policy is not self.policy:  # a request that started under the previous policy

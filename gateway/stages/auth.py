@@ -22,7 +22,9 @@ def bearer_digest(request: web.Request) -> str | None:
         token = request.headers.get("api-key", "").strip()
     if not token:
         return None
-    return hashlib.sha256(token.encode()).hexdigest()
+    # aiohttp decodes header bytes as UTF-8 with surrogateescape: encoding the same way gives back the
+    # exact bytes sent, so a key that is not UTF-8 is a plain 401 instead of a UnicodeEncodeError.
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def authenticate(request: web.Request, policy: Policy) -> tuple[Tenant, ApiKey]:

@@ -51,7 +51,7 @@ class Hold:
 def output_tokens(ctx: RequestContext, model: ModelSpec) -> int:
     if ctx.endpoint == "embeddings":
         return 0
-    return ctx.max_tokens or model.max_output_tokens or ctx.policy.input.default_max_tokens
+    return (ctx.max_tokens or model.max_output_tokens or ctx.policy.input.default_max_tokens) * ctx.choices
 
 
 class BudgetStage(Stage):
@@ -221,8 +221,8 @@ class BudgetStage(Stage):
 
     def _charge(self, ctx: RequestContext) -> tuple[Usage | None, int]:
         """The usage to charge (estimated when the provider reported none) and its cost."""
-        if ctx.cache_status in ("HIT", "STALE"):  # answered from the cache: no model worked on it
-            return None, 0
+        if ctx.cache_status in ("HIT", "STALE") or "exhausted" in ctx.extras:
+            return None, 0  # answered from the cache, or a substitute when every deployment failed
         usage = ctx.usage
         if usage is None:
             if not _reached_model(ctx):
@@ -263,8 +263,4 @@ def _route_small(ctx: RequestContext) -> tuple[str | None, bool]:
 
 def _reached_model(ctx: RequestContext) -> bool:
     """Did a model start working on this request (so it is billed even without reported usage)?"""
-    if any(a.status == 200 for a in ctx.attempts):
-        return True
-    last = ctx.attempts[-1] if ctx.attempts else None
-    # a client that left while the upstream was working on the prompt
-    return ctx.client_disconnected and last is not None and last.status is None and last.error_kind is None
+    return ctx.model_reached()  # one rule for budgets and token limits

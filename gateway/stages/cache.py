@@ -38,7 +38,7 @@ from gateway.services import Services
 from gateway.state.base import StateError
 
 STALE_FACTOR = 2.0  # an entry is fresh for ttl_s and kept, for stale answers, until STALE_FACTOR * ttl_s
-Role = Literal["miss", "hit"]
+Role = Literal["miss", "follower", "hit"]  # follower: waiting on another request's flight
 
 
 @dataclass(slots=True)
@@ -215,7 +215,8 @@ class CacheStage(Stage):
     # -- single-flight followers ----------------------------------------------------------------------
     async def _follow(self, ctx: RequestContext, st: CacheState, flight: Flight) -> Verdict:
         """Wait (bounded) for the identical request in flight; None: proceed on our own."""
-        st.flight, st.joined = flight, True
+        # a follower, not the flight's owner: a client that leaves while waiting must not fail the leader's flight
+        st.flight, st.joined, st.role = flight, True, "follower"
         wait_s = ctx.tenant.retry.deadline_s if ctx.tenant is not None else 60.0
         ok = await flight.wait(lambda f: ctx.stream and bool(f.chunks), wait_s)
         entry = flight.entry
@@ -321,6 +322,19 @@ class CacheStage(Stage):
         if st.role == "miss" and st.flight.state == "pending":
             st.flight.fail()  # never answered (cancelled, a bug): followers go on their own
         self._leave(st)
+        if st.role == "miss" and ctx.usage is None:
+            await self._shared_usage(ctx, st.flight)
+
+    async def _shared_usage(self, ctx: RequestContext, flight: Flight) -> None:
+        """A leader that left a stream others still read: the upstream goes on generating for them, so
+        the leader's settlement (budget, tokens) waits, bounded, for the answer's real usage."""
+        pump = flight.pump
+        if pump is None or pump.done():
+            return
+        deadline = ctx.started + (ctx.tenant.retry.deadline_s if ctx.tenant is not None else 60.0)
+        await asyncio.wait([pump], timeout=max(0.0, deadline - asyncio.get_running_loop().time()))
+        if flight.state == "done" and flight.entry is not None and flight.entry.usage is not None:
+            ctx.usage = flight.entry.usage
 
     # -- failover -------------------------------------------------------------------------------------
     async def stale(self, ctx: RequestContext) -> GatewayResponse | None:

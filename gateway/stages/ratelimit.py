@@ -2,12 +2,15 @@
 
 ``limit_requests`` checks and takes, in one script call, every ``rpm`` and ``concurrency`` limit of
 the request (tenant, API key, tenant+model) and reads the token logs for the headers. ``admit``
-(cache misses only, after ``route``) reserves ``prompt estimate + max_tokens`` (or
-``input.default_max_tokens``; embeddings reserve no completion) against every ``tpm`` limit, again
-in one call. ``complete`` frees the concurrency slots and sets the reservation to the real use:
-``ctx.usage`` when known; nothing when no upstream was called (a later stage refused, the client
-left); otherwise the reservation is **kept** — a cut stream may have cost up to ``max_tokens``, and
-keeping the upper bound is what makes ``tpm`` a ceiling rather than a guess.
+(cache misses only, after ``route`` and after the budget stage, whose downgrade may change the
+model) reserves ``prompt estimate + max_tokens`` (or ``input.default_max_tokens``; embeddings
+reserve no completion) against every ``tpm`` limit, again in one call; a model's ``tpm`` is that
+of the model that serves (``gateway.ratelimit.plan.build_token_plan``). ``complete`` frees the
+concurrency slots and sets the reservation to the real use: the reported ``ctx.usage`` when known;
+nothing when no model worked on the request (``RequestContext.model_reached``: a later stage
+refused, every attempt failed, a stale or static substitute); otherwise the reservation is **kept**
+— a cut stream may have cost up to ``max_tokens``, and keeping the upper bound is what makes
+``tpm`` a ceiling rather than a guess.
 
 Time: the scripts read Redis ``TIME`` (one clock for every replica). This stage never passes a
 time itself; when the gateway is built with a non-system clock (tests), the Redis backend hands
@@ -62,6 +65,7 @@ class _Request:
 
     token: str  # unique per request (never the client's x-request-id): the member in every log
     plan: Plan
+    token_plan: Plan | None = None  # the tpm limits reserved in admit (of the model that serves)
     requests: Result | None = None
     tokens: Result | None = None
     reserved: int = 0  # tokens committed in admit
@@ -126,11 +130,14 @@ class RateLimitStage(Stage):
 
     async def admit(self, ctx: RequestContext) -> Verdict:
         st: _Request | None = ctx.extras.get("ratelimit")
-        if st is None or not st.plan.tokens:
+        plan = self._token_plan(ctx, st)
+        if plan is None or not plan.tokens:
             return None
-        plan = st.plan
+        if st is None:  # no request limits, only the served model's tpm
+            st = ctx.extras["ratelimit"] = _Request(f"{self._prefix}{next(self._seq)}", plan)
+        st.token_plan = plan
         completion = 0 if ctx.endpoint == "embeddings" else ctx.policy.input.default_max_tokens
-        cost = ctx.prompt_tokens_est + (ctx.max_tokens or completion)
+        cost = ctx.prompt_tokens_est + (ctx.max_tokens or completion) * ctx.choices
         args, local_args = plan.reserve_args(st.token, cost, False), plan.reserve_args(st.token, cost, True)
         pairs = plan.token_pairs
 
@@ -163,6 +170,16 @@ class RateLimitStage(Stage):
             self.lines.freed(st.plan.tenant)
 
     # -- helpers ---------------------------------------------------------------------------------
+
+    def _token_plan(self, ctx: RequestContext, st: _Request | None) -> Plan | None:
+        """The tpm limits of the model that serves: it differs from the one asked for after routing,
+        a context-window fallback or a budget downgrade (all decided before this ``admit``)."""
+        if ctx.tenant is None:
+            return None
+        served = ctx.model.name if ctx.model is not None else ctx.public_model
+        if st is not None and served == ctx.public_model:
+            return st.plan
+        return self.plans.tokens(ctx.policy, ctx.tenant, ctx.api_key, ctx.public_model, served)
 
     async def _call(self, ctx: RequestContext, st: _Request, keys: list[str], args: list, local_args: list,
                     pairs: tuple, holds: list[StateBackend]) -> Decision:
@@ -223,11 +240,14 @@ class RateLimitStage(Stage):
 
     @staticmethod
     def _actual_tokens(ctx: RequestContext, st: _Request) -> int:
-        if not st.reserved:
+        """What the reservation becomes: the reported usage; nothing when no model worked on the
+        request (refused, every attempt failed, a stale or static substitute); else the reservation."""
+        if not st.reserved or ctx.cache_status in ("HIT", "STALE"):
             return 0
-        if ctx.usage is not None:
-            return ctx.usage.total_tokens
-        return st.reserved if ctx.attempts else 0
+        usage = ctx.usage
+        if usage is not None and not usage.estimated:  # an estimate (the budget's) is no upper bound
+            return usage.total_tokens
+        return st.reserved if ctx.model_reached() else 0
 
     async def _release(self, st: _Request, backend: StateBackend, actual: int) -> None:
         """Free the slots and settle the reservation held on ``backend`` (one call)."""
@@ -238,7 +258,7 @@ class RateLimitStage(Stage):
             keys += plan.slot_keys
             args += ["C", 0] * len(plan.slot_keys)
         if any(b is backend for b in st.tokens_on):
-            for lim in plan.tokens:
+            for lim in (st.token_plan or plan).tokens:
                 keys += lim.keys
                 args += ["T", actual]
         self.leases.remove(backend, plan.tenant, st.token)

@@ -99,7 +99,9 @@ class RouterStage(Stage):
 
 def _too_long(ctx: RequestContext, chain: tuple[ModelSpec, ...]) -> Exception:
     windows = ", ".join(f"{m.name} ({m.context_window})" for m in chain) or "none"
+    # Name the field to fix: max_tokens when it alone fits no candidate, else the prompt.
+    culprit = "max_tokens" if ctx.max_tokens and not any(fits(m, 0, ctx.max_tokens) for m in chain) else "messages"
     return invalid(
         f"The prompt (about {ctx.prompt_tokens_est} tokens) plus max_tokens ({ctx.max_tokens or 0}) does not fit "
         f"the context window of any model '{ctx.public_model}' may use: {windows}",
-        param="messages", code="context_length_exceeded")
+        param=culprit, code="context_length_exceeded")

@@ -49,7 +49,7 @@ PASS_HEADERS = ("retry-after", "retry-after-ms")
 class Failure:
     """One failed attempt (or a skipped deployment), as far as failover cares."""
 
-    kind: str  # timeout|connect|stream_cut|protocol|5xx|429|circuit_open|deadline
+    kind: str  # timeout|connect|stream_cut|protocol|5xx|429|circuit_open|deadline|removed (by a reload)
     message: str
     retry_after_s: float | None = None
 
@@ -137,7 +137,7 @@ class UpstreamStage(Stage):
                 if isinstance(outcome, Respond):
                     return outcome
                 failures.append(outcome)
-                if n + 1 >= retry.attempts or breaker.state != CLOSED:
+                if n + 1 >= retry.attempts or breaker.state != CLOSED or outcome.kind == "removed":
                     return None
                 wait = backoff_s(retry, n, self.rng, outcome.retry_after_s, deadline - loop.time())
                 if wait is None or not self.budget.acquire(retry):
@@ -166,7 +166,11 @@ class UpstreamStage(Stage):
                        remaining: float) -> Respond | Failure:
         """One call. Settles the breaker either way (or frees its probe slot if cancelled)."""
         loop = asyncio.get_running_loop()
-        provider = self.providers.get(dep.provider)
+        try:
+            provider = self.providers.get(dep.provider)
+        except KeyError:  # a reload removed it while this request (of the old policy) was in flight
+            breaker.abandon()
+            return Failure("removed", f"{dep.name}: provider '{dep.provider}' is no longer configured")
         timeouts = provider.spec.timeouts
         attempt = Attempt(deployment=dep.name, provider=dep.provider, started=loop.time())
         ctx.attempts.append(attempt)

@@ -72,7 +72,9 @@ class UsageStage(Stage):
 
     async def check_input(self, ctx: RequestContext) -> Verdict:
         if ctx.stream and ctx.endpoint in ("chat", "completions"):
-            ctx.body["stream_options"] = {**(ctx.body.get("stream_options") or {}), "include_usage": True}
+            # a new dict, not an edit: the audit capture holds the body as the client sent it
+            options = {**(ctx.body.get("stream_options") or {}), "include_usage": True}
+            ctx.body = {**ctx.body, "stream_options": options}
         return None
 
     async def on_response(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:

@@ -77,7 +77,7 @@ class MockOpenAI:
         self.script.extend(faults)
 
     async def start(self) -> MockOpenAI:
-        app = web.Application()
+        app = web.Application(client_max_size=64 * 1024**2)  # as real upstreams: multi-MB prompts
         app.router.add_post("/v1/chat/completions", self._handle)
         app.router.add_post("/v1/completions", self._handle)
         app.router.add_post("/v1/embeddings", self._embeddings)

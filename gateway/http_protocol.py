@@ -1,0 +1,123 @@
+"""What aiohttp answers and logs on its own, before or after the gateway's handler runs.
+
+aiohttp answers a request it cannot parse (a control byte in a header, a header over 8 KB, a bad
+request line) with a ``text/plain`` 400 that quotes the offending header line, and logs it with a
+traceback. An SDK can't read that answer, and the quoted line can be the caller's ``Authorization``
+header, which then also lands in the error log. Here those answers use the OpenAI error shape and
+carry an ``x-request-id``, and the log names the problem without quoting the request.
+
+aiohttp also drains an unread request body after the answer; a body it cannot decode (bad gzip)
+makes that drain fail, which it logs as an unhandled exception with a traceback. That is a client
+sending garbage, so it is logged as one line.
+
+Paths and methods no route serves get the same treatment, and every answer an ``x-request-id`` (``add_fallbacks``).
+
+The hooks are aiohttp's ``RequestHandler`` (one per connection, built by ``web.Server``); the
+runner swaps in a ``Server`` subclass that builds ``GatewayProtocol`` instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from aiohttp import http_exceptions, web
+from aiohttp.web_protocol import RequestHandler
+
+from gateway.errors import GatewayError
+
+log = logging.getLogger("gateway.http")
+
+_REASONS: tuple[tuple[type[BaseException], str], ...] = (
+    (http_exceptions.LineTooLong, "A header or the request line is too long."),
+    (http_exceptions.BadHttpMethod, "The HTTP method is not valid."),
+    (http_exceptions.InvalidHeader, "A request header is not valid."),
+    (http_exceptions.PayloadEncodingError, "The request body's framing or encoding is not valid."),
+    (http_exceptions.InvalidURLError, "The request URL is not valid."),
+)
+
+
+def describe(exc: BaseException | None) -> str:
+    """A fixed description of a protocol error: never the request's own bytes."""
+    for kind, text in _REASONS:
+        if isinstance(exc, kind):
+            return text
+    return "The HTTP request is malformed."
+
+
+class GatewayProtocol(RequestHandler):
+    """aiohttp's connection handler with errors in the OpenAI shape and quiet logs for bad clients."""
+
+    __slots__ = ()
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0:  # as aiohttp: part of an answer is out, the connection is broken
+            raise ConnectionError("response already started, cannot send an error")
+        rid = uuid.uuid4().hex
+        if status >= 500:
+            log.error("request %s failed in the HTTP layer", rid, exc_info=exc)
+            err = GatewayError(500, "The gateway failed to process the request.", code="internal_error")
+        else:
+            log.info("malformed HTTP request from %s answered %d (%s), request_id=%s", request.remote, status,
+                     type(exc).__name__, rid)
+            err = GatewayError(status, describe(exc), code="invalid_http_request")
+        resp = web.Response(status=status, body=err.body(), content_type="application/json",
+                            headers={"x-request-id": rid})
+        resp.force_close()
+        return resp
+
+    def log_exception(self, *args: Any, **kw: Any) -> None:
+        exc = kw.get("exc_info")
+        if isinstance(exc, web.RequestPayloadError):
+            log.info("dropped a request body that could not be decoded: %s", describe(exc.__cause__))
+            return
+        super().log_exception(*args, **kw)
+
+
+async def unmatched(request: web.Request) -> web.Response:
+    """A path or method no route serves: 404/405 in the OpenAI shape (aiohttp's own are plain text)."""
+    allowed = sorted({r.method for r in request.app.router.routes()
+                      if r.method != "*" and r.resource is not None and r.resource.canonical == request.path})
+    where = f"{request.method} {request.path}"[:200]
+    if allowed:
+        err = GatewayError(405, f"Method not allowed ({where}); use {', '.join(allowed)}.",
+                           code="method_not_allowed", type="invalid_request_error")
+        headers = {"allow": ", ".join(allowed)}
+    else:
+        err = GatewayError(404, f"Invalid URL ({where}).", code="unknown_url", type="invalid_request_error")
+        headers = {}
+    return web.Response(status=err.status, body=err.body(), content_type="application/json", headers=headers)
+
+
+async def _ensure_request_id(request: web.Request, response: web.StreamResponse) -> None:
+    """Routes outside the pipeline (models, admin, feedback, 404s) also answer with an x-request-id."""
+    if "x-request-id" not in response.headers:
+        rid = request.headers.get("x-request-id", "")
+        ok = rid and len(rid) <= 128 and rid.isprintable()
+        response.headers["x-request-id"] = rid if ok else uuid.uuid4().hex
+
+
+def add_fallbacks(app: web.Application) -> None:
+    """Call after every other route is added: JSON 404/405 for what they don't serve, and an
+    x-request-id on every answer."""
+    app.router.add_route("*", "/{tail:.*}", unmatched)
+    app.on_response_prepare.append(_ensure_request_id)
+
+
+class GatewayServer(web.Server):
+    """``web.Server`` building ``GatewayProtocol`` connections (same state, one method differs)."""
+
+    def __call__(self) -> RequestHandler:
+        return GatewayProtocol(self, loop=self._loop, **self._kwargs)
+
+
+class GatewayRunner(web.AppRunner):
+    """``web.AppRunner`` whose server answers protocol errors the gateway's way."""
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        if type(server) is web.Server:  # an aiohttp that builds something else keeps its own behaviour
+            server.__class__ = GatewayServer
+        return server
