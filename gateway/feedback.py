@@ -68,12 +68,14 @@ class RequestRecords:
         self._pending: dict[str, asyncio.Task] = {}
         self.dropped = 0
 
-    def remember(self, ctx: RequestContext, facts: dict[str, Any]) -> None:
-        tenant = ctx.tenant
-        if tenant is None or ctx.model is None or ctx.status != 200 or tenant.audit.feedback_ttl_s <= 0:
+    def remember(self, ctx: RequestContext) -> None:
+        tenant, model = ctx.tenant, ctx.model
+        if tenant is None or model is None or ctx.status != 200 or tenant.audit.feedback_ttl_s <= 0:
             return
         ttl = tenant.audit.feedback_ttl_s
-        record = [facts.get(k) for k in RECORD_FIELDS]
+        dep = ctx.deployment
+        # RECORD_FIELDS, as the access log states them (``access_facts``)
+        record = [ctx.public_model or None, model.name, ctx.route, dep.name if dep is not None else None]
         key = record_key(ctx.policy, tenant.name, ctx.request_id)
         if self.backend.kind == "memory":
             self.local[key] = (ttl, record)

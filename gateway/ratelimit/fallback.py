@@ -47,9 +47,11 @@ class Guard:
                         exc, self.hold_s)
         self._down_until = time.monotonic() + self.hold_s
 
-    async def run(self, script: Script, keys: list[str], args: list[Any], local_args: list[Any], mode: str,
-                  on_try: Callable[[StateBackend], None]) -> tuple[str, Any, StateBackend | None]:
+    async def run(self, script: Script, keys: list[str], args: list[Any], local_args: Callable[[], list[Any]],
+                  mode: str, on_try: Callable[[StateBackend], None]) -> tuple[str, Any, StateBackend | None]:
         """``(how, reply, backend)``: how is SHARED or LOCAL with the script's reply, or ALLOW/DENY.
+
+        ``local_args()`` builds the arguments for the local stand-in, only when it is used.
 
         ``on_try(backend)`` is called before each attempt, so a caller can undo what a call whose
         answer never arrived (timeout, cancellation) may have written.
@@ -69,4 +71,4 @@ class Guard:
         if mode in (ALLOW, DENY):
             return mode, None, None
         on_try(self.local)
-        return LOCAL, await self.local.run(script, keys, local_args), self.local
+        return LOCAL, await self.local.run(script, keys, local_args()), self.local

@@ -78,15 +78,23 @@ def duration(ms: int) -> str:
 def headers(requests: Result | None, tokens: Result | None) -> dict[str, str]:
     """``x-ratelimit-*`` for the binding (least remaining) request and token limits of the request."""
     out: dict[str, str] = {}
-    for suffix, result, kinds in (("requests", requests, ("R",)), ("tokens", tokens, ("T", "P"))):
-        found = [u for u in result.usages if u.kind in kinds] if result is not None else []
-        if not found:
+    for names, result, kinds in ((_REQUEST_HEADERS, requests, ("R",)), (_TOKEN_HEADERS, tokens, ("T", "P"))):
+        if result is None:
             continue
-        u = min(found, key=lambda x: (x.remaining, x.limit))
-        out[f"x-ratelimit-limit-{suffix}"] = str(u.limit)
-        out[f"x-ratelimit-remaining-{suffix}"] = str(u.remaining)
-        out[f"x-ratelimit-reset-{suffix}"] = duration(u.reset_ms)
+        u, best = None, (0, 0)
+        for x in result.usages:  # the first with the least (remaining, limit), as ``min`` picks it
+            if x.kind in kinds and (u is None or (x.remaining, x.limit) < best):
+                u, best = x, (x.remaining, x.limit)
+        if u is None:
+            continue
+        out[names[0]] = str(u.limit)
+        out[names[1]] = str(best[0])
+        out[names[2]] = duration(u.reset_ms)
     return out
+
+
+_REQUEST_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests")
+_TOKEN_HEADERS = ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")
 
 
 def _describe(lim: Limit, tenant: str) -> str:

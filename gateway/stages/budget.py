@@ -18,7 +18,8 @@ no model answered.
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -61,12 +62,19 @@ class BudgetStage(Stage):
         self.services = services
         self.service = BudgetService(services.backend, services.clock)
         services.extras["budget"] = self.service
+        # Reservation ids: only unique per ledger matters (replicas share it), so a random prefix per
+        # process and a counter, instead of a uuid4 (an os.urandom call) per request.
+        self._rid_prefix = secrets.token_hex(8) + "."
+        self._seq = itertools.count()
+        self._day_keys: dict[tuple[str, str], str] = {}  # (tenant, day) -> day record key
+        self._field_names: dict[tuple[str, str], tuple[str, ...]] = {}  # (prefix, name) -> day-record fields
 
     def install(self, app: object) -> None:
         admin.install(app, self.service, self.services)
 
     def on_policy(self, policy: Any) -> None:
         self.service.on_policy(policy)
+        self._day_keys, self._field_names = {}, {}
 
     # -- admit ------------------------------------------------------------------------------------
     async def admit(self, ctx: RequestContext) -> Verdict:
@@ -82,7 +90,7 @@ class BudgetStage(Stage):
         alt = None if small is None else worst_case(ctx.prompt_tokens_est, output_tokens(ctx, small),
                                                     self.service.rates(small))
         now = self.services.clock.time()
-        hold = Hold(uuid.uuid4().hex, [self.service.scope_args(tenant.name, s, now) for s in specs])
+        hold = Hold(f"{self._rid_prefix}{next(self._seq)}", [self.service.scope_args(tenant.name, s, now) for s in specs])
         ctx.extras["budget"] = hold  # before the await: a cancelled reserve is still released
         try:
             reserved, hold.ledger = await self.service.reserve(hold.scopes, hold.rid, main, alt)
@@ -206,14 +214,15 @@ class BudgetStage(Stage):
         now = self.services.clock.time()
         if usage is not None and ctx.model is not None:
             fields = self._day_fields(ctx, ctx.model.name, usage, amount)
-        assert self.service.derived is not None
+        derived = self.service.derived
+        assert derived is not None
         scopes = hold.scopes if hold is not None else []
         charge = Charge(
             rid=hold.rid if hold is not None else "-",
             cost=amount,
             scope_keys=tuple(s.key for s in scopes),
             scope_ttls_ms=tuple(s.ttl_ms for s in scopes),
-            day_key=day_key(self.service.derived.prefix, ctx.tenant.name, self.service.day(now)),
+            day_key=self._day_key(derived.prefix, ctx.tenant.name, self.service.day(now)),
             day_ttl_ms=int(DAY_RECORD_TTL_S * 1000) if fields else 0,
             fields=fields,
         )
@@ -231,19 +240,38 @@ class BudgetStage(Stage):
             usage = ctx.usage = estimate_usage(ctx.prompt_tokens_est, completion_chars)
         return usage, cost(usage, self.service.rates(ctx.model))
 
-    @staticmethod
-    def _day_fields(ctx: RequestContext, model: str, usage: Usage, amount: int) -> tuple[tuple[str, int], ...]:
-        fields = [(f"{model}:usd", amount), (f"{model}:n", 1), (f"{model}:in", usage.prompt_tokens),
-                  (f"{model}:out", usage.completion_tokens)]
+    def _day_key(self, prefix: str, tenant: str, day: str) -> str:
+        """``day_key``, built once per (tenant, day): the prefix only changes with the policy."""
+        found = self._day_keys.get((tenant, day))
+        if found is None:
+            if len(self._day_keys) > 10_000:  # old days are never asked again
+                self._day_keys.clear()
+            found = self._day_keys[(tenant, day)] = day_key(prefix, tenant, day)
+        return found
+
+    def _names(self, prefix: str, name: str) -> tuple[str, ...]:
+        """The day-record field names of a model (``prefix`` "") or an API key ("k|"), built once."""
+        found = self._field_names.get((prefix, name))
+        if found is None:
+            found = self._field_names[(prefix, name)] = tuple(f"{prefix}{name}:{suffix}" for suffix in _DAY_SUFFIXES)
+        return found
+
+    def _day_fields(self, ctx: RequestContext, model: str, usage: Usage, amount: int) -> tuple[tuple[str, int], ...]:
+        usd_, n, in_, out, cached, reasoning, est = self._names("", model)
+        fields = [(usd_, amount), (n, 1), (in_, usage.prompt_tokens), (out, usage.completion_tokens)]
         if usage.cached_tokens:
-            fields.append((f"{model}:cached", usage.cached_tokens))
+            fields.append((cached, usage.cached_tokens))
         if usage.reasoning_tokens:
-            fields.append((f"{model}:reasoning", usage.reasoning_tokens))
+            fields.append((reasoning, usage.reasoning_tokens))
         if usage.estimated:
-            fields.append((f"{model}:est", 1))
+            fields.append((est, 1))
         if ctx.api_key is not None:
-            fields += [(f"k|{ctx.api_key.name}:usd", amount), (f"k|{ctx.api_key.name}:n", 1)]
+            key_names = self._names("k|", ctx.api_key.name)
+            fields += [(key_names[0], amount), (key_names[1], 1)]
         return tuple(fields)
+
+
+_DAY_SUFFIXES = ("usd", "n", "in", "out", "cached", "reasoning", "est")  # ``_names`` order
 
 
 def _route_small(ctx: RequestContext) -> tuple[str | None, bool]:

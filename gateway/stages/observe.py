@@ -289,12 +289,16 @@ class ObserveStage(Stage):
         total = asyncio.get_running_loop().time() - ctx.started
         cost_usd = settled_cost(ctx)
         self.obs.recorder.record(ctx, total, cost_usd)
-        facts = access_facts(ctx, total, cost_usd)
-        self.obs.log_line(ctx, facts)
         capture = ctx.extras.get("audit")
-        if capture is not None and not self.obs.spawn(self.obs.audit_record(ctx, capture, facts)):
-            self.obs.metrics.audit_records.labels("dropped").inc()
-        self.obs.records.remember(ctx, facts)
+        sink = self.obs.access
+        # The ~30-field access-log line only when something reads it (the log, an audit record);
+        # the feedback record reads its four facts from the context itself.
+        if capture is not None or (sink is not None and sink.enabled):
+            facts = access_facts(ctx, total, cost_usd)
+            self.obs.log_line(ctx, facts)
+            if capture is not None and not self.obs.spawn(self.obs.audit_record(ctx, capture, facts)):
+                self.obs.metrics.audit_records.labels("dropped").inc()
+        self.obs.records.remember(ctx)
 
 
 __all__ = ["InFlightStage", "ObserveStage", "Observability", "access_facts"]

@@ -73,8 +73,15 @@ class _Request:
     tokens_on: list[StateBackend] = field(default_factory=list)  # ... and our token reservation
 
 
+def _holds(found: list[StateBackend], backend: StateBackend) -> bool:
+    for b in found:  # noqa: SIM110 - a loop, not any(genexpr): several calls a request, 1-2 items
+        if b is backend:
+            return True
+    return False
+
+
 def _keep(found: list[StateBackend], backend: StateBackend) -> None:
-    if not any(b is backend for b in found):
+    if not _holds(found, backend):
         found.append(backend)
 
 
@@ -116,7 +123,10 @@ class RateLimitStage(Stage):
         st = _Request(f"{self._prefix}{next(self._seq)}", plan)
         ctx.extras["ratelimit"] = st
         pairs = plan.acquire_pairs
-        args, local_args = plan.acquire_args(st.token, False), plan.acquire_args(st.token, True)
+        args = plan.acquire_args(st.token, False)
+
+        def local_args() -> list:  # only when the shared backend failed and on_backend_error is local
+            return plan.acquire_args(st.token, True)
 
         async def attempt() -> Decision:
             return await self._call(ctx, st, plan.acquire_keys, args, local_args, pairs, st.slots_on)
@@ -138,8 +148,11 @@ class RateLimitStage(Stage):
         st.token_plan = plan
         completion = 0 if ctx.endpoint == "embeddings" else ctx.policy.input.default_max_tokens
         cost = ctx.prompt_tokens_est + (ctx.max_tokens or completion) * ctx.choices
-        args, local_args = plan.reserve_args(st.token, cost, False), plan.reserve_args(st.token, cost, True)
+        args = plan.reserve_args(st.token, cost, False)
         pairs = plan.token_pairs
+
+        def local_args() -> list:
+            return plan.reserve_args(st.token, cost, True)
 
         async def attempt() -> Decision:
             return await self._call(ctx, st, plan.token_keys, args, local_args, pairs, st.tokens_on)
@@ -164,7 +177,10 @@ class RateLimitStage(Stage):
         if st is None or not (st.slots_on or st.tokens_on):
             return
         actual = self._actual_tokens(ctx, st)
-        for backend in [*st.slots_on, *(b for b in st.tokens_on if not any(b is s for s in st.slots_on))]:
+        backends = list(st.slots_on)  # each backend once: slots first, then token-only ones
+        for b in st.tokens_on:
+            _keep(backends, b)
+        for backend in backends:
             await self._release(st, backend, actual)
         if st.plan.slot_keys:
             self.lines.freed(st.plan.tenant)
@@ -181,7 +197,8 @@ class RateLimitStage(Stage):
             return st.plan
         return self.plans.tokens(ctx.policy, ctx.tenant, ctx.api_key, ctx.public_model, served)
 
-    async def _call(self, ctx: RequestContext, st: _Request, keys: list[str], args: list, local_args: list,
+    async def _call(self, ctx: RequestContext, st: _Request, keys: list[str], args: list,
+                    local_args: Callable[[], list],
                     pairs: tuple, holds: list[StateBackend]) -> Decision:
         """One script call (shared backend, or the failure mode); ``holds`` learns where it may write."""
         mode = ctx.policy.state.on_backend_error
@@ -254,10 +271,10 @@ class RateLimitStage(Stage):
         plan = st.plan
         keys: list[str] = []
         args: list = [st.token]
-        if any(b is backend for b in st.slots_on):
+        if _holds(st.slots_on, backend):
             keys += plan.slot_keys
             args += ["C", 0] * len(plan.slot_keys)
-        if any(b is backend for b in st.tokens_on):
+        if _holds(st.tokens_on, backend):
             for lim in (st.token_plan or plan).tokens:
                 keys += lim.keys
                 args += ["T", actual]
