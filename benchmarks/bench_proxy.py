@@ -9,7 +9,7 @@ script that POSTs a small chat request. Compared in the same run:
 - gateway: ``gateway serve`` with a policy that turns on auth, input checks, rate limits, cache
   (disabled per request by a no-store header so every request reaches the upstream), budgets, metrics.
 
-Usage: ``python benchmarks/bench_proxy.py [--duration 10] [--connections 32]``. Needs ``wrk``.
+Usage: ``python benchmarks/bench_proxy.py [--duration 10] [--connections 32] [--redis]``. Needs ``wrk``.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from benchmarks.common import (  # noqa: E402
     spawn,
     spawn_gateway,
     spawn_mock,
+    start_redis,
     stop_all,
     wait_port,
     wrk_cells,
@@ -80,6 +81,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--redis", action="store_true", help="also run the gateway with its state in a local Redis")
     args = ap.parse_args()
     if missing_tool("wrk"):
         print("wrk not found (apt-get install wrk)")
@@ -93,15 +95,25 @@ def main() -> int:
     wait_port(up)
     procs.append(spawn([sys.executable, "-c", BARE, str(bare), f"http://127.0.0.1:{up}/v1/chat/completions"]))
     procs.append(spawn_gateway(tmp / "policy.yaml", gw))
+    targets = [("direct", up, procs[0]), ("bare aiohttp pass-through", bare, procs[1]),
+               ("gateway, full policy", gw, procs[2])]
+    if args.redis:
+        rport, gw_redis = free_port(), free_port()
+        procs.append(start_redis(rport, tmp))
+        wait_port(rport)
+        state = f'state: {{backend: redis, redis_url: "redis://127.0.0.1:{rport}/0", timeout_ms: 1000}}\n'
+        (tmp / "policy-redis.yaml").write_text(state + textwrap.dedent(POLICY.format(up=up)))
+        procs.append(spawn_gateway(tmp / "policy-redis.yaml", gw_redis))
+        targets.append(("gateway, full policy, Redis", gw_redis, procs[-1]))
     try:
         wait_port(bare)
-        wait_port(gw)
+        for _, port, _ in targets[2:]:
+            wait_port(port)
         check = httpx.post(f"http://127.0.0.1:{gw}/v1/chat/completions", headers={"Authorization": "Bearer sk-bench"},
                            json={"model": "m", "messages": [{"role": "user", "content": "hi"}]})
         check.raise_for_status()
         rows = []
-        for name, port, proc in (("direct", up, procs[0]), ("bare aiohttp pass-through", bare, procs[1]),
-                                 ("gateway, full policy", gw, procs[2])):
+        for name, port, proc in targets:
             r = run_wrk(f"http://127.0.0.1:{port}/v1/chat/completions", args.duration, args.connections, lua)
             rows.append((name, r, rss_mib(proc.pid)))
         print(f"{'what sits between wrk and the mock':<30} {WRK_COLUMNS} {'RSS MiB':>8}")
