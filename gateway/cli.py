@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from gateway.serve import BUNDLED_POLICY, banner, run_worker, run_workers
 
 if TYPE_CHECKING:
     from gateway.policy.model import Policy
+    from gateway.state.base import StateBackend
 
 # Operator commands register here: name -> (configure subparser, run(args) -> exit code).
 EXTRA_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {}
@@ -29,6 +30,31 @@ def load_or_report(path: str) -> Policy | None:
     except OSError as exc:
         print(f"{path}: cannot read: {exc.strerror or exc}", file=sys.stderr)
     return None
+
+
+def run_on_backend(path: str, what: str, fn: Callable[[Policy, StateBackend], Awaitable[int]]) -> int:
+    """Load the policy at ``path``, open its state backend, run ``fn``; exit 2 on a bad policy or backend."""
+    import asyncio
+
+    from gateway.state import StateError, build_backend
+
+    policy = load_or_report(path)
+    if policy is None:
+        return 2
+
+    async def main() -> int:
+        backend = build_backend(policy.state)
+        await backend.start()
+        try:
+            return await fn(policy, backend)
+        finally:
+            await backend.close()
+
+    try:
+        return asyncio.run(main())
+    except StateError as exc:
+        print(f"{what} unavailable: {exc}", file=sys.stderr)
+        return 2
 
 
 def _serve(args: argparse.Namespace) -> int:

@@ -11,7 +11,6 @@ removed otherwise, except by ``drop``.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import time
@@ -20,12 +19,11 @@ from typing import Any
 import aiohttp
 import orjson
 
-from gateway.cli import EXTRA_COMMANDS
+from gateway.cli import EXTRA_COMMANDS, run_on_backend
 from gateway.dlq import DeadLetterQueue, dlq_key
 from gateway.routing.exhausted import EXHAUSTED_HEADER
 from gateway.serve import BUNDLED_POLICY
 from gateway.stages.dead_letter import ID_HEADER, KEY_HEADER, TENANT_HEADER
-from gateway.state import StateError, build_backend
 
 Entry = tuple[str, dict[str, Any]]
 
@@ -56,27 +54,13 @@ def _selection(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gateway.cli import load_or_report
-
-    policy = load_or_report(args.policy)
-    if policy is None:
-        return 2
-    try:
-        return asyncio.run(_run(args, policy))
-    except StateError as exc:
-        print(f"dead-letter queue unavailable: {exc}", file=sys.stderr)
-        return 2
+    return run_on_backend(args.policy, "dead-letter queue", lambda policy, backend: _run(args, policy, backend))
 
 
-async def _run(args: argparse.Namespace, policy: Any) -> int:
-    backend = build_backend(policy.state)
-    await backend.start()
-    try:
-        queue = DeadLetterQueue(backend, dlq_key(policy), policy.state.dlq_max)
-        command = {"list": _list, "replay": _replay, "drop": _drop}[args.dlq_command]
-        return await command(args, queue)
-    finally:
-        await backend.close()
+async def _run(args: argparse.Namespace, policy: Any, backend: Any) -> int:
+    queue = DeadLetterQueue(backend, dlq_key(policy), policy.state.dlq_max)
+    command = {"list": _list, "replay": _replay, "drop": _drop}[args.dlq_command]
+    return await command(args, queue)
 
 
 def _summary(sid: str, rec: dict[str, Any]) -> str:

@@ -9,7 +9,6 @@ sent to ``POST /v1/feedback``. The backend is the one the policy (``--policy``) 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 import time
@@ -18,10 +17,9 @@ from typing import Any
 import orjson
 
 from gateway.audit import review_key
-from gateway.cli import EXTRA_COMMANDS
+from gateway.cli import EXTRA_COMMANDS, run_on_backend
 from gateway.feedback import feedback_key
 from gateway.serve import BUNDLED_POLICY
-from gateway.state import StateError, build_backend
 
 PAGE = 500
 
@@ -41,30 +39,16 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gateway.cli import load_or_report
-
-    policy = load_or_report(args.policy)
-    if policy is None:
-        return 2
-    try:
-        return asyncio.run(_run(args, policy))
-    except StateError as exc:
-        print(f"state backend unavailable: {exc}", file=sys.stderr)
-        return 2
+    return run_on_backend(args.policy, "state backend", lambda policy, backend: _run(args, policy, backend))
 
 
-async def _run(args: argparse.Namespace, policy: Any) -> int:
-    backend = build_backend(policy.state)
-    await backend.start()
-    try:
-        if args.review_command == "done":
-            removed = await backend.log_remove(review_key(policy), list(args.ids))
-            print(f"{removed} record(s) marked done")
-            return 0
-        key = review_key(policy) if args.review_command == "list" else feedback_key(policy)
-        rows = await _read(backend, key, args.tenant, args.limit)
-    finally:
-        await backend.close()
+async def _run(args: argparse.Namespace, policy: Any, backend: Any) -> int:
+    if args.review_command == "done":
+        removed = await backend.log_remove(review_key(policy), list(args.ids))
+        print(f"{removed} record(s) marked done")
+        return 0
+    key = review_key(policy) if args.review_command == "list" else feedback_key(policy)
+    rows = await _read(backend, key, args.tenant, args.limit)
     for sid, record in rows:
         print(orjson.dumps({"id": sid, **record}).decode() if args.json else _line(sid, record))
     if not args.json:
