@@ -1,8 +1,10 @@
 """Redis state for many replicas: each call one bounded round trip, every failure a StateError.
 
-No retries here (the caller's ``on_backend_error`` decides what a failure means) and a hard
-per-call deadline on top of the socket timeouts, so a black-holed Redis costs a request
-``timeout_ms``, never a hang. The pool re-dials on the next call, so recovery needs no action.
+Calls are pipelined automatically (``redis_pipeline.AutoPipeline``): those issued in the same
+event-loop iteration, by any number of requests, share one round trip on one connection, each
+with its own reply or error. No retries here (the caller's ``on_backend_error`` decides what a
+failure means) and a hard per-call deadline on top of the socket timeouts, so a black-holed Redis
+costs a request ``timeout_ms``, never a hang. The pool re-dials on the next call, so recovery needs no action.
 (``health_check_interval`` adds a PING before a connection's first command after an idle spell, so a
 dead connection fails before a non-idempotent command is sent on it.)
 
@@ -15,22 +17,18 @@ local ``now`` that matches the ``now`` argument of its Python twin.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from gateway.clock import Clock
 from gateway.state.base import Script, StateError
 from gateway.state.memory import check_script_args
-
-T = TypeVar("T")
+from gateway.state.redis_pipeline import AutoPipeline
 
 NOW_PRELUDE = (
     "local now = table.remove(ARGV) if now == '' then local t = redis.call('TIME') "
@@ -96,6 +94,7 @@ class RedisBackend:
         clock: Clock | None = None,
         max_connections: int = 256,
         health_check_interval: float = 30.0,
+        max_batch: int = 256,
     ) -> None:
         self._timeout = timeout_ms / 1000.0
         self._clock = clock
@@ -110,33 +109,37 @@ class RedisBackend:
             protocol=2,
         )
         self._client = Redis(connection_pool=self._pool)
+        self._pipe = AutoPipeline(self._client, self._timeout, max_batch)
         self._compiled: dict[Script, tuple[str, str]] = {}  # script -> (lua sent, sha1)
 
     async def start(self) -> None:
         """No I/O: the gateway must come up while Redis is down (``on_backend_error`` decides)."""
 
     async def close(self) -> None:
+        await self._pipe.drain()
         await self._client.aclose()
         await self._pool.disconnect()
 
     async def ping(self) -> None:
-        await self._do("ping", self._client.ping())
+        await self._pipe.submit("ping", "ping", ())
 
     async def get(self, key: str) -> bytes | None:
-        return await self._do("get", self._client.get(key))
+        return await self._pipe.submit("get", "get", (key,))
 
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
         if ttl_s is not None and ttl_s <= 0:  # already expired: what the memory backend does too
             await self.delete(key)
+        elif ttl_s is None:
+            await self._pipe.submit("set", "set", (key, value))
         else:
-            await self._do("set", self._client.set(key, value, px=_ms(ttl_s) if ttl_s is not None else None))
+            await self._pipe.submit("set", "set", (key, value), {"px": _ms(ttl_s)})
 
     async def delete(self, *keys: str) -> int:
-        return await self._do("delete", self._client.delete(*keys)) if keys else 0
+        return await self._pipe.submit("delete", "delete", keys) if keys else 0
 
     async def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
         if ttl_s is None:
-            return await self._do("incr", self._client.incrby(key, amount))
+            return await self._pipe.submit("incr", "incrby", (key, amount))
         ms = _ms(ttl_s) if ttl_s > 0 else 0  # PEXPIRE 0 deletes the key, as a ttl <= 0 does in memory
         return await self.run(_INCR_TTL, [key], [amount, ms])
 
@@ -148,14 +151,8 @@ class RedisBackend:
             lua = with_prelude(script.lua)
             compiled = self._compiled[script] = (lua, hashlib.sha1(lua.encode()).hexdigest())
         lua, sha = compiled
-        argv = [*args, "" if self._clock is None else repr(self._clock.time())]
-        return _decode(await self._do(script.name, self._eval(lua, sha, keys, argv)))
-
-    async def _eval(self, lua: str, sha: str, keys: list[str], argv: list[Any]) -> Any:
-        try:
-            return await self._client.evalsha(sha, len(keys), *keys, *argv)
-        except NoScriptError:
-            return await self._client.eval(lua, len(keys), *keys, *argv)
+        now = "" if self._clock is None else repr(self._clock.time())
+        return _decode(await self._pipe.submit(script.name, "evalsha", (sha, len(keys), *keys, *args, now), lua=lua))
 
     async def log_append(self, key: str, record: dict[str, Any], max_len: int) -> str:
         """Raises ``StateError("log full")`` at ``max_len`` records: nothing is trimmed away."""
@@ -165,30 +162,14 @@ class RedisBackend:
         if count <= 0:
             return []
         start = f"({after}" if after is not None else "-"
-        rows = await self._do("log_range", self._client.xrange(key, min=start, max="+", count=count))
+        rows = await self._pipe.submit("log_range", "xrange", (key, start, "+", count))
         try:
             return [(sid.decode(), orjson.loads(fields[b"data"])) for sid, fields in rows]
         except (KeyError, orjson.JSONDecodeError) as exc:
             raise StateError(f"log {key!r} holds an entry this gateway did not write: {exc!r}") from exc
 
     async def log_remove(self, key: str, ids: list[str]) -> int:
-        return await self._do("log_remove", self._client.xdel(key, *ids)) if ids else 0
+        return await self._pipe.submit("log_remove", "xdel", (key, *ids)) if ids else 0
 
     async def log_len(self, key: str) -> int:
-        return await self._do("log_len", self._client.xlen(key))
-
-    async def _do(self, op: str, call: Awaitable[T]) -> T:
-        """Await ``call`` under the per-call deadline; every Redis, socket or timeout error -> StateError.
-
-        A script's own error (``redis.error_reply('x')``) keeps its message, so it reads the same as
-        the ``StateError('x')`` its Python twin raises. Cancellation passes through untouched.
-        """
-        try:
-            async with asyncio.timeout(self._timeout):
-                return await call
-        except ResponseError as exc:
-            raise StateError(str(exc)) from exc
-        except TimeoutError as exc:
-            raise StateError(f"redis {op}: no answer within {self._timeout * 1000:.0f} ms") from exc
-        except (RedisError, OSError) as exc:
-            raise StateError(f"redis {op}: {exc or type(exc).__name__}") from exc
+        return await self._pipe.submit("log_len", "xlen", (key,))
