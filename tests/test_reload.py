@@ -15,18 +15,10 @@ import httpx
 import openai
 import pytest
 
+from tests.support.harness import eventually
 from tests.support.policies import basic_policy
 
 MSG = [{"role": "user", "content": "hi"}]
-
-
-def _wait(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_reload_under_load_zero_failures(make_gateway, upstream):
@@ -72,7 +64,7 @@ def test_reload_under_load_zero_failures(make_gateway, upstream):
 def test_broken_file_keeps_old_policy_and_shows_on_readyz(make_gateway, upstream):
     gw = make_gateway(basic_policy(upstream.url), watch=True)
     gw.path.write_text(basic_policy(upstream.url).replace("type: openai", "type: opnai", 1))
-    assert _wait(lambda: gw.services.holder.stats.failure >= 1)
+    assert eventually(lambda: gw.services.holder.stats.failure >= 1, 10)
     ready = httpx.get(gw.url + "/readyz").json()
     assert "providers.upstream.type: unknown provider type 'opnai'" in ready["policy"]["last_reload_error"]
     assert gw.client("sk-acme").chat.completions.create(model="small", messages=MSG).choices
@@ -83,7 +75,7 @@ def test_file_change_is_picked_up(make_gateway, upstream):
     with pytest.raises(openai.AuthenticationError):
         gw.client("sk-gamma").chat.completions.create(model="small", messages=MSG)
     gw.path.write_text(basic_policy(upstream.url, extra_tenant="gamma:\n  api_keys: [sk-gamma]\n  models: [small]\n"))
-    assert _wait(lambda: gw.services.holder.stats.success >= 1)
+    assert eventually(lambda: gw.services.holder.stats.success >= 1, 10)
     assert gw.client("sk-gamma").chat.completions.create(model="small", messages=MSG).choices
 
 
@@ -103,7 +95,7 @@ def _start(args: list[str], port: int) -> subprocess.Popen:
         except httpx.HTTPError:
             return False
 
-    assert _wait(up, 20), "gateway did not start"
+    assert eventually(up, 20), "gateway did not start"
     return proc
 
 
@@ -142,7 +134,7 @@ def test_sighup_reloads_a_running_process(tmp_path: Path, upstream):
             except openai.AuthenticationError:
                 return False
 
-        assert _wait(served, 10)
+        assert eventually(served, 10)
     finally:
         _stop(proc)
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import textwrap
-import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from typing import Any
 
 import orjson
 
+from tests.support.harness import eventually  # noqa: F401 - re-exported for the tests
 from tests.support.mock_openai import answer_for, usage_for
 
 ADMIN_KEY = "sk-admin"
@@ -89,11 +88,3 @@ def budget(base: str, tenant: str = "acme") -> dict:
     assert status == 200, data
     return data["tenants"][tenant]
 
-
-def eventually(check: Callable[[], bool], timeout_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True

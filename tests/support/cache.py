@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from gateway.clock import FakeClock
+from tests.support.harness import eventually  # noqa: F401 - re-exported for the tests
 from tests.support.policies import basic_policy
 
 MSG = [{"role": "user", "content": "what is the capital of France"}]
@@ -48,12 +47,3 @@ def chat_stream(client: Any, headers: dict[str, str] | None = None, **kw: Any) -
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     return text, raw.headers, chunks
 
-
-def eventually(check: Callable[[], bool], within_s: float = 5.0) -> bool:
-    """Poll ``check`` until true (bounded): for effects that land just after a response is sent."""
-    deadline = time.monotonic() + within_s
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine
+import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,6 +21,16 @@ from gateway.serve import start_site
 from tests.support.mock_openai import MockOpenAI
 
 T = TypeVar("T")
+
+
+def eventually(check: Callable[[], bool], within_s: float = 5.0) -> bool:
+    """Poll ``check`` until it holds (True) or ``within_s`` passes (False): bounded waits, no sleeps."""
+    deadline = time.monotonic() + within_s
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
 
 
 class ServerThread:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import textwrap
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ import orjson
 import redis as redis_sync
 
 from tests.support.budget import admin_get
+from tests.support.harness import eventually  # noqa: F401 - re-exported for the tests
 from tests.support.mock_openai import answer_for, usage_for
 
 ADMIN = "sk-admin"
@@ -150,14 +150,6 @@ def access_lines(gw: Any, tmp: Path, request_id: str | None = None) -> list[dict
     lines = [orjson.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
     return [x for x in lines if request_id is None or x["request_id"] == request_id]
 
-
-def eventually(check: Callable[[], bool], within_s: float = 5.0) -> bool:
-    deadline = time.monotonic() + within_s
-    while not check():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def leftovers(gw: Any) -> dict[str, int]:
