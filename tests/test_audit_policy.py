@@ -1,32 +1,8 @@
-"""The audit keys of the policy: one tiny fixture per error, with the exact line it produces."""
+"""The audit keys of the policy: block merging (their error fixtures run in test_policy_errors.py)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import pytest
-
-from gateway.policy.loader import PolicyError, load_policy, load_policy_text
-
-FIXTURES = Path(__file__).parent / "audit_fixtures"
-EXPECTED = {
-    "audit_category_bad_name.yaml": "{file}:3: audit.categories[1]: invalid name 'code review' "
-                                    "(use letters, digits, '_', '.', '-')",
-    "audit_sample_rate_range.yaml": "{file}:2: audit.sample_rate: must be between 0 and 1, got 1.5",
-    "audit_feedback_ttl_negative.yaml": "{file}:2: audit.feedback_ttl_s: must not be negative, got -60",
-}
-
-
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_fixture_gives_exactly_its_message(name: str) -> None:
-    path = str(FIXTURES / name)
-    with pytest.raises(PolicyError) as info:
-        load_policy(path, env={})
-    assert [str(p) for p in info.value.problems] == [EXPECTED[name].format(file=path)]
-
-
-def test_every_fixture_is_in_the_table() -> None:
-    assert sorted(p.name for p in FIXTURES.glob("*.yaml")) == sorted(EXPECTED)
+from gateway.policy.loader import load_policy, load_policy_text
 
 
 def test_audit_blocks_merge_over_defaults() -> None:

@@ -111,6 +111,21 @@ EXPECTED = {
                                  "(tenants.globex.api_keys[0])",
     "admin_key_is_tenant_key.yaml": "{file}:3: admin.api_keys[0]: admin key is also an API key of tenant 'acme' "
                                     "(tenants.acme.api_keys[0])",
+    "price_table_unknown.yaml":
+        "{file}:7: models.small.price: unknown price table entry 'gpt-4o-mni' (did you mean 'gpt-4o-mini'?)",
+    "price_table_unknown_in_mapping.yaml":
+        "{file}:7: models.small.price.table: unknown price table entry 'gpt5' (did you mean 'gpt-5'?)",
+    "price_table_no_close_match.yaml":
+        "{file}:7: models.small.price: unknown price table entry 'mistral-large' (see gateway/data/prices.yaml)",
+    "price_missing_output.yaml": "{file}:7: models.small.price: missing required key 'output'",
+    "price_unknown_key.yaml": "{file}:7: models.small.price.tabel: unknown key 'tabel' (did you mean 'table'?)",
+    "price_override_negative.yaml": "{file}:7: models.small.price.cached_input: must not be negative, got -1",
+    "price_not_a_mapping.yaml": "{file}:7: models.small.price: expected a price table entry name or a mapping "
+                                "(input, output, ...), got integer 5",
+    "audit_category_bad_name.yaml": "{file}:3: audit.categories[1]: invalid name 'code review' "
+                                    "(use letters, digits, '_', '.', '-')",
+    "audit_sample_rate_range.yaml": "{file}:2: audit.sample_rate: must be between 0 and 1, got 1.5",
+    "audit_feedback_ttl_negative.yaml": "{file}:2: audit.feedback_ttl_s: must not be negative, got -60",
 }
 
 
