@@ -75,8 +75,7 @@ class Handler:
         try:
             resp = await self.pipeline.run(ctx)
             error = ctx.extras.get("error")
-            web_resp, _ = await self.write(ctx, resp)
-            return web_resp
+            return await self.write(ctx, resp)
         except asyncio.CancelledError as exc:
             ctx.client_disconnected = True
             ctx.outcome = "client_disconnected"
@@ -108,14 +107,15 @@ class Handler:
                 await resp.aclose()
         await self.pipeline.complete(ctx, error)
 
-    async def write(self, ctx: RequestContext, resp: GatewayResponse) -> tuple[web.StreamResponse, object]:
+    async def write(self, ctx: RequestContext, resp: GatewayResponse) -> web.StreamResponse:
+        """Send ``resp``; a broken stream or a departed client is recorded in ``ctx.extras['stream_error']``."""
         headers = {"x-request-id": ctx.request_id, **ctx.response_headers, **resp.headers}
         ctx.status = resp.status
         if resp.events is None:
             out = web.Response(status=resp.status, body=resp.body, headers=headers, content_type=resp.content_type)
             if ctx.request.body_exists and not ctx.request.content.is_eof():
                 out.force_close()  # a body not (fully) received or undecodable: don't reuse the connection
-            return out, None
+            return out
         out = web.StreamResponse(status=resp.status, headers=headers)
         out.content_type = "text/event-stream"
         out.headers["cache-control"] = "no-cache"
@@ -136,10 +136,10 @@ class Handler:
             ctx.client_disconnected = True
             ctx.outcome = "client_disconnected"
             ctx.extras["stream_error"] = err
-            return out, err
+            return out
         with contextlib.suppress(ConnectionError):
             await out.write_eof()
-        return out, None
+        return out
 
 
 async def _models(request: web.Request) -> web.Response:
