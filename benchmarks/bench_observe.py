@@ -22,15 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aiohttp.test_utils import make_mocked_request  # noqa: E402
 
-from gateway.audit import Capture  # noqa: E402
-from gateway.context import Attempt, RequestContext, Usage  # noqa: E402
+from gateway.context import Attempt, RequestContext  # noqa: E402
+from gateway.observability.audit import Capture  # noqa: E402
+from gateway.observability.hub import Observability  # noqa: E402
+from gateway.observability.recorder import access_facts  # noqa: E402
+from gateway.observability.redact import Redactor  # noqa: E402
 from gateway.policy.loader import load_policy_text  # noqa: E402
-from gateway.policy.reload import PolicyHolder  # noqa: E402
-from gateway.providers import ProviderRegistry  # noqa: E402
-from gateway.redact import Redactor  # noqa: E402
-from gateway.services import Services  # noqa: E402
-from gateway.stages.observe import Observability, ObserveStage, access_facts  # noqa: E402
-from gateway.state import MemoryBackend  # noqa: E402
+from gateway.services import build_services  # noqa: E402
+from gateway.stages.observe import ObserveStage  # noqa: E402
+from gateway.usage import Usage  # noqa: E402
 
 PROMPT = ("Hello, I'm Jane Doe (jane.doe@example.com, +1 415-555-2671). Please refund the charge on card "
           "4111 1111 1111 1111 to IBAN DE89 3704 0044 0532 0130 00. The order was placed on 2024-03-01 "
@@ -82,7 +82,7 @@ async def main(n: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         log_path = os.path.join(tmp, "access.jsonl")
         policy = load_policy_text(policy_text(50, 10, log_path), env={})
-        services = Services(holder=PolicyHolder(policy), backend=MemoryBackend(), providers=ProviderRegistry())
+        services = build_services(policy)
         obs = Observability(services)
         stage = ObserveStage(obs)
         stage.on_policy(policy)

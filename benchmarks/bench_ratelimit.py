@@ -29,11 +29,12 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import free_port, missing_tool, start_redis, stop_all, wait_port  # noqa: E402
-from gateway.context import RequestContext, Usage  # noqa: E402
+from gateway.context import RequestContext  # noqa: E402
 from gateway.policy.loader import load_policy_text  # noqa: E402
 from gateway.services import Services  # noqa: E402
 from gateway.stages.ratelimit import RateLimitStage  # noqa: E402
 from gateway.state import build_backend  # noqa: E402
+from gateway.usage import Usage  # noqa: E402
 
 POLICY = """
 version: 1

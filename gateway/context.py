@@ -5,24 +5,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gateway.usage import Usage
+
 if TYPE_CHECKING:
     from aiohttp import web
 
-    from gateway.policy.model import ApiKey, Deployment, ModelSpec, Policy, Tenant
+    from gateway.errors import GatewayError
+    from gateway.observability.audit import Capture
+    from gateway.policy.model import ApiKey, Deployment, ModelSpec, Policy, Route, Tenant
     from gateway.providers.base import Endpoint
-
-
-@dataclass(slots=True)
-class Usage:
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    reasoning_tokens: int = 0
-    estimated: bool = False  # True when the provider reported nothing and we estimated
-
-    @property
-    def total_tokens(self) -> int:
-        return self.prompt_tokens + self.completion_tokens
+    from gateway.stages.budget import Hold
+    from gateway.stages.cache import CacheState
+    from gateway.stages.ratelimit import LimitState
 
 
 @dataclass(slots=True)
@@ -63,6 +57,7 @@ class RequestContext:
     # set by route / call_upstream
     route: str | None = None  # "small" | "large"
     route_rule: str | None = None
+    route_spec: Route | None = None  # the route of the virtual model that decided (a downgrade reads its small)
     deployment: Deployment | None = None
     attempts: list[Attempt] = field(default_factory=list)
     upstream_wait_s: float = 0.0  # time spent waiting on upstreams (for the gateway-overhead metric)
@@ -80,16 +75,22 @@ class RequestContext:
     status: int = 0
     outcome: str = "ok"  # fixed vocabulary: ok, error, rejected, over_limit, over_budget, cache_hit, ...
     client_disconnected: bool = False
+    error: GatewayError | None = None  # the error answered instead of a response (set by the runner)
+    stream_error: BaseException | None = None  # a stream that broke, or a client that left, mid-answer
+    exhausted: str | None = None  # every deployment failed; what was served instead: stale|static|error
+    replay_id: str | None = None  # a dead-letter entry re-sent by an operator (never dead-lettered twice)
+    audit: Capture | None = None  # what an audited request said and got back (audit stage -> observe)
     response_headers: dict[str, str] = field(default_factory=dict)  # added to the client response
     upstream_headers: dict[str, str] = field(default_factory=dict)  # extra headers for the provider
-    extras: dict[str, Any] = field(default_factory=dict)  # stage-private facts, keyed by stage name
+    # Per-request state private to one stage (written and read by that stage only).
+    cache_state: CacheState | None = None
+    budget_hold: Hold | None = None
+    limit_state: LimitState | None = None
+    in_flight: bool = False
 
     @property
     def tenant_name(self) -> str:
         return self.tenant.name if self.tenant is not None else "unknown"
-
-    def elapsed(self, now: float) -> float:
-        return now - self.started
 
     def model_reached(self) -> bool:
         """Did a model work on this request, so that it used tokens even if no usage was reported?

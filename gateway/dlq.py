@@ -12,18 +12,25 @@ counts them in ``dropped``) rather than trimming old ones, so nothing leaves the
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
 from gateway.context import RequestContext
-from gateway.policy.model import Policy
+from gateway.errors import GatewayError
+from gateway.policy.model import ApiKey, Policy, Tenant
 from gateway.state.base import StateBackend, StateError
+from gateway.state.logs import read_log
 
 log = logging.getLogger("gateway.dlq")
 
 RECORD_VERSION = 1
 KEY_ID_LEN = 12  # hex chars of the key's sha256 kept to replay as the same key; reveals nothing usable
+REPLAY_ENDPOINTS = ("chat", "completions", "embeddings")
+TENANT_HEADER = "x-gateway-replay-tenant"  # whose request a replay is (admin route only)
+KEY_HEADER = "x-gateway-replay-key"
+ID_HEADER = "x-gateway-replay-id"
 
 
 def dlq_key(policy: Policy) -> str:
@@ -60,8 +67,20 @@ def record_of(ctx: RequestContext, action: str) -> dict[str, Any]:
     }
 
 
+def replay_identity(policy: Policy, headers: Mapping[str, str]) -> tuple[Tenant, ApiKey | None]:
+    """The stored tenant, and its key whose digest starts with the stored key id (else its first key)."""
+    name = headers.get(TENANT_HEADER) or ""
+    tenant = policy.tenants.get(name)
+    if tenant is None:
+        raise GatewayError(404, f"Unknown tenant '{name}' in {TENANT_HEADER}.", code="tenant_not_found",
+                           outcome="rejected")
+    key_id = headers.get(KEY_HEADER) or ""
+    key = next((k for k in tenant.api_keys if key_id and k.digest.startswith(key_id)), None)
+    return tenant, key or (tenant.api_keys[0] if tenant.api_keys else None)
+
+
 class DeadLetterQueue:
-    """``services.extras["dlq"]``: ``push`` from ``complete``, ``depth`` for metrics and health."""
+    """The dead-letter sink: ``push`` from ``complete``, ``depth`` for metrics and health."""
 
     def __init__(self, backend: StateBackend, key: str, max_len: int) -> None:
         self.backend = backend
@@ -92,12 +111,10 @@ class DeadLetterQueue:
         return await self.backend.log_range(self.key, count, after)
 
     async def all_entries(self, page: int = 500) -> list[tuple[str, dict]]:
-        out: list[tuple[str, dict]] = []
-        after: str | None = None
-        while batch := await self.backend.log_range(self.key, page, after):
-            out.extend(batch)
-            after = batch[-1][0]
-        return out
+        return await read_log(self.backend, self.key, page=page)
+
+    def configure(self, policy: Policy) -> None:
+        self.key, self.max_len = dlq_key(policy), policy.state.dlq_max
 
     async def remove(self, ids: list[str]) -> int:
         return await self.backend.log_remove(self.key, ids)

@@ -76,47 +76,68 @@ Verdict = Respond | None
 
 
 class Stage:
-    """Base class: override only the phases you need. Every phase may be cancelled at any await."""
+    """Base class: override only the phases you need. Every phase may be cancelled at any await.
+
+    The contract of each hook is written on it; ``tests/test_pipeline_contract.py`` runs the runner
+    alone with fake stages to hold it.
+    """
 
     name = "stage"
 
-    def install(self, app: object) -> None:
-        """Called once while the app is built: add routes (admin, feedback) or shared services."""
-
-    async def start(self, app: object) -> None:
-        """Called once at start-up (open connections, start background tasks)."""
+    async def start(self) -> None:
+        """Once at start-up, after the state backend started, in list order (background tasks)."""
 
     async def stop(self) -> None:
-        """Called once at shutdown."""
+        """Once at shutdown, in reverse list order; a failing stop does not stop the others."""
 
     def on_policy(self, policy: Policy) -> None:
-        """Called with each newly loaded policy before it serves (rebuild derived state here)."""
+        """With each newly loaded policy, before it serves, in list order (rebuild derived state here).
+
+        Requests already running keep their own ``ctx.policy``.
+        """
 
     async def authenticate(self, ctx: RequestContext) -> Verdict:
+        """Who is calling: set ``ctx.tenant``/``ctx.api_key`` or answer 401."""
         return None
 
     async def check_input(self, ctx: RequestContext) -> Verdict:
+        """Parse and check the body; set the model, stream flag and token estimate."""
         return None
 
     async def limit_requests(self, ctx: RequestContext) -> Verdict:
+        """Cheap per-request limits (rpm, concurrency): before the cache, so hits count too."""
         return None
 
     async def cache_lookup(self, ctx: RequestContext) -> Verdict:
-        return None
-
-    async def admit(self, ctx: RequestContext) -> Verdict:
+        """Answer from the cache; what follows runs only on a miss."""
         return None
 
     async def route(self, ctx: RequestContext) -> Verdict:
+        """Pick the concrete model (``ctx.model``) a virtual model or a context fallback serves from."""
+        return None
+
+    async def admit(self, ctx: RequestContext) -> Verdict:
+        """Cost checks for the concrete model: token limits, budget reservations (may downgrade)."""
         return None
 
     async def call_upstream(self, ctx: RequestContext) -> Verdict:
+        """Produce the answer. A request no stage answers is a 500 ``no_upstream``."""
         return None
 
     async def on_response(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:
+        """Filter every response (answers, early answers and errors alike), in list order.
+
+        A filter may wrap ``resp.events``: each wraps the stream the earlier filters produced.
+        """
         return resp
 
     async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
+        """Exactly once per request, in list order, after the answer was written (or the client left).
+
+        Runs for every stage whatever happened, including stages whose phases never ran; an exception
+        here is logged and the next stage's ``complete`` still runs. ``error`` is the error answered,
+        the stream failure, or the cancellation of a client that left; None on success.
+        """
         return None
 
 
@@ -151,7 +172,7 @@ class Pipeline:
             raise GatewayError(500, "no stage answered the request", code="no_upstream")
         except GatewayError as err:
             ctx.outcome = err.outcome if ctx.outcome == "ok" else ctx.outcome
-            ctx.extras["error"] = err
+            ctx.error = err
             return await self.filter(ctx, GatewayResponse.from_error(err))
 
     async def filter(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:

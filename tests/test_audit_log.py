@@ -192,7 +192,7 @@ def test_feedback_reaches_any_replica_through_redis(make_gateway, upstream, redi
 
 
 def test_log_files_rotate_and_stdout_gets_the_same_lines(tmp_path, capsys):
-    from gateway.jsonlog import LineSink
+    from gateway.observability.jsonlog import LineSink
 
     path = tmp_path / "access.jsonl"
     sink = LineSink(f"stdout,{path}", max_bytes=1000, backups=2)

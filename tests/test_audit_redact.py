@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from gateway.redact import Redactor, iban_ok, luhn_ok, redact_request
+from gateway.observability.redact import Redactor, iban_ok, luhn_ok, redact_request
 
 R = Redactor()
 

@@ -17,14 +17,14 @@ def gateway(make_gateway, upstream, redis_server, mode: str, usd: float = 1.0):
 
 def test_allow_admits_while_redis_is_down_and_replays_the_charges(make_gateway, upstream, redis_server):
     gw = gateway(make_gateway, upstream, redis_server, "allow")
-    client, counts = gw.client("sk-acme"), gw.services.extras["budget"].counts
+    client, counts = gw.client("sk-acme"), gw.services.budget.counts
     redis_server.stop()
     client.chat.completions.create(model="small", messages=MSG, max_tokens=3)
     assert counts["failure_mode_allowed"] == 1 and counts["settle_failed"] == 1
-    assert len(gw.services.extras["budget"].pending) == 1
+    assert len(gw.services.budget.pending) == 1
     redis_server.start()  # an empty Redis: what it learns below comes from this replica
     client.chat.completions.create(model="small", messages=MSG, max_tokens=3)
-    assert counts["settle_replayed"] == 1 and not gw.services.extras["budget"].pending
+    assert counts["settle_replayed"] == 1 and not gw.services.budget.pending
     s = spend(gw.url)
     assert s["requests"] == 2
     assert s["spent_usd"] == pytest.approx(sum(served_cost(b, "small") for b in upstream.requests), abs=1e-12)
@@ -37,7 +37,7 @@ def test_deny_refuses_while_redis_is_down(make_gateway, upstream, redis_server):
     with pytest.raises(openai.APIStatusError) as info:
         gw.client("sk-acme").chat.completions.create(model="small", messages=MSG)
     assert info.value.status_code == 503 and info.value.code == "budget_unavailable"
-    assert upstream.calls == 0 and gw.services.extras["budget"].counts["failure_mode_denied"] == 1
+    assert upstream.calls == 0 and gw.services.budget.counts["failure_mode_denied"] == 1
 
 
 def test_local_enforces_a_per_replica_share_while_redis_is_down(make_gateway, upstream, redis_server):
@@ -48,7 +48,7 @@ def test_local_enforces_a_per_replica_share_while_redis_is_down(make_gateway, up
     client.chat.completions.create(model="small", messages=MSG, max_tokens=1)  # 0.0013 spent + 0.0026
     with pytest.raises(openai.RateLimitError):
         client.chat.completions.create(model="small", messages=MSG, max_tokens=1)  # 0.0026 + 0.0026 > 0.005
-    counts = gw.services.extras["budget"].counts
+    counts = gw.services.budget.counts
     assert counts["failure_mode_local"] == 3 and upstream.calls == 2
     redis_server.start()
     client.chat.completions.create(model="small", messages=MSG, max_tokens=1)

@@ -19,8 +19,8 @@ from gateway.budget.pricing import (
     worst_case,
 )
 from gateway.budget.table import default_prices, lookup
-from gateway.context import Usage
 from gateway.policy.model import Price
+from gateway.usage import Usage
 
 
 def epoch(text: str) -> float:

@@ -48,7 +48,7 @@ def test_non_stream_spend_is_exact_per_tenant_model_and_key(make_gateway, upstre
     b = budget(gw.url)["budget"]
     assert b["spent_usd"] == pytest.approx(expected_small + expected_large, abs=1e-12)
     assert b["reserved_usd"] == 0 and b["state"] == "ok" and b["usd"] == 10
-    snap = gw.thread.call(gw.services.extras["budget"].snapshot())  # what the metrics gauges read
+    snap = gw.thread.call(gw.services.budget.snapshot())  # what the metrics gauges read
     assert snap["acme"]["spent"] == pytest.approx(expected_small + expected_large, abs=1e-12)
     assert snap["acme"]["limit"] == 10 and snap["acme"]["remaining_ratio"] == pytest.approx(1 - snap["acme"]["spent"] / 10)
 
@@ -188,7 +188,7 @@ def test_hard_limit_is_a_non_retried_insufficient_quota_error(make_gateway, upst
     client = gw.client("sk-acme", max_retries=2)
     client.chat.completions.create(model="small", messages=MSG, max_tokens=4)  # worst case ~0.004
     client.chat.completions.create(model="small", messages=MSG, max_tokens=4)
-    calls, counts = upstream.calls, gw.services.extras["budget"].counts
+    calls, counts = upstream.calls, gw.services.budget.counts
     with pytest.raises(openai.RateLimitError) as info:
         client.chat.completions.create(model="small", messages=MSG, max_tokens=30)
     err = info.value
@@ -222,7 +222,7 @@ def test_shadow_budget_counts_but_never_refuses(make_gateway, upstream):
         raw = client.chat.completions.with_raw_response.create(model="large", messages=MSG, max_tokens=4)
         assert "x-gateway-downgraded" not in raw.headers and "x-gateway-budget-remaining" not in raw.headers
     assert [r["model"] for r in upstream.requests] == ["large-a"] * 3
-    counts = gw.services.extras["budget"].counts
+    counts = gw.services.budget.counts
     assert counts["outcome_shadow_over_budget"] == 3
     b = budget(gw.url)["budget"]
     assert b["state"] == "over" and b["spent_usd"] > 0.001  # recorded as spent even past the limit

@@ -19,7 +19,7 @@ def test_entries_live_in_redis_with_a_ttl(gw, redis_server):
     import redis
 
     chat(gw.client("sk-acme"))
-    stats = gw.services.extras["cache_stats"]
+    stats = gw.services.cache_stats
     assert eventually(lambda: stats.stores == 1)
     conn = redis.Redis.from_url(redis_server.url)
     try:
@@ -33,7 +33,7 @@ def test_entries_live_in_redis_with_a_ttl(gw, redis_server):
 def test_redis_stopped_mid_test_bypasses_the_cache(gw, upstream, redis_server):
     client = gw.client("sk-acme")
     text, _, _ = chat(client)
-    stats = gw.services.extras["cache_stats"]
+    stats = gw.services.cache_stats
     assert eventually(lambda: stats.stores == 1)
     assert chat(client)[1]["x-cache"] == "HIT"
     redis_server.stop()
@@ -52,7 +52,7 @@ def test_redis_stopped_mid_test_bypasses_the_cache(gw, upstream, redis_server):
 def test_black_holed_redis_costs_a_timeout_not_a_failure(gw, upstream, redis_server):
     client = gw.client("sk-acme")
     chat(client)
-    stats = gw.services.extras["cache_stats"]
+    stats = gw.services.cache_stats
     assert eventually(lambda: stats.stores == 1)  # written (after the answer was sent)
     redis_server.pause()
     try:

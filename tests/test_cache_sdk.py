@@ -6,6 +6,7 @@ import openai
 import pytest
 
 from gateway.clock import FakeClock
+from gateway.stages.cache import CacheStage
 from tests.support.cache import CACHE_ON, MSG, cache_gateway, chat, chat_stream, eventually, state_for
 from tests.support.mock_openai import Fault
 
@@ -35,7 +36,7 @@ def test_second_identical_call_is_a_hit_with_identical_content(gw, upstream, clo
     assert text2 == text1 == "Echo: what is the capital of France"
     assert out2.model_dump() == out1.model_dump()  # same id, usage, everything
     assert upstream.calls == 1
-    stats = gw.services.extras["cache_stats"]
+    stats = gw.services.cache_stats
     assert eventually(lambda: stats.stores == 1) and (stats.misses, stats.hits + stats.coalesced) == (1, 1)
 
 
@@ -159,7 +160,7 @@ def test_errors_are_never_cached(gw, upstream):
     _, headers, _ = chat(client)
     assert headers["x-cache"] == "MISS"
     assert chat(client)[1]["x-cache"] == "HIT"
-    stats = gw.services.extras["cache_stats"]
+    stats = gw.services.cache_stats
     assert eventually(lambda: stats.stores == 1) and stats.skipped == 2
 
 
@@ -171,7 +172,7 @@ def test_cut_and_unfinished_streams_are_not_cached(gw, upstream):
             chat_stream(client)
     upstream.default = Fault()
     assert chat(client)[1]["x-cache"] == "MISS"
-    stats = gw.services.extras["cache_stats"]
+    stats = gw.services.cache_stats
     assert eventually(lambda: stats.stores == 1) and stats.skipped == 2
 
 
@@ -210,7 +211,7 @@ def test_stale_entry_answers_when_every_deployment_fails(make_gateway, upstream,
     upstream.default = Fault(status=503)
     stale, headers, _ = chat(client, model="exp")
     assert headers["x-cache"] == "STALE" and headers["age"] == "90" and stale == text
-    assert gw.services.extras["cache_stats"].stale == 1
+    assert gw.services.cache_stats.stale == 1
     clock.advance(60)  # past the stale window too: nothing left to serve
     with pytest.raises(openai.APIStatusError):
         chat(client, model="exp")
@@ -222,7 +223,7 @@ def test_cache_reference_policy_keys_load(make_gateway, upstream):
     client = gw.client("sk-acme")
     chat(client)  # the answer (~300 bytes) is above max_entry_bytes: not stored
     assert chat(client)[1]["x-cache"] == "MISS"
-    stage = gw.services.extras["cache"]
+    stage = gw.stage(CacheStage)
     assert stage.memory.max_bytes == 4096 and stage.memory.used_bytes == 0
 
 

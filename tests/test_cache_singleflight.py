@@ -7,6 +7,7 @@ import asyncio
 import openai
 import pytest
 
+from gateway.stages.cache import CacheStage
 from tests.support.cache import MSG, cache_gateway, state_for
 from tests.support.mock_openai import Fault
 
@@ -53,7 +54,7 @@ async def test_concurrent_identical_requests_make_one_upstream_call(gw, upstream
     assert upstream.calls == 1
     assert {text for text, _ in results} == {"Echo: what is the capital of France"}
     assert [status for _, status in results].count("HIT") == N - 1  # and the leader: MISS
-    assert gw.services.extras["cache_stats"].coalesced == N - 1
+    assert gw.services.cache_stats.coalesced == N - 1
 
 
 async def test_streaming_followers_get_chunks_as_they_arrive(gw, upstream):
@@ -112,4 +113,4 @@ async def test_everyone_leaving_cancels_the_upstream_stream(gw, upstream):
     await stream.close()
     await client.close()
     await _until(lambda: upstream.cancelled == 1)
-    assert len(gw.services.extras["cache"].flights) == 0
+    assert len(gw.stage(CacheStage).flights) == 0

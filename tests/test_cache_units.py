@@ -12,10 +12,10 @@ from gateway.cache.entry import Entry, entry_from_answer, entry_from_body
 from gateway.cache.flight import FlightTable
 from gateway.cache.store import ENTRY_OVERHEAD, MemoryStore
 from gateway.clock import FakeClock
-from gateway.context import Usage
 from gateway.errors import UpstreamError
 from gateway.policy.model import ModelSpec, Price
 from gateway.stages.cache import saved_usd
+from gateway.usage import Usage
 
 BASE = {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m"}
 

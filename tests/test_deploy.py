@@ -19,14 +19,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.clock import SYSTEM_CLOCK
-from gateway.live_gauges import LiveGauges
-from gateway.metrics import GatewayMetrics
+from gateway.observability.gauges import LiveGauges
 from gateway.policy.loader import load_policy, load_policy_text
-from gateway.policy.reload import PolicyHolder
-from gateway.providers import ProviderRegistry
-from gateway.services import Services
-from gateway.state import MemoryBackend
+from gateway.services import build_services
 from tests.support.harness import Gateway
 from tests.support.policies import basic_policy
 
@@ -64,10 +59,9 @@ def test_promtool_check_config() -> None:
 def exported_sample_names() -> set[str]:
     """Every sample name the gateway can export, shared-state gauges included."""
     policy = load_policy_text(basic_policy("http://127.0.0.1:1/v1"), env={})
-    services = Services(holder=PolicyHolder(policy), backend=MemoryBackend(), providers=ProviderRegistry(),
-                        clock=SYSTEM_CLOCK)
-    metrics = GatewayMetrics()
-    live = LiveGauges(services, metrics)
+    services = build_services(policy)
+    metrics = services.metrics
+    live = LiveGauges(services)
     live.collector.snapshot = {"dlq_depth": 0, "budget": {"acme": {"spent": 1, "limit": 2, "remaining_ratio": 0.5}}}
     names = set()
     for family in metrics.registry.collect():

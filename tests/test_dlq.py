@@ -33,7 +33,7 @@ def make(make_gateway, upstream, backup, tmp_path):
 
 
 def depth(gw) -> int:
-    return gw.thread.call(gw.services.extras["dlq"].depth())
+    return gw.thread.call(gw.services.dlq.depth())
 
 
 def admin_get(gw, path: str, key: str = ADMIN_KEY) -> tuple[int, dict]:

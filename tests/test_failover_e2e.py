@@ -99,7 +99,7 @@ def test_connection_reset_fails_over(make, upstream, backup):
 def test_breaker_opens_after_n_failures_and_primary_gets_no_calls_until_cooldown(make, upstream, backup):
     clock = FakeClock()
     gw = make(breaker="{failures: 3, cooldown_s: 30}", clock=clock)
-    breakers = gw.services.extras["breakers"]
+    breakers = gw.services.breakers
     upstream.default = Fault(500)
     for _ in range(10):
         assert ask(gw).headers["x-gateway-provider"] == "backup"
@@ -181,13 +181,13 @@ def test_client_leaving_mid_failover_releases_everything(make, upstream, backup)
     with pytest.raises(openai.APITimeoutError):
         gw.client("sk-acme", timeout=0.3).chat.completions.create(model="chat", messages=MSG)
     deadline = time.monotonic() + 5
-    stats = gw.services.extras["balancer"].stats
+    stats = gw.services.balancer.stats
     while stats["primary/m-primary"].in_flight and time.monotonic() < deadline:
         time.sleep(0.02)
     assert stats["primary/m-primary"].in_flight == 0
-    assert gw.services.extras["retry_budget"].active == 0
+    assert gw.services.retry_budget.active == 0
     # the abandoned attempt is no verdict on primary: the breaker stays closed and primary serves
-    assert gw.services.extras["breakers"].states()["primary/m-primary"] == "closed"
+    assert gw.services.breakers.states()["primary/m-primary"] == "closed"
     assert ask(gw).headers["x-gateway-provider"] == "primary"
     assert backup.calls == 0
 
@@ -202,12 +202,12 @@ async def test_client_leaving_mid_stream_cancels_the_upstream_and_frees_the_depl
         break
     await stream.close()
     await client.close()
-    stats = gw.services.extras["balancer"].stats["primary/m-primary"]
+    stats = gw.services.balancer.stats["primary/m-primary"]
     deadline = time.monotonic() + 5
     while (stats.in_flight or not upstream.cancelled) and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
     assert stats.in_flight == 0 and upstream.cancelled == 1
-    assert gw.services.extras["breakers"].states()["primary/m-primary"] == "closed"
+    assert gw.services.breakers.states()["primary/m-primary"] == "closed"
 
 
 async def test_retry_budget_keeps_an_outage_from_becoming_a_retry_storm(make, upstream):
@@ -224,7 +224,7 @@ async def test_retry_budget_keeps_an_outage_from_becoming_a_retry_storm(make, up
 
     statuses = await asyncio.gather(*(one() for _ in range(40)))
     await client.close()
-    budget = gw.services.extras["retry_budget"]
+    budget = gw.services.retry_budget
     assert statuses == [503] * 40
     # without a budget: 40 x 5 = 200 calls; with it, retries in flight stay within 20% of active requests
     assert 40 < upstream.calls <= 40 + 40 * 4 * 0.2 and budget.denied > 0

@@ -47,12 +47,12 @@ async def test_two_thousand_requests_with_ten_percent_failures(make_gateway, ups
 
     await asyncio.gather(*(one(i) for i in range(TOTAL)))
     await client.close()
-    queue = gw.services.extras["dlq"]
+    queue = gw.services.dlq
     entries = gw.thread.call(queue.all_entries())
     failed_attempts = upstream.calls + backup.calls - outcomes["ok"]
     print(f"\n{TOTAL} requests: {outcomes['ok']} answered, {outcomes['failed']} dead-lettered "
           f"(queue depth {len(entries)}), {outcomes['other']} other; upstream attempts: primary {upstream.calls}, "
-          f"backup {backup.calls}, failed attempts {failed_attempts}; breakers {gw.services.extras['breakers'].states()}")
+          f"backup {backup.calls}, failed attempts {failed_attempts}; breakers {gw.services.breakers.states()}")
     assert outcomes["other"] == 0
     assert outcomes["ok"] + outcomes["failed"] == TOTAL
     assert len(entries) == outcomes["failed"] and queue.dropped == 0

@@ -77,7 +77,7 @@ def test_reference_providers(ref: Policy) -> None:
     assert ref.providers["backup"].timeouts == Timeouts()
     claude = ref.providers["claude"]
     assert (claude.type, claude.base_url, claude.api_key) == ("anthropic", "https://api.anthropic.com", "unset")
-    assert (ref.providers["demo"].type, ref.providers["demo"].latency_ms) == ("mock", 20.0)
+    assert (ref.providers["demo"].type, ref.providers["demo"].options.latency_ms) == ("mock", 20.0)
     assert "sk-local" not in repr(upstream)
 
 
@@ -324,6 +324,15 @@ def test_unpriced_model_is_a_warning_not_an_error() -> None:
 
 
 # -- the schema follows model.py ------------------------------------------------------------------
+class _Keys:
+    """A key table with the ``keys`` attribute the checkers carry."""
+
+    __name__ = "keys"
+
+    def __init__(self, table: dict) -> None:
+        self.keys = tuple(table)
+
+
 def _schema_pairs() -> list[tuple[object, type, set[str]]]:
     from gateway.policy import model as m
     from gateway.policy import rules, schema, tenants
@@ -336,10 +345,19 @@ def _schema_pairs() -> list[tuple[object, type, set[str]]]:
         (schema.RATE_LIMIT, m.RateLimitPolicy, set()), (schema.BUDGET, m.BudgetPolicy, set()),
         (schema.QUEUE, m.QueuePolicy, set()), (schema.CACHE, m.CachePolicy, set()),
         (schema.RETRY, m.RetryPolicy, set()), (schema.AUDIT, m.AuditPolicy, set()),
-        (schema.PROVIDER, m.ProviderSpec, {"name"}), (schema.PRICE, m.Price, set()),
+        (_Keys(schema.PROVIDER_COMMON), m.ProviderSpec, {"name", "options"}), (schema.PRICE, m.Price, set()),
         (schema.DEPLOYMENT, m.Deployment, set()), (schema.MODEL, m.ModelSpec, {"name"}),
         (rules.ROUTE, m.Route, set()), (tenants.TENANT, m.Tenant, {"name"}),
     ]
+
+
+def test_every_provider_option_has_a_policy_key() -> None:
+    """Each registered type's options dataclass and its YAML keys match."""
+    from gateway.providers.registry import PROVIDER_TYPES
+
+    for name, kind in PROVIDER_TYPES.items():
+        fields = {f.name for f in dataclasses.fields(kind.options)} if kind.options else set()
+        assert set(kind.option_keys) == fields, name
 
 
 @pytest.mark.parametrize(("checker", "cls", "derived"), _schema_pairs(), ids=lambda x: getattr(x, "__name__", ""))

@@ -12,7 +12,7 @@ import pytest_asyncio
 from aiohttp import web
 
 from gateway.policy.model import ProviderSpec, Timeouts
-from gateway.providers.azure_openai import DEFAULT_API_VERSION, AzureOpenAIProvider
+from gateway.providers.azure_openai import DEFAULT_API_VERSION, AzureOpenAIProvider, AzureOptions
 from gateway.providers.base import Endpoint, UpstreamRequest
 
 KEY = "azure-SECRET-key"
@@ -98,8 +98,8 @@ def make(url: str, api_version: str = "", key: str = KEY) -> AzureOpenAIProvider
         type="azure_openai",
         base_url=url,
         api_key=key,
-        api_version=api_version,
         timeouts=timeouts,
+        options=AzureOptions(api_version=api_version),
     )
     return AzureOpenAIProvider(spec)
 

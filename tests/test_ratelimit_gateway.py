@@ -15,7 +15,7 @@ from tests.support.ratelimit import BATCH_KEY, KEY, MSG, ShiftedClock, limited_p
 
 
 def _stats(gw):
-    return gw.services.extras["ratelimit_stats"]
+    return gw.services.ratelimit_stats
 
 
 def _chat(gw, key: str = KEY, **kw):

@@ -15,12 +15,12 @@ TIMEOUT_MS = 1000  # a killed Redis refuses at once; the black-hole test uses a 
 
 
 def _stats(gateways):
-    return [gw.services.extras["ratelimit_stats"] for gw in gateways]
+    return [gw.services.ratelimit_stats for gw in gateways]
 
 
 def _hold(gateways) -> float:
     """How long a replica leaves a failed backend alone (real time) before trying it again."""
-    from gateway.server import PIPELINE
+    from gateway.http.server import PIPELINE
     from gateway.stages.ratelimit import RateLimitStage
 
     stages = [s for gw in gateways for s in gw.app[PIPELINE].stages if isinstance(s, RateLimitStage)]

@@ -41,7 +41,7 @@ async def _close(clients) -> None:
 
 def _exact(gateways) -> bool:
     """Every decision came from the shared Redis (none from a failure mode)."""
-    stats = [gw.services.extras["ratelimit_stats"] for gw in gateways]
+    stats = [gw.services.ratelimit_stats for gw in gateways]
     return all(s.backend_errors == 0 and not any(s.failure_decisions.values()) for s in stats)
 
 
@@ -52,7 +52,7 @@ async def test_burst_of_five_times_rpm_admits_exactly_rpm(fleet, upstream):
     await _close(clients)
     assert (ok, limited, others) == (40, 160, [])
     assert upstream.calls == 40
-    assert sum(gw.services.extras["ratelimit_stats"].outcomes["over_limit"] for gw in gateways) == 160
+    assert sum(gw.services.ratelimit_stats.outcomes["over_limit"] for gw in gateways) == 160
     assert _exact(gateways)
 
 

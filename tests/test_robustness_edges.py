@@ -204,7 +204,7 @@ def test_free_models_and_huge_reservations_settle_on_redis(make_gateway, upstrea
     # stayed queued for replay forever; a huge worst case overflowed HINCRBY and looked like an outage
     state = f"backend: redis\n  redis_url: {redis_url}"
     gw = make_gateway(full_policy(upstream.url, backup.url, claude.url, state, tmp_path))
-    client, budget = gw.client(PLAIN_KEY), gw.services.extras["budget"]
+    client, budget = gw.client(PLAIN_KEY), gw.services.budget
     assert client.chat.completions.create(model="demo", messages=USER).choices  # unpriced: reserves 0
     # 128 x (2**31 - 1) tokens at 60 USD/M is ~1.6e19 pico-dollars, past 64 bits: the hold is capped
     assert client.chat.completions.create(model="wide", messages=USER, n=128, max_tokens=2**31 - 1).choices

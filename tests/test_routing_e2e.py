@@ -104,7 +104,7 @@ def test_shadow_mode_decides_and_counts_but_serves_small(gw, upstream):
     assert raw.headers["x-gateway-model"] == "small"
     assert upstream.requests[-1]["model"] == "small-a"
     gw.client("sk-acme").chat.completions.create(model="shadowed", messages=user("hi"))
-    decisions = gw.services.extras["router"].decisions
+    decisions = gw.services.router_stats.decisions
     assert decisions[("shadowed", "small", "large", "has_tools")] == 1
     assert decisions[("shadowed", "small", "small", "")] == 1
 
@@ -121,7 +121,7 @@ def test_context_window_fallback_of_a_route(make_gateway, upstream):
     assert raw.headers["x-gateway-route"] == "large; rule=context_window"
     assert raw.headers["x-gateway-model"] == "large"
     assert upstream.requests[-1]["model"] == "large-a"
-    assert gw.services.extras["router"].context_fallbacks[("small", "large")] == 1
+    assert gw.services.router_stats.context_fallbacks[("small", "large")] == 1
 
 
 def test_declared_context_fallback_of_a_served_model(gw, upstream):

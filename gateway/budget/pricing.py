@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gateway.context import Usage
 from gateway.policy.model import Price
 from gateway.tokens import CHARS_PER_TOKEN
+from gateway.usage import Usage
 
 PICO_PER_USD = 10**12
 

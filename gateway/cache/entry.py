@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from gateway.context import Usage
+from gateway.usage import Usage, usage_from
 
 FORMAT = 1
 
@@ -58,13 +58,6 @@ class Entry:
             return None
 
 
-def _usage(data: dict) -> Usage | None:
-    # imported here: ``gateway.stages`` imports the cache stage, which imports this module
-    from gateway.stages.usage import usage_from
-
-    return usage_from(data)
-
-
 def complete_answer(data: Any) -> bool:
     """A whole, successful answer: choices that all finished (chat, completions) or embeddings."""
     if not isinstance(data, dict) or "error" in data:
@@ -83,11 +76,11 @@ def entry_from_body(body: bytes, created: float, ttl_s: float, model: str) -> En
         return None
     if not complete_answer(data):
         return None
-    return Entry(body=body, created=created, ttl_s=ttl_s, model=model, usage=_usage(data))
+    return Entry(body=body, created=created, ttl_s=ttl_s, model=model, usage=usage_from(data))
 
 
 def entry_from_answer(data: dict, created: float, ttl_s: float, model: str) -> Entry | None:
     """An entry for an answer assembled from a stream (already a dict)."""
     if not complete_answer(data):
         return None
-    return Entry(body=orjson.dumps(data), created=created, ttl_s=ttl_s, model=model, usage=_usage(data))
+    return Entry(body=orjson.dumps(data), created=created, ttl_s=ttl_s, model=model, usage=usage_from(data))

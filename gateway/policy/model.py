@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Mode = Literal["enforce", "shadow"]
-ProviderType = Literal["openai", "anthropic", "azure_openai", "mock"]
 BackendErrorMode = Literal["local", "allow", "deny"]
 Strategy = Literal["fallback", "weighted", "least_busy", "latency"]
 OnExhausted = Literal["error", "stale", "static"]
@@ -28,18 +27,16 @@ class Timeouts:
 
 @dataclass(frozen=True, slots=True)
 class ProviderSpec:
+    """A declared provider. ``type`` is a key of ``gateway.providers.registry.PROVIDER_TYPES``."""
+
     name: str
-    type: ProviderType
+    type: str
     base_url: str = ""
     api_key: str = field(default="", repr=False)
-    api_version: str = ""  # azure_openai
     timeouts: Timeouts = Timeouts()
     headers: tuple[tuple[str, str], ...] = ()  # extra static headers sent upstream
     max_connections: int = 256
-    # mock only
-    latency_ms: float = 0.0
-    failure_rate: float = 0.0
-    stream_chunk_ms: float = 0.0
+    options: Any = None  # the type's own options (a frozen dataclass its registry entry declares), or None
 
 
 @dataclass(frozen=True, slots=True)

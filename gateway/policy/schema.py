@@ -36,12 +36,12 @@ from gateway.policy.checkers import (
 )
 from gateway.policy.problems import Report
 from gateway.policy.rules import ROUTE
+from gateway.providers.registry import PROVIDER_TYPES
 
 MODE = enum("mode", get_args(m.Mode))
 POSITIVE = integer(gt=0)
 NON_NEGATIVE = number(ge=0)
 FRACTION = number(ge=0, le=1)
-DEFAULT_BASE_URLS = {"anthropic": "https://api.anthropic.com"}
 _SHA256 = re.compile(r"sha256:([0-9a-fA-F]{64})")
 
 
@@ -131,35 +131,40 @@ OVERRIDABLE: dict[str, Checker] = {
 }
 
 # -- providers ------------------------------------------------------------------------------------
-PROVIDER = fields({
-    "type": enum("provider type", get_args(m.ProviderType)),
+# Keys every provider has; each type adds its own (``gateway.providers.registry``).
+PROVIDER_COMMON: dict[str, Checker] = {
+    "type": leaf(lambda v: v),  # checked against the registry first, by ``build_provider``
     "base_url": string(nonempty=True),
     "api_key": string(secret=True),
-    "api_version": string(),
     "timeouts": TIMEOUTS,
     "headers": then(map_of(string(secret=True), names=False), lambda d: tuple(d.items())),
     "max_connections": POSITIVE,
-    "latency_ms": NON_NEGATIVE,
-    "failure_rate": FRACTION,
-    "stream_chunk_ms": NON_NEGATIVE,
-}, required=("type",))
+}
 
 
 def build_provider(name: str, raw: Any, path: str, report: Report) -> m.ProviderSpec | None:
-    """A provider; ``base_url`` is required for real APIs (anthropic has a well-known default)."""
-    values = PROVIDER(raw, path, report)
-    if values is BAD or "type" not in values:
+    """A provider: its type from the registry, the common keys and that type's own keys."""
+    if not isinstance(raw, dict) or "type" not in raw:
+        fields(PROVIDER_COMMON, required=("type",))(raw, path, report)
         return None
-    kind = values["type"]
-    if kind != "mock" and "base_url" not in raw:
-        if kind not in DEFAULT_BASE_URLS:
-            report.error(path, f"missing required key 'base_url' (required for type {kind})")
+    kind_name = enum("provider type", tuple(PROVIDER_TYPES))(raw["type"], f"{path}.type", report)
+    if kind_name is BAD:
+        return None
+    kind = PROVIDER_TYPES[kind_name]
+    values = fields({**PROVIDER_COMMON, **kind.option_keys})(raw, path, report)
+    if values is BAD:
+        return None
+    options = {k: values.pop(k) for k in list(values) if k in kind.option_keys}
+    values["type"] = kind_name
+    if "base_url" not in raw and kind.needs_base_url:
+        if kind.default_base_url is None:
+            report.error(path, f"missing required key 'base_url' (required for type {kind_name})")
             return None
-        values["base_url"] = DEFAULT_BASE_URLS[kind]
+        values["base_url"] = kind.default_base_url
     url = values.get("base_url")
     if url is not None and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc):
         report.error(f"{path}.base_url", f"invalid URL '{url}' (expected http://host... or https://host...)")
-    return m.ProviderSpec(name=name, **values)
+    return m.ProviderSpec(name=name, **values, options=kind.build_options(options))
 
 
 # -- models ---------------------------------------------------------------------------------------

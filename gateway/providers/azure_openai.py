@@ -7,16 +7,26 @@ format, so only the ``url``/``auth_headers``/``encode`` hooks of ``OpenAIProvide
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from urllib.parse import quote
 
 import orjson
 
 from gateway.errors import invalid
+from gateway.policy.checkers import string
 from gateway.policy.model import ProviderSpec
 from gateway.providers.base import UpstreamRequest, UpstreamResponse
 from gateway.providers.openai import PATHS, OpenAIProvider
 
 DEFAULT_API_VERSION = "2024-10-21"  # the current GA data-plane version
+
+
+@dataclass(frozen=True, slots=True)
+class AzureOptions:
+    api_version: str = DEFAULT_API_VERSION
+
+
+OPTION_KEYS = {"api_version": string()}
 
 
 class AzureOpenAIProvider(OpenAIProvider):
@@ -27,7 +37,8 @@ class AzureOpenAIProvider(OpenAIProvider):
         # Accept both ``https://x.openai.azure.com`` and a base that already ends in ``/openai``.
         if self._base.endswith("/openai"):
             self._base = self._base[: -len("/openai")]
-        self._version = quote(spec.api_version or DEFAULT_API_VERSION, safe="")
+        options = spec.options if isinstance(spec.options, AzureOptions) else AzureOptions()
+        self._version = quote(options.api_version or DEFAULT_API_VERSION, safe="")
 
     def auth_headers(self) -> dict[str, str]:
         """Azure keys go in ``api-key``; a Bearer header would be read as an Entra ID token."""

@@ -14,13 +14,26 @@ import random
 import struct
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import orjson
 
+from gateway.policy.checkers import number
+from gateway.policy.model import ProviderSpec
 from gateway.providers.base import Provider, UpstreamRequest, UpstreamResponse
 from gateway.tokens import prompt_tokens, text_tokens
 
 EMBEDDING_DIM = 16
+
+
+@dataclass(frozen=True, slots=True)
+class MockOptions:
+    latency_ms: float = 0.0  # delay before the first byte
+    failure_rate: float = 0.0  # share of calls answered 503
+    stream_chunk_ms: float = 0.0  # pause between stream chunks
+
+
+OPTION_KEYS = {"latency_ms": number(ge=0), "failure_rate": number(ge=0, le=1), "stream_chunk_ms": number(ge=0)}
 
 
 def _last_user_text(body: dict) -> str:
@@ -52,16 +65,17 @@ def _vector(text: str) -> list[float]:
 class MockProvider(Provider):
     type = "mock"
 
-    def __init__(self, spec, rng: random.Random | None = None) -> None:  # noqa: ANN001
+    def __init__(self, spec: ProviderSpec, rng: random.Random | None = None) -> None:
         super().__init__(spec)
+        self.options = spec.options if isinstance(spec.options, MockOptions) else MockOptions()
         self._rng = rng or random.Random(0)
         self.calls = 0
 
     async def send(self, req: UpstreamRequest) -> UpstreamResponse:
         self.calls += 1
-        if self.spec.latency_ms:
-            await asyncio.sleep(self.spec.latency_ms / 1000.0)
-        if self.spec.failure_rate and self._rng.random() < self.spec.failure_rate:
+        if self.options.latency_ms:
+            await asyncio.sleep(self.options.latency_ms / 1000.0)
+        if self.options.failure_rate and self._rng.random() < self.options.failure_rate:
             body = {"error": {"message": "mock failure", "type": "server_error", "param": None, "code": None}}
             return UpstreamResponse(status=503, headers={"retry-after": "1"}, body=orjson.dumps(body))
         if req.endpoint == "embeddings":
@@ -101,8 +115,8 @@ class MockProvider(Provider):
             else:
                 choice = {"index": 0, "text": piece, "finish_reason": None, "logprobs": None}
             yield orjson.dumps({**base, "choices": [choice]})
-            if self.spec.stream_chunk_ms:
-                await asyncio.sleep(self.spec.stream_chunk_ms / 1000.0)
+            if self.options.stream_chunk_ms:
+                await asyncio.sleep(self.options.stream_chunk_ms / 1000.0)
         last = {"index": 0, "delta": {}, "finish_reason": "stop"} if chat else {
             "index": 0, "text": "", "finish_reason": "stop", "logprobs": None}
         yield orjson.dumps({**base, "choices": [last]})

@@ -16,9 +16,9 @@ import aiohttp
 import orjson
 
 from gateway.errors import UpstreamError
+from gateway.http.sse import DONE, iter_sse
 from gateway.policy.model import ProviderSpec
 from gateway.providers.base import Provider, UpstreamRequest, UpstreamResponse
-from gateway.sse import DONE, iter_sse
 
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 HOP_BY_HOP = frozenset(

@@ -23,16 +23,16 @@ import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gateway.budget import admin
 from gateway.budget.ledger import Charge, Ledger, Reserved, ScopeArgs, day_key
 from gateway.budget.periods import DAY_RECORD_TTL_S
 from gateway.budget.pricing import cost, estimate_usage, usd, worst_case
-from gateway.budget.service import BudgetService, BudgetSpec
-from gateway.context import RequestContext, Usage
+from gateway.budget.service import BudgetSpec
+from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.pipeline import GatewayResponse, Respond, Stage, Verdict
 from gateway.policy.model import ModelSpec
 from gateway.state.base import StateError
+from gateway.usage import Usage
 
 if TYPE_CHECKING:
     from gateway.services import Services
@@ -60,17 +60,13 @@ class BudgetStage(Stage):
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self.service = BudgetService(services.backend, services.clock)
-        services.extras["budget"] = self.service
+        self.service = services.budget
         # Reservation ids: only unique per ledger matters (replicas share it), so a random prefix per
         # process and a counter, instead of a uuid4 (an os.urandom call) per request.
         self._rid_prefix = secrets.token_hex(8) + "."
         self._seq = itertools.count()
         self._day_keys: dict[tuple[str, str], str] = {}  # (tenant, day) -> day record key
         self._field_names: dict[tuple[str, str], tuple[str, ...]] = {}  # (prefix, name) -> day-record fields
-
-    def install(self, app: object) -> None:
-        admin.install(app, self.service, self.services)
 
     def on_policy(self, policy: Any) -> None:
         self.service.on_policy(policy)
@@ -91,7 +87,7 @@ class BudgetStage(Stage):
                                                     self.service.rates(small))
         now = self.services.clock.time()
         hold = Hold(f"{self._rid_prefix}{next(self._seq)}", [self.service.scope_args(tenant.name, s, now) for s in specs])
-        ctx.extras["budget"] = hold  # before the await: a cancelled reserve is still released
+        ctx.budget_hold = hold  # before the await: a cancelled reserve is still released
         try:
             reserved, hold.ledger = await self.service.reserve(hold.scopes, hold.rid, main, alt)
         except StateError:
@@ -138,7 +134,6 @@ class BudgetStage(Stage):
 
     @staticmethod
     def _downgrade(ctx: RequestContext, model: ModelSpec, small: ModelSpec) -> None:
-        ctx.extras["budget_downgraded_from"] = model.name
         ctx.model, ctx.route = small, "small"
         ctx.response_headers["x-gateway-downgraded"] = "true"
         ctx.response_headers["x-gateway-downgraded-from"] = model.name
@@ -203,7 +198,7 @@ class BudgetStage(Stage):
     async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
         if self.service.derived is None or ctx.tenant is None:
             return
-        hold: Hold | None = ctx.extras.get("budget")
+        hold = ctx.budget_hold
         if hold is not None and hold.state == "refused":
             return
         usage, amount = self._charge(ctx)
@@ -230,7 +225,7 @@ class BudgetStage(Stage):
 
     def _charge(self, ctx: RequestContext) -> tuple[Usage | None, int]:
         """The usage to charge (estimated when the provider reported none) and its cost."""
-        if ctx.cache_status in ("HIT", "STALE") or "exhausted" in ctx.extras:
+        if ctx.cache_status in ("HIT", "STALE") or ctx.exhausted is not None:
             return None, 0  # answered from the cache, or a substitute when every deployment failed
         usage = ctx.usage
         if usage is None:
@@ -276,13 +271,8 @@ _DAY_SUFFIXES = ("usd", "n", "in", "out", "cached", "reasoning", "est")  # ``_na
 
 def _route_small(ctx: RequestContext) -> tuple[str | None, bool]:
     """The small model of the route this request took (set by the router), or of its virtual model."""
-    route = ctx.extras.get("route")
-    if isinstance(route, str):
-        virtual = ctx.policy.models.get(route)
-        route = virtual.route if virtual is not None else None
-    small = route.get("small") if isinstance(route, dict) else getattr(route, "small", None)
-    if isinstance(small, str):
-        return small, True
+    if ctx.route_spec is not None:
+        return ctx.route_spec.small, True
     public = ctx.policy.models.get(ctx.public_model)
     if public is not None and public.route is not None:
         return public.route.small, True

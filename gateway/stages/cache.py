@@ -9,9 +9,9 @@ Hits are free: they answer before ``admit``, so no token limit or budget sees th
 marked ``ctx.cache_status == "HIT"`` (``ctx.usage`` holds the cached usage, for the client and the
 logs; accounting must charge nothing for a HIT). ``ctx.cost_saved_usd`` is what the call would
 have cost at the serving model's price. A failing state backend turns the cache into a bypass,
-counted in ``services.extras["cache_stats"]`` (``CacheStats``), and never fails the request.
+counted in ``services.cache_stats`` (``CacheStats``), and never fails the request.
 
-For failover (``on_exhausted: stale``), ``services.extras["cache"].stale(ctx)`` returns an entry
+For failover (``on_exhausted: stale``), ``CacheStage.stale(ctx)`` (handed to the upstream stage) returns an entry
 past its TTL (entries are kept ``STALE_FACTOR`` x TTL in all) marked ``x-cache: STALE``.
 """
 
@@ -30,12 +30,13 @@ from gateway.cache.convert import assemble, replay
 from gateway.cache.entry import Entry, entry_from_answer, entry_from_body
 from gateway.cache.flight import Flight, FlightTable
 from gateway.cache.key import cache_key, is_deterministic
-from gateway.cache.store import BackendStore, CacheStats, CacheStore, MemoryStore
-from gateway.context import RequestContext, Usage
+from gateway.cache.store import BackendStore, CacheStore, MemoryStore
+from gateway.context import RequestContext
 from gateway.pipeline import GatewayResponse, Respond, Stage, Verdict
 from gateway.policy.model import CachePolicy, ModelSpec, Policy
 from gateway.services import Services
 from gateway.state.base import StateError
+from gateway.usage import Usage
 
 STALE_FACTOR = 2.0  # an entry is fresh for ttl_s and kept, for stale answers, until STALE_FACTOR * ttl_s
 Role = Literal["miss", "follower", "hit"]  # follower: waiting on another request's flight
@@ -43,7 +44,7 @@ Role = Literal["miss", "follower", "hit"]  # follower: waiting on another reques
 
 @dataclass(slots=True)
 class CacheState:
-    """The cache's facts about one request (``ctx.extras["cache"]``)."""
+    """The cache's facts about one request (``ctx.cache_state``)."""
 
     key: str
     controls: Controls
@@ -85,7 +86,7 @@ class CacheStage(Stage):
     def __init__(self, services: Services) -> None:
         self.services = services
         self.clock = services.clock
-        self.stats = CacheStats()
+        self.stats = services.cache_stats
         self.flights = FlightTable()
         self.memory: MemoryStore | None = None
         self.store: CacheStore = BackendStore(services.backend)
@@ -95,8 +96,6 @@ class CacheStage(Stage):
         self._prefix = "gw"
         self._route_extras: dict[str, tuple[tuple[str, ...], bool]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        services.extras["cache"] = self
-        services.extras["cache_stats"] = self.stats
 
     def on_policy(self, policy: Policy) -> None:
         self._prefix = policy.state.key_prefix
@@ -104,6 +103,11 @@ class CacheStage(Stage):
         if self.memory is not None:
             sizes = [t.cache.max_bytes for t in policy.tenants.values() if t.cache.enabled]
             self.memory.resize(max(sizes, default=CachePolicy().max_bytes))
+
+    @property
+    def pending_writes(self) -> int:
+        """Cache writes still running in the background."""
+        return len(self._tasks)
 
     async def stop(self) -> None:
         tasks = list(self._tasks)
@@ -141,7 +145,7 @@ class CacheStage(Stage):
             return None
         controls = parse_controls(ctx.request.headers, cp.ttl_s)
         st = CacheState(key=self._key(ctx, cp), controls=controls, policy=cp, store=controls.store)
-        ctx.extras["cache"] = st
+        ctx.cache_state = st
         if not controls.lookup:  # no-cache: answer from the upstream, then refresh the entry
             self._own(st, ctx, lead=False)
             self._mark(ctx, "BYPASS")
@@ -254,7 +258,7 @@ class CacheStage(Stage):
 
     # -- capture --------------------------------------------------------------------------------------
     async def on_response(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:
-        st: CacheState | None = ctx.extras.get("cache")
+        st = ctx.cache_state
         if st is None or st.role != "miss" or st.flight is None or st.flight.settled:
             return resp
         flight = st.flight
@@ -316,7 +320,7 @@ class CacheStage(Stage):
             task.add_done_callback(self._tasks.discard)
 
     async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
-        st: CacheState | None = ctx.extras.get("cache")
+        st = ctx.cache_state
         if st is None or st.flight is None:
             return
         if st.role == "miss" and st.flight.state == "pending":
@@ -339,7 +343,7 @@ class CacheStage(Stage):
     # -- failover -------------------------------------------------------------------------------------
     async def stale(self, ctx: RequestContext) -> GatewayResponse | None:
         """An entry kept past its TTL (or a fresh one) for a request no upstream could answer."""
-        st: CacheState | None = ctx.extras.get("cache")
+        st = ctx.cache_state
         if st is None:
             return None
         entry, _ = await self._read(st.key)

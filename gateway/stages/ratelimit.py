@@ -19,7 +19,7 @@ that clock's time to every script and the memory backend always uses it (``gatew
 Outcomes (``ctx.ratelimit_outcome``): ``ok``, ``near_limit`` (admitted with under 10% of a limit
 left), ``over_limit`` (429), ``shadow_over_limit`` (``rate_limit.mode: shadow``: counted and
 admitted), ``failure_mode_allowed`` (admitted while the shared backend failed, by ``allow`` or the
-``local`` fallback), ``failure_mode_denied`` (503 under ``deny``). Counters: ``services.extras["ratelimit_stats"]``
+``local`` fallback), ``failure_mode_denied`` (503 under ``deny``). Counters: ``services.ratelimit_stats``
 (``gateway.ratelimit.stats.RateLimitStats``).
 """
 
@@ -60,8 +60,8 @@ Decision = Result | str  # a script's result, or ALLOW / DENY when the shared ba
 
 
 @dataclass(slots=True)
-class _Request:
-    """The limiter's facts about one request (``ctx.extras["ratelimit"]``)."""
+class LimitState:
+    """The limiter's facts about one request (``ctx.limit_state``)."""
 
     token: str  # unique per request (never the client's x-request-id): the member in every log
     plan: Plan
@@ -90,7 +90,7 @@ class RateLimitStage(Stage):
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self.stats: RateLimitStats = services.extras.setdefault("ratelimit_stats", RateLimitStats())
+        self.stats: RateLimitStats = services.ratelimit_stats
         self.guard = Guard(services.backend, services.clock, self.stats)
         self.plans = Plans(None)
         self.lines = Lines()
@@ -102,7 +102,7 @@ class RateLimitStage(Stage):
     def on_policy(self, policy: Policy) -> None:
         self.plans = Plans(policy)
 
-    async def start(self, app: object) -> None:
+    async def start(self) -> None:
         self._renewer = asyncio.create_task(self.leases.run())
 
     async def stop(self) -> None:
@@ -120,8 +120,8 @@ class RateLimitStage(Stage):
         plan = self.plans.get(ctx.policy, ctx.tenant, ctx.api_key, ctx.public_model)
         if plan.empty:
             return None
-        st = _Request(f"{self._prefix}{next(self._seq)}", plan)
-        ctx.extras["ratelimit"] = st
+        st = LimitState(f"{self._prefix}{next(self._seq)}", plan)
+        ctx.limit_state = st
         pairs = plan.acquire_pairs
         args = plan.acquire_args(st.token, False)
 
@@ -139,12 +139,12 @@ class RateLimitStage(Stage):
         return self._verdict(ctx, decision, 1)
 
     async def admit(self, ctx: RequestContext) -> Verdict:
-        st: _Request | None = ctx.extras.get("ratelimit")
+        st = ctx.limit_state
         plan = self._token_plan(ctx, st)
         if plan is None or not plan.tokens:
             return None
         if st is None:  # no request limits, only the served model's tpm
-            st = ctx.extras["ratelimit"] = _Request(f"{self._prefix}{next(self._seq)}", plan)
+            st = ctx.limit_state = LimitState(f"{self._prefix}{next(self._seq)}", plan)
         st.token_plan = plan
         completion = 0 if ctx.endpoint == "embeddings" else ctx.policy.input.default_max_tokens
         cost = ctx.prompt_tokens_est + (ctx.max_tokens or completion) * ctx.choices
@@ -165,7 +165,7 @@ class RateLimitStage(Stage):
         return self._verdict(ctx, decision, cost)
 
     async def on_response(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:
-        st: _Request | None = ctx.extras.get("ratelimit")
+        st = ctx.limit_state
         if st is not None:
             ctx.response_headers.update(headers(st.requests, st.tokens or st.requests))
         return resp
@@ -173,7 +173,7 @@ class RateLimitStage(Stage):
     async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
         if ctx.ratelimit_outcome is not None:
             self.stats.outcomes[ctx.ratelimit_outcome] = self.stats.outcomes.get(ctx.ratelimit_outcome, 0) + 1
-        st: _Request | None = ctx.extras.get("ratelimit")
+        st = ctx.limit_state
         if st is None or not (st.slots_on or st.tokens_on):
             return
         actual = self._actual_tokens(ctx, st)
@@ -187,7 +187,7 @@ class RateLimitStage(Stage):
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _token_plan(self, ctx: RequestContext, st: _Request | None) -> Plan | None:
+    def _token_plan(self, ctx: RequestContext, st: LimitState | None) -> Plan | None:
         """The tpm limits of the model that serves: it differs from the one asked for after routing,
         a context-window fallback or a budget downgrade (all decided before this ``admit``)."""
         if ctx.tenant is None:
@@ -197,7 +197,7 @@ class RateLimitStage(Stage):
             return st.plan
         return self.plans.tokens(ctx.policy, ctx.tenant, ctx.api_key, ctx.public_model, served)
 
-    async def _call(self, ctx: RequestContext, st: _Request, keys: list[str], args: list,
+    async def _call(self, ctx: RequestContext, st: LimitState, keys: list[str], args: list,
                     local_args: Callable[[], list],
                     pairs: tuple, holds: list[StateBackend]) -> Decision:
         """One script call (shared backend, or the failure mode); ``holds`` learns where it may write."""
@@ -214,7 +214,7 @@ class RateLimitStage(Stage):
     def _holder(self, result: Result) -> StateBackend:
         return self.guard.local if result.local else self.guard.shared
 
-    async def _decide(self, st: _Request, attempt: Callable[[], Awaitable[Decision]]) -> Decision:
+    async def _decide(self, st: LimitState, attempt: Callable[[], Awaitable[Decision]]) -> Decision:
         """Attempt now; over the limit with a queue, wait in the tenant's line instead of refusing."""
         plan = st.plan
         line = self.lines.get(plan.tenant) if plan.queue_s > 0 else None
@@ -256,7 +256,7 @@ class RateLimitStage(Stage):
             ctx.ratelimit_outcome = outcome
 
     @staticmethod
-    def _actual_tokens(ctx: RequestContext, st: _Request) -> int:
+    def _actual_tokens(ctx: RequestContext, st: LimitState) -> int:
         """What the reservation becomes: the reported usage; nothing when no model worked on the
         request (refused, every attempt failed, a stale or static substitute); else the reservation."""
         if not st.reserved or ctx.cache_status in ("HIT", "STALE"):
@@ -266,7 +266,7 @@ class RateLimitStage(Stage):
             return usage.total_tokens
         return st.reserved if ctx.model_reached() else 0
 
-    async def _release(self, st: _Request, backend: StateBackend, actual: int) -> None:
+    async def _release(self, st: LimitState, backend: StateBackend, actual: int) -> None:
         """Free the slots and settle the reservation held on ``backend`` (one call)."""
         plan = st.plan
         keys: list[str] = []

@@ -7,13 +7,12 @@ where they went in ``x-gateway-route`` (``small``, ``large; rule=has_tools``, or
 window moves along the chain built at load time (``gateway.routing.fit``) or is a clear 400.
 
 ``ctx.model`` becomes the concrete model; ``ctx.public_model`` keeps the requested name, and
-``ctx.extras["route"]`` the route, so a budget downgrade in ``admit`` can pick ``small`` again.
+``ctx.route_spec`` the route, so a budget downgrade in ``admit`` can pick ``small`` again.
 """
 
 from __future__ import annotations
 
 import logging
-from collections import Counter
 
 from gateway.context import RequestContext
 from gateway.errors import invalid
@@ -26,21 +25,12 @@ from gateway.services import Services
 log = logging.getLogger("gateway.router")
 
 
-class RouterStats:
-    """Decision counts, ``(public model, served route, decided route, rule or "")`` -> n, for metrics."""
-
-    def __init__(self) -> None:
-        self.decisions: Counter[tuple[str, str, str, str]] = Counter()
-        self.context_fallbacks: Counter[tuple[str, str]] = Counter()  # (from model, to model)
-
-
 class RouterStage(Stage):
     name = "router"
 
     def __init__(self, services: Services) -> None:
         self.services = services
-        self.stats = RouterStats()
-        services.extras["router"] = self.stats
+        self.stats = services.router_stats
         self._policy: Policy | None = None
         self._chains: Chains = {}
 
@@ -65,7 +55,6 @@ class RouterStage(Stage):
             raise _too_long(ctx, chain)
         if chain and target is not chain[0]:
             self.stats.context_fallbacks[(chain[0].name, target.name)] += 1
-            ctx.extras["context_fallback"] = chain[0].name
             if model.route is not None and target.name == model.route.large and choice == "small":
                 ctx.route, ctx.route_rule = "large", "context_window"
                 ctx.response_headers["x-gateway-route"] = "large; rule=context_window"
@@ -83,12 +72,11 @@ class RouterStage(Stage):
         shadow = route.mode == "shadow"
         served = "small" if shadow else decided
         self.stats.decisions[(model.name, served, decided, rule_kind)] += 1
-        ctx.extras["route"] = route
+        ctx.route_spec = route
         ctx.route, ctx.route_rule = served, rule_kind or None
         header = served
         if shadow and decided != served:
             header += f"; shadow={decided}"
-            ctx.extras["route_shadow"] = decided
             log.info("shadow route: model=%s tenant=%s would route %s (rule=%s) request_id=%s",
                      model.name, ctx.tenant_name, decided, rule_kind, ctx.request_id)
         if rule_kind:

@@ -14,7 +14,7 @@ error event (written by the server), never as a silent truncated 200.
 When every deployment failed, the model's ``on_exhausted`` decides: ``error`` (503 + retry-after; a
 429 with the upstreams' retry-after when every attempt was a 429),
 ``stale`` (the cache stage's expired entry, ``x-cache: STALE``) or ``static`` (the configured safe
-answer). ``ctx.extras["exhausted"]`` then names what was served, and the dead-letter stage keeps the
+answer). ``ctx.exhausted`` then names what was served, and the dead-letter stage keeps the
 request. Time spent waiting on upstreams, backoff included, goes to ``ctx.upstream_wait_s``.
 """
 
@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 import orjson
@@ -32,15 +31,17 @@ from gateway.context import Attempt, RequestContext
 from gateway.errors import GatewayError, UpstreamError
 from gateway.pipeline import GatewayResponse, Respond, Stage, Verdict
 from gateway.policy.model import Deployment, ModelSpec, Policy, RetryPolicy
-from gateway.providers import UpstreamRequest, UpstreamResponse
-from gateway.providers.base import retry_after_seconds
-from gateway.routing.balancer import Balancer, Lease
-from gateway.routing.breaker import CLOSED, Breakers, CircuitBreaker
+from gateway.providers.base import UpstreamRequest, UpstreamResponse, retry_after_seconds
+from gateway.routing.balancer import Lease
+from gateway.routing.breaker import CLOSED, CircuitBreaker
 from gateway.routing.exhausted import EXHAUSTED_HEADER, exhausted_error, rate_limited_error, static_response
-from gateway.routing.retry import RetryBudget, backoff_s
+from gateway.routing.retry import backoff_s
 from gateway.services import Services
 
 log = logging.getLogger("gateway.upstream")
+
+# Where an answer comes from when every deployment failed and the model says ``on_exhausted: stale``.
+StaleSource = Callable[[RequestContext], Awaitable[GatewayResponse | None]]
 
 PASS_HEADERS = ("retry-after", "retry-after-ms")
 
@@ -81,16 +82,14 @@ def _status_kind(status: int) -> str:
 class UpstreamStage(Stage):
     name = "upstream"
 
-    def __init__(self, services: Services, rng: random.Random | None = None) -> None:
+    def __init__(self, services: Services, stale: StaleSource | None = None) -> None:
         self.services = services
         self.providers = services.providers
-        self.rng = rng or services.extras.get("rng") or random.Random()
-        self.breakers = Breakers(services.clock)
-        self.balancer = Balancer(self.rng)
-        self.budget = RetryBudget()
-        services.extras["breakers"] = self.breakers
-        services.extras["balancer"] = self.balancer
-        services.extras["retry_budget"] = self.budget
+        self.rng = services.rng
+        self.breakers = services.breakers
+        self.balancer = services.balancer
+        self.budget = services.retry_budget
+        self.stale_source = stale
 
     def on_policy(self, policy: Policy) -> None:
         self.breakers.configure(policy)
@@ -273,12 +272,12 @@ class UpstreamStage(Stage):
     async def _exhausted(self, ctx: RequestContext, model: ModelSpec, failures: list[Failure]) -> Verdict:
         ctx.response_headers["x-gateway-model"] = model.name
         if model.on_exhausted == "stale" and (resp := await self._stale(ctx)) is not None:
-            ctx.extras["exhausted"] = "stale"
+            ctx.exhausted = "stale"
             return Respond(resp, "stale")
         if model.on_exhausted == "static" and (resp := static_response(ctx, model)) is not None:
-            ctx.extras["exhausted"] = "static"
+            ctx.exhausted = "static"
             return Respond(resp, "static")
-        ctx.extras["exhausted"] = "error"
+        ctx.exhausted = "error"
         hints = [f.retry_after_s for f in failures if f.retry_after_s]
         if failures and all(f.kind == "429" for f in failures):
             raise rate_limited_error(model, min(hints, default=1.0))
@@ -286,19 +285,16 @@ class UpstreamStage(Stage):
         raise exhausted_error(model, last, min(hints, default=1.0))
 
     async def _stale(self, ctx: RequestContext) -> GatewayResponse | None:
-        """The cache stage's expired entry (``services.extras["cache"].stale(ctx)``), if it has one."""
-        stale = getattr(self.services.extras.get("cache"), "stale", None)
-        if stale is None:
+        """The stale-answer source's expired entry (the cache stage's), if it has one."""
+        if self.stale_source is None:
             return None
         try:
-            resp = await stale(ctx)
+            resp = await self.stale_source(ctx)
         except Exception:  # noqa: BLE001 - a broken cache must not turn a 503 into a 500
             log.exception("stale cache lookup failed for request %s", ctx.request_id)
             return None
         if resp is None:
             return None
-        if isinstance(resp, bytes):
-            resp = GatewayResponse(status=200, body=resp)
         resp.headers["x-cache"] = "STALE"
         resp.headers[EXHAUSTED_HEADER] = "stale"
         ctx.cache_status = "STALE"

@@ -16,8 +16,8 @@ from typing import Any, TypeVar
 import openai
 
 from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.http.runner import start_site
 from gateway.policy.loader import load_policy
-from gateway.serve import start_site
 from tests.support.mock_openai import MockOpenAI
 
 T = TypeVar("T")
@@ -68,7 +68,7 @@ class Gateway:
         self.port = 0
 
     async def _start(self) -> None:
-        from gateway.server import create_app
+        from gateway.http.server import create_app
 
         policy = load_policy(str(self.path), env=self.env)
         self.app = create_app(policy, path=str(self.path), clock=self.clock, watch=self.watch,
@@ -95,9 +95,15 @@ class Gateway:
 
     @property
     def services(self) -> Any:
-        from gateway.server import SERVICES
+        from gateway.http.server import SERVICES
 
         return self.app[SERVICES]
+
+    def stage(self, cls: type) -> Any:
+        """The app's stage of type ``cls``."""
+        from gateway.http.server import PIPELINE
+
+        return next(s for s in self.app[PIPELINE].stages if isinstance(s, cls))
 
     def client(self, key: str, **kw: Any) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.base_url, api_key=key, max_retries=kw.pop("max_retries", 0),

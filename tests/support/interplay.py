@@ -154,20 +154,20 @@ def access_lines(gw: Any, tmp: Path, request_id: str | None = None) -> list[dict
 
 def leftovers(gw: Any) -> dict[str, int]:
     """Per-process things a finished request must not leave behind."""
-    from gateway.server import PIPELINE
+    from gateway.stages.cache import CacheStage
+    from gateway.stages.ratelimit import RateLimitStage
 
-    stages = {s.name: s for s in gw.app[PIPELINE].stages}
-    ex = gw.services.extras
+    services, cache = gw.services, gw.stage(CacheStage)
 
     async def read() -> dict[str, int]:
         return {
-            "leases": len(stages["ratelimit"].leases),
-            "flights": len(ex["cache"].flights),
-            "cache_tasks": len(ex["cache"]._tasks),
-            "deployments_in_flight": sum(s.in_flight for s in ex["balancer"].stats.values()),
-            "retry_budget_active": ex["retry_budget"].active,
-            "retries_in_flight": ex["retry_budget"].retrying,
-            "in_flight": int(ex["metrics"].in_flight._value.get()),
+            "leases": len(gw.stage(RateLimitStage).leases),
+            "flights": len(cache.flights),
+            "cache_tasks": cache.pending_writes,
+            "deployments_in_flight": sum(s.in_flight for s in services.balancer.stats.values()),
+            "retry_budget_active": services.retry_budget.active,
+            "retries_in_flight": services.retry_budget.retrying,
+            "in_flight": int(services.metrics.in_flight._value.get()),
         }
 
     return gw.thread.call(read())

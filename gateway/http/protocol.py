@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from aiohttp import http_exceptions, web
@@ -91,12 +92,18 @@ async def unmatched(request: web.Request) -> web.Response:
     return web.Response(status=err.status, body=err.body(), content_type="application/json", headers=headers)
 
 
+def request_id(headers: Mapping[str, str]) -> str:
+    """The client's ``x-request-id`` when it is short and printable, else a new one."""
+    rid = headers.get("x-request-id", "")
+    if rid and len(rid) <= 128 and rid.isprintable():
+        return rid
+    return uuid.uuid4().hex
+
+
 async def _ensure_request_id(request: web.Request, response: web.StreamResponse) -> None:
     """Routes outside the pipeline (models, admin, feedback, 404s) also answer with an x-request-id."""
     if "x-request-id" not in response.headers:
-        rid = request.headers.get("x-request-id", "")
-        ok = rid and len(rid) <= 128 and rid.isprintable()
-        response.headers["x-request-id"] = rid if ok else uuid.uuid4().hex
+        response.headers["x-request-id"] = request_id(request.headers)
 
 
 def add_fallbacks(app: web.Application) -> None:

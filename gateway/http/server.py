@@ -1,4 +1,4 @@
-"""The aiohttp application: routes, the pipeline handler, and response writing."""
+"""The aiohttp application: the app factory (the one wiring place) and the pipeline's request handler."""
 
 from __future__ import annotations
 
@@ -6,41 +6,28 @@ import asyncio
 import contextlib
 import logging
 import time
-import uuid
 from collections.abc import Callable
 
-import orjson
 from aiohttp import web
 
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, UpstreamError
-from gateway.http_protocol import add_fallbacks
+from gateway.http.lifecycle import add_lifecycle
+from gateway.http.protocol import add_fallbacks, request_id
+from gateway.http.routes import add_routes
+from gateway.http.sse import DONE_FRAME, frame
+from gateway.observability.hub import Observability
 from gateway.pipeline import GatewayResponse, Pipeline, error_event
 from gateway.policy.model import Policy
-from gateway.policy.reload import PolicyHolder
-from gateway.providers import ProviderRegistry
-from gateway.services import Services
-from gateway.sse import DONE_FRAME, frame
+from gateway.services import Services, build_services
 from gateway.stages import build_stages
-from gateway.stages.auth import authenticate
-from gateway.state import StateError, build_backend
+from gateway.state.base import StateBackend
 
 log = logging.getLogger("gateway.server")
 
 SERVICES = web.AppKey("services", Services)
 PIPELINE = web.AppKey("pipeline", Pipeline)
-
-
-def _request_id(request: web.Request) -> str:
-    rid = request.headers.get("x-request-id", "")
-    if rid and len(rid) <= 128 and rid.isprintable():
-        return rid
-    return uuid.uuid4().hex
-
-
-def _json(status: int, data: object, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, body=orjson.dumps(data), content_type="application/json", headers=headers)
 
 
 class Handler:
@@ -61,7 +48,7 @@ class Handler:
         """``prepare`` presets context facts for trusted internal callers (admin DLQ replay sets the tenant)."""
         loop = asyncio.get_running_loop()
         ctx = RequestContext(
-            request_id=_request_id(request),
+            request_id=request_id(request.headers),
             endpoint=endpoint,  # type: ignore[arg-type]
             policy=self.services.holder.current,
             request=request,
@@ -74,7 +61,7 @@ class Handler:
         resp: GatewayResponse | None = None
         try:
             resp = await self.pipeline.run(ctx)
-            error = ctx.extras.get("error")
+            error = ctx.error
             return await self.write(ctx, resp)
         except asyncio.CancelledError as exc:
             ctx.client_disconnected = True
@@ -95,7 +82,7 @@ class Handler:
     async def _finish(self, ctx: RequestContext, resp: GatewayResponse | None, error: BaseException | None) -> None:
         """Release the upstream and run ``complete`` once; shielded only when the client left."""
         if error is None:
-            error = ctx.extras.get("stream_error")
+            error = ctx.stream_error
         if ctx.client_disconnected:
             if resp is not None and resp.close is not None:
                 with contextlib.suppress(Exception):
@@ -108,7 +95,7 @@ class Handler:
         await self.pipeline.complete(ctx, error)
 
     async def write(self, ctx: RequestContext, resp: GatewayResponse) -> web.StreamResponse:
-        """Send ``resp``; a broken stream or a departed client is recorded in ``ctx.extras['stream_error']``."""
+        """Send ``resp``; a broken stream or a departed client is recorded in ``ctx.stream_error``."""
         headers = {"x-request-id": ctx.request_id, **ctx.response_headers, **resp.headers}
         ctx.status = resp.status
         if resp.events is None:
@@ -128,67 +115,18 @@ class Handler:
                 await out.write(frame(payload))
             await out.write(DONE_FRAME)
         except (UpstreamError, GatewayError) as err:
-            ctx.extras["stream_error"] = err
+            ctx.stream_error = err
             ctx.outcome = "stream_cut"
             with contextlib.suppress(ConnectionError):
                 await out.write(frame(error_event(err)))
         except ConnectionError as err:
             ctx.client_disconnected = True
             ctx.outcome = "client_disconnected"
-            ctx.extras["stream_error"] = err
+            ctx.stream_error = err
             return out
         with contextlib.suppress(ConnectionError):
             await out.write_eof()
         return out
-
-
-async def _models(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    policy = services.holder.current
-    try:
-        tenant, _ = authenticate(request, policy)
-    except GatewayError as err:
-        return web.Response(status=err.status, body=err.body(), content_type="application/json")
-    created = int(services.holder.stats.loaded_at)
-    data = [{"id": m, "object": "model", "created": created, "owned_by": "gateway"} for m in tenant.models]
-    return _json(200, {"object": "list", "data": data})
-
-
-async def _healthz(_: web.Request) -> web.Response:
-    return _json(200, {"status": "ok"})
-
-
-async def _readyz(request: web.Request) -> web.Response:
-    services = request.app[SERVICES]
-    holder = services.holder
-    stats = holder.stats
-    state = "ok"
-    try:
-        await services.backend.ping()
-    except StateError as exc:
-        state = f"unreachable: {exc}"
-    policy = {
-        "source": holder.path,
-        "sha256": holder.current.digest,
-        "loaded_at": stats.loaded_at,
-        "reloads": {"success": stats.success, "failure": stats.failure},
-        "last_reload_error": stats.last_error,
-    }
-    ready = state == "ok"
-    body = {"status": "ready" if ready else "not_ready", "policy": policy,
-            "state": {"backend": services.backend.kind, "status": state}}
-    return _json(200 if ready else 503, body)
-
-
-async def _metrics(request: web.Request) -> web.Response:
-    render = request.app[SERVICES].extras.get("render_metrics")
-    if render is None:
-        return web.Response(text="# metrics arrive with the observability stage\n", content_type="text/plain")
-    rendered = render()
-    if asyncio.iscoroutine(rendered):  # the observe stage reads shared state (DLQ, budgets) at scrape time
-        rendered = await rendered
-    body, ctype = rendered
-    return web.Response(body=body, headers={"content-type": ctype})
 
 
 def create_app(
@@ -197,58 +135,24 @@ def create_app(
     path: str | None = None,
     clock: Clock = SYSTEM_CLOCK,
     watch: bool = False,
-    backend=None,  # noqa: ANN001 - a StateBackend; built from the policy when None
+    backend: StateBackend | None = None,
 ) -> web.Application:
-    """Build a gateway app for ``policy``; ``watch`` reloads it on file change and SIGHUP."""
-    holder = PolicyHolder(policy, path)
-    providers = ProviderRegistry()
-    providers.update(policy)
-    services = Services(holder=holder, backend=backend or build_backend(policy.state, clock), providers=providers,
-                        clock=clock)
-    pipeline = Pipeline(build_stages(services))
+    """Build a gateway app for ``policy``; ``watch`` reloads it on file change and SIGHUP.
+
+    The one wiring place: shared services first, then observability, the stages, the routes and the
+    start/stop order, each given what it needs.
+    """
+    services = build_services(policy, path=path, clock=clock, backend=backend)
+    obs = Observability(services)
+    pipeline = Pipeline(build_stages(services, obs))
     pipeline.on_policy(policy)
-    holder.subscribe(pipeline.on_policy)
-    holder.subscribe(providers.update)
+    services.holder.subscribe(pipeline.on_policy)
+    services.holder.subscribe(services.providers.update)
     handler = Handler(services, pipeline)
     app = web.Application(client_max_size=1024**3)
     app[SERVICES] = services
     app[PIPELINE] = pipeline
-    _add_routes(app, handler)
-    for stage in pipeline.stages:
-        stage.install(app)
+    add_routes(app, handler, services, obs)
     add_fallbacks(app)  # last: JSON 404/405 for whatever no route above serves; x-request-id everywhere
-    _add_lifecycle(app, services, pipeline, watch)
+    add_lifecycle(app, services, pipeline, watch)
     return app
-
-
-def _add_routes(app: web.Application, handler: Handler) -> None:
-    app.router.add_post("/v1/chat/completions", handler.endpoint("chat"))
-    app.router.add_post("/v1/completions", handler.endpoint("completions"))
-    app.router.add_post("/v1/embeddings", handler.endpoint("embeddings"))
-    app.router.add_get("/v1/models", _models)
-    app.router.add_get("/healthz", _healthz)
-    app.router.add_get("/readyz", _readyz)
-    app.router.add_get("/metrics", _metrics)
-
-
-def _add_lifecycle(app: web.Application, services: Services, pipeline: Pipeline, watch: bool) -> None:
-    """Start the backend and stages (and the policy watcher); stop them in reverse order."""
-    holder = services.holder
-
-    async def on_startup(app: web.Application) -> None:
-        await services.backend.start()
-        for stage in pipeline.stages:
-            await stage.start(app)
-        if watch:
-            holder.watch()
-
-    async def on_cleanup(app: web.Application) -> None:
-        await holder.stop()
-        for stage in reversed(pipeline.stages):
-            with contextlib.suppress(Exception):
-                await stage.stop()
-        await services.providers.close()
-        await services.backend.close()
-
-    app.on_startup.append(on_startup)
-    app.on_cleanup.append(on_cleanup)

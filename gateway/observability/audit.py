@@ -5,7 +5,8 @@
 * ``audit: {sample_rate: r}`` marks that share of requests for human review: a redacted record goes
   to the review log in the state backend (``gateway review list`` reads it). The choice hashes the
   request id, so it is reproducible and needs no shared random state across replicas.
-* ``redact_upstream: true`` (per tenant) redacts the request before the provider sees it.
+* ``redact_upstream: true`` (per tenant) redacts the request before the provider sees it
+  (``gateway.stages.audit``).
 
 Redaction and file writes run in a worker thread: a large body never stalls the event loop.
 """
@@ -21,35 +22,22 @@ from typing import Any
 
 import orjson
 
+from gateway.auth import printable_key
 from gateway.context import RequestContext
-from gateway.jsonlog import RotatingFile
-from gateway.pipeline import GatewayResponse, Stage, Verdict
+from gateway.observability.jsonlog import RotatingFile
+from gateway.observability.redact import Redactor
 from gateway.policy.model import Policy, Tenant
-from gateway.redact import Redactor, redact_request
 from gateway.state.base import StateError
 
-log = logging.getLogger("gateway.audit")
+log = logging.getLogger("gateway.observability.audit")
 
 CAPTURE_LIMIT = 1_048_576  # characters of response text kept per request
 REVIEW_MAX = 100_000  # records the review log holds before new ones are refused
 REVIEW_BODY_LIMIT = 16_384  # characters of each body kept in a review record
-INLINE_REDACT_BYTES = 65_536  # larger bodies are redacted for the upstream in a worker thread
 
 
 def review_key(policy: Policy) -> str:
     return f"{policy.state.key_prefix}:review"
-
-
-def caller_key(ctx: RequestContext) -> str:
-    """The tenant key the caller sent (to scrub it if it was pasted into a body); never stored."""
-    header = ctx.request.headers.get("Authorization", "")
-    token = header[7:].strip() if header[:7].lower() == "bearer " else ctx.request.headers.get("api-key", "")
-    token = token.strip()
-    try:
-        token.encode()
-    except UnicodeEncodeError:  # bytes that are not UTF-8 (aiohttp keeps them as surrogates): no text holds them
-        return ""
-    return token
 
 
 def sampled(request_id: str, rate: float) -> bool:
@@ -82,7 +70,7 @@ class Capture:
         return {"streamed_text": "".join(self.parts), "truncated": self.truncated} if self.parts else None
 
 
-def _stream_text(payload: bytes) -> str:
+def stream_text(payload: bytes) -> str:
     try:
         data = orjson.loads(payload)
     except orjson.JSONDecodeError:
@@ -124,65 +112,8 @@ class RedactorCache:
         return self._current
 
     def for_request(self, ctx: RequestContext) -> Redactor:
-        key = caller_key(ctx)
+        key = printable_key(ctx.request.headers)
         return self.for_policy(ctx.policy).get(ctx.tenant).with_secrets([key] if len(key) >= 4 else [])
-
-
-class RedactUpstreamStage(Stage):
-    """``redact_upstream: true``: the provider only ever sees the redacted request."""
-
-    name = "redact_upstream"
-
-    def __init__(self, redactors: RedactorCache) -> None:
-        self.redactors = redactors
-
-    async def check_input(self, ctx: RequestContext) -> Verdict:
-        if ctx.tenant is None or not ctx.tenant.redact_upstream or not ctx.body:
-            return None
-        redactor = self.redactors.for_request(ctx)
-        if len(ctx.raw_body) > INLINE_REDACT_BYTES:  # seconds of regex work on a multi-MB body: off the loop
-            loop = asyncio.get_running_loop()
-            body, changed = await loop.run_in_executor(None, redact_request, ctx.body, redactor)
-        else:
-            body, changed = redact_request(ctx.body, redactor)
-        if changed:
-            ctx.body, ctx.raw_body = body, orjson.dumps(body)
-            ctx.extras["redacted_upstream"] = True
-        return None
-
-
-class AuditStage(Stage):
-    """Decides per request whether bodies are captured (audit or review) and captures the answer."""
-
-    name = "audit"
-
-    async def check_input(self, ctx: RequestContext) -> Verdict:
-        tenant = ctx.tenant
-        if tenant is None:
-            return None
-        review = sampled(ctx.request_id, tenant.audit.sample_rate)
-        if tenant.audit.bodies or review:
-            ctx.extras["audit"] = Capture(bodies=tenant.audit.bodies, review=review, request=ctx.body)
-        return None
-
-    async def on_response(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:
-        capture: Capture | None = ctx.extras.get("audit")
-        if capture is None:
-            return resp
-        if resp.events is not None:
-            resp.events = self._tee(capture, resp.events)
-        elif resp.body:
-            try:
-                capture.response = orjson.loads(resp.body)
-            except orjson.JSONDecodeError:
-                capture.response = {"raw": resp.body[:REVIEW_BODY_LIMIT].decode("utf-8", "replace")}
-        return resp
-
-    async def _tee(self, capture: Capture, events: Any) -> Any:
-        async for payload in events:
-            if not capture.truncated:
-                capture.add_text(_stream_text(payload))
-            yield payload
 
 
 class AuditLog:

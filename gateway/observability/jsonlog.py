@@ -16,7 +16,7 @@ import os
 import sys
 import threading
 
-log = logging.getLogger("gateway.jsonlog")
+log = logging.getLogger("gateway.observability.jsonlog")
 
 STDOUT = "stdout"
 OFF = "off"

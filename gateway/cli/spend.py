@@ -8,49 +8,35 @@ reading state itself: ``GET /admin/spend`` by default, ``GET /admin/budgets`` wi
 from __future__ import annotations
 
 import argparse
-import os
+import asyncio
 import sys
-import urllib.error
 import urllib.parse
-import urllib.request
 from typing import Any
 
 import orjson
 
-from gateway.cli import EXTRA_COMMANDS
+from gateway.cli.common import AdminClient, AdminError, add_admin_options
 
 PERIODS = ("current", "previous", "daily", "weekly", "monthly")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", default=os.environ.get("GATEWAY_URL", "http://127.0.0.1:8080"),
-                        help="the running gateway (default: $GATEWAY_URL or http://127.0.0.1:8080)")
-    parser.add_argument("--admin-key", default=None, help="admin key (default: $GATEWAY_ADMIN_KEY)")
+    add_admin_options(parser, 10.0)
     parser.add_argument("--tenant", default=None, help="one tenant (default: all)")
     parser.add_argument("--period", default="current", choices=PERIODS,
                         help="the tenant's budget period (current, previous) or a calendar one")
     parser.add_argument("--budgets", action="store_true", help="budgets with their current spend instead")
     parser.add_argument("--json", action="store_true", help="the API's JSON as is")
-    parser.add_argument("--timeout", type=float, default=10.0)
 
 
-def _fetch(args: argparse.Namespace) -> tuple[int, Any]:
-    key = args.admin_key or os.environ.get("GATEWAY_ADMIN_KEY", "")
+async def _fetch(args: argparse.Namespace) -> Any:
     if args.budgets:
-        url = args.url.rstrip("/") + "/admin/budgets"
+        path = "/admin/budgets"
     else:
         query = {"period": args.period, **({"tenant": args.tenant} if args.tenant else {})}
-        url = args.url.rstrip("/") + "/admin/spend?" + urllib.parse.urlencode(query)
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"})
-    try:
-        with urllib.request.urlopen(request, timeout=args.timeout) as resp:  # noqa: S310 - operator-given URL
-            return resp.status, orjson.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        body = err.read()
-        try:
-            return err.code, orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return err.code, {"error": {"message": body.decode(errors="replace")}}
+        path = "/admin/spend?" + urllib.parse.urlencode(query)
+    async with AdminClient(args.url, args.admin_key, args.timeout) as client:
+        return await client.get_json(path)
 
 
 def _money(value: float) -> str:
@@ -85,14 +71,10 @@ def _print_budgets(data: dict[str, Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        status, data = _fetch(args)
-    except (urllib.error.URLError, OSError) as exc:
-        print(f"cannot reach the gateway at {args.url}: {getattr(exc, 'reason', exc)}", file=sys.stderr)
-        return 2
-    if status != 200:
-        message = (data.get("error") or {}).get("message") if isinstance(data, dict) else None
-        print(f"HTTP {status}: {message or data}", file=sys.stderr)
-        return 1
+        data = asyncio.run(_fetch(args))
+    except AdminError as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
     if args.json:
         print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
     elif args.budgets:
@@ -100,6 +82,3 @@ def run(args: argparse.Namespace) -> int:
     else:
         _print_spend(data)
     return 0
-
-
-EXTRA_COMMANDS["spend"] = (configure, run)

@@ -10,19 +10,14 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 from aiohttp import web
 
-from gateway.http_protocol import GatewayRunner
-from gateway.metrics import prepare_multiproc_dir, release_multiproc_dir
+from gateway.http.protocol import GatewayRunner
+from gateway.observability.metrics import prepare_multiproc_dir, release_multiproc_dir
 from gateway.policy.model import Policy
 
 log = logging.getLogger("gateway")
-
-BUNDLED_POLICY = Path(__file__).resolve().parent.parent / "policies" / "quickstart.yaml"
-DEMO_KEY = "sk-demo-quickstart"
-
 
 async def start_site(app: web.Application, host: str, port: int, reuse_port: bool = False) -> web.AppRunner:
     """Start ``app`` listening; client disconnects cancel the handler (and so the upstream call)."""
@@ -33,24 +28,8 @@ async def start_site(app: web.Application, host: str, port: int, reuse_port: boo
     return runner
 
 
-def banner(policy: Policy, host: str, port: int, workers: int) -> str:
-    lines = [
-        f"LLM gateway listening on http://{host}:{port}/v1 ({workers} worker{'s' if workers > 1 else ''})",
-        f"  policy: {policy.source} (sha256 {policy.digest[:12]}), state: {policy.state.backend}",
-        f"  models: {', '.join(sorted({m.name for m in policy.models.values()}))}",
-    ]
-    if Path(policy.source).resolve() == BUNDLED_POLICY:
-        lines.append(f"  demo tenant key: {DEMO_KEY}")
-        lines.append(
-            f"  try: curl http://{host}:{port}/v1/chat/completions -H 'Authorization: Bearer {DEMO_KEY}' "
-            "-H 'Content-Type: application/json' -d '{\"model\":\"demo\",\"messages\":[{\"role\":\"user\","
-            "\"content\":\"hello\"}]}'"
-        )
-    return "\n".join(lines)
-
-
 async def _serve_one(policy: Policy, path: str, host: str, port: int, reuse_port: bool) -> None:
-    from gateway.server import create_app
+    from gateway.http.server import create_app
 
     app = create_app(policy, path=path, watch=True)
     runner = await start_site(app, host, port, reuse_port)

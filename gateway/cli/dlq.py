@@ -11,38 +11,37 @@ removed otherwise, except by ``drop``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from typing import Any
 
-import aiohttp
 import orjson
 
-from gateway.cli import EXTRA_COMMANDS, run_on_backend
-from gateway.dlq import DeadLetterQueue, dlq_key
+from gateway.cli.common import (
+    AdminClient,
+    AdminError,
+    add_admin_options,
+    add_policy_option,
+    parent_parser,
+    policy_path,
+    run_on_backend,
+)
+from gateway.dlq import ID_HEADER, KEY_HEADER, TENANT_HEADER, DeadLetterQueue, dlq_key
 from gateway.routing.exhausted import EXHAUSTED_HEADER
-from gateway.serve import BUNDLED_POLICY
-from gateway.stages.dead_letter import ID_HEADER, KEY_HEADER, TENANT_HEADER
 
 Entry = tuple[str, dict[str, Any]]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="dlq_command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--policy", default=os.environ.get("GATEWAY_POLICY") or str(BUNDLED_POLICY),
-                        help="policy file naming the state backend (default: $GATEWAY_POLICY or the bundled one)")
+    common = add_policy_option(parent_parser())
     listing = sub.add_parser("list", parents=[common], help="show dead-lettered requests")
     listing.add_argument("--json", action="store_true", help="one JSON record per line")
     listing.add_argument("--limit", type=int, default=0, help="show at most N entries (0: all)")
-    replay = sub.add_parser("replay", parents=[common], help="re-send entries through a running gateway")
+    replay = sub.add_parser("replay", parents=[common, add_admin_options(parent_parser(), 120.0)],
+                            help="re-send entries through a running gateway")
     _selection(replay)
     replay.add_argument("--dry-run", action="store_true", help="show what would be replayed; change nothing")
-    replay.add_argument("--url", default=os.environ.get("GATEWAY_URL", "http://127.0.0.1:8080"),
-                        help="the running gateway (default: $GATEWAY_URL or http://127.0.0.1:8080)")
-    replay.add_argument("--admin-key", default=None, help="admin key (default: $GATEWAY_ADMIN_KEY)")
-    replay.add_argument("--timeout", type=float, default=120.0, help="seconds per replayed request")
     drop = sub.add_parser("drop", parents=[common], help="discard entries for good")
     _selection(drop)
 
@@ -54,7 +53,7 @@ def _selection(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_on_backend(args.policy, "dead-letter queue", lambda policy, backend: _run(args, policy, backend))
+    return run_on_backend(policy_path(args), "dead-letter queue", lambda policy, backend: _run(args, policy, backend))
 
 
 async def _run(args: argparse.Namespace, policy: Any, backend: Any) -> int:
@@ -113,44 +112,34 @@ async def _replay(args: argparse.Namespace, queue: DeadLetterQueue) -> int:
             print("would replay " + _summary(sid, rec))
         print(f"dry run: {len(entries)} entries would be replayed, none changed")
         return 0
-    key = args.admin_key or os.environ.get("GATEWAY_ADMIN_KEY")
-    if not key:
-        print("replay needs an admin key: --admin-key or GATEWAY_ADMIN_KEY", file=sys.stderr)
-        return 2
     ok = failed = 0
-    timeout = aiohttp.ClientTimeout(total=args.timeout)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
-        for sid, rec in entries:
-            success, detail = await _send(session, args.url, key, sid, rec)
-            if success:
-                await queue.remove([sid])
-                ok += 1
-            else:
-                failed += 1
-            print(f"{'replayed' if success else 'failed  '} {sid}: {detail}")
+    try:
+        async with AdminClient(args.url, args.admin_key, args.timeout) as client:
+            for sid, rec in entries:
+                success, detail = await _send(client, sid, rec)
+                if success:
+                    await queue.remove([sid])
+                    ok += 1
+                else:
+                    failed += 1
+                print(f"{'replayed' if success else 'failed  '} {sid}: {detail}")
+    except AdminError as exc:
+        print(f"replay stopped: {exc}", file=sys.stderr)
+        return exc.exit_code
     print(f"replayed {ok}, failed {failed}; depth now {await queue.depth()}")
     return 0 if failed == 0 else 1
 
 
-async def _send(session: aiohttp.ClientSession, url: str, key: str, sid: str, rec: dict[str, Any]) -> tuple[bool, str]:
+async def _send(client: AdminClient, sid: str, rec: dict[str, Any]) -> tuple[bool, str]:
     """POST one stored request; success is a real 200 answer (not stale/static), a stream with [DONE]."""
-    base = url.rstrip("/").removesuffix("/v1")
-    headers = {"authorization": f"Bearer {key}", "content-type": "application/json",
-               TENANT_HEADER: str(rec.get("tenant", "")), KEY_HEADER: str(rec.get("key_id", "")), ID_HEADER: sid,
+    headers = {TENANT_HEADER: str(rec.get("tenant", "")), KEY_HEADER: str(rec.get("key_id", "")), ID_HEADER: sid,
                "x-request-id": f"{rec.get('request_id') or sid}-replay"}
-    try:
-        async with session.post(f"{base}/admin/replay/{rec.get('endpoint', 'chat')}",
-                                data=orjson.dumps(rec.get("body")), headers=headers) as resp:
-            body = await resp.read()
-            if resp.status != 200:
-                return False, f"HTTP {resp.status} {body[:200].decode('utf-8', 'replace')}"
-            if EXHAUSTED_HEADER in resp.headers:
-                return False, f"still exhausted (served {resp.headers[EXHAUSTED_HEADER]})"
-            if resp.content_type == "text/event-stream" and not body.rstrip().endswith(b"data: [DONE]"):
-                return False, "the stream broke before its end"
-            return True, f"HTTP 200 from {resp.headers.get('x-gateway-provider', '?')}"
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        return False, f"cannot reach {base}: {type(exc).__name__}: {exc}"
-
-
-EXTRA_COMMANDS["dlq"] = (configure, run)
+    status, got, body = await client.call("POST", f"/admin/replay/{rec.get('endpoint', 'chat')}",
+                                          body=rec.get("body"), headers=headers)
+    if status != 200:
+        return False, f"HTTP {status} {body[:200].decode('utf-8', 'replace')}"
+    if EXHAUSTED_HEADER in got:
+        return False, f"still exhausted (served {got[EXHAUSTED_HEADER]})"
+    if got.get("Content-Type", "").startswith("text/event-stream") and not body.rstrip().endswith(b"data: [DONE]"):
+        return False, "the stream broke before its end"
+    return True, f"HTTP 200 from {got.get('x-gateway-provider', '?')}"

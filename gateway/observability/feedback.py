@@ -1,4 +1,4 @@
-"""The feedback loop: ``POST /v1/feedback`` rates an answer the gateway gave, by its request id.
+"""The feedback loop's records: ``POST /v1/feedback`` (``gateway.http.feedback``) rates an answer by request id.
 
 Every answered request leaves a small record in the state backend (a tenant-scoped key kept
 ``audit.feedback_ttl_s``, 1 h by default), so feedback sent to any replica finds which model, route
@@ -15,29 +15,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
-from aiohttp import web
 from cachetools import TLRUCache
 
-from gateway.admin import error_json
 from gateway.context import RequestContext
-from gateway.errors import GatewayError, invalid
+from gateway.errors import invalid
 from gateway.policy.model import Policy, Tenant
-from gateway.stages.auth import authenticate
-from gateway.stages.input_check import parse_json_body, read_body
 from gateway.state.base import StateBackend, StateError, hash_tag
 
-if TYPE_CHECKING:
-    from gateway.stages.observe import Observability
-
-log = logging.getLogger("gateway.feedback")
+log = logging.getLogger("gateway.observability.feedback")
 
 RECORD_FIELDS = ("model", "served_model", "route", "deployment")  # stored as a list: ~60 bytes a record
 MAX_LOCAL = 200_000  # records the memory backend keeps (in-process, least recently used first out)
 FEEDBACK_MAX = 1_000_000  # records the feedback log holds before new ones are refused
-MAX_BODY = 65_536
 MAX_COMMENT = 4_000
 MAX_PENDING = 10_000  # record writes in flight before new ones are dropped (a stalled backend)
 LABELS = {"good": 1.0, "positive": 1.0, "thumbs_up": 1.0, "neutral": 0.5, "bad": 0.0, "negative": 0.0,
@@ -141,62 +133,6 @@ def parse_feedback(body: dict) -> dict[str, Any]:
         "category": _optional_str(body, "category", 64),
         "comment": _optional_str(body, "comment", MAX_COMMENT),
     }
-
-
-class FeedbackEndpoint:
-    """``POST /v1/feedback`` with the tenant's own key; a tenant only rates its own requests."""
-
-    def __init__(self, obs: Observability) -> None:
-        self.obs = obs
-
-    async def handle(self, request: web.Request) -> web.Response:
-        services = self.obs.services
-        policy = services.holder.current
-        try:
-            tenant, key = authenticate(request, policy)
-            if request.content_type != "application/json":
-                raise invalid("Content-Type must be application/json", code="invalid_content_type")
-            fields = parse_feedback(parse_json_body(await read_body(request, MAX_BODY)))
-            record = await self._find(policy, tenant, fields["request_id"])
-            entry = self._entry(policy, tenant, key.name, fields, record)
-            sid = await self._store(policy, tenant, entry)
-        except GatewayError as err:
-            return error_json(err)
-        self.obs.count_feedback(policy, tenant, entry)
-        body = {"object": "feedback", "id": sid, "request_id": entry["request_id"], "model": entry["model"],
-                "route": entry["route"], "score": entry["score"]}
-        return web.Response(status=201, body=orjson.dumps(body), content_type="application/json")
-
-    async def _find(self, policy: Policy, tenant: Tenant, request_id: str) -> dict[str, Any]:
-        try:
-            record = await self.obs.records.lookup(policy, tenant.name, request_id)
-        except StateError as exc:
-            raise GatewayError(503, f"feedback store unavailable: {exc}", code="state_unavailable") from None
-        if record is None:
-            window = tenant.audit.feedback_ttl_s
-            when = f"in the last {window:g} seconds" if window > 0 else "(feedback is off: audit.feedback_ttl_s 0)"
-            raise GatewayError(404, f"No answered request '{request_id}' of this tenant {when}.",
-                               param="request_id", code="request_not_found", outcome="rejected")
-        return record
-
-    def _entry(self, policy: Policy, tenant: Tenant, key_name: str, fields: dict[str, Any],
-               record: dict[str, Any]) -> dict[str, Any]:
-        redactor = self.obs.redactors.for_policy(policy).get(tenant)
-        comment = fields["comment"]
-        return {**fields, "comment": redactor.text(comment) if comment else None, "tenant": tenant.name,
-                "key": key_name, "model": record.get("served_model") or record.get("model"),
-                "public_model": record.get("model"), "route": record.get("route"),
-                "deployment": record.get("deployment"), "time": time.time()}
-
-    async def _store(self, policy: Policy, tenant: Tenant, entry: dict[str, Any]) -> str:
-        try:
-            sid = await self.obs.services.backend.log_append(feedback_key(policy), entry, FEEDBACK_MAX)
-        except StateError as exc:
-            raise GatewayError(503, f"feedback store unavailable: {exc}", code="state_unavailable") from None
-        if tenant.audit.bodies:
-            line = {"type": "feedback", **entry, "id": sid}
-            await asyncio.get_running_loop().run_in_executor(None, self.obs.audit.write_line, policy, line)
-        return sid
 
 
 def category_label(tenant: Tenant, category: str | None) -> str:

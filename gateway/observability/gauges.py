@@ -7,7 +7,7 @@
   second by each of them, so multiprocess mode sums the counts and takes the max of breaker states.
 * ``policy_info`` carries the loaded policy's sha256 as a label (value 1).
 
-Every source is optional: a stage that is not there (yet) simply exports no series.
+The sources are the shared services (``gateway.services``), read at scrape time.
 """
 
 from __future__ import annotations
@@ -15,22 +15,24 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import Metric
 
-from gateway.metrics import BREAKER_STATES, NO_TENANT, GatewayMetrics, ScrapeCollector, gauge
-from gateway.services import Services
+from gateway.observability.metrics import BREAKER_STATES, NO_TENANT, ScrapeCollector, gauge
 
-log = logging.getLogger("gateway.metrics")
+if TYPE_CHECKING:
+    from gateway.services import Services
+
+log = logging.getLogger("gateway.observability.metrics")
 
 REFRESH_DEADLINE_S = 2.0
 
 
 class LiveGauges:
-    def __init__(self, services: Services, metrics: GatewayMetrics) -> None:
+    def __init__(self, services: Services) -> None:
         self.services = services
-        self.metrics = metrics
+        self.metrics = metrics = services.metrics
         self.collector = ScrapeCollector()
         self.collector.sources += [self._policy_info, self._dlq, self._budgets]
         metrics.register(self.collector)
@@ -40,13 +42,10 @@ class LiveGauges:
     async def refresh(self) -> None:
         """Read shared state for the coming render; a slow or failing backend drops those series."""
         snapshot: dict[str, Any] = {}
-        dlq, budget = self.services.extras.get("dlq"), self.services.extras.get("budget")
         try:
             async with asyncio.timeout(REFRESH_DEADLINE_S):
-                if dlq is not None:
-                    snapshot["dlq_depth"] = await _quiet(dlq.depth())
-                if budget is not None:
-                    snapshot["budget"] = await _quiet(budget.snapshot())
+                snapshot["dlq_depth"] = await _quiet(self.services.dlq.depth())
+                snapshot["budget"] = await _quiet(self.services.budget.snapshot())
         except TimeoutError:
             log.warning("metrics: state backend too slow, shared gauges skipped this scrape")
         self.collector.snapshot = snapshot
@@ -56,15 +55,14 @@ class LiveGauges:
         """Copy process-local counts into counters (as increments, so workers' counts add up)."""
         stats = self.services.holder.stats
         self._publish(self.metrics.reloads, {r: getattr(stats, r, 0) for r in ("success", "failure", "unchanged")})
-        extras = self.services.extras
-        self._publish(self.metrics.cache_events, _int_fields(extras.get("cache_stats")))
-        limiter = extras.get("ratelimit_stats")
+        services = self.services
+        self._publish(self.metrics.cache_events, _int_fields(services.cache_stats))
+        limiter = services.ratelimit_stats
         counts = _int_fields(limiter)
-        counts.update({f"failure_{mode}": n for mode, n in (getattr(limiter, "failure_decisions", None) or {}).items()})
+        counts.update({f"failure_{mode}": n for mode, n in limiter.failure_decisions.items()})
         self._publish(self.metrics.ratelimit_events, counts)
-        dlq = extras.get("dlq")
-        if dlq is not None:
-            self._publish(self.metrics.dlq_records, {"written": dlq.written, "dropped": dlq.dropped})
+        dlq = services.dlq
+        self._publish(self.metrics.dlq_records, {"written": dlq.written, "dropped": dlq.dropped})
         self._publish_breakers()
 
     def _publish(self, counter: Any, values: dict[str, int]) -> None:
@@ -77,9 +75,7 @@ class LiveGauges:
             self._seen[key] = now
 
     def _publish_breakers(self) -> None:
-        breakers = self.services.extras.get("breakers")
-        if breakers is None:
-            return
+        breakers = self.services.breakers
         known = {d.name for m in self.services.holder.current.models.values() for d in m.deployments}
         for deployment, state in breakers.states().items():
             if deployment not in known:
@@ -129,9 +125,7 @@ def _aggregate(rows: dict[str, dict]) -> dict[str, dict]:
 
 
 def _int_fields(stats: Any) -> dict[str, int]:
-    """The plain integer counters of a stage's stats object (absent stage: none)."""
-    if stats is None or not hasattr(stats, "__dataclass_fields__"):
-        return {}
+    """The plain integer counters of a stats dataclass."""
     values = {name: getattr(stats, name) for name in stats.__dataclass_fields__}
     return {k: v for k, v in values.items() if isinstance(v, int) and not isinstance(v, bool)}
 

@@ -9,26 +9,23 @@ sent to ``POST /v1/feedback``. The backend is the one the policy (``--policy``) 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from typing import Any
 
 import orjson
 
-from gateway.audit import review_key
-from gateway.cli import EXTRA_COMMANDS, run_on_backend
-from gateway.feedback import feedback_key
-from gateway.serve import BUNDLED_POLICY
+from gateway.cli.common import add_policy_option, parent_parser, policy_path, run_on_backend
+from gateway.observability.audit import review_key
+from gateway.observability.feedback import feedback_key
+from gateway.state.logs import read_log
 
 PAGE = 500
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="review_command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--policy", default=os.environ.get("GATEWAY_POLICY") or str(BUNDLED_POLICY),
-                        help="policy file naming the state backend (default: $GATEWAY_POLICY or the bundled one)")
+    common = add_policy_option(parent_parser())
     common.add_argument("--tenant", help="only this tenant's records")
     common.add_argument("--limit", type=int, default=0, help="show at most N records (0: all)")
     common.add_argument("--json", action="store_true", help="one JSON record per line")
@@ -39,7 +36,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_on_backend(args.policy, "state backend", lambda policy, backend: _run(args, policy, backend))
+    return run_on_backend(policy_path(args), "state backend", lambda policy, backend: _run(args, policy, backend))
 
 
 async def _run(args: argparse.Namespace, policy: Any, backend: Any) -> int:
@@ -48,23 +45,13 @@ async def _run(args: argparse.Namespace, policy: Any, backend: Any) -> int:
         print(f"{removed} record(s) marked done")
         return 0
     key = review_key(policy) if args.review_command == "list" else feedback_key(policy)
-    rows = await _read(backend, key, args.tenant, args.limit)
+    where = None if args.tenant is None else (lambda record: record.get("tenant") == args.tenant)
+    rows = await read_log(backend, key, page=PAGE, limit=args.limit, where=where)
     for sid, record in rows:
         print(orjson.dumps({"id": sid, **record}).decode() if args.json else _line(sid, record))
     if not args.json:
         print(f"{len(rows)} record(s)", file=sys.stderr)
     return 0
-
-
-async def _read(backend: Any, key: str, tenant: str | None, limit: int) -> list[tuple[str, dict]]:
-    out: list[tuple[str, dict]] = []
-    after: str | None = None
-    while batch := await backend.log_range(key, PAGE, after):
-        after = batch[-1][0]
-        out.extend(row for row in batch if tenant is None or row[1].get("tenant") == tenant)
-        if limit and len(out) >= limit:
-            return out[:limit]
-    return out
 
 
 def _when(ts: Any) -> str:
@@ -82,5 +69,3 @@ def _line(sid: str, r: dict[str, Any]) -> str:
     return (f"{sid}  {_when(r.get('time'))}  {r.get('tenant')}  {r.get('request_id')}  "
             f"model={r.get('served_model') or r.get('model')} route={r.get('route') or '-'}  {extra}")
 
-
-EXTRA_COMMANDS["review"] = (configure, run)

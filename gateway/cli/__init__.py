@@ -1,0 +1,44 @@
+"""The ``gateway`` command. One module per command group; this one lists them and parses the command line."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable
+
+from gateway.cli import dlq, review, serve, spend
+
+Configure = Callable[[argparse.ArgumentParser], None]
+Run = Callable[[argparse.Namespace], int]
+
+# name -> (one-line help, configure the subparser, run it and return the exit code)
+COMMANDS: dict[str, tuple[str, Configure, Run]] = {
+    "serve": ("run the gateway", serve.configure_serve, serve.serve),
+    "validate": ("check policy files; prints ok or one line per problem", serve.configure_validate, serve.validate),
+    "dlq": ("look at, re-send or discard dead-lettered requests", dlq.configure, dlq.run),
+    "spend": ("spend and budgets of a running gateway, from its admin API", spend.configure, spend.run),
+    "review": ("the human-review queue and the feedback sent to /v1/feedback", review.configure, review.run),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gateway", description="A policy-driven LLM gateway.")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (help_text, configure, run) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        configure(p)
+        p.set_defaults(func=run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""``gateway serve`` and ``gateway validate``: run the gateway, or check policy files without running it."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from gateway.cli.common import load_or_report
+from gateway.http.runner import run_worker, run_workers
+from gateway.policy.bundled import DEMO_KEY, QUICKSTART, bundled_policy, is_bundled
+from gateway.policy.model import Policy
+
+
+def banner(policy: Policy, host: str, port: int, workers: int) -> str:
+    lines = [
+        f"LLM gateway listening on http://{host}:{port}/v1 ({workers} worker{'s' if workers > 1 else ''})",
+        f"  policy: {policy.source} (sha256 {policy.digest[:12]}), state: {policy.state.backend}",
+        f"  models: {', '.join(sorted({m.name for m in policy.models.values()}))}",
+    ]
+    if is_bundled(policy.source):
+        lines.append(f"  demo tenant key: {DEMO_KEY}")
+        lines.append(
+            f"  try: curl http://{host}:{port}/v1/chat/completions -H 'Authorization: Bearer {DEMO_KEY}' "
+            "-H 'Content-Type: application/json' -d '{\"model\":\"demo\",\"messages\":[{\"role\":\"user\","
+            "\"content\":\"hello\"}]}'"
+        )
+    return "\n".join(lines)
+
+
+def configure_serve(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--policy", help=f"policy file (default: the bundled {QUICKSTART})")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 in a container)")
+    parser.add_argument("--port", type=int, default=8080, help="port to listen on (default: 8080)")
+    parser.add_argument("--workers", type=int, default=1, help="processes sharing the port (SO_REUSEPORT)")
+    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-id", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--quiet", action="store_true", help="no start-up banner")
+
+
+def serve(args: argparse.Namespace) -> int:
+    path = args.policy or str(bundled_policy())
+    policy = load_or_report(path)
+    if policy is None:
+        return 1
+    for warning in policy.warnings:
+        logging.getLogger("gateway.policy").warning("%s", warning)
+    if args.workers > 1:
+        print(banner(policy, args.host, args.port, args.workers), flush=True)
+        return run_workers(path, args.host, args.port, args.workers)
+    if not args.quiet:
+        print(banner(policy, args.host, args.port, 1), flush=True)
+    run_worker(policy, path, args.host, args.port, args.reuse_port)
+    return 0
+
+
+def configure_validate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("files", nargs="+")
+
+
+def validate(args: argparse.Namespace) -> int:
+    from gateway.policy.check import main_validate
+
+    return main_validate(args.files)

@@ -1,0 +1,84 @@
+"""Admin routes: spend and budgets as JSON, the dead-letter queue's depth, and replaying its entries.
+
+Admin keys only (policy ``admin.api_keys`` or ``GATEWAY_ADMIN_KEY``); a tenant key gets a 403.
+
+* ``GET /admin/budgets`` and ``GET /admin/spend?tenant=&period=``.
+* ``GET /admin/dlq``: ``{"depth", "written", "dropped"}``.
+* ``POST /admin/replay/{chat|completions|embeddings}``: the body is a stored request body; headers
+  ``x-gateway-replay-tenant`` / ``-key`` / ``-id`` say whose it was. It runs through the whole
+  pipeline as that tenant (limits, budgets and routing apply as for the original), answering as
+  the normal endpoint would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from gateway.auth import require_admin
+from gateway.budget import report
+from gateway.context import RequestContext
+from gateway.dlq import ID_HEADER, REPLAY_ENDPOINTS, replay_identity
+from gateway.errors import GatewayError
+from gateway.http.replies import error_json, json_reply
+from gateway.state.base import StateError
+
+if TYPE_CHECKING:
+    from gateway.http.server import Handler
+    from gateway.services import Services
+
+
+class AdminRoutes:
+    def __init__(self, services: Services, handler: Handler) -> None:
+        self.services = services
+        self.handler = handler
+
+    async def budgets(self, request: web.Request) -> web.Response:
+        return await self._report(request, lambda now: report.budgets(self.services.budget, now))
+
+    async def spend(self, request: web.Request) -> web.Response:
+        tenant = request.query.get("tenant") or None
+        period = request.query.get("period") or "current"
+        return await self._report(request, lambda now: report.spend(self.services.budget, tenant, period, now))
+
+    async def _report(self, request: web.Request, build: Callable[[float], Awaitable[Any]]) -> web.Response:
+        try:
+            require_admin(request.headers, self.services.holder.current)
+            return json_reply(await build(self.services.clock.time()))
+        except GatewayError as err:
+            return error_json(err)
+        except report.ReportError as exc:
+            return error_json(GatewayError(exc.status, str(exc), code="invalid_request"))
+        except StateError as exc:
+            return error_json(GatewayError(503, f"budget state is unavailable: {exc}", code="state_unavailable"))
+
+    async def dlq_depth(self, request: web.Request) -> web.Response:
+        queue = self.services.dlq
+        try:
+            require_admin(request.headers, self.services.holder.current)
+            depth = await queue.depth()
+        except GatewayError as err:
+            return error_json(err)
+        except StateError as exc:
+            return error_json(GatewayError(503, f"dead-letter queue unavailable: {exc}", code="state_unavailable"))
+        return json_reply({"depth": depth, "written": queue.written, "dropped": queue.dropped})
+
+    async def replay(self, request: web.Request) -> web.StreamResponse:
+        policy = self.services.holder.current
+        endpoint = request.match_info["endpoint"]
+        try:
+            require_admin(request.headers, policy)
+            if endpoint not in REPLAY_ENDPOINTS:
+                raise GatewayError(404, f"No endpoint '{endpoint}' to replay to (known: {', '.join(REPLAY_ENDPOINTS)}).",
+                                   code="not_found", outcome="rejected")
+            tenant, key = replay_identity(policy, request.headers)
+        except GatewayError as err:
+            return error_json(err)
+        replay_id = request.headers.get(ID_HEADER, "")
+
+        def as_tenant(ctx: RequestContext) -> None:
+            ctx.tenant, ctx.api_key, ctx.replay_id = tenant, key, replay_id
+
+        return await self.handler.handle(request, endpoint, prepare=as_tenant)

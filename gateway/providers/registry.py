@@ -1,0 +1,56 @@
+"""The provider registry: one table of provider types, each with its class, its own keys, its default URL.
+
+The policy schema and docs derive the list of types and each type's keys from ``PROVIDER_TYPES``. To
+add a provider: write ``gateway/providers/<name>.py`` (a ``Provider`` subclass, and optionally a
+frozen options dataclass with the checkers of its keys), then add one line to ``PROVIDER_TYPES``.
+A provider outside this package (a plug-in, a test) calls ``register_provider`` before the policy
+is loaded. See docs/architecture.md.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.policy.checkers import Checker
+from gateway.policy.model import ProviderSpec
+from gateway.providers import azure_openai, mock
+from gateway.providers.anthropic import AnthropicProvider
+from gateway.providers.azure_openai import AzureOpenAIProvider
+from gateway.providers.base import Provider
+from gateway.providers.mock import MockProvider
+from gateway.providers.openai import OpenAIProvider
+
+
+@dataclass(frozen=True)
+class ProviderKind:
+    """One provider type: how to build it, the policy keys of its own, and its base URL rule."""
+
+    factory: Callable[[ProviderSpec], Provider]
+    options: type | None = None  # a frozen dataclass built from ``option_keys`` into ``ProviderSpec.options``
+    option_keys: Mapping[str, Checker] = field(default_factory=dict)  # YAML key -> checker
+    default_base_url: str | None = None  # used when the policy gives no ``base_url``
+    needs_base_url: bool = True  # False for providers that call nothing (mock)
+
+    def build_options(self, values: Mapping[str, Any]) -> Any:
+        return self.options(**values) if self.options is not None else None
+
+
+PROVIDER_TYPES: dict[str, ProviderKind] = {
+    "openai": ProviderKind(OpenAIProvider),
+    "anthropic": ProviderKind(AnthropicProvider, default_base_url="https://api.anthropic.com"),
+    "azure_openai": ProviderKind(AzureOpenAIProvider, azure_openai.AzureOptions, azure_openai.OPTION_KEYS),
+    "mock": ProviderKind(MockProvider, mock.MockOptions, mock.OPTION_KEYS, needs_base_url=False),
+}
+
+
+def register_provider(name: str, kind: ProviderKind) -> None:
+    """Add a provider type from outside this package; policies loaded afterwards may use ``type: name``."""
+    if name in PROVIDER_TYPES and PROVIDER_TYPES[name] is not kind:
+        raise ValueError(f"provider type '{name}' is already registered")
+    PROVIDER_TYPES[name] = kind
+
+
+def create_provider(spec: ProviderSpec) -> Provider:
+    return PROVIDER_TYPES[spec.type].factory(spec)

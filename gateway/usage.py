@@ -1,0 +1,70 @@
+"""Token usage: the ``Usage`` record and how to read it from an OpenAI-shaped answer or stream chunk.
+
+Cached-prompt and reasoning token details are kept (OpenAI's ``prompt_tokens_details.cached_tokens``,
+which the Anthropic adapter fills from ``cache_read_input_tokens``; DeepSeek-style
+``prompt_cache_hit_tokens``). Budgets, token limits, the cache and metrics all read usage through here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+    estimated: bool = False  # True when the provider reported nothing and we estimated
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def usage_from(data: dict) -> Usage | None:
+    """OpenAI usage object -> Usage (cached and reasoning token details kept)."""
+    u = data.get("usage")
+    if not isinstance(u, dict):
+        return None
+    prompt_details = u.get("prompt_tokens_details") or {}
+    completion_details = u.get("completion_tokens_details") or {}
+    cached = _int(prompt_details.get("cached_tokens")) or _int(u.get("prompt_cache_hit_tokens"))
+    return Usage(
+        prompt_tokens=_int(u.get("prompt_tokens")),
+        completion_tokens=_int(u.get("completion_tokens")),
+        cached_tokens=cached,
+        reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
+    )
+
+
+def _text_len(holder: dict) -> int:
+    """Characters of generated text (content and tool-call arguments) in a delta or a message."""
+    n = 0
+    content = holder.get("content")
+    if isinstance(content, str):
+        n += len(content)
+    for call in holder.get("tool_calls") or ():
+        if isinstance(call, dict):
+            n += len(str((call.get("function") or {}).get("arguments") or ""))
+    return n
+
+
+def generated_len(data: dict) -> int:
+    """Generated characters in a stream chunk or a whole answer, chat or legacy completions."""
+    n = 0
+    for choice in data.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        holder = choice.get("delta") or choice.get("message")
+        if isinstance(holder, dict):
+            n += _text_len(holder)
+        elif isinstance(choice.get("text"), str):
+            n += len(choice["text"])
+    return n
