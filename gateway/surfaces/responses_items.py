@@ -199,14 +199,16 @@ def add_item(messages: list[dict], item: Any, where: str, dropped: Dropped) -> N
                       code="missing_required_parameter")
 
 
-def input_messages(value: Any, dropped: Dropped, param: str = "input") -> list[dict]:
-    """The ``input`` of a request (a string or a list of items) as chat messages."""
+def input_messages(value: Any, dropped: Dropped, param: str = "input",
+                   after: list[dict] | None = None) -> list[dict]:
+    """The ``input`` of a request (a string or a list of items) as chat messages, appended to a copy
+    of ``after`` (so a leading function call can join the assistant turn that ends it)."""
+    messages = list(after or ())
     if isinstance(value, str):
-        return [{"role": "user", "content": value}]
+        return [*messages, {"role": "user", "content": value}]
     if not isinstance(value, list):
         raise invalid(f"'{param}' must be a string or an array of input items", param=param,
                       code="missing_required_parameter" if value is None else "invalid_type")
-    messages: list[dict] = []
     for i, item in enumerate(value):
         add_item(messages, item, f"{param}[{i}]", dropped)
     return messages

@@ -188,8 +188,7 @@ def _messages(body: dict, history: list[dict] | None, dropped: Dropped) -> list[
     if instructions is not None and not isinstance(instructions, str):
         raise invalid("'instructions' must be a string", param="instructions", code="invalid_type")
     messages = [{"role": "system", "content": instructions}] if instructions else []
-    messages.extend(history or ())
-    messages.extend(input_messages(body.get("input"), dropped))
+    messages = input_messages(body.get("input"), dropped, after=[*messages, *(history or ())])
     if not any(m.get("role") != "system" for m in messages):
         raise invalid("'input' must contain at least one item", param="input", code="invalid_value")
     return messages
