@@ -146,10 +146,13 @@ class ResponsesStream:
                 self._event("response.content_part.done", **self._where(item), part=content)]
 
     def _call(self, call: dict) -> list[bytes]:
+        """A tool-call fragment. Its id and name come with its first fragment; a new id under a known
+        index is a new call (some providers send every call as index 0)."""
         frames: list[bytes] = []
         fn = call.get("function") if isinstance(call.get("function"), dict) else {}
         index = call.get("index") if isinstance(call.get("index"), int) else 0
-        if index not in self._calls:
+        known = self._calls.get(index)
+        if known is None or (call.get("id") and call["id"] != self._output[known]["call_id"]):
             n = len(self._output)
             call_id = call.get("id") or item_id("call", self.response_id, n)
             item = call_item(item_id("fc", self.response_id, n), "in_progress", call_id, fn.get("name") or "",
