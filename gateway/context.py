@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gateway.surfaces.base import OPENAI, Surface
 from gateway.usage import Usage
 
 if TYPE_CHECKING:
@@ -41,8 +42,11 @@ class RequestContext:
     request: web.Request
     started: float  # monotonic
     started_wall: float
+    surface: Surface = OPENAI  # the inbound API the client speaks (OpenAI: the pipeline's own form)
     raw_body: bytes = b""
-    body: dict[str, Any] = field(default_factory=dict)
+    body: dict[str, Any] = field(default_factory=dict)  # the request in the internal (OpenAI) form
+    native_body: dict[str, Any] | None = None  # the request as the client's surface sent it, when translated
+    dropped: tuple[str, ...] = ()  # features of the native request that could not be translated
     # set by authenticate
     tenant: Tenant | None = None
     api_key: ApiKey | None = None

@@ -17,11 +17,10 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 
-import orjson
-
 from gateway.context import RequestContext
-from gateway.errors import GatewayError, UpstreamError
+from gateway.errors import GatewayError
 from gateway.policy.model import Policy
+from gateway.surfaces.base import OPENAI_FRAMING, Framing
 
 log = logging.getLogger("gateway.pipeline")
 
@@ -41,7 +40,10 @@ PHASES = (
 
 @dataclass(slots=True)
 class GatewayResponse:
-    """What the client gets: a whole body, or a stream of SSE JSON payloads (no ``data:`` framing)."""
+    """What the client gets: a whole body, or a stream of SSE JSON payloads (no ``data:`` framing).
+
+    ``framing`` writes the stream: the OpenAI SSE format unless a surface renders it otherwise.
+    """
 
     status: int
     headers: dict[str, str] = field(default_factory=dict)
@@ -49,6 +51,7 @@ class GatewayResponse:
     events: AsyncIterator[bytes] | None = None
     content_type: str = "application/json"
     close: Callable[[], Awaitable[None]] | None = None  # release upstream resources
+    framing: Framing = OPENAI_FRAMING
 
     @property
     def is_stream(self) -> bool:
@@ -187,19 +190,3 @@ class Pipeline:
                 await fn(ctx, error)
             except Exception:  # noqa: BLE001 - complete must reach every stage
                 log.exception("complete failed in %s", getattr(fn, "__self__", fn))
-
-
-def error_event(err: UpstreamError | GatewayError) -> bytes:
-    """The final SSE payload of a broken stream, so SDKs raise instead of seeing a clean end."""
-    if isinstance(err, GatewayError):
-        return err.body()
-    return orjson.dumps(
-        {
-            "error": {
-                "message": f"upstream stream failed: {err.message}",
-                "type": "upstream_error",
-                "param": None,
-                "code": err.kind,
-            }
-        }
-    )

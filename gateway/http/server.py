@@ -16,13 +16,13 @@ from gateway.errors import GatewayError, UpstreamError
 from gateway.http.lifecycle import add_lifecycle
 from gateway.http.protocol import add_fallbacks, request_id
 from gateway.http.routes import add_routes
-from gateway.http.sse import DONE_FRAME, frame
 from gateway.observability.hub import Observability
-from gateway.pipeline import GatewayResponse, Pipeline, error_event
+from gateway.pipeline import GatewayResponse, Pipeline
 from gateway.policy.model import Policy
 from gateway.services import Services, build_services
 from gateway.stages import build_stages
 from gateway.state.base import StateBackend
+from gateway.surfaces.base import OPENAI, Surface
 
 log = logging.getLogger("gateway.server")
 
@@ -37,13 +37,13 @@ class Handler:
         self.services = services
         self.pipeline = pipeline
 
-    def endpoint(self, name: str):  # noqa: ANN201 - aiohttp handler
+    def endpoint(self, name: str, surface: Surface = OPENAI):  # noqa: ANN201 - aiohttp handler
         async def handle(request: web.Request) -> web.StreamResponse:
-            return await self.handle(request, name)
+            return await self.handle(request, name, surface)
 
         return handle
 
-    async def handle(self, request: web.Request, endpoint: str,
+    async def handle(self, request: web.Request, endpoint: str, surface: Surface = OPENAI,
                      prepare: Callable[[RequestContext], None] | None = None) -> web.StreamResponse:
         """``prepare`` presets context facts for trusted internal callers (admin DLQ replay sets the tenant)."""
         loop = asyncio.get_running_loop()
@@ -54,6 +54,7 @@ class Handler:
             request=request,
             started=loop.time(),
             started_wall=time.time(),
+            surface=surface,
         )
         if prepare is not None:
             prepare(ctx)
@@ -74,7 +75,8 @@ class Handler:
             ctx.outcome = "error"
             ctx.status = 500
             err = GatewayError(500, "The gateway failed to process the request.", code="internal_error")
-            return web.Response(status=500, body=err.body(), content_type="application/json",
+            answer = ctx.surface.render(ctx, GatewayResponse.from_error(err))
+            return web.Response(status=answer.status, body=answer.body, content_type="application/json",
                                 headers={"x-request-id": ctx.request_id})
         finally:
             await self._finish(ctx, resp, error)
@@ -96,6 +98,7 @@ class Handler:
 
     async def write(self, ctx: RequestContext, resp: GatewayResponse) -> web.StreamResponse:
         """Send ``resp``; a broken stream or a departed client is recorded in ``ctx.stream_error``."""
+        resp = ctx.surface.render(ctx, resp)
         headers = {"x-request-id": ctx.request_id, **ctx.response_headers, **resp.headers}
         ctx.status = resp.status
         if resp.events is None:
@@ -108,17 +111,20 @@ class Handler:
         out.headers["cache-control"] = "no-cache"
         await out.prepare(ctx.request)
         loop = asyncio.get_running_loop()
+        framing = resp.framing
         try:
             async for payload in resp.events:
                 if ctx.ttft_s is None:
                     ctx.ttft_s = loop.time() - ctx.started
-                await out.write(frame(payload))
-            await out.write(DONE_FRAME)
+                data = framing.frame(payload)
+                if data:
+                    await out.write(data)
+            await out.write(framing.end())
         except (UpstreamError, GatewayError) as err:
             ctx.stream_error = err
             ctx.outcome = "stream_cut"
             with contextlib.suppress(ConnectionError):
-                await out.write(frame(error_event(err)))
+                await out.write(framing.error(err))
         except ConnectionError as err:
             ctx.client_disconnected = True
             ctx.outcome = "client_disconnected"

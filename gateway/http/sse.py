@@ -1,4 +1,4 @@
-"""Server-sent events: parse an upstream stream into data payloads, and frame payloads for clients."""
+"""Server-sent events from upstreams: parse a stream into (event, data) pairs. (Writing: ``Framing``.)"""
 
 from __future__ import annotations
 
@@ -32,11 +32,3 @@ async def iter_sse(content: StreamReader) -> AsyncIterator[tuple[bytes | None, b
         # comments (":") and other fields (id:, retry:) are ignored
     if data:
         yield event, b"\n".join(data)
-
-
-def frame(payload: bytes) -> bytes:
-    """One SSE event for the client."""
-    return b"data: " + payload + b"\n\n"
-
-
-DONE_FRAME = b"data: [DONE]\n\n"

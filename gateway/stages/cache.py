@@ -36,6 +36,7 @@ from gateway.pipeline import GatewayResponse, Respond, Stage, Verdict
 from gateway.policy.model import CachePolicy, ModelSpec, Policy
 from gateway.services import Services
 from gateway.state.base import StateError
+from gateway.surfaces.base import OPENAI
 from gateway.usage import Usage
 
 STALE_FACTOR = 2.0  # an entry is fresh for ttl_s and kept, for stale answers, until STALE_FACTOR * ttl_s
@@ -125,7 +126,8 @@ class CacheStage(Stage):
             if by_tenant:
                 steer.append(ctx.tenant_name)
             body = {**body, "\x00route": steer}  # can't collide with a real field name
-        return cache_key(self._prefix, ctx.tenant_name, cp.shared, ctx.endpoint, ctx.public_model, body)
+        endpoint = ctx.endpoint if ctx.surface is OPENAI else f"{ctx.surface.name}:{ctx.endpoint}"
+        return cache_key(self._prefix, ctx.tenant_name, cp.shared, endpoint, ctx.public_model, body)
 
     def _mark(self, ctx: RequestContext, status: str) -> None:
         ctx.cache_status = status

@@ -279,6 +279,7 @@ class InputStage(Stage):
         raw = await read_body(request, limit)
         body = parse_json_body(raw)
         _check_depth(raw, body)
+        body = await ctx.surface.inbound(ctx, body)
         model = resolve_model(ctx, body)
         _check_common(body)
         _check_endpoint(ctx.endpoint, body)

@@ -61,6 +61,7 @@ class ResponsesStream:
         self._finish_reason: str | None = None
         self._usage: dict | None = None
         self._model: str | None = None
+        self.final: dict | None = None  # the whole Response once the stream completed (for the store)
 
     def _event(self, kind: str, **fields: Any) -> bytes:
         self._seq += 1
@@ -192,8 +193,10 @@ class ResponsesStream:
         reason = incomplete_reason(self._finish_reason)
         frames += self._close_item("incomplete" if reason else "completed")
         if reason:
-            return frames + [self._event("response.incomplete", response=self._response("incomplete", reason=reason))]
-        return frames + [self._event("response.completed", response=self._response("completed"))]
+            self.final = self._response("incomplete", reason=reason)
+            return frames + [self._event("response.incomplete", response=self.final)]
+        self.final = self._response("completed")
+        return frames + [self._event("response.completed", response=self.final)]
 
     def fail(self, code: str, message: str) -> list[bytes]:
         """The upstream failed mid-stream: ``response.failed`` with the error and the output so far.
