@@ -199,7 +199,7 @@ def _tool_result(block: dict[str, Any], where: str, called: set[str],
     texts, images = _result_content(block.get("content"), f"{where}.content", drops)
     text = "\n".join(texts)
     if is_error:
-        text = ERROR_PREFIX + text
+        text = ERROR_PREFIX + text if text else ERROR_PREFIX.rstrip(": ")
     return {"role": "tool", "tool_call_id": tool_id, "content": text}, images
 
 

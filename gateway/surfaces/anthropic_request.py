@@ -4,9 +4,10 @@ Validation follows Anthropic's, so a client gets the 400 it would get upstream, 
 What chat cannot express is dropped and *named* in the second return value, each name once:
 ``cache_control``, ``thinking_blocks``, ``top_k``, ``citations``, ``search_result``,
 ``tools.<server tool type>`` (``tools.web_search_20250305``...), ``blocks.<server block type>``,
-``tool_choice`` (when it forced a dropped server tool), ``image.file_source``,
-``document.url_source``/``document.file_source``, ``service_tier``, and any top-level field this
-module does not know (by its own name). The caller announces them (``x-gateway-dropped``) or refuses.
+``tools.input_examples``/``tools.defer_loading``/``tools.allowed_callers``, ``tool_choice`` (when it
+forced a dropped server tool), ``image.file_source``, ``document.url_source``/``document.file_source``,
+``document.images``, ``service_tier``, and any top-level field this module does not know (by its own
+name). The caller announces them (``x-gateway-dropped``) or refuses.
 
 Approximations that keep the intent are translated, not named:
 
