@@ -310,3 +310,11 @@ def test_a_body_that_is_not_an_object_is_a_400():
     with pytest.raises(GatewayError) as caught:
         messages_to_chat(["not", "an", "object"])  # type: ignore[arg-type]
     assert caught.value.status == 400
+
+
+def test_an_empty_error_result_still_says_error():
+    messages = tool_conversation()[:2] + [{"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "toolu_a", "is_error": True},
+        {"type": "tool_result", "tool_use_id": "toolu_b", "content": []}]}]
+    chat, _ = translate(base(messages=messages, tools=[READ_TOOL]))
+    assert [m["content"] for m in chat["messages"][2:]] == ["Error", ""]
