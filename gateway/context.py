@@ -47,6 +47,7 @@ class RequestContext:
     body: dict[str, Any] = field(default_factory=dict)  # the request in the internal (OpenAI) form
     native_body: dict[str, Any] | None = None  # the request as the client's surface sent it, when translated
     dropped: tuple[str, ...] = ()  # features of the native request that could not be translated
+    surface_state: Any = None  # private to ``surface``: its per-request translation state
     # set by authenticate
     tenant: Tenant | None = None
     api_key: ApiKey | None = None

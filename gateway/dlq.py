@@ -58,7 +58,7 @@ def record_of(ctx: RequestContext, action: str) -> dict[str, Any]:
         "request_id": ctx.request_id,
         "tenant": ctx.tenant_name,
         "key_id": ctx.api_key.digest[:KEY_ID_LEN] if ctx.api_key is not None else "",
-        "endpoint": ctx.endpoint,
+        "endpoint": ctx.endpoint if ctx.surface.name == "openai" else ctx.surface.name,
         "public_model": ctx.public_model,
         "model": ctx.model.name if ctx.model is not None else "",
         "action": action,

@@ -12,7 +12,7 @@ Admin keys only (policy ``admin.api_keys`` or ``GATEWAY_ADMIN_KEY``); a tenant k
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -28,12 +28,14 @@ from gateway.state.base import StateError
 if TYPE_CHECKING:
     from gateway.http.server import Handler
     from gateway.services import Services
+    from gateway.surfaces.base import Surface
 
 
 class AdminRoutes:
-    def __init__(self, services: Services, handler: Handler) -> None:
+    def __init__(self, services: Services, handler: Handler, surfaces: Mapping[str, Surface]) -> None:
         self.services = services
         self.handler = handler
+        self.surfaces = surfaces  # replay targets besides the OpenAI endpoints: "messages", "responses"
 
     async def budgets(self, request: web.Request) -> web.Response:
         return await self._report(request, lambda now: report.budgets(self.services.budget, now))
@@ -70,8 +72,9 @@ class AdminRoutes:
         endpoint = request.match_info["endpoint"]
         try:
             require_admin(request.headers, policy)
-            if endpoint not in REPLAY_ENDPOINTS:
-                raise GatewayError(404, f"No endpoint '{endpoint}' to replay to (known: {', '.join(REPLAY_ENDPOINTS)}).",
+            known = (*REPLAY_ENDPOINTS, *self.surfaces)
+            if endpoint not in known:
+                raise GatewayError(404, f"No endpoint '{endpoint}' to replay to (known: {', '.join(known)}).",
                                    code="not_found", outcome="rejected")
             tenant, key = replay_identity(policy, request.headers)
         except GatewayError as err:
@@ -81,4 +84,6 @@ class AdminRoutes:
         def as_tenant(ctx: RequestContext) -> None:
             ctx.tenant, ctx.api_key, ctx.replay_id = tenant, key, replay_id
 
+        if endpoint in self.surfaces:
+            return await self.handler.handle(request, "chat", self.surfaces[endpoint], prepare=as_tenant)
         return await self.handler.handle(request, endpoint, prepare=as_tenant)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -11,8 +12,12 @@ from gateway.errors import GatewayError
 from gateway.http.admin import AdminRoutes
 from gateway.http.feedback import FeedbackEndpoint
 from gateway.http.replies import error_json, json_reply
+from gateway.http.surface_routes import SurfaceRoutes
 from gateway.observability.hub import Observability
 from gateway.state import StateError
+from gateway.surfaces.messages import MessagesSurface
+from gateway.surfaces.responses import ResponsesSurface
+from gateway.surfaces.store import ResponseStore
 
 if TYPE_CHECKING:
     from gateway.http.server import Handler
@@ -20,13 +25,22 @@ if TYPE_CHECKING:
 
 
 def add_routes(app: web.Application, handler: Handler, services: Services, obs: Observability) -> None:
-    """The route table: the pipeline's endpoints, then health, metrics, feedback and admin."""
+    """The route table: the pipeline's endpoints per surface, then health, metrics, feedback and admin."""
+    store = ResponseStore(services.backend)
+    messages, responses = MessagesSurface(), ResponsesSurface(store)
     info = InfoRoutes(services, obs)
-    admin = AdminRoutes(services, handler)
+    admin = AdminRoutes(services, handler, {"messages": messages, "responses": responses})
+    extra = SurfaceRoutes(services.holder, store)
     app.router.add_post("/v1/chat/completions", handler.endpoint("chat"))
     app.router.add_post("/v1/completions", handler.endpoint("completions"))
     app.router.add_post("/v1/embeddings", handler.endpoint("embeddings"))
+    app.router.add_post("/v1/messages", handler.endpoint("chat", messages))
+    app.router.add_post("/v1/messages/count_tokens", extra.count_tokens)
+    app.router.add_post("/v1/responses", handler.endpoint("chat", responses))
+    app.router.add_get("/v1/responses/{response_id}", extra.get_response)
+    app.router.add_delete("/v1/responses/{response_id}", extra.delete_response)
     app.router.add_get("/v1/models", info.models)
+    app.router.add_get("/v1/models/{model_id}", info.model)
     app.router.add_post("/v1/feedback", FeedbackEndpoint(obs).handle)
     app.router.add_get("/healthz", info.healthz)
     app.router.add_get("/readyz", info.readyz)
@@ -45,14 +59,34 @@ class InfoRoutes:
         self.obs = obs
 
     async def models(self, request: web.Request) -> web.Response:
-        services = self.services
+        """The tenant's models; in Anthropic's list shape for Anthropic clients (``anthropic-version``)."""
         try:
-            tenant, _ = authenticate(request.headers, services.holder.current)
+            tenant, _ = authenticate(request.headers, self.services.holder.current)
         except GatewayError as err:
             return error_json(err)
-        created = int(services.holder.stats.loaded_at)
-        data = [{"id": m, "object": "model", "created": created, "owned_by": "gateway"} for m in tenant.models]
-        return json_reply({"object": "list", "data": data})
+        rows = [self._model(m, request) for m in tenant.models]
+        if "anthropic-version" in request.headers:
+            return json_reply({"data": rows, "has_more": False, "first_id": rows[0]["id"] if rows else None,
+                               "last_id": rows[-1]["id"] if rows else None})
+        return json_reply({"object": "list", "data": rows})
+
+    async def model(self, request: web.Request) -> web.Response:
+        name = request.match_info["model_id"]
+        try:
+            tenant, _ = authenticate(request.headers, self.services.holder.current)
+            if name not in tenant.models:
+                raise GatewayError(404, f"The model '{name}' does not exist or you do not have access to it.",
+                                   param="model", code="model_not_found", outcome="rejected")
+        except GatewayError as err:
+            return error_json(err)
+        return json_reply(self._model(name, request))
+
+    def _model(self, name: str, request: web.Request) -> dict:
+        created = int(self.services.holder.stats.loaded_at)
+        if "anthropic-version" in request.headers:
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
+            return {"type": "model", "id": name, "display_name": name, "created_at": when}
+        return {"id": name, "object": "model", "created": created, "owned_by": "gateway"}
 
     async def healthz(self, _: web.Request) -> web.Response:
         return json_reply({"status": "ok"})

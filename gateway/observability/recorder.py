@@ -45,6 +45,7 @@ def access_facts(ctx: RequestContext, total: float, cost_usd: float) -> dict[str
         "error": getattr(error, "message", None) if error is not None else None,
         "review": ctx.audit is not None and ctx.audit.review,
         "client_disconnected": ctx.client_disconnected,
+        "surface": ctx.surface.name, "dropped": list(ctx.dropped) or None,
     }
 
 

@@ -15,6 +15,7 @@ Mode = Literal["enforce", "shadow"]
 BackendErrorMode = Literal["local", "allow", "deny"]
 Strategy = Literal["fallback", "weighted", "least_busy", "latency"]
 OnExhausted = Literal["error", "stale", "static"]
+OnUntranslatable = Literal["drop", "error"]
 Period = Literal["daily", "weekly", "monthly", "total"]
 
 
@@ -111,6 +112,7 @@ class ModelSpec:
     on_exhausted: OnExhausted = "error"
     static_response: str = "The service is temporarily unavailable. Please try again later."
     aliases: tuple[str, ...] = ()
+    on_untranslatable: OnUntranslatable = "drop"  # what the request has that its deployment's API cannot express
 
     @property
     def is_virtual(self) -> bool:

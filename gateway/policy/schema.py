@@ -188,6 +188,7 @@ MODEL = fields({
     "route": ROUTE,
     "context_fallback": nullable(string(nonempty=True)),
     "on_exhausted": enum("on_exhausted action", get_args(m.OnExhausted)),
+    "on_untranslatable": enum("on_untranslatable action", get_args(m.OnUntranslatable)),
     "static_response": string(),
     "aliases": list_of(NAME),
 })

@@ -32,6 +32,7 @@ from gateway.stages.input_check import InputStage
 from gateway.stages.observe import InFlightStage, ObserveStage
 from gateway.stages.ratelimit import RateLimitStage
 from gateway.stages.router import RouterStage
+from gateway.stages.surface import SurfaceStage
 from gateway.stages.upstream import UpstreamStage
 from gateway.stages.usage import UsageStage
 
@@ -51,5 +52,6 @@ def build_stages(services: Services, obs: Observability) -> list[Stage]:
         RateLimitStage(services),
         DeadLetterStage(services.dlq),
         UpstreamStage(services, stale=cache.stale),
+        SurfaceStage(),
         ObserveStage(obs),
     ]

@@ -17,20 +17,22 @@ TTL_S = 86_400.0  # how long a stored response can be read or continued
 
 
 class ResponseStore:
-    def __init__(self, backend: StateBackend, prefix: str = "gw", ttl_s: float = TTL_S) -> None:
+    """Keys are ``<state.key_prefix>:{tenant}:resp:<id>``; the prefix comes from the request's policy."""
+
+    def __init__(self, backend: StateBackend, ttl_s: float = TTL_S) -> None:
         self.backend = backend
-        self.prefix = prefix
         self.ttl_s = ttl_s
 
-    def key(self, tenant: str, response_id: str) -> str:
-        return f"{hash_tag(self.prefix, tenant)}:resp:{response_id}"
+    @staticmethod
+    def key(prefix: str, tenant: str, response_id: str) -> str:
+        return f"{hash_tag(prefix, tenant)}:resp:{response_id}"
 
-    async def get(self, tenant: str, response_id: str) -> dict[str, Any] | None:
-        raw = await self.backend.get(self.key(tenant, response_id))
+    async def get(self, prefix: str, tenant: str, response_id: str) -> dict[str, Any] | None:
+        raw = await self.backend.get(self.key(prefix, tenant, response_id))
         return orjson.loads(raw) if raw else None
 
-    async def put(self, tenant: str, response_id: str, record: dict[str, Any]) -> None:
-        await self.backend.set(self.key(tenant, response_id), orjson.dumps(record), self.ttl_s)
+    async def put(self, prefix: str, tenant: str, response_id: str, record: dict[str, Any]) -> None:
+        await self.backend.set(self.key(prefix, tenant, response_id), orjson.dumps(record), self.ttl_s)
 
-    async def delete(self, tenant: str, response_id: str) -> bool:
-        return bool(await self.backend.delete(self.key(tenant, response_id)))
+    async def delete(self, prefix: str, tenant: str, response_id: str) -> bool:
+        return bool(await self.backend.delete(self.key(prefix, tenant, response_id)))
