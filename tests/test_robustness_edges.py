@@ -261,6 +261,6 @@ def test_unknown_paths_and_methods_are_openai_errors(gw):
     assert wrong_method.status_code == 405 and wrong_method.headers["allow"] == "POST"
     assert error_of(wrong_method)["code"] == "method_not_allowed"
     with pytest.raises(openai.NotFoundError) as exc:
-        gw.client(REDACTED_KEY).post("/responses", body={"model": "small"}, cast_to=object)
+        gw.client(REDACTED_KEY).post("/assistants", body={"model": "small"}, cast_to=object)
     assert exc.value.body["code"] == "unknown_url"
     assert httpx.get(gw.url + "/healthz").json() == {"status": "ok"}
