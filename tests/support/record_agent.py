@@ -136,8 +136,13 @@ def openai_response(body: dict[str, Any], status: str, output: list[dict[str, An
         "store": body.get("store", False),
         "error": None,
         "incomplete_details": None,
-        "usage": {"input_tokens": 100, "input_tokens_details": {"cached_tokens": 0}, "output_tokens": 9,
-                  "output_tokens_details": {"reasoning_tokens": 0}, "total_tokens": 109} if done else None,
+        "usage": {
+            "input_tokens": 100,
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "output_tokens": 9,
+            "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": 109,
+        } if done else None,
     }
 
 
