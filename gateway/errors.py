@@ -75,7 +75,3 @@ class UpstreamError(Exception):
         self.body = body
         self.retry_after_s = retry_after_s
         self.headers = headers or {}
-
-    @property
-    def retryable_kind(self) -> bool:
-        return self.kind in ("timeout", "connect", "stream_cut", "5xx", "429")

@@ -14,12 +14,12 @@ this runner never changes for it.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.policy.model import Policy
+from gateway.providers.base import UpstreamResponse
 from gateway.surfaces.base import OPENAI_FRAMING, Framing
 
 log = logging.getLogger("gateway.pipeline")
@@ -39,28 +39,14 @@ PHASES = (
 
 
 @dataclass(slots=True)
-class GatewayResponse:
-    """What the client gets: a whole body, or a stream of SSE JSON payloads (no ``data:`` framing).
+class GatewayResponse(UpstreamResponse):
+    """What the client gets: an upstream answer, a cached one, or an early answer or error.
 
-    ``framing`` writes the stream: the OpenAI SSE format unless a surface renders it otherwise.
+    ``framing`` writes a stream: the OpenAI SSE format unless a surface renders it otherwise.
     """
 
-    status: int
-    headers: dict[str, str] = field(default_factory=dict)
-    body: bytes | None = None
-    events: AsyncIterator[bytes] | None = None
     content_type: str = "application/json"
-    close: Callable[[], Awaitable[None]] | None = None  # release upstream resources
     framing: Framing = OPENAI_FRAMING
-
-    @property
-    def is_stream(self) -> bool:
-        return self.events is not None
-
-    async def aclose(self) -> None:
-        if self.close is not None:
-            close, self.close = self.close, None
-            await close()
 
     @classmethod
     def from_error(cls, err: GatewayError) -> GatewayResponse:

@@ -18,8 +18,8 @@ from gateway.budget.pricing import (
     usd,
     worst_case,
 )
-from gateway.budget.table import default_prices, lookup
 from gateway.policy.model import Price
+from gateway.policy.prices import default_prices, lookup
 from gateway.usage import Usage
 
 

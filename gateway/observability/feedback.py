@@ -22,6 +22,7 @@ from cachetools import TLRUCache
 
 from gateway.context import RequestContext
 from gateway.errors import invalid
+from gateway.observability.metrics import OTHER
 from gateway.policy.model import Policy, Tenant
 from gateway.state.base import StateBackend, StateError, hash_tag
 
@@ -34,7 +35,6 @@ MAX_COMMENT = 4_000
 MAX_PENDING = 10_000  # record writes in flight before new ones are dropped (a stalled backend)
 LABELS = {"good": 1.0, "positive": 1.0, "thumbs_up": 1.0, "neutral": 0.5, "bad": 0.0, "negative": 0.0,
           "thumbs_down": 0.0}
-OTHER = "other"
 
 
 def record_key(policy: Policy, tenant: str, request_id: str) -> str:

@@ -69,10 +69,6 @@ class RouteRule:
     value: Any
     pattern: re.Pattern[str] | None = None  # compiled for ``matches``
 
-    @property
-    def label(self) -> str:
-        return self.kind
-
 
 @dataclass(frozen=True, slots=True)
 class Route:

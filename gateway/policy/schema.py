@@ -12,7 +12,6 @@ import re
 from typing import Any, get_args
 from urllib.parse import urlsplit
 
-from gateway.budget.table import check_price
 from gateway.policy import model as m
 from gateway.policy.checkers import (
     BAD,
@@ -34,6 +33,7 @@ from gateway.policy.checkers import (
     string,
     then,
 )
+from gateway.policy.prices import check_price
 from gateway.policy.problems import Report
 from gateway.policy.rules import ROUTE
 from gateway.providers.registry import PROVIDER_TYPES
@@ -182,7 +182,7 @@ DEPLOYMENT = build(m.Deployment, {
 MODEL = fields({
     "context_window": nullable(POSITIVE),
     "max_output_tokens": nullable(POSITIVE),
-    "price": nullable(check_price),  # written out, or a price table entry (gateway.budget.table)
+    "price": nullable(check_price),  # written out, or a price table entry (gateway.policy.prices)
     "deployments": list_of(DEPLOYMENT, nonempty=True),
     "strategy": enum("strategy", get_args(m.Strategy)),
     "route": ROUTE,

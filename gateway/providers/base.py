@@ -34,8 +34,10 @@ class UpstreamRequest:
 
 @dataclass(slots=True)
 class UpstreamResponse:
+    """An answer: a whole body, or a stream of SSE JSON payloads (no ``data:`` framing, no ``[DONE]``)."""
+
     status: int
-    headers: dict[str, str]
+    headers: dict[str, str] = field(default_factory=dict)
     body: bytes | None = None  # non-stream answer (or an error body)
     events: AsyncIterator[bytes] | None = None  # stream: one JSON payload per SSE event
     close: Callable[[], Awaitable[None]] | None = None  # release the connection (cancel if mid-stream)

@@ -21,7 +21,7 @@ from gateway.policy.checkers import fields as fields_of
 from gateway.policy.interpolate import UNRESOLVED
 from gateway.policy.problems import Report, join
 
-TABLE_PATH = Path(__file__).resolve().parents[1] / "data" / "prices.yaml"
+TABLE_PATH = Path(__file__).resolve().parents[1] / "data" / "prices.yaml"  # inside the package
 _FIELDS = ("input", "output", "cached_input", "reasoning")
 _PRICE_FIELDS_AND_TABLE = (*_FIELDS, "table")
 
