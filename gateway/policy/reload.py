@@ -60,6 +60,8 @@ class PolicyHolder:
                 return self._failed(reason, f"{self.path}: cannot read: {exc.strerror or exc}")
             if new.digest == self.current.digest:
                 self.stats.unchanged += 1
+                self.stats.last_error = None  # a broken edit was undone: the file loads again
+                log.info("policy unchanged (%s): %s sha256=%s", reason, self.path, new.digest[:12])
                 return False
             try:
                 for fn in self._listeners:

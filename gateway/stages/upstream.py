@@ -25,10 +25,8 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-import orjson
-
 from gateway.context import Attempt, RequestContext
-from gateway.errors import GatewayError, UpstreamError
+from gateway.errors import UpstreamError
 from gateway.pipeline import GatewayResponse, Respond, Stage, Verdict
 from gateway.policy.model import Deployment, ModelSpec, Policy, RetryPolicy
 from gateway.providers.base import UpstreamRequest, UpstreamResponse, retry_after_seconds
@@ -36,6 +34,7 @@ from gateway.routing.balancer import Lease
 from gateway.routing.breaker import CLOSED, CircuitBreaker
 from gateway.routing.exhausted import EXHAUSTED_HEADER, exhausted_error, rate_limited_error, static_response
 from gateway.routing.retry import backoff_s
+from gateway.routing.upstream_errors import retold_error
 from gateway.services import Services
 
 log = logging.getLogger("gateway.upstream")
@@ -61,18 +60,11 @@ def upstream_body(ctx: RequestContext, deployment: Deployment) -> dict:
     return body
 
 
-def error_response(resp: UpstreamResponse) -> GatewayResponse:
-    """An upstream error answered faithfully: its status, an OpenAI-shaped body, retry hints."""
-    body = resp.body or b""
-    try:
-        parsed = orjson.loads(body) if body else None
-    except orjson.JSONDecodeError:
-        parsed = None
-    if not (isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)):
-        msg = f"upstream returned HTTP {resp.status}"
-        body = GatewayError(resp.status, msg, code="upstream_error").body()
+def error_response(resp: UpstreamResponse, provider: str, secrets: tuple[str, ...] = ()) -> GatewayResponse:
+    """An upstream error retold: its status and scrubbed message, the provider's name, retry hints."""
+    err = retold_error(resp.status, resp.body, provider, secrets)
     headers = {k: resp.headers[k] for k in PASS_HEADERS if k in resp.headers}
-    return GatewayResponse(status=resp.status, headers=headers, body=body)
+    return GatewayResponse(status=resp.status, headers=headers, body=err.body())
 
 
 def _status_kind(status: int) -> str:
@@ -215,7 +207,8 @@ class UpstreamStage(Stage):
         breaker.success()
         if status >= 400:
             attempt.error_kind, attempt.error = _status_kind(status), f"HTTP {status}"
-            return Respond(self._answer(ctx, dep, error_response(resp)), "upstream_error")
+            secrets = (self.providers.get(dep.provider).spec.api_key,)
+            return Respond(self._answer(ctx, dep, error_response(resp, dep.provider, secrets)), "upstream_error")
         self.balancer.observe_ttfb(dep.name, attempt.ttfb_s or 0.0)
         return Respond(self._answer(ctx, dep, GatewayResponse(status=status, body=resp.body)), "ok")
 
@@ -233,6 +226,9 @@ class UpstreamStage(Stage):
     def _failed(self, attempt: Attempt, breaker: CircuitBreaker, kind: str, message: str,
                 retry_after_s: float | None) -> Failure:
         attempt.error_kind, attempt.error = kind, message
+        if kind == "429":  # the deployment is busy, not broken: a rate-limit answer never opens its breaker
+            breaker.abandon()
+            return Failure(kind, f"{attempt.deployment}: {message}", retry_after_s)
         trips = breaker.trips
         breaker.failure()
         if breaker.trips != trips:
