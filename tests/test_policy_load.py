@@ -364,3 +364,16 @@ def test_every_provider_option_has_a_policy_key() -> None:
 def test_every_model_field_has_a_policy_key(checker: object, cls: type, derived: set[str]) -> None:
     """YAML keys are the model.py field names: a field added there must be added to the schema too."""
     assert set(checker.keys) == {f.name for f in dataclasses.fields(cls)} - derived  # type: ignore[attr-defined]
+
+
+def test_policy_docs_list_every_provider_type_and_its_own_keys() -> None:
+    """docs/policy.md follows the registry: each type and each of its own keys is documented."""
+    from pathlib import Path
+
+    from gateway.providers.registry import PROVIDER_TYPES
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "policy.md").read_text()
+    for name, kind in PROVIDER_TYPES.items():
+        assert f"`{name}`" in doc, name
+        for key in kind.option_keys:
+            assert f"| `{name}` | `{key}` |" in doc, (name, key)
