@@ -74,6 +74,10 @@ class Surface:
         """The answer in this surface's wire format."""
         return resp
 
+    def native_headers(self, ctx: RequestContext) -> dict[str, str]:
+        """Client headers a provider of this surface's own family receives with the native body."""
+        return {}
+
     async def complete(self, ctx: RequestContext) -> None:
         """After the answer was written (once per request)."""
 
