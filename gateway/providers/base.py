@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from gateway.policy.model import ProviderSpec
 
@@ -45,6 +45,7 @@ class NativeAnswer:
 
     body: bytes | None = None
     frames: list[bytes] = field(default_factory=list)
+    final: Any = None  # the whole answer object a stream ended with, when its format carries one
 
     def take(self) -> bytes:
         """The frames read since the last call."""
