@@ -127,6 +127,8 @@ class AutoPipeline:
         for call in calls:
             if reload:
                 pipe.eval(call.lua, *call.args[1:])  # args[0] is the sha
+            elif call.method == "evalsha":  # raw: a cluster pipeline refuses its evalsha() helper, not EVALSHA
+                pipe.execute_command("EVALSHA", *call.args)
             else:
                 getattr(pipe, call.method)(*call.args, **(call.kwargs or {}))
         try:
