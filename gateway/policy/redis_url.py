@@ -154,9 +154,10 @@ def parse_redis_url(url: str) -> RedisTarget:
     except ValueError as exc:  # e.g. an unbalanced IPv6 bracket
         raise ValueError(f"invalid URL ({exc})") from None
     scheme = parts.scheme.lower()
+    if "://" not in url:
+        raise ValueError("not a URL (expected redis://host:port/db, rediss://... or unix:///path)")
     if scheme not in SCHEMES:
-        shown = f"'{scheme}'" if scheme else "none"
-        raise ValueError(f"unsupported scheme {shown} (expected redis://, rediss:// or unix://)")
+        raise ValueError(f"unsupported scheme '{scheme}' (expected redis://, rediss:// or unix://)")
     options = _options(parts.query, scheme)
     if parts.fragment:
         raise ValueError("unexpected '#' fragment")

@@ -42,8 +42,8 @@ def _key_prefix(value: Any) -> str:
     if not text:
         raise Invalid("must not be empty")
     if "{" in text or "}" in text:
-        raise Invalid(f"'{text}' contains '{{' or '}}' (keys carry a {{tenant}} hash tag for Redis Cluster; "
-                      "braces in the prefix would change which slot a key lands on)")
+        raise Invalid(f"'{text}' contains '{{' or '}}' (braces would change the Redis Cluster hash slot "
+                      "of every key)")
     return text
 
 
