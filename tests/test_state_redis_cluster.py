@@ -25,7 +25,7 @@ from gateway.ratelimit.plan import build_plan
 from gateway.ratelimit.scripts import ACQUIRE, RELEASE
 from gateway.state import RedisClusterBackend, Script, StateError, build_backend
 from gateway.state.base import hash_tag
-from tests.support.redis_cluster import LocalCluster, Node, started_cluster
+from tests.support.redis_cluster import LocalCluster, Node, started_cluster, tenants_on_every_master
 
 INCR_ALL = Script(
     name="incr_all",
@@ -35,18 +35,7 @@ INCR_ALL = Script(
 
 
 def spread_tenants(cluster: LocalCluster, per_master: int = 2) -> list[str]:
-    """Tenant names whose ``gw:{name}`` keys land on every master, ``per_master`` on each."""
-    layout = cluster.layout()
-    by_master: dict[str, list[str]] = {name: [] for name in layout}
-    i = 0
-    while any(len(names) < per_master for names in by_master.values()):
-        name = f"tenant-{i}"
-        slot = key_slot(hash_tag("gw", name).encode())
-        owner = next(m for m, ranges in layout.items() if any(a <= slot <= b for a, b in ranges))
-        if len(by_master[owner]) < per_master:
-            by_master[owner].append(name)
-        i += 1
-    return [name for names in by_master.values() for name in names]
+    return tenants_on_every_master(cluster, per_master)
 
 
 def policy_for(tenants: list[str], rpm: int) -> Any:

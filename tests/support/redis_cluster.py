@@ -160,6 +160,23 @@ class LocalCluster:
             node.cleanup()
 
 
+def tenants_on_every_master(cluster: LocalCluster, per_master: int = 2, prefix: str = "tenant",
+                            key_prefix: str = "gw") -> list[str]:
+    """Tenant names whose ``<key_prefix>:{name}`` keys land on every master, ``per_master`` on each,
+    in master order (the first ``per_master`` names share the first master, and so on)."""
+    layout = cluster.layout()
+    by_master: dict[str, list[str]] = {name: [] for name in layout}
+    i = 0
+    while any(len(names) < per_master for names in by_master.values()):
+        name = f"{prefix}-{i}"
+        slot = key_slot(f"{key_prefix}:{{{name}}}".encode())
+        owner = next(m for m, ranges in layout.items() if any(a <= slot <= b for a, b in ranges))
+        if len(by_master[owner]) < per_master:
+            by_master[owner].append(name)
+        i += 1
+    return [name for names in by_master.values() for name in names]
+
+
 def cluster_binaries_missing() -> str | None:
     if redis_binary() is None:
         return f"redis-server binary not found on PATH (or set {BINARY_ENV})"
