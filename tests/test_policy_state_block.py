@@ -8,12 +8,13 @@ connection object (single node and cluster) without a ``TypeError`` or ``ValueEr
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import pytest
 from redis.asyncio.cluster import ClusterNode
 
 from gateway.policy.check import main_validate
-from gateway.policy.loader import PolicyError, load_policy_text
+from gateway.policy.loader import PolicyError, load_policy, load_policy_text
 from gateway.policy.redis_url import OPTIONS, parse_redis_url
 from gateway.state import RedisBackend, RedisClusterBackend
 
@@ -101,6 +102,11 @@ def test_validate_exits_1_on_what_serve_would_choke_on(tmp_path) -> None:
 def test_a_cluster_flag_without_redis_is_only_a_warning() -> None:
     policy = load_policy_text(_policy("  redis_cluster: true\n"))
     assert policy.warnings == ("<policy>:3: state.redis_cluster: has no effect with backend: memory",)
+
+
+def test_the_cluster_example_policy_loads_without_warnings() -> None:
+    policy = load_policy(str(Path(__file__).parents[1] / "policies" / "redis-cluster.yaml"), env={})
+    assert policy.state.backend == "redis" and policy.state.redis_cluster and policy.warnings == ()
 
 
 def test_redis_cluster_must_be_a_boolean() -> None:
