@@ -60,7 +60,7 @@ state:
   backend: redis
   redis_cluster: true
   redis_url: {cluster.url}
-  timeout_ms: 2000
+  timeout_ms: 5000  # one loaded test box runs the cluster, three gateways and the clients
   replicas: 3
 admin:
   api_keys: [sk-admin]
