@@ -62,7 +62,7 @@ def upstream_body(ctx: RequestContext, deployment: Deployment) -> dict:
 
 def _native_body(ctx: RequestContext, native_surface: str | None) -> dict | None:
     """The client's own body for a provider of its family, unless the policy rewrites what it says."""
-    if native_surface is None or native_surface != ctx.surface.name or ctx.native_body is None:
+    if native_surface is None or native_surface != ctx.surface.name or not ctx.surface.forwardable(ctx):
         return None
     if ctx.tenant is not None and ctx.tenant.redact_upstream:
         return None  # the redacted request is the internal one: the native body still says everything
