@@ -75,9 +75,11 @@ def gw(make_gateway, oai, claude):
         models:
           opus:
             context_window: 1000000
+            aliases: [claude-opus-4-8]
             deployments: [{{provider: claude, model: claude-opus-4-8}}]
           gpt:
             context_window: 1000000
+            aliases: [gpt-5.5, gpt-6.2-sol]
             deployments: [{{provider: openai, model: gpt-5.5}}]
         retry: {{attempts: 1, backoff_ms: 0}}
         cache: {{enabled: false}}
@@ -86,14 +88,15 @@ def gw(make_gateway, oai, claude):
         """))
 
 
-def replay(gw, request: dict[str, Any], model: str) -> httpx.Response:
-    """POST a recorded request as the agent sent it, with the tenant's key and the policy's model name."""
+def replay(gw, request: dict[str, Any], model: str | None) -> httpx.Response:
+    """POST a recorded request as the agent sent it, with the tenant's key and the policy's model name
+    (``None``: the recorded name, which the policy knows as an alias)."""
     headers = {}
     for key, value in request["headers"].items():
         if key.lower() in ("content-type", "content-length", "accept-encoding"):
             continue
         headers[key] = {"<ANTHROPIC_API_KEY>": "sk-acme", "Bearer <OPENAI_API_KEY>": "Bearer sk-acme"}.get(value, value)
-    body = {**request["body"], "model": model, "stream": True}
+    body = {**request["body"], "model": model or request["body"]["model"], "stream": True}
     return httpx.post(gw.url + request["path"], json=body, headers=headers, timeout=30)
 
 
@@ -247,3 +250,17 @@ def test_codex(gw, oai, claude, name, model):
         else:
             assert oai.requests[-1]["messages"][-1] == {"role": "tool", "tool_call_id": recorded["call_id"],
                                                         "content": recorded["output"]}
+
+
+@pytest.mark.parametrize("name", [CLAUDE, LITE, CLASSIC])
+def test_recorded_model_names_resolve_through_aliases(gw, oai, claude, name):
+    """Agents keep their own model names; the policy's aliases map them (what the README advises)."""
+    fixture = load(name)
+    resp = replay(gw, fixture, None)
+    assert resp.status_code == 200, resp.text
+    if name == CLAUDE:
+        assert check_anthropic_stream(sse(resp.text))["model"] == "claude-opus-4-8"
+        assert claude.requests[-1]["model"] == "claude-opus-4-8" and oai.calls == 0
+    else:
+        check_responses_stream(sse(resp.text))
+        assert oai.requests[-1]["model"] == "gpt-5.5" and claude.calls == 0
