@@ -40,15 +40,15 @@ _UNSUPPORTED = {"background": False, "conversation": None, "prompt": None, "top_
                 "context_management": None}
 
 
-def declared_tools(body: dict) -> list:
-    """The request's tools: top-level ``tools`` plus those of ``additional_tools`` input items (how
-    Codex's responses-lite models receive theirs: namespaces, in an item of the input)."""
+def declared_tools(body: dict) -> list[tuple[str, Any]]:
+    """(where, tool) of the request's tools: top-level ``tools`` plus those of ``additional_tools``
+    input items (how Codex's responses-lite models receive theirs: namespaces, in an input item)."""
     tools = body.get("tools")
-    found = list(tools) if isinstance(tools, list) else []
+    found = [(f"tools[{i}]", tool) for i, tool in enumerate(tools)] if isinstance(tools, list) else []
     items = body.get("input")
-    for item in items if isinstance(items, list) else ():
+    for i, item in enumerate(items if isinstance(items, list) else ()):
         if isinstance(item, dict) and item.get("type") == ADDITIONAL_TOOLS and isinstance(item.get("tools"), list):
-            found.extend(item["tools"])
+            found.extend((f"input[{i}].tools[{j}]", tool) for j, tool in enumerate(item["tools"]))
     return found
 
 
@@ -56,7 +56,7 @@ def namespaced_tools(body: dict) -> dict[str, tuple[str, str]]:
     """Flat chat name -> (namespace, name) for every function of the request's namespace tools, so a
     call the model makes can go back to the client under the name and namespace it declared."""
     names: dict[str, tuple[str, str]] = {}
-    for tool in declared_tools(body):
+    for _, tool in declared_tools(body):
         if isinstance(tool, dict) and tool.get("type") == "namespace" and isinstance(tool.get("name"), str):
             for sub in tool.get("tools") or ():
                 if isinstance(sub, dict) and sub.get("type") == "function" and isinstance(sub.get("name"), str):
@@ -98,8 +98,7 @@ def _tools(body: dict, dropped: Dropped) -> list[dict]:
     if raw is not None and not isinstance(raw, list):
         raise invalid("'tools' must be an array", param="tools", code="invalid_type")
     out: list[dict] = []
-    for i, tool in enumerate(declared_tools(body)):
-        where = f"tools[{i}]"
+    for where, tool in declared_tools(body):
         if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
             raise invalid(f"'{where}' must be an object with a string 'type'", param=where, code="invalid_type")
         kind = tool["type"]
