@@ -12,6 +12,7 @@ import pytest
 from pydantic import BaseModel
 
 from tests.support.mock_anthropic import MockAnthropic, Reply
+from tests.support.mock_openai import Fault
 from tests.support.ratelimit import redis_state
 from tests.support.scripted_openai import Said, ScriptedOpenAI
 
@@ -45,8 +46,10 @@ def claude(servers):
     servers.call(server.stop())
 
 
-def policy(oai: ScriptedOpenAI, claude: MockAnthropic, state: str = "backend: memory") -> str:
-    return textwrap.dedent(f"""\
+def policy(oai: ScriptedOpenAI, claude: MockAnthropic, state: str = "backend: memory",
+           backup: ScriptedOpenAI | None = None) -> str:
+    """``gpt`` and ``sonnet``; with ``backup``, also ``duo``: primary first, then the backup."""
+    text = textwrap.dedent(f"""\
         version: 1
         providers:
           primary: {{type: openai, base_url: "{oai.url}", api_key: sk-primary, timeouts: {TIMEOUTS}}}
@@ -64,6 +67,14 @@ def policy(oai: ScriptedOpenAI, claude: MockAnthropic, state: str = "backend: me
           acme: {{api_keys: [sk-acme], models: "*"}}
           beta: {{api_keys: [sk-beta], models: "*"}}
         """) + f"state:\n  {state}\n"
+    if backup is not None:
+        text = text.replace("\nmodels:\n", f"""
+  backup: {{type: openai, base_url: "{backup.url}", api_key: sk-b, timeouts: {TIMEOUTS}}}
+models:
+  duo:
+    deployments: [{{provider: primary, model: m-primary}}, {{provider: backup, model: m-backup}}]
+""", 1)
+    return text
 
 
 @pytest.fixture
@@ -210,3 +221,31 @@ def test_json_schema_text_format_by_hand(gw, oai):
     assert resp.text.format.type == "json_schema" and resp.text.format.name == "weather"
     assert oai.requests[-1]["response_format"] == {"type": "json_schema", "json_schema": {
         "name": "weather", "schema": WEATHER_SCHEMA, "strict": True}}
+
+
+@pytest.fixture
+def oai_backup(servers):
+    mock = servers.call(ScriptedOpenAI("backup").start())
+    yield mock
+    servers.call(mock.stop())
+
+
+def test_stream_fails_over_before_the_first_byte(make_gateway, oai, oai_backup, claude):
+    gw = make_gateway(policy(oai, claude, backup=oai_backup))
+    oai.push(Fault(500))
+    with gw.client("sk-acme").responses.stream(model="duo", input="hello there") as stream:
+        final = stream.get_final_response()
+    assert final.output_text == "Echo: hello there" and final.status == "completed"
+    assert (oai.calls, oai_backup.calls) == (1, 1) and oai_backup.requests[0]["model"] == "m-backup"
+
+
+@pytest.mark.parametrize("model", TARGETS)
+def test_stream_cut_after_the_first_byte_ends_in_response_failed(gw, oai, claude, model):
+    if model == "gpt":
+        oai.push(Fault(cut_after=3))
+    else:
+        claude.push(Reply(cut_after=6))
+    stream = gw.client("sk-acme").responses.create(model=model, input="tell me a long story", stream=True)
+    events = [event.type for event in stream]
+    assert "response.output_text.delta" in events, "the answer had started before the cut"
+    assert events[-1] == "response.failed" and "response.completed" not in events
