@@ -299,7 +299,7 @@ async def test_tool_call_response_and_cached_usage(
         "prompt_tokens": 1005,
         "completion_tokens": 20,
         "total_tokens": 1025,
-        "prompt_tokens_details": {"cached_tokens": 900},
+        "prompt_tokens_details": {"cached_tokens": 900, "cache_write_tokens": 100},  # priced apart
     }
 
 

@@ -47,6 +47,7 @@ class Price:
     input: float
     output: float
     cached_input: float | None = None
+    cache_write: float | None = None  # prompt tokens written to the provider's cache (Anthropic); default input
     reasoning: float | None = None
 
 

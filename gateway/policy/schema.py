@@ -164,6 +164,7 @@ PRICE = build(m.Price, {
     "input": NON_NEGATIVE,
     "output": NON_NEGATIVE,
     "cached_input": nullable(NON_NEGATIVE),
+    "cache_write": nullable(NON_NEGATIVE),
     "reasoning": nullable(NON_NEGATIVE),
 }, required=("input", "output"))
 DEPLOYMENT = build(m.Deployment, {

@@ -242,13 +242,15 @@ def _tool_choice(choice: Any) -> dict[str, Any] | None:
 def usage(raw: dict[str, Any]) -> dict[str, Any]:
     """OpenAI usage: Anthropic counts cached input apart from ``input_tokens``; OpenAI includes it."""
     cache_read = raw.get("cache_read_input_tokens") or 0
-    prompt = (raw.get("input_tokens") or 0) + (raw.get("cache_creation_input_tokens") or 0) + cache_read
+    written = raw.get("cache_creation_input_tokens") or 0
+    prompt = (raw.get("input_tokens") or 0) + written + cache_read
     completion = raw.get("output_tokens") or 0
+    details = {"cached_tokens": cache_read, **({"cache_write_tokens": written} if written else {})}
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cache_read},
+        "prompt_tokens_details": details,
     }
 
 
