@@ -81,6 +81,13 @@ def add_admin_options(parser: argparse.ArgumentParser, timeout_s: float) -> argp
     return parser
 
 
+def add_log_format(parser: argparse.ArgumentParser, help_text: str,
+                   default: Any = None) -> argparse.ArgumentParser:
+    """``--log-format text|json``: application logs as text or as one JSON object per line."""
+    parser.add_argument("--log-format", choices=("text", "json"), default=default, help=help_text)
+    return parser
+
+
 def parent_parser() -> argparse.ArgumentParser:
     """An empty parser to collect shared options for several subcommands (``parents=[...]``)."""
     return argparse.ArgumentParser(add_help=False)
