@@ -55,7 +55,7 @@ tenants:
     models: [m]
 """
 
-BODY = '{"model":"m","messages":[{"role":"user","content":"Say hello"}]}'
+BODY = '{"model":"m","temperature":0,"messages":[{"role":"user","content":"Say hello"}]}'  # temperature 0: cacheable
 AUTH = {"Authorization": "Bearer sk-bench"}
 NO_CACHE = {"Cache-Control": "no-cache, no-store"}
 
