@@ -100,7 +100,8 @@ def policy_path(args: argparse.Namespace) -> str:
 NO_KEY = ("no admin key given: pass --admin-key or set GATEWAY_ADMIN_KEY to a key the gateway accepts "
           "(its sha256 listed under the policy's admin.api_keys, or the GATEWAY_ADMIN_KEY the gateway runs with)")
 WRONG_KEY = ("the gateway refused this admin key: it is not in the policy's admin.api_keys (sha256) nor the "
-             "GATEWAY_ADMIN_KEY the gateway runs with; tenant keys never work on admin routes")
+             "GATEWAY_ADMIN_KEY the gateway runs with; tenant keys never work on admin routes. Pass an admin key "
+             "with --admin-key or GATEWAY_ADMIN_KEY")
 
 
 class AdminError(Exception):
