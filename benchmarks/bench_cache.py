@@ -1,6 +1,6 @@
 """Cache HIT latency and throughput, in-process store and Redis, against a MISS for scale, in one run.
 
-Method (as ``bench_proxy.py`` and ../shared/BENCHMARKS.md): a minimal aiohttp mock upstream and the
+Method (as ``bench_proxy.py`` and benchmarks/REFERENCE.md): a minimal aiohttp mock upstream and the
 gateway under test share CPU 0; Redis (a private ``redis-server`` on a free port, no persistence)
 runs there too. For each backend the cache is warmed with one request, then:
 
