@@ -50,11 +50,18 @@ class StderrHandler(logging.StreamHandler):
 
 
 def configure_logging(level: str, fmt: str) -> None:
-    """One stderr handler on the root logger, replacing an earlier one of ours (``main`` may run twice)."""
+    """One stderr handler on the root logger (replacing an earlier one of ours: ``main`` may run twice).
+
+    Like ``logging.basicConfig``, it leaves alone a process whose logging someone else set up (a test
+    runner, an application embedding the CLI).
+    """
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if isinstance(h, StderrHandler)]
+    if len(ours) != len(root.handlers):
+        return
+    for old in ours:
+        root.removeHandler(old)
     handler = StderrHandler()
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
-    root = logging.getLogger()
-    for old in [h for h in root.handlers if isinstance(h, StderrHandler)]:
-        root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(getattr(logging, str(level).upper(), logging.INFO))
