@@ -150,19 +150,24 @@ class Pipeline:
             s.on_policy(policy)
 
     async def run(self, ctx: RequestContext) -> GatewayResponse:
-        """Walk the phases; return the response to write (never raises GatewayError)."""
+        """Walk the phases, then the filters; return the response to write (never raises GatewayError
+        from a phase: it becomes the answer, and the filters run on it once)."""
         try:
-            for _phase, handlers in self._phases:
-                for handler in handlers:
-                    verdict = await handler(ctx)
-                    if verdict is not None:
-                        ctx.outcome = verdict.reason
-                        return await self.filter(ctx, verdict.response)
-            raise GatewayError(500, "no stage answered the request", code="no_upstream")
+            resp = await self._walk(ctx)
         except GatewayError as err:
             ctx.outcome = err.outcome if ctx.outcome == "ok" else ctx.outcome
             ctx.error = err
-            return await self.filter(ctx, GatewayResponse.from_error(err))
+            resp = GatewayResponse.from_error(err)
+        return await self.filter(ctx, resp)
+
+    async def _walk(self, ctx: RequestContext) -> GatewayResponse:
+        for _phase, handlers in self._phases:
+            for handler in handlers:
+                verdict = await handler(ctx)
+                if verdict is not None:
+                    ctx.outcome = verdict.reason
+                    return verdict.response
+        raise GatewayError(500, "no stage answered the request", code="no_upstream")
 
     async def filter(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:
         for f in self._filters:

@@ -143,3 +143,15 @@ def test_serve_warns_in_json_when_redis_does_not_answer_and_serves_anyway(tmp_pa
     warned = [x for x in lines if x["logger"] == "gateway.serve" and x["level"] == "WARNING"]
     assert warned and "does not answer" in warned[0]["message"]
     assert all({"time", "level", "logger", "message"} <= x.keys() for x in lines)
+
+
+def test_redis_ping_is_quiet_when_redis_answers(redis_url):
+    from gateway.cli.serve import redis_problem
+    from gateway.policy.loader import load_policy_text
+
+    live = load_policy_text(f"version: 1\nstate: {{backend: redis, redis_url: '{redis_url}'}}\n", env={})
+    assert redis_problem(live) is None
+    dead = load_policy_text(f"version: 1\nstate: {{backend: redis, redis_url: 'redis://127.0.0.1:{free_port()}/0'}}\n",
+                            env={})
+    assert "does not answer" in (redis_problem(dead) or "")
+    assert redis_problem(load_policy_text("version: 1\n", env={})) is None  # memory state: nothing to ping

@@ -170,8 +170,25 @@ def test_upstream_400_is_faithful_and_not_retried(make_gateway, upstream, backup
     upstream.default = Fault(status=400, body=body)
     with pytest.raises(openai.BadRequestError) as exc:
         gw.client("sk-acme").chat.completions.create(model="small", messages=MSG)
-    assert exc.value.body["message"] == "bad thing"
+    assert exc.value.body["message"] == "The upstream provider 'upstream' answered 400: bad thing"
+    assert (exc.value.body["code"], exc.value.body["param"]) == ("bad", "x")
     assert backup.calls == 0
+
+
+def test_upstream_error_echoing_the_request_never_reaches_the_client(make_gateway, upstream, backup):
+    """Issue 14: a provider that echoes its key or our request gets retold, scrubbed and named."""
+    gw = make_gateway(basic_policy(upstream.url, backup.url))
+    echo = {"error": {"message": "Invalid key Bearer sk-upstream-abcdef0123456789 for request "
+                                 '{"model": "small-a", "messages": [...]}', "type": "authentication_error",
+                      "code": "invalid_api_key"},
+            "request": {"headers": {"authorization": "Bearer sk-upstream-abcdef0123456789"}}}
+    upstream.default = Fault(status=401, body=orjson.dumps(echo))
+    with pytest.raises(openai.AuthenticationError) as exc:
+        gw.client("sk-acme").chat.completions.create(model="small", messages=MSG)
+    raw = exc.value.response.text
+    assert "sk-upstream" not in raw and "abcdef0123456789" not in raw and "request" not in exc.value.body
+    assert "The upstream provider 'upstream' answered 401: Invalid key [REDACTED]" in exc.value.body["message"]
+    assert exc.value.body["code"] == "invalid_api_key"
 
 
 def test_failover_to_backup_on_500(make_gateway, upstream, backup):

@@ -229,3 +229,15 @@ async def test_retry_budget_keeps_an_outage_from_becoming_a_retry_storm(make, up
     # without a budget: 40 x 5 = 200 calls; with it, retries in flight stay within 20% of active requests
     assert 40 < upstream.calls <= 40 + 40 * 4 * 0.2 and budget.denied > 0
     assert budget.active == 0 and budget.retrying == 0
+
+
+def test_a_429_storm_is_a_429_with_the_upstream_retry_after_and_opens_no_breaker(make, upstream, backup):
+    """Issue 14: rate-limit answers are not failures; every deployment at 429 is a 429, not a 503."""
+    gw = make(breaker="{failures: 3, cooldown_s: 10}", retry="{attempts: 1, backoff_ms: 0}")
+    upstream.default = backup.default = Fault(429, headers={"retry-after": "3"})
+    for _ in range(20):
+        with pytest.raises(openai.RateLimitError) as exc:
+            ask(gw)
+        assert exc.value.response.headers["retry-after"] == "3"
+    assert set(gw.services.breakers.states().values()) == {"closed"}
+    assert upstream.calls == 20 and backup.calls == 20

@@ -395,3 +395,16 @@ def test_bundled_policy_paths_go_to_the_state_dir_else_the_working_directory(tmp
     policy = load_policy(str(bundled_policy()))
     assert policy.state.dlq_path == str(state_dir / "gateway-dlq.jsonl")
     assert policy.logging.audit_path == str(state_dir / "gateway-audit.jsonl")
+
+
+def test_policy_docs_list_every_provider_type_and_its_own_keys() -> None:
+    """docs/policy.md follows the registry: each type and each of its own keys is documented."""
+    from pathlib import Path
+
+    from gateway.providers.registry import PROVIDER_TYPES
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "policy.md").read_text()
+    for name, kind in PROVIDER_TYPES.items():
+        assert f"`{name}`" in doc, name
+        for key in kind.option_keys:
+            assert f"| `{name}` | `{key}` |" in doc, (name, key)

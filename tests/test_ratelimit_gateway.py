@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from gateway.clock import FakeClock
+from tests.support.harness import eventually
 from tests.support.mock_openai import Fault
 from tests.support.ratelimit import BATCH_KEY, KEY, MSG, ShiftedClock, limited_policy
 
@@ -164,7 +165,8 @@ def test_queue_serves_waiters_in_arrival_order(make_gateway, upstream):
         t = threading.Thread(target=_chat, args=(gw,), kwargs={"messages": [{"role": "user", "content": f"m{i}"}]})
         t.start()
         threads.append(t)
-        time.sleep(0.05)
+        # the next one starts once this one holds the slot or waits in the queue: arrival order is fixed
+        assert eventually(lambda i=i: upstream.in_flight == 1 if i == 0 else _stats(gw).queued == i)
     for t in threads:
         t.join()
     assert [r["messages"][0]["content"] for r in upstream.requests] == ["m0", "m1", "m2", "m3"]

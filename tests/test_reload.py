@@ -23,7 +23,7 @@ MSG = [{"role": "user", "content": "hi"}]
 
 def test_reload_under_load_zero_failures(make_gateway, upstream):
     text = basic_policy(upstream.url)
-    gw = make_gateway(text, watch=True)
+    gw = make_gateway(text)  # reloaded by hand below: a watcher would race it
     client = gw.client("sk-acme")
     errors: list[Exception] = []
     sent = 0
@@ -68,6 +68,21 @@ def test_broken_file_keeps_old_policy_and_shows_on_readyz(make_gateway, upstream
     ready = httpx.get(gw.url + "/readyz").json()
     assert "providers.upstream.type: unknown provider type 'opnai'" in ready["policy"]["last_reload_error"]
     assert gw.client("sk-acme").chat.completions.create(model="small", messages=MSG).choices
+
+
+def test_restoring_the_file_clears_the_reload_error(make_gateway, upstream, caplog):
+    """Issue 14: /readyz forgets a reload error once the file loads again, even unchanged."""
+    gw = make_gateway(basic_policy(upstream.url))
+    good = gw.path.read_text()
+    gw.path.write_text(good.replace("type: openai", "type: opnai", 1))
+    assert not gw.reload()
+    assert httpx.get(gw.url + "/readyz").json()["policy"]["last_reload_error"]
+    gw.path.write_text(good)
+    with caplog.at_level("INFO", logger="gateway.policy"):
+        assert not gw.reload()  # the same policy as the one serving: nothing to swap
+    assert httpx.get(gw.url + "/readyz").json()["policy"]["last_reload_error"] is None
+    assert gw.services.holder.stats.unchanged == 1
+    assert any("policy unchanged" in r.getMessage() for r in caplog.records)
 
 
 def test_file_change_is_picked_up(make_gateway, upstream):

@@ -27,7 +27,9 @@ def redis_problem(policy: Policy, timeout_s: float = REDIS_PING_S) -> str | None
 
     url = policy.state.redis_url
     try:
-        client = redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+        client = redis.Redis.from_url(url)
+        # bounded whatever the URL's own timeouts say (a cluster seed node answers PING like any Redis)
+        client.connection_pool.connection_kwargs.update(socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
         try:
             client.ping()
         finally:

@@ -212,6 +212,7 @@ class Tenant:
 class StatePolicy:
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False  # redis_url is one node of a Redis Cluster (seed for discovery)
     on_backend_error: BackendErrorMode = "local"
     timeout_ms: float = 250.0  # per Redis call
     replicas: int = 1  # divides limits in the `local` fallback

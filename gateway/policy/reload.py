@@ -60,6 +60,7 @@ class PolicyHolder:
                 return self._failed(reason, f"{self.path}: cannot read: {exc.strerror or exc}")
             if new.digest == self.current.digest:
                 self.stats.unchanged += 1
+                self.stats.last_error = None  # a broken edit was undone: the file loads again
                 log.info("policy unchanged (sha256 %s, %s): %s", new.digest[:12], reason, self.path)
                 return False
             try:

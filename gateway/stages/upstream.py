@@ -25,10 +25,8 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
-import orjson
-
 from gateway.context import Attempt, RequestContext
-from gateway.errors import GatewayError, UpstreamError
+from gateway.errors import UpstreamError
 from gateway.pipeline import GatewayResponse, Respond, Stage, Verdict
 from gateway.policy.model import Deployment, ModelSpec, Policy, RetryPolicy
 from gateway.providers.base import UpstreamRequest, UpstreamResponse, retry_after_seconds
@@ -36,6 +34,7 @@ from gateway.routing.balancer import Lease
 from gateway.routing.breaker import CLOSED, CircuitBreaker
 from gateway.routing.exhausted import EXHAUSTED_HEADER, exhausted_error, rate_limited_error, static_response
 from gateway.routing.retry import backoff_s
+from gateway.routing.upstream_errors import retold_error
 from gateway.services import Services
 
 log = logging.getLogger("gateway.upstream")
@@ -61,18 +60,20 @@ def upstream_body(ctx: RequestContext, deployment: Deployment) -> dict:
     return body
 
 
-def error_response(resp: UpstreamResponse) -> GatewayResponse:
-    """An upstream error answered faithfully: its status, an OpenAI-shaped body, retry hints."""
-    body = resp.body or b""
-    try:
-        parsed = orjson.loads(body) if body else None
-    except orjson.JSONDecodeError:
-        parsed = None
-    if not (isinstance(parsed, dict) and isinstance(parsed.get("error"), dict)):
-        msg = f"upstream returned HTTP {resp.status}"
-        body = GatewayError(resp.status, msg, code="upstream_error").body()
+def _native_body(ctx: RequestContext, native_surface: str | None) -> dict | None:
+    """The client's own body for a provider of its family, unless the policy rewrites what it says."""
+    if native_surface is None or native_surface != ctx.surface.name or not ctx.surface.forwardable(ctx):
+        return None
+    if ctx.tenant is not None and ctx.tenant.redact_upstream:
+        return None  # the redacted request is the internal one: the native body still says everything
+    return ctx.native_body
+
+
+def error_response(resp: UpstreamResponse, provider: str, secrets: tuple[str, ...] = ()) -> GatewayResponse:
+    """An upstream error retold: its status and scrubbed message, the provider's name, retry hints."""
+    err = retold_error(resp.status, resp.body, provider, secrets)
     headers = {k: resp.headers[k] for k in PASS_HEADERS if k in resp.headers}
-    return GatewayResponse(status=resp.status, headers=headers, body=body)
+    return GatewayResponse(status=resp.status, headers=headers, body=err.body())
 
 
 def _status_kind(status: int) -> str:
@@ -174,10 +175,12 @@ class UpstreamStage(Stage):
         attempt = Attempt(deployment=dep.name, provider=dep.provider, started=loop.time())
         ctx.attempts.append(attempt)
         ctx.deployment = dep
+        native = _native_body(ctx, provider.native_surface)
+        headers = {**ctx.upstream_headers, **ctx.surface.native_headers(ctx)} if native else ctx.upstream_headers
         req = UpstreamRequest(
             endpoint=ctx.endpoint, body=upstream_body(ctx, dep), stream=ctx.stream, request_id=ctx.request_id,
-            headers=ctx.upstream_headers, first_byte_timeout_s=min(timeouts.first_byte_s, remaining),
-            total_timeout_s=None if ctx.stream else min(timeouts.total_s, remaining))
+            headers=headers, first_byte_timeout_s=min(timeouts.first_byte_s, remaining),
+            total_timeout_s=None if ctx.stream else min(timeouts.total_s, remaining), native=native)
         lease = self.balancer.lease(dep.name)
         resp: UpstreamResponse | None = None
         outcome: Respond | Failure | None = None
@@ -193,7 +196,7 @@ class UpstreamStage(Stage):
             if isinstance(outcome, Respond) and it is not None and resp.status == 200:
                 events = self._relay(ctx, attempt, breaker, lease, first, it)
                 outcome.response = GatewayResponse(status=200, events=events, close=_closer(lease, resp),
-                                                   content_type="text/event-stream")
+                                                   content_type="text/event-stream", native=resp.native)
             return outcome
         finally:
             if outcome is None:
@@ -215,9 +218,11 @@ class UpstreamStage(Stage):
         breaker.success()
         if status >= 400:
             attempt.error_kind, attempt.error = _status_kind(status), f"HTTP {status}"
-            return Respond(self._answer(ctx, dep, error_response(resp)), "upstream_error")
+            secrets = (self.providers.get(dep.provider).spec.api_key,)
+            return Respond(self._answer(ctx, dep, error_response(resp, dep.provider, secrets)), "upstream_error")
         self.balancer.observe_ttfb(dep.name, attempt.ttfb_s or 0.0)
-        return Respond(self._answer(ctx, dep, GatewayResponse(status=status, body=resp.body)), "ok")
+        answer = GatewayResponse(status=status, body=resp.body, native=resp.native)
+        return Respond(self._answer(ctx, dep, answer), "ok")
 
     @staticmethod
     async def _prime(resp: UpstreamResponse) -> tuple[bytes | None, AsyncIterator[bytes] | None]:
@@ -233,6 +238,9 @@ class UpstreamStage(Stage):
     def _failed(self, attempt: Attempt, breaker: CircuitBreaker, kind: str, message: str,
                 retry_after_s: float | None) -> Failure:
         attempt.error_kind, attempt.error = kind, message
+        if kind == "429":  # the deployment is busy, not broken: a rate-limit answer never opens its breaker
+            breaker.abandon()
+            return Failure(kind, f"{attempt.deployment}: {message}", retry_after_s)
         trips = breaker.trips
         breaker.failure()
         if breaker.trips != trips:

@@ -1,0 +1,286 @@
+"""The runner alone, with fake stages: the contract written on ``gateway.pipeline.Stage`` and its phases.
+
+Each fake stage records every hook it runs into a shared log, so a test states the exact sequence the
+runner must produce. The last tests drive ``gateway.http.server.Handler`` (which calls ``run``, writes
+the answer and calls ``complete``) with a mocked aiohttp request, to hold "complete runs exactly once
+per request" for success, an answered error, a bug and a client that leaves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from types import SimpleNamespace
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp.test_utils import make_mocked_request
+
+from gateway.context import RequestContext
+from gateway.errors import GatewayError
+from gateway.http.server import Handler
+from gateway.pipeline import PHASES, GatewayResponse, Pipeline, Respond, Stage
+from gateway.policy.loader import load_policy_text
+
+POLICY = load_policy_text("version: 1\n", "contract.yaml", env={})
+Log = list[tuple[str, str]]
+OK = GatewayResponse(status=200, body=b'{"ok": true}')
+
+
+def make_ctx() -> RequestContext:
+    return RequestContext(request_id="req-1", endpoint="chat", policy=POLICY, request=None,  # type: ignore[arg-type]
+                          started=0.0, started_wall=0.0)
+
+
+def fake_stage(name: str, log: Log, phases: tuple[str, ...] = (), answers: dict[str, Any] | None = None,
+               filters: bool = False, complete: bool = False,
+               complete_raises: bool = False) -> Stage:
+    """A Stage subclass overriding only ``phases`` (plus ``on_response``/``complete`` when asked).
+
+    ``answers[phase]`` is what that phase returns (a ``Respond``) or raises (an exception).
+    """
+    answers = answers or {}
+
+    def phase_hook(phase: str) -> Callable[..., Any]:
+        async def hook(self: Stage, ctx: RequestContext) -> Respond | None:
+            log.append((name, phase))
+            answer = answers.get(phase)
+            if isinstance(answer, BaseException):
+                raise answer
+            return answer
+
+        return hook
+
+    namespace: dict[str, Any] = {"name": name, **{p: phase_hook(p) for p in phases}}
+    if filters:
+        async def on_response(self: Stage, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:
+            log.append((name, f"on_response:{resp.status}"))
+            resp.headers[f"x-{name}"] = str(len(resp.headers))  # the order filters ran in shows in the values
+            return resp
+
+        namespace["on_response"] = on_response
+    if complete or complete_raises:
+        async def complete_hook(self: Stage, ctx: RequestContext, error: BaseException | None) -> None:
+            log.append((name, f"complete:{type(error).__name__ if error else None}"))
+            if complete_raises:
+                raise RuntimeError(f"{name} failed to complete")
+
+        namespace["complete"] = complete_hook
+    return type(f"Fake{name.title()}Stage", (Stage,), namespace)()
+
+
+async def test_phases_run_in_phases_order_across_stages_and_list_order_within_a_phase() -> None:
+    log: Log = []
+    reversed_phases = tuple(reversed(PHASES))  # how a stage lists its phases does not matter
+    a = fake_stage("a", log, reversed_phases)
+    b = fake_stage("b", log, PHASES, answers={"call_upstream": Respond(OK)})
+    resp = await Pipeline([a, b]).run(make_ctx())
+    assert resp.status == 200
+    assert log == [(s, p) for p in PHASES for s in ("a", "b")]
+
+
+async def test_a_stage_runs_only_the_phases_it_overrides() -> None:
+    log: Log = []
+    a = fake_stage("a", log, ("route",))
+    b = fake_stage("b", log, ("check_input",))
+    c = fake_stage("c", log, ("authenticate", "call_upstream"), answers={"call_upstream": Respond(OK)})
+    await Pipeline([a, b, c]).run(make_ctx())
+    assert log == [("c", "authenticate"), ("b", "check_input"), ("a", "route"), ("c", "call_upstream")]
+
+
+async def test_base_class_defaults_are_never_called(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The do-nothing defaults are skipped, not called: an unused phase costs nothing."""
+    called: list[str] = []
+
+    def tripwire(hook: str) -> Callable[..., Any]:
+        async def default(self: Stage, *args: Any) -> Any:
+            called.append(f"{self.name}.{hook}")
+            return args[-1] if hook == "on_response" else None
+
+        return default
+
+    for hook in (*PHASES, "on_response", "complete"):
+        monkeypatch.setattr(Stage, hook, tripwire(hook))
+    log: Log = []
+    pipeline = Pipeline([fake_stage("a", log, ("route",)),
+                         fake_stage("b", log, ("call_upstream",), answers={"call_upstream": Respond(OK)})])
+    ctx = make_ctx()
+    resp = await pipeline.run(ctx)
+    await pipeline.complete(ctx, None)
+    assert resp.status == 200
+    assert log == [("a", "route"), ("b", "call_upstream")]
+    assert called == []
+
+
+async def test_respond_stops_every_later_phase_but_every_filter_runs_on_the_early_answer() -> None:
+    log: Log = []
+    early = GatewayResponse(status=429, body=b"{}")
+    a = fake_stage("a", log, ("authenticate", "check_input", "route", "call_upstream"),
+                   answers={"check_input": Respond(early, "over_limit")}, filters=True)
+    b = fake_stage("b", log, ("check_input", "limit_requests", "call_upstream"), filters=True)
+    c = fake_stage("c", log, ("admit",), filters=True)
+    ctx = make_ctx()
+    resp = await Pipeline([a, b, c]).run(ctx)
+    assert log == [("a", "authenticate"), ("a", "check_input"),
+                   ("a", "on_response:429"), ("b", "on_response:429"), ("c", "on_response:429")]
+    assert resp is early and resp.headers == {"x-a": "0", "x-b": "1", "x-c": "2"}
+    assert ctx.outcome == "over_limit"
+    assert ctx.error is None
+
+
+async def test_filters_wrap_the_stream_the_earlier_filters_produced() -> None:
+    async def source() -> AsyncIterator[bytes]:
+        yield b"x"
+
+    class Wrap(Stage):
+        def __init__(self, tag: bytes) -> None:
+            self.tag = tag
+
+        async def on_response(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:
+            inner = resp.events
+            assert inner is not None
+
+            async def wrapped() -> AsyncIterator[bytes]:
+                async for item in inner:
+                    yield self.tag + b"(" + item + b")"
+
+            resp.events = wrapped()
+            return resp
+
+    class Answer(Stage):
+        async def call_upstream(self, ctx: RequestContext) -> Respond:
+            return Respond(GatewayResponse(status=200, events=source()))
+
+    resp = await Pipeline([Wrap(b"a"), Answer(), Wrap(b"b")]).run(make_ctx())
+    assert resp.events is not None
+    assert [item async for item in resp.events] == [b"b(a(x))"]
+
+
+async def test_a_gateway_error_becomes_the_response_and_ctx_error() -> None:
+    log: Log = []
+    err = GatewayError(429, "slow down", code="rate_limited", headers={"retry-after": "3"}, outcome="over_limit")
+    a = fake_stage("a", log, ("limit_requests", "call_upstream"), answers={"limit_requests": err}, filters=True)
+    b = fake_stage("b", log, ("cache_lookup",), filters=True)
+    ctx = make_ctx()
+    resp = await Pipeline([a, b]).run(ctx)
+    assert resp.status == 429
+    assert orjson.loads(resp.body or b"") == {
+        "error": {"message": "slow down", "type": "rate_limit_error", "param": None, "code": "rate_limited"}}
+    assert resp.headers["retry-after"] == "3"
+    assert ctx.error is err
+    assert ctx.outcome == "over_limit"
+    assert log == [("a", "limit_requests"), ("a", "on_response:429"), ("b", "on_response:429")]
+
+
+async def test_an_error_keeps_an_outcome_a_stage_already_set() -> None:
+    class Shed(Stage):
+        async def admit(self, ctx: RequestContext) -> None:
+            ctx.outcome = "over_budget"
+            raise GatewayError(402, "budget spent")
+
+    ctx = make_ctx()
+    resp = await Pipeline([Shed()]).run(ctx)
+    assert (resp.status, ctx.outcome, ctx.error.status if ctx.error else None) == (402, "over_budget", 402)
+
+
+async def test_a_bug_is_not_swallowed_by_the_runner() -> None:
+    """Only GatewayError becomes an answer inside ``run``; the handler turns the rest into a 500."""
+    log: Log = []
+    a = fake_stage("a", log, ("route",), answers={"route": KeyError("oops")})
+    with pytest.raises(KeyError):
+        await Pipeline([a]).run(make_ctx())
+
+
+async def test_a_request_no_stage_answers_is_a_500_no_upstream() -> None:
+    log: Log = []
+    a = fake_stage("a", log, PHASES, filters=True)
+    ctx = make_ctx()
+    resp = await Pipeline([a]).run(ctx)
+    assert resp.status == 500
+    assert orjson.loads(resp.body or b"")["error"]["code"] == "no_upstream"
+    assert ctx.error is not None and ctx.error.code == "no_upstream"
+    assert ctx.outcome == "error"
+    assert log[-1] == ("a", "on_response:500")
+    assert await Pipeline([]).run(make_ctx()) is not None  # an empty list answers the same way
+
+
+async def test_complete_runs_once_per_stage_in_list_order_even_where_no_phase_ran() -> None:
+    log: Log = []
+    err = GatewayError(401, "who are you")
+    a = fake_stage("a", log, ("authenticate",), answers={"authenticate": err}, complete=True)
+    b = fake_stage("b", log, complete=True)  # no phases at all
+    c = fake_stage("c", log, ("call_upstream",), complete=True)  # its phase never ran
+    d = fake_stage("d", log, ("route",))  # no complete of its own
+    pipeline = Pipeline([a, b, c, d])
+    ctx = make_ctx()
+    await pipeline.run(ctx)
+    await pipeline.complete(ctx, ctx.error)
+    assert log == [("a", "authenticate"),
+                   ("a", "complete:GatewayError"), ("b", "complete:GatewayError"), ("c", "complete:GatewayError")]
+
+
+async def test_one_failing_complete_is_logged_and_the_others_still_run(caplog: pytest.LogCaptureFixture) -> None:
+    log: Log = []
+    stages = [fake_stage("a", log, complete=True), fake_stage("b", log, complete_raises=True),
+              fake_stage("c", log, complete=True)]
+    with caplog.at_level(logging.ERROR, logger="gateway.pipeline"):
+        await Pipeline(stages).complete(make_ctx(), None)
+    assert log == [("a", "complete:None"), ("b", "complete:None"), ("c", "complete:None")]
+    failures = [r for r in caplog.records if r.name == "gateway.pipeline"]
+    assert len(failures) == 1 and "complete failed" in failures[0].getMessage()
+    assert failures[0].exc_info is not None and "b failed to complete" in str(failures[0].exc_info[1])
+
+
+# -- through the handler: complete runs exactly once per request, whatever happened ------------------
+
+def make_handler(stages: list[Stage]) -> Handler:
+    services = SimpleNamespace(holder=SimpleNamespace(current=POLICY))
+    return Handler(services, Pipeline(stages))  # type: ignore[arg-type]
+
+
+def request() -> Any:
+    return make_mocked_request("POST", "/v1/chat/completions", headers={"x-request-id": "r-7"})
+
+
+async def test_handler_completes_once_on_success_and_on_an_answered_error() -> None:
+    log: Log = []
+    ok = fake_stage("ok", log, ("call_upstream",), answers={"call_upstream": Respond(OK)}, complete=True)
+    out = await make_handler([ok]).handle(request(), "chat")
+    assert out.status == 200
+    assert log == [("ok", "call_upstream"), ("ok", "complete:None")]
+
+    log.clear()
+    denied = fake_stage("no", log, ("authenticate",), answers={"authenticate": GatewayError(401, "no")},
+                        complete=True)
+    out = await make_handler([denied]).handle(request(), "chat")
+    assert out.status == 401
+    assert log == [("no", "authenticate"), ("no", "complete:GatewayError")]
+
+
+async def test_handler_turns_a_bug_into_a_500_and_completes_once_with_it() -> None:
+    log: Log = []
+    bug = fake_stage("bug", log, ("route",), answers={"route": KeyError("oops")}, complete=True)
+    out = await make_handler([bug]).handle(request(), "chat")
+    assert out.status == 500
+    assert orjson.loads(out.body)["error"]["code"] == "internal_error"  # type: ignore[attr-defined]
+    assert log == [("bug", "route"), ("bug", "complete:KeyError")]
+
+
+async def test_handler_completes_once_when_the_client_leaves() -> None:
+    log: Log = []
+    entered = asyncio.Event()
+
+    class Hang(Stage):
+        async def call_upstream(self, ctx: RequestContext) -> None:
+            entered.set()
+            await asyncio.sleep(30)
+
+    done = fake_stage("done", log, complete=True)
+    task = asyncio.create_task(make_handler([Hang(), done]).handle(request(), "chat"))
+    await asyncio.wait_for(entered.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(task, 5)
+    assert log == [("done", "complete:CancelledError")]
