@@ -204,7 +204,8 @@ def test_cached_answers_are_shared_by_the_replicas(fleet: Fleet) -> None:
 def _check_cache(fleet: Fleet, tenant: str) -> None:
     clients = [openai.OpenAI(base_url=base + "/v1", api_key=f"sk-{tenant}", max_retries=0, timeout=30)
                for base in fleet.gateways]
-    ask = {"model": "small", "messages": [{"role": "user", "content": f"capital of France for {tenant}"}]}
+    ask = {"model": "small", "temperature": 0,  # cacheable: an answer meant to repeat
+           "messages": [{"role": "user", "content": f"capital of France for {tenant}"}]}
     try:
         first = clients[0].chat.completions.with_raw_response.create(**ask)
         assert first.headers["x-cache"] == "MISS"
