@@ -10,8 +10,10 @@ from typing import Any
 
 import orjson
 import pytest
-from botocore.credentials import Credentials, RefreshableCredentials
-from botocore.eventstream import ChecksumMismatch, EventStreamBuffer
+
+pytest.importorskip("botocore")  # the [aws] extra
+from botocore.credentials import Credentials, RefreshableCredentials  # noqa: E402
+from botocore.eventstream import ChecksumMismatch, EventStreamBuffer  # noqa: E402
 
 from gateway.errors import GatewayError
 from gateway.providers import bedrock_embed as embed
@@ -245,3 +247,28 @@ def test_embedding_bodies():
     assert embed.family("us.cohere.embed-english-v3") == "cohere" and embed.family("amazon.nova-pro-v1:0") is None
     with pytest.raises(GatewayError):
         embed.texts({"input": [[1, 2, 3]]})
+
+
+# -- policy ---------------------------------------------------------------------------------------------
+def test_example_policy_loads_with_only_aws_credentials_and_builds_the_provider(monkeypatch):
+    from pathlib import Path
+
+    from gateway.policy.loader import load_policy
+    from gateway.providers.registry import create_provider
+
+    path = Path(__file__).resolve().parents[1] / "policies" / "bedrock.yaml"
+    policy = load_policy(str(path), env={"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y"})
+    provider = create_provider(policy.providers["bedrock"])
+    assert provider.url("anthropic.claude-3-5-haiku-20241022-v1:0", "converse") == (
+        "https://bedrock-runtime.us-east-1.amazonaws.com/model/anthropic.claude-3-5-haiku-20241022-v1%3A0/converse")
+
+
+def test_region_is_required_and_base_url_overrides_the_endpoint():
+    from gateway.policy.model import ProviderSpec
+    from gateway.providers.bedrock import BedrockOptions, BedrockProvider
+
+    with pytest.raises(ValueError, match=r"providers.aws.region: required"):
+        BedrockProvider(ProviderSpec(name="aws", type="bedrock", options=BedrockOptions()))
+    vpc = BedrockProvider(ProviderSpec(name="aws", type="bedrock", base_url="https://vpce-1.example.com/",
+                                       options=BedrockOptions(region="eu-west-1")))
+    assert vpc.url("m", "invoke") == "https://vpce-1.example.com/model/m/invoke" and vpc.region == "eu-west-1"

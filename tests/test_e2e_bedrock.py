@@ -12,6 +12,8 @@ import textwrap
 import openai
 import pytest
 
+pytest.importorskip("botocore")  # the [aws] extra
+
 from tests.support.aws_wire import TEST_ACCESS_KEY, TEST_SECRET_KEY
 from tests.support.budget import ADMIN_KEY, spend
 from tests.support.mock_bedrock import ErrorReply, MockBedrock, Reply, vector
