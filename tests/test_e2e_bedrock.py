@@ -199,3 +199,17 @@ def test_a_wrong_secret_is_refused_by_the_signature_check(gw, bedrock, monkeypat
     with pytest.raises(openai.AuthenticationError):
         gw.client("sk-acme").chat.completions.create(model="claude", messages=MSG)
     assert bedrock.signature_errors == ["signature mismatch"]
+
+
+def test_messages_and_responses_surfaces_reach_bedrock(gw, bedrock):
+    import anthropic
+
+    claude = anthropic.Anthropic(api_key="sk-acme", base_url=gw.url, max_retries=0, timeout=15.0)
+    msg = claude.messages.create(model="claude", max_tokens=100, system="be brief", messages=MSG)
+    assert msg.content[0].text == "Mock answer to: hello there" and msg.stop_reason == "end_turn"
+    with claude.messages.stream(model="claude", max_tokens=100, messages=MSG) as stream:
+        assert "".join(stream.text_stream) == "Mock answer to: hello there"
+    resp = gw.client("sk-acme").responses.create(model="claude", input="hello there")
+    assert resp.output_text == "Mock answer to: hello there"
+    assert bedrock.actions == ["converse", "converse-stream", "converse"] and bedrock.signature_errors == []
+    assert bedrock.requests[0]["system"] == [{"text": "be brief"}]
