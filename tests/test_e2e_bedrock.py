@@ -213,3 +213,23 @@ def test_messages_and_responses_surfaces_reach_bedrock(gw, bedrock):
     assert resp.output_text == "Mock answer to: hello there"
     assert bedrock.actions == ["converse", "converse-stream", "converse"] and bedrock.signature_errors == []
     assert bedrock.requests[0]["system"] == [{"text": "be brief"}]
+
+
+def test_a_bedrock_api_key_is_sent_as_a_bearer_token_instead_of_sigv4(make_gateway, servers, aws_env):
+    server = servers.call(MockBedrock(api_key="bedrock-api-key-test-0001").start())
+    try:
+        gw = make_gateway(textwrap.dedent(f"""\
+            version: 1
+            providers:
+              aws: {{type: bedrock, region: us-west-2, base_url: "{server.url}", api_key: bedrock-api-key-test-0001}}
+            models:
+              claude: {{deployments: [{{provider: aws, model: "{CLAUDE}"}}]}}
+            tenants:
+              acme: {{api_keys: [sk-acme], models: "*"}}
+            """))
+        out = gw.client("sk-acme").chat.completions.create(model="claude", messages=MSG)
+        assert out.choices[0].message.content == "Mock answer to: hello there"
+        assert server.headers[-1]["authorization"] == "Bearer bedrock-api-key-test-0001"
+        assert "x-amz-date" not in server.headers[-1] and server.signature_errors == []
+    finally:
+        servers.call(server.stop())

@@ -4,7 +4,8 @@ Chat goes to ``POST {base}/model/{modelId}/converse`` (``/converse-stream`` when
 binary event stream, ``bedrock_stream``); embeddings to ``/model/{modelId}/invoke`` for Titan and
 Cohere models (``bedrock_embed``). The model id is percent-encoded into the path (``:`` becomes
 ``%3A``), signed with SigV4 over exactly that path and sent without re-encoding. Credentials come
-from the AWS chain (``aws_sigv4``), resolved and refreshed off the event loop. Errors are mapped by
+from the AWS chain (``aws_sigv4``), resolved and refreshed off the event loop; a policy ``api_key`` is a
+Bedrock API key, sent as a bearer token instead (no botocore needed). Errors are mapped by
 AWS error type (``bedrock_errors``): throttling is a 429 wherever it comes from, so it fails over.
 """
 
@@ -115,22 +116,27 @@ class BedrockProvider(HTTPProvider):
         if self._session is None:
             await self.start()
         assert self._session is not None
+        url = self.url(model, action)
+        accept = "application/vnd.amazon.eventstream" if action == "converse-stream" else "application/json"
+        headers = {**self._static_headers, **req.headers, "content-type": "application/json", "accept": accept}
+        if self.spec.api_key:  # a Bedrock API key: a bearer token instead of SigV4
+            headers["authorization"] = f"Bearer {self.spec.api_key}"
+        else:
+            headers = sign(await self._signing_credentials(), self.region, url, body, headers)
+        first_byte, total = attempt_timeouts(self.spec, req)
+        deadline = asyncio.get_running_loop().time() + total
+        # encoded=True: yarl would otherwise decode %3A back to ':' and the path would not match the signature
+        resp = await timed_post(self._session, self.name, URL(url, encoded=True), body, headers,  # type: ignore[arg-type]
+                                first_byte, total)
+        return resp, first_byte, total, deadline
+
+    async def _signing_credentials(self) -> Any:
         try:
-            credentials = await self._credentials.get()
+            return await self._credentials.get()
         except AwsUnavailable as exc:
             raise UpstreamError("connect", f"{self.name}: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - botocore's chain raises many types (STS, files, metadata)
             raise UpstreamError("connect", f"{self.name}: AWS credentials failed: {type(exc).__name__}") from exc
-        first_byte, total = attempt_timeouts(self.spec, req)
-        deadline = asyncio.get_running_loop().time() + total
-        url = self.url(model, action)
-        accept = "application/vnd.amazon.eventstream" if action == "converse-stream" else "application/json"
-        headers = {**self._static_headers, **req.headers, "content-type": "application/json", "accept": accept}
-        signed = sign(credentials, self.region, url, body, headers)
-        # encoded=True: yarl would otherwise decode %3A back to ':' and the path would not match the signature
-        resp = await timed_post(self._session, self.name, URL(url, encoded=True), body, signed,  # type: ignore[arg-type]
-                                first_byte, total)
-        return resp, first_byte, total, deadline
 
     async def _error(self, resp: aiohttp.ClientResponse, model: str, deadline: float,
                      total: float) -> UpstreamResponse:

@@ -66,8 +66,9 @@ class ErrorReply:
 
 
 class MockBedrock:
-    def __init__(self, region: str = "us-east-1") -> None:
+    def __init__(self, region: str = "us-east-1", api_key: str | None = None) -> None:
         self.region = region
+        self.api_key = api_key  # also accept this Bedrock API key (``Authorization: Bearer``)
         self.requests: list[Any] = []
         self.raw_paths: list[str] = []
         self.models: list[str] = []  # decoded model ids
@@ -113,7 +114,11 @@ class MockBedrock:
         self.requests.append(body)
         self.raw_paths.append(request.raw_path)
         self.headers.append(headers)
-        problem = verify(request.method, headers.get("host", ""), request.raw_path, headers, raw)
+        if headers.get("authorization", "").startswith("Bearer "):  # a Bedrock API key
+            ok = self.api_key is not None and headers["authorization"] == f"Bearer {self.api_key}"
+            problem = None if ok else "wrong API key"
+        else:
+            problem = verify(request.method, headers.get("host", ""), request.raw_path, headers, raw)
         if problem is not None:
             self.signature_errors.append(problem)
             return _error(ErrorReply(403, "InvalidSignatureException", f"The request signature we calculated "
