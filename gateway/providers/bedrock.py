@@ -5,7 +5,7 @@ binary event stream, ``bedrock_stream``); embeddings to ``/model/{modelId}/invok
 Cohere models (``bedrock_embed``). The model id is percent-encoded into the path (``:`` becomes
 ``%3A``), signed with SigV4 over exactly that path and sent without re-encoding. Credentials come
 from the AWS chain (``aws_sigv4``), resolved and refreshed off the event loop; a policy ``api_key`` is a
-Bedrock API key, sent as a bearer token instead (no botocore needed). Errors are mapped by
+Bedrock API key, sent as a bearer token instead. Errors are mapped by
 AWS error type (``bedrock_errors``): throttling is a 429 wherever it comes from, so it fails over.
 """
 
