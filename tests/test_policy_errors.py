@@ -68,8 +68,9 @@ EXPECTED = {
     "redact_bad_regex.yaml": "{file}:3: audit.redact[1]: invalid regular expression: "
                              "unterminated character set at position 3",
     "provider_type_unknown.yaml": "{file}:4: providers.upstream.type: unknown provider type 'opnai' "
-                                  "(known: openai, anthropic, azure_openai, mock)",
+                                  "(known: openai, anthropic, azure_openai, mock, bedrock)",
     "provider_type_missing.yaml": "{file}:3: providers.upstream: missing required key 'type'",
+    "provider_bedrock_no_region.yaml": "{file}:3: providers.aws: missing required key 'region'",
     "provider_base_url_missing.yaml": "{file}:3: providers.upstream: missing required key 'base_url' "
                                       "(required for type openai)",
     "provider_base_url_invalid.yaml": "{file}:5: providers.upstream.base_url: invalid URL '127.0.0.1:9000/v1' "

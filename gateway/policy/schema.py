@@ -143,7 +143,7 @@ def build_provider(name: str, raw: Any, path: str, report: Report) -> m.Provider
     if kind_name is BAD:
         return None
     kind = PROVIDER_TYPES[kind_name]
-    values = fields({**PROVIDER_COMMON, **kind.option_keys})(raw, path, report)
+    values = fields({**PROVIDER_COMMON, **kind.option_keys}, required=kind.required)(raw, path, report)
     if values is BAD:
         return None
     options = {k: values.pop(k) for k in list(values) if k in kind.option_keys}

@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.policy.checkers import Checker
 from gateway.policy.model import ProviderSpec
-from gateway.providers import azure_openai, mock, openai
+from gateway.providers import azure_openai, bedrock, mock, openai
 from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.azure_openai import AzureOpenAIProvider
 from gateway.providers.base import Provider
@@ -31,7 +31,8 @@ class ProviderKind:
     options: type | None = None  # a frozen dataclass built from ``option_keys`` into ``ProviderSpec.options``
     option_keys: Mapping[str, Checker] = field(default_factory=dict)  # YAML key -> checker
     default_base_url: str | None = None  # used when the policy gives no ``base_url``
-    needs_base_url: bool = True  # False for providers that call nothing (mock)
+    needs_base_url: bool = True  # False for providers that call nothing (mock) or derive it (bedrock)
+    required: tuple[str, ...] = ()  # option keys a policy must give
 
     def build_options(self, values: Mapping[str, Any]) -> Any:
         return self.options(**values) if self.options is not None else None
@@ -42,6 +43,8 @@ PROVIDER_TYPES: dict[str, ProviderKind] = {
     "anthropic": ProviderKind(AnthropicProvider, default_base_url="https://api.anthropic.com"),
     "azure_openai": ProviderKind(AzureOpenAIProvider, azure_openai.AzureOptions, azure_openai.OPTION_KEYS),
     "mock": ProviderKind(MockProvider, mock.MockOptions, mock.OPTION_KEYS, needs_base_url=False),
+    "bedrock": ProviderKind(bedrock.BedrockProvider, bedrock.BedrockOptions, bedrock.OPTION_KEYS, needs_base_url=False,
+                            required=("region",)),
 }
 
 
