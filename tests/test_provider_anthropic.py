@@ -263,7 +263,8 @@ async def test_text_response(provider: AnthropicProvider, mock_anthropic: MockAn
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": "Bonjour.", "refusal": None},
+                "message": {"role": "assistant", "content": "Bonjour.", "refusal": None,
+                            "reasoning_content": "Let me think"},  # thinking kept as reasoning text
                 "logprobs": None,
                 "finish_reason": "stop",
             }
@@ -496,3 +497,19 @@ async def test_malformed_answers_are_protocol_errors(
     with pytest.raises(UpstreamError) as stream_error:
         await chunks(resp)
     assert whole_error.value.kind == stream_error.value.kind == "protocol"
+
+
+@pytest.mark.parametrize(("body", "thinking"), [
+    ({"reasoning_effort": "high", "max_tokens": 32000}, {"type": "enabled", "budget_tokens": 24576}),
+    ({"reasoning_effort": "high", "max_tokens": 4000}, {"type": "enabled", "budget_tokens": 3999}),
+    ({"reasoning_effort": "low"}, {"type": "enabled", "budget_tokens": 2048}),
+    ({"reasoning_effort": "low", "max_tokens": 1000}, None),  # no room for the 1024-token minimum
+    ({"reasoning_effort": "medium", "temperature": 0.2}, None),  # explicit sampling wins
+    ({"reasoning_effort": "medium", "top_k": 5}, None),
+    ({}, None),
+])
+def test_reasoning_effort_becomes_a_thinking_budget(body, thinking):
+    from gateway.providers.anthropic_translate import to_anthropic
+
+    out = to_anthropic({"model": "m", "messages": [{"role": "user", "content": "hi"}], **body})
+    assert out.get("thinking") == thinking

@@ -168,7 +168,7 @@ class StreamTranslator:
         if block.get("type") == "text" and block.get("text"):
             return [self._chunk({"content": block["text"]})]
         if block.get("type") != "tool_use":
-            return []  # thinking and server-tool blocks have no OpenAI counterpart
+            return []  # thinking arrives in deltas; server-tool blocks have no OpenAI counterpart
         index = self._tool_index[data["index"]] = len(self._tool_index)
         call = {
             "index": index,
@@ -182,6 +182,8 @@ class StreamTranslator:
         delta = data["delta"]
         if delta.get("type") == "text_delta" and delta.get("text"):
             return [self._chunk({"content": delta["text"]})]
+        if delta.get("type") == "thinking_delta" and delta.get("thinking"):
+            return [self._chunk({"reasoning_content": delta["thinking"]})]
         if delta.get("type") == "input_json_delta" and delta.get("partial_json"):
             index = self._tool_index.get(data["index"])
             if index is None:

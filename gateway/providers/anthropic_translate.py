@@ -65,7 +65,28 @@ def to_anthropic(body: dict[str, Any]) -> dict[str, Any]:
         out["stream"] = True
     _tools(body, out)
     _output_format(body, out)
+    _thinking(body, out)
     return out
+
+
+THINKING_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
+
+
+def _thinking(body: dict[str, Any], out: dict[str, Any]) -> None:
+    """``reasoning_effort`` as an extended-thinking budget, where Anthropic's rules allow one.
+
+    Thinking needs ``max_tokens`` above the budget (at least 1024) and no sampling overrides
+    (temperature other than 1, top_k, top_p below 0.95): a request that sets those keeps them and
+    gets no thinking, since the client asked for that sampling explicitly.
+    """
+    budget = THINKING_BUDGETS.get(str(body.get("reasoning_effort") or ""))
+    if budget is None or out.get("top_k") is not None or out.get("temperature") not in (None, 1):
+        return
+    if out.get("top_p") is not None and out["top_p"] < 0.95:
+        return
+    budget = min(budget, int(out["max_tokens"]) - 1)
+    if budget >= 1024:
+        out["thinking"] = {"type": "enabled", "budget_tokens": budget}
 
 
 def _output_format(body: dict[str, Any], out: dict[str, Any]) -> None:
@@ -259,11 +280,14 @@ def finish_reason(stop_reason: str | None) -> str | None:
 
 
 def from_anthropic(msg: dict[str, Any], created: int) -> dict[str, Any]:
-    """A whole Anthropic message as an OpenAI ``chat.completion`` (thinking blocks are dropped)."""
+    """A whole Anthropic message as an OpenAI ``chat.completion`` (thinking text as ``reasoning_content``)."""
     texts: list[str] = []
+    thoughts: list[str] = []
     calls: list[dict[str, Any]] = []
     for block in msg.get("content") or []:
-        if block.get("type") == "text":
+        if block.get("type") == "thinking":
+            thoughts.append(block.get("thinking") or "")
+        elif block.get("type") == "text":
             texts.append(block.get("text") or "")
         elif block.get("type") == "tool_use":
             args = orjson.dumps(block.get("input") or {}).decode()
@@ -272,6 +296,8 @@ def from_anthropic(msg: dict[str, Any], created: int) -> dict[str, Any]:
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) or (None if calls else "")}
     if calls:
         message["tool_calls"] = calls
+    if any(thoughts):
+        message["reasoning_content"] = "".join(thoughts)  # as DeepSeek and vLLM name it
     message["refusal"] = None
     choice = {
         "index": 0,
