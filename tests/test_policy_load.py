@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.policy.loader import load_policy, load_policy_text
+from gateway.policy.loader import PolicyError, load_policy, load_policy_text
 from gateway.policy.model import (
     BudgetPolicy,
     CachePolicy,
@@ -408,3 +408,25 @@ def test_policy_docs_list_every_provider_type_and_its_own_keys() -> None:
         assert f"`{name}`" in doc, name
         for key in kind.option_keys:
             assert f"| `{name}` | `{key}` |" in doc, (name, key)
+
+
+@pytest.mark.parametrize(("kind", "url"), [("groq", "https://api.groq.com/openai/v1"),
+                                           ("ollama", "http://127.0.0.1:11434/v1"),
+                                           ("openrouter", "https://openrouter.ai/api/v1")])
+def test_openai_compatible_presets_need_only_a_key(kind: str, url: str) -> None:
+    from gateway.providers.openai import OpenAIProvider
+    from gateway.providers.registry import create_provider
+
+    text = (f"version: 1\nproviders:\n  p: {{type: {kind}, api_key: k}}\nmodels:\n  m:\n"
+            "    deployments: [{provider: p, model: x}]\ntenants:\n  t: {api_keys: [sk-t], models: [m]}\n")
+    spec = load_policy_text(text, "p.yaml", env={}).providers["p"]
+    assert (spec.type, spec.base_url) == (kind, url)
+    assert isinstance(create_provider(spec), OpenAIProvider)
+
+
+def test_a_self_hosted_preset_needs_its_base_url() -> None:
+    text = ("version: 1\nproviders:\n  p: {type: vllm}\nmodels:\n  m:\n"
+            "    deployments: [{provider: p, model: x}]\ntenants:\n  t: {api_keys: [sk-t], models: [m]}\n")
+    with pytest.raises(PolicyError) as info:
+        load_policy_text(text, "p.yaml", env={})
+    assert "missing required key 'base_url' (required for type vllm)" in str(info.value.problems[0])

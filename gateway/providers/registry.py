@@ -47,6 +47,21 @@ PROVIDER_TYPES: dict[str, ProviderKind] = {
                             required=("region",)),
 }
 
+# OpenAI-compatible services: the ``openai`` adapter with their well-known base URL (``None``: self-hosted,
+# so the policy must give one), so a policy says ``type: groq`` and a key.
+COMPATIBLE: dict[str, str | None] = {
+    "vllm": None,
+    "ollama": "http://127.0.0.1:11434/v1",
+    "groq": "https://api.groq.com/openai/v1",
+    "mistral": "https://api.mistral.ai/v1",
+    "together": "https://api.together.xyz/v1",
+    "openrouter": "https://openrouter.ai/api/v1",
+    "deepseek": "https://api.deepseek.com/v1",
+    "fireworks": "https://api.fireworks.ai/inference/v1",
+}
+for _name, _url in COMPATIBLE.items():
+    PROVIDER_TYPES[_name] = ProviderKind(OpenAIProvider, default_base_url=_url)
+
 
 def register_provider(name: str, kind: ProviderKind) -> None:
     """Add a provider type from outside this package; policies loaded afterwards may use ``type: name``."""
