@@ -189,10 +189,10 @@ class BudgetService:
     async def settle(self, charge: Charge, ledger: Ledger | None) -> None:
         """Settle on the ledger that holds the reservation; the shared ledger always gets the charge."""
         if ledger is self.local:
+            # the same id on the shared ledger: it releases a hold only if a reserve that timed out applied
             await self.local.settle(charge)
-            charge = replace(charge, rid="-")  # nothing is held for it on the shared ledger
         try:
-            await self.shared.settle(charge)
+            await self._settle_shared(charge)
         except StateError as exc:
             self.counts["settle_failed"] += 1
             log.warning("budget settle failed (%s); kept for replay (%d pending)", exc, len(self.pending) + 1)
@@ -209,11 +209,16 @@ class BudgetService:
                 return
             charge = self.pending.popleft()  # taken first: concurrent replays never settle one twice
             try:
-                await self.shared.settle(charge)
+                await self._settle_shared(charge)
             except StateError:
                 self.pending.appendleft(charge)
                 return
             self.counts["settle_replayed"] += 1
+
+    async def _settle_shared(self, charge: Charge) -> None:
+        applied, _ = await self.shared.settle_once(charge)
+        if not applied:  # its earlier attempt applied although its answer never came: nothing to do
+            self.counts["settle_duplicate"] += 1
 
     # -- read side --------------------------------------------------------------------------------
     async def snapshot(self) -> dict[str, dict[str, float]]:

@@ -213,7 +213,7 @@ class BudgetStage(Stage):
         assert derived is not None
         scopes = hold.scopes if hold is not None else []
         charge = Charge(
-            rid=hold.rid if hold is not None else "-",
+            rid=hold.rid if hold is not None else f"{self._rid_prefix}{next(self._seq)}",  # the settle's id
             cost=amount,
             scope_keys=tuple(s.key for s in scopes),
             scope_ttls_ms=tuple(s.ttl_ms for s in scopes),
