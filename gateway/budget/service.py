@@ -7,17 +7,22 @@ request.
 
 On a state backend failure, ``state.on_backend_error`` decides: ``allow`` admits without a
 reservation, ``deny`` refuses, ``local`` reserves on this replica's own in-memory ledger with each
-limit divided by ``state.replicas``. Charges that could not reach the shared ledger are kept
-(bounded) and replayed after the next successful settle, so spend recorded during an outage is
-not lost once the backend is back.
+limit divided by ``state.replicas``. Charges that could not reach the shared ledger (down, or a
+timeout: "unknown") are kept in ``pending`` (``gateway.budget.journal``: this replica's journal file
+once ``start`` opened it) and replayed oldest first when the backend answers again; settles are
+idempotent, so replaying one that did apply changes nothing. Past ``state.journal_max`` pending
+charges ``journal_full`` is True and the budget stage refuses new work unless the mode is ``allow``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, replace
 
+from gateway.budget.journal import MemoryPending, Pending, SettleJournal
 from gateway.budget.ledger import Charge, Ledger, Reserved, ScopeArgs, scope_key
 from gateway.budget.periods import Window, key_ttl_s, window
 from gateway.budget.pricing import UNPRICED, Rates, pico, rates_for, usd
@@ -28,8 +33,8 @@ from gateway.state.memory import MemoryBackend
 
 log = logging.getLogger("gateway.budget")
 
-MAX_PENDING = 10_000  # charges kept for replay while the shared ledger is unreachable
-REPLAY_BATCH = 32  # replayed per successful settle
+REPLAY_BATCH = 32  # replayed per round trip series, then the journal marks them done
+REPLAY_EVERY_S = 0.5  # how often the replayer tries the shared ledger while charges are pending
 HOLD_MARGIN_S = 60.0
 
 
@@ -102,11 +107,15 @@ class BudgetService:
         self.shared = Ledger(backend)
         self.local = Ledger(MemoryBackend(clock=clock))
         self.counts: Counter[str] = Counter()  # backend_error, failure_mode_*, settle_failed, replayed...
-        self.pending: deque[Charge] = deque(maxlen=MAX_PENDING)
+        self.pending: Pending = MemoryPending()
+        self.journal: SettleJournal | None = None
         self.derived: Derived | None = None
         self.policy: Policy | None = None
         self._windows: dict[str, Window] = {}
         self._scopes: dict[tuple[str, str], tuple[Window, ScopeArgs]] = {}  # (tenant, scope) -> this period's
+        self._replaying = False
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
 
     def on_policy(self, policy: Policy) -> None:
         self.policy = policy
@@ -195,30 +204,78 @@ class BudgetService:
             await self._settle_shared(charge)
         except StateError as exc:
             self.counts["settle_failed"] += 1
-            log.warning("budget settle failed (%s); kept for replay (%d pending)", exc, len(self.pending) + 1)
-            if len(self.pending) == self.pending.maxlen:
-                self.counts["settle_dropped"] += 1
-            self.pending.append(charge)
+            self.keep(charge)
+            log.warning("budget settle failed (%s); kept for replay (%d pending)", exc, len(self.pending))
             return
-        await self.replay()
+        if len(self.pending):  # the backend answers again: a batch now, the replayer does the rest
+            await self.replay(batches=1)
+            self._wake.set()
 
-    async def replay(self) -> None:
-        """Replay charges kept during an outage (a few per call, oldest first)."""
-        for _ in range(REPLAY_BATCH):
-            if not self.pending:
-                return
-            charge = self.pending.popleft()  # taken first: concurrent replays never settle one twice
-            try:
-                await self._settle_shared(charge)
-            except StateError:
-                self.pending.appendleft(charge)
-                return
-            self.counts["settle_replayed"] += 1
+    def keep(self, charge: Charge) -> None:
+        """Keep a charge for replay; past the bound it is lost, and counted."""
+        if not self.pending.append(charge, self.clock.time()):
+            self.counts["settle_dropped"] += 1
+            log.error("budget: a charge of %d pico-dollars was dropped: the replay journal is full", charge.cost)
+
+    @property
+    def journal_full(self) -> bool:
+        return self.pending.full
+
+    async def replay(self, batches: int | None = None) -> None:
+        """Replay kept charges oldest first until none is left, one fails, or ``batches`` are done."""
+        if self._replaying:
+            return  # one replayer at a time keeps the order
+        self._replaying = True
+        try:
+            while len(self.pending) and (batches is None or batches > 0):
+                batches = None if batches is None else batches - 1
+                batch = self.pending.head(REPLAY_BATCH)
+                for i, charge in enumerate(batch):
+                    try:
+                        await self._settle_shared(charge)
+                    except StateError:
+                        self.pending.done(i)
+                        return
+                    self.counts["settle_replayed"] += 1
+                self.pending.done(len(batch))
+        finally:
+            self._replaying = False
 
     async def _settle_shared(self, charge: Charge) -> None:
         applied, _ = await self.shared.settle_once(charge)
         if not applied:  # its earlier attempt applied although its answer never came: nothing to do
             self.counts["settle_duplicate"] += 1
+
+    # -- the journal ------------------------------------------------------------------------------
+    async def start(self, folder: str, max_len: int) -> None:
+        """Open this replica's journal (adopting what stopped replicas left) and start replaying."""
+        journal = SettleJournal(folder, max_len)
+        await asyncio.get_running_loop().run_in_executor(None, journal.open)
+        for charge in self.pending.head(len(self.pending)):  # kept before the journal opened
+            journal.append(charge, self.clock.time())
+        self.journal = self.pending = journal
+        self.counts["settle_adopted"] += journal.adopted
+        self._tasks = [asyncio.create_task(journal.run_flusher()), asyncio.create_task(self._replayer())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self.journal is not None:
+            self.journal.close()
+
+    async def _replayer(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), REPLAY_EVERY_S)
+            self._wake.clear()
+            if len(self.pending):
+                try:
+                    await self.replay()
+                except Exception:  # noqa: BLE001 - the replayer must outlive a bad round
+                    log.exception("budget: replay round failed")
 
     # -- read side --------------------------------------------------------------------------------
     async def snapshot(self) -> dict[str, dict[str, float]]:

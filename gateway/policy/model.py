@@ -219,6 +219,8 @@ class StatePolicy:
     key_prefix: str = "gw"
     dlq_path: str = "gateway-dlq.jsonl"  # memory backend's dead-letter file
     dlq_max: int = 100_000
+    journal_dir: str = "gateway-journal"  # charges that could not reach Redis, one file per replica
+    journal_max: int = 100_000  # pending charges per replica; past it new work is refused (unless allow)
 
 
 @dataclass(frozen=True, slots=True)

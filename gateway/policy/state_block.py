@@ -57,6 +57,8 @@ _FIELDS = build(m.StatePolicy, {
     "key_prefix": leaf(_key_prefix),
     "dlq_path": string(nonempty=True),
     "dlq_max": integer(gt=0),
+    "journal_dir": string(nonempty=True),
+    "journal_max": integer(gt=0),
 })
 
 
