@@ -6,8 +6,9 @@ metrics stage (``services.extras["budget"].snapshot()``). Everything derived fro
 request.
 
 On a state backend failure, ``state.on_backend_error`` decides: ``allow`` admits without a
-reservation, ``deny`` refuses, ``local`` reserves on this replica's own in-memory ledger with each
-limit divided by ``state.replicas``. Charges that could not reach the shared ledger (down, or a
+reservation, ``deny`` refuses, ``local`` reserves on this replica's own in-memory ledger, started
+from the level it last saw on the shared one, with its share of what was left
+(``gateway.budget.fallback``). Charges that could not reach the shared ledger (down, or a
 timeout: "unknown") are kept in ``pending`` (``gateway.budget.journal``: this replica's journal file
 once ``start`` opened it) and replayed oldest first when the backend answers again; settles are
 idempotent, so replaying one that did apply changes nothing. Past ``state.journal_max`` pending
@@ -20,8 +21,9 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
+from gateway.budget.fallback import LocalFallback
 from gateway.budget.journal import MemoryPending, Pending, SettleJournal
 from gateway.budget.ledger import Charge, Ledger, Reserved, ScopeArgs, scope_key
 from gateway.budget.periods import Window, key_ttl_s, window
@@ -106,6 +108,7 @@ class BudgetService:
         self.clock = clock
         self.shared = Ledger(backend)
         self.local = Ledger(MemoryBackend(clock=clock))
+        self.fallback = LocalFallback(self.local)
         self.counts: Counter[str] = Counter()  # backend_error, failure_mode_*, settle_failed, replayed...
         self.pending: Pending = MemoryPending()
         self.journal: SettleJournal | None = None
@@ -179,7 +182,7 @@ class BudgetService:
         """Reserve on the shared ledger, or as ``on_backend_error`` says; raises StateError for deny."""
         assert self.derived is not None
         try:
-            return await self.shared.reserve(scopes, rid, self.derived.hold_s, main, alt), self.shared
+            reserved = await self.shared.reserve(scopes, rid, self.derived.hold_s, main, alt)
         except StateError as exc:
             self.counts["backend_error"] += 1
             mode = self.derived.on_error
@@ -191,9 +194,11 @@ class BudgetService:
                 self.counts["failure_mode_allowed"] += 1
                 return None, None
             self.counts["failure_mode_local"] += 1
-            n = self.derived.replicas
-            local = [replace(s, limit=s.limit // n, soft=None if s.soft is None else s.soft // n) for s in scopes]
-            return await self.local.reserve(local, rid, self.derived.hold_s, main, alt), self.local
+            local = await self.fallback.reserve(scopes, rid, self.derived.hold_s, main, alt, self.derived.replicas)
+            return local, self.local
+        for scope, (spent, held) in zip(scopes, reserved.levels, strict=True):
+            self.fallback.observe(scope.key, spent + held)
+        return reserved, self.shared
 
     async def settle(self, charge: Charge, ledger: Ledger | None) -> None:
         """Settle on the ledger that holds the reservation; the shared ledger always gets the charge."""
@@ -242,7 +247,9 @@ class BudgetService:
             self._replaying = False
 
     async def _settle_shared(self, charge: Charge) -> None:
-        applied, _ = await self.shared.settle_once(charge)
+        applied, levels = await self.shared.settle_once(charge)
+        for key, (spent, held) in zip(charge.scope_keys, levels, strict=True):
+            self.fallback.observe(key, spent + held)
         if not applied:  # its earlier attempt applied although its answer never came: nothing to do
             self.counts["settle_duplicate"] += 1
 
