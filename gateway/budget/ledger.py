@@ -6,7 +6,7 @@ tenant's hash tag so a request's scopes are always on one Redis Cluster slot:
 * ``<tag>:bud:<scope>:<period>`` a hash: ``spent`` and ``held`` (pico-dollars) and one
   ``r:<id>`` field per live reservation;
 * ``<tag>:bud:<scope>:<period>:exp`` a sorted set: reservation id -> expiry (wall seconds);
-* ``<tag>:settled`` a sorted set: settle id -> when it applied, kept ``SETTLED_TTL_S``, so a settle
+* ``<tag>:settled`` a sorted set: settle id -> when it applied, kept ``state.settled_ids_ttl_s``, so a settle
   whose answer was lost (a timeout: "unknown", never "failed") can be replayed without charging twice.
 
 Reserve first releases reservations whose replica never settled them (expired), then admits the
@@ -25,7 +25,7 @@ from typing import Any
 from gateway.state.base import LocalStore, Script, StateBackend, hash_tag
 
 MAX_PURGE = 100  # expired reservations released per scope per reserve, to bound one script's work
-SETTLED_TTL_S = 6 * 3600.0  # how long a settle id is remembered: longer than any replay takes to come
+SETTLED_TTL_S = 6 * 3600.0  # how long a settle id is remembered (state.settled_ids_ttl_s sets the shared one)
 
 # -- reserve --------------------------------------------------------------------------------------
 # KEYS: B1 Z1 [B2 Z2 ...]   ARGV: rid hold_s main alt, then per scope: limit soft enforce downgrade ttl_ms

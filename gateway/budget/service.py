@@ -123,6 +123,7 @@ class BudgetService:
     def on_policy(self, policy: Policy) -> None:
         self.policy = policy
         self.derived = derive(policy)
+        self.shared.settled_ttl_ms = max(1, round(policy.state.settled_ids_ttl_s * 1000))
         self._scopes = {}
 
     # -- lookups ----------------------------------------------------------------------------------

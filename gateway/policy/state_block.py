@@ -59,6 +59,7 @@ _FIELDS = build(m.StatePolicy, {
     "dlq_max": integer(gt=0),
     "journal_dir": string(nonempty=True),
     "journal_max": integer(gt=0),
+    "settled_ids_ttl_s": number(gt=0),
 })
 
 
