@@ -230,7 +230,7 @@ class RateLimitStage(Stage):
         """One script call (shared backend, or the failure mode); ``holds`` learns where it may write."""
         mode = ctx.policy.state.on_backend_error
         how, reply, backend = await self.guard.run(ACQUIRE, keys, args, local_args, mode,
-                                                   lambda b: _keep(holds, b))
+                                                   lambda b: _keep(holds, b), max(1, ctx.policy.state.replicas))
         if how in (ALLOW, DENY):
             return how
         result = parse(reply, pairs, how == LOCAL)
