@@ -272,7 +272,8 @@ class BudgetService:
                 await task
         self._tasks = []
         if self.journal is not None:
-            self.journal.close()
+            self.journal.close()  # what is left is taken over by the next replica that starts here
+            self.journal, self.pending = None, MemoryPending()
 
     async def _replayer(self) -> None:
         while True:
