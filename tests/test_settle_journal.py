@@ -195,3 +195,10 @@ def test_past_journal_max_new_work_is_refused_unless_allow(make_gateway, upstrea
     redis_server.start()  # Redis is back: the replayer drains the journal and work resumes
     assert eventually(lambda: not len(deny.services.budget.pending), 10)
     send(deny, 1)
+
+
+def test_an_unusable_journal_dir_still_serves(make_gateway, upstream, redis_server, tmp_path):
+    (tmp_path / "not-a-dir").write_text("")
+    gw = make_gateway(policy(upstream.url, redis_server.url, f"\n  journal_dir: {tmp_path / 'not-a-dir'}"))
+    send(gw, 1)
+    assert gw.services.budget.counts["journal_unavailable"] == 1 and gw.services.budget.journal is None

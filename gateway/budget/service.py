@@ -258,7 +258,13 @@ class BudgetService:
     async def start(self, folder: str, max_len: int) -> None:
         """Open this replica's journal (adopting what stopped replicas left) and start replaying."""
         journal = SettleJournal(folder, max_len)
-        await asyncio.get_running_loop().run_in_executor(None, journal.open)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, journal.open)
+        except OSError as exc:  # serve anyway, as without Redis: kept in memory, lost on a restart
+            self.counts["journal_unavailable"] += 1
+            log.error("budget: settle journal in %s unavailable (%s); unrecorded charges are kept in memory "
+                      "only", folder, exc)
+            return
         for charge in self.pending.head(len(self.pending)):  # kept before the journal opened
             journal.append(charge, self.clock.time())
         self.journal = self.pending = journal
