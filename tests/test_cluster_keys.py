@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from redis.crc import key_slot
 
-from gateway.budget.ledger import day_key
+from gateway.budget.ledger import Charge, day_key
 from gateway.budget.service import BudgetService
 from gateway.cache.key import cache_key
 from gateway.clock import FakeClock
@@ -82,7 +82,10 @@ def test_budget_reserve_and_settle_keys_are_on_the_tenants_slot() -> None:
     scopes = [service.scope_args(tenant.name, spec, now) for spec in service.specs(tenant, ops)]
     assert len(scopes) == 2  # the tenant's budget and the key's
     reserve = [k for s in scopes for k in (s.key, s.key + ":exp")]
-    settle = [*reserve, day_key("prod.gw", tenant.name, "2025-06-15")]
+    day = day_key("prod.gw", tenant.name, "2025-06-15")
+    settled = Charge("r", 0, (), (), day, 0, ()).settled_key  # applied settle ids: idempotent replays
+    settle = [*reserve, day, settled]
+    assert settled == "prod.gw:{acme.eu}:settled"
     assert _one_slot(reserve) == _one_slot(settle) == key_slot(b"{acme.eu}")
 
 

@@ -51,6 +51,9 @@ EXPECTED = {
     "retry_status_range.yaml": "{file}:3: retry.on_status[1]: must be between 100 and 599, got 600",
     "circuit_breaker_zero.yaml": "{file}:2: circuit_breaker.failures: must be at least 1, got 0",
     "rate_limit_mode_unknown.yaml": "{file}:2: rate_limit.mode: unknown mode 'dry_run' (known: enforce, shadow)",
+    "state_settled_ids_ttl_zero.yaml": "{file}:4: state.settled_ids_ttl_s: must be greater than 0, got 0",
+    "state_journal_max_zero.yaml": "{file}:4: state.journal_max: must be greater than 0, got 0",
+    "state_journal_dir_empty.yaml": "{file}:4: state.journal_dir: must not be empty",
     "state_backend_unknown.yaml": "{file}:3: state.backend: unknown backend 'etcd' (known: memory, redis)",
     "state_redis_url_scheme.yaml": "{file}:4: state.redis_url: unsupported scheme 'http' "
                                    "(expected redis://, rediss:// or unix://)",

@@ -5,7 +5,9 @@ tenant's hash tag so a request's scopes are always on one Redis Cluster slot:
 
 * ``<tag>:bud:<scope>:<period>`` a hash: ``spent`` and ``held`` (pico-dollars) and one
   ``r:<id>`` field per live reservation;
-* ``<tag>:bud:<scope>:<period>:exp`` a sorted set: reservation id -> expiry (wall seconds).
+* ``<tag>:bud:<scope>:<period>:exp`` a sorted set: reservation id -> expiry (wall seconds);
+* ``<tag>:settled`` a sorted set: settle id -> when it applied, kept ``state.settled_ids_ttl_s``, so a settle
+  whose answer was lost (a timeout: "unknown", never "failed") can be replayed without charging twice.
 
 Reserve first releases reservations whose replica never settled them (expired), then admits the
 request only if ``spent + held + amount <= limit`` in every enforced scope, and holds ``amount``
@@ -23,6 +25,7 @@ from typing import Any
 from gateway.state.base import LocalStore, Script, StateBackend, hash_tag
 
 MAX_PURGE = 100  # expired reservations released per scope per reserve, to bound one script's work
+SETTLED_TTL_S = 6 * 3600.0  # how long a settle id is remembered (state.settled_ids_ttl_s sets the shared one)
 
 # -- reserve --------------------------------------------------------------------------------------
 # KEYS: B1 Z1 [B2 Z2 ...]   ARGV: rid hold_s main alt, then per scope: limit soft enforce downgrade ttl_ms
@@ -145,29 +148,42 @@ def _reserve_local(store: LocalStore, keys: list[str], args: list[Any], now: flo
 RESERVE = Script(name="budget_reserve", lua=_RESERVE_LUA, local=_reserve_local)
 
 # -- settle ---------------------------------------------------------------------------------------
-# KEYS: B1 Z1 [B2 Z2 ...] D   ARGV: rid cost d_ttl_ms, one ttl_ms per scope, then field amount pairs for D
+# KEYS: B1 Z1 [B2 Z2 ...] D I   ARGV: rid cost d_ttl_ms i_ttl_ms, one ttl_ms per scope, then field amount pairs for D
+# I (the tenant's ``settled`` sorted set: settle id -> when applied) makes a settle idempotent: a
+# replay of one that applied (its reply lost to a timeout) changes nothing and answers 'dup'.
 _SETTLE_LUA = """
-local rid, cost, dttl = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local n = (#KEYS - 1) / 2
-local out = {}
-for i = 1, n do
-  local b, z = KEYS[2 * i - 1], KEYS[2 * i]
-  local amt = redis.call('HGET', b, 'r:' .. rid)
-  if amt then
-    if amt ~= '0' then redis.call('HINCRBY', b, 'held', '-' .. amt) end  -- Redis refuses '-0' (a free model)
-    redis.call('HDEL', b, 'r:' .. rid)
+local rid, cost, dttl, ittl = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+local n = (#KEYS - 2) / 2
+local ids = KEYS[#KEYS]
+local status = 'dup'
+if not redis.call('ZSCORE', ids, rid) then
+  status = 'ok'
+  redis.call('ZREMRANGEBYSCORE', ids, '-inf', now - ittl / 1000)
+  for i = 1, n do
+    local b, z = KEYS[2 * i - 1], KEYS[2 * i]
+    local amt = redis.call('HGET', b, 'r:' .. rid)
+    if amt then
+      if amt ~= '0' then redis.call('HINCRBY', b, 'held', '-' .. amt) end  -- Redis refuses '-0' (a free model)
+      redis.call('HDEL', b, 'r:' .. rid)
+    end
+    redis.call('ZREM', z, rid)
+    redis.call('HINCRBY', b, 'spent', cost)
+    local ttl = tonumber(ARGV[4 + i])
+    if ttl > 0 and redis.call('PTTL', b) == -1 then redis.call('PEXPIRE', b, ttl) end
   end
-  redis.call('ZREM', z, rid)
-  redis.call('HINCRBY', b, 'spent', cost)
-  local ttl = tonumber(ARGV[3 + i])
-  if ttl > 0 and redis.call('PTTL', b) == -1 then redis.call('PEXPIRE', b, ttl) end
-  out[#out + 1] = redis.call('HGET', b, 'spent')
-  out[#out + 1] = redis.call('HGET', b, 'held') or '0'
+  if dttl > 0 then
+    local d = KEYS[#KEYS - 1]
+    for j = 5 + n, #ARGV, 2 do redis.call('HINCRBY', d, ARGV[j], ARGV[j + 1]) end
+    if redis.call('PTTL', d) == -1 then redis.call('PEXPIRE', d, dttl) end
+  end
+  redis.call('ZADD', ids, now, rid)
+  redis.call('PEXPIRE', ids, ittl)
 end
-if dttl > 0 then
-  local d = KEYS[#KEYS]
-  for j = 4 + n, #ARGV, 2 do redis.call('HINCRBY', d, ARGV[j], ARGV[j + 1]) end
-  if redis.call('PTTL', d) == -1 then redis.call('PEXPIRE', d, dttl) end
+local out = {status}
+for i = 1, n do
+  local b = KEYS[2 * i - 1]
+  out[#out + 1] = redis.call('HGET', b, 'spent') or '0'
+  out[#out + 1] = redis.call('HGET', b, 'held') or '0'
 end
 return out
 """
@@ -175,27 +191,37 @@ return out
 
 def _settle_local(store: LocalStore, keys: list[str], args: list[Any], now: float) -> list[str]:
     """Python twin of ``_SETTLE_LUA``."""
-    rid, cost, dttl = str(args[0]), int(args[1]), int(args[2])
-    n = (len(keys) - 1) // 2
-    out: list[str] = []
+    rid, cost, dttl, ittl = str(args[0]), int(args[1]), int(args[2]), int(args[3])
+    n = (len(keys) - 2) // 2
+    ids = _hash(store, keys[-1])
+    status = "dup"
+    if rid not in ids:
+        status = "ok"
+        for old in [k for k, at in ids.items() if at <= now - ittl / 1000]:
+            del ids[old]
+        for i in range(n):
+            b, z = keys[2 * i], keys[2 * i + 1]
+            bucket = _hash(store, b)
+            if f"r:{rid}" in bucket:
+                bucket["held"] = bucket.get("held", 0) - bucket.pop(f"r:{rid}")
+            (store.get(z) or {}).pop(rid, None)
+            bucket["spent"] = bucket.get("spent", 0) + cost
+            ttl_ms = int(args[4 + i])
+            if ttl_ms > 0 and store.ttl(b) is None:
+                store.expire(b, ttl_ms / 1000)
+        if dttl > 0:
+            day = _hash(store, keys[-2])
+            pairs = args[4 + n:]
+            for field, amount in zip(pairs[::2], pairs[1::2], strict=True):
+                day[str(field)] = day.get(str(field), 0) + int(amount)
+            if store.ttl(keys[-2]) is None:
+                store.expire(keys[-2], dttl / 1000)
+        ids[rid] = now
+        store.expire(keys[-1], ittl / 1000)
+    out = [status]
     for i in range(n):
-        b, z = keys[2 * i], keys[2 * i + 1]
-        bucket = _hash(store, b)
-        if f"r:{rid}" in bucket:
-            bucket["held"] = bucket.get("held", 0) - bucket.pop(f"r:{rid}")
-        (store.get(z) or {}).pop(rid, None)
-        bucket["spent"] = bucket.get("spent", 0) + cost
-        ttl_ms = int(args[3 + i])
-        if ttl_ms > 0 and store.ttl(b) is None:
-            store.expire(b, ttl_ms / 1000)
-        out += [str(bucket["spent"]), str(bucket.get("held", 0))]
-    if dttl > 0:
-        day = _hash(store, keys[-1])
-        pairs = args[3 + n:]
-        for field, amount in zip(pairs[::2], pairs[1::2], strict=True):
-            day[str(field)] = day.get(str(field), 0) + int(amount)
-        if store.ttl(keys[-1]) is None:
-            store.expire(keys[-1], dttl / 1000)
+        bucket = store.get(keys[2 * i]) or {}
+        out += [str(bucket.get("spent", 0)), str(bucket.get("held", 0))]
     return out
 
 
@@ -254,10 +280,14 @@ def _pairs(flat: list[str]) -> dict[str, int]:
 
 
 class Ledger:
-    """Budget state on one backend (the shared one, or a replica's local fallback)."""
+    """Budget state on one backend (the shared one, or a replica's local fallback).
 
-    def __init__(self, backend: StateBackend) -> None:
+    ``settled_ttl_s``: how long settle ids are remembered, so a replay within it is a no-op.
+    """
+
+    def __init__(self, backend: StateBackend, settled_ttl_s: float = SETTLED_TTL_S) -> None:
         self.backend = backend
+        self.settled_ttl_ms = max(1, round(settled_ttl_s * 1000))
 
     async def reserve(self, scopes: list[ScopeArgs], rid: str, hold_s: float, main: int,
                       alt: int | None) -> Reserved:
@@ -271,12 +301,16 @@ class Ledger:
 
     async def settle(self, charge: Charge) -> list[tuple[int, int]]:
         """Release ``charge.rid``'s hold, add its cost; returns (spent, held) per scope afterwards."""
-        keys = [k for key in charge.scope_keys for k in (key, key + ":exp")] + [charge.day_key]
-        args: list[Any] = [charge.rid, charge.cost, charge.day_ttl_ms, *charge.scope_ttls_ms]
+        return (await self.settle_once(charge))[1]
+
+    async def settle_once(self, charge: Charge) -> tuple[bool, list[tuple[int, int]]]:
+        """``settle``, and whether it applied now (False: this id was settled before, nothing changed)."""
+        keys = [k for key in charge.scope_keys for k in (key, key + ":exp")] + [charge.day_key, charge.settled_key]
+        args: list[Any] = [charge.rid, charge.cost, charge.day_ttl_ms, self.settled_ttl_ms, *charge.scope_ttls_ms]
         for field, amount in charge.fields:
             args += [field, amount]
         reply = await self.backend.run(SETTLE, keys, args)
-        return [(int(reply[i]), int(reply[i + 1])) for i in range(0, len(reply) - 1, 2)]
+        return reply[0] == "ok", [(int(reply[i]), int(reply[i + 1])) for i in range(1, len(reply) - 1, 2)]
 
     async def read(self, keys: list[str]) -> list[dict[str, int]]:
         if not keys:
@@ -287,7 +321,10 @@ class Ledger:
 
 @dataclass(frozen=True, slots=True)
 class Charge:
-    """Everything one settle needs, so a failed settle can be replayed later as is."""
+    """Everything one settle needs, so a failed settle can be replayed later as is.
+
+    ``rid`` is unique per request (the reservation id when there is one): the settle's id.
+    """
 
     rid: str
     cost: int
@@ -296,3 +333,8 @@ class Charge:
     day_key: str
     day_ttl_ms: int  # 0: nothing to record for the day (the request never reached a model)
     fields: tuple[tuple[str, int], ...]
+
+    @property
+    def settled_key(self) -> str:
+        """The tenant's settled-ids key, under the same hash tag as the day record."""
+        return self.day_key.rpartition(":spend:")[0] + ":settled"

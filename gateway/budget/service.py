@@ -6,18 +6,25 @@ metrics stage (``services.extras["budget"].snapshot()``). Everything derived fro
 request.
 
 On a state backend failure, ``state.on_backend_error`` decides: ``allow`` admits without a
-reservation, ``deny`` refuses, ``local`` reserves on this replica's own in-memory ledger with each
-limit divided by ``state.replicas``. Charges that could not reach the shared ledger are kept
-(bounded) and replayed after the next successful settle, so spend recorded during an outage is
-not lost once the backend is back.
+reservation, ``deny`` refuses, ``local`` reserves on this replica's own in-memory ledger, started
+from the level it last saw on the shared one, with its share of what was left
+(``gateway.budget.fallback``). Charges that could not reach the shared ledger (down, or a
+timeout: "unknown") are kept in ``pending`` (``gateway.budget.journal``: this replica's journal file
+once ``start`` opened it) and replayed oldest first when the backend answers again; settles are
+idempotent, so replaying one that did apply changes nothing. Past ``state.journal_max`` pending
+charges ``journal_full`` is True and the budget stage refuses new work unless the mode is ``allow``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections import Counter, deque
-from dataclasses import dataclass, replace
+from collections import Counter
+from dataclasses import dataclass
 
+from gateway.budget.fallback import LocalFallback
+from gateway.budget.journal import MemoryPending, Pending, SettleJournal
 from gateway.budget.ledger import Charge, Ledger, Reserved, ScopeArgs, scope_key
 from gateway.budget.periods import Window, key_ttl_s, window
 from gateway.budget.pricing import UNPRICED, Rates, pico, rates_for, usd
@@ -28,8 +35,8 @@ from gateway.state.memory import MemoryBackend
 
 log = logging.getLogger("gateway.budget")
 
-MAX_PENDING = 10_000  # charges kept for replay while the shared ledger is unreachable
-REPLAY_BATCH = 32  # replayed per successful settle
+REPLAY_BATCH = 32  # replayed per round trip series, then the journal marks them done
+REPLAY_EVERY_S = 0.5  # how often the replayer tries the shared ledger while charges are pending
 HOLD_MARGIN_S = 60.0
 
 
@@ -101,16 +108,22 @@ class BudgetService:
         self.clock = clock
         self.shared = Ledger(backend)
         self.local = Ledger(MemoryBackend(clock=clock))
+        self.fallback = LocalFallback(self.local)
         self.counts: Counter[str] = Counter()  # backend_error, failure_mode_*, settle_failed, replayed...
-        self.pending: deque[Charge] = deque(maxlen=MAX_PENDING)
+        self.pending: Pending = MemoryPending()
+        self.journal: SettleJournal | None = None
         self.derived: Derived | None = None
         self.policy: Policy | None = None
         self._windows: dict[str, Window] = {}
         self._scopes: dict[tuple[str, str], tuple[Window, ScopeArgs]] = {}  # (tenant, scope) -> this period's
+        self._replaying = False
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
 
     def on_policy(self, policy: Policy) -> None:
         self.policy = policy
         self.derived = derive(policy)
+        self.shared.settled_ttl_ms = max(1, round(policy.state.settled_ids_ttl_s * 1000))
         self._scopes = {}
 
     # -- lookups ----------------------------------------------------------------------------------
@@ -170,7 +183,7 @@ class BudgetService:
         """Reserve on the shared ledger, or as ``on_backend_error`` says; raises StateError for deny."""
         assert self.derived is not None
         try:
-            return await self.shared.reserve(scopes, rid, self.derived.hold_s, main, alt), self.shared
+            reserved = await self.shared.reserve(scopes, rid, self.derived.hold_s, main, alt)
         except StateError as exc:
             self.counts["backend_error"] += 1
             mode = self.derived.on_error
@@ -182,38 +195,102 @@ class BudgetService:
                 self.counts["failure_mode_allowed"] += 1
                 return None, None
             self.counts["failure_mode_local"] += 1
-            n = self.derived.replicas
-            local = [replace(s, limit=s.limit // n, soft=None if s.soft is None else s.soft // n) for s in scopes]
-            return await self.local.reserve(local, rid, self.derived.hold_s, main, alt), self.local
+            local = await self.fallback.reserve(scopes, rid, self.derived.hold_s, main, alt, self.derived.replicas)
+            return local, self.local
+        for scope, (spent, held) in zip(scopes, reserved.levels, strict=True):
+            self.fallback.observe(scope.key, spent + held)
+        return reserved, self.shared
 
     async def settle(self, charge: Charge, ledger: Ledger | None) -> None:
         """Settle on the ledger that holds the reservation; the shared ledger always gets the charge."""
         if ledger is self.local:
+            # the same id on the shared ledger: it releases a hold only if a reserve that timed out applied
             await self.local.settle(charge)
-            charge = replace(charge, rid="-")  # nothing is held for it on the shared ledger
         try:
-            await self.shared.settle(charge)
+            await self._settle_shared(charge)
         except StateError as exc:
             self.counts["settle_failed"] += 1
-            log.warning("budget settle failed (%s); kept for replay (%d pending)", exc, len(self.pending) + 1)
-            if len(self.pending) == self.pending.maxlen:
-                self.counts["settle_dropped"] += 1
-            self.pending.append(charge)
+            self.keep(charge)
+            log.warning("budget settle failed (%s); kept for replay (%d pending)", exc, len(self.pending))
             return
-        await self.replay()
+        if len(self.pending):  # the backend answers again: a batch now, the replayer does the rest
+            await self.replay(batches=1)
+            self._wake.set()
 
-    async def replay(self) -> None:
-        """Replay charges kept during an outage (a few per call, oldest first)."""
-        for _ in range(REPLAY_BATCH):
-            if not self.pending:
-                return
-            charge = self.pending.popleft()  # taken first: concurrent replays never settle one twice
-            try:
-                await self.shared.settle(charge)
-            except StateError:
-                self.pending.appendleft(charge)
-                return
-            self.counts["settle_replayed"] += 1
+    def keep(self, charge: Charge) -> None:
+        """Keep a charge for replay; past the bound it is lost, and counted."""
+        if not self.pending.append(charge, self.clock.time()):
+            self.counts["settle_dropped"] += 1
+            log.error("budget: a charge of %d pico-dollars was dropped: the replay journal is full", charge.cost)
+
+    @property
+    def journal_full(self) -> bool:
+        return self.pending.full
+
+    async def replay(self, batches: int | None = None) -> None:
+        """Replay kept charges oldest first until none is left, one fails, or ``batches`` are done."""
+        if self._replaying:
+            return  # one replayer at a time keeps the order
+        self._replaying = True
+        try:
+            while len(self.pending) and (batches is None or batches > 0):
+                batches = None if batches is None else batches - 1
+                batch = self.pending.head(REPLAY_BATCH)
+                for i, charge in enumerate(batch):
+                    try:
+                        await self._settle_shared(charge)
+                    except StateError:
+                        self.pending.done(i)
+                        return
+                    self.counts["settle_replayed"] += 1
+                self.pending.done(len(batch))
+        finally:
+            self._replaying = False
+
+    async def _settle_shared(self, charge: Charge) -> None:
+        applied, levels = await self.shared.settle_once(charge)
+        for key, (spent, held) in zip(charge.scope_keys, levels, strict=True):
+            self.fallback.observe(key, spent + held)
+        if not applied:  # its earlier attempt applied although its answer never came: nothing to do
+            self.counts["settle_duplicate"] += 1
+
+    # -- the journal ------------------------------------------------------------------------------
+    async def start(self, folder: str, max_len: int) -> None:
+        """Open this replica's journal (adopting what stopped replicas left) and start replaying."""
+        journal = SettleJournal(folder, max_len)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, journal.open)
+        except OSError as exc:  # serve anyway, as without Redis: kept in memory, lost on a restart
+            self.counts["journal_unavailable"] += 1
+            log.error("budget: settle journal in %s unavailable (%s); unrecorded charges are kept in memory "
+                      "only", folder, exc)
+            return
+        for charge in self.pending.head(len(self.pending)):  # kept before the journal opened
+            journal.append(charge, self.clock.time())
+        self.journal = self.pending = journal
+        self.counts["settle_adopted"] += journal.adopted
+        self._tasks = [asyncio.create_task(journal.run_flusher()), asyncio.create_task(self._replayer())]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+        if self.journal is not None:
+            self.journal.close()  # what is left is taken over by the next replica that starts here
+            self.journal, self.pending = None, MemoryPending()
+
+    async def _replayer(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), REPLAY_EVERY_S)
+            self._wake.clear()
+            if len(self.pending):
+                try:
+                    await self.replay()
+                except Exception:  # noqa: BLE001 - the replayer must outlive a bad round
+                    log.exception("budget: replay round failed")
 
     # -- read side --------------------------------------------------------------------------------
     async def snapshot(self) -> dict[str, dict[str, float]]:

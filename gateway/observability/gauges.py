@@ -63,6 +63,10 @@ class LiveGauges:
         self._publish(self.metrics.ratelimit_events, counts)
         dlq = services.dlq
         self._publish(self.metrics.dlq_records, {"written": dlq.written, "dropped": dlq.dropped})
+        pending = services.budget.pending
+        oldest = pending.oldest()
+        self.metrics.journal_depth.set(len(pending))
+        self.metrics.journal_age.set(0.0 if oldest is None else max(0.0, services.clock.time() - oldest))
         self._publish_breakers()
 
     def _publish(self, counter: Any, values: dict[str, int]) -> None:

@@ -146,6 +146,10 @@ class GatewayMetrics:
                                     "errors...).", ("event",), reg)
         self.ratelimit_events = self._c("ratelimit_events", "Rate-limiter internals (backend errors, decisions "
                                         "by failure mode, queueing).", ("event",), reg)
+        self.journal_depth = Gauge(PREFIX + "settle_journal_depth", "Charges waiting in replicas' journals for "
+                                   "the shared ledger.", registry=reg, multiprocess_mode="livesum")
+        self.journal_age = Gauge(PREFIX + "settle_journal_oldest_age_seconds", "Age of the oldest charge "
+                                 "waiting in a journal (0 when none).", registry=reg, multiprocess_mode="livemax")
         self.dlq_records = self._c("dlq_records", "Dead-letter records written, or dropped (queue full or "
                                    "backend down).", ("result",), reg)
 

@@ -106,7 +106,8 @@ def _anchor_paths(policy: m.Policy, folder: Path) -> m.Policy:
     def anchored_each(value: str) -> str:  # access_log may name both: "stdout,<path>"
         return ",".join(anchored(part.strip()) for part in value.split(",") if part.strip())
 
-    state = replace(policy.state, dlq_path=anchored(policy.state.dlq_path))
+    state = replace(policy.state, dlq_path=anchored(policy.state.dlq_path),
+                    journal_dir=anchored(policy.state.journal_dir))
     logging = replace(policy.logging, access_log=anchored_each(policy.logging.access_log),
                       audit_path=anchored(policy.logging.audit_path))
     return replace(policy, state=state, logging=logging)

@@ -220,6 +220,9 @@ class StatePolicy:
     key_prefix: str = "gw"
     dlq_path: str = "gateway-dlq.jsonl"  # memory backend's dead-letter file
     dlq_max: int = 100_000
+    journal_dir: str = "gateway-journal"  # charges that could not reach Redis, one file per replica
+    journal_max: int = 100_000  # pending charges per replica; past it new work is refused (unless allow)
+    settled_ids_ttl_s: float = 21_600.0  # how long Redis remembers applied settle ids (replays within it are no-ops)
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,6 +57,9 @@ _FIELDS = build(m.StatePolicy, {
     "key_prefix": leaf(_key_prefix),
     "dlq_path": string(nonempty=True),
     "dlq_max": integer(gt=0),
+    "journal_dir": string(nonempty=True),
+    "journal_max": integer(gt=0),
+    "settled_ids_ttl_s": number(gt=0),
 })
 
 

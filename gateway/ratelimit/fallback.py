@@ -1,7 +1,8 @@
 """Running limiter scripts when the shared backend may be down: ``state.on_backend_error``.
 
 ``local``: the same scripts on an in-process store, with every limit divided by ``state.replicas``
-(at least 1), so N replicas together stay near the global limit while Redis is away. ``allow``: no
+(at least 1), so N replicas together stay near the global limit while Redis is away; the ``rpm`` and
+``tpm`` windows start from this replica's share of the use last read on Redis (``seed``). ``allow``: no
 limit (fail open). ``deny``: 503 (fail closed). Every such decision is counted in
 ``RateLimitStats.failure_decisions``.
 
@@ -18,6 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.clock import Clock
+from gateway.ratelimit.scripts import ACQUIRE
+from gateway.ratelimit.seed import Seeds
 from gateway.ratelimit.stats import RateLimitStats
 from gateway.state import MemoryBackend, Script, StateBackend, StateError
 
@@ -32,8 +35,10 @@ class Guard:
     def __init__(self, shared: StateBackend, clock: Clock, stats: RateLimitStats, hold_s: float = 1.0) -> None:
         self.shared = shared
         self.local = MemoryBackend(clock=clock, dlq_path=None)
+        self.local_clock = clock
         self.stats = stats
         self.hold_s = hold_s
+        self.seeds = Seeds()
         self._down_until = 0.0
 
     @property
@@ -48,7 +53,8 @@ class Guard:
         self._down_until = time.monotonic() + self.hold_s
 
     async def run(self, script: Script, keys: list[str], args: list[Any], local_args: Callable[[], list[Any]],
-                  mode: str, on_try: Callable[[StateBackend], None]) -> tuple[str, Any, StateBackend | None]:
+                  mode: str, on_try: Callable[[StateBackend], None],
+                  replicas: int = 1) -> tuple[str, Any, StateBackend | None]:
         """``(how, reply, backend)``: how is SHARED or LOCAL with the script's reply, or ALLOW/DENY.
 
         ``local_args()`` builds the arguments for the local stand-in, only when it is used.
@@ -66,9 +72,14 @@ class Guard:
                 if self._down_until:
                     self._down_until = 0.0
                     log.warning("rate limiting: state backend answers again")
+                if script is ACQUIRE:
+                    self.seeds.observe(keys, args, reply, self.local_clock.time())
                 return SHARED, reply, self.shared
         self.stats.failure_decisions[mode] = self.stats.failure_decisions.get(mode, 0) + 1
         if mode in (ALLOW, DENY):
             return mode, None, None
         on_try(self.local)
-        return LOCAL, await self.local.run(script, keys, local_args()), self.local
+        largs = local_args()
+        if script is ACQUIRE:
+            await self.seeds.seed(self.local, keys, largs, replicas)
+        return LOCAL, await self.local.run(script, keys, largs), self.local

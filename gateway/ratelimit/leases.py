@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import Any
 
-from gateway.ratelimit.scripts import RENEW
+from gateway.ratelimit.scripts import RELEASE, RENEW
 from gateway.ratelimit.stats import RateLimitStats
 from gateway.ratelimit.window import LEASE_US
 from gateway.state import StateBackend, StateError
@@ -64,3 +65,44 @@ class Leases:
                 await self.renew()
             except Exception:  # noqa: BLE001 - the renewer must outlive a bad round
                 log.exception("lease renewal round failed")
+
+
+class PendingReleases:
+    """Releases (slots and token corrections) the shared backend did not confirm, replayed on recovery.
+
+    A release is idempotent (``ZREM`` of the slot, the token entry *set* to the real use), so one that
+    did apply although its answer was lost is harmless to send again. Without this, a slot taken by a
+    call that timed out (applied once Redis answered) or kept because the release failed would hold
+    capacity until its lease ran out (``LEASE_US``), long after Redis is back. Bounded: past
+    ``max_len`` the oldest are left to expire on their own.
+    """
+
+    def __init__(self, stats: RateLimitStats, max_len: int = 100_000) -> None:
+        self.stats = stats
+        self._items: deque[tuple[list[str], list[Any]]] = deque(maxlen=max_len)
+        self._busy = False
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def add(self, keys: list[str], args: list[Any]) -> None:
+        self._items.append((keys, args))
+
+    async def replay(self, backend: StateBackend) -> bool:
+        """Send them all (pipelined, one batch); False if the backend failed (what failed stays)."""
+        if self._busy or not self._items:
+            return True
+        self._busy = True
+        try:
+            items = list(self._items)
+            self._items.clear()
+            replies = await asyncio.gather(*(backend.run(RELEASE, k, a) for k, a in items), return_exceptions=True)
+            failed = [item for item, reply in zip(items, replies, strict=True) if isinstance(reply, BaseException)]
+            self._items.extendleft(reversed(failed))
+            self.stats.releases_replayed += len(items) - len(failed)
+            for reply in replies:
+                if isinstance(reply, BaseException) and not isinstance(reply, StateError):
+                    raise reply
+            return not failed
+        finally:
+            self._busy = False

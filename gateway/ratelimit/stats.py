@@ -11,6 +11,8 @@ ever incremented, keys from fixed vocabularies):
 - ``queued``: requests that waited in a tenant's FIFO queue; ``queue_timeouts``: of those, the ones
   answered 429 because ``queue.max_wait_ms`` ran out.
 - ``lease_renewals``: concurrency slots whose lease was pushed forward (long requests).
+- ``releases_kept``: releases the shared backend did not confirm, kept for replay;
+  ``releases_replayed``: of those, the ones sent again once it answered.
 """
 
 from __future__ import annotations
@@ -29,3 +31,5 @@ class RateLimitStats:
     queued: int = 0
     queue_timeouts: int = 0
     lease_renewals: int = 0
+    releases_kept: int = 0
+    releases_replayed: int = 0

@@ -11,6 +11,11 @@ sends requests for a large or routed model to the route's small model (which is 
 refusing a request whose large-model reservation no longer fits). ``mode: shadow`` accounts and
 counts but never refuses, downgrades or adds headers.
 
+With a shared (Redis) state, a settle that cannot reach it goes to this replica's journal
+(``gateway.budget.journal``) and is replayed when Redis answers; while the journal holds
+``state.journal_max`` charges, ``admit`` refuses (503, ``retry-after``) rather than serve work it
+could not charge, unless ``state.on_backend_error`` is ``allow``.
+
 ``complete`` settles exactly once per request: the cost of the provider's usage, or an estimate
 (``estimated``) when none arrived, e.g. a stream cut or a client that left mid-way; nothing when
 no model answered.
@@ -72,11 +77,22 @@ class BudgetStage(Stage):
         self.service.on_policy(policy)
         self._day_keys, self._field_names = {}, {}
 
+    async def start(self) -> None:
+        """Open the settle journal (read at start only: a reload does not move it)."""
+        if self.services.backend.kind != "memory":
+            state = self.services.holder.current.state
+            await self.service.start(state.journal_dir, state.journal_max)
+
+    async def stop(self) -> None:
+        await self.service.stop()
+
     # -- admit ------------------------------------------------------------------------------------
     async def admit(self, ctx: RequestContext) -> Verdict:
         tenant, model = ctx.tenant, ctx.model
         if tenant is None or model is None:
             return None
+        if self.service.journal_full and ctx.policy.state.on_backend_error != "allow":
+            return self._journal_full(ctx)
         specs = self.service.specs(tenant, ctx.api_key)
         if not specs:
             return None
@@ -194,6 +210,15 @@ class BudgetStage(Stage):
                            headers={"retry-after": "1"}, outcome="failure_mode_denied")
         return Respond(GatewayResponse.from_error(err), "failure_mode_denied")
 
+    def _journal_full(self, ctx: RequestContext) -> Respond:
+        ctx.budget_outcome = "failure_mode_denied"
+        self.service.counts["journal_full_refused"] += 1
+        err = GatewayError(503, "Spend cannot be recorded: the state backend is unreachable and this replica's "
+                           "journal of unrecorded charges is full (state.journal_max), so the request was "
+                           "refused.", code="budget_unavailable", headers={"retry-after": str(JOURNAL_RETRY_S)},
+                           outcome="failure_mode_denied")
+        return Respond(GatewayResponse.from_error(err), "failure_mode_denied")
+
     # -- complete ---------------------------------------------------------------------------------
     async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
         if self.service.derived is None or ctx.tenant is None:
@@ -213,7 +238,7 @@ class BudgetStage(Stage):
         assert derived is not None
         scopes = hold.scopes if hold is not None else []
         charge = Charge(
-            rid=hold.rid if hold is not None else "-",
+            rid=hold.rid if hold is not None else f"{self._rid_prefix}{next(self._seq)}",  # the settle's id
             cost=amount,
             scope_keys=tuple(s.key for s in scopes),
             scope_ttls_ms=tuple(s.ttl_ms for s in scopes),
@@ -266,6 +291,7 @@ class BudgetStage(Stage):
         return tuple(fields)
 
 
+JOURNAL_RETRY_S = 5  # retry-after while the journal is full: about how long a replay round takes to start
 _DAY_SUFFIXES = ("usd", "n", "in", "out", "cached", "reasoning", "est")  # ``_names`` order
 
 

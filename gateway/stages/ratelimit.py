@@ -6,7 +6,9 @@ the request (tenant, API key, tenant+model) and reads the token logs for the hea
 model) reserves ``prompt estimate + max_tokens`` (or ``input.default_max_tokens``; embeddings
 reserve no completion) against every ``tpm`` limit, again in one call; a model's ``tpm`` is that
 of the model that serves (``gateway.ratelimit.plan.build_token_plan``). ``complete`` frees the
-concurrency slots and sets the reservation to the real use: the reported ``ctx.usage`` when known;
+concurrency slots and sets the reservation to the real use (a release the shared backend did not
+confirm is kept and replayed as soon as it answers again, before the next admission, so capacity
+comes back with Redis rather than when the lease runs out): the reported ``ctx.usage`` when known;
 nothing when no model worked on the request (``RequestContext.model_reached``: a later stage
 refused, every attempt failed, a stale or static substitute); otherwise the reservation is **kept**
 — a cut stream may have cost up to ``max_tokens``, and keeping the upper bound is what makes
@@ -28,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import math
 import secrets
 from collections.abc import Awaitable, Callable
@@ -37,7 +40,7 @@ from gateway.context import RequestContext
 from gateway.pipeline import GatewayResponse, Respond, Stage, Verdict
 from gateway.policy.model import Policy
 from gateway.ratelimit.fallback import ALLOW, DENY, LOCAL, Guard
-from gateway.ratelimit.leases import Leases
+from gateway.ratelimit.leases import Leases, PendingReleases
 from gateway.ratelimit.plan import Plan, Plans
 from gateway.ratelimit.queue import Lines, wait_turn
 from gateway.ratelimit.result import (
@@ -53,6 +56,9 @@ from gateway.ratelimit.scripts import ACQUIRE, RELEASE
 from gateway.ratelimit.stats import RateLimitStats
 from gateway.services import Services
 from gateway.state import StateBackend, StateError
+
+log = logging.getLogger("gateway.ratelimit")
+REPLAY_EVERY_S = 0.5  # how often kept releases are retried when no request comes to do it
 
 _RANK = {"ok": 0, "near_limit": 1, "failure_mode_allowed": 2, "shadow_over_limit": 3,
          "failure_mode_denied": 4, "over_limit": 5}
@@ -95,22 +101,41 @@ class RateLimitStage(Stage):
         self.plans = Plans(None)
         self.lines = Lines()
         self.leases = Leases(self.stats)
+        self.releases = PendingReleases(self.stats)
         self._prefix = secrets.token_hex(5) + "."  # this replica; the counter makes it unique per request
         self._seq = itertools.count()
         self._renewer: asyncio.Task | None = None
+        self._replayer: asyncio.Task | None = None
 
     def on_policy(self, policy: Policy) -> None:
         self.plans = Plans(policy)
 
     async def start(self) -> None:
         self._renewer = asyncio.create_task(self.leases.run())
+        self._replayer = asyncio.create_task(self._replay_loop())
 
     async def stop(self) -> None:
-        if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
-            self._renewer = None
+        for task in (self._renewer, self._replayer):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._renewer = self._replayer = None
+
+    async def _replay_loop(self, every_s: float = REPLAY_EVERY_S) -> None:
+        while True:
+            await asyncio.sleep(every_s)
+            await self._replay_releases()
+
+    async def _replay_releases(self) -> None:
+        """Send the kept releases if the shared backend is not known to be down."""
+        if not len(self.releases) or self.guard.down:
+            return
+        try:
+            if not await self.releases.replay(self.guard.shared):
+                self.guard.failed(StateError("release replay failed"))
+        except Exception:  # noqa: BLE001 - a bug here must not fail a request or stop the loop
+            log.exception("rate limiting: release replay failed")
 
     # -- phases ----------------------------------------------------------------------------------
 
@@ -120,6 +145,8 @@ class RateLimitStage(Stage):
         plan = self.plans.get(ctx.policy, ctx.tenant, ctx.api_key, ctx.public_model)
         if plan.empty:
             return None
+        if len(self.releases):  # capacity a lost release still holds comes back before we count
+            await self._replay_releases()
         st = LimitState(f"{self._prefix}{next(self._seq)}", plan)
         ctx.limit_state = st
         pairs = plan.acquire_pairs
@@ -203,7 +230,7 @@ class RateLimitStage(Stage):
         """One script call (shared backend, or the failure mode); ``holds`` learns where it may write."""
         mode = ctx.policy.state.on_backend_error
         how, reply, backend = await self.guard.run(ACQUIRE, keys, args, local_args, mode,
-                                                   lambda b: _keep(holds, b))
+                                                   lambda b: _keep(holds, b), max(1, ctx.policy.state.replicas))
         if how in (ALLOW, DENY):
             return how
         result = parse(reply, pairs, how == LOCAL)
@@ -279,12 +306,20 @@ class RateLimitStage(Stage):
                 keys += lim.keys
                 args += ["T", actual]
         self.leases.remove(backend, plan.tenant, st.token)
-        if not keys or (backend is self.guard.shared and self.guard.down):
-            return  # nothing held, or the backend is away: leases and windows expire on their own
+        if not keys:
+            return
+        if backend is self.guard.shared and self.guard.down:
+            self._keep_release(keys, args)  # replayed when the backend answers again
+            return
         try:
             await backend.run(RELEASE, keys, args)
         except StateError as exc:
             self.guard.failed(exc)
+            self._keep_release(keys, args)  # its outcome is unknown: a replay is harmless
+
+    def _keep_release(self, keys: list[str], args: list) -> None:
+        self.releases.add(keys, args)
+        self.stats.releases_kept += 1
 
 
 def _rejected(decision: Decision) -> bool:
