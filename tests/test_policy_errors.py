@@ -49,6 +49,7 @@ EXPECTED = {
     "failure_rate_range.yaml": "{file}:5: providers.demo.failure_rate: must be between 0 and 1, got 1.5",
     "timeouts_negative.yaml": "{file}:6: providers.upstream.timeouts.connect_s: must be greater than 0, got -2",
     "retry_status_range.yaml": "{file}:3: retry.on_status[1]: must be between 100 and 599, got 600",
+    "server_shutdown_grace_zero.yaml": "{file}:3: server.shutdown_grace_s: must be greater than 0, got 0",
     "circuit_breaker_zero.yaml": "{file}:2: circuit_breaker.failures: must be at least 1, got 0",
     "rate_limit_mode_unknown.yaml": "{file}:2: rate_limit.mode: unknown mode 'dry_run' (known: enforce, shadow)",
     "state_backend_unknown.yaml": "{file}:3: state.backend: unknown backend 'etcd' (known: memory, redis)",

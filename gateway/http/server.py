@@ -13,6 +13,7 @@ from aiohttp import web
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, UpstreamError
+from gateway.http.drain import Drain, shutting_down
 from gateway.http.lifecycle import add_lifecycle
 from gateway.http.protocol import add_fallbacks, request_id
 from gateway.http.routes import add_routes
@@ -28,14 +29,16 @@ log = logging.getLogger("gateway.server")
 
 SERVICES = web.AppKey("services", Services)
 PIPELINE = web.AppKey("pipeline", Pipeline)
+DRAIN = web.AppKey("drain", Drain)
 
 
 class Handler:
     """Turns an HTTP request into a pipeline run and writes the answer."""
 
-    def __init__(self, services: Services, pipeline: Pipeline) -> None:
+    def __init__(self, services: Services, pipeline: Pipeline, drain: Drain) -> None:
         self.services = services
         self.pipeline = pipeline
+        self.drain = drain
 
     def endpoint(self, name: str, surface: Surface = OPENAI):  # noqa: ANN201 - aiohttp handler
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -60,11 +63,16 @@ class Handler:
             prepare(ctx)
         error: BaseException | None = None
         resp: GatewayResponse | None = None
+        task = self.drain.enter()
         try:
             resp = await self.pipeline.run(ctx)
             error = ctx.error
             return await self.write(ctx, resp)
         except asyncio.CancelledError as exc:
+            if self.drain.cut(task):  # the shutdown grace ran out before an answer: 503, not a vanished request
+                error = ctx.error = shutting_down()
+                ctx.outcome = "shutting_down"
+                return await self.write(ctx, GatewayResponse.from_error(error))
             ctx.client_disconnected = True
             ctx.outcome = "client_disconnected"
             error = exc
@@ -79,7 +87,11 @@ class Handler:
             return web.Response(status=answer.status, body=answer.body, content_type="application/json",
                                 headers={"x-request-id": ctx.request_id})
         finally:
-            await self._finish(ctx, resp, error)
+            self.drain.completing(task)
+            try:
+                await self._finish(ctx, resp, error)
+            finally:
+                self.drain.leave(task)
 
     async def _finish(self, ctx: RequestContext, resp: GatewayResponse | None, error: BaseException | None) -> None:
         """Release the upstream and run ``complete`` once; shielded only when the client left."""
@@ -130,6 +142,13 @@ class Handler:
             ctx.outcome = "client_disconnected"
             ctx.stream_error = err
             return out
+        except asyncio.CancelledError:
+            if not self.drain.cut(asyncio.current_task()):
+                raise
+            ctx.stream_error = shutting_down()  # the grace ran out mid-stream: end it the way SDKs raise on
+            ctx.outcome = "shutting_down"
+            with contextlib.suppress(ConnectionError):
+                await out.write(framing.error(ctx.stream_error))
         with contextlib.suppress(ConnectionError):
             await out.write_eof()
         return out
@@ -154,10 +173,12 @@ def create_app(
     pipeline.on_policy(policy)
     services.holder.subscribe(pipeline.on_policy)
     services.holder.subscribe(services.providers.update)
-    handler = Handler(services, pipeline)
+    drain = Drain()
+    handler = Handler(services, pipeline, drain)
     app = web.Application(client_max_size=1024**3)
     app[SERVICES] = services
     app[PIPELINE] = pipeline
+    app[DRAIN] = drain
     add_routes(app, handler, services, obs)
     add_fallbacks(app)  # last: JSON 404/405 for whatever no route above serves; x-request-id everywhere
     add_lifecycle(app, services, pipeline, watch)

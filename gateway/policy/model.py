@@ -227,6 +227,13 @@ class InputPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerPolicy:
+    """The HTTP server's own limits, read when the process starts (a reload keeps the running values)."""
+
+    shutdown_grace_s: float = 25.0  # SIGTERM: requests and streams finish within this, then are ended
+
+
+@dataclass(frozen=True, slots=True)
 class AdminPolicy:
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # sha256 hex digests
 
@@ -259,6 +266,7 @@ class Policy:
     admin: AdminPolicy = AdminPolicy()
     metrics: MetricsPolicy = MetricsPolicy()
     logging: LoggingPolicy = LoggingPolicy()
+    server: ServerPolicy = ServerPolicy()
     # derived at load time: sha256 digest of a key -> (tenant, key)
     key_index: dict[str, tuple[Tenant, ApiKey]] = field(default_factory=dict, repr=False)
     warnings: tuple[str, ...] = ()

@@ -78,6 +78,7 @@ STATE = build(m.StatePolicy, {
 })
 CIRCUIT_BREAKER = build(m.CircuitBreakerPolicy, {"failures": integer(ge=1), "cooldown_s": number(gt=0)})
 INPUT = build(m.InputPolicy, {"max_body_bytes": POSITIVE, "default_max_tokens": POSITIVE})
+SERVER = build(m.ServerPolicy, {"shutdown_grace_s": number(gt=0)})
 ADMIN = build(m.AdminPolicy, {"api_keys": list_of(KEY_DIGEST)})
 METRICS = build(m.MetricsPolicy, {"per_tenant": BOOLEAN})
 LOGGING = build(m.LoggingPolicy, {
