@@ -14,6 +14,7 @@ import sys
 from aiohttp import web
 
 from gateway.http.drain import RESERVE_MAX_S, shut_down
+from gateway.http.guard import GUARD
 from gateway.http.protocol import GatewayRunner
 from gateway.observability.metrics import prepare_multiproc_dir, release_multiproc_dir
 from gateway.policy.model import Policy
@@ -27,7 +28,10 @@ async def start_site(app: web.Application, host: str, port: int, reuse_port: boo
     ``shutdown_timeout`` is what ``cleanup`` waits for each busy connection (twice: before and after
     cancelling it); ``drain.shut_down`` has already ended the requests, so it only bounds stragglers.
     """
-    runner = GatewayRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout)
+    guard = app.get(GUARD)
+    extra = {} if guard is None else {"guard": guard, "keepalive_timeout": guard.limits.keepalive_timeout_s}
+    runner = GatewayRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout,
+                           **extra)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=2048)
     await site.start()

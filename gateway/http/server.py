@@ -14,6 +14,7 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, UpstreamError
 from gateway.http.drain import Drain, shutting_down
+from gateway.http.guard import GUARD, ConnectionGuard
 from gateway.http.lifecycle import add_lifecycle
 from gateway.http.protocol import add_fallbacks, request_id
 from gateway.http.routes import add_routes
@@ -30,15 +31,18 @@ log = logging.getLogger("gateway.server")
 SERVICES = web.AppKey("services", Services)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 DRAIN = web.AppKey("drain", Drain)
+_BODY_REFUSALS = {"request_timeout": "body_timeout", "request_too_slow": "body_too_slow"}  # error code -> reason
 
 
 class Handler:
     """Turns an HTTP request into a pipeline run and writes the answer."""
 
-    def __init__(self, services: Services, pipeline: Pipeline, drain: Drain) -> None:
+    def __init__(self, services: Services, pipeline: Pipeline, drain: Drain, guard: ConnectionGuard | None = None,
+                 ) -> None:
         self.services = services
         self.pipeline = pipeline
         self.drain = drain
+        self.guard = guard
 
     def endpoint(self, name: str, surface: Surface = OPENAI):  # noqa: ANN201 - aiohttp handler
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -97,6 +101,8 @@ class Handler:
         """Release the upstream and run ``complete`` once; shielded only when the client left."""
         if error is None:
             error = ctx.stream_error
+        if self.guard is not None and isinstance(error, GatewayError) and error.code in _BODY_REFUSALS:
+            self.guard.refused(_BODY_REFUSALS[error.code])
         if ctx.client_disconnected:
             if resp is not None and resp.close is not None:
                 with contextlib.suppress(Exception):
@@ -174,11 +180,13 @@ def create_app(
     services.holder.subscribe(pipeline.on_policy)
     services.holder.subscribe(services.providers.update)
     drain = Drain()
-    handler = Handler(services, pipeline, drain)
+    guard = ConnectionGuard(policy.server, services.metrics)
+    handler = Handler(services, pipeline, drain, guard)
     app = web.Application(client_max_size=1024**3)
     app[SERVICES] = services
     app[PIPELINE] = pipeline
     app[DRAIN] = drain
+    app[GUARD] = guard
     add_routes(app, handler, services, obs)
     add_fallbacks(app)  # last: JSON 404/405 for whatever no route above serves; x-request-id everywhere
     add_lifecycle(app, services, pipeline, watch)

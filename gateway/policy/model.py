@@ -231,6 +231,12 @@ class ServerPolicy:
     """The HTTP server's own limits, read when the process starts (a reload keeps the running values)."""
 
     shutdown_grace_s: float = 25.0  # SIGTERM: requests and streams finish within this, then are ended
+    header_timeout_s: float = 15.0  # a request head must arrive whole within this (from connect or its first byte)
+    keepalive_timeout_s: float = 75.0  # an idle keep-alive connection is closed after this
+    body_timeout_s: float = 30.0  # longest silence while a request body arrives
+    body_min_rate: int = 1024  # bytes/s a body must average beyond its first body_timeout_s (0: no minimum)
+    max_connections: int = 4096  # open client connections; more are closed at once
+    max_connections_per_source: int | None = None  # per client address (None: no cap; behind a proxy all share one)
 
 
 @dataclass(frozen=True, slots=True)

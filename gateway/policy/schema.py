@@ -78,7 +78,12 @@ STATE = build(m.StatePolicy, {
 })
 CIRCUIT_BREAKER = build(m.CircuitBreakerPolicy, {"failures": integer(ge=1), "cooldown_s": number(gt=0)})
 INPUT = build(m.InputPolicy, {"max_body_bytes": POSITIVE, "default_max_tokens": POSITIVE})
-SERVER = build(m.ServerPolicy, {"shutdown_grace_s": number(gt=0)})
+SERVER = build(m.ServerPolicy, {
+    **{key: number(gt=0) for key in ("shutdown_grace_s", "header_timeout_s", "keepalive_timeout_s", "body_timeout_s")},
+    "body_min_rate": integer(ge=0),
+    "max_connections": POSITIVE,
+    "max_connections_per_source": nullable(POSITIVE),
+})
 ADMIN = build(m.AdminPolicy, {"api_keys": list_of(KEY_DIGEST)})
 METRICS = build(m.MetricsPolicy, {"per_tenant": BOOLEAN})
 LOGGING = build(m.LoggingPolicy, {
