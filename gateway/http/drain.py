@@ -28,6 +28,11 @@ def shutting_down() -> GatewayError:
                         headers={"retry-after": "1"}, outcome="shutting_down")
 
 
+def overloaded() -> GatewayError:
+    return GatewayError(503, "The gateway is at capacity; retry shortly.", code="overloaded",
+                        headers={"retry-after": "1"}, outcome="shed")
+
+
 class Drain:
     """The pipeline requests in flight, and the switch that ends them when the grace runs out."""
 

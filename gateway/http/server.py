@@ -13,7 +13,7 @@ from aiohttp import web
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, UpstreamError
-from gateway.http.drain import Drain, shutting_down
+from gateway.http.drain import Drain, overloaded, shutting_down
 from gateway.http.guard import GUARD, ConnectionGuard
 from gateway.http.lifecycle import add_lifecycle
 from gateway.http.protocol import add_fallbacks, request_id
@@ -35,7 +35,12 @@ _BODY_REFUSALS = {"request_timeout": "body_timeout", "request_too_slow": "body_t
 
 
 class Handler:
-    """Turns an HTTP request into a pipeline run and writes the answer."""
+    """Turns an HTTP request into a pipeline run and writes the answer.
+
+    Past ``server.max_in_flight`` pipeline requests at once, a new one is shed: a 503 ``overloaded``
+    with ``retry-after`` before any stage runs (so no ``complete`` either), counted in
+    ``llm_gateway_requests_shed_total``. Routes outside the pipeline (probes, metrics) are never shed.
+    """
 
     def __init__(self, services: Services, pipeline: Pipeline, drain: Drain, guard: ConnectionGuard | None = None,
                  ) -> None:
@@ -43,6 +48,7 @@ class Handler:
         self.pipeline = pipeline
         self.drain = drain
         self.guard = guard
+        self.max_in_flight = guard.limits.max_in_flight if guard is not None else None
 
     def endpoint(self, name: str, surface: Surface = OPENAI):  # noqa: ANN201 - aiohttp handler
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -65,6 +71,10 @@ class Handler:
         )
         if prepare is not None:
             prepare(ctx)
+        if self.max_in_flight is not None and len(self.drain) >= self.max_in_flight:
+            self.services.metrics.shed.labels("max_in_flight").inc()
+            ctx.outcome = "shed"
+            return await self.write(ctx, GatewayResponse.from_error(overloaded()))
         error: BaseException | None = None
         resp: GatewayResponse | None = None
         task = self.drain.enter()

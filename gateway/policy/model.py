@@ -237,6 +237,7 @@ class ServerPolicy:
     body_min_rate: int = 1024  # bytes/s a body must average beyond its first body_timeout_s (0: no minimum)
     max_connections: int = 4096  # open client connections; more are closed at once
     max_connections_per_source: int | None = None  # per client address (None: no cap; behind a proxy all share one)
+    max_in_flight: int | None = 1024  # pipeline requests at once; more get a fast 503 (None: no bound)
 
 
 @dataclass(frozen=True, slots=True)

@@ -83,6 +83,7 @@ SERVER = build(m.ServerPolicy, {
     "body_min_rate": integer(ge=0),
     "max_connections": POSITIVE,
     "max_connections_per_source": nullable(POSITIVE),
+    "max_in_flight": nullable(POSITIVE),
 })
 ADMIN = build(m.AdminPolicy, {"api_keys": list_of(KEY_DIGEST)})
 METRICS = build(m.MetricsPolicy, {"per_tenant": BOOLEAN})
