@@ -21,6 +21,7 @@ Period = Literal["daily", "weekly", "monthly", "total"]
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
+    pool_s: float = 10.0  # waiting for a free pooled connection (max_connections all busy)
     connect_s: float = 5.0
     first_byte_s: float = 60.0
     total_s: float = 600.0
@@ -36,7 +37,7 @@ class ProviderSpec:
     api_key: str = field(default="", repr=False)
     timeouts: Timeouts = Timeouts()
     headers: tuple[tuple[str, str], ...] = ()  # extra static headers sent upstream
-    max_connections: int = 256
+    max_connections: int = 1024  # pooled connections (so concurrent requests) per provider and process
     options: Any = None  # the type's own options (a frozen dataclass its registry entry declares), or None
 
 

@@ -65,7 +65,7 @@ KEY_DIGEST = leaf(key_digest)
 # -- blocks with fixed defaults, built straight into objects -------------------------------------
 LIMITS: dict[str, Checker] = {k: nullable(POSITIVE) for k in ("rpm", "tpm", "concurrency")}
 LIMIT_SET = build(m.LimitSet, LIMITS)
-TIMEOUTS = build(m.Timeouts, {k: number(gt=0) for k in ("connect_s", "first_byte_s", "total_s")})
+TIMEOUTS = build(m.Timeouts, {k: number(gt=0) for k in ("pool_s", "connect_s", "first_byte_s", "total_s")})
 STATE = build(m.StatePolicy, {
     "backend": enum("backend", ("memory", "redis")),
     "redis_url": string(nonempty=True, secret=True),
