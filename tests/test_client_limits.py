@@ -153,3 +153,24 @@ def test_connections_over_the_caps_are_refused_at_once_and_healthz_answers(gw):
     assert refused["max_connections_per_source"] == 1 and refused["max_connections"] == 1
     for sock in held + [over_source, over_total]:
         sock.close()
+
+
+def test_the_probe_listener_answers_while_the_main_one_is_at_its_cap(make_gateway, upstream):
+    from gateway.http.runner import PROBE_RUNNER
+
+    gw = make_gateway(basic_policy(upstream.url, defaults="server: {max_connections: 5, probe_port: 0}"))
+    probe_port = gw.app[PROBE_RUNNER].addresses[0][1]
+    held = [_connect(gw.port) for _ in range(5)]
+    time.sleep(0.2)
+    refused_s = _closed_after(_connect(gw.port), 5)
+    timings = {}
+    for path in ("/healthz", "/readyz", "/metrics"):
+        start = time.monotonic()
+        with urllib.request.urlopen(f"http://127.0.0.1:{probe_port}{path}", timeout=5) as resp:
+            assert resp.status == 200
+        timings[path] = round((time.monotonic() - start) * 1000, 1)
+    print(f"\nmain listener at its cap of 5 (6th closed after {refused_s * 1000:.1f} ms); probe port answers "
+          f"in ms: {timings}")
+    assert refused_s is not None and refused_s < 1
+    for sock in held:
+        sock.close()

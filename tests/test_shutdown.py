@@ -1,7 +1,8 @@
 """SIGTERM with streams in flight: a real gateway process, a real slow upstream, the ``openai`` SDK.
 
 Five long streams (30 chunks, one a second) and two short ones (3 chunks) are open when the process
-gets SIGTERM with ``server.shutdown_grace_s: 6``. The listener closes at once; the short streams
+gets SIGTERM with ``server.shutdown_grace_s: 6``. The listener closes at once (the probe listener's
+``/readyz`` answers 503 ``draining``); the short streams
 finish; the long ones end, before the grace does, with the error event (the SDK raises an
 ``APIError`` with code ``shutting_down``); every request has its access-log line; the process exits
 before grace + 2 s.
@@ -12,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,8 +25,10 @@ import pytest
 from tests.support.mock_openai import Fault, MockOpenAI
 from tests.support.policies import basic_policy
 from tests.support.process import GatewayProcess
+from tests.support.redis_server import free_port
 
 GRACE_S = 6.0
+PROBE_PORT = free_port()
 LONG = " ".join(f"w{i}" for i in range(29))  # "Echo: " + 29 words: 30 chunks, 1 s apart
 
 
@@ -35,7 +40,7 @@ def gateway(upstream: MockOpenAI, tmp_path: Path) -> Iterator[GatewayProcess]:
     policy.write_text(basic_policy(upstream.url, defaults=f"""
         logging: {{access_log: {access}}}
         budget: {{usd: 100}}
-        server: {{shutdown_grace_s: {GRACE_S}}}
+        server: {{shutdown_grace_s: {GRACE_S}, probe_port: {PROBE_PORT}}}
     """, state=f"backend: memory\n  dlq_path: {tmp_path / 'dlq.jsonl'}"))
     proc = GatewayProcess(policy, tmp_path).start()
     yield proc
@@ -57,6 +62,15 @@ async def _stream(client: openai.AsyncOpenAI, text: str, started: asyncio.Event)
     return "completed", "".join(out)
 
 
+def _readyz() -> tuple[int, str]:
+    """The probe listener's /readyz: it keeps answering while the process drains."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{PROBE_PORT}/readyz", timeout=2) as resp:
+            return resp.status, orjson.loads(resp.read())["status"]
+    except urllib.error.HTTPError as err:
+        return err.code, orjson.loads(err.read())["status"]
+
+
 async def _run(gw: GatewayProcess) -> dict:
     client = openai.AsyncOpenAI(base_url=gw.url + "/v1", api_key="sk-acme", max_retries=0, timeout=30)
     texts = [LONG] * 5 + ["hi there"] * 2
@@ -73,11 +87,12 @@ async def _run(gw: GatewayProcess) -> dict:
         writer.close()
     except ConnectionRefusedError:
         refused = True
+    ready = await asyncio.to_thread(_readyz)
     results = await asyncio.wait_for(asyncio.gather(*tasks), GRACE_S + 5)
     ended_s = time.monotonic() - t0
     exit_code = await asyncio.to_thread(gw.proc.wait, GRACE_S + 5)
     await client.close()
-    return {"results": results, "refused": refused, "streams_ended_s": ended_s,
+    return {"results": results, "refused": refused, "ready": ready, "streams_ended_s": ended_s,
             "exit_s": time.monotonic() - t0, "exit_code": exit_code}
 
 
@@ -87,10 +102,12 @@ def test_sigterm_ends_streams_with_an_error_event_settles_and_exits_within_grace
     results = fig["results"]
     lines = [orjson.loads(x) for x in (tmp_path / "access.jsonl").read_text().splitlines() if x.strip()]
     outcomes = sorted(line["outcome"] for line in lines)
-    print(f"\nSIGTERM, grace {GRACE_S:.0f} s, 7 streams open: new connection refused={fig['refused']}; "
+    print(f"\nSIGTERM, grace {GRACE_S:.0f} s, 7 streams open: new connection refused={fig['refused']}, "
+          f"probe /readyz {fig['ready']}; "
           f"streams ended after {fig['streams_ended_s']:.2f} s; exit after {fig['exit_s']:.2f} s "
           f"(code {fig['exit_code']}); results {sorted(r[0] for r in results)}; access-log outcomes {outcomes}")
     assert fig["refused"], "the listener still accepted connections after SIGTERM"
+    assert fig["ready"] == (503, "draining")
     assert results[:5] == [("error", "shutting_down")] * 5
     assert results[5:] == [("completed", "Echo: hi there")] * 2
     assert fig["exit_code"] == 0

@@ -16,10 +16,12 @@ from aiohttp import web
 from gateway.http.drain import RESERVE_MAX_S, shut_down
 from gateway.http.guard import GUARD
 from gateway.http.protocol import GatewayRunner
+from gateway.http.routes import PROBES
 from gateway.observability.metrics import prepare_multiproc_dir, release_multiproc_dir
 from gateway.policy.model import Policy
 
 log = logging.getLogger("gateway")
+PROBE_RUNNER = web.AppKey("probe_runner", web.AppRunner)  # its address: runner.addresses
 
 async def start_site(app: web.Application, host: str, port: int, reuse_port: bool = False,
                      shutdown_timeout: float = 30.0) -> web.AppRunner:
@@ -32,10 +34,28 @@ async def start_site(app: web.Application, host: str, port: int, reuse_port: boo
     extra = {} if guard is None else {"guard": guard, "keepalive_timeout": guard.limits.keepalive_timeout_s}
     runner = GatewayRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout,
                            **extra)
+    probes = app.get(PROBES)
+    if guard is not None and guard.limits.probe_port is not None and probes is not None:
+        await _start_probes(app, probes, host, guard.limits.probe_port, reuse_port)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=2048)
     await site.start()
     return runner
+
+
+async def _start_probes(app: web.Application, probes: web.Application, host: str, port: int,
+                        reuse_port: bool) -> None:
+    """The probe listener: up before the main one, closed only after it (``/readyz`` says draining)."""
+    runner = web.AppRunner(probes, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+    await site.start()
+    app[PROBE_RUNNER] = runner
+
+    async def stop(_: web.Application) -> None:
+        await runner.cleanup()
+
+    app.on_cleanup.append(stop)
 
 
 async def _serve_one(policy: Policy, path: str, host: str, port: int, reuse_port: bool) -> None:

@@ -239,6 +239,7 @@ class ServerPolicy:
     max_connections: int = 4096  # open client connections; more are closed at once
     max_connections_per_source: int | None = None  # per client address (None: no cap; behind a proxy all share one)
     max_in_flight: int | None = 1024  # pipeline requests at once; more get a fast 503 (None: no bound)
+    probe_port: int | None = None  # a second listener for /healthz, /readyz, /metrics only (0: any free port)
 
 
 @dataclass(frozen=True, slots=True)

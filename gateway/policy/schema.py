@@ -84,6 +84,7 @@ SERVER = build(m.ServerPolicy, {
     "max_connections": POSITIVE,
     "max_connections_per_source": nullable(POSITIVE),
     "max_in_flight": nullable(POSITIVE),
+    "probe_port": nullable(integer(ge=0, le=65535)),
 })
 ADMIN = build(m.AdminPolicy, {"api_keys": list_of(KEY_DIGEST)})
 METRICS = build(m.MetricsPolicy, {"per_tenant": BOOLEAN})
