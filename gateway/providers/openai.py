@@ -80,7 +80,7 @@ class HTTPProvider(Provider):
         finally:
             if self._pool_observer is not None and (timer.waited_s or timer.in_pool):
                 waited = timer.waited_s or timer.loop.time() - (timer.queued_at or 0.0)
-                self._pool_observer(self.name, waited, timer.in_pool)
+                self._pool_observer(self.name, waited, timer.timed_out)
         deadline = (timer.held_at or timer.loop.time()) + total  # the pool wait is not the upstream's time
         return resp, first_byte, total, deadline
 
@@ -176,6 +176,7 @@ async def timed_post(
             return await session.post(url, data=data, headers=headers, trace_request_ctx=timer)
     except TimeoutError as exc:
         if timer is not None and timer.in_pool:
+            timer.timed_out = True
             raise UpstreamError("timeout", f"no free connection to {name} within {timer.pool_s:g}s "
                                 "(its max_connections are all busy)") from exc
         raise UpstreamError("timeout", f"no response from {name} within {first_byte:g}s") from exc

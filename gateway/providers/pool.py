@@ -23,7 +23,8 @@ PoolObserver = Callable[[str, float, bool], None]  # (provider, seconds waited, 
 class PoolTimer:
     """One attempt's clock across the pool wait, the connect and the first byte."""
 
-    __slots__ = ("loop", "pool_s", "connect_s", "first_byte_s", "timeout", "queued_at", "waited_s", "held_at")
+    __slots__ = ("loop", "pool_s", "connect_s", "first_byte_s", "timeout", "queued_at", "waited_s", "held_at",
+                 "timed_out")
 
     def __init__(self, pool_s: float, connect_s: float, first_byte_s: float) -> None:
         self.loop = asyncio.get_running_loop()
@@ -34,6 +35,7 @@ class PoolTimer:
         self.queued_at: float | None = None  # set while waiting for the pool
         self.waited_s = 0.0
         self.held_at: float | None = None  # when a connection was held: the first-byte timer's start
+        self.timed_out = False  # the attempt ended waiting for the pool past pool_s
 
     @property
     def in_pool(self) -> bool:
