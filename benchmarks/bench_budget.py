@@ -2,7 +2,7 @@
 
 1. Ledger: sequential reserve+settle pairs (the two round trips a budgeted request pays) on the
    in-process backend and on a private ``redis-server`` (loopback), in pairs/s and microseconds.
-2. Gateway (method as ``bench_proxy.py`` / ../shared/BENCHMARKS.md: mock upstream, gateway and
+2. Gateway (method as ``bench_proxy.py`` / benchmarks/REFERENCE.md: mock upstream, gateway and
    Redis on CPU 0, ``wrk -t2 -c32`` on CPU 1): the same non-stream request from a tenant without a
    budget and from one with a budget, per backend, in the same run.
 

@@ -1,6 +1,6 @@
 """Cache HIT latency and throughput, in-process store and Redis, against a MISS for scale, in one run.
 
-Method (as ``bench_proxy.py`` and ../shared/BENCHMARKS.md): a minimal aiohttp mock upstream and the
+Method (as ``bench_proxy.py`` and benchmarks/REFERENCE.md): a minimal aiohttp mock upstream and the
 gateway under test share CPU 0; Redis (a private ``redis-server`` on a free port, no persistence)
 runs there too. For each backend the cache is warmed with one request, then:
 
@@ -55,7 +55,7 @@ tenants:
     models: [m]
 """
 
-BODY = '{"model":"m","messages":[{"role":"user","content":"Say hello"}]}'
+BODY = '{"model":"m","temperature":0,"messages":[{"role":"user","content":"Say hello"}]}'  # temperature 0: cacheable
 AUTH = {"Authorization": "Bearer sk-bench"}
 NO_CACHE = {"Cache-Control": "no-cache, no-store"}
 

@@ -1,6 +1,6 @@
 """Throughput and added latency of the whole gateway against a bare pass-through, in one run.
 
-Method (as in ../shared/BENCHMARKS.md): a minimal aiohttp mock upstream (non-streaming chat answer,
+Method (as in benchmarks/REFERENCE.md): a minimal aiohttp mock upstream (non-streaming chat answer,
 ~300 bytes, no delay) and the proxy under test share CPU 0; wrk (-t2 -c32) runs on CPU 1 with a Lua
 script that POSTs a small chat request. Compared in the same run:
 

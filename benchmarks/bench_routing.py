@@ -3,7 +3,7 @@
 Part 1 (in-process): microseconds per router decision (nine ``large_when`` rules, complexity score
 included), per balancer ordering for each strategy, and per breaker check.
 
-Part 2 (method of ../shared/BENCHMARKS.md: mock upstreams and the gateway on CPU 0, ``wrk -t2 -c32`` on
+Part 2 (method of benchmarks/REFERENCE.md: mock upstreams and the gateway on CPU 0, ``wrk -t2 -c32`` on
 CPU 1, measured in the same run), requests/s and latency for:
 
 - ``direct model``: a model with one healthy deployment (the baseline);

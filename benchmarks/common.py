@@ -1,6 +1,6 @@
 """What the benchmark scripts share: loopback ports, pinned processes, the mock upstream, Redis, wrk.
 
-Method (../shared/BENCHMARKS.md): the mock upstream, the proxy under test and Redis run on CPU 0
+Method (benchmarks/REFERENCE.md): the mock upstream, the proxy under test and Redis run on CPU 0
 (``taskset`` when present), wrk on CPU 1, everything on 127.0.0.1.
 """
 

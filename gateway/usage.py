@@ -2,7 +2,8 @@
 
 Cached-prompt and reasoning token details are kept (OpenAI's ``prompt_tokens_details.cached_tokens``,
 which the Anthropic adapter fills from ``cache_read_input_tokens``; DeepSeek-style
-``prompt_cache_hit_tokens``). Budgets, token limits, the cache and metrics all read usage through here.
+``prompt_cache_hit_tokens``), and prompt tokens written to a provider's cache
+(``prompt_tokens_details.cache_write_tokens``, from Anthropic's ``cache_creation_input_tokens``). Budgets, token limits, the cache and metrics all read usage through here.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cached_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens read from the provider's cache
     reasoning_tokens: int = 0
+    cache_write_tokens: int = 0  # prompt tokens written to the provider's cache (Anthropic prices them apart)
     estimated: bool = False  # True when the provider reported nothing and we estimated
 
     @property
@@ -41,6 +43,7 @@ def usage_from(data: dict) -> Usage | None:
         completion_tokens=_int(u.get("completion_tokens")),
         cached_tokens=cached,
         reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
+        cache_write_tokens=_int(prompt_details.get("cache_write_tokens")),
     )
 
 

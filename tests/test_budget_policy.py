@@ -27,7 +27,8 @@ models:
 def test_price_forms_load_and_an_unpriced_model_is_a_warning():
     policy = load_policy_text(POLICY, "p.yaml", env={})
     assert policy.models["named"].price == Price(input=0.15, output=0.60, cached_input=0.075)
-    assert policy.models["overridden"].price == Price(input=3.0, output=12.5, cached_input=0.30, reasoning=20.0)
+    assert policy.models["overridden"].price == Price(input=3.0, output=12.5, cached_input=0.30, cache_write=3.75,
+                                                                reasoning=20.0)
     assert policy.models["written"].price == Price(input=1.0, output=2.0, cached_input=0.5)
     assert policy.models["free"].price is None
     assert policy.warnings == ("p.yaml:14: models.free.price: no price; its cost counts as 0 (unpriced)",)

@@ -46,6 +46,16 @@ def test_cached_prompt_tokens_use_the_cached_price():
     assert cost(usage, rates) == 600 * 150_000 + 400 * 75_000 + 10 * 600_000
 
 
+def test_cache_writes_use_their_own_price_and_default_to_the_input_price():
+    rates = rates_for(Price(input=3.0, output=15.0, cached_input=0.3, cache_write=3.75))
+    usage = Usage(prompt_tokens=3000, completion_tokens=10, cached_tokens=1000, cache_write_tokens=1000)
+    # 1000 plain at 3 + 1000 read at 0.3 + 1000 written at 3.75 (per 1M), 10 out at 15
+    assert usd(cost(usage, rates)) == pytest.approx((3000 + 300 + 3750 + 150) / 1e6)
+    plain = rates_for(Price(input=3.0, output=15.0))
+    assert cost(Usage(prompt_tokens=100, cache_write_tokens=100), plain) == cost(Usage(prompt_tokens=100), plain)
+    assert lookup("claude-sonnet-4-5").cache_write == 3.75
+
+
 def test_cached_tokens_without_a_cached_price_cost_the_input_price():
     rates = rates_for(Price(input=1.0, output=2.0))
     assert cost(Usage(100, 0, cached_tokens=60), rates) == cost(Usage(100, 0), rates)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from gateway.cache.controls import parse_controls
@@ -56,15 +57,42 @@ def test_canonical_form_is_sorted_compact_json():
 
 
 @pytest.mark.parametrize("body, expected", [
-    ({}, True),
+    ({}, False),  # no temperature: the API default 1, sampled
+    ({"temperature": None}, False),
     ({"temperature": 0}, True),
     ({"temperature": 0.0, "seed": None}, True),
     ({"temperature": 0.7}, False),
     ({"temperature": 0.7, "seed": 42}, True),
+    ({"seed": 7}, True),
     ({"temperature": 1, "seed": 0}, True),
+    ({"temperature": False}, False),
+    ({"temperature": "0"}, False),
 ])
 def test_is_deterministic(body, expected):
     assert is_deterministic(body) is expected
+
+
+def test_embeddings_are_always_deterministic():
+    assert is_deterministic({"input": "x"}, "embeddings") is True
+    assert is_deterministic({"input": "x"}, "completions") is False
+
+
+def test_fresh_ids_keep_the_prefix_and_differ():
+    from gateway.cache.restamp import ChunkStamper, fresh_id, restamp_body
+
+    a, b = fresh_id("chatcmpl-abc", "chat"), fresh_id("chatcmpl-abc", "chat")
+    assert a.startswith("chatcmpl-") and b.startswith("chatcmpl-") and len({a, b, "chatcmpl-abc"}) == 3
+    assert fresh_id(None, "completions").startswith("cmpl-")
+    body = b'{"id":"cmpl-1","object":"text_completion","created":5,"choices":[{"text":"hi"}]}'
+    out = orjson.loads(restamp_body(body, "completions", 99))
+    assert out["id"].startswith("cmpl-") and out["id"] != "cmpl-1" and out["created"] == 99
+    assert out["choices"] == [{"text": "hi"}]
+    embedding = b'{"object":"list","data":[{"embedding":[0.1]}]}'
+    assert restamp_body(embedding, "embeddings", 99) is embedding
+    stamp = ChunkStamper("chat", 7)
+    chunks = [orjson.loads(stamp(orjson.dumps({"id": "chatcmpl-x", "created": 1, "n": i}))) for i in range(3)]
+    assert len({c["id"] for c in chunks}) == 1 and chunks[0]["id"] != "chatcmpl-x"
+    assert [c["created"] for c in chunks] == [7, 7, 7] and [c["n"] for c in chunks] == [0, 1, 2]
 
 
 @pytest.mark.parametrize("headers, lookup, store, max_age, ttl", [

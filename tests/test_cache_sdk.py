@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import openai
 import pytest
 
@@ -27,6 +29,7 @@ def gw(make_gateway, upstream, state, clock):
 
 
 def test_second_identical_call_is_a_hit_with_identical_content(gw, upstream, clock):
+    clock.set(time.time())  # the mock stamps answers with the real time
     client = gw.client("sk-acme")
     text1, h1, out1 = chat(client)
     clock.advance(7)
@@ -34,10 +37,52 @@ def test_second_identical_call_is_a_hit_with_identical_content(gw, upstream, clo
     assert h1["x-cache"] == "MISS" and h2["x-cache"] == "HIT"
     assert h2["age"] == "7"
     assert text2 == text1 == "Echo: what is the capital of France"
-    assert out2.model_dump() == out1.model_dump()  # same id, usage, everything
+    # a new answer to a new request: its own id and time, the same content and usage
+    assert out2.id != out1.id and out2.id.split("-", 1)[0] == out1.id.split("-", 1)[0]
+    assert out2.created >= out1.created
+    assert out2.model_dump(exclude={"id", "created"}) == out1.model_dump(exclude={"id", "created"})
     assert upstream.calls == 1
     stats = gw.services.cache_stats
     assert eventually(lambda: stats.stores == 1) and (stats.misses, stats.hits + stats.coalesced) == (1, 1)
+
+
+def test_sampled_requests_are_not_cached_by_default(gw, upstream):
+    client = gw.client("sk-acme")
+    for _ in range(2):  # no temperature: the API default 1, a sampled answer
+        _, headers, _ = chat(client, temperature=openai.NOT_GIVEN)
+        assert headers["x-cache"] == "BYPASS"
+    assert upstream.calls == 2
+    assert "temperature" not in upstream.requests[-1]
+    stats = gw.services.cache_stats
+    assert (stats.hits, stats.stores) == (0, 0)
+
+
+def test_every_hit_gets_a_fresh_id_and_created(gw, upstream, clock):
+    clock.set(time.time())
+    client = gw.client("sk-acme")
+    _, h1, first = chat(client)
+    clock.advance(3)
+    served_at = int(clock.time())
+    hits = [chat(client) for _ in range(2)]
+    assert h1["x-cache"] == "MISS" and all(h["x-cache"] == "HIT" for _, h, _ in hits)
+    ids = {first.id, *(out.id for _, _, out in hits)}
+    assert len(ids) == 3 and all(i.startswith("cmpl-") for i in ids)  # the stored id's prefix
+    assert all(out.created == served_at >= first.created for _, _, out in hits)
+    assert all(out.choices[0].message.content == first.choices[0].message.content for _, _, out in hits)
+    streamed, headers, chunks = chat_stream(client)
+    assert headers["x-cache"] == "HIT" and streamed == first.choices[0].message.content
+    assert len({c.id for c in chunks}) == 1 and chunks[0].id not in ids  # one new id for the whole stream
+    assert {c.created for c in chunks} == {served_at}
+    assert upstream.calls == 1
+
+
+def test_nondeterministic_true_caches_requests_without_temperature(make_gateway, upstream, state):
+    gw = cache_gateway(make_gateway, upstream, state, defaults="cache: {enabled: true, nondeterministic: true}")
+    client = gw.client("sk-acme")
+    _, h1, first = chat(client, temperature=openai.NOT_GIVEN)
+    _, h2, second = chat(client, temperature=openai.NOT_GIVEN)
+    assert (h1["x-cache"], h2["x-cache"]) == ("MISS", "HIT") and upstream.calls == 1
+    assert second.id != first.id and second.choices[0].message.content == first.choices[0].message.content
 
 
 def test_fields_that_do_not_change_the_answer_share_an_entry(gw, upstream):
@@ -77,11 +122,13 @@ def test_non_stream_after_stream(gw, upstream):
 
 def test_legacy_completions_and_embeddings_are_cached(gw, upstream):
     client = gw.client("sk-acme")
-    first = client.completions.create(model="small", prompt="say hi")
-    raw = client.completions.with_raw_response.create(model="small", prompt="say hi", stream=True)
-    text = "".join(c.choices[0].text for c in raw.parse())
+    first = client.completions.create(model="small", prompt="say hi", temperature=0)
+    raw = client.completions.with_raw_response.create(model="small", prompt="say hi", temperature=0, stream=True)
+    chunks = list(raw.parse())
+    text = "".join(c.choices[0].text for c in chunks)
     assert raw.headers["x-cache"] == "HIT" and text == first.choices[0].text == "Echo: say hi"
-    client.embeddings.create(model="emb", input=["a", "b"])
+    assert {c.id for c in chunks} != {first.id} and len({c.id for c in chunks}) == 1
+    client.embeddings.create(model="emb", input=["a", "b"])  # no sampling: cached without a temperature
     raw = client.embeddings.with_raw_response.create(model="emb", input=["a", "b"])
     assert raw.headers["x-cache"] == "HIT" and len(raw.parse().data) == 2
     assert upstream.calls == 2

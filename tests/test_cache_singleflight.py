@@ -25,18 +25,22 @@ def gw(make_gateway, upstream, state):
 
 
 async def _ask(client: openai.AsyncOpenAI) -> tuple[str, str]:
-    raw = await client.chat.completions.with_raw_response.create(model="small", messages=MSG)
+    raw = await client.chat.completions.with_raw_response.create(model="small", messages=MSG, temperature=0)
     return raw.parse().choices[0].message.content, raw.headers["x-cache"]
 
 
-async def _ask_stream(client: openai.AsyncOpenAI, upstream, firsts: list[int]) -> str:
+async def _ask_stream(client: openai.AsyncOpenAI, upstream, firsts: list[int],
+                      ids: list[set[str]] | None = None) -> str:
     """The streamed text; notes how many upstream streams had finished when its first chunk came."""
-    stream = await client.chat.completions.create(model="small", messages=MSG, stream=True)
-    text = []
+    stream = await client.chat.completions.create(model="small", messages=MSG, temperature=0, stream=True)
+    text, seen = [], set()
     async for chunk in stream:
         if not text:
             firsts.append(upstream.completed_streams)
         text.append(chunk.choices[0].delta.content or "" if chunk.choices else "")
+        seen.add(chunk.id)
+    if ids is not None:
+        ids.append(seen)
     return "".join(text)
 
 
@@ -61,9 +65,10 @@ async def test_streaming_followers_get_chunks_as_they_arrive(gw, upstream):
     upstream.default = Fault(chunk_delay_s=0.1)  # 7 words: the stream lasts ~0.7 s
     client = gw.aclient("sk-acme", timeout=30.0)
     firsts: list[int] = []
-    leader = asyncio.create_task(_ask_stream(client, upstream, firsts))
+    ids: list[set[str]] = []
+    leader = asyncio.create_task(_ask_stream(client, upstream, firsts, ids))
     await _until(lambda: upstream.calls == 1)
-    followers = [asyncio.create_task(_ask_stream(client, upstream, firsts)) for _ in range(10)]
+    followers = [asyncio.create_task(_ask_stream(client, upstream, firsts, ids)) for _ in range(10)]
     plain = [asyncio.create_task(_ask(client)) for _ in range(5)]  # non-stream followers of a stream
     texts = await asyncio.gather(leader, *followers)
     answers = await asyncio.gather(*plain)
@@ -71,6 +76,7 @@ async def test_streaming_followers_get_chunks_as_they_arrive(gw, upstream):
     assert upstream.calls == 1
     assert set(texts) == {"Echo: what is the capital of France"}
     assert firsts == [0] * 11  # every client saw its first chunk before the upstream stream ended
+    assert all(len(seen) == 1 for seen in ids) and len(set().union(*ids)) == 11  # one id per answer
     assert answers == [("Echo: what is the capital of France", "HIT")] * 5
 
 
@@ -90,7 +96,7 @@ async def test_failing_leader_does_not_poison_followers(gw, upstream):
 async def test_leader_leaving_does_not_cut_followers_off(gw, upstream):
     upstream.default = Fault(chunk_delay_s=0.1)
     client = gw.aclient("sk-acme", timeout=30.0)
-    leader = await client.chat.completions.create(model="small", messages=MSG, stream=True)
+    leader = await client.chat.completions.create(model="small", messages=MSG, temperature=0, stream=True)
     await _until(lambda: upstream.calls == 1)
     firsts: list[int] = []
     followers = [asyncio.create_task(_ask_stream(client, upstream, firsts)) for _ in range(3)]
@@ -107,7 +113,7 @@ async def test_leader_leaving_does_not_cut_followers_off(gw, upstream):
 async def test_everyone_leaving_cancels_the_upstream_stream(gw, upstream):
     upstream.default = Fault(chunk_delay_s=0.2)
     client = gw.aclient("sk-acme", timeout=30.0)
-    stream = await client.chat.completions.create(model="small", messages=MSG, stream=True)
+    stream = await client.chat.completions.create(model="small", messages=MSG, temperature=0, stream=True)
     async for _chunk in stream:
         break
     await stream.close()

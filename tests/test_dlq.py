@@ -165,13 +165,14 @@ def test_stale_cached_answer_when_exhausted(make_gateway, upstream, backup, tmp_
     gw = make_gateway(failover_policy(upstream.url, backup.url, dlq_path=str(tmp_path / "dlq.jsonl"),
                                       on_exhausted="stale", cache="{enabled: true, ttl_s: 10}"), clock=clock)
     client = gw.client("sk-acme")
-    fresh = client.chat.completions.create(model="chat", messages=MSG)
+    fresh = client.chat.completions.create(model="chat", messages=MSG, temperature=0)
     clock.advance(15)  # past the TTL: no longer a hit, still kept for stale answers
     upstream.default = backup.default = Fault(500)
-    raw = client.chat.completions.with_raw_response.create(model="chat", messages=MSG)
+    raw = client.chat.completions.with_raw_response.create(model="chat", messages=MSG, temperature=0)
     assert raw.headers["x-cache"] == "STALE" and raw.headers["x-gateway-exhausted"] == "stale"
     assert raw.parse().choices[0].message.content == fresh.choices[0].message.content
     assert upstream.calls == 2 and backup.calls == 1  # it did try the upstreams first
     with pytest.raises(openai.InternalServerError):  # nothing cached for this one: the 503
-        client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "never seen"}])
+        client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "never seen"}],
+                                       temperature=0)
     assert depth(gw) == 2

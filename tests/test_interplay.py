@@ -63,6 +63,8 @@ def build(make_gateway, upstream, backup, tmp_path):
 
 
 def ask(gw, model: str = "small", **kw):
+    """One chat call; temperature 0 unless given, so the cache may keep its answer."""
+    kw.setdefault("temperature", 0)
     return gw.client("sk-acme").chat.completions.with_raw_response.create(model=model, messages=kw.pop("messages", MSG),
                                                                          **kw)
 
@@ -116,7 +118,7 @@ def test_cache_hit_reserves_no_tokens_charges_nothing_frees_its_slot_and_counts_
     assert ask(gw).headers["x-cache"] == "MISS"
     n, cost = tokens_of(upstream.requests[0]), cost_of(upstream.requests[0], "small")
     assert ask(gw).headers["x-cache"] == "HIT"  # one slot: each hit gave it back
-    chunks = list(gw.client("sk-acme").chat.completions.create(model="small", messages=MSG, stream=True))
+    chunks = list(gw.client("sk-acme").chat.completions.create(model="small", messages=MSG, temperature=0, stream=True))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Echo: hello there friend"
     assert upstream.calls == 1
     assert st.tpm_used("t") == n  # the miss only
@@ -138,7 +140,7 @@ async def test_single_flight_followers_are_free_hits_and_the_leader_pays_once(bu
     client = gw.aclient("sk-acme", timeout=30.0)
 
     async def one():
-        return await client.chat.completions.with_raw_response.create(model="small", messages=MSG)
+        return await client.chat.completions.with_raw_response.create(model="small", messages=MSG, temperature=0)
 
     results = await asyncio.gather(*(one() for _ in range(6)))
     await client.close()
@@ -154,7 +156,7 @@ async def test_stream_leader_that_leaves_pays_for_the_whole_shared_answer(build,
     gw, st = build(cache=CACHE_ON)
     upstream.default = Fault(chunk_delay_s=0.1)
     client = gw.aclient("sk-acme", timeout=30.0)
-    leader = await client.chat.completions.create(model="small", messages=MSG, stream=True)
+    leader = await client.chat.completions.create(model="small", messages=MSG, temperature=0, stream=True)
     async for _chunk in leader:
         break
     follower = asyncio.create_task(_stream_text(client))
@@ -172,7 +174,7 @@ async def test_stream_leader_that_leaves_pays_for_the_whole_shared_answer(build,
 
 
 async def _stream_text(client: openai.AsyncOpenAI) -> str:
-    stream = await client.chat.completions.create(model="small", messages=MSG, stream=True)
+    stream = await client.chat.completions.create(model="small", messages=MSG, temperature=0, stream=True)
     return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
 
 
@@ -317,16 +319,16 @@ async def test_follower_that_leaves_while_waiting_does_not_break_the_flight(buil
     gw, st = build(cache=CACHE_ON)
     upstream.default = Fault(delay_s=0.8)
     client = gw.aclient("sk-acme", timeout=30.0)
-    leader = asyncio.create_task(client.chat.completions.with_raw_response.create(model="small", messages=MSG))
+    leader = asyncio.create_task(client.chat.completions.with_raw_response.create(model="small", messages=MSG, temperature=0))
     await asyncio.to_thread(eventually, lambda: upstream.calls == 1)
     impatient = gw.aclient("sk-acme", timeout=0.2)
     with pytest.raises(openai.APITimeoutError):  # joins the flight, then hangs up while waiting
-        await impatient.chat.completions.create(model="small", messages=MSG)
+        await impatient.chat.completions.create(model="small", messages=MSG, temperature=0)
     await impatient.close()
-    follower = await client.chat.completions.with_raw_response.create(model="small", messages=MSG)
+    follower = await client.chat.completions.with_raw_response.create(model="small", messages=MSG, temperature=0)
     assert (await leader).headers["x-cache"] == "MISS" and follower.headers["x-cache"] == "HIT"
     assert upstream.calls == 1  # the follower still shared the leader's call...
-    again = await client.chat.completions.with_raw_response.create(model="small", messages=MSG)
+    again = await client.chat.completions.with_raw_response.create(model="small", messages=MSG, temperature=0)
     await client.close()
     assert again.headers["x-cache"] == "HIT" and upstream.calls == 1  # ...and the answer was stored
     assert st.slots_held() == 0 and leftovers(gw) == IDLE

@@ -319,3 +319,14 @@ def test_timeout_and_stream_cut_kinds(make_gateway, upstream, backup):
     assert s.value("llm_gateway_upstream_errors_total", deployment="upstream/small-a", kind="timeout") == 1
     assert s.value("llm_gateway_upstream_errors_total", deployment="upstream/small-a", kind="stream_cut") == 2
     assert s.value("llm_gateway_upstream_errors_total", deployment="backup/small-b") == 0
+
+
+def test_no_created_series_and_process_metrics_in_one_process(gw):
+    gw.client("sk-acme").chat.completions.create(model="small", messages=MSG)
+    s = scrape(gw.url)
+    assert s.value("llm_gateway_requests_total") == 1
+    assert "_created" not in s.text  # counters and histograms export no creation timestamps
+    assert s.value("process_cpu_seconds_total") > 0
+    assert s.value("process_resident_memory_bytes") > 0
+    assert s.series("python_info")
+    assert s.series("python_gc_collections_total")

@@ -59,6 +59,19 @@ EXPECTED = {
     "circuit_breaker_zero.yaml": "{file}:2: circuit_breaker.failures: must be at least 1, got 0",
     "rate_limit_mode_unknown.yaml": "{file}:2: rate_limit.mode: unknown mode 'dry_run' (known: enforce, shadow)",
     "state_backend_unknown.yaml": "{file}:3: state.backend: unknown backend 'etcd' (known: memory, redis)",
+    "state_redis_url_scheme.yaml": "{file}:4: state.redis_url: unsupported scheme 'http' "
+                                   "(expected redis://, rediss:// or unix://)",
+    "state_redis_url_option_type.yaml": "{file}:4: state.redis_url: option 'socket_timeout': expected a number, "
+                                        "got 'x'",
+    "state_redis_url_option_unknown.yaml": "{file}:4: state.redis_url: unknown option 'socket_timout' "
+                                           "(did you mean 'socket_timeout'?)",
+    "state_redis_url_ssl_option_without_tls.yaml": "{file}:4: state.redis_url: option 'ssl_cert_reqs' needs a "
+                                                   "rediss:// URL",
+    "state_redis_url_db_not_number.yaml": "{file}:4: state.redis_url: invalid database 'cache' in the path "
+                                          "(expected /0, /1, ...)",
+    "state_redis_url_port_range.yaml": "{file}:4: state.redis_url: invalid port (expected 1-65535)",
+    "state_key_prefix_braces.yaml": "{file}:4: state.key_prefix: 'gw{{prod}}' contains '{{' or '}}' (braces would "
+                                    "change the Redis Cluster hash slot of every key)",
     "redact_bad_regex.yaml": "{file}:3: audit.redact[1]: invalid regular expression: "
                              "unterminated character set at position 3",
     "provider_type_unknown.yaml": "{file}:4: providers.upstream.type: unknown provider type 'opnai' "
@@ -97,6 +110,10 @@ EXPECTED = {
                                  "format 'json' (known: json_schema, json_object, text)",
     "rule_has_tools_string.yaml": "{file}:13: models.auto.route.large_when[0].has_tools: expected boolean, "
                                   "got string 'true'",
+    "state_redis_cluster_db.yaml": "{file}:5: state.redis_url: database 3 with redis_cluster: true "
+                                   "(a Redis Cluster has only database 0)",
+    "state_redis_cluster_unix.yaml": "{file}:5: state.redis_url: a Redis Cluster is reached over TCP: "
+                                     "use redis:// or rediss:// with redis_cluster: true",
     # pass 4: references and duplicates
     "deployment_unknown_provider.yaml": "{file}:10: models.large.deployments[1].provider: unknown provider 'opnai' "
                                         "(known: upstream, backup)",

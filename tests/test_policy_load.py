@@ -367,6 +367,37 @@ def test_every_model_field_has_a_policy_key(checker: object, cls: type, derived:
     assert set(checker.keys) == {f.name for f in dataclasses.fields(cls)} - derived  # type: ignore[attr-defined]
 
 
+def test_relative_paths_follow_the_policy_file(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "etc").mkdir()
+    path = tmp_path / "etc" / "p.yaml"
+    path.write_text(MINIMAL + "logging: {audit_path: logs/audit.jsonl}\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GATEWAY_STATE_DIR", str(tmp_path / "elsewhere"))  # only for bundled policies
+    policy = load_policy(str(path))
+    assert policy.state.dlq_path == str(tmp_path / "etc" / "gateway-dlq.jsonl")
+    assert policy.logging.audit_path == str(tmp_path / "etc" / "logs" / "audit.jsonl")
+
+
+def test_bundled_policy_paths_go_to_the_state_dir_else_the_working_directory(tmp_path: Path, monkeypatch) -> None:
+    from gateway.policy.bundled import bundled_policy
+
+    package_dir = str(bundled_policy().parent.resolve())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("GATEWAY_STATE_DIR", raising=False)
+    policy = load_policy(str(bundled_policy()))
+    assert policy.state.dlq_path == str(tmp_path / "gateway-dlq.jsonl")
+    assert policy.logging.audit_path == str(tmp_path / "gateway-audit.jsonl")
+    assert not policy.state.dlq_path.startswith(package_dir)
+    # the checkout's policies/quickstart.yaml is a link to the bundled file: same rule
+    linked = Path(__file__).parents[1] / "policies" / "quickstart.yaml"
+    assert load_policy(str(linked)).state.dlq_path == str(tmp_path / "gateway-dlq.jsonl")
+    state_dir = tmp_path / "state"
+    monkeypatch.setenv("GATEWAY_STATE_DIR", str(state_dir))
+    policy = load_policy(str(bundled_policy()))
+    assert policy.state.dlq_path == str(state_dir / "gateway-dlq.jsonl")
+    assert policy.logging.audit_path == str(state_dir / "gateway-audit.jsonl")
+
+
 def test_policy_docs_list_every_provider_type_and_its_own_keys() -> None:
     """docs/policy.md follows the registry: each type and each of its own keys is documented."""
     from pathlib import Path

@@ -184,6 +184,14 @@ def test_tool_choice_mapping(choice: Any, parallel: bool | None, expected: dict[
     assert to_anthropic(body).get("tool_choice") == expected
 
 
+def test_json_schema_response_format_becomes_output_config_format() -> None:
+    schema = {"type": "object", "properties": {"title": {"type": "string"}}, "required": ["title"]}
+    fmt = {"type": "json_schema", "json_schema": {"name": "t", "schema": schema, "strict": True}}
+    body = to_anthropic(chat(response_format=fmt).body)
+    assert body["output_config"] == {"format": {"type": "json_schema", "schema": schema}}
+    assert "output_config" not in to_anthropic(chat(response_format={"type": "text"}).body)
+
+
 @pytest.mark.parametrize(
     ("extra", "param"),
     [
@@ -291,7 +299,7 @@ async def test_tool_call_response_and_cached_usage(
         "prompt_tokens": 1005,
         "completion_tokens": 20,
         "total_tokens": 1025,
-        "prompt_tokens_details": {"cached_tokens": 900},
+        "prompt_tokens_details": {"cached_tokens": 900, "cache_write_tokens": 100},  # priced apart
     }
 
 

@@ -153,6 +153,27 @@ def test_namespace_tools_are_flattened_the_way_codex_names_them() -> None:
     assert dropped == ["tools.custom"]
 
 
+def test_additional_tools_input_item_declares_tools() -> None:
+    """Codex's responses-lite models get their tools in an ``additional_tools`` input item, not ``tools``."""
+    search = {"type": "function", "name": "search", "parameters": {"type": "object"}}
+    body = {"model": "m", "input": [
+        {"type": "additional_tools", "role": "developer", "tools": [
+            {"type": "namespace", "name": "web", "description": "Web", "tools": [
+                search, {"type": "custom", "name": "exec", "format": {"type": "grammar"}}]}]},
+        {"type": "message", "role": "user", "content": "look it up"}],
+        "tools": [{"type": "function", "name": "top", "parameters": {"type": "object"}}]}
+    chat, dropped = chat_of(body)
+    assert [t["function"]["name"] for t in chat["tools"]] == ["top", "web__search"]
+    assert chat["messages"] == [{"role": "user", "content": "look it up"}]  # the item is no turn
+    assert dropped == ["tools.custom"]
+    call = {"id": "call_1", "type": "function", "function": {"name": "web__search", "arguments": "{}"}}
+    answer = {"choices": [{"message": {"role": "assistant", "content": None, "tool_calls": [call]},
+                           "finish_reason": "tool_calls"}], "model": "m"}
+    item = chat_to_response(answer, response_id="resp_1", request=body, created_at=0)["output"][0]
+    assert (item["namespace"], item["name"]) == ("web", "search")
+    assert input_to_history(body) == [{"role": "user", "content": "look it up"}]
+
+
 def test_tool_choice_and_parallel_calls_follow_the_tools() -> None:
     fn = {"type": "function", "name": "get_weather", "parameters": {"type": "object"}, "strict": True}
     chat, _ = chat_of({"model": "m", "input": "x", "tools": [fn], "parallel_tool_calls": False,

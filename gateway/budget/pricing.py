@@ -39,10 +39,11 @@ class Rates:
     output: int = 0
     reasoning: int = 0
     priced: bool = False  # False: the model has no price; its cost counts as 0 ("unpriced")
+    cache_write: int = 0
 
     @property
     def worst_input(self) -> int:
-        return max(self.input, self.cached_input)
+        return max(self.input, self.cached_input, self.cache_write)
 
     @property
     def worst_output(self) -> int:
@@ -58,21 +59,24 @@ def rates_for(price: Price | None) -> Rates:
     inp, out = per_token(price.input), per_token(price.output)
     cached = inp if price.cached_input is None else per_token(price.cached_input)
     reasoning = out if price.reasoning is None else per_token(price.reasoning)
-    return Rates(inp, cached, out, reasoning, priced=True)
+    write = inp if price.cache_write is None else per_token(price.cache_write)
+    return Rates(inp, cached, out, reasoning, priced=True, cache_write=write)
 
 
 def cost(usage: Usage, rates: Rates) -> int:
     """The exact cost of ``usage`` in pico-dollars.
 
-    Cached prompt tokens are billed at ``cached_input`` and the rest of the prompt at ``input``;
-    reasoning tokens (part of the completion tokens, as OpenAI reports them) at ``reasoning`` and
-    the rest of the completion at ``output``.
+    Cached prompt tokens are billed at ``cached_input``, prompt tokens written to the provider's cache
+    at ``cache_write`` and the rest of the prompt at ``input``; reasoning tokens (part of the
+    completion tokens, as OpenAI reports them) at ``reasoning`` and the rest of the completion at
+    ``output``.
     """
     prompt = max(0, usage.prompt_tokens)
     completion = max(0, usage.completion_tokens)
     cached = min(max(0, usage.cached_tokens), prompt)
+    written = min(max(0, usage.cache_write_tokens), prompt - cached)
     reasoning = min(max(0, usage.reasoning_tokens), completion)
-    return ((prompt - cached) * rates.input + cached * rates.cached_input
+    return ((prompt - cached - written) * rates.input + cached * rates.cached_input + written * rates.cache_write
             + (completion - reasoning) * rates.output + reasoning * rates.reasoning)
 
 

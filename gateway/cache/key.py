@@ -44,13 +44,19 @@ def cache_key(prefix: str, tenant: str, shared: bool, endpoint: str, public_mode
     return f"{hash_tag(prefix, namespace(tenant, shared))}:cache:{digest(endpoint, public_model, body)}"
 
 
-def is_deterministic(body: dict[str, Any]) -> bool:
-    """Temperature 0 (or absent), or any temperature with a seed: the answer is meant to repeat.
+UNSAMPLED = frozenset({"embeddings"})  # endpoints whose answer does not depend on sampling
 
-    An absent temperature counts as deterministic on purpose: most clients never send one, and a
-    cache that skips them would be a cache for almost nobody. ``cache.nondeterministic`` caches the rest.
+
+def is_deterministic(body: dict[str, Any], endpoint: str = "chat") -> bool:
+    """Is the answer meant to repeat? ``temperature: 0`` (or below), or any temperature with a ``seed``.
+
+    A missing temperature means the API default, 1: a sampled answer, which a client asking twice
+    expects to differ, so it is not cached unless the tenant sets ``cache.nondeterministic: true``.
+    Embeddings involve no sampling and are always cacheable.
     """
-    temperature = body.get("temperature")
-    if temperature is None or temperature <= 0:
+    if endpoint in UNSAMPLED:
         return True
-    return body.get("seed") is not None
+    if body.get("seed") is not None:
+        return True
+    temperature = body.get("temperature")
+    return isinstance(temperature, int | float) and not isinstance(temperature, bool) and temperature <= 0

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable
+from importlib import metadata
 
+from gateway import __version__
 from gateway.cli import dlq, review, serve, spend
+from gateway.cli.common import add_log_format
+from gateway.observability.applog import ENV, configure_logging, log_format
 
 Configure = Callable[[argparse.ArgumentParser], None]
 Run = Callable[[argparse.Namespace], int]
@@ -22,9 +25,19 @@ COMMANDS: dict[str, tuple[str, Configure, Run]] = {
 }
 
 
+def version() -> str:
+    """The installed distribution's version; the package's own when it runs from a checkout."""
+    try:
+        return metadata.version("llm-gateway")
+    except metadata.PackageNotFoundError:
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="A policy-driven LLM gateway.")
+    parser.add_argument("--version", action="version", version=f"gateway {version()}")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    add_log_format(parser, f"text (default) or json lines on stderr; default: ${ENV} or text")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (help_text, configure, run) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -35,8 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    configure_logging(args.log_level, log_format(args.log_format))
     return int(args.func(args) or 0)
 
 

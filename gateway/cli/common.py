@@ -81,6 +81,13 @@ def add_admin_options(parser: argparse.ArgumentParser, timeout_s: float) -> argp
     return parser
 
 
+def add_log_format(parser: argparse.ArgumentParser, help_text: str,
+                   default: Any = None) -> argparse.ArgumentParser:
+    """``--log-format text|json``: application logs as text or as one JSON object per line."""
+    parser.add_argument("--log-format", choices=("text", "json"), default=default, help=help_text)
+    return parser
+
+
 def parent_parser() -> argparse.ArgumentParser:
     """An empty parser to collect shared options for several subcommands (``parents=[...]``)."""
     return argparse.ArgumentParser(add_help=False)
@@ -93,7 +100,8 @@ def policy_path(args: argparse.Namespace) -> str:
 NO_KEY = ("no admin key given: pass --admin-key or set GATEWAY_ADMIN_KEY to a key the gateway accepts "
           "(its sha256 listed under the policy's admin.api_keys, or the GATEWAY_ADMIN_KEY the gateway runs with)")
 WRONG_KEY = ("the gateway refused this admin key: it is not in the policy's admin.api_keys (sha256) nor the "
-             "GATEWAY_ADMIN_KEY the gateway runs with; tenant keys never work on admin routes")
+             "GATEWAY_ADMIN_KEY the gateway runs with; tenant keys never work on admin routes. Pass an admin key "
+             "with --admin-key or GATEWAY_ADMIN_KEY")
 
 
 class AdminError(Exception):

@@ -4,14 +4,50 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
-from gateway.cli.common import load_or_report
+from gateway.cli.common import add_log_format, load_or_report
 from gateway.http.runner import run_worker, run_workers
+from gateway.observability import applog
 from gateway.policy.bundled import DEMO_KEY, QUICKSTART, bundled_policy, is_bundled
 from gateway.policy.model import Policy
 
+REDIS_PING_S = 1.0
+log = logging.getLogger("gateway.serve")
 
-def banner(policy: Policy, host: str, port: int, workers: int) -> str:
+
+def redis_problem(policy: Policy, timeout_s: float = REDIS_PING_S) -> str | None:
+    """Why the policy's Redis does not answer a PING within ``timeout_s``; None when it does (or no Redis).
+
+    Only a warning: the gateway serves anyway, with ``state.on_backend_error`` deciding what requests get.
+    """
+    if policy.state.backend != "redis":
+        return None
+    import redis
+
+    url = policy.state.redis_url
+    try:
+        client = redis.Redis.from_url(url)
+        # bounded whatever the URL's own timeouts say (a cluster seed node answers PING like any Redis)
+        client.connection_pool.connection_kwargs.update(socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+        try:
+            client.ping()
+        finally:
+            client.close()
+    except (redis.RedisError, OSError, ValueError) as exc:
+        return (f"Redis at {_safe_url(url)} does not answer ({type(exc).__name__}: {exc}); serving anyway, "
+                f"state.on_backend_error: {policy.state.on_backend_error} applies until it does")
+    return None
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    return f"{scheme}{sep}{'***@' if at else ''}{host}" if sep else url
+
+
+def banner(policy: Policy, host: str, port: int, workers: int, warnings: tuple[str, ...] = ()) -> str:
     lines = [
         f"LLM gateway listening on http://{host}:{port}/v1 ({workers} worker{'s' if workers > 1 else ''})",
         f"  policy: {policy.source} (sha256 {policy.digest[:12]}), state: {policy.state.backend}",
@@ -24,6 +60,7 @@ def banner(policy: Policy, host: str, port: int, workers: int) -> str:
             "-H 'Content-Type: application/json' -d '{\"model\":\"demo\",\"messages\":[{\"role\":\"user\","
             "\"content\":\"hello\"}]}'"
         )
+    lines += [f"  WARNING: {w}" for w in warnings]
     return "\n".join(lines)
 
 
@@ -36,6 +73,8 @@ def configure_serve(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker-id", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--quiet", action="store_true", help="no start-up banner")
+    add_log_format(parser, "application logs: text or json lines on stderr (default: $GATEWAY_LOG_FORMAT or text)",
+                   default=argparse.SUPPRESS)  # also accepted before the command: gateway --log-format json serve
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -45,11 +84,16 @@ def serve(args: argparse.Namespace) -> int:
         return 1
     for warning in policy.warnings:
         logging.getLogger("gateway.policy").warning("%s", warning)
+    problem = None if args.reuse_port else redis_problem(policy)  # worker children leave it to the supervisor
+    if problem is not None:
+        log.warning("%s", problem)
+    shown = (problem,) if problem else ()
     if args.workers > 1:
-        print(banner(policy, args.host, args.port, args.workers), flush=True)
+        os.environ[applog.ENV] = applog.log_format(args.log_format)  # the workers log the same way
+        print(banner(policy, args.host, args.port, args.workers, shown), flush=True)
         return run_workers(path, args.host, args.port, args.workers)
     if not args.quiet:
-        print(banner(policy, args.host, args.port, 1), flush=True)
+        print(banner(policy, args.host, args.port, 1, shown), flush=True)
     run_worker(policy, path, args.host, args.port, args.reuse_port)
     return 0
 

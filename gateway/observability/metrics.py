@@ -19,10 +19,24 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import prometheus_client
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
+
+# ``*_created`` series (a timestamp per counter and histogram child) double the series count and no
+# dashboard or alert here reads them; the switch is process-wide and must precede the first metric.
+prometheus_client.disable_created_metrics()
 
 PREFIX = "llm_gateway_"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -64,6 +78,10 @@ class GatewayMetrics:
         if multiproc:
             self.scrape_registry = CollectorRegistry(auto_describe=True)
             MultiProcessCollector(self.scrape_registry, path=multiproc)
+        else:  # one process: its own process_* and python_* (one worker's alone would mislead under --workers)
+            ProcessCollector(registry=self.registry)
+            PlatformCollector(registry=self.registry)
+            GCCollector(registry=self.registry)
 
     def _c(self, name: str, doc: str, labels: Iterable[str], reg: CollectorRegistry | None) -> Counter:
         return Counter(PREFIX + name, doc, list(labels), registry=reg)

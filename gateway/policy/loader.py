@@ -21,6 +21,7 @@ from typing import Any
 
 from gateway.policy import model as m
 from gateway.policy import schema as s
+from gateway.policy.bundled import is_bundled
 from gateway.policy.checkers import Invalid, describe, fields, leaf, map_of
 from gateway.policy.crossref import (
     check_default_limits,
@@ -39,6 +40,7 @@ from gateway.policy.yamlsrc import parse_yaml
 __all__ = ["PolicyError", "Problem", "load_policy", "load_policy_text", "SUPPORTED_VERSIONS"]
 
 SUPPORTED_VERSIONS = (1,)
+STATE_DIR_ENV = "GATEWAY_STATE_DIR"  # where a bundled policy's relative paths (DLQ, audit log) go
 
 
 def _version(value: Any) -> int:
@@ -80,11 +82,24 @@ def load_policy(path: str, env: Mapping[str, str] | None = None) -> m.Policy:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PolicyError([Problem(path, None, "", f"not UTF-8 text (byte {exc.start})")]) from None
-    return _anchor_paths(_load(text, path, env, hashlib.sha256(data).hexdigest()), Path(path).parent)
+    return _anchor_paths(_load(text, path, env, hashlib.sha256(data).hexdigest()), anchor_folder(path, env))
+
+
+def anchor_folder(path: str, env: Mapping[str, str] | None = None) -> Path:
+    """The folder relative paths in the policy at ``path`` start from.
+
+    A policy's own folder, so the server and the CLI agree wherever they run; but a policy bundled
+    with the package lives in site-packages, which is neither writable nor where anyone looks for
+    state, so there it is ``$GATEWAY_STATE_DIR``, else the working directory.
+    """
+    if is_bundled(path):
+        state_dir = (os.environ if env is None else env).get(STATE_DIR_ENV)
+        return Path(state_dir) if state_dir else Path.cwd()
+    return Path(path).parent
 
 
 def _anchor_paths(policy: m.Policy, folder: Path) -> m.Policy:
-    """Relative file paths in a policy are relative to its file, so the server and the CLI agree."""
+    """Relative file paths in a policy are made absolute from ``folder`` (see ``anchor_folder``)."""
 
     def anchored(value: str) -> str:
         return value if value in ("stdout", "off") or Path(value).is_absolute() else str(folder.resolve() / value)

@@ -48,6 +48,7 @@ class Price:
     input: float
     output: float
     cached_input: float | None = None
+    cache_write: float | None = None  # prompt tokens written to the provider's cache (Anthropic); default input
     reasoning: float | None = None
 
 
@@ -213,6 +214,7 @@ class Tenant:
 class StatePolicy:
     backend: Literal["memory", "redis"] = "memory"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = False  # redis_url is one node of a Redis Cluster (seed for discovery)
     on_backend_error: BackendErrorMode = "local"
     timeout_ms: float = 250.0  # per Redis call
     replicas: int = 1  # divides limits in the `local` fallback

@@ -1,6 +1,6 @@
 """The default price table (``gateway/data/prices.yaml``) and the policy's ``price:`` syntax.
 
-A model's ``price`` is either written out (``{input, output, cached_input, reasoning}``), a table
+A model's ``price`` is either written out (``{input, output, cached_input, cache_write, reasoning}``), a table
 entry by name (``price: gpt-4o-mini``), or a table entry with overrides
 (``price: {table: gpt-4o-mini, output: 0.5}``). The table is read once per process.
 """
@@ -22,7 +22,7 @@ from gateway.policy.interpolate import UNRESOLVED
 from gateway.policy.problems import Report, join
 
 TABLE_PATH = Path(__file__).resolve().parents[1] / "data" / "prices.yaml"  # inside the package
-_FIELDS = ("input", "output", "cached_input", "reasoning")
+_FIELDS = ("input", "output", "cached_input", "cache_write", "reasoning")
 _PRICE_FIELDS_AND_TABLE = (*_FIELDS, "table")
 
 
@@ -50,6 +50,7 @@ _PRICE_KEYS = fields_of({
     "input": _AMOUNT,
     "output": _AMOUNT,
     "cached_input": nullable(_AMOUNT),
+    "cache_write": nullable(_AMOUNT),
     "reasoning": nullable(_AMOUNT),
 })
 

@@ -61,7 +61,7 @@ class PolicyHolder:
             if new.digest == self.current.digest:
                 self.stats.unchanged += 1
                 self.stats.last_error = None  # a broken edit was undone: the file loads again
-                log.info("policy unchanged (%s): %s sha256=%s", reason, self.path, new.digest[:12])
+                log.info("policy unchanged (sha256 %s, %s): %s", new.digest[:12], reason, self.path)
                 return False
             try:
                 for fn in self._listeners:

@@ -36,6 +36,7 @@ from gateway.policy.checkers import (
 from gateway.policy.prices import check_price
 from gateway.policy.problems import Report
 from gateway.policy.rules import ROUTE
+from gateway.policy.state_block import check_state
 from gateway.providers.registry import PROVIDER_TYPES
 
 MODE = enum("mode", get_args(m.Mode))
@@ -66,16 +67,7 @@ KEY_DIGEST = leaf(key_digest)
 LIMITS: dict[str, Checker] = {k: nullable(POSITIVE) for k in ("rpm", "tpm", "concurrency")}
 LIMIT_SET = build(m.LimitSet, LIMITS)
 TIMEOUTS = build(m.Timeouts, {k: number(gt=0) for k in ("pool_s", "connect_s", "first_byte_s", "total_s")})
-STATE = build(m.StatePolicy, {
-    "backend": enum("backend", ("memory", "redis")),
-    "redis_url": string(nonempty=True, secret=True),
-    "on_backend_error": enum("on_backend_error mode", get_args(m.BackendErrorMode)),
-    "timeout_ms": number(gt=0),
-    "replicas": POSITIVE,
-    "key_prefix": string(nonempty=True),
-    "dlq_path": string(nonempty=True),
-    "dlq_max": POSITIVE,
-})
+STATE = check_state  # the state block has its own module: URL parsing and cluster rules
 CIRCUIT_BREAKER = build(m.CircuitBreakerPolicy, {"failures": integer(ge=1), "cooldown_s": number(gt=0)})
 INPUT = build(m.InputPolicy, {"max_body_bytes": POSITIVE, "default_max_tokens": POSITIVE})
 SERVER = build(m.ServerPolicy, {
@@ -180,6 +172,7 @@ PRICE = build(m.Price, {
     "input": NON_NEGATIVE,
     "output": NON_NEGATIVE,
     "cached_input": nullable(NON_NEGATIVE),
+    "cache_write": nullable(NON_NEGATIVE),
     "reasoning": nullable(NON_NEGATIVE),
 }, required=("input", "output"))
 DEPLOYMENT = build(m.Deployment, {

@@ -26,7 +26,7 @@ from gateway.providers.anthropic_translate import (
     to_anthropic,
     usage,
 )
-from gateway.providers.base import UpstreamRequest, UpstreamResponse
+from gateway.providers.base import NativeAnswer, UpstreamRequest, UpstreamResponse
 from gateway.providers.openai import HTTPProvider, closer, timed_read, timed_sse, upstream_headers
 
 API_VERSION = "2023-06-01"
@@ -35,6 +35,7 @@ _BAD_SHAPE = (KeyError, TypeError, AttributeError, ValueError)  # orjson.JSONDec
 
 class AnthropicProvider(HTTPProvider):
     type = "anthropic"
+    native_surface = "messages"
 
     def __init__(self, spec: ProviderSpec, clock: Clock = SYSTEM_CLOCK) -> None:
         super().__init__(spec)
@@ -54,18 +55,29 @@ class AnthropicProvider(HTTPProvider):
             message = f"the {req.endpoint} endpoint is not supported by {self.name} (anthropic)"
             return _local_error(invalid(message, code="unsupported_endpoint"))
         try:
-            payload = to_anthropic({**req.body, "stream": req.stream})
+            payload = self._payload(req)
         except GatewayError as exc:
             return _local_error(exc)
         resp, first_byte, total, deadline = await self._post(req, self._url, orjson.dumps(payload))
         out_headers = upstream_headers(resp)
+        native = NativeAnswer() if req.native is not None and resp.status == 200 else None
         if req.stream and resp.status == 200:
             include_usage = bool((req.body.get("stream_options") or {}).get("include_usage"))
             translator = StreamTranslator(int(self._clock.time()), include_usage)
-            events = self._events(resp, translator, first_byte, deadline)
-            return UpstreamResponse(status=200, headers=out_headers, events=events, close=closer(resp))
+            events = self._events(resp, translator, first_byte, deadline, native)
+            return UpstreamResponse(status=200, headers=out_headers, events=events, close=closer(resp),
+                                    native=native)
         body = await timed_read(resp, self.name, deadline, total)
-        return UpstreamResponse(resp.status, out_headers, self._translate_body(resp.status, body))
+        if native is not None:
+            native.body = body
+        return UpstreamResponse(resp.status, out_headers, self._translate_body(resp.status, body), native=native)
+
+    @staticmethod
+    def _payload(req: UpstreamRequest) -> dict[str, Any]:
+        """The client's own Messages body when it sent one (lossless), else the chat request translated."""
+        if req.native is not None:
+            return {**req.native, "model": req.body.get("model"), "stream": req.stream}
+        return to_anthropic({**req.body, "stream": req.stream})
 
     def _translate_body(self, status: int, body: bytes) -> bytes:
         """A whole answer or an error body, in the OpenAI shape."""
@@ -84,10 +96,13 @@ class AnthropicProvider(HTTPProvider):
         return text.replace(self.spec.api_key, "[redacted]") if self.spec.api_key else text
 
     async def _events(
-        self, resp: aiohttp.ClientResponse, translator: StreamTranslator, idle_s: float, deadline: float
+        self, resp: aiohttp.ClientResponse, translator: StreamTranslator, idle_s: float, deadline: float,
+        native: NativeAnswer | None = None,
     ) -> AsyncIterator[bytes]:
         async with aclosing(timed_sse(resp, self.name, idle_s, deadline)) as events:
             async for event, data in events:
+                if native is not None:
+                    native.frames.append((b"event: " + event + b"\n" if event else b"") + b"data: " + data + b"\n\n")
                 try:
                     chunks = translator.feed(event, orjson.loads(data))
                 except _BAD_SHAPE as exc:

@@ -1,5 +1,6 @@
 """OpenAI chat <-> Anthropic Messages translation: pure functions, no I/O.
 
+A ``json_schema`` response_format becomes Anthropic's structured output (``output_config.format``).
 Requests that can't be expressed faithfully (several choices, logprobs, JSON mode, audio/file parts)
 raise ``GatewayError`` (400) naming the field, rather than silently answering something else.
 OpenAI-only knobs with no effect on the answer's shape (seed, penalties, logit_bias, store...) are
@@ -63,7 +64,21 @@ def to_anthropic(body: dict[str, Any]) -> dict[str, Any]:
     if body.get("stream"):
         out["stream"] = True
     _tools(body, out)
+    _output_format(body, out)
     return out
+
+
+def _output_format(body: dict[str, Any], out: dict[str, Any]) -> None:
+    """A ``json_schema`` response_format -> Anthropic's structured output (``output_config.format``)."""
+    fmt = body.get("response_format")
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        return
+    spec = fmt.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    if not isinstance(schema, dict):
+        raise invalid("response_format.json_schema.schema must be a JSON schema object",
+                      param="response_format.json_schema.schema")
+    out["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
 
 
 def _reject_unsupported(body: dict[str, Any]) -> None:
@@ -73,7 +88,7 @@ def _reject_unsupported(body: dict[str, Any]) -> None:
         raise invalid("logprobs are not supported by this provider", param="logprobs")
     fmt = body.get("response_format") or {}
     fmt = fmt.get("type", "text") if isinstance(fmt, dict) else fmt
-    if fmt != "text":
+    if fmt not in ("text", "json_schema"):
         raise invalid(f"response_format {fmt!r} is not supported by this provider", param="response_format")
     if not isinstance(body.get("messages"), list) or not body["messages"]:
         raise invalid("messages must be a non-empty list", param="messages")
@@ -227,13 +242,15 @@ def _tool_choice(choice: Any) -> dict[str, Any] | None:
 def usage(raw: dict[str, Any]) -> dict[str, Any]:
     """OpenAI usage: Anthropic counts cached input apart from ``input_tokens``; OpenAI includes it."""
     cache_read = raw.get("cache_read_input_tokens") or 0
-    prompt = (raw.get("input_tokens") or 0) + (raw.get("cache_creation_input_tokens") or 0) + cache_read
+    written = raw.get("cache_creation_input_tokens") or 0
+    prompt = (raw.get("input_tokens") or 0) + written + cache_read
     completion = raw.get("output_tokens") or 0
+    details = {"cached_tokens": cache_read, **({"cache_write_tokens": written} if written else {})}
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cache_read},
+        "prompt_tokens_details": details,
     }
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from gateway.policy.model import ProviderSpec
 
@@ -30,6 +30,27 @@ class UpstreamRequest:
     headers: dict[str, str] = field(default_factory=dict)  # extra headers to forward (already filtered)
     first_byte_timeout_s: float | None = None  # overrides the provider's, e.g. from a request deadline
     total_timeout_s: float | None = None
+    # The client's own body, when it speaks this provider's wire format (``Provider.native_surface``):
+    # sent as is (model set to the deployment's), so nothing the internal form lacks is lost.
+    native: dict | None = None
+
+
+@dataclass(slots=True)
+class NativeAnswer:
+    """A provider's answer in its own wire format (the lossless path), beside the internal form.
+
+    ``body`` is a whole answer; a stream appends each raw SSE frame to ``frames`` as it is read, so
+    the writer can send exactly the provider's bytes while the pipeline reads the translated chunks.
+    """
+
+    body: bytes | None = None
+    frames: list[bytes] = field(default_factory=list)
+    final: Any = None  # the whole answer object a stream ended with, when its format carries one
+
+    def take(self) -> bytes:
+        """The frames read since the last call."""
+        out, self.frames = b"".join(self.frames), []
+        return out
 
 
 @dataclass(slots=True)
@@ -41,6 +62,7 @@ class UpstreamResponse:
     body: bytes | None = None  # non-stream answer (or an error body)
     events: AsyncIterator[bytes] | None = None  # stream: one JSON payload per SSE event
     close: Callable[[], Awaitable[None]] | None = None  # release the connection (cancel if mid-stream)
+    native: NativeAnswer | None = None  # the same answer in the provider's wire format (lossless path)
 
     @property
     def is_stream(self) -> bool:
@@ -56,6 +78,7 @@ class Provider:
     """Base class for upstream adapters. One instance per ``ProviderSpec``, shared by all requests."""
 
     type: str = "base"
+    native_surface: str | None = None  # the inbound surface whose bodies this provider takes as they are
 
     def __init__(self, spec: ProviderSpec) -> None:
         self.spec = spec

@@ -12,17 +12,28 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from dataclasses import dataclass
 
 import aiohttp
 import orjson
 
 from gateway.errors import UpstreamError
 from gateway.http.sse import DONE, iter_sse
+from gateway.policy.checkers import BOOLEAN
 from gateway.policy.model import ProviderSpec
-from gateway.providers.base import Provider, UpstreamRequest, UpstreamResponse
+from gateway.providers.base import NativeAnswer, Provider, UpstreamRequest, UpstreamResponse
+from gateway.providers.openai_responses import EventsToChunks, StreamFailed, response_to_chat
 from gateway.providers.pool import PoolObserver, PoolTimer, pool_trace
 
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
+
+
+@dataclass(frozen=True, slots=True)
+class OpenAIOptions:
+    responses: bool = False  # the deployment serves /v1/responses itself (OpenAI does; many compatibles don't)
+
+
+OPTION_KEYS = {"responses": BOOLEAN}
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -93,6 +104,8 @@ class OpenAIProvider(HTTPProvider):
         self._base = spec.base_url.rstrip("/")
         self._static_headers = {"content-type": "application/json", **dict(spec.headers)}
         self._static_headers.update(self.auth_headers())
+        if isinstance(spec.options, OpenAIOptions) and spec.options.responses:
+            self.native_surface = "responses"
 
     # --- hooks for variants (azure_openai) ---------------------------------------------------------
     def auth_headers(self) -> dict[str, str]:
@@ -106,6 +119,8 @@ class OpenAIProvider(HTTPProvider):
 
     # --- the call ------------------------------------------------------------------------------------
     async def send(self, req: UpstreamRequest) -> UpstreamResponse:
+        if req.native is not None:
+            return await self._send_responses(req)
         resp, first_byte, total, deadline = await self._post(req, self.url(req), self.encode(req))
         out_headers = upstream_headers(resp)
         if req.stream and resp.status == 200:
@@ -117,6 +132,48 @@ class OpenAIProvider(HTTPProvider):
             )
         body = await timed_read(resp, self.name, deadline, total)
         return UpstreamResponse(status=resp.status, headers=out_headers, body=body)
+
+    async def _send_responses(self, req: UpstreamRequest) -> UpstreamResponse:
+        """The lossless path: the client's Responses body to /responses; its answer read back to chat too."""
+        assert req.native is not None
+        payload = {**req.native, "model": req.body.get("model"), "stream": req.stream}
+        resp, first_byte, total, deadline = await self._post(req, self._base + "/responses", orjson.dumps(payload))
+        out_headers = upstream_headers(resp)
+        native = NativeAnswer() if resp.status == 200 else None
+        if req.stream and native is not None:
+            reader = EventsToChunks(bool((req.body.get("stream_options") or {}).get("include_usage")))
+            events = self._responses_events(resp, reader, native, first_byte, deadline)
+            return UpstreamResponse(status=200, headers=out_headers, events=events, close=_closer(resp),
+                                    native=native)
+        body = await timed_read(resp, self.name, deadline, total)
+        if native is None:
+            return UpstreamResponse(status=resp.status, headers=out_headers, body=body)
+        try:
+            answer = orjson.loads(body)
+            native.body, native.final = body, answer
+            return UpstreamResponse(status=200, headers=out_headers, body=orjson.dumps(response_to_chat(answer)),
+                                    native=native)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise UpstreamError("protocol", f"{self.name} sent a malformed response") from exc
+
+    async def _responses_events(self, resp: aiohttp.ClientResponse, reader: EventsToChunks, native: NativeAnswer,
+                                idle_s: float, deadline: float) -> AsyncIterator[bytes]:
+        async with aclosing(timed_sse(resp, self.name, idle_s, deadline)) as events:
+            async for event, data in events:
+                native.frames.append((b"event: " + event + b"\n" if event else b"") + b"data: " + data + b"\n\n")
+                try:
+                    parsed = orjson.loads(data)
+                    chunks = reader.feed(str(parsed.get("type") or (event or b"").decode()), parsed)
+                except (ValueError, TypeError, AttributeError) as exc:
+                    raise UpstreamError("protocol", f"{self.name} sent a malformed stream event") from exc
+                except StreamFailed as exc:
+                    raise UpstreamError("stream_cut", f"{self.name} stream failed: {exc}") from None
+                for chunk in chunks:
+                    yield orjson.dumps(chunk)
+                if reader.done:
+                    native.final = reader.final
+                    return
+        raise UpstreamError("stream_cut", f"{self.name} ended the stream before response.completed")
 
     async def _events(
         self, resp: aiohttp.ClientResponse, idle_s: float, deadline: float

@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.policy.checkers import Checker
 from gateway.policy.model import ProviderSpec
-from gateway.providers import azure_openai, mock
+from gateway.providers import azure_openai, mock, openai
 from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.azure_openai import AzureOpenAIProvider
 from gateway.providers.base import Provider
@@ -38,7 +38,7 @@ class ProviderKind:
 
 
 PROVIDER_TYPES: dict[str, ProviderKind] = {
-    "openai": ProviderKind(OpenAIProvider),
+    "openai": ProviderKind(OpenAIProvider, openai.OpenAIOptions, openai.OPTION_KEYS),
     "anthropic": ProviderKind(AnthropicProvider, default_base_url="https://api.anthropic.com"),
     "azure_openai": ProviderKind(AzureOpenAIProvider, azure_openai.AzureOptions, azure_openai.OPTION_KEYS),
     "mock": ProviderKind(MockProvider, mock.MockOptions, mock.OPTION_KEYS, needs_base_url=False),

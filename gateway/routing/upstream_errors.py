@@ -16,7 +16,7 @@ import orjson
 from gateway.errors import GatewayError
 
 MAX_MESSAGE = 500
-_WORD = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+_WORD = re.compile(r"[A-Za-z0-9_.\[\]-]{1,64}")  # a type, code or param name (``tools[0].function``)
 # Bearer tokens, sk-/key- style keys, AWS-style access keys, long base64/hex runs (tokens, signatures).
 _SECRETS = re.compile(
     r"(?i:bearer)\s+[A-Za-z0-9._~+/=-]+"

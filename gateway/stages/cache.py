@@ -1,7 +1,9 @@
 """The response cache stage: exact-match answers, stream replay, single-flight, stale answers.
 
 ``cache_lookup`` answers a request from a stored entry (``x-cache: HIT``, ``age``) or from an
-identical request in flight in this process (also a HIT: the upstream is called once); otherwise
+identical request in flight in this process (also a HIT: the upstream is called once), under a fresh
+``id`` and ``created`` (``restamp``); only requests meant to repeat are cached (``is_deterministic``,
+or the tenant's ``cache.nondeterministic``), the rest are a BYPASS. Otherwise
 the request leads a flight and ``on_response`` captures its answer: a whole 200 body, or a stream
 stored only once it ended cleanly. Errors, partial streams and non-``ok`` outcomes are never stored.
 
@@ -30,6 +32,7 @@ from gateway.cache.convert import assemble, replay
 from gateway.cache.entry import Entry, entry_from_answer, entry_from_body
 from gateway.cache.flight import Flight, FlightTable
 from gateway.cache.key import cache_key, is_deterministic
+from gateway.cache.restamp import STAMPED, ChunkStamper, fresh_id, restamp, restamp_body
 from gateway.cache.store import BackendStore, CacheStore, MemoryStore
 from gateway.context import RequestContext
 from gateway.pipeline import GatewayResponse, Respond, Stage, Verdict
@@ -142,7 +145,7 @@ class CacheStage(Stage):
         if tenant is None or not tenant.cache.enabled:
             return None
         cp = tenant.cache
-        if not (cp.nondeterministic or is_deterministic(ctx.body)):
+        if not (cp.nondeterministic or is_deterministic(ctx.body, ctx.endpoint)):
             self._mark(ctx, "BYPASS")
             return None
         controls = parse_controls(ctx.request.headers, cp.ttl_s)
@@ -209,13 +212,16 @@ class CacheStage(Stage):
             self.stats.hits += 1
         else:
             self.stats.stale += 1
-        headers = {"x-cache": status, "age": str(int(entry.age(self.clock.time()))),
-                   "x-gateway-model": entry.model}
+        now = self.clock.time()
+        headers = {"x-cache": status, "age": str(int(entry.age(now))), "x-gateway-model": entry.model}
         if ctx.stream:
-            events = _chunks(replay(orjson.loads(entry.body), ctx.endpoint, ctx.client_wants_usage))
+            data = orjson.loads(entry.body)
+            if ctx.endpoint in STAMPED:
+                restamp(data, fresh_id(data.get("id"), ctx.endpoint), int(now))
+            events = _chunks(replay(data, ctx.endpoint, ctx.client_wants_usage))
             resp = GatewayResponse(status=200, headers=headers, events=events, content_type="text/event-stream")
         else:
-            resp = GatewayResponse(status=200, headers=headers, body=entry.body)
+            resp = GatewayResponse(status=200, headers=headers, body=restamp_body(entry.body, ctx.endpoint, int(now)))
         return Respond(resp, "cache_hit")
 
     # -- single-flight followers ----------------------------------------------------------------------
@@ -242,8 +248,9 @@ class CacheStage(Stage):
         return Respond(resp, "cache_hit")
 
     async def _relay(self, ctx: RequestContext, flight: Flight) -> AsyncIterator[bytes]:
+        stamp = ChunkStamper(ctx.endpoint, int(self.clock.time()))  # the leader's chunks, under our own id
         async for payload in flight.follow():
-            yield payload
+            yield stamp(payload)
         entry = flight.entry
         if entry is not None:
             served = ctx.policy.models.get(entry.model)

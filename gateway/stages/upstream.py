@@ -60,6 +60,15 @@ def upstream_body(ctx: RequestContext, deployment: Deployment) -> dict:
     return body
 
 
+def _native_body(ctx: RequestContext, native_surface: str | None) -> dict | None:
+    """The client's own body for a provider of its family, unless the policy rewrites what it says."""
+    if native_surface is None or native_surface != ctx.surface.name or not ctx.surface.forwardable(ctx):
+        return None
+    if ctx.tenant is not None and ctx.tenant.redact_upstream:
+        return None  # the redacted request is the internal one: the native body still says everything
+    return ctx.native_body
+
+
 def error_response(resp: UpstreamResponse, provider: str, secrets: tuple[str, ...] = ()) -> GatewayResponse:
     """An upstream error retold: its status and scrubbed message, the provider's name, retry hints."""
     err = retold_error(resp.status, resp.body, provider, secrets)
@@ -166,10 +175,12 @@ class UpstreamStage(Stage):
         attempt = Attempt(deployment=dep.name, provider=dep.provider, started=loop.time())
         ctx.attempts.append(attempt)
         ctx.deployment = dep
+        native = _native_body(ctx, provider.native_surface)
+        headers = {**ctx.upstream_headers, **ctx.surface.native_headers(ctx)} if native else ctx.upstream_headers
         req = UpstreamRequest(
             endpoint=ctx.endpoint, body=upstream_body(ctx, dep), stream=ctx.stream, request_id=ctx.request_id,
-            headers=ctx.upstream_headers, first_byte_timeout_s=min(timeouts.first_byte_s, remaining),
-            total_timeout_s=None if ctx.stream else min(timeouts.total_s, remaining))
+            headers=headers, first_byte_timeout_s=min(timeouts.first_byte_s, remaining),
+            total_timeout_s=None if ctx.stream else min(timeouts.total_s, remaining), native=native)
         lease = self.balancer.lease(dep.name)
         resp: UpstreamResponse | None = None
         outcome: Respond | Failure | None = None
@@ -185,7 +196,7 @@ class UpstreamStage(Stage):
             if isinstance(outcome, Respond) and it is not None and resp.status == 200:
                 events = self._relay(ctx, attempt, breaker, lease, first, it)
                 outcome.response = GatewayResponse(status=200, events=events, close=_closer(lease, resp),
-                                                   content_type="text/event-stream")
+                                                   content_type="text/event-stream", native=resp.native)
             return outcome
         finally:
             if outcome is None:
@@ -210,7 +221,8 @@ class UpstreamStage(Stage):
             secrets = (self.providers.get(dep.provider).spec.api_key,)
             return Respond(self._answer(ctx, dep, error_response(resp, dep.provider, secrets)), "upstream_error")
         self.balancer.observe_ttfb(dep.name, attempt.ttfb_s or 0.0)
-        return Respond(self._answer(ctx, dep, GatewayResponse(status=status, body=resp.body)), "ok")
+        answer = GatewayResponse(status=status, body=resp.body, native=resp.native)
+        return Respond(self._answer(ctx, dep, answer), "ok")
 
     @staticmethod
     async def _prime(resp: UpstreamResponse) -> tuple[bytes | None, AsyncIterator[bytes] | None]:

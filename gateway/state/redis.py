@@ -22,10 +22,12 @@ from typing import Any
 
 import orjson
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from gateway.clock import Clock
+from gateway.policy.redis_url import RedisTarget, parse_redis_url
 from gateway.state.base import Script, StateError
 from gateway.state.memory import check_script_args
 from gateway.state.redis_pipeline import AutoPipeline
@@ -81,8 +83,10 @@ def _ms(ttl_s: float) -> int:
 class RedisBackend:
     """``StateBackend`` on one Redis (or a proxy in front of a cluster; keys carry hash tags).
 
-    ``clock``: ``None`` (production) lets scripts read the server's TIME; a ``Clock`` makes every
-    script see ``clock.time()`` instead, for deterministic tests.
+    ``url`` is parsed by ``gateway.policy.redis_url`` (its query options apply to the sockets; the
+    call deadline stays ``timeout_ms``). ``clock``: ``None`` (production) lets scripts read the
+    server's TIME; a ``Clock`` makes every script see ``clock.time()`` instead, for deterministic tests.
+    Subclasses (``RedisClusterBackend``) change the client, the routing of batches and ``ping``.
     """
 
     kind = "redis"
@@ -98,19 +102,45 @@ class RedisBackend:
     ) -> None:
         self._timeout = timeout_ms / 1000.0
         self._clock = clock
-        self._pool = BlockingConnectionPool.from_url(
-            url,
+        target = parse_redis_url(url)
+        options = {
+            "socket_timeout": self._timeout,
+            "socket_connect_timeout": self._timeout,
+            "health_check_interval": health_check_interval,
+            **target.connection_kwargs(),
+        }
+        self._client = self._connect(target, target.options.get("max_connections", max_connections), options)
+        self._pipe = AutoPipeline(self._client, self._timeout, max_batch, on_error=self._on_error)
+        self._compiled: dict[Script, tuple[str, str]] = {}  # script -> (lua sent, sha1)
+
+    def _connect(self, target: RedisTarget, max_connections: int, options: dict[str, Any]) -> Any:
+        """The redis-py client: one blocking pool, no retries (the caller's ``on_backend_error`` decides)."""
+        if target.scheme == "unix":
+            address: dict[str, Any] = {"connection_class": UnixDomainSocketConnection, "path": target.path}
+        else:
+            address = {"connection_class": SSLConnection if target.tls else Connection,
+                       "host": target.host, "port": target.port}
+        self._pool = BlockingConnectionPool(
+            **address,
+            db=target.db,
             max_connections=max_connections,
             timeout=self._timeout,  # waiting for a free connection counts against the call too
-            socket_timeout=self._timeout,
-            socket_connect_timeout=self._timeout,
-            health_check_interval=health_check_interval,
             retry=Retry(NoBackoff(), 0),
             protocol=2,
+            **options,
         )
-        self._client = Redis(connection_pool=self._pool)
-        self._pipe = AutoPipeline(self._client, self._timeout, max_batch)
-        self._compiled: dict[Script, tuple[str, str]] = {}  # script -> (lua sent, sha1)
+        return Redis(connection_pool=self._pool)
+
+    def _route(self, key: str | None) -> str:
+        """The batch a call on ``key`` joins: one Redis, one route."""
+        return ""
+
+    def _on_error(self, exc: BaseException) -> None:
+        """A failed batch or reply; one Redis needs nothing (the pool re-dials on its own)."""
+
+    def _submit(self, op: str, method: str, args: tuple, kwargs: dict | None = None, lua: str | None = None,
+                key: str | None = None) -> Any:
+        return self._pipe.submit(op, method, args, kwargs, lua, self._route(key))
 
     async def start(self) -> None:
         """No I/O: the gateway must come up while Redis is down (``on_backend_error`` decides)."""
@@ -121,25 +151,25 @@ class RedisBackend:
         await self._pool.disconnect()
 
     async def ping(self) -> None:
-        await self._pipe.submit("ping", "ping", ())
+        await self._submit("ping", "ping", ())
 
     async def get(self, key: str) -> bytes | None:
-        return await self._pipe.submit("get", "get", (key,))
+        return await self._submit("get", "get", (key,), key=key)
 
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
         if ttl_s is not None and ttl_s <= 0:  # already expired: what the memory backend does too
             await self.delete(key)
         elif ttl_s is None:
-            await self._pipe.submit("set", "set", (key, value))
+            await self._submit("set", "set", (key, value), key=key)
         else:
-            await self._pipe.submit("set", "set", (key, value), {"px": _ms(ttl_s)})
+            await self._submit("set", "set", (key, value), {"px": _ms(ttl_s)}, key=key)
 
     async def delete(self, *keys: str) -> int:
-        return await self._pipe.submit("delete", "delete", keys) if keys else 0
+        return await self._submit("delete", "delete", keys, key=keys[0]) if keys else 0
 
     async def incr(self, key: str, amount: int = 1, ttl_s: float | None = None) -> int:
         if ttl_s is None:
-            return await self._pipe.submit("incr", "incrby", (key, amount))
+            return await self._submit("incr", "incrby", (key, amount), key=key)
         ms = _ms(ttl_s) if ttl_s > 0 else 0  # PEXPIRE 0 deletes the key, as a ttl <= 0 does in memory
         return await self.run(_INCR_TTL, [key], [amount, ms])
 
@@ -152,7 +182,9 @@ class RedisBackend:
             compiled = self._compiled[script] = (lua, hashlib.sha1(lua.encode()).hexdigest())
         lua, sha = compiled
         now = "" if self._clock is None else repr(self._clock.time())
-        return _decode(await self._pipe.submit(script.name, "evalsha", (sha, len(keys), *keys, *args, now), lua=lua))
+        reply = await self._submit(script.name, "evalsha", (sha, len(keys), *keys, *args, now), lua=lua,
+                                   key=keys[0] if keys else None)
+        return _decode(reply)
 
     async def log_append(self, key: str, record: dict[str, Any], max_len: int) -> str:
         """Raises ``StateError("log full")`` at ``max_len`` records: nothing is trimmed away."""
@@ -162,14 +194,14 @@ class RedisBackend:
         if count <= 0:
             return []
         start = f"({after}" if after is not None else "-"
-        rows = await self._pipe.submit("log_range", "xrange", (key, start, "+", count))
+        rows = await self._submit("log_range", "xrange", (key, start, "+", count), key=key)
         try:
             return [(sid.decode(), orjson.loads(fields[b"data"])) for sid, fields in rows]
         except (KeyError, orjson.JSONDecodeError) as exc:
             raise StateError(f"log {key!r} holds an entry this gateway did not write: {exc!r}") from exc
 
     async def log_remove(self, key: str, ids: list[str]) -> int:
-        return await self._pipe.submit("log_remove", "xdel", (key, *ids)) if ids else 0
+        return await self._submit("log_remove", "xdel", (key, *ids), key=key) if ids else 0
 
     async def log_len(self, key: str) -> int:
-        return await self._pipe.submit("log_len", "xlen", (key,))
+        return await self._submit("log_len", "xlen", (key,), key=key)

@@ -74,6 +74,14 @@ class Surface:
         """The answer in this surface's wire format."""
         return resp
 
+    def forwardable(self, ctx: RequestContext) -> bool:
+        """May the native body go as it is to a provider of this surface's family?"""
+        return ctx.native_body is not None
+
+    def native_headers(self, ctx: RequestContext) -> dict[str, str]:
+        """Client headers a provider of this surface's own family receives with the native body."""
+        return {}
+
     async def complete(self, ctx: RequestContext) -> None:
         """After the answer was written (once per request)."""
 

@@ -11,17 +11,19 @@ from typing import TYPE_CHECKING
 import orjson
 
 from gateway.errors import GatewayError, UpstreamError
-from gateway.surfaces.anthropic_errors import anthropic_error
+from gateway.providers.base import NativeAnswer
+from gateway.surfaces.anthropic_errors import anthropic_error, error_payload
 from gateway.surfaces.anthropic_request import messages_to_chat
 from gateway.surfaces.anthropic_response import chat_to_message, new_message_id
-from gateway.surfaces.anthropic_stream import MessagesStream
-from gateway.surfaces.base import Framing, Surface, openai_error
+from gateway.surfaces.anthropic_stream import MessagesStream, frame
+from gateway.surfaces.base import DROPPED_HEADER, Framing, Surface, openai_error
 from gateway.surfaces.translate import apply_dropped
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
     from gateway.pipeline import GatewayResponse
 
+PASSED_HEADERS = ("anthropic-beta", "anthropic-version")  # to Anthropic deployments on the lossless path
 RATE_HEADERS = {
     "x-ratelimit-limit-requests": "anthropic-ratelimit-requests-limit",
     "x-ratelimit-remaining-requests": "anthropic-ratelimit-requests-remaining",
@@ -51,8 +53,28 @@ class MessagesFraming(Framing):
         return self.stream.fail(kind, err.message)
 
 
+class NativeFraming(Framing):
+    """The lossless path: the Anthropic deployment's own frames, written as they were read."""
+
+    def __init__(self, native: NativeAnswer) -> None:
+        self.native = native
+
+    def frame(self, payload: bytes) -> bytes:
+        return self.native.take()
+
+    def end(self) -> bytes:
+        return self.native.take()
+
+    def error(self, err: UpstreamError | GatewayError) -> bytes:
+        kind = "overloaded_error" if isinstance(err, UpstreamError) else "api_error"
+        return self.native.take() + frame("error", error_payload(kind, err.message))
+
+
 class MessagesSurface(Surface):
     name = "messages"
+
+    def native_headers(self, ctx: RequestContext) -> dict[str, str]:
+        return {k: v for k in PASSED_HEADERS if (v := ctx.request.headers.get(k))}
 
     async def inbound(self, ctx: RequestContext, body: dict) -> dict:
         chat, dropped = messages_to_chat(body)
@@ -70,6 +92,14 @@ class MessagesSurface(Surface):
             status, body = anthropic_error(resp.status, str(error.get("message") or "error"),
                                            error.get("code"), request_id=ctx.request_id)
             resp.status, resp.body, resp.events = status, body, None
+            return resp
+        if resp.native is not None:  # answered by an Anthropic deployment from the client's own body
+            ctx.dropped = ()  # nothing was dropped after all
+            ctx.response_headers.pop(DROPPED_HEADER, None)
+            if resp.events is not None:
+                resp.framing = NativeFraming(resp.native)
+            elif resp.native.body is not None:
+                resp.body = resp.native.body
             return resp
         native = ctx.native_body or {}
         model = str(native.get("model") or ctx.public_model)

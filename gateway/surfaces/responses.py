@@ -15,11 +15,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from gateway.errors import GatewayError, UpstreamError, invalid
-from gateway.surfaces.base import Framing, Surface
+from gateway.providers.base import NativeAnswer
+from gateway.surfaces.base import DROPPED_HEADER, Framing, Surface
 from gateway.surfaces.responses_items import input_to_history, output_to_history
 from gateway.surfaces.responses_request import responses_to_chat
 from gateway.surfaces.responses_response import chat_to_response
-from gateway.surfaces.responses_stream import ResponsesStream
+from gateway.surfaces.responses_stream import ResponsesStream, sse_frame
 from gateway.surfaces.store import ResponseStore
 from gateway.surfaces.translate import apply_dropped
 
@@ -58,11 +59,35 @@ class ResponsesFraming(Framing):
         return b"".join(self.stream.fail(code, err.message))
 
 
+class NativeFraming(Framing):
+    """The lossless path: the deployment's own Responses events, written as they were read."""
+
+    def __init__(self, native: NativeAnswer, state: ResponsesState) -> None:
+        self.native = native
+        self.state = state
+
+    def frame(self, payload: bytes) -> bytes:
+        return self.native.take()
+
+    def end(self) -> bytes:
+        self.state.final = self.native.final if isinstance(self.native.final, dict) else None
+        return self.native.take()
+
+    def error(self, err: UpstreamError | GatewayError) -> bytes:
+        code = err.code if isinstance(err, GatewayError) and err.code else "server_error"
+        event = {"type": "error", "code": code, "message": err.message, "param": None, "sequence_number": 0}
+        return self.native.take() + sse_frame(event)
+
+
 class ResponsesSurface(Surface):
     name = "responses"
 
     def __init__(self, store: ResponseStore) -> None:
         self.store = store
+
+    def forwardable(self, ctx: RequestContext) -> bool:
+        """The deployment does not know the gateway's stored ids: a continued conversation is translated."""
+        return ctx.native_body is not None and ctx.native_body.get("previous_response_id") is None
 
     async def inbound(self, ctx: RequestContext, body: dict) -> dict:
         history: list[dict] = []
@@ -90,6 +115,15 @@ class ResponsesSurface(Surface):
         state = ctx.surface_state
         if resp.status != 200 or not isinstance(state, ResponsesState) or ctx.native_body is None:
             return resp
+        if resp.native is not None:  # answered by a deployment that serves /v1/responses itself
+            ctx.dropped = ()
+            ctx.response_headers.pop(DROPPED_HEADER, None)
+            if resp.events is not None:
+                resp.framing = NativeFraming(resp.native, state)
+            elif resp.native.body is not None:
+                resp.body = resp.native.body
+                state.final = resp.native.final if isinstance(resp.native.final, dict) else None
+            return resp
         if resp.events is not None:
             resp.framing = ResponsesFraming(ResponsesStream(state.response_id, ctx.native_body, state.created_at),
                                             state)
@@ -108,4 +142,5 @@ class ResponsesSurface(Surface):
             return
         history = state.history + input_to_history(body) + output_to_history(state.final.get("output") or [])
         record = {"response": state.final, "history": history}
-        await self.store.put(ctx.policy.state.key_prefix, ctx.tenant.name, state.response_id, record)
+        response_id = str(state.final.get("id") or state.response_id)  # the deployment's own, on the lossless path
+        await self.store.put(ctx.policy.state.key_prefix, ctx.tenant.name, response_id, record)

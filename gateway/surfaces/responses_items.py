@@ -19,9 +19,11 @@ HOSTED_ITEMS = frozenset({
     "image_generation_call", "local_shell_call", "local_shell_call_output", "shell_call", "shell_call_output",
     "apply_patch_call", "apply_patch_call_output", "mcp_call", "mcp_list_tools", "mcp_approval_request",
     "mcp_approval_response", "custom_tool_call", "custom_tool_call_output", "tool_search_call",
-    "tool_search_output", "additional_tools", "configuration_update", "compaction", "compaction_trigger",
+    "tool_search_output", "configuration_update", "compaction", "compaction_trigger",
     "program", "program_output",
 })
+# An input item that declares tools rather than saying something: read by the request translator.
+ADDITIONAL_TOOLS = "additional_tools"
 _IMAGE_DETAILS = ("low", "high", "auto")
 _TEXT_PARTS = ("input_text", "output_text", "text")
 
@@ -188,6 +190,8 @@ def add_item(messages: list[dict], item: Any, where: str, dropped: Dropped) -> N
         _add_call(messages, item, where)
     elif kind == "function_call_output":
         messages.append(_call_output(item, where, dropped))
+    elif kind == ADDITIONAL_TOOLS:
+        return  # its tools are the request's (``responses_request.declared_tools``), not a turn
     elif kind in ("reasoning", "item_reference"):
         dropped.add(f"input.{kind}")  # reasoning state and stored items are the provider's, not ours
     elif kind in HOSTED_ITEMS:

@@ -1,6 +1,7 @@
 """Responses API request (``POST /v1/responses``) -> the internal chat completions request.
 
-Translated: instructions, input items, function tools (namespaced ones flattened), tool choice,
+Translated: instructions, input items, function tools (namespaced ones flattened, and those of
+``additional_tools`` input items, where Codex's responses-lite models carry theirs), tool choice,
 ``text.format``, ``max_output_tokens``, ``reasoning.effort`` and the sampling and caching fields
 chat also has. Dropped and named (see ``responses_items``): what only OpenAI's own servers can do,
 hosted tools, stored items, reasoning summaries and encrypted reasoning, ``include`` extras,
@@ -13,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.errors import invalid
-from gateway.surfaces.responses_items import Dropped, flat_name, input_messages
+from gateway.surfaces.responses_items import ADDITIONAL_TOOLS, Dropped, flat_name, input_messages
 
 HOSTED_TOOLS = frozenset({
     "web_search", "web_search_2025_08_26", "web_search_preview", "web_search_preview_2025_03_11",
@@ -39,11 +40,23 @@ _UNSUPPORTED = {"background": False, "conversation": None, "prompt": None, "top_
                 "context_management": None}
 
 
-def namespaced_tools(tools: Any) -> dict[str, tuple[str, str]]:
+def declared_tools(body: dict) -> list[tuple[str, Any]]:
+    """(where, tool) of the request's tools: top-level ``tools`` plus those of ``additional_tools``
+    input items (how Codex's responses-lite models receive theirs: namespaces, in an input item)."""
+    tools = body.get("tools")
+    found = [(f"tools[{i}]", tool) for i, tool in enumerate(tools)] if isinstance(tools, list) else []
+    items = body.get("input")
+    for i, item in enumerate(items if isinstance(items, list) else ()):
+        if isinstance(item, dict) and item.get("type") == ADDITIONAL_TOOLS and isinstance(item.get("tools"), list):
+            found.extend((f"input[{i}].tools[{j}]", tool) for j, tool in enumerate(item["tools"]))
+    return found
+
+
+def namespaced_tools(body: dict) -> dict[str, tuple[str, str]]:
     """Flat chat name -> (namespace, name) for every function of the request's namespace tools, so a
     call the model makes can go back to the client under the name and namespace it declared."""
     names: dict[str, tuple[str, str]] = {}
-    for tool in tools if isinstance(tools, list) else ():
+    for _, tool in declared_tools(body):
         if isinstance(tool, dict) and tool.get("type") == "namespace" and isinstance(tool.get("name"), str):
             for sub in tool.get("tools") or ():
                 if isinstance(sub, dict) and sub.get("type") == "function" and isinstance(sub.get("name"), str):
@@ -80,14 +93,12 @@ def _namespace(tool: dict, where: str, dropped: Dropped) -> list[dict]:
     return out
 
 
-def _tools(raw: Any, dropped: Dropped) -> list[dict]:
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
+def _tools(body: dict, dropped: Dropped) -> list[dict]:
+    raw = body.get("tools")
+    if raw is not None and not isinstance(raw, list):
         raise invalid("'tools' must be an array", param="tools", code="invalid_type")
     out: list[dict] = []
-    for i, tool in enumerate(raw):
-        where = f"tools[{i}]"
+    for where, tool in declared_tools(body):
         if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
             raise invalid(f"'{where}' must be an object with a string 'type'", param=where, code="invalid_type")
         kind = tool["type"]
@@ -196,7 +207,7 @@ def _messages(body: dict, history: list[dict] | None, dropped: Dropped) -> list[
 
 def _tooling(chat: dict, body: dict, dropped: Dropped) -> None:
     """Tools, choice and parallelism; chat refuses the last two without tools, so they go together."""
-    tools = _tools(body.get("tools"), dropped)
+    tools = _tools(body, dropped)
     choice = _tool_choice(body.get("tool_choice"), dropped)
     if not tools:
         return

@@ -100,7 +100,7 @@ def _output(message: dict, response_id: str, status: str, request: dict) -> list
     if (isinstance(text, str) and text) or (isinstance(refusal, str) and refusal):
         output.append(message_item(item_id("msg", response_id, len(output)), "completed", text or None,
                                    refusal or None, _annotations(message)))
-    namespaces = namespaced_tools(request.get("tools"))
+    namespaces = namespaced_tools(request)
     for call in message.get("tool_calls") or ():
         fn = call.get("function") or {}
         n = len(output)

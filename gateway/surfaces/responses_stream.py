@@ -57,7 +57,7 @@ class ResponsesStream:
         self._open: int | None = None  # output index of the item being streamed
         self._part: str | None = None  # kind of its open content part (text items only)
         self._calls: dict[int, int] = {}  # chat tool call index -> output index
-        self._namespaces = namespaced_tools(request.get("tools"))
+        self._namespaces = namespaced_tools(request)
         self._finish_reason: str | None = None
         self._usage: dict | None = None
         self._model: str | None = None

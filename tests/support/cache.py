@@ -12,6 +12,9 @@ from tests.support.policies import basic_policy
 
 MSG = [{"role": "user", "content": "what is the capital of France"}]
 CACHE_ON = "cache: {enabled: true, ttl_s: 60}"
+# Only answers meant to repeat are cached: the helpers ask for temperature 0 unless told otherwise
+# (pass ``temperature=openai.NOT_GIVEN`` for a request without one).
+CACHEABLE = {"temperature": 0}
 
 
 def state_for(request: pytest.FixtureRequest, backend: str) -> str:
@@ -31,8 +34,7 @@ def cache_gateway(make_gateway: Any, upstream: Any, state: str, defaults: str = 
 
 def chat(client: Any, headers: dict[str, str] | None = None, **kw: Any) -> tuple[str, Any, Any]:
     """(text, response headers, parsed completion) of one non-stream chat call."""
-    kw.setdefault("model", "small")
-    kw.setdefault("messages", MSG)
+    kw = {"model": "small", "messages": MSG, **CACHEABLE, **kw}
     raw = client.chat.completions.with_raw_response.create(extra_headers=headers or {}, **kw)
     out = raw.parse()
     return out.choices[0].message.content, raw.headers, out
@@ -40,8 +42,7 @@ def chat(client: Any, headers: dict[str, str] | None = None, **kw: Any) -> tuple
 
 def chat_stream(client: Any, headers: dict[str, str] | None = None, **kw: Any) -> tuple[str, Any, list]:
     """(text, response headers, chunks) of one streamed chat call."""
-    kw.setdefault("model", "small")
-    kw.setdefault("messages", MSG)
+    kw = {"model": "small", "messages": MSG, **CACHEABLE, **kw}
     raw = client.chat.completions.with_raw_response.create(extra_headers=headers or {}, stream=True, **kw)
     chunks = list(raw.parse())
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)

@@ -3,7 +3,8 @@
 Answers ``POST /v1/messages`` like Anthropic does: a whole ``message`` JSON, or an SSE stream with
 ``event:`` lines (message_start, content_block_start, ping, content_block_delta, content_block_stop,
 message_delta with usage, message_stop). It checks what Anthropic checks first (``x-api-key``,
-``anthropic-version``, ``max_tokens``, alternating roles) and records every request.
+``anthropic-version``, ``max_tokens``, alternating user/assistant roles; ``system`` messages among them
+are accepted and are no turn, as Anthropic accepts them from Claude Code) and records every request.
 
     async with MockAnthropic() as server:           # or the ``mock_anthropic`` fixture
         server.push(Reply(text="hi"), ErrorReply.overloaded())
@@ -170,15 +171,20 @@ class MockAnthropic:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
             return ErrorReply(400, "invalid_request_error", "messages: at least one message is required")
+        previous = None
         for i, msg in enumerate(messages):
-            if not isinstance(msg, dict) or msg.get("role") not in ("user", "assistant"):
+            if not isinstance(msg, dict) or msg.get("role") not in ("user", "assistant", "system"):
                 return ErrorReply(
-                    400, "invalid_request_error", f"messages.{i}.role: Input should be 'user' or 'assistant'"
+                    400, "invalid_request_error",
+                    f"messages.{i}.role: Input should be 'user', 'assistant' or 'system'"
                 )
-            if i and msg["role"] == messages[i - 1]["role"]:
+            if msg["role"] == "system":  # mid-conversation system text (Claude Code sends it): not a turn
+                continue
+            if msg["role"] == previous:
                 return ErrorReply(
                     400, "invalid_request_error", "messages: roles must alternate between user and assistant"
                 )
+            previous = msg["role"]
         return None
 
 

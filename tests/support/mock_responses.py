@@ -138,6 +138,7 @@ class MockResponses:
     async def start(self) -> MockResponses:
         app = web.Application(client_max_size=64 * 1024**2)
         app.router.add_post("/v1/responses", self._handle)
+        app.router.add_post("/v1/chat/completions", self._chat)  # as OpenAI serves both
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await self._runner.setup()
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -158,6 +159,19 @@ class MockResponses:
         await self.stop()
 
     # --- request handling ----------------------------------------------------------------------------
+    async def _chat(self, request: web.Request) -> web.Response:
+        """A plain, non-streamed chat answer quoting the last message (enough for translated turns)."""
+        body = orjson.loads(await request.read())
+        self.requests.append(body)
+        self.headers.append(CIMultiDict(request.headers))
+        self.paths.append(request.path_qs)
+        last = str((body.get("messages") or [{}])[-1].get("content"))
+        answer = {"id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion", "created": 0,
+                  "model": body.get("model"), "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+                  "choices": [{"index": 0, "finish_reason": "stop",
+                               "message": {"role": "assistant", "content": f"Echo: {last}"}}]}
+        return web.Response(body=orjson.dumps(answer), content_type="application/json")
+
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
         try:

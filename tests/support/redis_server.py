@@ -34,13 +34,14 @@ def free_port() -> int:
 class RedisServer:
     """One ``redis-server`` process without persistence; ``port`` stays the same across restarts."""
 
-    def __init__(self, binary: str | None = None, port: int | None = None) -> None:
+    def __init__(self, binary: str | None = None, port: int | None = None, extra_args: tuple[str, ...] = ()) -> None:
         found = binary or redis_binary()
         if found is None:
             raise RuntimeError("redis-server binary not found")
         self.binary = found
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="gw-redis-")  # so nothing lands in the working directory
+        self.extra_args = extra_args  # e.g. cluster mode (tests/support/redis_cluster.py)
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -71,6 +72,7 @@ class RedisServer:
             "no",
             "--loglevel",
             "warning",
+            *self.extra_args,
         ]
         self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + wait_s
