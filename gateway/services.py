@@ -20,6 +20,7 @@ from gateway.observability.metrics import GatewayMetrics, multiproc_dir
 from gateway.policy.model import Policy
 from gateway.policy.reload import PolicyHolder
 from gateway.providers.live import LiveProviders
+from gateway.providers.pool import PoolObserver
 from gateway.ratelimit.stats import RateLimitStats
 from gateway.routing.balancer import Balancer
 from gateway.routing.breaker import Breakers
@@ -47,12 +48,23 @@ class Services:
     router_stats: RouterStats
 
 
+def pool_observer(metrics: GatewayMetrics) -> PoolObserver:
+    """Upstream pool waits into ``upstream_pool_wait_seconds`` / ``upstream_pool_timeouts_total``."""
+
+    def observe(provider: str, waited_s: float, timed_out: bool) -> None:
+        metrics.pool_wait.labels(provider).observe(waited_s)
+        if timed_out:
+            metrics.pool_timeouts.labels(provider).inc()
+
+    return observe
+
+
 def build_services(policy: Policy, *, path: str | None = None, clock: Clock = SYSTEM_CLOCK,
                    backend: StateBackend | None = None, rng: random.Random | None = None) -> Services:
     """Every shared dependency of one gateway app, for ``policy`` (read from ``path`` on reload)."""
     metrics = GatewayMetrics(multiproc_dir())
     state: StateBackend = MeteredBackend(backend or build_backend(policy.state, clock), metrics)  # type: ignore[assignment]
-    providers = LiveProviders()
+    providers = LiveProviders(pool_observer(metrics))
     providers.update(policy)
     rng = rng or random.Random()
     return Services(

@@ -178,6 +178,15 @@ def test_kubernetes_manifests() -> None:
     assert all((DEPLOY / "k8s" / r).exists() for r in kustomization["resources"])
 
 
+def test_kubernetes_grace_covers_prestop_and_the_gateway_shutdown_grace() -> None:
+    """SIGTERM comes after preStop; the gateway exits within server.shutdown_grace_s; both fit the pod's grace."""
+    pod = k8s_objects()["Deployment"]["spec"]["template"]["spec"]
+    command = pod["containers"][0]["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep"
+    grace = load_policy(str(DEPLOY / "policy.yaml"), env={}).server.shutdown_grace_s
+    assert float(command[1]) + grace + 2 <= pod["terminationGracePeriodSeconds"]
+
+
 def test_one_policy_everywhere_and_it_loads() -> None:
     shipped = (DEPLOY / "policy.yaml").read_text()
     configmap = k8s_objects()["ConfigMap"]["data"]["policy.yaml"]

@@ -20,6 +20,7 @@ from aiohttp.test_utils import make_mocked_request
 
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
+from gateway.http.drain import Drain
 from gateway.http.server import Handler
 from gateway.pipeline import PHASES, GatewayResponse, Pipeline, Respond, Stage
 from gateway.policy.loader import load_policy_text
@@ -237,7 +238,7 @@ async def test_one_failing_complete_is_logged_and_the_others_still_run(caplog: p
 
 def make_handler(stages: list[Stage]) -> Handler:
     services = SimpleNamespace(holder=SimpleNamespace(current=POLICY))
-    return Handler(services, Pipeline(stages))  # type: ignore[arg-type]
+    return Handler(services, Pipeline(stages), Drain())  # type: ignore[arg-type]
 
 
 def request() -> Any:

@@ -47,8 +47,15 @@ EXPECTED = {
                                   "(known: daily, weekly, monthly, total)",
     "weight_zero.yaml": "{file}:9: models.small.deployments[0].weight: must be greater than 0, got 0",
     "failure_rate_range.yaml": "{file}:5: providers.demo.failure_rate: must be between 0 and 1, got 1.5",
+    "timeouts_pool_zero.yaml": "{file}:6: providers.upstream.timeouts.pool_s: must be greater than 0, got 0",
     "timeouts_negative.yaml": "{file}:6: providers.upstream.timeouts.connect_s: must be greater than 0, got -2",
     "retry_status_range.yaml": "{file}:3: retry.on_status[1]: must be between 100 and 599, got 600",
+    "server_shutdown_grace_zero.yaml": "{file}:3: server.shutdown_grace_s: must be greater than 0, got 0",
+    "server_body_min_rate_negative.yaml": "{file}:3: server.body_min_rate: must not be negative, got -1",
+    "server_max_connections_per_source_zero.yaml": "{file}:3: server.max_connections_per_source: "
+                                                   "must be greater than 0, got 0",
+    "server_unknown_key.yaml": "{file}:3: server.header_timeout: unknown key 'header_timeout' "
+                               "(did you mean 'header_timeout_s'?)",
     "circuit_breaker_zero.yaml": "{file}:2: circuit_breaker.failures: must be at least 1, got 0",
     "rate_limit_mode_unknown.yaml": "{file}:2: rate_limit.mode: unknown mode 'dry_run' (known: enforce, shadow)",
     "state_settled_ids_ttl_zero.yaml": "{file}:4: state.settled_ids_ttl_s: must be greater than 0, got 0",

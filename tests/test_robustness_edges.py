@@ -15,7 +15,6 @@ import openai
 import orjson
 import pytest
 
-from gateway.stages import input_check
 from gateway.stages.input_check import MAX_DEPTH, nesting_exceeds
 from tests.test_robustness import (
     PLAIN_KEY,
@@ -246,9 +245,10 @@ def test_malformed_http_gets_an_openai_error_without_echoing_the_request(gw, cap
     assert httpx.get(gw.url + "/healthz").status_code == 200
 
 
-def test_a_body_that_stops_arriving_is_a_408(gw, monkeypatch):
+def test_a_body_that_stops_arriving_is_a_408(make_gateway, upstream, backup, claude, tmp_path):  # noqa: F811
     # was: the handler waited for the rest of the body forever (aiohttp has no body timeout)
-    monkeypatch.setattr(input_check, "BODY_IDLE_TIMEOUT_S", 0.3)
+    gw = make_gateway(full_policy(upstream.url, backup.url, claude.url, "backend: memory", tmp_path)
+                      + "\nserver: {body_timeout_s: 0.3}\n")
     head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {PLAIN_KEY}\r\n"
             "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n").encode()
     status, headers, body = raw_http(gw, head + b'{"model": "small"')

@@ -12,12 +12,17 @@ sending garbage, so it is logged as one line.
 
 Paths and methods no route serves get the same treatment, and every answer an ``x-request-id`` (``add_fallbacks``).
 
+Slow and surplus clients (``ConnectionGuard``, the policy's ``server`` block): a connection over the caps
+is closed on arrival; a request head must arrive whole within ``header_timeout_s`` of the connection
+opening or of its first byte (aiohttp waits for it up to the keep-alive timeout, an hour by default).
+
 The hooks are aiohttp's ``RequestHandler`` (one per connection, built by ``web.Server``); the
 runner swaps in a ``Server`` subclass that builds ``GatewayProtocol`` instead.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import uuid
 from collections.abc import Mapping
@@ -27,6 +32,7 @@ from aiohttp import http_exceptions, web
 from aiohttp.web_protocol import RequestHandler
 
 from gateway.errors import GatewayError
+from gateway.http.guard import ConnectionGuard
 
 log = logging.getLogger("gateway.http")
 
@@ -48,9 +54,65 @@ def describe(exc: BaseException | None) -> str:
 
 
 class GatewayProtocol(RequestHandler):
-    """aiohttp's connection handler with errors in the OpenAI shape and quiet logs for bad clients."""
+    """aiohttp's connection handler with errors in the OpenAI shape, quiet logs for bad clients, the
+    connection caps and the header timeout."""
 
-    __slots__ = ()
+    __slots__ = ("_guard", "_source", "_head_timer")
+
+    def __init__(self, manager: web.Server, *, guard: ConnectionGuard | None = None, **kw: Any) -> None:
+        super().__init__(manager, **kw)
+        self._guard = guard
+        self._source: str | None = None  # set once admitted
+        self._head_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        guard = self._guard
+        if guard is not None:
+            peer = transport.get_extra_info("peername")
+            source = str(peer[0]) if isinstance(peer, tuple) else ""
+            if not guard.admit(source):
+                transport.close()  # over a cap: closed before aiohttp reads or tracks anything
+                return
+            self._source = source
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        if self._source is not None and self._guard is not None:
+            self._guard.release(self._source)
+            self._source = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._head_timer is None and data and self._current_request is None and not self._messages:
+            self._arm_head_timer()  # the first byte of the next request head on a kept-alive connection
+        super().data_received(data)
+        if self._head_timer is not None and (self._messages or self._current_request is not None):
+            self._head_timer.cancel()  # a whole head arrived
+            self._head_timer = None
+
+    def _arm_head_timer(self) -> None:
+        if self._guard is not None:
+            self._head_timer = self._loop.call_later(self._guard.limits.header_timeout_s, self._head_timeout)
+
+    def _head_timeout(self) -> None:
+        self._head_timer = None
+        if self.transport is not None and self._current_request is None and not self._messages:
+            assert self._guard is not None
+            self._guard.refused("header_timeout")
+            log.info("closed a connection from %s: no whole request head within %g s", self._source,
+                     self._guard.limits.header_timeout_s)
+            self.force_close()
+
+    def _process_keepalive(self) -> None:
+        """aiohttp's keep-alive timer; an idle connection it closes is counted."""
+        was_open = self.transport is not None
+        super()._process_keepalive()
+        if was_open and self.transport is None and self._guard is not None:
+            self._guard.refused("idle_timeout")
 
     def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
                      message: str | None = None) -> web.StreamResponse:
@@ -117,7 +179,7 @@ class GatewayServer(web.Server):
     """``web.Server`` building ``GatewayProtocol`` connections (same state, one method differs)."""
 
     def __call__(self) -> RequestHandler:
-        return GatewayProtocol(self, loop=self._loop, **self._kwargs)
+        return GatewayProtocol(self, loop=self._loop, **self._kwargs)  # the runner's kwargs: guard, keepalive_timeout
 
 
 class GatewayRunner(web.AppRunner):

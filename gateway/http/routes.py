@@ -20,15 +20,19 @@ from gateway.surfaces.responses import ResponsesSurface
 from gateway.surfaces.store import ResponseStore
 
 if TYPE_CHECKING:
+    from gateway.http.drain import Drain
     from gateway.http.server import Handler
     from gateway.services import Services
+
+PROBES = web.AppKey("probes", web.Application)
 
 
 def add_routes(app: web.Application, handler: Handler, services: Services, obs: Observability) -> None:
     """The route table: the pipeline's endpoints per surface, then health, metrics, feedback and admin."""
     store = ResponseStore(services.backend)
     messages, responses = MessagesSurface(), ResponsesSurface(store)
-    info = InfoRoutes(services, obs)
+    info = InfoRoutes(services, obs, handler.drain)
+    app[PROBES] = probe_app(info)
     admin = AdminRoutes(services, handler, {"messages": messages, "responses": responses})
     extra = SurfaceRoutes(services.holder, store)
     app.router.add_post("/v1/chat/completions", handler.endpoint("chat"))
@@ -51,12 +55,23 @@ def add_routes(app: web.Application, handler: Handler, services: Services, obs: 
     app.router.add_post("/admin/replay/{endpoint}", admin.replay)
 
 
+def probe_app(info: InfoRoutes) -> web.Application:
+    """What the probe listener (``server.probe_port``) serves: health, readiness and metrics only, on
+    connections no cap refuses and no request queue delays."""
+    app = web.Application()
+    app.router.add_get("/healthz", info.healthz)
+    app.router.add_get("/readyz", info.readyz)
+    app.router.add_get("/metrics", info.metrics)
+    return app
+
+
 class InfoRoutes:
     """Models, health, readiness and metrics: what clients and probes read without the pipeline."""
 
-    def __init__(self, services: Services, obs: Observability) -> None:
+    def __init__(self, services: Services, obs: Observability, drain: Drain | None = None) -> None:
         self.services = services
         self.obs = obs
+        self.drain = drain
 
     async def models(self, request: web.Request) -> web.Response:
         """The tenant's models; in Anthropic's list shape for Anthropic clients (``anthropic-version``)."""
@@ -106,8 +121,10 @@ class InfoRoutes:
             "reloads": {"success": stats.success, "failure": stats.failure},
             "last_reload_error": stats.last_error,
         }
-        ready = state == "ok"
-        body = {"status": "ready" if ready else "not_ready", "policy": policy,
+        draining = self.drain is not None and self.drain.draining
+        ready = state == "ok" and not draining
+        status = "draining" if draining else "ready" if ready else "not_ready"
+        body = {"status": status, "policy": policy,
                 "state": {"backend": services.backend.kind, "status": state}}
         return json_reply(body, 200 if ready else 503)
 

@@ -13,38 +13,75 @@ import sys
 
 from aiohttp import web
 
+from gateway.http.drain import RESERVE_MAX_S, shut_down
+from gateway.http.guard import GUARD
 from gateway.http.protocol import GatewayRunner
+from gateway.http.routes import PROBES
 from gateway.observability.metrics import prepare_multiproc_dir, release_multiproc_dir
 from gateway.policy.model import Policy
 
 log = logging.getLogger("gateway")
+PROBE_RUNNER = web.AppKey("probe_runner", web.AppRunner)  # its address: runner.addresses
 
-async def start_site(app: web.Application, host: str, port: int, reuse_port: bool = False) -> web.AppRunner:
-    """Start ``app`` listening; client disconnects cancel the handler (and so the upstream call)."""
-    runner = GatewayRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=30.0)
+async def start_site(app: web.Application, host: str, port: int, reuse_port: bool = False,
+                     shutdown_timeout: float = 30.0) -> web.AppRunner:
+    """Start ``app`` listening; client disconnects cancel the handler (and so the upstream call).
+
+    ``shutdown_timeout`` is what ``cleanup`` waits for each busy connection (twice: before and after
+    cancelling it); ``drain.shut_down`` has already ended the requests, so it only bounds stragglers.
+    """
+    guard = app.get(GUARD)
+    extra = {} if guard is None else {"guard": guard, "keepalive_timeout": guard.limits.keepalive_timeout_s}
+    runner = GatewayRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout,
+                           **extra)
+    probes = app.get(PROBES)
+    if guard is not None and guard.limits.probe_port is not None and probes is not None:
+        await _start_probes(app, probes, host, guard.limits.probe_port, reuse_port)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None, backlog=2048)
     await site.start()
     return runner
 
 
-async def _serve_one(policy: Policy, path: str, host: str, port: int, reuse_port: bool) -> None:
-    from gateway.http.server import create_app
+async def _start_probes(app: web.Application, probes: web.Application, host: str, port: int,
+                        reuse_port: bool) -> None:
+    """The probe listener: up before the main one, closed only after it (``/readyz`` says draining)."""
+    runner = web.AppRunner(probes, access_log=None, shutdown_timeout=0.5)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
+    await site.start()
+    app[PROBE_RUNNER] = runner
 
+    async def stop(_: web.Application) -> None:
+        await runner.cleanup()
+
+    app.on_cleanup.append(stop)
+
+
+async def _serve_one(policy: Policy, path: str, host: str, port: int, reuse_port: bool) -> None:
+    from gateway.http.server import DRAIN, create_app
+
+    grace = policy.server.shutdown_grace_s
     app = create_app(policy, path=path, watch=True)
-    runner = await start_site(app, host, port, reuse_port)
+    runner = await start_site(app, host, port, reuse_port, shutdown_timeout=min(RESERVE_MAX_S, grace / 5) / 4)
     # Everything built so far (modules, policy, metrics, sessions) lives as long as the process: move it
     # out of the collector's generations, so full collections only walk what requests created.
     gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        if stop.is_set():  # a second signal: end the requests now
+            app[DRAIN].expire()
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
+            loop.add_signal_handler(sig, on_signal)
     try:
         await stop.wait()
     finally:
-        await runner.cleanup()
+        await shut_down(runner, app[DRAIN], grace)
 
 
 def run_worker(policy: Policy, path: str, host: str, port: int, reuse_port: bool) -> None:

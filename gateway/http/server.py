@@ -13,6 +13,8 @@ from aiohttp import web
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, UpstreamError
+from gateway.http.drain import Drain, overloaded, shutting_down
+from gateway.http.guard import GUARD, ConnectionGuard
 from gateway.http.lifecycle import add_lifecycle
 from gateway.http.protocol import add_fallbacks, request_id
 from gateway.http.routes import add_routes
@@ -28,14 +30,25 @@ log = logging.getLogger("gateway.server")
 
 SERVICES = web.AppKey("services", Services)
 PIPELINE = web.AppKey("pipeline", Pipeline)
+DRAIN = web.AppKey("drain", Drain)
+_BODY_REFUSALS = {"request_timeout": "body_timeout", "request_too_slow": "body_too_slow"}  # error code -> reason
 
 
 class Handler:
-    """Turns an HTTP request into a pipeline run and writes the answer."""
+    """Turns an HTTP request into a pipeline run and writes the answer.
 
-    def __init__(self, services: Services, pipeline: Pipeline) -> None:
+    Past ``server.max_in_flight`` pipeline requests at once, a new one is shed: a 503 ``overloaded``
+    with ``retry-after`` before any stage runs (so no ``complete`` either), counted in
+    ``llm_gateway_requests_shed_total``. Routes outside the pipeline (probes, metrics) are never shed.
+    """
+
+    def __init__(self, services: Services, pipeline: Pipeline, drain: Drain, guard: ConnectionGuard | None = None,
+                 ) -> None:
         self.services = services
         self.pipeline = pipeline
+        self.drain = drain
+        self.guard = guard
+        self.max_in_flight = guard.limits.max_in_flight if guard is not None else None
 
     def endpoint(self, name: str, surface: Surface = OPENAI):  # noqa: ANN201 - aiohttp handler
         async def handle(request: web.Request) -> web.StreamResponse:
@@ -58,13 +71,22 @@ class Handler:
         )
         if prepare is not None:
             prepare(ctx)
+        if self.max_in_flight is not None and len(self.drain) >= self.max_in_flight:
+            self.services.metrics.shed.labels("max_in_flight").inc()
+            ctx.outcome = "shed"
+            return await self.write(ctx, GatewayResponse.from_error(overloaded()))
         error: BaseException | None = None
         resp: GatewayResponse | None = None
+        task = self.drain.enter()
         try:
             resp = await self.pipeline.run(ctx)
             error = ctx.error
             return await self.write(ctx, resp)
         except asyncio.CancelledError as exc:
+            if self.drain.cut(task):  # the shutdown grace ran out before an answer: 503, not a vanished request
+                error = ctx.error = shutting_down()
+                ctx.outcome = "shutting_down"
+                return await self.write(ctx, GatewayResponse.from_error(error))
             ctx.client_disconnected = True
             ctx.outcome = "client_disconnected"
             error = exc
@@ -79,12 +101,18 @@ class Handler:
             return web.Response(status=answer.status, body=answer.body, content_type="application/json",
                                 headers={"x-request-id": ctx.request_id})
         finally:
-            await self._finish(ctx, resp, error)
+            self.drain.completing(task)
+            try:
+                await self._finish(ctx, resp, error)
+            finally:
+                self.drain.leave(task)
 
     async def _finish(self, ctx: RequestContext, resp: GatewayResponse | None, error: BaseException | None) -> None:
         """Release the upstream and run ``complete`` once; shielded only when the client left."""
         if error is None:
             error = ctx.stream_error
+        if self.guard is not None and isinstance(error, GatewayError) and error.code in _BODY_REFUSALS:
+            self.guard.refused(_BODY_REFUSALS[error.code])
         if ctx.client_disconnected:
             if resp is not None and resp.close is not None:
                 with contextlib.suppress(Exception):
@@ -130,6 +158,13 @@ class Handler:
             ctx.outcome = "client_disconnected"
             ctx.stream_error = err
             return out
+        except asyncio.CancelledError:
+            if not self.drain.cut(asyncio.current_task()):
+                raise
+            ctx.stream_error = shutting_down()  # the grace ran out mid-stream: end it the way SDKs raise on
+            ctx.outcome = "shutting_down"
+            with contextlib.suppress(ConnectionError):
+                await out.write(framing.error(ctx.stream_error))
         with contextlib.suppress(ConnectionError):
             await out.write_eof()
         return out
@@ -154,10 +189,14 @@ def create_app(
     pipeline.on_policy(policy)
     services.holder.subscribe(pipeline.on_policy)
     services.holder.subscribe(services.providers.update)
-    handler = Handler(services, pipeline)
+    drain = Drain()
+    guard = ConnectionGuard(policy.server, services.metrics)
+    handler = Handler(services, pipeline, drain, guard)
     app = web.Application(client_max_size=1024**3)
     app[SERVICES] = services
     app[PIPELINE] = pipeline
+    app[DRAIN] = drain
+    app[GUARD] = guard
     add_routes(app, handler, services, obs)
     add_fallbacks(app)  # last: JSON 404/405 for whatever no route above serves; x-request-id everywhere
     add_lifecycle(app, services, pipeline, watch)

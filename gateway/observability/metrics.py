@@ -73,6 +73,7 @@ class GatewayMetrics:
         self._define_requests(own)
         self._define_upstream(own)
         self._define_state(own)
+        self._define_server(own)
         self.scrape_registry = self.registry
         if multiproc:
             self.scrape_registry = CollectorRegistry(auto_describe=True)
@@ -152,6 +153,17 @@ class GatewayMetrics:
                                  "waiting in a journal (0 when none).", registry=reg, multiprocess_mode="livemax")
         self.dlq_records = self._c("dlq_records", "Dead-letter records written, or dropped (queue full or "
                                    "backend down).", ("result",), reg)
+
+    def _define_server(self, reg: CollectorRegistry | None) -> None:
+        """The HTTP server's protection: connections refused or closed early, requests shed, pool waits."""
+        self.connections_refused = self._c("client_connections_refused", "Client connections refused or closed "
+                                           "early, by reason (caps, header/body/idle timeouts).", ("reason",), reg)
+        self.shed = self._c("requests_shed", "Requests answered 503 at once because the gateway was full.",
+                            ("reason",), reg)
+        self.pool_wait = self._h("upstream_pool_wait_seconds", "Time waiting for a free upstream connection.",
+                                 ("provider",), STATE_BUCKETS + (2.5, 5.0, 10.0, 30.0), reg)
+        self.pool_timeouts = self._c("upstream_pool_timeouts", "Upstream attempts that found no free pooled "
+                                     "connection within timeouts.pool_s.", ("provider",), reg)
 
     def register(self, collector: Any) -> None:
         """Add a scrape-time collector (values read when ``/metrics`` is asked)."""

@@ -68,6 +68,7 @@ TOP = fields({
     "admin": s.ADMIN,
     "metrics": s.METRICS,
     "logging": s.LOGGING,
+    "server": s.SERVER,
 }, required=("version",))
 
 
@@ -165,6 +166,7 @@ def _build(data: dict[str, Any], source: str, digest: str, report: Report) -> m.
         admin=top.get("admin", m.AdminPolicy()),
         metrics=top.get("metrics", m.MetricsPolicy()),
         logging=top.get("logging", m.LoggingPolicy()),
+        server=top.get("server", m.ServerPolicy()),
         key_index=key_index,
         warnings=tuple(str(w) for w in Report.in_file_order(report.warnings)),
     )

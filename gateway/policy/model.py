@@ -21,6 +21,7 @@ Period = Literal["daily", "weekly", "monthly", "total"]
 
 @dataclass(frozen=True, slots=True)
 class Timeouts:
+    pool_s: float = 10.0  # waiting for a free pooled connection (max_connections all busy)
     connect_s: float = 5.0
     first_byte_s: float = 60.0
     total_s: float = 600.0
@@ -36,7 +37,7 @@ class ProviderSpec:
     api_key: str = field(default="", repr=False)
     timeouts: Timeouts = Timeouts()
     headers: tuple[tuple[str, str], ...] = ()  # extra static headers sent upstream
-    max_connections: int = 256
+    max_connections: int = 1024  # pooled connections (so concurrent requests) per provider and process
     options: Any = None  # the type's own options (a frozen dataclass its registry entry declares), or None
 
 
@@ -232,6 +233,21 @@ class InputPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerPolicy:
+    """The HTTP server's own limits, read when the process starts (a reload keeps the running values)."""
+
+    shutdown_grace_s: float = 25.0  # SIGTERM: requests and streams finish within this, then are ended
+    header_timeout_s: float = 15.0  # a request head must arrive whole within this (from connect or its first byte)
+    keepalive_timeout_s: float = 75.0  # an idle keep-alive connection is closed after this
+    body_timeout_s: float = 30.0  # longest silence while a request body arrives
+    body_min_rate: int = 1024  # bytes/s a body must average beyond its first body_timeout_s (0: no minimum)
+    max_connections: int = 4096  # open client connections; more are closed at once
+    max_connections_per_source: int | None = None  # per client address (None: no cap; behind a proxy all share one)
+    max_in_flight: int | None = 1024  # pipeline requests at once; more get a fast 503 (None: no bound)
+    probe_port: int | None = None  # a second listener for /healthz, /readyz, /metrics only (0: any free port)
+
+
+@dataclass(frozen=True, slots=True)
 class AdminPolicy:
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # sha256 hex digests
 
@@ -264,6 +280,7 @@ class Policy:
     admin: AdminPolicy = AdminPolicy()
     metrics: MetricsPolicy = MetricsPolicy()
     logging: LoggingPolicy = LoggingPolicy()
+    server: ServerPolicy = ServerPolicy()
     # derived at load time: sha256 digest of a key -> (tenant, key)
     key_index: dict[str, tuple[Tenant, ApiKey]] = field(default_factory=dict, repr=False)
     warnings: tuple[str, ...] = ()

@@ -66,10 +66,18 @@ KEY_DIGEST = leaf(key_digest)
 # -- blocks with fixed defaults, built straight into objects -------------------------------------
 LIMITS: dict[str, Checker] = {k: nullable(POSITIVE) for k in ("rpm", "tpm", "concurrency")}
 LIMIT_SET = build(m.LimitSet, LIMITS)
-TIMEOUTS = build(m.Timeouts, {k: number(gt=0) for k in ("connect_s", "first_byte_s", "total_s")})
+TIMEOUTS = build(m.Timeouts, {k: number(gt=0) for k in ("pool_s", "connect_s", "first_byte_s", "total_s")})
 STATE = check_state  # the state block has its own module: URL parsing and cluster rules
 CIRCUIT_BREAKER = build(m.CircuitBreakerPolicy, {"failures": integer(ge=1), "cooldown_s": number(gt=0)})
 INPUT = build(m.InputPolicy, {"max_body_bytes": POSITIVE, "default_max_tokens": POSITIVE})
+SERVER = build(m.ServerPolicy, {
+    **{key: number(gt=0) for key in ("shutdown_grace_s", "header_timeout_s", "keepalive_timeout_s", "body_timeout_s")},
+    "body_min_rate": integer(ge=0),
+    "max_connections": POSITIVE,
+    "max_connections_per_source": nullable(POSITIVE),
+    "max_in_flight": nullable(POSITIVE),
+    "probe_port": nullable(integer(ge=0, le=65535)),
+})
 ADMIN = build(m.AdminPolicy, {"api_keys": list_of(KEY_DIGEST)})
 METRICS = build(m.MetricsPolicy, {"per_tenant": BOOLEAN})
 LOGGING = build(m.LoggingPolicy, {

@@ -93,6 +93,10 @@ class Provider:
     async def close(self) -> None:
         """Close pooled connections."""
 
+    def watch_pool(self, observer: Callable[[str, float, bool], None]) -> None:
+        """Report each wait for a pooled connection: ``observer(provider, seconds, timed_out)``.
+        Called once, before first use; a provider without a pool ignores it."""
+
     async def send(self, req: UpstreamRequest) -> UpstreamResponse:
         raise NotImplementedError
 

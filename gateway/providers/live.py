@@ -8,6 +8,7 @@ import logging
 
 from gateway.policy.model import Policy, ProviderSpec
 from gateway.providers.base import Provider
+from gateway.providers.pool import PoolObserver
 from gateway.providers.registry import create_provider
 
 log = logging.getLogger("gateway.providers")
@@ -21,7 +22,8 @@ class LiveProviders:
     shutdown to close a retired pool, so reloads do not accumulate connections.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, pool_observer: PoolObserver | None = None) -> None:
+        self._pool_observer = pool_observer
         self._by_spec: dict[ProviderSpec, Provider] = {}
         self._by_name: dict[str, Provider] = {}
         self._retired: dict[Provider, asyncio.TimerHandle | None] = {}
@@ -34,12 +36,18 @@ class LiveProviders:
         """Swap in providers for a new policy; retire the ones it no longer has."""
         by_spec: dict[ProviderSpec, Provider] = {}
         for spec in policy.providers.values():
-            by_spec[spec] = self._by_spec.get(spec) or create_provider(spec)
+            by_spec[spec] = self._by_spec.get(spec) or self._create(spec)
         retired = [p for s, p in self._by_spec.items() if s not in by_spec]
         self._by_spec = by_spec
         self._by_name = {p.name: p for p in by_spec.values()}
         for provider in retired:
             self._retire(provider)
+
+    def _create(self, spec: ProviderSpec) -> Provider:
+        provider = create_provider(spec)
+        if self._pool_observer is not None:
+            provider.watch_pool(self._pool_observer)
+        return provider
 
     @property
     def retired(self) -> int:

@@ -1,8 +1,9 @@
 """OpenAI-compatible upstreams: OpenAI, vLLM, Ollama, Groq, Together, and anything speaking the API.
 
-One pooled ``aiohttp.ClientSession`` per provider with keep-alive. Timeouts: connect, first byte
-(headers), and total (the whole answer; on streams each read also waits at most ``first_byte_s`` so a
-stalled stream is cut). Every HTTP status comes back as a response (the upstream stage decides what is
+One pooled ``aiohttp.ClientSession`` per provider with keep-alive. Timeouts: the wait for a pooled
+connection (``pool_s``, see ``pool.py``), connect, first byte (headers; its timer starts once a
+connection is held), and total (the whole answer, also from then; on streams each read also waits at
+most ``first_byte_s`` so a stalled stream is cut). Every HTTP status comes back as a response (the upstream stage decides what is
 retryable); transport failures raise ``UpstreamError``.
 """
 
@@ -22,6 +23,7 @@ from gateway.policy.checkers import BOOLEAN
 from gateway.policy.model import ProviderSpec
 from gateway.providers.base import NativeAnswer, Provider, UpstreamRequest, UpstreamResponse
 from gateway.providers.openai_responses import EventsToChunks, StreamFailed, response_to_chat
+from gateway.providers.pool import PoolObserver, PoolTimer, pool_trace
 
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 
@@ -59,6 +61,10 @@ class HTTPProvider(Provider):
     def __init__(self, spec: ProviderSpec) -> None:
         super().__init__(spec)
         self._session: aiohttp.ClientSession | None = None
+        self._pool_observer: PoolObserver | None = None
+
+    def watch_pool(self, observer: PoolObserver) -> None:
+        self._pool_observer = observer
 
     async def start(self) -> None:
         if self._session is None:
@@ -77,9 +83,16 @@ class HTTPProvider(Provider):
             await self.start()
         assert self._session is not None
         first_byte, total = attempt_timeouts(self.spec, req)
-        deadline = asyncio.get_running_loop().time() + total
         headers = {**self._static_headers, **req.headers, "x-request-id": req.request_id}
-        resp = await timed_post(self._session, self.name, url, data, headers, first_byte, total)
+        t = self.spec.timeouts
+        timer = PoolTimer(t.pool_s, t.connect_s, min(first_byte, total))
+        try:
+            resp = await timed_post(self._session, self.name, url, data, headers, first_byte, total, timer)
+        finally:
+            if self._pool_observer is not None and (timer.waited_s or timer.in_pool):
+                waited = timer.waited_s or timer.loop.time() - (timer.queued_at or 0.0)
+                self._pool_observer(self.name, waited, timer.timed_out)
+        deadline = (timer.held_at or timer.loop.time()) + total  # the pool wait is not the upstream's time
         return resp, first_byte, total, deadline
 
 
@@ -182,7 +195,9 @@ def new_session(spec: ProviderSpec) -> aiohttp.ClientSession:
     )
     return aiohttp.ClientSession(
         connector=connector,
-        timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s, connect=t.connect_s),
+        # aiohttp's ``connect`` would include the pool wait: the attempt's PoolTimer bounds that instead
+        timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s, connect=None),
+        trace_configs=[pool_trace()],
         auto_decompress=True,
         skip_auto_headers=("User-Agent",),
     )
@@ -207,12 +222,20 @@ async def timed_post(
     headers: dict[str, str],
     first_byte: float,
     total: float,
+    timer: PoolTimer | None = None,
 ) -> aiohttp.ClientResponse:
-    """POST and wait for the response headers; transport failures become ``UpstreamError``."""
+    """POST and wait for the response headers; transport failures become ``UpstreamError``. With a
+    ``timer`` the wait for a pooled connection has its own bound and first byte counts from the connection."""
     try:
-        async with asyncio.timeout(min(first_byte, total)):
-            return await session.post(url, data=data, headers=headers)
+        async with asyncio.timeout(min(first_byte, total)) as timeout:
+            if timer is not None:
+                timer.start(timeout)
+            return await session.post(url, data=data, headers=headers, trace_request_ctx=timer)
     except TimeoutError as exc:
+        if timer is not None and timer.in_pool:
+            timer.timed_out = True
+            raise UpstreamError("timeout", f"no free connection to {name} within {timer.pool_s:g}s "
+                                "(its max_connections are all busy)") from exc
         raise UpstreamError("timeout", f"no response from {name} within {first_byte:g}s") from exc
     except (aiohttp.ClientConnectionError, OSError) as exc:
         raise UpstreamError("connect", f"cannot reach {name}: {type(exc).__name__}") from exc

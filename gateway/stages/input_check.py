@@ -32,7 +32,8 @@ MAX_CHOICES = 128  # n / best_of: OpenAI's own bound
 # max_tokens bound for models without limits: token counts stay exact integers in Lua (tpm weights,
 # budget amounts) instead of reaching Redis as 9.2e+18 and failing there.
 MAX_OUTPUT_TOKENS = 2**31 - 1
-BODY_IDLE_TIMEOUT_S = 30.0  # longest pause while a request body arrives (as nginx's client_body_timeout)
+BODY_IDLE_TIMEOUT_S = 30.0  # longest pause while a body arrives (as nginx's client_body_timeout); the pipeline
+# reads the policy's server.body_timeout_s and server.body_min_rate instead
 
 
 def _type_name(value: Any) -> str:
@@ -212,28 +213,48 @@ def _check_limits(ctx: RequestContext, model: ModelSpec) -> None:
                       param="messages", code="context_length_exceeded")
 
 
-async def _read_chunk(request: web.Request) -> bytes:
-    """The next piece of the body; a body aiohttp cannot decode (bad gzip/deflate data) is a 400, and
-    one that stops arriving for ``BODY_IDLE_TIMEOUT_S`` a 408 (aiohttp itself would wait forever)."""
+async def _read_chunk(request: web.Request, wait: float, slow: bool, idle_s: float, min_rate: int) -> bytes:
+    """The next piece of the body within ``wait`` seconds (aiohttp itself would wait forever): past it, a
+    408, for a body that stopped (``idle_s`` of silence) or one arriving slower than ``min_rate`` (``slow``).
+    A body aiohttp cannot decode (bad gzip/deflate data) is a 400."""
     content = request.content
     try:
         if content.is_eof():  # all of it has arrived (small bodies come with the headers): no wait, no timer
             return await content.read(65536)
-        async with asyncio.timeout(BODY_IDLE_TIMEOUT_S):
+        async with asyncio.timeout(max(wait, 0.0)):
             return await content.read(65536)
     except web.RequestPayloadError:
         raise GatewayError(400, "The request body could not be decoded; check its Content-Encoding.",
                            code="invalid_body", outcome="rejected") from None
     except TimeoutError:
-        raise GatewayError(408, f"The request body stopped arriving for {BODY_IDLE_TIMEOUT_S:g} s.",
+        if slow:
+            raise GatewayError(408, f"The request body arrives slower than {min_rate} bytes/s.",
+                               code="request_too_slow", outcome="rejected") from None
+        raise GatewayError(408, f"The request body stopped arriving for {idle_s:g} s.",
                            code="request_timeout", outcome="rejected") from None
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The whole body, refusing (413) as soon as it grows past ``limit`` bytes."""
+async def read_body(request: web.Request, limit: int, idle_s: float = BODY_IDLE_TIMEOUT_S,
+                    min_rate: int = 0) -> bytes:
+    """The whole body, refusing (413) as soon as it grows past ``limit`` bytes.
+
+    Each read waits at most ``idle_s``; with ``min_rate`` the whole body must also arrive within
+    ``idle_s + size / min_rate`` seconds, so a body trickling in a byte at a time cannot hold a request
+    (and its connection) open forever.
+    """
     chunks: list[bytes] = []
     size = 0
-    while chunk := await _read_chunk(request):
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while True:
+        wait, slow = idle_s, False
+        if min_rate:
+            left = started + idle_s + size / min_rate - loop.time()
+            if size and left < idle_s:  # (before the first byte the wait is plain silence)
+                wait, slow = left, True
+        chunk = await _read_chunk(request, wait, slow, idle_s, min_rate)
+        if not chunk:
+            break
         size += len(chunk)
         if size > limit:
             raise GatewayError(413, f"The request body exceeds {limit} bytes", code="request_too_large",
@@ -276,7 +297,8 @@ class InputStage(Stage):
         if (request.content_length or 0) > limit:
             raise GatewayError(413, f"The request body exceeds {limit} bytes", code="request_too_large",
                                outcome="rejected")
-        raw = await read_body(request, limit)
+        server = ctx.policy.server
+        raw = await read_body(request, limit, server.body_timeout_s, server.body_min_rate)
         body = parse_json_body(raw)
         _check_depth(raw, body)
         body = await ctx.surface.inbound(ctx, body)

@@ -1,0 +1,90 @@
+"""Waiting for a pooled upstream connection is its own phase, with its own timeout and metric.
+
+aiohttp queues a request when a provider's pool (``max_connections``) is full, and its ``connect``
+timeout would count that wait; a timer around the whole POST would charge it to the first byte. Here
+aiohttp's tracing tells each attempt's ``PoolTimer`` when the request queues for the pool, when it
+gets out, and when it holds a connection; the one deadline of the attempt moves accordingly:
+``pool_s`` while queued, then ``connect_s + first_byte`` to connect and answer, then ``first_byte``
+once a connection is held. The first-byte timer starts only then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+
+PoolObserver = Callable[[str, float, bool], None]  # (provider, seconds waited, timed out)
+
+
+class PoolTimer:
+    """One attempt's clock across the pool wait, the connect and the first byte."""
+
+    __slots__ = ("loop", "pool_s", "connect_s", "first_byte_s", "timeout", "queued_at", "waited_s", "held_at",
+                 "timed_out")
+
+    def __init__(self, pool_s: float, connect_s: float, first_byte_s: float) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.pool_s = pool_s
+        self.connect_s = connect_s
+        self.first_byte_s = first_byte_s
+        self.timeout: asyncio.Timeout | None = None
+        self.queued_at: float | None = None  # set while waiting for the pool
+        self.waited_s = 0.0
+        self.held_at: float | None = None  # when a connection was held: the first-byte timer's start
+        self.timed_out = False  # the attempt ended waiting for the pool past pool_s
+
+    @property
+    def in_pool(self) -> bool:
+        return self.queued_at is not None
+
+    def start(self, timeout: asyncio.Timeout) -> None:
+        self.timeout = timeout
+        self._deadline(self.connect_s + self.first_byte_s)
+
+    def _deadline(self, seconds: float) -> None:
+        if self.timeout is not None and not self.timeout.expired():
+            self.timeout.reschedule(self.loop.time() + seconds)
+
+    def queued(self) -> None:
+        if self.queued_at is None:  # aiohttp may queue again after a lost race: the wait goes on
+            self.queued_at = self.loop.time()
+            self._deadline(self.pool_s)
+
+    def dequeued(self) -> None:
+        if self.queued_at is not None:
+            self.waited_s = self.loop.time() - self.queued_at
+            self.queued_at = None
+            self._deadline(self.connect_s + self.first_byte_s)
+
+    def held(self) -> None:
+        self.held_at = self.loop.time()
+        self._deadline(self.first_byte_s)
+
+
+async def _queued(_s: Any, ctx: SimpleNamespace, _p: Any) -> None:
+    if isinstance(ctx.trace_request_ctx, PoolTimer):
+        ctx.trace_request_ctx.queued()
+
+
+async def _dequeued(_s: Any, ctx: SimpleNamespace, _p: Any) -> None:
+    if isinstance(ctx.trace_request_ctx, PoolTimer):
+        ctx.trace_request_ctx.dequeued()
+
+
+async def _held(_s: Any, ctx: SimpleNamespace, _p: Any) -> None:
+    if isinstance(ctx.trace_request_ctx, PoolTimer):
+        ctx.trace_request_ctx.held()
+
+
+def pool_trace() -> aiohttp.TraceConfig:
+    """The tracing hooks a provider session needs for its ``PoolTimer``s."""
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_queued_start.append(_queued)
+    trace.on_connection_queued_end.append(_dequeued)
+    trace.on_connection_reuseconn.append(_held)
+    trace.on_connection_create_end.append(_held)
+    return trace
