@@ -68,7 +68,7 @@ EXPECTED = {
     "redact_bad_regex.yaml": "{file}:3: audit.redact[1]: invalid regular expression: "
                              "unterminated character set at position 3",
     "provider_type_unknown.yaml": "{file}:4: providers.upstream.type: unknown provider type 'opnai' "
-                                  "(known: openai, anthropic, azure_openai, mock)",
+                                  "(known: openai, anthropic, azure_openai, mock, gemini, vertex)",
     "provider_type_missing.yaml": "{file}:3: providers.upstream: missing required key 'type'",
     "provider_base_url_missing.yaml": "{file}:3: providers.upstream: missing required key 'base_url' "
                                       "(required for type openai)",

@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.policy.checkers import Checker
 from gateway.policy.model import ProviderSpec
-from gateway.providers import azure_openai, mock, openai
+from gateway.providers import azure_openai, gemini, mock, openai, vertex
 from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.azure_openai import AzureOpenAIProvider
 from gateway.providers.base import Provider
@@ -42,6 +42,8 @@ PROVIDER_TYPES: dict[str, ProviderKind] = {
     "anthropic": ProviderKind(AnthropicProvider, default_base_url="https://api.anthropic.com"),
     "azure_openai": ProviderKind(AzureOpenAIProvider, azure_openai.AzureOptions, azure_openai.OPTION_KEYS),
     "mock": ProviderKind(MockProvider, mock.MockOptions, mock.OPTION_KEYS, needs_base_url=False),
+    "gemini": ProviderKind(gemini.GeminiProvider, default_base_url=gemini.DEFAULT_BASE_URL),
+    "vertex": ProviderKind(vertex.VertexProvider, vertex.VertexOptions, vertex.OPTION_KEYS, needs_base_url=False),
 }
 
 
