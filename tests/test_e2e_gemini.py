@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import anthropic
 import openai
 import pytest
 
+from gateway.policy.loader import load_policy
 from tests.support.mock_gemini import ErrorReply, MockGemini, Reply
 from tests.support.prom import scrape
 
@@ -181,3 +183,10 @@ def test_anthropic_sdk_on_messages_through_gemini(gw, gem):
     assert message.stop_reason == "end_turn" and message.usage.output_tokens > 0
     assert gem.requests[-1]["systemInstruction"] == {"parts": [{"text": "be brief"}]}
     assert gem.requests[-1]["generationConfig"]["maxOutputTokens"] == 100
+
+
+def test_the_example_policy_loads_with_only_the_key_set():
+    policy = load_policy(str(Path(__file__).parents[1] / "policies" / "gemini.yaml"), env={"GEMINI_API_KEY": "k"})
+    assert policy.providers["gemini"].type == "gemini"
+    assert policy.providers["gemini"].base_url == "https://generativelanguage.googleapis.com"
+    assert {"flash", "pro", "embed"} <= set(policy.models)
