@@ -81,7 +81,7 @@ def test_stream_with_usage(gw):
 
 
 def test_tools_round_trip(gw, gem):
-    gem.push(Reply(calls=[("get_weather", {"city": "Paris"})]))
+    gem.push(Reply(calls=[("get_weather", {"city": "Paris"})], signature="c2lnbmVkLWNhbGw="))
     client = gw.client("sk-acme")
     messages = [{"role": "user", "content": "weather in Paris?"}]
     first = client.chat.completions.create(model="flash", messages=messages, tools=TOOLS)
@@ -93,7 +93,8 @@ def test_tools_round_trip(gw, gem):
     second = client.chat.completions.create(model="flash", messages=messages, tools=TOOLS)
     assert second.choices[0].message.content == "It is 21C in Paris."
     assert gem.requests[-1]["contents"][1:] == [
-        {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}}}]},
+        {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Paris"}},
+                                     "thoughtSignature": "c2lnbmVkLWNhbGw="}]},  # the signature came back
         {"role": "user", "parts": [{"functionResponse": {"name": "get_weather", "response": {"temp_c": 21}}}]}]
 
 

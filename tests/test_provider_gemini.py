@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -15,7 +16,7 @@ from gateway.errors import GatewayError, UpstreamError
 from gateway.policy.model import ProviderSpec, Timeouts
 from gateway.providers.base import UpstreamRequest, UpstreamResponse
 from gateway.providers.gemini import GeminiProvider
-from gateway.providers.gemini_answer import error_body, usage
+from gateway.providers.gemini_answer import error_body, split_parts, usage
 from gateway.providers.gemini_schema import to_gemini_schema
 from gateway.providers.gemini_translate import to_gemini
 from tests.support.mock_gemini import ErrorReply, MockGemini, Reply
@@ -76,6 +77,32 @@ def test_tools_round_trip_by_name_and_tool_choice() -> None:
                       "tool_choice": "none"})["toolConfig"] == {"functionCallingConfig": {"mode": "NONE"}}
     with pytest.raises(GatewayError):
         to_gemini({"messages": [{"role": "tool", "tool_call_id": "nope", "content": "x"}]})
+
+
+def test_thought_signatures_ride_in_the_tool_call_id_and_come_back() -> None:
+    sig = "CiQB++//cw=="
+    [call] = split_parts([{"functionCall": {"name": "f", "args": {}}, "thoughtSignature": sig}])[1]
+    assert re.fullmatch(r"[A-Za-z0-9_-]+", call["id"])  # still a plain id for every client and provider
+    history = [{"role": "user", "content": "x"}, {"role": "assistant", "tool_calls": [call]},
+               {"role": "tool", "tool_call_id": call["id"], "content": "ok"}]
+    out = to_gemini({"model": "gemini-2.5-flash", "messages": history})
+    assert out["contents"][1]["parts"] == [{"functionCall": {"name": "f", "args": {}}, "thoughtSignature": sig}]
+    foreign = [history[0], {"role": "assistant", "tool_calls": [{**call, "id": "toolu_01"}]},
+               {"role": "tool", "tool_call_id": "toolu_01", "content": "ok"}]
+    assert "thoughtSignature" not in to_gemini({"model": "gemini-2.5-flash", "messages": foreign})["contents"][1][
+        "parts"][0]
+    gemini3 = to_gemini({"model": "gemini-3-pro-preview", "messages": foreign})  # a call another model made
+    assert gemini3["contents"][1]["parts"][0]["thoughtSignature"] == "skip_thought_signature_validator"
+
+
+def test_reasoning_effort_becomes_a_thinking_config() -> None:
+    msgs = [{"role": "user", "content": "x"}]
+    assert to_gemini({"model": "gemini-2.5-pro", "messages": msgs, "reasoning_effort": "low"})[
+        "generationConfig"] == {"thinkingConfig": {"thinkingBudget": 1024}}
+    assert to_gemini({"model": "gemini-3-pro-preview", "messages": msgs, "reasoning_effort": "high"})[
+        "generationConfig"] == {"thinkingConfig": {"thinkingLevel": "high"}}
+    with pytest.raises(GatewayError):
+        to_gemini({"model": "gemini-2.5-pro", "messages": msgs, "reasoning_effort": "extreme"})
 
 
 def test_json_schema_becomes_the_openapi_subset() -> None:

@@ -5,6 +5,7 @@ Pure functions shared by the ``gemini`` and ``vertex`` providers and the stream 
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Any
 
@@ -38,6 +39,7 @@ ERROR_TYPES = {
     "UNAVAILABLE": "service_unavailable_error",
     "DEADLINE_EXCEEDED": "timeout_error",
 }
+SIGNATURE_MARK = "__gsig_"
 _DELAY = re.compile(r"^(\d+(?:\.\d+)?)s$")
 
 
@@ -66,8 +68,34 @@ def usage(meta: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def call_id(part: dict[str, Any], n: int) -> str:
-    """Gemini's own call id when it sends one, else a stable one from the position."""
-    return str(part["functionCall"].get("id") or f"call_{n}_{part['functionCall'].get('name', '')}")
+    """Gemini's own call id when it sends one, else one from the position; plus the thought signature.
+
+    Thinking models sign their function calls (``thoughtSignature``) and want the signature back with
+    the call in the next turn. The chat format has no field for it, so it rides in the tool call id,
+    which clients echo unchanged (URL-safe base64, so the id stays ``[A-Za-z0-9_-]``).
+    """
+    fn = part["functionCall"]
+    base = str(fn.get("id") or f"call_{n}_{fn.get('name', '')}")
+    sig = part.get("thoughtSignature")
+    if not isinstance(sig, str) or not sig:
+        return base
+    try:
+        raw = base64.b64decode(sig.replace("-", "+").replace("_", "/") + "=" * (-len(sig) % 4), validate=True)
+        packed = base64.urlsafe_b64encode(raw)
+    except ValueError:
+        return base
+    return base + SIGNATURE_MARK + packed.decode().rstrip("=")
+
+
+def signature_of(tool_call_id: str) -> str | None:
+    """The thought signature carried by a tool call id (standard base64), if any."""
+    _, mark, packed = tool_call_id.partition(SIGNATURE_MARK)
+    if not mark or not packed:
+        return None
+    try:
+        return base64.b64encode(base64.urlsafe_b64decode(packed + "=" * (-len(packed) % 4))).decode()
+    except ValueError:
+        return None
 
 
 def split_parts(parts: list[dict[str, Any]], first_call: int = 0) -> tuple[str, list[dict[str, Any]]]:

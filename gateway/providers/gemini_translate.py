@@ -13,11 +13,17 @@ from typing import Any
 import orjson
 
 from gateway.errors import invalid
+from gateway.providers.gemini_answer import signature_of
 from gateway.providers.gemini_schema import to_gemini_schema
 
 # http(s) URLs Gemini fetches itself: the Files API (AI Studio), YouTube; Vertex also reads gs:// and
 # public https URLs. Anything else must be sent inline as a data: URL.
 FETCHABLE = ("gs://", "https://", "http://")
+GEMINI_3 = ("gemini-3",)  # thinking levels; thought signatures of earlier calls are checked
+PLACEHOLDER_SIGNATURE = "skip_thought_signature_validator"
+# reasoning_effort -> thinkingBudget (Gemini 2.5; 512 is valid on Pro, Flash and Flash-Lite) or thinkingLevel (3)
+THINKING_BUDGETS = {"none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576}
+THINKING_LEVELS = {"minimal": "low", "low": "low", "medium": "high", "high": "high"}
 FUNCTION_MODES = {"auto": "AUTO", "none": "NONE", "required": "ANY"}
 
 
@@ -28,6 +34,8 @@ def to_gemini(body: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(body.get("messages"), list) or not body["messages"]:
         raise invalid("messages must be a non-empty list", param="messages")
     system, contents = _contents(body["messages"])
+    if str(body.get("model") or "").removeprefix("models/").startswith(GEMINI_3):
+        _sign_foreign_calls(contents)
     out: dict[str, Any] = {"contents": contents}
     if system:
         out["systemInstruction"] = {"parts": [{"text": "\n\n".join(system)}]}
@@ -36,6 +44,15 @@ def to_gemini(body: dict[str, Any]) -> dict[str, Any]:
         out["generationConfig"] = config
     _tools(body, out)
     return out
+
+
+def _sign_foreign_calls(contents: list[dict[str, Any]]) -> None:
+    """Gemini 3 refuses earlier function calls without their thought signature; calls it did not make
+    (another model's, after a failover) carry Google's documented placeholder instead."""
+    for content in contents:
+        for part in content["parts"]:
+            if "functionCall" in part and "thoughtSignature" not in part:
+                part["thoughtSignature"] = PLACEHOLDER_SIGNATURE
 
 
 def _generation_config(body: dict[str, Any]) -> dict[str, Any]:
@@ -53,6 +70,7 @@ def _generation_config(body: dict[str, Any]) -> dict[str, Any]:
     stop = body.get("stop")
     if stop:
         config["stopSequences"] = [stop] if isinstance(stop, str) else list(stop)
+    _thinking(body, config)
     fmt = body.get("response_format")
     kind = fmt.get("type", "text") if isinstance(fmt, dict) else "text"
     if kind == "json_object":
@@ -65,6 +83,18 @@ def _generation_config(body: dict[str, Any]) -> dict[str, Any]:
     elif kind != "text":
         raise invalid(f"response_format {kind!r} is not supported by this provider", param="response_format")
     return config
+
+
+def _thinking(body: dict[str, Any], config: dict[str, Any]) -> None:
+    effort = body.get("reasoning_effort")
+    if effort is None:
+        return
+    if str(body.get("model") or "").removeprefix("models/").startswith(GEMINI_3) and effort in THINKING_LEVELS:
+        config["thinkingConfig"] = {"thinkingLevel": THINKING_LEVELS[effort]}
+    elif effort in THINKING_BUDGETS:
+        config["thinkingConfig"] = {"thinkingBudget": THINKING_BUDGETS[effort]}
+    else:
+        raise invalid(f"reasoning_effort {effort!r} is not supported by this provider", param="reasoning_effort")
 
 
 def _contents(raw: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
@@ -172,9 +202,13 @@ def _model_parts(msg: dict[str, Any], i: int, call_names: dict[str, str]) -> lis
             args = None
         if not isinstance(args, dict):
             raise invalid("function arguments must be a JSON object", param=f"{param}.function.arguments")
+        part: dict[str, Any] = {"functionCall": {"name": fn["name"], "args": args}}
         if call.get("id"):
             call_names[str(call["id"])] = fn["name"]
-        parts.append({"functionCall": {"name": fn["name"], "args": args}})
+            sig = signature_of(str(call["id"]))
+            if sig:
+                part["thoughtSignature"] = sig
+        parts.append(part)
     return parts
 
 

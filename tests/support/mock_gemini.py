@@ -34,6 +34,7 @@ from aiohttp import web
 class Reply:
     text: str | None = None  # None: the echo answer
     calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # functionCall parts
+    signature: str | None = None  # thoughtSignature on each functionCall part (thinking models)
     finish: str = "STOP"
     block_reason: str | None = None  # promptFeedback.blockReason and no candidates
     thoughts: int = 0  # thoughtsTokenCount
@@ -231,12 +232,17 @@ class MockGemini:
             out["promptFeedback"] = {"blockReason": reply.block_reason}
             return out
         parts: list[dict[str, Any]] = [{"text": text}] if text else []
-        parts += [{"functionCall": {"name": n, "args": a}} for n, a in reply.calls]
+        parts += self._call_parts(reply)
         if reply.thoughts:
             parts.insert(0, {"text": "thinking...", "thought": True})
         out["candidates"] = [{"content": {"role": "model", "parts": parts}, "finishReason": reply.finish,
                               "index": 0, "safetyRatings": []}]
         return out
+
+    @staticmethod
+    def _call_parts(reply: Reply) -> list[dict[str, Any]]:
+        sig = {"thoughtSignature": reply.signature} if reply.signature else {}
+        return [{"functionCall": {"name": n, "args": a}, **sig} for n, a in reply.calls]
 
     async def _stream(self, request: web.Request, body: dict[str, Any], model: str,
                       reply: Reply) -> web.StreamResponse:
@@ -251,9 +257,9 @@ class MockGemini:
             for piece in pieces:
                 events.append({"candidates": [{"content": {"role": "model", "parts": [{"text": piece}]},
                                                "index": 0}], "modelVersion": model})
-            last = {"candidates": [{"content": {"role": "model", "parts": [
-                {"functionCall": {"name": n, "args": a}} for n, a in reply.calls]}, "finishReason": reply.finish,
-                "index": 0}], "usageMetadata": whole["usageMetadata"], "modelVersion": model}
+            last = {"candidates": [{"content": {"role": "model", "parts": self._call_parts(reply)},
+                                    "finishReason": reply.finish, "index": 0}],
+                    "usageMetadata": whole["usageMetadata"], "modelVersion": model}
             events.append(last)
         resp = web.StreamResponse(headers={"content-type": "text/event-stream"})
         await resp.prepare(request)
