@@ -191,3 +191,9 @@ def test_the_example_policy_loads_with_only_the_key_set():
     assert policy.providers["gemini"].type == "gemini"
     assert policy.providers["gemini"].base_url == "https://generativelanguage.googleapis.com"
     assert {"flash", "pro", "embed"} <= set(policy.models)
+
+
+def test_responses_api_through_gemini(gw, gem):
+    out = gw.client("sk-acme").responses.create(model="flash", instructions="be brief", input="hi responses")
+    assert out.output_text == "Mock answer to: hi responses" and out.usage.output_tokens > 0
+    assert gem.requests[-1]["systemInstruction"] == {"parts": [{"text": "be brief"}]}
