@@ -67,6 +67,7 @@ class GeminiProvider(HTTPProvider):
         model = str(req.body.get("model") or "").removeprefix("models/")
         if not model:
             return _local_error(invalid(f"{self.name}: the request has no model", param="model"))
+        reader: VectorReader = answers.batch_embed_vectors
         try:
             if req.endpoint == "embeddings":
                 url, payload, reader = await self.embed_call(req.body, model)

@@ -119,7 +119,7 @@ class TokenSource:
                 wait = refresh_delay(self._expires_at, time.time())
             except Exception as exc:  # google-auth raises several types; the old token stays usable
                 self._error = f"{type(exc).__name__}: {exc}"
-                log.warning("token refresh failed", extra={"provider": self.name, "error": self._error})
+                log.warning("%s: access token refresh failed (retry in %ss): %s", self.name, backoff, self._error)
                 wait, backoff = backoff, min(backoff * 2, MAX_BACKOFF_S)
             finally:
                 if self._first is not None:
