@@ -42,8 +42,9 @@ class StreamTranslator:
             raise TypeError("a stream event must be an object")
         if data.get("usageMetadata"):
             self._usage = data["usageMetadata"]
-        self.id = data.get("responseId") or self.id
-        self.model = data.get("modelVersion") or self.model
+        if not self._started:  # the first event names the answer; later ones must not rename it
+            self.id = data.get("responseId") or self.id
+            self.model = data.get("modelVersion") or self.model
         out: list[dict[str, Any]] = []
         block = (data.get("promptFeedback") or {}).get("blockReason")
         if block and not data.get("candidates"):
