@@ -11,6 +11,7 @@ import openai
 import pytest
 
 from gateway.policy.loader import load_policy
+from tests.support.harness import eventually
 from tests.support.mock_gemini import ErrorReply, MockGemini, Reply
 from tests.support.prom import scrape
 
@@ -77,7 +78,14 @@ def test_stream_with_usage(gw):
         model="flash", messages=[{"role": "user", "content": "stream me please"}], stream=True,
         stream_options={"include_usage": True}))
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Mock answer to: stream me please"
-    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+    usage = chunks[-1].usage
+    assert usage is not None and usage.completion_tokens == 6
+    # a stream is metered and charged once (when the request completes), from the upstream's own counts
+    assert eventually(lambda: scrape(gw.url).value("llm_gateway_tokens_total", tenant="acme", type="completion") > 0)
+    s = scrape(gw.url)
+    assert s.value("llm_gateway_tokens_total", tenant="acme", type="completion") == 6
+    expected = (usage.prompt_tokens * PRICE["input"] + 6 * PRICE["output"]) / 1e6
+    assert s.value("llm_gateway_cost_usd_total", tenant="acme") == pytest.approx(expected, rel=1e-6)
 
 
 def test_tools_round_trip(gw, gem):
