@@ -179,6 +179,7 @@ def test_usage_and_cost_are_charged_once(gw, gem):
     assert usage.prompt_tokens_details.cached_tokens == 2
     expected = ((usage.prompt_tokens - 2) * PRICE["input"] + 2 * PRICE["cached_input"]
                 + usage.completion_tokens * PRICE["output"]) / 1e6
+    assert eventually(lambda: scrape(gw.url).value("llm_gateway_cost_usd_total", tenant="acme") > 0)
     s = scrape(gw.url)
     assert s.value("llm_gateway_cost_usd_total", tenant="acme") == pytest.approx(expected, rel=1e-6)
     assert s.value("llm_gateway_tokens_total", tenant="acme", type="completion") == usage.completion_tokens
