@@ -78,8 +78,8 @@ EXPECTED = {
     "redact_bad_regex.yaml": "{file}:3: audit.redact[1]: invalid regular expression: "
                              "unterminated character set at position 3",
     "provider_type_unknown.yaml": "{file}:4: providers.upstream.type: unknown provider type 'opnai' "
-                                  "(known: openai, anthropic, azure_openai, mock, bedrock, vllm, ollama, groq, mistral, "
-                                  "together, openrouter, deepseek, fireworks)",
+                                  "(known: openai, anthropic, azure_openai, mock, bedrock, gemini, vertex, vllm, ollama, "
+                                  "groq, mistral, together, openrouter, deepseek, fireworks)",
     "provider_type_missing.yaml": "{file}:3: providers.upstream: missing required key 'type'",
     "provider_bedrock_no_region.yaml": "{file}:3: providers.aws: missing required key 'region'",
     "provider_base_url_missing.yaml": "{file}:3: providers.upstream: missing required key 'base_url' "

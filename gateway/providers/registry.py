@@ -15,7 +15,7 @@ from typing import Any
 
 from gateway.policy.checkers import Checker
 from gateway.policy.model import ProviderSpec
-from gateway.providers import azure_openai, bedrock, mock, openai
+from gateway.providers import azure_openai, bedrock, gemini, mock, openai, vertex
 from gateway.providers.anthropic import AnthropicProvider
 from gateway.providers.azure_openai import AzureOpenAIProvider
 from gateway.providers.base import Provider
@@ -45,6 +45,8 @@ PROVIDER_TYPES: dict[str, ProviderKind] = {
     "mock": ProviderKind(MockProvider, mock.MockOptions, mock.OPTION_KEYS, needs_base_url=False),
     "bedrock": ProviderKind(bedrock.BedrockProvider, bedrock.BedrockOptions, bedrock.OPTION_KEYS, needs_base_url=False,
                             required=("region",)),
+    "gemini": ProviderKind(gemini.GeminiProvider, default_base_url=gemini.DEFAULT_BASE_URL),
+    "vertex": ProviderKind(vertex.VertexProvider, vertex.VertexOptions, vertex.OPTION_KEYS, needs_base_url=False),
 }
 
 # OpenAI-compatible services: the ``openai`` adapter with their well-known base URL (``None``: self-hosted,
