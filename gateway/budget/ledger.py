@@ -19,6 +19,7 @@ them as doubles (exact up to 2**53 pico-dollars, ~9,000 USD, and off by a few pi
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,16 +190,28 @@ return out
 """
 
 
+LOCAL_IDS_TTL_MS = 300_000  # an in-process call never times out, so its settle ids need a short memory only
+
+
 def _settle_local(store: LocalStore, keys: list[str], args: list[Any], now: float) -> list[str]:
-    """Python twin of ``_SETTLE_LUA``."""
-    rid, cost, dttl, ittl = str(args[0]), int(args[1]), int(args[2]), int(args[3])
+    """Python twin of ``_SETTLE_LUA``; it keeps settle ids at most 5 minutes (``LOCAL_IDS_TTL_MS``).
+
+    In-process calls are never "unknown", so only a repeat within one replay batch can reach it; a
+    6-hour id set would cost a single-process gateway gigabytes at a few hundred requests a second.
+    """
+    rid, cost, dttl = str(args[0]), int(args[1]), int(args[2])
+    ittl = min(int(args[3]), LOCAL_IDS_TTL_MS)
     n = (len(keys) - 2) // 2
-    ids = _hash(store, keys[-1])
+    ids = store.get(keys[-1])
+    if ids is None:
+        ids = OrderedDict()  # settle id -> time, oldest first: expiry pops from the front, never scans
+        store.set(keys[-1], ids)
     status = "dup"
     if rid not in ids:
         status = "ok"
-        for old in [k for k, at in ids.items() if at <= now - ittl / 1000]:
-            del ids[old]
+        cutoff = now - ittl / 1000
+        while ids and next(iter(ids.values())) <= cutoff:
+            ids.popitem(last=False)
         for i in range(n):
             b, z = keys[2 * i], keys[2 * i + 1]
             bucket = _hash(store, b)
