@@ -2,7 +2,7 @@
 
 Was (issue 14): 1,000 concurrent streams got 488 x 503 after ~4.5 s: the pool (256) was full and the
 wait for a slot counted against ``first_byte_s``. Here 300 streams of ~1.5 s share a pool of 100 with
-``first_byte_s: 1``: the later ones wait longer than a first byte is allowed, then all succeed. A pool
+``first_byte_s: 2``: the later ones wait longer than a first byte is allowed, then all succeed. A pool
 that stays full past ``pool_s`` fails the attempt as a pool timeout, counted apart.
 """
 
@@ -26,7 +26,7 @@ providers:
     base_url: {url}
     api_key: sk-upstream-secret
     max_connections: {max_connections}
-    timeouts: {{pool_s: {pool_s}, connect_s: 1, first_byte_s: 1, total_s: 30}}
+    timeouts: {{pool_s: {pool_s}, connect_s: 3, first_byte_s: 2, total_s: 60}}
 models:
   small:
     deployments: [{{provider: upstream, model: small-a}}]
@@ -67,16 +67,16 @@ def test_300_streams_wait_for_a_pool_of_100_and_all_succeed(make_gateway, upstre
     s = scrape(gw.url)
     waited = s.value("llm_gateway_upstream_pool_wait_seconds_count", provider="upstream")
     wait_sum = s.value("llm_gateway_upstream_pool_wait_seconds_sum", provider="upstream")
-    over_1s = waited - s.value("llm_gateway_upstream_pool_wait_seconds_bucket", provider="upstream", le="1.0")
+    over_2_5s = waited - s.value("llm_gateway_upstream_pool_wait_seconds_bucket", provider="upstream", le="2.5")
     errors = s.value("llm_gateway_upstream_errors_total")
     ok = [r for r in results if r[0] == "Echo: pool test"]
-    print(f"\n300 streams, pool of 100, first_byte_s 1: {len(ok)} ok in {took:.1f} s (slowest "
+    print(f"\n300 streams, pool of 100, first_byte_s 2: {len(ok)} ok in {took:.1f} s (slowest "
           f"{max(r[1] for r in results):.1f} s); {waited:g} waited for the pool (mean {wait_sum / max(waited, 1):.2f} s, "
-          f"{over_1s:g} longer than first_byte_s); upstream at most {upstream.max_in_flight} at once; "
+          f"{over_2_5s:g} longer than first_byte_s); upstream at most {upstream.max_in_flight} at once; "
           f"upstream errors {errors:g}")
     assert len(ok) == 300
     assert upstream.max_in_flight <= 100 and upstream.calls == 300
-    assert over_1s > 0  # waits longer than first_byte_s, and yet no timeout
+    assert over_2_5s > 0  # waits longer than first_byte_s, and yet no timeout
     assert errors == 0
 
 
