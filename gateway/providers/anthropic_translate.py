@@ -315,7 +315,7 @@ def from_anthropic(msg: dict[str, Any], created: int) -> dict[str, Any]:
     }
 
 
-def error_body(status: int, raw: bytes, provider: str, secret: str = "") -> bytes:
+def error_body(status: int, raw: bytes, provider: str, *secrets: str) -> bytes:
     """An Anthropic error body (or anything else a proxy sent) in the OpenAI error shape."""
     try:
         err = orjson.loads(raw).get("error")
@@ -326,7 +326,7 @@ def error_body(status: int, raw: bytes, provider: str, secret: str = "") -> byte
         message = str(err.get("message") or kind)
     else:
         kind, message = "api_error", f"{provider} answered HTTP {status}"
-    if secret:
-        message = message.replace(secret, "[redacted]")
+    for secret in secrets:
+        message = message.replace(secret, "[redacted]") if secret else message
     mapped = ERROR_TYPES.get(kind) or GatewayError(status, message).type
     return orjson.dumps({"error": {"message": message, "type": mapped, "param": None, "code": kind}})
