@@ -47,6 +47,11 @@ EXPECTED = {
                                   "(known: daily, weekly, monthly, total)",
     "weight_zero.yaml": "{file}:9: models.small.deployments[0].weight: must be greater than 0, got 0",
     "failure_rate_range.yaml": "{file}:5: providers.demo.failure_rate: must be between 0 and 1, got 1.5",
+    "provider_key_and_key_file.yaml": "{file}:6: providers.upstream.api_key_file: "
+                                      "give either 'api_key' or 'api_key_file', not both",
+    "provider_key_file_missing.yaml": "{file}:5: providers.upstream.api_key_file: "
+                                      "cannot read 'secrets/missing.key' (No such file or directory)",
+    "provider_key_file_empty.yaml": "{file}:5: providers.upstream.api_key_file: the file 'empty.key' is empty",
     "timeouts_pool_zero.yaml": "{file}:6: providers.upstream.timeouts.pool_s: must be greater than 0, got 0",
     "timeouts_negative.yaml": "{file}:6: providers.upstream.timeouts.connect_s: must be greater than 0, got -2",
     "retry_status_range.yaml": "{file}:3: retry.on_status[1]: must be between 100 and 599, got 600",

@@ -82,7 +82,8 @@ def load_policy(path: str, env: Mapping[str, str] | None = None) -> m.Policy:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise PolicyError([Problem(path, None, "", f"not UTF-8 text (byte {exc.start})")]) from None
-    return _anchor_paths(_load(text, path, env, hashlib.sha256(data).hexdigest()), anchor_folder(path, env))
+    folder = anchor_folder(path, env)
+    return _anchor_paths(_load(text, path, env, hashlib.sha256(data).hexdigest(), folder), folder)
 
 
 def anchor_folder(path: str, env: Mapping[str, str] | None = None) -> Path:
@@ -96,6 +97,25 @@ def anchor_folder(path: str, env: Mapping[str, str] | None = None) -> Path:
         state_dir = (os.environ if env is None else env).get(STATE_DIR_ENV)
         return Path(state_dir) if state_dir else Path.cwd()
     return Path(path).parent
+
+
+def _key_files(policy: m.Policy, folder: Path, report: Report) -> m.Policy:
+    """Each provider's ``api_key_file`` made absolute from ``folder``, and checked to hold a key now."""
+    providers = dict(policy.providers)
+    for name, spec in policy.providers.items():
+        if not spec.api_key_file:
+            continue
+        path = Path(spec.api_key_file) if Path(spec.api_key_file).is_absolute() else folder.resolve() / spec.api_key_file
+        try:
+            key = path.read_bytes().strip()
+        except OSError as exc:
+            report.error(f"providers.{name}.api_key_file", f"cannot read '{spec.api_key_file}' "
+                                                          f"({exc.strerror or type(exc).__name__})")
+            continue
+        if not key:
+            report.error(f"providers.{name}.api_key_file", f"the file '{spec.api_key_file}' is empty")
+        providers[name] = replace(spec, api_key_file=str(path))
+    return replace(policy, providers=providers)
 
 
 def _anchor_paths(policy: m.Policy, folder: Path) -> m.Policy:
@@ -119,7 +139,8 @@ def load_policy_text(text: str, source: str = "<policy>", env: Mapping[str, str]
     return _load(text, source, env, hashlib.sha256(text.encode()).hexdigest())
 
 
-def _load(text: str, source: str, env: Mapping[str, str] | None, digest: str) -> m.Policy:
+def _load(text: str, source: str, env: Mapping[str, str] | None, digest: str,
+          folder: Path | None = None) -> m.Policy:
     report = Report(source)
     data = parse_yaml(text, report)
     policy = None
@@ -133,6 +154,7 @@ def _load(text: str, source: str, env: Mapping[str, str] | None, digest: str) ->
             report.error("", f"expected a mapping at the top level, got {describe(data)}")
         else:
             policy = _build(data, source, digest, report)
+            policy = policy and _key_files(policy, folder or Path.cwd(), report)
     if report.problems or policy is None:
         raise PolicyError(Report.in_file_order(report.problems), Report.in_file_order(report.warnings))
     return policy

@@ -35,6 +35,7 @@ class ProviderSpec:
     type: str
     base_url: str = ""
     api_key: str = field(default="", repr=False)
+    api_key_file: str = ""  # a file holding the key (a mounted secret), re-read on change; made absolute on load
     timeouts: Timeouts = Timeouts()
     headers: tuple[tuple[str, str], ...] = ()  # extra static headers sent upstream
     max_connections: int = 1024  # pooled connections (so concurrent requests) per provider and process
@@ -85,7 +86,7 @@ class RetryPolicy:
     attempts: int = 3
     backoff_ms: float = 100.0
     max_backoff_ms: float = 2000.0
-    on_status: tuple[int, ...] = (429, 500, 502, 503, 504)
+    on_status: tuple[int, ...] = (429, 500, 502, 503, 504, 529)  # 529: Anthropic overloaded
     deadline_s: float = 120.0  # overall deadline for one client request, all attempts included
     budget_ratio: float = 0.2  # retries at most this share of active requests
     min_retries: int = 3  # retries always allowed in flight regardless of ratio

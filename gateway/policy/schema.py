@@ -136,6 +136,7 @@ PROVIDER_COMMON: dict[str, Checker] = {
     "type": leaf(lambda v: v),  # checked against the registry first, by ``build_provider``
     "base_url": string(nonempty=True),
     "api_key": string(secret=True),
+    "api_key_file": string(nonempty=True),
     "timeouts": TIMEOUTS,
     "headers": then(map_of(string(secret=True), names=False), lambda d: tuple(d.items())),
     "max_connections": POSITIVE,
@@ -153,6 +154,9 @@ def build_provider(name: str, raw: Any, path: str, report: Report) -> m.Provider
     kind = PROVIDER_TYPES[kind_name]
     values = fields({**PROVIDER_COMMON, **kind.option_keys}, required=kind.required)(raw, path, report)
     if values is BAD:
+        return None
+    if "api_key" in values and "api_key_file" in values:
+        report.error(f"{path}.api_key_file", "give either 'api_key' or 'api_key_file', not both")
         return None
     options = {k: values.pop(k) for k in list(values) if k in kind.option_keys}
     values["type"] = kind_name

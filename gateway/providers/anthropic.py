@@ -47,8 +47,10 @@ class AnthropicProvider(HTTPProvider):
             "anthropic-version": API_VERSION,
             **dict(spec.headers),
         }
-        if spec.api_key:
-            self._static_headers["x-api-key"] = spec.api_key
+
+    def key_headers(self) -> dict[str, str]:
+        key = self.key.current()
+        return {"x-api-key": key} if key else {}
 
     async def send(self, req: UpstreamRequest) -> UpstreamResponse:
         if req.endpoint != "chat":
@@ -82,7 +84,7 @@ class AnthropicProvider(HTTPProvider):
     def _translate_body(self, status: int, body: bytes) -> bytes:
         """A whole answer or an error body, in the OpenAI shape."""
         if not 200 <= status < 300:
-            return error_body(status, body, self.name, self.spec.api_key)
+            return error_body(status, body, self.name, *self.key.secrets())
         try:
             answer = from_anthropic(orjson.loads(body), int(self._clock.time()))
         except _BAD_SHAPE as exc:
@@ -93,7 +95,9 @@ class AnthropicProvider(HTTPProvider):
 
     def _redact(self, text: str) -> str:
         """Upstream text echoed into our errors must never carry the key."""
-        return text.replace(self.spec.api_key, "[redacted]") if self.spec.api_key else text
+        for secret in self.key.secrets():
+            text = text.replace(secret, "[redacted]")
+        return text
 
     async def _events(
         self, resp: aiohttp.ClientResponse, translator: StreamTranslator, idle_s: float, deadline: float,

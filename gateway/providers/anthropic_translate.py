@@ -1,8 +1,11 @@
 """OpenAI chat <-> Anthropic Messages translation: pure functions, no I/O.
 
-A ``json_schema`` response_format becomes Anthropic's structured output (``output_config.format``).
-Requests that can't be expressed faithfully (several choices, logprobs, JSON mode, audio/file parts)
-raise ``GatewayError`` (400) naming the field, rather than silently answering something else.
+A ``json_schema`` response_format becomes Anthropic's structured output (``output_config.format``);
+``json_object`` (JSON mode, no schema) becomes a system instruction to answer with one JSON object,
+since structured outputs need a closed schema. PDF ``file`` parts become ``document`` blocks, and a
+``cache_control`` on a content part (system or user) is kept on its block (prompt caching).
+Requests that can't be expressed faithfully (several choices, logprobs, audio, file ids) raise
+``GatewayError`` (400) naming the field, rather than silently answering something else.
 OpenAI-only knobs with no effect on the answer's shape (seed, penalties, logit_bias, store...) are
 dropped.
 """
@@ -51,8 +54,12 @@ def to_anthropic(body: dict[str, Any]) -> dict[str, Any]:
         "max_tokens": body.get("max_completion_tokens") or body.get("max_tokens") or DEFAULT_MAX_TOKENS,
         "messages": messages,
     }
-    if system:
+    if _json_mode(body):
+        system.append({"type": "text", "text": JSON_MODE_INSTRUCTION})
+    if any("cache_control" in block for block in system):
         out["system"] = system
+    elif system:
+        out["system"] = "\n\n".join(block["text"] for block in system)
     for key in ("temperature", "top_p", "top_k"):
         if body.get(key) is not None:
             out[key] = body[key]
@@ -70,6 +77,13 @@ def to_anthropic(body: dict[str, Any]) -> dict[str, Any]:
 
 
 THINKING_BUDGETS = {"minimal": 1024, "low": 2048, "medium": 8192, "high": 24576}
+JSON_MODE_INSTRUCTION = ("Answer with a single valid JSON object and nothing else: no prose before or after it, "
+                         "no Markdown code fences.")
+
+
+def _json_mode(body: dict[str, Any]) -> bool:
+    fmt = body.get("response_format")
+    return isinstance(fmt, dict) and fmt.get("type") == "json_object"
 
 
 def _thinking(body: dict[str, Any], out: dict[str, Any]) -> None:
@@ -109,22 +123,22 @@ def _reject_unsupported(body: dict[str, Any]) -> None:
         raise invalid("logprobs are not supported by this provider", param="logprobs")
     fmt = body.get("response_format") or {}
     fmt = fmt.get("type", "text") if isinstance(fmt, dict) else fmt
-    if fmt not in ("text", "json_schema"):
+    if fmt not in ("text", "json_schema", "json_object"):
         raise invalid(f"response_format {fmt!r} is not supported by this provider", param="response_format")
     if not isinstance(body.get("messages"), list) or not body["messages"]:
         raise invalid("messages must be a non-empty list", param="messages")
 
 
-def _messages(raw: list[Any]) -> tuple[str, list[dict[str, Any]]]:
-    """Split out the system prompt and merge same-role turns (Anthropic wants them alternating)."""
-    system: list[str] = []
+def _messages(raw: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Split out the system text blocks and merge same-role turns (Anthropic wants them alternating)."""
+    system: list[dict[str, Any]] = []
     out: list[dict[str, Any]] = []
     for i, msg in enumerate(raw):
         if not isinstance(msg, dict):
             raise invalid("each message must be an object", param=f"messages[{i}]")
         role = msg.get("role")
         if role in ("system", "developer"):
-            system.extend(_texts(msg.get("content"), f"messages[{i}].content"))
+            system.extend(_system_blocks(msg.get("content"), f"messages[{i}].content"))
             continue
         if role == "user":
             role, blocks = "user", _user_blocks(msg.get("content"), f"messages[{i}].content")
@@ -140,7 +154,27 @@ def _messages(raw: list[Any]) -> tuple[str, list[dict[str, Any]]]:
             out[-1]["content"].extend(blocks)
         else:
             out.append({"role": role, "content": blocks})
-    return "\n\n".join(t for t in system if t), out
+    return system, out
+
+
+def _system_blocks(content: Any, param: str) -> list[dict[str, Any]]:
+    """System text as text blocks, each keeping its part's ``cache_control``."""
+    if not isinstance(content, list):
+        return [{"type": "text", "text": t} for t in _texts(content, param) if t]
+    blocks = []
+    for j, part in enumerate(content):
+        text = _texts([part], f"{param}[{j}]")[0]
+        if text:
+            blocks.append(_cached({"type": "text", "text": text}, part))
+    return blocks
+
+
+def _cached(block: dict[str, Any], part: Any) -> dict[str, Any]:
+    """``block`` with the ``cache_control`` of the chat part it came from, if that part had one."""
+    control = part.get("cache_control") if isinstance(part, dict) else None
+    if isinstance(control, dict):
+        block["cache_control"] = control
+    return block
 
 
 def _texts(content: Any, param: str) -> list[str]:
@@ -167,12 +201,31 @@ def _user_blocks(content: Any, param: str) -> list[dict[str, Any]]:
         kind = part.get("type") if isinstance(part, dict) else None
         if kind == "text":
             if part.get("text"):
-                blocks.append({"type": "text", "text": str(part["text"])})
+                blocks.append(_cached({"type": "text", "text": str(part["text"])}, part))
         elif kind == "image_url":
-            blocks.append(_image(part.get("image_url"), f"{param}[{j}].image_url"))
+            blocks.append(_cached(_image(part.get("image_url"), f"{param}[{j}].image_url"), part))
+        elif kind == "file":
+            blocks.append(_cached(_document(part.get("file"), f"{param}[{j}].file"), part))
         else:
             raise invalid(f"content part {kind!r} is not supported by this provider", param=f"{param}[{j}]")
     return blocks
+
+
+def _document(file: Any, param: str) -> dict[str, Any]:
+    """A chat ``file`` part holding a PDF (``file_data`` as a base64 data URL) as a ``document`` block."""
+    data = file.get("file_data") if isinstance(file, dict) else None
+    if not isinstance(data, str):
+        raise invalid("only files sent inline (file_data) are supported by this provider; file ids are not",
+                      param=param)
+    head, sep, payload = data.partition(",")
+    media_type = head.removeprefix("data:").removesuffix(";base64")
+    if not sep or not head.endswith(";base64") or media_type != "application/pdf":
+        raise invalid("file_data must be a PDF as data:application/pdf;base64,<data>", param=f"{param}.file_data")
+    block: dict[str, Any] = {"type": "document",
+                             "source": {"type": "base64", "media_type": "application/pdf", "data": payload}}
+    if isinstance(file.get("filename"), str) and file["filename"]:
+        block["title"] = file["filename"]
+    return block
 
 
 def _image(image_url: Any, param: str) -> dict[str, Any]:
@@ -315,7 +368,7 @@ def from_anthropic(msg: dict[str, Any], created: int) -> dict[str, Any]:
     }
 
 
-def error_body(status: int, raw: bytes, provider: str, secret: str = "") -> bytes:
+def error_body(status: int, raw: bytes, provider: str, *secrets: str) -> bytes:
     """An Anthropic error body (or anything else a proxy sent) in the OpenAI error shape."""
     try:
         err = orjson.loads(raw).get("error")
@@ -326,7 +379,7 @@ def error_body(status: int, raw: bytes, provider: str, secret: str = "") -> byte
         message = str(err.get("message") or kind)
     else:
         kind, message = "api_error", f"{provider} answered HTTP {status}"
-    if secret:
-        message = message.replace(secret, "[redacted]")
+    for secret in secrets:
+        message = message.replace(secret, "[redacted]") if secret else message
     mapped = ERROR_TYPES.get(kind) or GatewayError(status, message).type
     return orjson.dumps({"error": {"message": message, "type": mapped, "param": None, "code": kind}})

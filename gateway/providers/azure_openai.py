@@ -40,9 +40,10 @@ class AzureOpenAIProvider(OpenAIProvider):
         options = spec.options if isinstance(spec.options, AzureOptions) else AzureOptions()
         self._version = quote(options.api_version or DEFAULT_API_VERSION, safe="")
 
-    def auth_headers(self) -> dict[str, str]:
+    def key_headers(self) -> dict[str, str]:
         """Azure keys go in ``api-key``; a Bearer header would be read as an Entra ID token."""
-        return {"api-key": self.spec.api_key} if self.spec.api_key else {}
+        key = self.key.current()
+        return {"api-key": key} if key else {}
 
     def url(self, req: UpstreamRequest) -> str:
         deployment = quote(str(req.body.get("model") or ""), safe="")

@@ -100,6 +100,10 @@ class Provider:
     async def send(self, req: UpstreamRequest) -> UpstreamResponse:
         raise NotImplementedError
 
+    def secrets(self) -> tuple[str, ...]:
+        """Keys an upstream answer could echo, redacted before it reaches a client."""
+        return (self.spec.api_key,) if self.spec.api_key else ()
+
 
 def retry_after_seconds(headers: dict[str, str] | object) -> float | None:
     """Parse ``retry-after-ms`` / ``retry-after`` (seconds) from upstream headers."""

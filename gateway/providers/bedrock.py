@@ -119,8 +119,8 @@ class BedrockProvider(HTTPProvider):
         url = self.url(model, action)
         accept = "application/vnd.amazon.eventstream" if action == "converse-stream" else "application/json"
         headers = {**self._static_headers, **req.headers, "content-type": "application/json", "accept": accept}
-        if self.spec.api_key:  # a Bedrock API key: a bearer token instead of SigV4
-            headers["authorization"] = f"Bearer {self.spec.api_key}"
+        if key := self.key.current():  # a Bedrock API key: a bearer token instead of SigV4
+            headers["authorization"] = f"Bearer {key}"
         else:
             headers = sign(await self._signing_credentials(), self.region, url, body, headers)
         first_byte, total = attempt_timeouts(self.spec, req)

@@ -43,8 +43,10 @@ class GeminiProvider(HTTPProvider):
         self._clock = clock
         self._base = (spec.base_url or DEFAULT_BASE_URL).rstrip("/")
         self._static_headers = {"content-type": "application/json", **dict(spec.headers)}
-        if spec.api_key:
-            self._static_headers["x-goog-api-key"] = spec.api_key
+
+    def key_headers(self) -> dict[str, str]:
+        key = self.key.current()
+        return {"x-goog-api-key": key} if key else {}
 
     # --- hooks for vertex ----------------------------------------------------------------------------
     async def model_url(self, model: str, method: str) -> str:
@@ -87,7 +89,7 @@ class GeminiProvider(HTTPProvider):
             return UpstreamResponse(status=200, headers=headers, events=events, close=closer(resp))
         body = await timed_read(resp, self.name, deadline, total)
         if not 200 <= resp.status < 300:
-            out, extra = answers.error_body(resp.status, body, self.name, self.spec.api_key)
+            out, extra = answers.error_body(resp.status, body, self.name, *self.key.secrets())
             return UpstreamResponse(resp.status, {**extra, **headers}, out)
         try:
             parsed = orjson.loads(body)
@@ -116,7 +118,9 @@ class GeminiProvider(HTTPProvider):
         return orjson.dumps(out)
 
     def _redact(self, text: str) -> str:
-        return text.replace(self.spec.api_key, "[redacted]") if self.spec.api_key else text
+        for secret in self.key.secrets():
+            text = text.replace(secret, "[redacted]")
+        return text
 
     async def _events(self, resp: aiohttp.ClientResponse, translator: StreamTranslator, idle_s: float,
                       deadline: float) -> AsyncIterator[bytes]:

@@ -183,7 +183,7 @@ def retry_delay(err: dict[str, Any]) -> str | None:
     return None
 
 
-def error_body(status: int, raw: bytes, provider: str, secret: str = "") -> tuple[bytes, dict[str, str]]:
+def error_body(status: int, raw: bytes, provider: str, *secrets: str) -> tuple[bytes, dict[str, str]]:
     """A Google error body (or anything a proxy sent) in the OpenAI shape, plus headers worth adding."""
     try:
         err = google_error(orjson.loads(raw))
@@ -198,8 +198,8 @@ def error_body(status: int, raw: bytes, provider: str, secret: str = "") -> tupl
             headers["retry-after"] = delay
     else:
         kind, message = "UNKNOWN", f"{provider} answered HTTP {status}"
-    if secret:
-        message = message.replace(secret, "[redacted]")
+    for secret in secrets:
+        message = message.replace(secret, "[redacted]") if secret else message
     mapped = ERROR_TYPES.get(kind) or GatewayError(status, message).type
     body = {"error": {"message": message, "type": mapped, "param": None, "code": kind.lower()}}
     return orjson.dumps(body), headers

@@ -22,6 +22,7 @@ from gateway.http.sse import DONE, iter_sse
 from gateway.policy.checkers import BOOLEAN
 from gateway.policy.model import ProviderSpec
 from gateway.providers.base import NativeAnswer, Provider, UpstreamRequest, UpstreamResponse
+from gateway.providers.keys import KeySource
 from gateway.providers.openai_responses import EventsToChunks, StreamFailed, response_to_chat
 from gateway.providers.pool import PoolObserver, PoolTimer, pool_trace
 
@@ -54,7 +55,11 @@ HOP_BY_HOP = frozenset(
 
 
 class HTTPProvider(Provider):
-    """An HTTP adapter's pooled session (opened on start or first use) and its timed POST."""
+    """An HTTP adapter's pooled session (opened on start or first use), its key and its timed POST.
+
+    The key is read per request from ``self.key`` (``keys.KeySource``: the policy's ``api_key``, or
+    ``api_key_file`` re-read on change), so a rotated key applies to the next request.
+    """
 
     _static_headers: dict[str, str]
 
@@ -62,6 +67,14 @@ class HTTPProvider(Provider):
         super().__init__(spec)
         self._session: aiohttp.ClientSession | None = None
         self._pool_observer: PoolObserver | None = None
+        self.key = KeySource(spec.api_key, spec.api_key_file, spec.name)
+
+    def key_headers(self) -> dict[str, str]:
+        """The headers carrying the current key, added to every call by ``_post``."""
+        return {}
+
+    def secrets(self) -> tuple[str, ...]:
+        return self.key.secrets()
 
     def watch_pool(self, observer: PoolObserver) -> None:
         self._pool_observer = observer
@@ -69,8 +82,10 @@ class HTTPProvider(Provider):
     async def start(self) -> None:
         if self._session is None:
             self._session = new_session(self.spec)
+        self.key.start()
 
     async def close(self) -> None:
+        await self.key.close()
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
@@ -83,7 +98,7 @@ class HTTPProvider(Provider):
             await self.start()
         assert self._session is not None
         first_byte, total = attempt_timeouts(self.spec, req)
-        headers = {**self._static_headers, **req.headers, "x-request-id": req.request_id}
+        headers = {**self._static_headers, **self.key_headers(), **req.headers, "x-request-id": req.request_id}
         t = self.spec.timeouts
         timer = PoolTimer(t.pool_s, t.connect_s, min(first_byte, total))
         try:
@@ -103,13 +118,13 @@ class OpenAIProvider(HTTPProvider):
         super().__init__(spec)
         self._base = spec.base_url.rstrip("/")
         self._static_headers = {"content-type": "application/json", **dict(spec.headers)}
-        self._static_headers.update(self.auth_headers())
         if isinstance(spec.options, OpenAIOptions) and spec.options.responses:
             self.native_surface = "responses"
 
     # --- hooks for variants (azure_openai) ---------------------------------------------------------
-    def auth_headers(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self.spec.api_key}"} if self.spec.api_key else {}
+    def key_headers(self) -> dict[str, str]:
+        key = self.key.current()
+        return {"authorization": f"Bearer {key}"} if key else {}
 
     def url(self, req: UpstreamRequest) -> str:
         return self._base + PATHS[req.endpoint]

@@ -45,7 +45,6 @@ class VertexProvider(GeminiProvider):
         super().__init__(spec, clock)
         self.options = spec.options if isinstance(spec.options, VertexOptions) else VertexOptions()
         self._base = (spec.base_url or default_base_url(self.options.location)).rstrip("/")
-        self._static_headers.pop("x-goog-api-key", None)  # Vertex authenticates with the token only
         self.tokens = tokens or TokenSource(self.options.credentials_file, name=spec.name)
 
     async def start(self) -> None:
@@ -56,6 +55,9 @@ class VertexProvider(GeminiProvider):
     async def close(self) -> None:
         await self.tokens.close()
         await super().close()
+
+    def key_headers(self) -> dict[str, str]:
+        return {}  # Vertex authenticates with the token only
 
     async def auth_headers(self) -> dict[str, str]:
         return {"authorization": f"Bearer {await self.tokens.token()}"}

@@ -218,7 +218,7 @@ class UpstreamStage(Stage):
         breaker.success()
         if status >= 400:
             attempt.error_kind, attempt.error = _status_kind(status), f"HTTP {status}"
-            secrets = (self.providers.get(dep.provider).spec.api_key,)
+            secrets = self.providers.get(dep.provider).secrets()
             return Respond(self._answer(ctx, dep, error_response(resp, dep.provider, secrets)), "upstream_error")
         self.balancer.observe_ttfb(dep.name, attempt.ttfb_s or 0.0)
         answer = GatewayResponse(status=status, body=resp.body, native=resp.native)
