@@ -85,6 +85,7 @@ class RequestContext:
     exhausted: str | None = None  # every deployment failed; what was served instead: stale|static|error
     replay_id: str | None = None  # a dead-letter entry re-sent by an operator (never dead-lettered twice)
     audit: Capture | None = None  # what an audited request said and got back (audit stage -> observe)
+    guardrails: list[tuple[str, str, str]] = field(default_factory=list)  # (guardrail, pre|post, verdict)
     response_headers: dict[str, str] = field(default_factory=dict)  # added to the client response
     upstream_headers: dict[str, str] = field(default_factory=dict)  # extra headers for the provider
     # Per-request state private to one stage (written and read by that stage only).

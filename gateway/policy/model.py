@@ -111,6 +111,7 @@ class ModelSpec:
     static_response: str = "The service is temporarily unavailable. Please try again later."
     aliases: tuple[str, ...] = ()
     on_untranslatable: OnUntranslatable = "drop"  # what the request has that its deployment's API cannot express
+    guardrails: tuple[str, ...] = ()  # names of top-level guardrails, run after the tenant's
 
     @property
     def is_virtual(self) -> bool:
@@ -205,9 +206,34 @@ class Tenant:
     retry: RetryPolicy = RetryPolicy()
     audit: AuditPolicy = AuditPolicy()
     redact_upstream: bool = False
+    guardrails: tuple[str, ...] = ()  # names of top-level guardrails, in the order they run
 
     def may_use(self, model: str) -> bool:
         return model in self.models
+
+
+GuardrailKind = Literal["pii", "deny", "max_prompt", "json_schema", "webhook"]
+GuardrailAction = Literal["block", "redact", "flag"]
+
+
+@dataclass(frozen=True, slots=True)
+class Guardrail:
+    """A named check of the request (``pre``) and/or the answer (``post``); see gateway/guardrails."""
+
+    name: str
+    kind: GuardrailKind
+    on: tuple[str, ...] = ("pre",)  # pre | post
+    action: GuardrailAction = "block"
+    mode: Mode = "enforce"  # shadow: count and log the verdict, change nothing
+    stream: Literal["hold", "end"] = "end"  # post on streams: hold the answer until checked, or check at the end
+    patterns: tuple[re.Pattern[str], ...] = ()  # deny: regular expressions
+    keywords: tuple[str, ...] = ()  # deny: case-insensitive substrings
+    max_chars: int | None = None  # max_prompt
+    max_tokens: int | None = None  # max_prompt: the gateway's prompt token estimate
+    url: str = ""  # webhook
+    timeout_ms: float = 1000.0  # webhook
+    on_error: Literal["allow", "block"] = "allow"  # webhook: fail open or closed
+    redact: bool = False  # webhook: send bodies redacted as the audit log is
 
 
 @dataclass(frozen=True, slots=True)
@@ -281,6 +307,7 @@ class Policy:
     metrics: MetricsPolicy = MetricsPolicy()
     logging: LoggingPolicy = LoggingPolicy()
     server: ServerPolicy = ServerPolicy()
+    guardrails: dict[str, Guardrail] = field(default_factory=dict)
     # derived at load time: sha256 digest of a key -> (tenant, key)
     key_index: dict[str, tuple[Tenant, ApiKey]] = field(default_factory=dict, repr=False)
     warnings: tuple[str, ...] = ()

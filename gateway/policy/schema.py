@@ -192,6 +192,7 @@ MODEL = fields({
     "on_untranslatable": enum("on_untranslatable action", get_args(m.OnUntranslatable)),
     "static_response": string(),
     "aliases": list_of(NAME),
+    "guardrails": list_of(NAME),  # declared names: checked in pass 4 (gateway.policy.guardrails)
 })
 
 

@@ -16,6 +16,11 @@ tests/test_stage_order.py):
 6. ``BudgetStage`` before ``RateLimitStage``: ``admit`` reserves tpm for the model a budget downgrade
    picked, and ``complete`` settles what a shared stream really used.
 7. ``ObserveStage`` last: its ``complete`` reads what every other ``complete`` settled.
+8. ``GuardrailStage`` after ``InputStage``, ``AuditStage`` and ``RedactUpstreamStage``, and before
+   ``CacheStage``: pre guardrails read the parsed body (``check_input`` runs before every limit, the
+   cache and the upstream, so a block costs nothing), the audit keeps what the client sent, and a
+   redaction or a webhook's replacement is what the cache key and the provider see; its post filter
+   wraps the answer before the cache's, so a blocked answer is never stored.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from gateway.stages.auth import AuthStage
 from gateway.stages.budget import BudgetStage
 from gateway.stages.cache import CacheStage
 from gateway.stages.dead_letter import DeadLetterStage
+from gateway.stages.guardrails import GuardrailStage
 from gateway.stages.input_check import InputStage
 from gateway.stages.observe import InFlightStage, ObserveStage
 from gateway.stages.ratelimit import RateLimitStage
@@ -45,6 +51,7 @@ def build_stages(services: Services, obs: Observability) -> list[Stage]:
         InputStage(),
         AuditStage(),
         RedactUpstreamStage(obs.redactors),
+        GuardrailStage(services.metrics, obs.redactors),
         cache,
         UsageStage(),
         RouterStage(services),
