@@ -136,7 +136,7 @@ class GuardrailStage(Stage):
         if not guards:
             return resp
         if resp.events is not None:
-            resp.events = self._stream(ctx, guards, resp)
+            resp.events = self._stream(ctx, guards, resp, resp.events)
             return resp
         try:
             data = orjson.loads(resp.body or b"")
@@ -178,14 +178,13 @@ class GuardrailStage(Stage):
             return check_json(guard, text, ctx.body)
         return ALLOW
 
-    async def _stream(self, ctx: RequestContext, guards: list[Guardrail],
-                      resp: GatewayResponse) -> AsyncIterator[bytes]:
+    async def _stream(self, ctx: RequestContext, guards: list[Guardrail], resp: GatewayResponse,
+                      events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """Check the assembled text at the end; hold every chunk until then if a guardrail says so."""
         hold = any(g.stream == "hold" for g in guards)
         held: list[bytes] = []
         parts: list[str] = []
-        assert resp.events is not None
-        async for payload in resp.events:
+        async for payload in events:
             parts.append(stream_text(payload))
             if hold:
                 held.append(payload)
