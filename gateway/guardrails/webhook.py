@@ -43,7 +43,7 @@ class WebhookClient:
         """The hook's verdict on ``payload``, or the ``on_error`` verdict when it has none."""
         try:
             async with asyncio.timeout(guard.timeout_ms / 1000):
-                return _verdict(await self._post(guard.url, payload))
+                return verdict_of(await self._post(guard.url, payload))
         except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             log.warning("guardrail %s: webhook failed (%s): %s", guard.name, type(exc).__name__, exc)
             return Finding("error_block" if guard.on_error == "block" else "error_allow")
@@ -59,7 +59,7 @@ class WebhookClient:
             return orjson.loads(raw)
 
 
-def _verdict(answer: Any) -> Finding:
+def verdict_of(answer: Any) -> Finding:
     """The protocol's three answers; anything else raises ``ValueError`` (an error verdict)."""
     verdict = answer.get("verdict") if isinstance(answer, dict) else None
     if verdict == "allow":
