@@ -157,7 +157,7 @@ EXPECTED = {
     "audit_feedback_ttl_negative.yaml": "{file}:2: audit.feedback_ttl_s: must not be negative, got -60",
     # guardrails
     "guardrail_kind_unknown.yaml": "{file}:4: guardrails.judge.kind: unknown guardrail kind 'toxicity' "
-                                   "(known: pii, deny, max_prompt, json_schema, webhook)",
+                                   "(known: pii, deny, max_prompt, json_schema, webhook, llm_judge)",
     "guardrail_bad_regex.yaml": "{file}:5: guardrails.no-secrets.patterns[0]: invalid regular expression: "
                                 "unterminated character set at position 5",
     "guardrail_unknown_in_tenant.yaml": "{file}:8: tenants.acme.guardrails[1]: unknown guardrail 'no-secrets' "
@@ -172,6 +172,8 @@ EXPECTED = {
                                         "kind max_prompt (use block or flag)",
     "guardrail_stage_unknown.yaml": "{file}:5: guardrails.no-pii.on[1]: unknown guardrail stage 'during' "
                                     "(known: pre, post)",
+    "guardrail_judge_unknown_model.yaml": "{file}:5: guardrails.injection.model: unknown model 'judge' "
+                                          "(a judge is a model with deployments; known: none)",
     "guardrail_webhook_on_error_unknown.yaml": "{file}:6: guardrails.hook.on_error: unknown on_error action 'retry' "
                                                "(known: allow, block)",
 }

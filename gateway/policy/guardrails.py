@@ -41,10 +41,14 @@ OWN: dict[str, dict[str, Checker]] = {
     "json_schema": {},
     "webhook": {"url": string(nonempty=True), "timeout_ms": number(gt=0),
                 "on_error": enum("on_error action", ("allow", "block")), "redact": BOOLEAN},
+    "llm_judge": {"model": string(nonempty=True), "prompt": string(nonempty=True),
+                  "threshold": number(ge=0, le=1), "timeout_ms": number(gt=0),
+                  "on_error": enum("on_error action", ("allow", "block"))},
 }
 ONLY_ON = {"max_prompt": "pre", "json_schema": "post"}  # kinds that only make sense on one side
-NO_REDACT = ("max_prompt", "json_schema", "webhook")  # kinds with nothing to redact (webhooks modify)
-NEEDS_ONE_OF = {"deny": ("patterns", "keywords"), "max_prompt": ("max_chars", "max_tokens"), "webhook": ("url",)}
+NO_REDACT = ("max_prompt", "json_schema", "webhook", "llm_judge")  # nothing to redact (webhooks modify)
+NEEDS_ONE_OF = {"deny": ("patterns", "keywords"), "max_prompt": ("max_chars", "max_tokens")}
+REQUIRED = {"webhook": ("url",), "llm_judge": ("model", "prompt")}
 
 
 def build_guardrail(name: str, raw: Any, path: str, report: Report) -> m.Guardrail | None:
@@ -55,7 +59,7 @@ def build_guardrail(name: str, raw: Any, path: str, report: Report) -> m.Guardra
     kind = COMMON["kind"](raw["kind"], f"{path}.kind", report)
     if kind is BAD:
         return None
-    values = fields({**COMMON, **OWN[kind]})(raw, path, report)
+    values = fields({**COMMON, **OWN[kind]}, required=REQUIRED.get(kind, ()))(raw, path, report)
     if values is BAD:
         return None
     return _checked(name, kind, values, raw, path, report)
@@ -86,8 +90,15 @@ NAMES = list_of(NAME)  # tenants.X.guardrails and models.X.guardrails
 
 
 def check_guardrail_refs(data: dict[str, Any], declared: dict[str, Any], report: Report) -> None:
-    """Every guardrail a tenant or a model lists is declared in the top-level block."""
+    """Every guardrail a tenant or a model lists is declared; a judge is a model with deployments."""
     known = f"known: {', '.join(declared) or 'none'}"
+    models = data.get("models") if isinstance(data.get("models"), dict) else {}
+    served = [n for n, raw in models.items() if isinstance(raw, dict) and "deployments" in raw]
+    for name, guard in declared.items():
+        if guard is not None and guard.kind == "llm_judge" and guard.model not in served:
+            report.error(f"guardrails.{name}.model",
+                         f"unknown model '{guard.model}' (a judge is a model with deployments; known: "
+                         f"{', '.join(served) or 'none'})")
     for section in ("tenants", "models"):
         block = data.get(section)
         for owner, raw in block.items() if isinstance(block, dict) else ():

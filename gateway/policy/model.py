@@ -212,7 +212,7 @@ class Tenant:
         return model in self.models
 
 
-GuardrailKind = Literal["pii", "deny", "max_prompt", "json_schema", "webhook"]
+GuardrailKind = Literal["pii", "deny", "max_prompt", "json_schema", "webhook", "llm_judge"]
 GuardrailAction = Literal["block", "redact", "flag"]
 
 
@@ -234,6 +234,9 @@ class Guardrail:
     timeout_ms: float = 1000.0  # webhook
     on_error: Literal["allow", "block"] = "allow"  # webhook: fail open or closed
     redact: bool = False  # webhook: send bodies redacted as the audit log is
+    model: str = ""  # llm_judge: a model of this policy that classifies the text
+    prompt: str = ""  # llm_judge: asks for a score between 0 and 1
+    threshold: float = 0.5  # llm_judge: a score at or above it triggers the action
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,7 +51,7 @@ def build_stages(services: Services, obs: Observability) -> list[Stage]:
         InputStage(),
         AuditStage(),
         RedactUpstreamStage(obs.redactors),
-        GuardrailStage(services.metrics, obs.redactors),
+        GuardrailStage(services.metrics, obs.redactors, services.providers),
         cache,
         UsageStage(),
         RouterStage(services),

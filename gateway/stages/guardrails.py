@@ -21,6 +21,7 @@ import orjson
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.guardrails.checks import ALLOW, Finding, check_deny, check_json, check_pii, check_size
+from gateway.guardrails.judge import Judge
 from gateway.guardrails.text import (
     answer_text,
     replace_answer,
@@ -33,6 +34,7 @@ from gateway.observability.audit import RedactorCache, stream_text
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline import GatewayResponse, Respond, Stage, Verdict
 from gateway.policy.model import Guardrail
+from gateway.providers.live import LiveProviders
 
 OUTCOME = "guardrail_blocked"
 
@@ -56,10 +58,11 @@ def active(ctx: RequestContext, stage: str) -> list[Guardrail]:
 class GuardrailStage(Stage):
     name = "guardrails"
 
-    def __init__(self, metrics: GatewayMetrics, redactors: RedactorCache) -> None:
+    def __init__(self, metrics: GatewayMetrics, redactors: RedactorCache, providers: LiveProviders) -> None:
         self.counter = metrics.guardrail_verdicts
         self.redactors = redactors
         self.webhooks = WebhookClient()
+        self.judge = Judge(providers)
 
     async def stop(self) -> None:
         await self.webhooks.close()
@@ -96,6 +99,8 @@ class GuardrailStage(Stage):
             return check_deny(guard, text)
         if guard.kind == "max_prompt":
             return check_size(guard, text, ctx.prompt_tokens_est)
+        if guard.kind == "llm_judge":
+            return await self.judge.ask(guard, ctx.policy, text, ctx.request_id)
         return ALLOW
 
     def _rewrite(self, ctx: RequestContext, finding: Finding) -> None:
@@ -176,6 +181,8 @@ class GuardrailStage(Stage):
             return check_deny(guard, text)
         if guard.kind == "json_schema":
             return check_json(guard, text, ctx.body)
+        if guard.kind == "llm_judge":
+            return await self.judge.ask(guard, ctx.policy, text, ctx.request_id)
         return ALLOW
 
     async def _stream(self, ctx: RequestContext, guards: list[Guardrail], resp: GatewayResponse,
