@@ -93,6 +93,7 @@ class RequestContext:
     budget_hold: Hold | None = None
     limit_state: LimitState | None = None
     in_flight: bool = False
+    trace_span: Any = None  # the OpenTelemetry server span, when tracing is on (tracing stage)
 
     @property
     def tenant_name(self) -> str:

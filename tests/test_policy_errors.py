@@ -174,6 +174,7 @@ EXPECTED = {
                                     "(known: pre, post)",
     "guardrail_judge_unknown_model.yaml": "{file}:5: guardrails.injection.model: unknown model 'judge' "
                                           "(a judge is a model with deployments; known: none)",
+    "tracing_sample_rate_range.yaml": "{file}:4: tracing.sample_rate: must be between 0 and 1, got 1.5",
     "guardrail_webhook_on_error_unknown.yaml": "{file}:6: guardrails.hook.on_error: unknown on_error action 'retry' "
                                                "(known: allow, block)",
 }

@@ -20,9 +20,10 @@ from gateway.stages.input_check import InputStage
 from gateway.stages.observe import InFlightStage, ObserveStage
 from gateway.stages.ratelimit import RateLimitStage
 from gateway.stages.router import RouterStage
+from gateway.stages.tracing import TracingStage
 from gateway.stages.usage import UsageStage
 
-RULE_TESTS = 8  # the tests below, one per numbered rule
+RULE_TESTS = 9  # the tests below, one per numbered rule
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +77,7 @@ def test_rule_8_guardrails_after_input_checks_and_before_cache(stages: list[Stag
     guard = at(stages, GuardrailStage)
     assert at(stages, InputStage) < guard and at(stages, AuditStage) < guard
     assert at(stages, RedactUpstreamStage) < guard < at(stages, CacheStage)
+
+
+def test_rule_9_tracing_right_before_observe(stages: list[Stage]) -> None:
+    assert at(stages, TracingStage) == at(stages, ObserveStage) - 1

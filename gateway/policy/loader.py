@@ -71,6 +71,7 @@ TOP = fields({
     "metrics": s.METRICS,
     "logging": s.LOGGING,
     "server": s.SERVER,
+    "tracing": s.TRACING,
 }, required=("version",))
 
 
@@ -174,6 +175,7 @@ def _build(data: dict[str, Any], source: str, digest: str, report: Report) -> m.
         logging=top.get("logging", m.LoggingPolicy()),
         server=top.get("server", m.ServerPolicy()),
         guardrails={n: g for n, g in guardrails.items() if g is not None},
+        tracing=top.get("tracing", m.TracingPolicy()),
         key_index=key_index,
         warnings=tuple(str(w) for w in Report.in_file_order(report.warnings)),
     )

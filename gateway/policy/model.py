@@ -295,6 +295,16 @@ class LoggingPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class TracingPolicy:
+    """OpenTelemetry traces (the optional ``[otel]`` extra), exported over OTLP/HTTP."""
+
+    enabled: bool = False
+    otlp_endpoint: str = "http://127.0.0.1:4318"  # spans go to <endpoint>/v1/traces
+    sample_rate: float = 1.0  # of traces the gateway starts; a client's sampled flag is followed
+    capture_content: bool = False  # prompts on spans, redacted as the audit log is
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     version: int
     source: str  # file path it came from
@@ -311,6 +321,7 @@ class Policy:
     logging: LoggingPolicy = LoggingPolicy()
     server: ServerPolicy = ServerPolicy()
     guardrails: dict[str, Guardrail] = field(default_factory=dict)
+    tracing: TracingPolicy = TracingPolicy()
     # derived at load time: sha256 digest of a key -> (tenant, key)
     key_index: dict[str, tuple[Tenant, ApiKey]] = field(default_factory=dict, repr=False)
     warnings: tuple[str, ...] = ()

@@ -21,6 +21,9 @@ tests/test_stage_order.py):
    cache and the upstream, so a block costs nothing), the audit keeps what the client sent, and a
    redaction or a webhook's replacement is what the cache key and the provider see; its post filter
    wraps the answer before the cache's, so a blocked answer is never stored.
+9. ``TracingStage`` right before ``ObserveStage``: its ``complete`` reads the usage, cost and outcome
+   the other stages settled; its server span is timed from the request's arrival whatever phase
+   opens it, and its ``traceparent`` is set in ``authenticate``, before any upstream call.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from gateway.stages.observe import InFlightStage, ObserveStage
 from gateway.stages.ratelimit import RateLimitStage
 from gateway.stages.router import RouterStage
 from gateway.stages.surface import SurfaceStage
+from gateway.stages.tracing import TracingStage
 from gateway.stages.upstream import UpstreamStage
 from gateway.stages.usage import UsageStage
 
@@ -60,5 +64,6 @@ def build_stages(services: Services, obs: Observability) -> list[Stage]:
         DeadLetterStage(services.dlq),
         UpstreamStage(services, stale=cache.stale),
         SurfaceStage(),
+        TracingStage(obs.redactors),
         ObserveStage(obs),
     ]
