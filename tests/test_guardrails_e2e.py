@@ -58,6 +58,7 @@ def gw(make_gateway, oai, tmp_path: Path):
           redacting: {{api_keys: [sk-redact], models: '*', guardrails: [redact-pii]}}
           holding: {{api_keys: [sk-hold], models: '*', guardrails: [held, held-pii]}}
           audited: {{api_keys: [sk-audit], models: '*', guardrails: [no-secrets], audit: {{bodies: true}}}}
+          cached: {{api_keys: [sk-cache], models: '*', guardrails: [redact-pii, no-secrets], cache: {{enabled: true}}}}
         """))
 
 
@@ -262,3 +263,20 @@ def test_stream_hold_on_the_messages_and_responses_apis(gw, oai):
     events = gw.client("sk-hold").responses.create(model="gpt", input="tell", stream=True)
     deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
     assert "".join(deltas) == "mail [EMAIL] now"
+
+
+# -- with the cache --------------------------------------------------------------------------------
+def test_a_pre_redaction_is_what_the_cache_key_sees(gw, oai):
+    oai.say(Said(text="hello [EMAIL]"))
+    first = chat(gw, "sk-cache", "I am jane@example.com", temperature=0)
+    second = chat(gw, "sk-cache", "I am john@example.org", temperature=0)
+    assert first.choices[0].message.content == second.choices[0].message.content == "hello [EMAIL]"
+    assert oai.calls == 1
+
+
+def test_a_blocked_answer_is_never_cached(gw, oai):
+    oai.say(Said(text="ACME-123456"), Said(text="clean"))
+    with pytest.raises(openai.BadRequestError):
+        chat(gw, "sk-cache", "code?", temperature=0)
+    assert chat(gw, "sk-cache", "code?", temperature=0).choices[0].message.content == "clean"
+    assert oai.calls == 2
