@@ -85,7 +85,7 @@ class Tracing:
         return span
 
     def finish(self, ctx: RequestContext, span: Any, end_wall: float, content: str | None) -> None:
-        """Name, attributes, the attempts as child spans, guardrail events; then end the span."""
+        """Name, attributes, the attempts and guardrail checks as child spans; then end the span."""
         from opentelemetry import trace
         from opentelemetry.trace import Status, StatusCode
 
@@ -94,11 +94,14 @@ class Tracing:
         span.set_attributes(_attributes(ctx, operation))
         if content is not None:
             span.set_attribute("gen_ai.input.messages", content)
-        for guard, stage, verdict in ctx.guardrails:
-            span.add_event("gen_ai.guardrail", {"gateway.guardrail.name": guard, "gateway.guardrail.stage": stage,
-                                                "gateway.guardrail.verdict": verdict})
         parent = trace.set_span_in_context(span)
         offset = ctx.started_wall - ctx.started  # monotonic -> wall clock
+        for check in ctx.guardrails:
+            child = self.tracer.start_span(f"guardrail {check.guardrail}", context=parent,
+                                           start_time=_ns(check.started + offset))
+            child.set_attributes({"gateway.guardrail.name": check.guardrail, "gateway.guardrail.stage": check.stage,
+                                  "gateway.guardrail.verdict": check.verdict})
+            child.end(end_time=_ns(check.started + offset + check.duration_s))
         for attempt in ctx.attempts:
             spec = ctx.policy.providers.get(attempt.provider)
             child = self.tracer.start_span(f"{operation} {attempt.deployment}", context=parent,

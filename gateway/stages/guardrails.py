@@ -13,12 +13,13 @@ Guardrails run in the tenant's order, then the model's; every verdict is counted
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 
-from gateway.context import RequestContext
+from gateway.context import GuardrailVerdict, RequestContext
 from gateway.errors import GatewayError
 from gateway.guardrails.checks import ALLOW, Finding, check_deny, check_json, check_pii, check_size
 from gateway.guardrails.judge import Judge
@@ -67,20 +68,23 @@ class GuardrailStage(Stage):
     async def stop(self) -> None:
         await self.webhooks.close()
 
-    def _record(self, ctx: RequestContext, guard: Guardrail, stage: str, finding: Finding) -> Finding:
+    def _record(self, ctx: RequestContext, guard: Guardrail, stage: str, finding: Finding,
+                started: float) -> Finding:
         """Count and log the verdict; in shadow mode a verdict that would change something changes nothing."""
         verdict = finding.verdict
         if guard.mode == "shadow" and finding.changes:
             verdict, finding = f"shadow_{verdict}", ALLOW
         self.counter.labels(guard.name, stage, verdict).inc()
-        ctx.guardrails.append((guard.name, stage, verdict))
+        ctx.guardrails.append(GuardrailVerdict(guard.name, stage, verdict, started,
+                                               asyncio.get_running_loop().time() - started))
         return finding
 
     # -- pre -----------------------------------------------------------------------------------------
     async def check_input(self, ctx: RequestContext) -> Verdict:
         guards = active(ctx, "pre")
         for guard in guards:
-            finding = self._record(ctx, guard, "pre", await self._pre(ctx, guard))
+            started = asyncio.get_running_loop().time()
+            finding = self._record(ctx, guard, "pre", await self._pre(ctx, guard), started)
             if finding.verdict in ("block", "error_block"):
                 return Respond(GatewayResponse.from_error(blocked(guard, "pre", finding.message)), OUTCOME)
             if finding.rewrite is not None:
@@ -162,7 +166,8 @@ class GuardrailStage(Stage):
         the last guardrail that rewrote it)."""
         changed = None
         for guard in guards:
-            finding = self._record(ctx, guard, "post", await self._post(ctx, guard, data))
+            started = asyncio.get_running_loop().time()
+            finding = self._record(ctx, guard, "post", await self._post(ctx, guard, data), started)
             if finding.verdict in ("block", "error_block"):
                 return finding, guard, data, changed
             if finding.rewrite is not None:
