@@ -35,6 +35,17 @@ class Attempt:
 
 
 @dataclass(slots=True)
+class GuardrailVerdict:
+    """One guardrail's verdict on a request, for metrics, logs, audit and traces."""
+
+    guardrail: str
+    stage: str  # pre | post
+    verdict: str  # allow, block, redact, modify, flag, error_allow, error_block, shadow_*
+    started: float  # the event loop's clock, like ``RequestContext.started``
+    duration_s: float
+
+
+@dataclass(slots=True)
 class RequestContext:
     request_id: str
     endpoint: Endpoint
@@ -85,6 +96,7 @@ class RequestContext:
     exhausted: str | None = None  # every deployment failed; what was served instead: stale|static|error
     replay_id: str | None = None  # a dead-letter entry re-sent by an operator (never dead-lettered twice)
     audit: Capture | None = None  # what an audited request said and got back (audit stage -> observe)
+    guardrails: list[GuardrailVerdict] = field(default_factory=list)  # set by the guardrail stage
     response_headers: dict[str, str] = field(default_factory=dict)  # added to the client response
     upstream_headers: dict[str, str] = field(default_factory=dict)  # extra headers for the provider
     # Per-request state private to one stage (written and read by that stage only).
@@ -92,6 +104,7 @@ class RequestContext:
     budget_hold: Hold | None = None
     limit_state: LimitState | None = None
     in_flight: bool = False
+    trace_span: Any = None  # the OpenTelemetry server span, when tracing is on (tracing stage)
 
     @property
     def tenant_name(self) -> str:

@@ -160,6 +160,28 @@ EXPECTED = {
                                     "(use letters, digits, '_', '.', '-')",
     "audit_sample_rate_range.yaml": "{file}:2: audit.sample_rate: must be between 0 and 1, got 1.5",
     "audit_feedback_ttl_negative.yaml": "{file}:2: audit.feedback_ttl_s: must not be negative, got -60",
+    # guardrails
+    "guardrail_kind_unknown.yaml": "{file}:4: guardrails.judge.kind: unknown guardrail kind 'toxicity' "
+                                   "(known: pii, deny, max_prompt, json_schema, webhook, llm_judge)",
+    "guardrail_bad_regex.yaml": "{file}:5: guardrails.no-secrets.patterns[0]: invalid regular expression: "
+                                "unterminated character set at position 5",
+    "guardrail_unknown_in_tenant.yaml": "{file}:8: tenants.acme.guardrails[1]: unknown guardrail 'no-secrets' "
+                                        "(known: no-pii)",
+    "guardrail_unknown_in_model.yaml": "{file}:8: models.small.guardrails[0]: unknown guardrail 'no-pii' (known: none)",
+    "guardrail_key_of_other_kind.yaml": "{file}:5: guardrails.no-pii.url: unknown key 'url' "
+                                        "(known: kind, on, action, mode, stream)",
+    "guardrail_deny_without_patterns.yaml": "{file}:3: guardrails.no-secrets: kind deny needs 'patterns' or 'keywords'",
+    "guardrail_json_schema_pre.yaml": "{file}:5: guardrails.valid-json.on: kind json_schema runs on post only "
+                                      "(use on: [post])",
+    "guardrail_max_prompt_redact.yaml": "{file}:6: guardrails.short.action: action 'redact' is not available for "
+                                        "kind max_prompt (use block or flag)",
+    "guardrail_stage_unknown.yaml": "{file}:5: guardrails.no-pii.on[1]: unknown guardrail stage 'during' "
+                                    "(known: pre, post)",
+    "guardrail_judge_unknown_model.yaml": "{file}:5: guardrails.injection.model: unknown model 'judge' "
+                                          "(a judge is a model with deployments; known: none)",
+    "tracing_sample_rate_range.yaml": "{file}:4: tracing.sample_rate: must be between 0 and 1, got 1.5",
+    "guardrail_webhook_on_error_unknown.yaml": "{file}:6: guardrails.hook.on_error: unknown on_error action 'retry' "
+                                               "(known: allow, block)",
 }
 
 

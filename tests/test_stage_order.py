@@ -15,12 +15,15 @@ from gateway.stages import build_stages
 from gateway.stages.audit import AuditStage, RedactUpstreamStage
 from gateway.stages.budget import BudgetStage
 from gateway.stages.cache import CacheStage
+from gateway.stages.guardrails import GuardrailStage
+from gateway.stages.input_check import InputStage
 from gateway.stages.observe import InFlightStage, ObserveStage
 from gateway.stages.ratelimit import RateLimitStage
 from gateway.stages.router import RouterStage
+from gateway.stages.tracing import TracingStage
 from gateway.stages.usage import UsageStage
 
-RULE_TESTS = 7  # the tests below, one per numbered rule
+RULE_TESTS = 9  # the tests below, one per numbered rule
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +71,13 @@ def test_rule_6_budget_before_rate_limit(stages: list[Stage]) -> None:
 
 def test_rule_7_observe_last(stages: list[Stage]) -> None:
     assert at(stages, ObserveStage) == len(stages) - 1
+
+
+def test_rule_8_guardrails_after_input_checks_and_before_cache(stages: list[Stage]) -> None:
+    guard = at(stages, GuardrailStage)
+    assert at(stages, InputStage) < guard and at(stages, AuditStage) < guard
+    assert at(stages, RedactUpstreamStage) < guard < at(stages, CacheStage)
+
+
+def test_rule_9_tracing_right_before_observe(stages: list[Stage]) -> None:
+    assert at(stages, TracingStage) == at(stages, ObserveStage) - 1

@@ -123,6 +123,8 @@ class GatewayMetrics:
         self.feedback_score = self._h("feedback_score", "Feedback scores (0 bad .. 1 good).",
                                       ("model", "route", "category"), SCORE_BUCKETS, reg)
         self.review_sampled = self._c("review_sampled", "Requests marked for human review.", ("tenant",), reg)
+        self.guardrail_verdicts = self._c("guardrail_verdicts", "Guardrail verdicts by guardrail, stage (pre, "
+                                          "post) and verdict.", ("guardrail", "stage", "verdict"), reg)
         self.audit_records = self._c("audit_records", "Audit records written, or dropped by reason.",
                                      ("result",), reg)
 

@@ -46,6 +46,8 @@ def access_facts(ctx: RequestContext, total: float, cost_usd: float) -> dict[str
         "review": ctx.audit is not None and ctx.audit.review,
         "client_disconnected": ctx.client_disconnected,
         "surface": ctx.surface.name, "dropped": list(ctx.dropped) or None,
+        "guardrails": [{"guardrail": g.guardrail, "stage": g.stage, "verdict": g.verdict}
+                       for g in ctx.guardrails] or None,
     }
 
 

@@ -32,6 +32,7 @@ from gateway.policy.crossref import (
     index_keys,
     public_names,
 )
+from gateway.policy.guardrails import build_guardrail, check_guardrail_refs
 from gateway.policy.interpolate import UNRESOLVED, interpolate
 from gateway.policy.problems import PolicyError, Problem, Report
 from gateway.policy.tenants import build_tenant, make_budget
@@ -62,6 +63,7 @@ TOP = fields({
     "providers": _NAMED,
     "models": _NAMED,
     "tenants": _NAMED,
+    "guardrails": _NAMED,
     **s.OVERRIDABLE,
     "circuit_breaker": s.CIRCUIT_BREAKER,
     "input": s.INPUT,
@@ -69,6 +71,7 @@ TOP = fields({
     "metrics": s.METRICS,
     "logging": s.LOGGING,
     "server": s.SERVER,
+    "tracing": s.TRACING,
 }, required=("version",))
 
 
@@ -170,6 +173,10 @@ def _build(data: dict[str, Any], source: str, digest: str, report: Report) -> m.
     served = {n: s.build_model(n, raw, f"models.{n}", report) for n, raw in top.get("models", {}).items()}
     built = {n: build_tenant(n, raw, defaults, f"tenants.{n}", report) for n, raw in top.get("tenants", {}).items()}
 
+    guardrails = {n: build_guardrail(n, raw, f"guardrails.{n}", report)
+                  for n, raw in top.get("guardrails", {}).items()}
+    if "guardrails" in top or "guardrails" not in data:  # a malformed block: its names are not checked
+        check_guardrail_refs(data, guardrails, report)
     broken = {k for k in ("providers", "models", "tenants") if k in data and k not in top}
     tenants, key_index, public = _check_references(data, providers, served, built, broken, report)
     if report.problems:
@@ -189,6 +196,8 @@ def _build(data: dict[str, Any], source: str, digest: str, report: Report) -> m.
         metrics=top.get("metrics", m.MetricsPolicy()),
         logging=top.get("logging", m.LoggingPolicy()),
         server=top.get("server", m.ServerPolicy()),
+        guardrails={n: g for n, g in guardrails.items() if g is not None},
+        tracing=top.get("tracing", m.TracingPolicy()),
         key_index=key_index,
         warnings=tuple(str(w) for w in Report.in_file_order(report.warnings)),
     )

@@ -112,6 +112,7 @@ class ModelSpec:
     static_response: str = "The service is temporarily unavailable. Please try again later."
     aliases: tuple[str, ...] = ()
     on_untranslatable: OnUntranslatable = "drop"  # what the request has that its deployment's API cannot express
+    guardrails: tuple[str, ...] = ()  # names of top-level guardrails, run after the tenant's
 
     @property
     def is_virtual(self) -> bool:
@@ -206,9 +207,37 @@ class Tenant:
     retry: RetryPolicy = RetryPolicy()
     audit: AuditPolicy = AuditPolicy()
     redact_upstream: bool = False
+    guardrails: tuple[str, ...] = ()  # names of top-level guardrails, in the order they run
 
     def may_use(self, model: str) -> bool:
         return model in self.models
+
+
+GuardrailKind = Literal["pii", "deny", "max_prompt", "json_schema", "webhook", "llm_judge"]
+GuardrailAction = Literal["block", "redact", "flag"]
+
+
+@dataclass(frozen=True, slots=True)
+class Guardrail:
+    """A named check of the request (``pre``) and/or the answer (``post``); see gateway/guardrails."""
+
+    name: str
+    kind: GuardrailKind
+    on: tuple[str, ...] = ("pre",)  # pre | post
+    action: GuardrailAction = "block"
+    mode: Mode = "enforce"  # shadow: count and log the verdict, change nothing
+    stream: Literal["hold", "end"] = "end"  # post on streams: hold the answer until checked, or check at the end
+    patterns: tuple[re.Pattern[str], ...] = ()  # deny: regular expressions
+    keywords: tuple[str, ...] = ()  # deny: case-insensitive substrings
+    max_chars: int | None = None  # max_prompt
+    max_tokens: int | None = None  # max_prompt: the gateway's prompt token estimate
+    url: str = ""  # webhook
+    timeout_ms: float = 1000.0  # webhook
+    on_error: Literal["allow", "block"] = "allow"  # webhook: fail open or closed
+    redact: bool = False  # webhook: send bodies redacted as the audit log is
+    model: str = ""  # llm_judge: a model of this policy that classifies the text
+    prompt: str = ""  # llm_judge: asks for a score between 0 and 1
+    threshold: float = 0.5  # llm_judge: a score at or above it triggers the action
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +296,16 @@ class LoggingPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class TracingPolicy:
+    """OpenTelemetry traces (the optional ``[otel]`` extra), exported over OTLP/HTTP."""
+
+    enabled: bool = False
+    otlp_endpoint: str = "http://127.0.0.1:4318"  # spans go to <endpoint>/v1/traces
+    sample_rate: float = 1.0  # of traces the gateway starts; a client's sampled flag is followed
+    capture_content: bool = False  # prompts on spans, redacted as the audit log is
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     version: int
     source: str  # file path it came from
@@ -282,6 +321,8 @@ class Policy:
     metrics: MetricsPolicy = MetricsPolicy()
     logging: LoggingPolicy = LoggingPolicy()
     server: ServerPolicy = ServerPolicy()
+    guardrails: dict[str, Guardrail] = field(default_factory=dict)
+    tracing: TracingPolicy = TracingPolicy()
     # derived at load time: sha256 digest of a key -> (tenant, key)
     key_index: dict[str, tuple[Tenant, ApiKey]] = field(default_factory=dict, repr=False)
     warnings: tuple[str, ...] = ()

@@ -80,6 +80,8 @@ SERVER = build(m.ServerPolicy, {
 })
 ADMIN = build(m.AdminPolicy, {"api_keys": list_of(KEY_DIGEST)})
 METRICS = build(m.MetricsPolicy, {"per_tenant": BOOLEAN})
+TRACING = build(m.TracingPolicy, {"enabled": BOOLEAN, "otlp_endpoint": string(nonempty=True),
+                                  "sample_rate": FRACTION, "capture_content": BOOLEAN})
 LOGGING = build(m.LoggingPolicy, {
     "access_log": string(nonempty=True),
     "audit_path": string(nonempty=True),
@@ -196,6 +198,7 @@ MODEL = fields({
     "on_untranslatable": enum("on_untranslatable action", get_args(m.OnUntranslatable)),
     "static_response": string(),
     "aliases": list_of(NAME),
+    "guardrails": list_of(NAME),  # declared names: checked in pass 4 (gateway.policy.guardrails)
 })
 
 

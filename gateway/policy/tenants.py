@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.policy import model as m
-from gateway.policy.checkers import BAD, BOOLEAN, describe, fields, list_of, nullable, string
+from gateway.policy.checkers import BAD, BOOLEAN, NAME, describe, fields, list_of, nullable, string
 from gateway.policy.interpolate import UNRESOLVED
 from gateway.policy.problems import Report
 from gateway.policy.schema import BUDGET, KEY_DIGEST, LIMIT_SET, OVERRIDABLE
@@ -65,6 +65,7 @@ TENANT = fields({
     "models": _models,
     **OVERRIDABLE,
     "redact_upstream": BOOLEAN,
+    "guardrails": list_of(NAME),  # declared names: checked in pass 4 (gateway.policy.guardrails)
 }, required=("api_keys", "models"))
 
 
@@ -111,5 +112,6 @@ def build_tenant(name: str, raw: Any, defaults: dict[str, Any], path: str,
         retry=m.RetryPolicy(**(block["retry"] or {})),
         audit=m.AuditPolicy(**(block["audit"] or {})),
         redact_upstream=own.get("redact_upstream", False),
+        guardrails=tuple(own.get("guardrails", ())),
     )
     return tenant, key_paths

@@ -50,6 +50,8 @@ def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> Iterator[Line
     seen: dict[Any, int] = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=False)
+        if isinstance(key, bool):  # YAML 1.1 reads a plain ``on:`` key as true: keys stay the word written
+            key = key_node.value
         try:
             hash(key)
         except TypeError:

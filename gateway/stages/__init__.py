@@ -16,6 +16,14 @@ tests/test_stage_order.py):
 6. ``BudgetStage`` before ``RateLimitStage``: ``admit`` reserves tpm for the model a budget downgrade
    picked, and ``complete`` settles what a shared stream really used.
 7. ``ObserveStage`` last: its ``complete`` reads what every other ``complete`` settled.
+8. ``GuardrailStage`` after ``InputStage``, ``AuditStage`` and ``RedactUpstreamStage``, and before
+   ``CacheStage``: pre guardrails read the parsed body (``check_input`` runs before every limit, the
+   cache and the upstream, so a block costs nothing), the audit keeps what the client sent, and a
+   redaction or a webhook's replacement is what the cache key and the provider see; its post filter
+   wraps the answer before the cache's, so a blocked answer is never stored.
+9. ``TracingStage`` right before ``ObserveStage``: its ``complete`` reads the usage, cost and outcome
+   the other stages settled; its server span is timed from the request's arrival whatever phase
+   opens it, and its ``traceparent`` is set in ``authenticate``, before any upstream call.
 """
 
 from __future__ import annotations
@@ -28,11 +36,13 @@ from gateway.stages.auth import AuthStage
 from gateway.stages.budget import BudgetStage
 from gateway.stages.cache import CacheStage
 from gateway.stages.dead_letter import DeadLetterStage
+from gateway.stages.guardrails import GuardrailStage
 from gateway.stages.input_check import InputStage
 from gateway.stages.observe import InFlightStage, ObserveStage
 from gateway.stages.ratelimit import RateLimitStage
 from gateway.stages.router import RouterStage
 from gateway.stages.surface import SurfaceStage
+from gateway.stages.tracing import TracingStage
 from gateway.stages.upstream import UpstreamStage
 from gateway.stages.usage import UsageStage
 
@@ -45,6 +55,7 @@ def build_stages(services: Services, obs: Observability) -> list[Stage]:
         InputStage(),
         AuditStage(),
         RedactUpstreamStage(obs.redactors),
+        GuardrailStage(services.metrics, obs.redactors, services.providers),
         cache,
         UsageStage(),
         RouterStage(services),
@@ -53,5 +64,6 @@ def build_stages(services: Services, obs: Observability) -> list[Stage]:
         DeadLetterStage(services.dlq),
         UpstreamStage(services, stale=cache.stale),
         SurfaceStage(),
+        TracingStage(obs.redactors),
         ObserveStage(obs),
     ]
