@@ -25,6 +25,7 @@ from gateway.ratelimit.stats import RateLimitStats
 from gateway.routing.balancer import Balancer
 from gateway.routing.breaker import Breakers
 from gateway.routing.retry import RetryBudget
+from gateway.routing.rollout import Rollouts
 from gateway.routing.stats import RouterStats
 from gateway.state import build_backend
 from gateway.state.base import StateBackend
@@ -46,6 +47,7 @@ class Services:
     cache_stats: CacheStats
     ratelimit_stats: RateLimitStats
     router_stats: RouterStats
+    rollouts: Rollouts  # canary rollback windows (per process), read by the rollout stage and admin
 
 
 def pool_observer(metrics: GatewayMetrics) -> PoolObserver:
@@ -82,4 +84,5 @@ def build_services(policy: Policy, *, path: str | None = None, clock: Clock = SY
         cache_stats=CacheStats(),
         ratelimit_stats=RateLimitStats(),
         router_stats=RouterStats(),
+        rollouts=Rollouts(metrics),
     )

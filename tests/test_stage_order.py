@@ -15,12 +15,14 @@ from gateway.stages import build_stages
 from gateway.stages.audit import AuditStage, RedactUpstreamStage
 from gateway.stages.budget import BudgetStage
 from gateway.stages.cache import CacheStage
+from gateway.stages.input_check import InputStage
 from gateway.stages.observe import InFlightStage, ObserveStage
 from gateway.stages.ratelimit import RateLimitStage
+from gateway.stages.rollout import RolloutStage
 from gateway.stages.router import RouterStage
 from gateway.stages.usage import UsageStage
 
-RULE_TESTS = 7  # the tests below, one per numbered rule
+RULE_TESTS = 8  # the tests below, one per numbered rule
 
 
 @pytest.fixture(scope="module")
@@ -68,3 +70,8 @@ def test_rule_6_budget_before_rate_limit(stages: list[Stage]) -> None:
 
 def test_rule_7_observe_last(stages: list[Stage]) -> None:
     assert at(stages, ObserveStage) == len(stages) - 1
+
+
+def test_rule_8_rollout_right_after_input(stages: list[Stage]) -> None:
+    assert at(stages, RolloutStage) == at(stages, InputStage) + 1
+    assert at(stages, RolloutStage) < min(at(stages, CacheStage), at(stages, RouterStage), at(stages, BudgetStage))

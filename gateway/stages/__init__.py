@@ -16,6 +16,9 @@ tests/test_stage_order.py):
 6. ``BudgetStage`` before ``RateLimitStage``: ``admit`` reserves tpm for the model a budget downgrade
    picked, and ``complete`` settles what a shared stream really used.
 7. ``ObserveStage`` last: its ``complete`` reads what every other ``complete`` settled.
+8. ``RolloutStage`` right after ``InputStage``: it needs the requested model, and the cache, the
+   router and admission must see the arm it chose (a candidate request is keyed, routed and
+   admitted as the candidate).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from gateway.stages.dead_letter import DeadLetterStage
 from gateway.stages.input_check import InputStage
 from gateway.stages.observe import InFlightStage, ObserveStage
 from gateway.stages.ratelimit import RateLimitStage
+from gateway.stages.rollout import RolloutStage
 from gateway.stages.router import RouterStage
 from gateway.stages.surface import SurfaceStage
 from gateway.stages.upstream import UpstreamStage
@@ -43,6 +47,7 @@ def build_stages(services: Services, obs: Observability) -> list[Stage]:
         InFlightStage(obs),
         AuthStage(),
         InputStage(),
+        RolloutStage(services),
         AuditStage(),
         RedactUpstreamStage(obs.redactors),
         cache,
