@@ -26,6 +26,7 @@ from gateway.routing.balancer import Balancer
 from gateway.routing.breaker import Breakers
 from gateway.routing.retry import RetryBudget
 from gateway.routing.rollout import Rollouts
+from gateway.routing.shadow import Shadow
 from gateway.routing.stats import RouterStats
 from gateway.state import build_backend
 from gateway.state.base import StateBackend
@@ -48,6 +49,7 @@ class Services:
     ratelimit_stats: RateLimitStats
     router_stats: RouterStats
     rollouts: Rollouts  # canary rollback windows (per process), read by the rollout stage and admin
+    shadow: Shadow  # mirrored calls to shadow candidates and their experiments' spend (per process)
 
 
 def pool_observer(metrics: GatewayMetrics) -> PoolObserver:
@@ -85,4 +87,5 @@ def build_services(policy: Policy, *, path: str | None = None, clock: Clock = SY
         ratelimit_stats=RateLimitStats(),
         router_stats=RouterStats(),
         rollouts=Rollouts(metrics),
+        shadow=Shadow(providers, metrics),
     )

@@ -25,7 +25,12 @@ class RolloutRoutes:
             require_admin(request.headers, self.services.holder.current)
         except GatewayError as err:
             return error_json(err)
-        return json_reply({"rollouts": self.services.rollouts.status()})
+        rows = self.services.rollouts.status()
+        for row in rows:
+            arm = self.services.shadow.arms.get(row["model"])
+            if arm is not None:
+                row["shadow"] = arm.summary()
+        return json_reply({"rollouts": rows})
 
     async def reset(self, request: web.Request) -> web.Response:
         try:

@@ -79,6 +79,7 @@ class RolloutState:
     variant: str
     candidate: str
     mirror: bool = False
+    primary_text: list[str] | None = None  # shadow: the primary's answer text, as it was sent
 
 
 class Rollouts:

@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 
 from gateway.context import RequestContext
-from gateway.pipeline import Stage, Verdict
+from gateway.pipeline import GatewayResponse, Stage, Verdict
 from gateway.policy.model import Policy
 from gateway.routing.rollout import CANDIDATE, PRIMARY, RolloutState, in_share, sticky_value
+from gateway.routing.shadow import answer_text, collect_stream
 from gateway.services import Services
 
 HEADER = "x-gateway-variant"
@@ -33,9 +34,14 @@ class RolloutStage(Stage):
         self.clock = services.clock
         self.metrics = services.metrics
         self.rollouts = services.rollouts
+        self.shadow = services.shadow
 
     def on_policy(self, policy: Policy) -> None:
         self.rollouts.on_policy(policy)
+        self.shadow.on_policy(policy)
+
+    async def stop(self) -> None:
+        await self.shadow.stop()
 
     async def check_input(self, ctx: RequestContext) -> Verdict:
         model = ctx.model
@@ -53,11 +59,31 @@ class RolloutStage(Stage):
             ctx.model = ctx.policy.models[block.candidate]
         return None
 
+    async def on_response(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:
+        """Shadow: keep the primary's answer text, to compare with the candidate's."""
+        state = ctx.rollout
+        if state is None or not state.mirror or resp.status != 200:
+            return resp
+        state.primary_text = []
+        if resp.events is not None:
+            resp.events = collect_stream(resp.events, state.primary_text)
+        else:
+            text = answer_text(resp.body)
+            if text is None:
+                state.primary_text = None
+            else:
+                state.primary_text.append(text)
+        return resp
+
     async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
         state = ctx.rollout
         if state is None:
             return
         outcome = arm_outcome(ctx, error)
+        if state.mirror and state.primary_text is not None and outcome == "ok":
+            # After the client had its answer: the mirrored call runs in the background.
+            self.shadow.mirror(ctx.policy, state.model, ctx.endpoint, ctx.body, "".join(state.primary_text),
+                               ctx.request_id)
         self.metrics.rollout_requests.labels(state.model, state.variant, outcome).inc()
         if outcome != "cancelled":
             self.metrics.rollout_duration.labels(state.model, state.variant).observe(
