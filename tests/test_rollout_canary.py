@@ -156,3 +156,22 @@ def test_reload_that_changes_the_block_resets_a_tripped_rollback(make_gateway, u
     gw.path.write_text(policy(upstream.url, backup.url, block(share=0.9, rollback="{min_requests: 6}")))
     assert gw.reload()
     assert not gw.services.rollouts.tripped("bot")
+
+
+def test_cache_never_serves_one_arm_the_other_arms_answer(make_gateway, upstream, backup):
+    text = policy(upstream.url, backup.url, block(share=0.5)).replace(
+        '    models: "*"\n', '    models: "*"\n    cache: {enabled: true}\n')
+    gw = make_gateway(text)
+    on_primary = next(f"u{i}" for i in range(100) if not in_share("bot", f"user:u{i}", 0.5))
+    on_candidate = next(f"u{i}" for i in range(100) if in_share("bot", f"user:u{i}", 0.5))
+    client = gw.client("sk-acme")
+
+    def cached(user: str) -> tuple[str, str, str]:
+        raw = client.chat.completions.with_raw_response.create(
+            model="bot", messages=[{"role": "user", "content": "same"}], temperature=0, user=user)
+        return raw.headers["x-gateway-variant"], raw.headers["x-cache"], raw.parse().model
+
+    assert cached(on_primary) == ("primary", "MISS", "old-model")
+    assert cached(on_candidate) == ("candidate", "MISS", "new-model")
+    assert cached(on_primary) == ("primary", "HIT", "old-model")
+    assert cached(on_candidate) == ("candidate", "HIT", "new-model")
