@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from gateway.observability.audit import Capture
     from gateway.policy.model import ApiKey, Deployment, ModelSpec, Policy, Route, Tenant
     from gateway.providers.base import Endpoint
+    from gateway.routing.rollout import RolloutState
     from gateway.stages.budget import Hold
     from gateway.stages.cache import CacheState
     from gateway.stages.ratelimit import LimitState
@@ -73,6 +74,7 @@ class RequestContext:
     # set by route / call_upstream
     route: str | None = None  # "small" | "large"
     route_rule: str | None = None
+    rollout: RolloutState | None = None  # the arm of a model with a rollout block (set in check_input)
     route_spec: Route | None = None  # the route of the virtual model that decided (a downgrade reads its small)
     deployment: Deployment | None = None
     attempts: list[Attempt] = field(default_factory=list)

@@ -25,6 +25,8 @@ from gateway.ratelimit.stats import RateLimitStats
 from gateway.routing.balancer import Balancer
 from gateway.routing.breaker import Breakers
 from gateway.routing.retry import RetryBudget
+from gateway.routing.rollout import Rollouts
+from gateway.routing.shadow import Shadow
 from gateway.routing.stats import RouterStats
 from gateway.state import build_backend
 from gateway.state.base import StateBackend
@@ -46,6 +48,8 @@ class Services:
     cache_stats: CacheStats
     ratelimit_stats: RateLimitStats
     router_stats: RouterStats
+    rollouts: Rollouts  # canary rollback windows (per process), read by the rollout stage and admin
+    shadow: Shadow  # mirrored calls to shadow candidates and their experiments' spend (per process)
 
 
 def pool_observer(metrics: GatewayMetrics) -> PoolObserver:
@@ -82,4 +86,6 @@ def build_services(policy: Policy, *, path: str | None = None, clock: Clock = SY
         cache_stats=CacheStats(),
         ratelimit_stats=RateLimitStats(),
         router_stats=RouterStats(),
+        rollouts=Rollouts(metrics),
+        shadow=Shadow(providers, metrics),
     )

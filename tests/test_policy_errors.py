@@ -182,6 +182,23 @@ EXPECTED = {
     "tracing_sample_rate_range.yaml": "{file}:4: tracing.sample_rate: must be between 0 and 1, got 1.5",
     "guardrail_webhook_on_error_unknown.yaml": "{file}:6: guardrails.hook.on_error: unknown on_error action 'retry' "
                                                "(known: allow, block)",
+    # rollouts (docs: ../shared/policy-rollouts.md)
+    "rollout_candidate_missing.yaml": "{file}:11: models.bot.rollout: missing required key 'candidate'",
+    "rollout_candidate_unknown.yaml": "{file}:12: models.bot.rollout.candidate: unknown model 'nope' (known: next, bot)",
+    "rollout_candidate_self.yaml": "{file}:12: models.bot.rollout.candidate: a model cannot be its own rollout candidate",
+    "rollout_share_range.yaml": "{file}:13: models.bot.rollout.share: must be between 0 and 1, got 1.5",
+    "rollout_mode_unknown.yaml": "{file}:13: models.bot.rollout.mode: unknown rollout mode 'blue_green' "
+                                 "(known: canary, shadow)",
+    "rollout_sticky_by_unknown.yaml": "{file}:13: models.bot.rollout.sticky_by: unknown sticky_by 'cookie' "
+                                      "(known: user, key, header:<name>)",
+    "rollout_canary_budget.yaml": "{file}:13: models.bot.rollout.budget_usd: only applies to mode: shadow",
+    "rollout_max_concurrency_zero.yaml": "{file}:14: models.bot.rollout.max_concurrency: must be greater than 0, got 0",
+    "rollout_shadow_rollback.yaml": "{file}:14: models.bot.rollout.rollback: only applies to mode: canary",
+    "rollout_rollback_rate_range.yaml": "{file}:13: models.bot.rollout.rollback.max_error_rate: "
+                                        "must be between 0 and 1, got 2",
+    "rollout_rollback_window_zero.yaml": "{file}:13: models.bot.rollout.rollback.window_s: must be greater than 0, got 0",
+    "rollout_rollback_min_requests_zero.yaml": "{file}:13: models.bot.rollout.rollback.min_requests: "
+                                               "must be at least 1, got 0",
 }
 
 

@@ -19,11 +19,12 @@ from gateway.stages.guardrails import GuardrailStage
 from gateway.stages.input_check import InputStage
 from gateway.stages.observe import InFlightStage, ObserveStage
 from gateway.stages.ratelimit import RateLimitStage
+from gateway.stages.rollout import RolloutStage
 from gateway.stages.router import RouterStage
 from gateway.stages.tracing import TracingStage
 from gateway.stages.usage import UsageStage
 
-RULE_TESTS = 9  # the tests below, one per numbered rule
+RULE_TESTS = 10  # the tests below, one per numbered rule
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +82,8 @@ def test_rule_8_guardrails_after_input_checks_and_before_cache(stages: list[Stag
 
 def test_rule_9_tracing_right_before_observe(stages: list[Stage]) -> None:
     assert at(stages, TracingStage) == at(stages, ObserveStage) - 1
+
+
+def test_rule_10_rollout_right_after_input(stages: list[Stage]) -> None:
+    assert at(stages, RolloutStage) == at(stages, InputStage) + 1
+    assert at(stages, RolloutStage) < min(at(stages, CacheStage), at(stages, RouterStage), at(stages, BudgetStage))

@@ -12,6 +12,7 @@ from gateway.errors import GatewayError
 from gateway.http.admin import AdminRoutes
 from gateway.http.feedback import FeedbackEndpoint
 from gateway.http.replies import error_json, json_reply
+from gateway.http.rollout_admin import add_rollout_routes
 from gateway.http.surface_routes import SurfaceRoutes
 from gateway.observability.hub import Observability
 from gateway.state import StateError
@@ -53,6 +54,7 @@ def add_routes(app: web.Application, handler: Handler, services: Services, obs: 
     app.router.add_get("/admin/spend", admin.spend)
     app.router.add_get("/admin/dlq", admin.dlq_depth)
     app.router.add_post("/admin/replay/{endpoint}", admin.replay)
+    add_rollout_routes(app, services)
 
 
 def probe_app(info: InfoRoutes) -> web.Application:

@@ -74,6 +74,7 @@ class GatewayMetrics:
         self._define_upstream(own)
         self._define_state(own)
         self._define_server(own)
+        self._define_rollout(own)
         self.scrape_registry = self.registry
         if multiproc:
             self.scrape_registry = CollectorRegistry(auto_describe=True)
@@ -166,6 +167,24 @@ class GatewayMetrics:
                                  ("provider",), STATE_BUCKETS + (2.5, 5.0, 10.0, 30.0), reg)
         self.pool_timeouts = self._c("upstream_pool_timeouts", "Upstream attempts that found no free pooled "
                                      "connection within timeouts.pool_s.", ("provider",), reg)
+
+    def _define_rollout(self, reg: CollectorRegistry | None) -> None:
+        """Rollouts, per arm (``variant``: primary, candidate) of a model's rollout block."""
+        self.rollout_requests = self._c("rollout_requests", "Requests of a model with a rollout, by arm and "
+                                        "outcome (ok, error, client_error, cancelled).",
+                                        ("model", "variant", "outcome"), reg)
+        self.rollout_duration = self._h("rollout_duration_seconds", "Request duration per arm of a rollout.",
+                                        ("model", "variant"), DURATION_BUCKETS, reg)
+        self.rollout_tripped = Gauge(PREFIX + "rollout_rollback_tripped", "1 while a canary's automatic "
+                                     "rollback serves everything from the primary (with several workers: in at "
+                                     "least one of them).", ["model"], registry=reg, multiprocess_mode="livemax")
+        self.shadow = self._c("rollout_shadow_requests", "Mirrored (shadow) calls to a candidate by result (ok, "
+                              "error, skipped_concurrency, skipped_budget).", ("model", "result"), reg)
+        self.shadow_agreement = self._h("rollout_shadow_agreement", "Similarity (0..1) of the candidate's "
+                                        "answer to the primary's, per shadow pair.", ("model",),
+                                        (0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0), reg)
+        self.shadow_exact = self._c("rollout_shadow_exact_matches", "Shadow pairs whose answers were "
+                                    "identical.", ("model",), reg)
 
     def register(self, collector: Any) -> None:
         """Add a scrape-time collector (values read when ``/metrics`` is asked)."""

@@ -107,6 +107,23 @@ def check_routes(models: Models, public: Models, tenants: list[str] | None, raw_
             spec = replace(spec, context_fallback=target or spec.context_fallback)
         out[name] = spec
     _check_fallback_cycles(out, report)
+    return _check_rollouts(out, public, report)
+
+
+def _check_rollouts(models: Models, public: Models, report: Report) -> Models:
+    """A rollout's candidate is another public model; stored under its canonical name."""
+    out: Models = {}
+    for name, spec in models.items():
+        if spec is not None and spec.rollout is not None:
+            path, candidate = f"models.{name}.rollout.candidate", spec.rollout.candidate
+            target = public.get(candidate)
+            if candidate not in public:
+                report.error(path, f"unknown model '{candidate}' ({known(public)})")
+            elif target is not None and target.name == name:
+                report.error(path, "a model cannot be its own rollout candidate")
+            elif target is not None:
+                spec = replace(spec, rollout=replace(spec.rollout, candidate=target.name))
+        out[name] = spec
     return out
 
 

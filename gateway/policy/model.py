@@ -17,6 +17,7 @@ Strategy = Literal["fallback", "weighted", "least_busy", "latency"]
 OnExhausted = Literal["error", "stale", "static"]
 OnUntranslatable = Literal["drop", "error"]
 Period = Literal["daily", "weekly", "monthly", "total"]
+RolloutMode = Literal["canary", "shadow"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +100,28 @@ class CircuitBreakerPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class Rollback:
+    """Automatic rollback of a canary: the candidate's error rate over a window trips it."""
+
+    max_error_rate: float = 0.05
+    window_s: float = 300.0
+    min_requests: int = 50  # no verdict on fewer candidate requests than this
+
+
+@dataclass(frozen=True, slots=True)
+class Rollout:
+    """A candidate model taking a share of a model's traffic (canary) or mirroring it (shadow)."""
+
+    candidate: str  # another public model of the policy (canonical name after load)
+    mode: RolloutMode = "canary"
+    share: float = 0.0
+    sticky_by: str = "user"  # user | key | header:<name> (lower-cased header name)
+    budget_usd: float | None = None  # shadow: the experiment's own budget (None: unbounded)
+    max_concurrency: int = 16  # shadow: mirrored calls in flight at most
+    rollback: Rollback | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ModelSpec:
     name: str
     context_window: int | None = None
@@ -113,6 +136,7 @@ class ModelSpec:
     aliases: tuple[str, ...] = ()
     on_untranslatable: OnUntranslatable = "drop"  # what the request has that its deployment's API cannot express
     guardrails: tuple[str, ...] = ()  # names of top-level guardrails, run after the tenant's
+    rollout: Rollout | None = None  # a canary or shadow candidate for this model
 
     @property
     def is_virtual(self) -> bool:

@@ -186,6 +186,33 @@ DEPLOYMENT = build(m.Deployment, {
     "model": string(nonempty=True),
     "weight": number(gt=0),
 }, required=("provider", "model"))
+
+
+def _sticky_by(value: Any) -> str:
+    """``user``, ``key`` or ``header:<name>``; header names are matched case-insensitively."""
+    text = as_string(value)
+    if text in ("user", "key"):
+        return text
+    if text.startswith("header:") and re.fullmatch(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+", text[7:]):
+        return "header:" + text[7:].lower()
+    raise Invalid(f"unknown sticky_by '{text}' (known: user, key, header:<name>)")
+
+
+ROLLBACK = build(m.Rollback, {
+    "max_error_rate": FRACTION,
+    "window_s": number(gt=0),
+    "min_requests": integer(ge=1),
+})
+ROLLOUT = build(m.Rollout, {
+    "candidate": string(nonempty=True),
+    "mode": enum("rollout mode", get_args(m.RolloutMode)),
+    "share": FRACTION,
+    "sticky_by": leaf(_sticky_by),
+    "budget_usd": nullable(NON_NEGATIVE),
+    "max_concurrency": POSITIVE,
+    "rollback": nullable(ROLLBACK),
+}, required=("candidate",))
+SHADOW_ONLY = ("budget_usd", "max_concurrency")
 MODEL = fields({
     "context_window": nullable(POSITIVE),
     "max_output_tokens": nullable(POSITIVE),
@@ -199,6 +226,7 @@ MODEL = fields({
     "static_response": string(),
     "aliases": list_of(NAME),
     "guardrails": list_of(NAME),  # declared names: checked in pass 4 (gateway.policy.guardrails)
+    "rollout": nullable(ROLLOUT),
 })
 
 
@@ -216,4 +244,17 @@ def build_model(name: str, raw: Any, path: str, report: Report) -> m.ModelSpec |
         report.warn(f"{path}.price", "no price; its cost counts as 0 (unpriced)")
     if has_route and "route" in values and not values["route"].large_when:
         report.warn(f"{path}.route.large_when", f"no rules; every request goes to '{values['route'].small}'")
+    _check_rollout_keys(values.get("rollout"), raw.get("rollout"), f"{path}.rollout", report)
     return m.ModelSpec(name=name, **values)
+
+
+def _check_rollout_keys(rollout: m.Rollout | None, raw: Any, path: str, report: Report) -> None:
+    """Keys that mean something in one mode only are errors in the other (a silent no-op misleads)."""
+    if rollout is None or not isinstance(raw, dict):
+        return
+    if rollout.mode == "canary":
+        for key in SHADOW_ONLY:
+            if key in raw:
+                report.error(f"{path}.{key}", "only applies to mode: shadow")
+    elif raw.get("rollback") is not None:
+        report.error(f"{path}.rollback", "only applies to mode: canary")

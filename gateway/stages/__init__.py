@@ -24,6 +24,9 @@ tests/test_stage_order.py):
 9. ``TracingStage`` right before ``ObserveStage``: its ``complete`` reads the usage, cost and outcome
    the other stages settled; its server span is timed from the request's arrival whatever phase
    opens it, and its ``traceparent`` is set in ``authenticate``, before any upstream call.
+10. ``RolloutStage`` right after ``InputStage``: it needs the requested model, and the cache, the
+    router and admission must see the arm it chose (a candidate request is keyed, routed and
+    admitted as the candidate).
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from gateway.stages.guardrails import GuardrailStage
 from gateway.stages.input_check import InputStage
 from gateway.stages.observe import InFlightStage, ObserveStage
 from gateway.stages.ratelimit import RateLimitStage
+from gateway.stages.rollout import RolloutStage
 from gateway.stages.router import RouterStage
 from gateway.stages.surface import SurfaceStage
 from gateway.stages.tracing import TracingStage
@@ -53,6 +57,7 @@ def build_stages(services: Services, obs: Observability) -> list[Stage]:
         InFlightStage(obs),
         AuthStage(),
         InputStage(),
+        RolloutStage(services),
         AuditStage(),
         RedactUpstreamStage(obs.redactors),
         GuardrailStage(services.metrics, obs.redactors, services.providers),

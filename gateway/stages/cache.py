@@ -130,7 +130,10 @@ class CacheStage(Stage):
                 steer.append(ctx.tenant_name)
             body = {**body, "\x00route": steer}  # can't collide with a real field name
         endpoint = ctx.endpoint if ctx.surface is OPENAI else f"{ctx.surface.name}:{ctx.endpoint}"
-        return cache_key(self._prefix, ctx.tenant_name, cp.shared, endpoint, ctx.public_model, body)
+        # A canary's candidate arm is keyed as its own model: one arm never serves the other's answers.
+        rollout = ctx.rollout
+        public = rollout.candidate if rollout is not None and rollout.variant == "candidate" else ctx.public_model
+        return cache_key(self._prefix, ctx.tenant_name, cp.shared, endpoint, public, body)
 
     def _mark(self, ctx: RequestContext, status: str) -> None:
         ctx.cache_status = status

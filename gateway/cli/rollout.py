@@ -1,0 +1,62 @@
+"""``gateway rollout status|reset MODEL``: a running gateway's rollouts, and resetting a tripped rollback.
+
+Asks a running gateway's admin API (``--url``, admin key from ``--admin-key`` or
+``GATEWAY_ADMIN_KEY``); rollback windows live in each gateway process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import urllib.parse
+from typing import Any
+
+import orjson
+
+from gateway.cli.common import AdminClient, AdminError, add_admin_options, parent_parser
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="rollout_command", required=True)
+    common = add_admin_options(parent_parser(), 10.0)
+    status = sub.add_parser("status", parents=[common], help="every rollout: arms, share, rollback state")
+    status.add_argument("--json", action="store_true", help="the API's JSON as is")
+    reset = sub.add_parser("reset", parents=[common], help="serve a tripped canary again")
+    reset.add_argument("model", help="the model whose rollout to reset")
+
+
+async def _call(args: argparse.Namespace) -> Any:
+    async with AdminClient(args.url, args.admin_key, args.timeout) as client:
+        if args.rollout_command == "status":
+            return await client.get_json("/admin/rollouts")
+        path = f"/admin/rollouts/{urllib.parse.quote(args.model, safe='')}/reset"
+        status, _headers, raw = await client.call("POST", path)
+        if status != 200:
+            message = (orjson.loads(raw).get("error") or {}).get("message", "") if raw.startswith(b"{") else raw
+            raise AdminError(f"HTTP {status}: {message}", exit_code=1)
+        return orjson.loads(raw)
+
+
+def _print_status(rows: list[dict[str, Any]]) -> None:
+    print(f"{'model':<24} {'candidate':<24} {'mode':<7} {'share':>6} {'sticky_by':<16} {'rollback':<8} "
+          f"{'window':>7} {'errors':>7}")
+    for r in rows:
+        state = "TRIPPED" if r["tripped"] else "ok"
+        print(f"{r['model']:<24} {r['candidate']:<24} {r['mode']:<7} {r['share']:>6g} {r['sticky_by']:<16} "
+              f"{state:<8} {r['window_requests']:>7} {r['window_error_rate']:>7.1%}")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        data = asyncio.run(_call(args))
+    except AdminError as exc:
+        print(str(exc), file=sys.stderr)
+        return exc.exit_code
+    if args.rollout_command == "reset":
+        print(f"rollout of {data['model']} reset: the canary serves again")
+    elif args.json:
+        print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode())
+    else:
+        _print_status(data["rollouts"])
+    return 0
