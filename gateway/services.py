@@ -15,6 +15,8 @@ from gateway.budget.service import BudgetService
 from gateway.cache.store import CacheStats
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.dlq import DeadLetterQueue, dlq_key
+from gateway.keys.resolver import KeyResolver
+from gateway.keys.store import KeyStore
 from gateway.observability.metered import MeteredBackend
 from gateway.observability.metrics import GatewayMetrics, multiproc_dir
 from gateway.policy.model import Policy
@@ -46,6 +48,7 @@ class Services:
     cache_stats: CacheStats
     ratelimit_stats: RateLimitStats
     router_stats: RouterStats
+    keys: KeyResolver  # managed keys (admin API): the cached auth lookup and its store
 
 
 def pool_observer(metrics: GatewayMetrics) -> PoolObserver:
@@ -82,4 +85,5 @@ def build_services(policy: Policy, *, path: str | None = None, clock: Clock = SY
         cache_stats=CacheStats(),
         ratelimit_stats=RateLimitStats(),
         router_stats=RouterStats(),
+        keys=KeyResolver(KeyStore(state, policy.state.key_prefix), clock),
     )

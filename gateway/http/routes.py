@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from gateway.auth import authenticate
 from gateway.errors import GatewayError
 from gateway.http.admin import AdminRoutes
+from gateway.http.admin_keys import KeyAdminRoutes, add_key_routes
 from gateway.http.feedback import FeedbackEndpoint
 from gateway.http.replies import error_json, json_reply
 from gateway.http.surface_routes import SurfaceRoutes
@@ -53,6 +53,7 @@ def add_routes(app: web.Application, handler: Handler, services: Services, obs: 
     app.router.add_get("/admin/spend", admin.spend)
     app.router.add_get("/admin/dlq", admin.dlq_depth)
     app.router.add_post("/admin/replay/{endpoint}", admin.replay)
+    add_key_routes(app, KeyAdminRoutes(services))
 
 
 def probe_app(info: InfoRoutes) -> web.Application:
@@ -76,7 +77,7 @@ class InfoRoutes:
     async def models(self, request: web.Request) -> web.Response:
         """The tenant's models; in Anthropic's list shape for Anthropic clients (``anthropic-version``)."""
         try:
-            tenant, _ = authenticate(request.headers, self.services.holder.current)
+            tenant, _ = await self.services.keys.authenticate(request.headers, self.services.holder.current)
         except GatewayError as err:
             return error_json(err)
         rows = [self._model(m, request) for m in tenant.models]
@@ -88,7 +89,7 @@ class InfoRoutes:
     async def model(self, request: web.Request) -> web.Response:
         name = request.match_info["model_id"]
         try:
-            tenant, _ = authenticate(request.headers, self.services.holder.current)
+            tenant, _ = await self.services.keys.authenticate(request.headers, self.services.holder.current)
             if name not in tenant.models:
                 raise GatewayError(404, f"The model '{name}' does not exist or you do not have access to it.",
                                    param="model", code="model_not_found", outcome="rejected")

@@ -41,7 +41,7 @@ def build_stages(services: Services, obs: Observability) -> list[Stage]:
     cache = CacheStage(services)
     return [
         InFlightStage(obs),
-        AuthStage(),
+        AuthStage(services.keys),
         InputStage(),
         AuditStage(),
         RedactUpstreamStage(obs.redactors),
