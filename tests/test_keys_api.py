@@ -27,9 +27,10 @@ def test_a_created_key_works_on_every_surface_and_get_never_shows_the_secret(gw,
         chat(gw.client(secret), model="large")
     assert refused.value.status_code in (403, 404)
     assert [m.id for m in gw.client(secret).models.list()] == ["small"]
-    msg = anthropic.Anthropic(base_url=gw.url, api_key=secret, max_retries=0, timeout=15.0).messages.create(
-        model="small", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
+    claude = anthropic.Anthropic(base_url=gw.url, api_key=secret, max_retries=0, timeout=15.0)
+    msg = claude.messages.create(model="small", max_tokens=8, messages=[{"role": "user", "content": "hi"}])
     assert msg.content[0].text
+    assert claude.messages.count_tokens(model="small", messages=[{"role": "user", "content": "hi"}]).input_tokens
     status, got = admin(gw.url, "GET", f"/admin/keys/{made['id']}")
     assert status == 200 and "key" not in got and got["metadata"] == {"owner": "ana"}
     assert got["spend_usd"] > 0  # two calls charged to this key
