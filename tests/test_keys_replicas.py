@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import openai
 import pytest
 
+from tests.support.budget import served_cost
+from tests.support.harness import eventually
 from tests.support.keys import admin, chat, create_key, keys_policy
 from tests.support.ratelimit import redis_state
 
@@ -70,3 +73,35 @@ def test_an_unseen_managed_key_is_a_503_while_redis_is_down(pair, redis_server):
         assert wrong.value.status_code == 503  # never a silent allow, nor a 401 that hides the outage
     finally:
         redis_server.resume()
+
+
+async def test_key_and_team_budgets_hold_under_concurrency_across_replicas(pair):
+    """Two keys ($0.05 each) in a team ($0.08) under the tenant ($100), 2 x 8 requests at once over two
+    replicas (within the tenant's concurrency of 20): no key and not the team goes over, and each key's spend is what its answered requests cost."""
+    a, b = pair
+    status, team = admin(a.url, "POST", "/admin/teams", {"tenant": "acme", "name": "load",
+                                                         "budget": {"usd": 0.08, "period": "daily"}})
+    assert status == 201
+    keys = [create_key(a.url, team=team["id"], name=f"k{i}", budget={"usd": 0.05, "period": "daily"})
+            for i in range(2)]
+    body = {"model": "large-a", "messages": [{"role": "user", "content": "hello there"}], "max_tokens": 8}
+    each = served_cost(body, "large")
+
+    async def one(gw, secret: str) -> bool:
+        try:
+            await gw.aclient(secret).chat.completions.create(model="large", messages=body["messages"], max_tokens=8)
+            return True
+        except openai.RateLimitError as err:
+            assert err.code == "insufficient_quota"
+            return False
+
+    calls = [one(gw, k["key"]) for k in keys for gw in (a, b) for _ in range(4)]
+    results = await asyncio.gather(*calls)
+    answered = [sum(results[i * 8:(i + 1) * 8]) for i in range(2)]
+    assert 0 < sum(answered) < len(calls)  # the budgets bound
+
+    def spends() -> list[float]:
+        return [admin(b.url, "GET", f"/admin/keys/{k['id']}")[1]["spend_usd"] for k in keys]
+
+    assert eventually(lambda: all(abs(s - n * each) < 1e-9 for s, n in zip(spends(), answered, strict=True)))
+    assert all(s <= 0.05 + 1e-9 for s in spends()) and sum(spends()) <= 0.08 + 1e-9
