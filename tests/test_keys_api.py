@@ -56,8 +56,9 @@ def test_a_key_budget_and_a_team_budget_bind(gw):
                                                           "budget": {"usd": 0.00001, "period": "daily"}})
     assert status == 201
     in_team = create_key(gw.url, team=team["id"])["key"]
-    with pytest.raises(openai.RateLimitError):
+    with pytest.raises(openai.RateLimitError) as refused:
         chat(gw.client(in_team), model="large")
+    assert f"team '{team['id']}'" in refused.value.message
     chat(gw.client("sk-acme"), model="large")
 
 
@@ -91,8 +92,9 @@ def test_a_team_narrows_its_keys(gw):
         chat(gw.client(secret), model="large")
     for _ in range(5):  # the team's rpm 5 binds the key, whose own rpm is the tenant's
         chat(gw.client(secret))
-    with pytest.raises(openai.RateLimitError):
+    with pytest.raises(openai.RateLimitError) as refused:
         chat(gw.client(secret))
+    assert f"team '{team['id']}'" in refused.value.message
 
 
 def test_teams_crud(gw):
