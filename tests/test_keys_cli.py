@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import openai
+import orjson
 import pytest
 
 from gateway.cli import main
@@ -32,3 +33,19 @@ def test_create_list_show_rotate_revoke(make_gateway, upstream, capsys):
     assert main(["keys", "create", *base, "--tenant", "acme", "--name", "wide", "--rpm", "1000"]) == 1
     assert "rate_limit.rpm" in capsys.readouterr().err
     assert main(["keys", "list", "--url", gw.url, "--admin-key", "sk-acme", "--tenant", "acme"]) == 1
+
+
+def test_teams_round_trip(make_gateway, upstream, capsys):
+    gw = make_gateway(keys_policy(upstream.url))
+    base = ["--url", gw.url, "--admin-key", ADMIN_KEY]
+    assert main(["teams", "create", *base, "--tenant", "acme", "--name", "web", "--models", "small", "--rpm", "5",
+                 "--json"]) == 0
+    team = orjson.loads(capsys.readouterr().out)
+    assert team["models"] == ["small"] and team["rate_limit"]["rpm"] == 5
+    assert main(["teams", "list", *base, "--tenant", "acme"]) == 0
+    assert team["id"] in capsys.readouterr().out
+    assert main(["keys", "create", *base, "--tenant", "acme", "--team", team["id"], "--name", "k",
+                 "--models", "large"]) == 1
+    assert "models" in capsys.readouterr().err
+    assert main(["teams", "delete", *base, team["id"]]) == 0
+    assert main(["teams", "show", *base, team["id"]]) == 1

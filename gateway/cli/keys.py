@@ -60,7 +60,8 @@ def create_body(args: argparse.Namespace) -> dict[str, Any]:
     return body
 
 
-async def _call(client: AdminClient, method: str, path: str, body: Any = None) -> Any:
+async def call(client: AdminClient, method: str, path: str, body: Any = None) -> Any:
+    """The answer's JSON (None for 204); any other status than 2xx is an ``AdminError`` with its message."""
     status, _headers, raw = await client.call(method, path, body=body)
     data = orjson.loads(raw) if raw else None
     if status >= 300:
@@ -75,7 +76,7 @@ async def _list(client: AdminClient, args: argparse.Namespace) -> list[dict[str,
     while True:
         query = {k: v for k, v in (("tenant", args.tenant), ("team", args.team)) if v}
         path = "/admin/keys?" + urllib.parse.urlencode({**query, "limit": 100, "after": after})
-        page = await _call(client, "GET", path)
+        page = await call(client, "GET", path)
         rows += page["data"]
         if not page["has_more"]:
             return rows
@@ -85,15 +86,15 @@ async def _list(client: AdminClient, args: argparse.Namespace) -> list[dict[str,
 async def _act(args: argparse.Namespace) -> Any:
     async with AdminClient(args.url, args.admin_key, args.timeout) as client:
         if args.action == "create":
-            return await _call(client, "POST", "/admin/keys", create_body(args))
+            return await call(client, "POST", "/admin/keys", create_body(args))
         if args.action == "list":
             return await _list(client, args)
         if args.action == "show":
-            return await _call(client, "GET", f"/admin/keys/{urllib.parse.quote(args.id)}")
+            return await call(client, "GET", f"/admin/keys/{urllib.parse.quote(args.id)}")
         if args.action == "rotate":
-            return await _call(client, "POST", f"/admin/keys/{urllib.parse.quote(args.id)}/rotate",
+            return await call(client, "POST", f"/admin/keys/{urllib.parse.quote(args.id)}/rotate",
                                {"grace_s": args.grace_s})
-        return await _call(client, "DELETE", f"/admin/keys/{urllib.parse.quote(args.id)}")
+        return await call(client, "DELETE", f"/admin/keys/{urllib.parse.quote(args.id)}")
 
 
 def _print(action: str, data: Any) -> None:
