@@ -153,7 +153,12 @@ def test_revoke_and_expiry(gw):
     soon = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 2.5))
     expiring = create_key(gw.url, expires_at=soon)
     assert expiring["expires_at"] == soon
-    chat(gw.client(expiring["key"]))
+    def headers(secret: str):
+        return gw.client(secret).chat.completions.with_raw_response.create(
+            model="small", messages=[{"role": "user", "content": "hi"}], max_tokens=8).headers
+
+    assert headers(expiring["key"])["x-gateway-key-expires-at"] == soon  # within the 7-day warning window
+    assert "x-gateway-key-expires-at" not in headers(create_key(gw.url)["key"])
     time.sleep(3.2)
     with pytest.raises(openai.AuthenticationError):
         chat(gw.client(expiring["key"]))

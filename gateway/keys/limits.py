@@ -67,5 +67,6 @@ def identity(tenant: Tenant, key: KeyRecord, team: TeamRecord | None) -> tuple[T
         team_rate_limit=team.limits.rate_limit if team is not None else None,
         team_budget=team_budget,
         managed=True,
+        expires_at=key.expires_at,
     )
     return scoped, api_key

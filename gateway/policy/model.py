@@ -196,6 +196,7 @@ class ApiKey:
     team: str = ""  # the managed key's team id; its limits and budget are one more scope
     team_rate_limit: LimitSet | None = None
     team_budget: BudgetPolicy | None = None
+    expires_at: float | None = None  # a managed key's expiry (unix seconds)
 
 
 @dataclass(frozen=True, slots=True)

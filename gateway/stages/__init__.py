@@ -41,7 +41,7 @@ def build_stages(services: Services, obs: Observability) -> list[Stage]:
     cache = CacheStage(services)
     return [
         InFlightStage(obs),
-        AuthStage(services.keys),
+        AuthStage(services.keys, services.clock),
         InputStage(),
         AuditStage(),
         RedactUpstreamStage(obs.redactors),
