@@ -200,7 +200,7 @@ def test_a_tenant_admin_key_sees_only_its_tenant(gw):
     chat(gw.client(mine["key"]))
 
 
-def test_secrets_never_reach_the_access_log(gw, tmp_path):
+def test_secrets_never_reach_the_access_log_or_the_audit_records(gw, tmp_path):
     made = create_key(gw.url)
     chat(gw.client(made["key"]))
     rotated = admin(gw.url, "POST", f"/admin/keys/{made['id']}/rotate", {"grace_s": 5})[1]
@@ -216,3 +216,14 @@ def test_secrets_never_reach_the_access_log(gw, tmp_path):
     for secret in (made["key"], rotated["key"]):
         assert secret not in text and secret[10:] not in text
     assert "sk-gw-not-a-real-key" not in text
+    boss = create_key(gw.url, name="boss", role="tenant_admin")["key"]
+    assert admin(gw.url, "PATCH", f"/admin/keys/{made['id']}", {"rate_limit": {"rpm": 7}}, key=boss)[0] == 200
+    assert admin(gw.url, "DELETE", f"/admin/keys/{made['id']}")[0] == 204
+    services = gw.services
+    records = [r for _, r in gw.thread.call(services.backend.log_range(services.keys.store.audit_key, 100))]
+    mine = [r for r in records if r["id"] == made["id"]]
+    assert [r["action"] for r in mine] == ["key.create", "key.rotate", "key.update", "key.revoke"]
+    assert mine[0]["who"] == "admin" and mine[2]["who"].startswith("key_") and mine[2]["who"] != made["id"]
+    assert mine[2]["before"]["rate_limit"] is None and mine[2]["after"]["rate_limit"]["rpm"] == 7
+    for secret in (made["key"], rotated["key"], boss):
+        assert secret[10:] not in str(records)

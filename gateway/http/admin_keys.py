@@ -1,7 +1,8 @@
 """``/admin/keys`` and ``/admin/teams``: managed keys and teams under a policy tenant (the contract
 in docs/openapi-admin.yaml). The admin key sees every tenant; a managed key created with
 ``"role": "tenant_admin"`` (by the admin key only) sees and manages its own tenant only. A secret is
-answered once, at create and rotate; logs name keys by id, never by secret."""
+answered once, at create and rotate; logs name keys by id, never by secret. Every change is an
+audit record in the state backend (``KeyStore.audit``: who, what, the objects before and after)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from gateway.keys.model import (
     KeyRecord,
     TeamRecord,
     check_fields,
+    iso,
     key_view,
     metadata_of,
     name_of,
@@ -121,6 +123,23 @@ class KeyAdminRoutes:
     def _now(self) -> float:
         return self.services.clock.time()
 
+    async def _audit(self, request: web.Request, action: str, tenant: str, ident: str,
+                     before: dict[str, Any] | None, after: dict[str, Any] | None) -> None:
+        """One audit record per change; a failure to record is logged, the change stands."""
+        digest = key_digest(request.headers)
+        try:
+            found = await self.services.keys.lookup(digest, self.services.holder.current) if digest else None
+            who = found.record.id if found is not None else "admin"
+        except GatewayError:
+            who = "unknown"
+        record = {"time": iso(self._now()), "who": who, "action": action, "tenant": tenant, "id": ident,
+                  "before": before, "after": after}
+        try:
+            await self.store.audit(record)
+        except StateError as exc:
+            log.warning("audit record of %s %s failed: %s", action, ident, exc)
+        log.info("%s %s (tenant %s) by %s", action, ident, tenant, who)
+
     # -- teams ------------------------------------------------------------------------------------------
     async def create_team(self, request: web.Request) -> web.Response:
         async def act(req: web.Request, scope: Scope) -> web.Response:
@@ -131,7 +150,7 @@ class KeyAdminRoutes:
             team = TeamRecord(new_id("team"), tenant.name, name_of(body.get("name")), limits,
                               metadata_of(body.get("metadata")), self._now())
             await self.store.add_team(team)
-            log.info("team %s created in tenant %s", team.id, team.tenant)
+            await self._audit(req, "team.create", team.tenant, team.id, None, team_view(team))
             return json_reply(team_view(team), 201)
         return await self._run(request, act)
 
@@ -152,11 +171,11 @@ class KeyAdminRoutes:
             body = await self._body(req, TEAM_PATCH)
             limits = parse_limits(body, team.limits)
             check_narrows(limits, self._tenant(team.tenant, scope), None)
-            team = replace(team, limits=limits, name=name_of(body["name"]) if "name" in body else team.name,
-                           metadata=metadata_of(body["metadata"]) if "metadata" in body else team.metadata)
-            await self.store.put_team(team)
-            log.info("team %s updated", team.id)
-            return json_reply(team_view(team))
+            new = replace(team, limits=limits, name=name_of(body["name"]) if "name" in body else team.name,
+                          metadata=metadata_of(body["metadata"]) if "metadata" in body else team.metadata)
+            await self.store.put_team(new)
+            await self._audit(req, "team.update", team.tenant, team.id, team_view(team), team_view(new))
+            return json_reply(team_view(new))
         return await self._run(request, act)
 
     async def delete_team(self, request: web.Request) -> web.Response:
@@ -167,7 +186,7 @@ class KeyAdminRoutes:
                 raise GatewayError(409, f"Team '{team.id}' still has keys: revoke them first.",
                                    code="team_has_keys", outcome="rejected")
             await self.store.remove_team(team)
-            log.info("team %s deleted", team.id)
+            await self._audit(req, "team.delete", team.tenant, team.id, team_view(team), None)
             return web.Response(status=204)
         return await self._run(request, act)
 
@@ -192,7 +211,7 @@ class KeyAdminRoutes:
                             metadata_of(body.get("metadata")), self._now())
             await self.store.add_key(key)
             self.services.keys.forget(key.digest)
-            log.info("key %s created in tenant %s", key.id, key.tenant)
+            await self._audit(req, "key.create", key.tenant, key.id, None, key_view(key))
             return json_reply({**key_view(key), "key": secret}, 201)
         return await self._run(request, act)
 
@@ -250,11 +269,11 @@ class KeyAdminRoutes:
                 changes["expires_at"] = self._expiry(body["expires_at"])
             if "metadata" in body:
                 changes["metadata"] = metadata_of(body["metadata"])
-            key = replace(key, **changes)
-            await self.store.put_key(key)
+            new = replace(key, **changes)
+            await self.store.put_key(new)
             self.services.keys.forget(key.digest)
-            log.info("key %s updated", key.id)
-            return json_reply(key_view(key))
+            await self._audit(req, "key.update", key.tenant, key.id, key_view(key), key_view(new))
+            return json_reply(key_view(new))
         return await self._run(request, act)
 
     async def rotate_key(self, request: web.Request) -> web.Response:
@@ -269,7 +288,7 @@ class KeyAdminRoutes:
             new = replace(key, digest=digest_of(secret), prefix=secret[:PREFIX_LEN])
             await self.store.rotate(key, new, float(grace))
             self.services.keys.forget(key.digest, new.digest)
-            log.info("key %s rotated (grace %gs)", key.id, grace)
+            await self._audit(req, "key.rotate", key.tenant, key.id, key_view(key), {**key_view(new), "grace_s": grace})
             return json_reply({**key_view(new), "key": secret})
         return await self._run(request, act)
 
@@ -277,9 +296,10 @@ class KeyAdminRoutes:
         async def act(req: web.Request, scope: Scope) -> web.Response:
             key = await self._key(req.match_info["id"], scope)
             if key.revoked_at is None:
-                await self.store.revoke(replace(key, revoked_at=self._now()))
+                revoked = replace(key, revoked_at=self._now())
+                await self.store.revoke(revoked)
                 self.services.keys.forget(key.digest)
-                log.info("key %s revoked", key.id)
+                await self._audit(req, "key.revoke", key.tenant, key.id, key_view(key), key_view(revoked))
             return web.Response(status=204)
         return await self._run(request, act)
 

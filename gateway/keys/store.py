@@ -3,7 +3,7 @@
 Layout, all under one hash tag (one Redis Cluster slot, so the lookup is one script call):
 ``<prefix>:{mk}:key:<id>`` and ``:team:<id>`` (JSON records), ``:dig:<sha256>`` (a secret's digest ->
 key id; an old secret in its rotation grace has a TTL), and sorted-set indexes for paging:
-``:keys:<tenant>``, ``:tkeys:<team>``, ``:teams:<tenant>``. Records are never deleted by a revoke
+``:keys:<tenant>``, ``:tkeys:<team>``, ``:teams:<tenant>``; ``:audit`` is the log of admin changes. Records are never deleted by a revoke
 (``revoked_at`` is set and the digest removed), so a revoked key still shows in ``GET``.
 """
 
@@ -21,6 +21,7 @@ from gateway.state.base import LocalStore, Script, StateBackend, hash_tag
 
 SECRET_PREFIX = "sk-gw-"
 PREFIX_LEN = 10  # "sk-gw-" and four characters: enough to recognise a key, far too few to guess it
+AUDIT_MAX = 100_000  # admin changes the audit log keeps; past it new records are refused (and logged)
 
 
 def _text(value: Any) -> str | None:
@@ -141,6 +142,15 @@ class KeyStore:
         """The record says revoked (an old secret still in its grace is refused too), the digest goes."""
         await self.put_key(key)
         await self.backend.delete(f"{self.base}dig:{key.digest}")
+
+    # -- audit ----------------------------------------------------------------------------------------
+    @property
+    def audit_key(self) -> str:
+        return f"{self.base}audit"
+
+    async def audit(self, record: dict[str, Any]) -> None:
+        """Append one admin change (who, what, before/after: key objects, never a secret or a digest)."""
+        await self.backend.log_append(self.audit_key, record, AUDIT_MAX)
 
     # -- paging ---------------------------------------------------------------------------------------
     async def page(self, index: str, after: str, limit: int) -> tuple[list[str], bool]:
