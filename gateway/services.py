@@ -15,6 +15,8 @@ from gateway.budget.service import BudgetService
 from gateway.cache.store import CacheStats
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.dlq import DeadLetterQueue, dlq_key
+from gateway.keys.resolver import KeyResolver
+from gateway.keys.store import KeyStore
 from gateway.observability.metered import MeteredBackend
 from gateway.observability.metrics import GatewayMetrics, multiproc_dir
 from gateway.policy.model import Policy
@@ -50,6 +52,7 @@ class Services:
     router_stats: RouterStats
     rollouts: Rollouts  # canary rollback windows (per process), read by the rollout stage and admin
     shadow: Shadow  # mirrored calls to shadow candidates and their experiments' spend (per process)
+    keys: KeyResolver  # managed keys (admin API): the cached auth lookup and its store
 
 
 def pool_observer(metrics: GatewayMetrics) -> PoolObserver:
@@ -88,4 +91,5 @@ def build_services(policy: Policy, *, path: str | None = None, clock: Clock = SY
         router_stats=RouterStats(),
         rollouts=Rollouts(metrics),
         shadow=Shadow(providers, metrics),
+        keys=KeyResolver(KeyStore(state, policy.state.key_prefix), clock),
     )

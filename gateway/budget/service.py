@@ -116,6 +116,7 @@ class BudgetService:
         self.policy: Policy | None = None
         self._windows: dict[str, Window] = {}
         self._scopes: dict[tuple[str, str], tuple[Window, ScopeArgs]] = {}  # (tenant, scope) -> this period's
+        self._managed: dict[tuple[str, str, BudgetPolicy], BudgetSpec] = {}  # managed keys' and teams' specs
         self._replaying = False
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
@@ -133,7 +134,24 @@ class BudgetService:
         out = []
         if (spec := d.tenants.get(tenant.name)) is not None:
             out.append(spec)
+        if api_key is not None and api_key.managed:
+            return out + self._managed_specs(tenant, api_key)
         if api_key is not None and api_key.budget is not None and (spec := d.keys.get((tenant.name, api_key.name))):
+            out.append(spec)
+        return out
+
+    def _managed_specs(self, tenant: Tenant, key: ApiKey) -> list[BudgetSpec]:
+        """A managed key's team and key budgets (scopes ``g|<team>``, ``k|<key>``), built once per budget."""
+        out = []
+        for label, scope, budget in ((f"team '{key.team}' of tenant '{tenant.name}'", f"g|{key.team}", key.team_budget),
+                                     (f"API key '{key.name}' of tenant '{tenant.name}'", f"k|{key.name}", key.budget)):
+            if budget is None:
+                continue
+            spec = self._managed.get((tenant.name, scope, budget))
+            if spec is None:
+                if len(self._managed) > 100_000:
+                    self._managed.clear()
+                spec = self._managed[(tenant.name, scope, budget)] = _spec(label, scope, budget)
             out.append(spec)
         return out
 
@@ -164,7 +182,7 @@ class BudgetService:
         assert self.derived is not None
         current = self.window(spec.policy.period, now)
         cached = self._scopes.get((tenant, spec.scope))
-        if cached is not None and cached[0] is current:
+        if cached is not None and cached[0] is current and cached[1].limit == spec.limit:  # a managed budget may change
             return cached[1]
         ttl = key_ttl_s(current, now)
         key = scope_key(self.derived.prefix, tenant, spec.scope, current.id)

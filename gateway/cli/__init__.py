@@ -8,7 +8,7 @@ from collections.abc import Callable
 from importlib import metadata
 
 from gateway import __version__
-from gateway.cli import dlq, review, rollout, serve, spend
+from gateway.cli import dlq, keys, review, rollout, serve, spend, teams
 from gateway.cli.common import add_log_format
 from gateway.observability.applog import ENV, configure_logging, log_format
 
@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, Configure, Run]] = {
     "dlq": ("look at, re-send or discard dead-lettered requests", dlq.configure, dlq.run),
     "spend": ("spend and budgets of a running gateway, from its admin API", spend.configure, spend.run),
     "rollout": ("a running gateway's rollouts; reset a tripped canary", rollout.configure, rollout.run),
+    "keys": ("create, list, show, rotate and revoke managed keys of a running gateway", keys.configure, keys.run),
+    "teams": ("create, list, show and delete teams of a running gateway", teams.configure, teams.run),
     "review": ("the human-review queue and the feedback sent to /v1/feedback", review.configure, review.run),
 }
 

@@ -13,9 +13,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.auth import authenticate
 from gateway.errors import GatewayError, invalid
 from gateway.http.replies import error_json
+from gateway.keys.resolver import KeyResolver
 from gateway.observability.feedback import FEEDBACK_MAX, feedback_key, parse_feedback
 from gateway.observability.hub import Observability
 from gateway.policy.model import Policy, Tenant
@@ -28,13 +28,14 @@ MAX_BODY = 65_536
 class FeedbackEndpoint:
     """``POST /v1/feedback`` with the tenant's own key; a tenant only rates its own requests."""
 
-    def __init__(self, obs: Observability) -> None:
+    def __init__(self, obs: Observability, keys: KeyResolver) -> None:
         self.obs = obs
+        self.keys = keys  # policy-file and managed keys
 
     async def handle(self, request: web.Request) -> web.Response:
         policy = self.obs.holder.current
         try:
-            tenant, key = authenticate(request.headers, policy)
+            tenant, key = await self.keys.authenticate(request.headers, policy)
             if request.content_type != "application/json":
                 raise invalid("Content-Type must be application/json", code="invalid_content_type")
             fields = parse_feedback(parse_json_body(await read_body(request, MAX_BODY)))

@@ -7,9 +7,9 @@ from typing import TYPE_CHECKING
 
 from aiohttp import web
 
-from gateway.auth import authenticate
 from gateway.errors import GatewayError
 from gateway.http.admin import AdminRoutes
+from gateway.http.admin_keys import KeyAdminRoutes, add_key_routes
 from gateway.http.feedback import FeedbackEndpoint
 from gateway.http.replies import error_json, json_reply
 from gateway.http.rollout_admin import add_rollout_routes
@@ -35,7 +35,7 @@ def add_routes(app: web.Application, handler: Handler, services: Services, obs: 
     info = InfoRoutes(services, obs, handler.drain)
     app[PROBES] = probe_app(info)
     admin = AdminRoutes(services, handler, {"messages": messages, "responses": responses})
-    extra = SurfaceRoutes(services.holder, store)
+    extra = SurfaceRoutes(services.holder, store, services.keys)
     app.router.add_post("/v1/chat/completions", handler.endpoint("chat"))
     app.router.add_post("/v1/completions", handler.endpoint("completions"))
     app.router.add_post("/v1/embeddings", handler.endpoint("embeddings"))
@@ -46,7 +46,7 @@ def add_routes(app: web.Application, handler: Handler, services: Services, obs: 
     app.router.add_delete("/v1/responses/{response_id}", extra.delete_response)
     app.router.add_get("/v1/models", info.models)
     app.router.add_get("/v1/models/{model_id}", info.model)
-    app.router.add_post("/v1/feedback", FeedbackEndpoint(obs).handle)
+    app.router.add_post("/v1/feedback", FeedbackEndpoint(obs, services.keys).handle)
     app.router.add_get("/healthz", info.healthz)
     app.router.add_get("/readyz", info.readyz)
     app.router.add_get("/metrics", info.metrics)
@@ -55,6 +55,7 @@ def add_routes(app: web.Application, handler: Handler, services: Services, obs: 
     app.router.add_get("/admin/dlq", admin.dlq_depth)
     app.router.add_post("/admin/replay/{endpoint}", admin.replay)
     add_rollout_routes(app, services)
+    add_key_routes(app, KeyAdminRoutes(services))
 
 
 def probe_app(info: InfoRoutes) -> web.Application:
@@ -78,7 +79,7 @@ class InfoRoutes:
     async def models(self, request: web.Request) -> web.Response:
         """The tenant's models; in Anthropic's list shape for Anthropic clients (``anthropic-version``)."""
         try:
-            tenant, _ = authenticate(request.headers, self.services.holder.current)
+            tenant, _ = await self.services.keys.authenticate(request.headers, self.services.holder.current)
         except GatewayError as err:
             return error_json(err)
         rows = [self._model(m, request) for m in tenant.models]
@@ -90,7 +91,7 @@ class InfoRoutes:
     async def model(self, request: web.Request) -> web.Response:
         name = request.match_info["model_id"]
         try:
-            tenant, _ = authenticate(request.headers, self.services.holder.current)
+            tenant, _ = await self.services.keys.authenticate(request.headers, self.services.holder.current)
             if name not in tenant.models:
                 raise GatewayError(404, f"The model '{name}' does not exist or you do not have access to it.",
                                    param="model", code="model_not_found", outcome="rejected")

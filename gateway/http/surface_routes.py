@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.auth import authenticate
 from gateway.errors import GatewayError
 from gateway.http.replies import error_json, json_reply
+from gateway.keys.resolver import KeyResolver
 from gateway.policy.model import Policy, Tenant
 from gateway.stages.input_check import parse_json_body, read_body
 from gateway.state.base import StateError
@@ -18,19 +18,19 @@ from gateway.surfaces.anthropic_errors import count_tokens_estimate, from_gatewa
 from gateway.surfaces.store import ResponseStore
 
 
-def _tenant(request: web.Request, policy: Policy) -> Tenant:
-    return authenticate(request.headers, policy)[0]
-
-
 class SurfaceRoutes:
-    def __init__(self, holder: object, store: ResponseStore) -> None:
+    def __init__(self, holder: object, store: ResponseStore, keys: KeyResolver) -> None:
         self.holder = holder
         self.store = store
+        self.keys = keys  # policy-file and managed keys
+
+    async def _tenant(self, request: web.Request, policy: Policy) -> Tenant:
+        return (await self.keys.authenticate(request.headers, policy))[0]
 
     async def count_tokens(self, request: web.Request) -> web.Response:
         policy: Policy = self.holder.current  # type: ignore[attr-defined]
         try:
-            tenant = _tenant(request, policy)
+            tenant = await self._tenant(request, policy)
             body = parse_json_body(await read_body(request, policy.input.max_body_bytes))
             name = body.get("model")
             if not isinstance(name, str) or not (tenant.may_use(name) or name in policy.models
@@ -52,7 +52,7 @@ class SurfaceRoutes:
         rid = request.match_info["response_id"]
         prefix = policy.state.key_prefix
         try:
-            tenant = _tenant(request, policy)
+            tenant = await self._tenant(request, policy)
             if delete:
                 found = await self.store.delete(prefix, tenant.name, rid)
                 record = {"id": rid, "object": "response.deleted", "deleted": True} if found else None

@@ -217,6 +217,12 @@ class ApiKey:
     name: str = ""  # label used in logs instead of the key itself
     rate_limit: LimitSet | None = None
     budget: BudgetPolicy | None = None
+    # managed keys (``gateway.keys``, admin API): limits come from the key, not the policy's derived tables
+    managed: bool = False
+    team: str = ""  # the managed key's team id; its limits and budget are one more scope
+    team_rate_limit: LimitSet | None = None
+    team_budget: BudgetPolicy | None = None
+    expires_at: float | None = None  # a managed key's expiry (unix seconds)
 
 
 @dataclass(frozen=True, slots=True)

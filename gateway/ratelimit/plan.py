@@ -9,7 +9,7 @@ routing and a budget downgrade, ``build_token_plan``). Plans are built lazily an
 policy, so the request path never reads the policy's limit blocks, only these tuples.
 
 Redis keys: ``<prefix>:{<tenant>}:rl:<scope>:<kind>``, hash-tagged per tenant (one cluster slot per
-call). Scopes: ``t`` (tenant), ``k:<key name>``, ``m:<model>``; names come from the policy only.
+call). Scopes: ``t`` (tenant), ``k:<key name>``, ``g:<team id>`` (a managed key's team), ``m:<model>``; names come from the policy only.
 """
 
 from __future__ import annotations
@@ -111,6 +111,8 @@ def build_plan(policy: Policy, tenant: Tenant, key: ApiKey | None, model: str) -
     found = _limits(f"{tag}:t", "tenant", tenant.name, rl.tenant_limits, replicas)
     if key is not None:
         found += _limits(f"{tag}:k:{key.name}", "key", key.name, _merge(key.rate_limit, rl.per_key), replicas)
+        if key.team:  # a managed key's team: one more shared scope
+            found += _limits(f"{tag}:g:{key.team}", "team", key.team, key.team_rate_limit, replicas)
     found += _limits(f"{tag}:m:{model}", "model", model, rl.model_limits(model), replicas)
     requests = tuple(lim for lim in found if lim.kind != "T")
     tokens = tuple(lim for lim in found if lim.kind == "T")
@@ -143,19 +145,26 @@ def build_token_plan(policy: Policy, tenant: Tenant, key: ApiKey | None, public:
                 token_pairs=tuple(("T", lim) for lim in tokens))
 
 
+def _memo_name(key: ApiKey | None) -> Any:
+    """A policy key by name; a managed key with its limits too, which an admin may change at run time."""
+    if key is None:
+        return ""
+    return (key.name, key.rate_limit, key.team, key.team_rate_limit) if key.managed else key.name
+
+
 class Plans:
     """Plans of one policy, memoised by (tenant, key name, model); rebuilt on every policy load."""
 
     def __init__(self, policy: Policy | None) -> None:
         self.policy = policy
-        self._memo: dict[tuple[str, str, str], Plan] = {}
-        self._tokens: dict[tuple[str, str, str, str], Plan] = {}
+        self._memo: dict[tuple[str, Any, str], Plan] = {}
+        self._tokens: dict[tuple[str, Any, str, str], Plan] = {}
 
     def tokens(self, policy: Policy, tenant: Tenant, key: ApiKey | None, public: str, served: str) -> Plan:
         """``build_token_plan``, memoised like ``get``."""
         if policy is not self.policy:
             return build_token_plan(policy, tenant, key, public, served)
-        memo_key = (tenant.name, key.name if key is not None else "", public, served)
+        memo_key = (tenant.name, _memo_name(key), public, served)
         plan = self._tokens.get(memo_key)
         if plan is None:
             plan = self._tokens[memo_key] = build_token_plan(policy, tenant, key, public, served)
@@ -164,7 +173,7 @@ class Plans:
     def get(self, policy: Policy, tenant: Tenant, key: ApiKey | None, model: str) -> Plan:
         if policy is not self.policy:  # a request that started under the previous policy
             return build_plan(policy, tenant, key, model)
-        memo_key = (tenant.name, key.name if key is not None else "", model)
+        memo_key = (tenant.name, _memo_name(key), model)
         plan = self._memo.get(memo_key)
         if plan is None:
             plan = self._memo[memo_key] = build_plan(policy, tenant, key, model)

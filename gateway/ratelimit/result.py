@@ -102,6 +102,8 @@ def _describe(lim: Limit, tenant: str) -> str:
         return f"tenant '{tenant}'"
     if lim.scope == "key":
         return f"API key '{lim.name}' of tenant '{tenant}'"
+    if lim.scope == "team":
+        return f"team '{lim.name}' of tenant '{tenant}'"
     return f"model '{lim.name}' for tenant '{tenant}'"
 
 

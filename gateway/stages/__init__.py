@@ -55,7 +55,7 @@ def build_stages(services: Services, obs: Observability) -> list[Stage]:
     cache = CacheStage(services)
     return [
         InFlightStage(obs),
-        AuthStage(),
+        AuthStage(services.keys, services.clock),
         InputStage(),
         RolloutStage(services),
         AuditStage(),

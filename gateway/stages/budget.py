@@ -179,7 +179,7 @@ class BudgetStage(Stage):
         ctx.response_headers["x-gateway-budget-remaining"] = f"{usd(remaining):.6f}"
         ratio = remaining / spec.limit if spec.limit else 0.0
         ctx.response_headers["x-gateway-budget-remaining-ratio"] = f"{ratio:.4f}"
-        ctx.response_headers["x-gateway-budget-scope"] = "tenant" if spec.scope == "t" else "key"
+        ctx.response_headers["x-gateway-budget-scope"] = {"t": "tenant", "g": "team"}.get(spec.scope[0], "key")
         reset = self.service.window(spec.policy.period, now).resets_at
         if reset is not None:
             ctx.response_headers["x-gateway-budget-reset"] = reset
