@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,7 +29,7 @@ import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import free_port, missing_tool, rss_mib, spawn, start_redis, stop_all, wait_port  # noqa: E402
+from benchmarks.common import free_port, missing_tool, rss_mib, start_redis, stop_all, wait_port  # noqa: E402
 
 KEY = "sk-soak"
 FAILURE_RATE = 0.05
@@ -192,8 +193,10 @@ def main() -> int:
         policy = Path(tmp) / "soak.yaml"
         policy.write_text(POLICY.format(state=state, tmp=tmp, failure_rate=FAILURE_RATE, key=KEY))
         port = free_port()
-        gw = spawn([sys.executable, "-m", "gateway", "serve", "--policy", str(policy), "--port", str(port), "--quiet"],
-                   cpu=None)
+        log = Path(tmp) / "gateway.log"
+        with log.open("wb") as out:  # a file, not a pipe: a pipe nobody reads fills and stalls the gateway's logging
+            gw = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--policy", str(policy), "--port",
+                                   str(port), "--quiet"], stdout=out, stderr=out)
         procs.append(gw)
         try:
             wait_port(port)
@@ -202,7 +205,10 @@ def main() -> int:
                   f"{FAILURE_RATE:.0%} upstream 503s, state {'redis' if args.redis else 'memory'}")
             tally, rss = asyncio.run(soak(f"http://127.0.0.1:{port}", gw.pid, seconds, args.connections,
                                           args.every, args.store))
-            return report(tally, rss, seconds)
+            code = report(tally, rss, seconds)
+            lines = log.read_text(errors="replace").splitlines()
+            print(f"gateway log: {len(lines)} lines, {sum('Traceback' in x for x in lines)} tracebacks")
+            return code
         finally:
             stop_all(procs[::-1])
 
