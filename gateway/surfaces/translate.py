@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from gateway.errors import invalid
 from gateway.surfaces.base import DROPPED_HEADER
@@ -21,4 +22,6 @@ def apply_dropped(ctx: RequestContext, model: object, dropped: list[str]) -> Non
                       f"deployment's API cannot express ({', '.join(dropped)}); the policy says "
                       "on_untranslatable: error.", param=dropped[0], code="untranslatable")
     ctx.dropped = tuple(dropped)
-    ctx.response_headers[DROPPED_HEADER] = ",".join(dropped)[:1024]
+    # names can be a client's own field names: percent-encode all but [A-Za-z0-9_.-~], so a control
+    # character or a comma in one can neither break the header (aiohttp refuses to send it) nor split it
+    ctx.response_headers[DROPPED_HEADER] = ",".join(quote(name, safe="") for name in dropped)[:1024]
