@@ -241,3 +241,29 @@ def test_a_429_storm_is_a_429_with_the_upstream_retry_after_and_opens_no_breaker
         assert exc.value.response.headers["retry-after"] == "3"
     assert set(gw.services.breakers.states().values()) == {"closed"}
     assert upstream.calls == 20 and backup.calls == 20
+
+
+def test_a_stream_cut_by_total_s_says_so(make_gateway, upstream):
+    """Issue 14: a stream stopped by the whole-answer deadline is not reported as a stall."""
+    gw = make_gateway(f"""
+version: 1
+providers:
+  primary:
+    type: openai
+    base_url: {upstream.url}
+    timeouts: {{first_byte_s: 5, total_s: 0.6}}
+models:
+  chat:
+    deployments: [{{provider: primary, model: m}}]
+retry: {{attempts: 1, backoff_ms: 0}}
+tenants:
+  acme: {{api_keys: [sk-acme], models: [chat]}}
+""")
+    upstream.default = Fault(chunk_delay_s=0.25)  # chunks keep flowing, each well inside first_byte_s
+    with pytest.raises(openai.APIError) as exc:
+        stream = gw.client("sk-acme").chat.completions.create(
+            model="chat", messages=[{"role": "user", "content": "a long enough answer to need many chunks"}],
+            stream=True)
+        for _ in stream:
+            pass
+    assert "exceeded timeouts.total_s" in str(exc.value)

@@ -20,6 +20,7 @@ import orjson
 from gateway.errors import UpstreamError
 from gateway.providers.bedrock_errors import canonical
 from gateway.providers.bedrock_translate import finish_reason, usage
+from gateway.providers.openai import stall_message
 
 
 class StreamFailed(Exception):
@@ -70,7 +71,7 @@ async def timed_frames(resp: aiohttp.ClientResponse, name: str, idle_s: float,
                 async with asyncio.timeout(max(0.001, min(idle_s, deadline - loop.time()))):
                     data = await resp.content.readany()
             except TimeoutError as exc:
-                raise UpstreamError("timeout", f"{name} stream stalled") from exc
+                raise UpstreamError("timeout", stall_message(name, idle_s, deadline - loop.time())) from exc
             except (aiohttp.ClientError, OSError) as exc:
                 raise UpstreamError("stream_cut", f"{name} stream broke: {type(exc).__name__}") from exc
             if not data:

@@ -272,6 +272,13 @@ async def timed_read(resp: aiohttp.ClientResponse, name: str, deadline: float, t
     return body
 
 
+def stall_message(name: str, idle_s: float, left_s: float) -> str:
+    """Why a stream read timed out: the whole answer's deadline (``total_s``), or a silent upstream."""
+    if left_s <= 0.01:
+        return f"{name} stream cut: the answer exceeded timeouts.total_s"
+    return f"{name} stream stalled: nothing for {idle_s:g}s (timeouts.first_byte_s)"
+
+
 async def timed_sse(
     resp: aiohttp.ClientResponse, name: str, idle_s: float, deadline: float
 ) -> AsyncIterator[tuple[bytes | None, bytes]]:
@@ -291,7 +298,7 @@ async def timed_sse(
             except StopAsyncIteration:
                 return
             except TimeoutError as exc:
-                raise UpstreamError("timeout", f"{name} stream stalled") from exc
+                raise UpstreamError("timeout", stall_message(name, idle_s, deadline - loop.time())) from exc
             except (aiohttp.ClientError, OSError) as exc:
                 raise UpstreamError("stream_cut", f"{name} stream broke: {type(exc).__name__}") from exc
             yield item
