@@ -26,7 +26,7 @@ from gateway.providers.anthropic_translate import (
     to_anthropic,
     usage,
 )
-from gateway.providers.base import NativeAnswer, UpstreamRequest, UpstreamResponse
+from gateway.providers.base import NativeAnswer, UpstreamRequest, UpstreamResponse, local_error
 from gateway.providers.openai import HTTPProvider, closer, timed_read, timed_sse, upstream_headers
 
 API_VERSION = "2023-06-01"
@@ -55,11 +55,11 @@ class AnthropicProvider(HTTPProvider):
     async def send(self, req: UpstreamRequest) -> UpstreamResponse:
         if req.endpoint != "chat":
             message = f"the {req.endpoint} endpoint is not supported by {self.name} (anthropic)"
-            return _local_error(invalid(message, code="unsupported_endpoint"))
+            return local_error(invalid(message, code="unsupported_endpoint"))
         try:
             payload = self._payload(req)
         except GatewayError as exc:
-            return _local_error(exc)
+            return local_error(exc)
         resp, first_byte, total, deadline = await self._post(req, self._url, orjson.dumps(payload))
         out_headers = upstream_headers(resp)
         native = NativeAnswer() if req.native is not None and resp.status == 200 else None
@@ -121,9 +121,6 @@ class AnthropicProvider(HTTPProvider):
                     return
         raise UpstreamError("stream_cut", f"{self.name} ended the stream without message_stop")
 
-
-def _local_error(err: GatewayError) -> UpstreamResponse:
-    return UpstreamResponse(status=err.status, headers={}, body=err.body())
 
 
 class StreamFailed(Exception):

@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import GatewayError, invalid
+from gateway.providers.chat_parts import text_parts
 
 DEFAULT_MAX_TOKENS = 4096  # Anthropic requires max_tokens; OpenAI clients often leave it out
 
@@ -160,10 +161,10 @@ def _messages(raw: list[Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]
 def _system_blocks(content: Any, param: str) -> list[dict[str, Any]]:
     """System text as text blocks, each keeping its part's ``cache_control``."""
     if not isinstance(content, list):
-        return [{"type": "text", "text": t} for t in _texts(content, param) if t]
+        return [{"type": "text", "text": t} for t in text_parts(content, param) if t]
     blocks = []
     for j, part in enumerate(content):
-        text = _texts([part], f"{param}[{j}]")[0]
+        text = text_parts([part], f"{param}[{j}]")[0]
         if text:
             blocks.append(_cached({"type": "text", "text": text}, part))
     return blocks
@@ -177,25 +178,10 @@ def _cached(block: dict[str, Any], part: Any) -> dict[str, Any]:
     return block
 
 
-def _texts(content: Any, param: str) -> list[str]:
-    """Plain text of a string or a list of text parts (system prompts, tool results)."""
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [content]
-    if isinstance(content, list):
-        texts = []
-        for j, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") not in ("text", "refusal"):
-                raise invalid("only text parts are allowed here", param=f"{param}[{j}]")
-            texts.append(str(part.get("text") or part.get("refusal") or ""))
-        return texts
-    raise invalid("content must be a string or a list of parts", param=param)
-
 
 def _user_blocks(content: Any, param: str) -> list[dict[str, Any]]:
     if not isinstance(content, list):
-        return [{"type": "text", "text": t} for t in _texts(content, param) if t]
+        return [{"type": "text", "text": t} for t in text_parts(content, param) if t]
     blocks = []
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
@@ -245,7 +231,7 @@ def _image(image_url: Any, param: str) -> dict[str, Any]:
 
 
 def _assistant_blocks(msg: dict[str, Any], i: int) -> list[dict[str, Any]]:
-    texts = _texts(msg.get("content"), f"messages[{i}].content")
+    texts = text_parts(msg.get("content"), f"messages[{i}].content")
     blocks: list[dict[str, Any]] = [{"type": "text", "text": t} for t in texts if t]
     for j, call in enumerate(msg.get("tool_calls") or []):
         param = f"messages[{i}].tool_calls[{j}]"
@@ -265,7 +251,7 @@ def _assistant_blocks(msg: dict[str, Any], i: int) -> list[dict[str, Any]]:
 def _tool_result(msg: dict[str, Any], i: int) -> dict[str, Any]:
     if not msg.get("tool_call_id"):
         raise invalid("tool messages need a tool_call_id", param=f"messages[{i}].tool_call_id")
-    text = "".join(_texts(msg.get("content"), f"messages[{i}].content"))
+    text = "".join(text_parts(msg.get("content"), f"messages[{i}].content"))
     block: dict[str, Any] = {"type": "tool_result", "tool_use_id": msg["tool_call_id"]}
     if text:
         block["content"] = text

@@ -15,7 +15,7 @@ import orjson
 from gateway.errors import invalid
 from gateway.policy.checkers import string
 from gateway.policy.model import ProviderSpec
-from gateway.providers.base import UpstreamRequest, UpstreamResponse
+from gateway.providers.base import UpstreamRequest, UpstreamResponse, local_error
 from gateway.providers.openai import PATHS, OpenAIProvider
 
 DEFAULT_API_VERSION = "2024-10-21"  # the current GA data-plane version
@@ -58,5 +58,5 @@ class AzureOpenAIProvider(OpenAIProvider):
     async def send(self, req: UpstreamRequest) -> UpstreamResponse:
         if not req.body.get("model"):
             err = invalid(f"{self.name}: no deployment name (the request has no model)", param="model")
-            return UpstreamResponse(status=err.status, headers={}, body=err.body())
+            return local_error(err)
         return await super().send(req)

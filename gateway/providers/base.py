@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from gateway.errors import GatewayError
 from gateway.policy.model import ProviderSpec
 
 Endpoint = Literal["chat", "completions", "embeddings"]
@@ -72,6 +73,11 @@ class UpstreamResponse:
         if self.close is not None:
             close, self.close = self.close, None
             await close()
+
+
+def local_error(err: GatewayError) -> UpstreamResponse:
+    """A request the provider refuses before any call (it cannot express it), as an answer."""
+    return UpstreamResponse(status=err.status, headers={}, body=err.body())
 
 
 class Provider:

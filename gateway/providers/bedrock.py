@@ -28,7 +28,7 @@ from gateway.policy.checkers import string
 from gateway.policy.model import ProviderSpec
 from gateway.providers import bedrock_embed as embed
 from gateway.providers.aws_sigv4 import AwsCredentials, AwsUnavailable, sign
-from gateway.providers.base import UpstreamRequest, UpstreamResponse
+from gateway.providers.base import UpstreamRequest, UpstreamResponse, local_error
 from gateway.providers.bedrock_errors import ERRORS, translate_error
 from gateway.providers.bedrock_stream import StreamFailed, StreamTranslator, frame_event, timed_frames
 from gateway.providers.bedrock_translate import from_converse, to_converse
@@ -85,7 +85,7 @@ class BedrockProvider(HTTPProvider):
                               code="unsupported_endpoint")
             payload = orjson.dumps(to_converse(req.body))
         except GatewayError as exc:
-            return UpstreamResponse(status=exc.status, headers={}, body=exc.body())
+            return local_error(exc)
         action = "converse-stream" if req.stream else "converse"
         resp, first_byte, total, deadline = await self._call(req, model, action, payload)
         out_headers = upstream_headers(resp)

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import invalid
+from gateway.providers.chat_parts import text_parts
 
 FINISH_REASONS = {
     "end_turn": "stop",
@@ -79,7 +80,7 @@ def _messages(raw: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
             raise invalid("each message must be an object", param=f"messages[{i}]")
         role = msg.get("role")
         if role in ("system", "developer"):
-            system.extend(t for t in _texts(msg.get("content"), f"messages[{i}].content") if t)
+            system.extend(t for t in text_parts(msg.get("content"), f"messages[{i}].content") if t)
             continue
         if role == "user":
             blocks = _user_blocks(msg.get("content"), f"messages[{i}].content")
@@ -98,24 +99,10 @@ def _messages(raw: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
     return system, out
 
 
-def _texts(content: Any, param: str) -> list[str]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [content]
-    if isinstance(content, list):
-        texts = []
-        for j, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") not in ("text", "refusal"):
-                raise invalid("only text parts are allowed here", param=f"{param}[{j}]")
-            texts.append(str(part.get("text") or part.get("refusal") or ""))
-        return texts
-    raise invalid("content must be a string or a list of parts", param=param)
-
 
 def _user_blocks(content: Any, param: str) -> list[dict[str, Any]]:
     if not isinstance(content, list):
-        return [{"text": t} for t in _texts(content, param) if t]
+        return [{"text": t} for t in text_parts(content, param) if t]
     blocks: list[dict[str, Any]] = []
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
@@ -146,7 +133,7 @@ def _image(image_url: Any, param: str) -> dict[str, Any]:
 
 
 def _assistant_blocks(msg: dict[str, Any], i: int) -> list[dict[str, Any]]:
-    blocks: list[dict[str, Any]] = [{"text": t} for t in _texts(msg.get("content"), f"messages[{i}].content") if t]
+    blocks: list[dict[str, Any]] = [{"text": t} for t in text_parts(msg.get("content"), f"messages[{i}].content") if t]
     for j, call in enumerate(msg.get("tool_calls") or []):
         param = f"messages[{i}].tool_calls[{j}]"
         fn = call.get("function") if isinstance(call, dict) else None
@@ -165,7 +152,7 @@ def _assistant_blocks(msg: dict[str, Any], i: int) -> list[dict[str, Any]]:
 def _tool_result(msg: dict[str, Any], i: int) -> dict[str, Any]:
     if not msg.get("tool_call_id"):
         raise invalid("tool messages need a tool_call_id", param=f"messages[{i}].tool_call_id")
-    text = "".join(_texts(msg.get("content"), f"messages[{i}].content"))
+    text = "".join(text_parts(msg.get("content"), f"messages[{i}].content"))
     return {"toolResult": {"toolUseId": msg["tool_call_id"], "content": [{"text": text}]}}
 
 

@@ -25,7 +25,7 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import GatewayError, UpstreamError, invalid
 from gateway.policy.model import ProviderSpec
 from gateway.providers import gemini_answer as answers
-from gateway.providers.base import UpstreamRequest, UpstreamResponse
+from gateway.providers.base import UpstreamRequest, UpstreamResponse, local_error
 from gateway.providers.gemini_stream import StreamFailed, StreamTranslator
 from gateway.providers.gemini_translate import batch_embed_request, embedding_inputs, to_gemini
 from gateway.providers.openai import HTTPProvider, closer, timed_read, timed_sse, upstream_headers
@@ -65,10 +65,10 @@ class GeminiProvider(HTTPProvider):
     async def send(self, req: UpstreamRequest) -> UpstreamResponse:
         if req.endpoint == "completions":
             message = f"the completions endpoint is not supported by {self.name} ({self.type})"
-            return _local_error(invalid(message, code="unsupported_endpoint"))
+            return local_error(invalid(message, code="unsupported_endpoint"))
         model = str(req.body.get("model") or "").removeprefix("models/")
         if not model:
-            return _local_error(invalid(f"{self.name}: the request has no model", param="model"))
+            return local_error(invalid(f"{self.name}: the request has no model", param="model"))
         reader: VectorReader = answers.batch_embed_vectors
         try:
             if req.endpoint == "embeddings":
@@ -77,7 +77,7 @@ class GeminiProvider(HTTPProvider):
                 method = "streamGenerateContent?alt=sse" if req.stream else "generateContent"
                 url, payload = await self.model_url(model, method), to_gemini(req.body)
         except GatewayError as exc:
-            return _local_error(exc)
+            return local_error(exc)
         auth = await self.auth_headers()
         call = replace(req, headers={**req.headers, **auth}) if auth else req
         resp, first_byte, total, deadline = await self._post(call, url, orjson.dumps(payload))
@@ -97,7 +97,7 @@ class GeminiProvider(HTTPProvider):
                 return UpstreamResponse(200, headers, self._embeddings(parsed, reader, req.body, model))
             blocked = answers.blocked_prompt(parsed)
             if blocked is not None:
-                return _local_error(blocked)
+                return local_error(blocked)
             out = answers.from_gemini(parsed, model, self._response_id(req), int(self._clock.time()))
         except _BAD_SHAPE as exc:
             raise UpstreamError("protocol", f"{self.name} sent a malformed answer: {type(exc).__name__}") from exc
@@ -139,6 +139,3 @@ class GeminiProvider(HTTPProvider):
         for chunk in translator.end():
             yield orjson.dumps(chunk)
 
-
-def _local_error(err: GatewayError) -> UpstreamResponse:
-    return UpstreamResponse(status=err.status, headers={}, body=err.body())

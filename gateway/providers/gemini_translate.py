@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import invalid
+from gateway.providers.chat_parts import text_parts
 from gateway.providers.gemini_answer import signature_of
 from gateway.providers.gemini_schema import to_gemini_schema
 
@@ -107,7 +108,7 @@ def _contents(raw: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
             raise invalid("each message must be an object", param=f"messages[{i}]")
         role = msg.get("role")
         if role in ("system", "developer"):
-            system.extend(t for t in _texts(msg.get("content"), f"messages[{i}].content") if t)
+            system.extend(t for t in text_parts(msg.get("content"), f"messages[{i}].content") if t)
             continue
         if role == "user":
             role, parts = "user", _user_parts(msg.get("content"), f"messages[{i}].content")
@@ -128,24 +129,10 @@ def _contents(raw: list[Any]) -> tuple[list[str], list[dict[str, Any]]]:
     return system, out
 
 
-def _texts(content: Any, param: str) -> list[str]:
-    if content is None:
-        return []
-    if isinstance(content, str):
-        return [content]
-    if isinstance(content, list):
-        texts = []
-        for j, part in enumerate(content):
-            if not isinstance(part, dict) or part.get("type") not in ("text", "refusal"):
-                raise invalid("only text parts are allowed here", param=f"{param}[{j}]")
-            texts.append(str(part.get("text") or part.get("refusal") or ""))
-        return texts
-    raise invalid("content must be a string or a list of parts", param=param)
-
 
 def _user_parts(content: Any, param: str) -> list[dict[str, Any]]:
     if not isinstance(content, list):
-        return [{"text": t} for t in _texts(content, param) if t]
+        return [{"text": t} for t in text_parts(content, param) if t]
     parts: list[dict[str, Any]] = []
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
@@ -190,7 +177,7 @@ def _media(image_url: Any, param: str) -> dict[str, Any]:
 
 
 def _model_parts(msg: dict[str, Any], i: int, call_names: dict[str, str]) -> list[dict[str, Any]]:
-    parts: list[dict[str, Any]] = [{"text": t} for t in _texts(msg.get("content"), f"messages[{i}].content") if t]
+    parts: list[dict[str, Any]] = [{"text": t} for t in text_parts(msg.get("content"), f"messages[{i}].content") if t]
     for j, call in enumerate(msg.get("tool_calls") or []):
         param = f"messages[{i}].tool_calls[{j}]"
         fn = call.get("function") if isinstance(call, dict) else None
@@ -217,7 +204,7 @@ def _function_response(msg: dict[str, Any], i: int, call_names: dict[str, str]) 
     if not name:
         raise invalid("a tool message must answer a tool call of an earlier assistant message",
                       param=f"messages[{i}].tool_call_id")
-    text = "".join(_texts(msg.get("content"), f"messages[{i}].content"))
+    text = "".join(text_parts(msg.get("content"), f"messages[{i}].content"))
     try:
         parsed = orjson.loads(text) if text else {}
     except orjson.JSONDecodeError:
