@@ -22,7 +22,6 @@ Unscripted requests get ``Mock answer to: <last user text>`` (respecting ``max_t
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -32,6 +31,8 @@ import orjson
 import pytest_asyncio
 from aiohttp import web
 from multidict import CIMultiDict
+
+from tests.support.loopback import LoopbackServer
 
 
 @dataclass
@@ -88,16 +89,15 @@ class RawReply:
 Scripted = Reply | ErrorReply | RawReply
 
 
-class MockAnthropic:
+class MockAnthropic(LoopbackServer):
     def __init__(self, api_key: str = "sk-ant-mock-key") -> None:
+        super().__init__()
         self.api_key = api_key
         self.requests: list[Any] = []  # parsed JSON bodies (the raw text if a body wasn't JSON)
         self.headers: list[CIMultiDict[str]] = []
         self.paths: list[str] = []  # path and query string
         self.script: deque[Scripted] = deque()
         self.default: Scripted = Reply()
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     @property
     def url(self) -> str:
@@ -112,27 +112,13 @@ class MockAnthropic:
         """Answer the next requests with these, in order; then fall back to ``default``."""
         self.script.extend(replies)
 
-    async def start(self) -> MockAnthropic:
+    def build_app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1/messages", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        await web.SockSite(self._runner, sock).start()
-        self.port = sock.getsockname()[1]
-        return self
+        return app
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
 
-    async def __aenter__(self) -> MockAnthropic:
-        return await self.start()
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # --- request handling ----------------------------------------------------------------------------
     async def _handle(self, request: web.Request) -> web.StreamResponse:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import socket
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +26,7 @@ import orjson
 from aiohttp import web
 
 from tests.support.aws_wire import event_frame, exception_frame, verify
+from tests.support.loopback import LoopbackServer
 
 
 @dataclass
@@ -65,8 +65,9 @@ class ErrorReply:
         return cls(403, "AccessDeniedException", "You don't have access to the model with the specified model ID.")
 
 
-class MockBedrock:
+class MockBedrock(LoopbackServer):
     def __init__(self, region: str = "us-east-1", api_key: str | None = None) -> None:
+        super().__init__()
         self.region = region
         self.api_key = api_key  # also accept this Bedrock API key (``Authorization: Bearer``)
         self.requests: list[Any] = []
@@ -76,8 +77,6 @@ class MockBedrock:
         self.headers: list[dict[str, str]] = []
         self.signature_errors: list[str] = []
         self.script: deque[Reply | ErrorReply] = deque()
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     @property
     def url(self) -> str:
@@ -90,21 +89,11 @@ class MockBedrock:
     def push(self, *replies: Reply | ErrorReply) -> None:
         self.script.extend(replies)
 
-    async def start(self) -> MockBedrock:
+    def build_app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/{tail:.*}", self._handle)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        await web.SockSite(self._runner, sock).start()
-        self.port = sock.getsockname()[1]
-        return self
+        return app
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()

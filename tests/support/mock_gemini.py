@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import socket
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -28,6 +27,8 @@ from typing import Any, Literal
 
 import orjson
 from aiohttp import web
+
+from tests.support.loopback import LoopbackServer
 
 
 @dataclass
@@ -72,8 +73,9 @@ def _b64url_decode(part: str) -> bytes:
     return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
 
 
-class MockGemini:
+class MockGemini(LoopbackServer):
     def __init__(self, api_key: str = "gemini-mock-key", token_ttl_s: int = 3600) -> None:
+        super().__init__()
         self.api_key = api_key
         self.token_ttl_s = token_ttl_s
         self.token_delay_s = 0.0  # slow token endpoint (proves requests don't wait for refreshes)
@@ -85,8 +87,6 @@ class MockGemini:
         self.token_requests = 0
         self.script: deque[Reply | ErrorReply] = deque()
         self._key_pem: bytes | None = None
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     @property
     def url(self) -> str:
@@ -95,24 +95,14 @@ class MockGemini:
     def push(self, *replies: Reply | ErrorReply) -> None:
         self.script.extend(replies)
 
-    async def start(self) -> MockGemini:
+    def build_app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/v1beta/models/{tail}", self._gemini)
         app.router.add_post("/v1/projects/{project}/locations/{location}/publishers/google/models/{tail}",
                             self._vertex)
         app.router.add_post("/token", self._token)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        await web.SockSite(self._runner, sock).start()
-        self.port = sock.getsockname()[1]
-        return self
+        return app
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
 
     # --- service account ---------------------------------------------------------------------------
     def service_account_file(self, folder: Path, project: str = "test-project") -> Path:

@@ -23,7 +23,6 @@ Like ``MockOpenAI``: each request takes the next scripted ``Fault`` (or ``defaul
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections import deque
 from collections.abc import AsyncIterator
@@ -34,6 +33,8 @@ import orjson
 import pytest_asyncio
 from aiohttp import web
 from multidict import CIMultiDict
+
+from tests.support.loopback import LoopbackServer
 
 
 @dataclass
@@ -108,8 +109,11 @@ def usage_for(body: dict[str, Any], output_words: int) -> dict[str, Any]:
     }
 
 
-class MockResponses:
+class MockResponses(LoopbackServer):
+    runner_options = {"handler_cancellation": True}
+
     def __init__(self, name: str = "responses", api_key: str | None = None) -> None:
+        super().__init__()
         self.name = name
         self.api_key = api_key  # when set, requests must carry ``Authorization: Bearer <key>``
         self.requests: list[Any] = []  # parsed JSON bodies (the raw text if a body wasn't JSON)
@@ -119,8 +123,6 @@ class MockResponses:
         self.default = Fault()
         self.cancelled = 0
         self.completed_streams = 0
-        self._runner: web.AppRunner | None = None
-        self.port = 0
 
     @property
     def url(self) -> str:
@@ -135,28 +137,14 @@ class MockResponses:
         """Answer the next requests with these, in order; then fall back to ``default``."""
         self.script.extend(faults)
 
-    async def start(self) -> MockResponses:
+    def build_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024**2)
         app.router.add_post("/v1/responses", self._handle)
         app.router.add_post("/v1/chat/completions", self._chat)  # as OpenAI serves both
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await self._runner.setup()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        await web.SockSite(self._runner, sock).start()
-        self.port = sock.getsockname()[1]
-        return self
+        return app
 
-    async def stop(self) -> None:
-        if self._runner is not None:
-            runner, self._runner = self._runner, None
-            await runner.cleanup()
 
-    async def __aenter__(self) -> MockResponses:
-        return await self.start()
 
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
 
     # --- request handling ----------------------------------------------------------------------------
     async def _chat(self, request: web.Request) -> web.Response:
