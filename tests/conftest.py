@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 
 from tests.support.harness import Gateway, ServerThread
-from tests.support.mock_anthropic import mock_anthropic  # noqa: F401
+from tests.support.mock_anthropic import MockAnthropic, mock_anthropic  # noqa: F401
 from tests.support.mock_openai import MockOpenAI
 from tests.support.redis_server import redis_server, redis_url  # noqa: F401
+from tests.support.scripted_openai import ScriptedOpenAI
 
 
 @pytest.fixture
@@ -30,6 +31,22 @@ def upstream(servers: ServerThread) -> Iterator[MockOpenAI]:
 @pytest.fixture
 def backup(servers: ServerThread) -> Iterator[MockOpenAI]:
     mock = servers.mock("backup")
+    yield mock
+    servers.call(mock.stop())
+
+
+@pytest.fixture
+def claude(servers: ServerThread) -> Iterator[MockAnthropic]:
+    """An Anthropic Messages upstream (its own wire format) on loopback."""
+    server = servers.call(MockAnthropic().start())
+    yield server
+    servers.call(server.stop())
+
+
+@pytest.fixture
+def oai(servers: ServerThread) -> Iterator[ScriptedOpenAI]:
+    """An OpenAI-compatible upstream whose answers a test can script (text or tool calls)."""
+    mock = servers.call(ScriptedOpenAI("primary").start())
     yield mock
     servers.call(mock.stop())
 

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.policy.model import RetryPolicy
 from gateway.providers.anthropic_translate import JSON_MODE_INSTRUCTION, to_anthropic
-from tests.support.mock_anthropic import ErrorReply, MockAnthropic, Reply
+from tests.support.mock_anthropic import ErrorReply, Reply
 
 PDF = "data:application/pdf;base64," + base64.b64encode(b"%PDF-1.4 tiny").decode()
 CACHED = {"type": "ephemeral"}
@@ -62,12 +62,6 @@ def test_cache_control_on_parts_is_kept():
 def test_529_is_retryable_by_default():
     assert 529 in RetryPolicy().on_status
 
-
-@pytest.fixture
-def claude(servers):
-    server = servers.call(MockAnthropic().start())
-    yield server
-    servers.call(server.stop())
 
 
 def test_overloaded_fails_over_and_json_mode_reaches_claude(make_gateway, claude, backup):

@@ -8,14 +8,7 @@ import textwrap
 import openai
 import pytest
 
-from tests.support.mock_anthropic import ErrorReply, MockAnthropic, Reply
-
-
-@pytest.fixture
-def claude(servers):
-    server = servers.call(MockAnthropic().start())
-    yield server
-    servers.call(server.stop())
+from tests.support.mock_anthropic import ErrorReply, Reply
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import pytest
 
 from tests.support.harness import eventually
 from tests.support.prom import scrape
-from tests.support.scripted_openai import Said, ScriptedOpenAI
+from tests.support.scripted_openai import Said
 
 TIMEOUTS = "{connect_s: 1, first_byte_s: 2, total_s: 10}"
 EMAIL = "jane.doe@example.com"
@@ -22,12 +22,6 @@ SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "celsius"
 WEATHER = {"type": "json_schema", "json_schema": {"name": "weather", "schema": SCHEMA, "strict": True}}
 VERDICTS = "llm_gateway_guardrail_verdicts_total"
 
-
-@pytest.fixture
-def oai(servers):
-    mock = servers.call(ScriptedOpenAI("primary").start())
-    yield mock
-    servers.call(mock.stop())
 
 
 @pytest.fixture

@@ -16,12 +16,6 @@ TIMEOUTS = "{connect_s: 1, first_byte_s: 2, total_s: 10}"
 VERDICTS = "llm_gateway_guardrail_verdicts_total"
 
 
-@pytest.fixture
-def oai(servers):
-    mock = servers.call(ScriptedOpenAI("primary").start())
-    yield mock
-    servers.call(mock.stop())
-
 
 @pytest.fixture
 def judge(servers):

@@ -12,18 +12,12 @@ import pytest
 
 from tests.support.policy_hook import PolicyHook, Slow, Status
 from tests.support.prom import scrape
-from tests.support.scripted_openai import Said, ScriptedOpenAI
+from tests.support.scripted_openai import Said
 
 TIMEOUTS = "{connect_s: 1, first_byte_s: 2, total_s: 10}"
 VERDICTS = "llm_gateway_guardrail_verdicts_total"
 HELLO = [{"role": "user", "content": "hello"}]
 
-
-@pytest.fixture
-def oai(servers):
-    mock = servers.call(ScriptedOpenAI("primary").start())
-    yield mock
-    servers.call(mock.stop())
 
 
 @pytest.fixture

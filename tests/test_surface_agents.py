@@ -20,8 +20,8 @@ import pydantic
 import pytest
 from openai.types.responses import ResponseStreamEvent
 
-from tests.support.mock_anthropic import MockAnthropic, Reply
-from tests.support.scripted_openai import Said, ScriptedOpenAI
+from tests.support.mock_anthropic import Reply
+from tests.support.scripted_openai import Said
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -51,18 +51,6 @@ def load(name: str) -> dict[str, Any]:
     return json.loads((FIXTURES / name).read_text())
 
 
-@pytest.fixture
-def oai(servers):
-    mock = servers.call(ScriptedOpenAI("openai").start())
-    yield mock
-    servers.call(mock.stop())
-
-
-@pytest.fixture
-def claude(servers):
-    server = servers.call(MockAnthropic().start())
-    yield server
-    servers.call(server.stop())
 
 
 @pytest.fixture

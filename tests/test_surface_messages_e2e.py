@@ -20,12 +20,6 @@ HELLO = [{"role": "user", "content": "hello there"}]
 TARGETS = ["gpt", "sonnet"]
 
 
-@pytest.fixture
-def oai(servers):
-    mock = servers.call(ScriptedOpenAI("primary").start())
-    yield mock
-    servers.call(mock.stop())
-
 
 @pytest.fixture
 def oai_backup(servers):
@@ -33,12 +27,6 @@ def oai_backup(servers):
     yield mock
     servers.call(mock.stop())
 
-
-@pytest.fixture
-def claude(servers):
-    server = servers.call(MockAnthropic().start())
-    yield server
-    servers.call(server.stop())
 
 
 @pytest.fixture

@@ -6,9 +6,8 @@ from __future__ import annotations
 import textwrap
 
 import anthropic
-import pytest
 
-from tests.support.mock_anthropic import MockAnthropic, Reply
+from tests.support.mock_anthropic import Reply
 from tests.support.prom import scrape
 
 THINKING_TURN = [
@@ -19,12 +18,6 @@ THINKING_TURN = [
 ]
 SYSTEM = [{"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}]
 
-
-@pytest.fixture
-def claude(servers):
-    server = servers.call(MockAnthropic().start())
-    yield server
-    servers.call(server.stop())
 
 
 def policy(url: str, key: str, redact: bool = False) -> str:

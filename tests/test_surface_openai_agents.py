@@ -19,26 +19,14 @@ from agents import (
 )
 from agents.models import _openai_shared
 
-from tests.support.mock_anthropic import MockAnthropic, Reply
-from tests.support.scripted_openai import Said, ScriptedOpenAI
+from tests.support.mock_anthropic import Reply
+from tests.support.scripted_openai import Said
 
 pytestmark = pytest.mark.timeout(60)
 TIMEOUTS = "{connect_s: 1, first_byte_s: 2, total_s: 10}"
 ANSWER = "It is 18C and sunny in Paris."
 
 
-@pytest.fixture
-def oai(servers):
-    mock = servers.call(ScriptedOpenAI("openai").start())
-    yield mock
-    servers.call(mock.stop())
-
-
-@pytest.fixture
-def claude(servers):
-    server = servers.call(MockAnthropic().start())
-    yield server
-    servers.call(server.stop())
 
 
 @pytest.fixture

@@ -32,18 +32,6 @@ WEATHER_SCHEMA = {"type": "object", "properties": {"city": {"type": "string"}, "
                   "required": ["city", "celsius"], "additionalProperties": False}
 
 
-@pytest.fixture
-def oai(servers):
-    mock = servers.call(ScriptedOpenAI("primary").start())
-    yield mock
-    servers.call(mock.stop())
-
-
-@pytest.fixture
-def claude(servers):
-    server = servers.call(MockAnthropic().start())
-    yield server
-    servers.call(server.stop())
 
 
 def policy(oai: ScriptedOpenAI, claude: MockAnthropic, state: str = "backend: memory",

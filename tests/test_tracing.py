@@ -8,7 +8,7 @@ import textwrap
 import pytest
 
 from tests.support.harness import eventually
-from tests.support.scripted_openai import Said, ScriptedOpenAI
+from tests.support.scripted_openai import Said
 
 pytest.importorskip("opentelemetry.sdk")
 pytest.importorskip("opentelemetry.exporter.otlp.proto.http")
@@ -20,12 +20,6 @@ TIMEOUTS = "{connect_s: 1, first_byte_s: 2, total_s: 10}"
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 CLIENT_SPAN = "00f067aa0ba902b7"
 
-
-@pytest.fixture
-def oai(servers):
-    mock = servers.call(ScriptedOpenAI("primary").start())
-    yield mock
-    servers.call(mock.stop())
 
 
 @pytest.fixture
