@@ -219,3 +219,20 @@ def test_feedback_window_is_per_tenant_and_zero_turns_it_off(make_gateway, upstr
     status, body = post(gw.base_url + "/feedback", "sk-audited-tenant", {"request_id": "off-1", "score": 1})
     assert status == 404 and "feedback is off" in body["error"]["message"]
     assert post(gw.base_url + "/feedback", "sk-acme", {"request_id": "on-1", "score": 1})[0] == 201
+
+
+def test_a_key_read_from_api_key_file_is_redacted_from_audit_records(make_gateway, upstream, tmp_path):
+    file_key = "fileKEY0f9a8b7c6d5e4"  # not token-shaped: only knowing the key can redact it
+    (tmp_path / "upstream.key").write_text(file_key + "\n")
+    policy = audited_policy(upstream.url, tmp_path).replace(
+        "api_key: sk-upstream-secret", f"api_key_file: {tmp_path / 'upstream.key'}")
+    gw = make_gateway(policy)
+    msg = [{"role": "user", "content": f"the provider key is {file_key}, keep it"}]
+    gw.client("sk-audited-tenant").chat.completions.create(model="small", messages=msg,
+                                                           extra_headers={"x-request-id": "aud-file"})
+    (line,) = wait_lines(tmp_path / "audit.jsonl", 1)
+    gw.stop()
+    text = orjson.dumps(line).decode()
+    assert line["request_id"] == "aud-file"
+    assert file_key not in text
+    assert "[SECRET]" in line["request"]["messages"][0]["content"]

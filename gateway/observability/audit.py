@@ -17,6 +17,7 @@ import asyncio
 import logging
 import time
 import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -100,11 +101,16 @@ class Redactors:
 
 
 class RedactorCache:
-    """``Redactors`` of the current policy, rebuilt on reload; a request keeps its own policy's."""
+    """``Redactors`` of the current policy, rebuilt on reload; a request keeps its own policy's.
 
-    def __init__(self) -> None:
+    ``live_secrets`` gives the providers' keys as they are now: a key read from ``api_key_file`` (or
+    rotated in it) is not in the policy, so it is added per record, with the caller's own key.
+    """
+
+    def __init__(self, live_secrets: Callable[[], Iterable[str]] | None = None) -> None:
         self._digest = ""
         self._current: Redactors | None = None
+        self._live_secrets = live_secrets
 
     def for_policy(self, policy: Policy) -> Redactors:
         if self._current is None or policy.digest != self._digest:
@@ -113,7 +119,10 @@ class RedactorCache:
 
     def for_request(self, ctx: RequestContext) -> Redactor:
         key = printable_key(ctx.request.headers)
-        return self.for_policy(ctx.policy).get(ctx.tenant).with_secrets([key] if len(key) >= 4 else [])
+        extra = [key] if len(key) >= 4 else []
+        if self._live_secrets is not None:
+            extra.extend(self._live_secrets())
+        return self.for_policy(ctx.policy).get(ctx.tenant).with_secrets(extra)
 
 
 class AuditLog:

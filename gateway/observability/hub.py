@@ -39,7 +39,7 @@ class Observability:
         self.holder = services.holder
         self.backend = services.backend
         self.metrics = services.metrics
-        self.redactors = RedactorCache()
+        self.redactors = RedactorCache(services.providers.secrets)
         self.audit = AuditLog(self.redactors)
         self.records = RequestRecords(services.backend)
         self.live = LiveGauges(services)

@@ -32,6 +32,10 @@ class LiveProviders:
     def get(self, name: str) -> Provider:
         return self._by_name[name]
 
+    def secrets(self) -> tuple[str, ...]:
+        """Every live provider's current keys (inline, ``${ENV}`` or ``api_key_file``), for redaction."""
+        return tuple(s for p in self._by_name.values() for s in p.secrets() if len(s) >= 4)
+
     def update(self, policy: Policy) -> None:
         """Swap in providers for a new policy; retire the ones it no longer has."""
         by_spec: dict[ProviderSpec, Provider] = {}
