@@ -31,10 +31,22 @@ PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings
 
 @dataclass(frozen=True, slots=True)
 class OpenAIOptions:
+    """The ``openai`` type's own keys; the compatible presets change the defaults of the quirks.
+
+    ``stream_options``: the server accepts ``stream_options`` (Mistral answers 422 to it and puts
+    usage on its last chunk anyway), so the gateway's usage request is left out when false.
+    ``max_completion_tokens``: the server knows that name; when false it is sent as ``max_tokens``.
+    ``usage_field``: an object on a stream chunk that carries the usage instead of ``usage`` (Groq's
+    ``x_groq``); it is moved to ``usage`` so the gateway and the client read it where OpenAI puts it.
+    """
+
     responses: bool = False  # the deployment serves /v1/responses itself (OpenAI does; many compatibles don't)
+    stream_options: bool = True
+    max_completion_tokens: bool = True
+    usage_field: str = ""
 
 
-OPTION_KEYS = {"responses": BOOLEAN}
+OPTION_KEYS = {"responses": BOOLEAN, "stream_options": BOOLEAN, "max_completion_tokens": BOOLEAN}
 HOP_BY_HOP = frozenset(
     {
         "connection",
@@ -118,8 +130,12 @@ class OpenAIProvider(HTTPProvider):
         super().__init__(spec)
         self._base = spec.base_url.rstrip("/")
         self._static_headers = {"content-type": "application/json", **dict(spec.headers)}
-        if isinstance(spec.options, OpenAIOptions) and spec.options.responses:
+        options = spec.options if isinstance(spec.options, OpenAIOptions) else OpenAIOptions()
+        if options.responses:
             self.native_surface = "responses"
+        self._drop = () if options.stream_options else ("stream_options",)
+        self._rename = not options.max_completion_tokens
+        self._usage_field = options.usage_field
 
     # --- hooks for variants (azure_openai) ---------------------------------------------------------
     def key_headers(self) -> dict[str, str]:
@@ -130,7 +146,10 @@ class OpenAIProvider(HTTPProvider):
         return self._base + PATHS[req.endpoint]
 
     def encode(self, req: UpstreamRequest) -> bytes:
-        return orjson.dumps(req.body)
+        body = req.body
+        if self._drop or self._rename:
+            body = compatible_body(body, self._drop, self._rename)
+        return orjson.dumps(body)
 
     # --- the call ------------------------------------------------------------------------------------
     async def send(self, req: UpstreamRequest) -> UpstreamResponse:
@@ -193,12 +212,35 @@ class OpenAIProvider(HTTPProvider):
     async def _events(
         self, resp: aiohttp.ClientResponse, idle_s: float, deadline: float
     ) -> AsyncIterator[bytes]:
+        field = self._usage_field.encode()
         async with aclosing(timed_sse(resp, self.name, idle_s, deadline)) as events:
             async for _event, data in events:
                 if data == DONE:
                     return
-                yield data
+                yield usage_moved(data, self._usage_field) if field and field in data else data
         raise UpstreamError("stream_cut", f"{self.name} ended the stream without [DONE]")
+
+
+def compatible_body(body: dict, drop: tuple[str, ...], rename: bool) -> dict:
+    """The request for a server with quirks: fields it refuses left out, ``max_completion_tokens`` renamed."""
+    out = {k: v for k, v in body.items() if k not in drop}
+    if rename and "max_completion_tokens" in out:
+        value = out.pop("max_completion_tokens")
+        out.setdefault("max_tokens", value)
+    return out
+
+
+def usage_moved(data: bytes, field: str) -> bytes:
+    """A chunk whose usage rides in ``field`` (e.g. Groq's ``x_groq.usage``) with it at ``usage`` instead."""
+    try:
+        chunk = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return data
+    extra = chunk.get(field) if isinstance(chunk, dict) else None
+    if not isinstance(extra, dict) or not isinstance(extra.get("usage"), dict) or chunk.get("usage"):
+        return data
+    chunk["usage"] = extra["usage"]
+    return orjson.dumps(chunk)
 
 
 # --- shared by the HTTP adapters (openai, azure_openai, anthropic) -----------------------------------

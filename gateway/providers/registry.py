@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from gateway.policy.checkers import Checker
@@ -28,7 +29,7 @@ class ProviderKind:
     """One provider type: how to build it, the policy keys of its own, and its base URL rule."""
 
     factory: Callable[[ProviderSpec], Provider]
-    options: type | None = None  # a frozen dataclass built from ``option_keys`` into ``ProviderSpec.options``
+    options: Callable[..., Any] | None = None  # a frozen dataclass (or a partial of one) built from ``option_keys`` into ``ProviderSpec.options``
     option_keys: Mapping[str, Checker] = field(default_factory=dict)  # YAML key -> checker
     default_base_url: str | None = None  # used when the policy gives no ``base_url``
     needs_base_url: bool = True  # False for providers that call nothing (mock) or derive it (bedrock)
@@ -50,19 +51,23 @@ PROVIDER_TYPES: dict[str, ProviderKind] = {
 }
 
 # OpenAI-compatible services: the ``openai`` adapter with their well-known base URL (``None``: self-hosted,
-# so the policy must give one), so a policy says ``type: groq`` and a key.
-COMPATIBLE: dict[str, str | None] = {
-    "vllm": None,
-    "ollama": "http://127.0.0.1:11434/v1",
-    "groq": "https://api.groq.com/openai/v1",
-    "mistral": "https://api.mistral.ai/v1",
-    "together": "https://api.together.xyz/v1",
-    "openrouter": "https://openrouter.ai/api/v1",
-    "deepseek": "https://api.deepseek.com/v1",
-    "fireworks": "https://api.fireworks.ai/inference/v1",
+# so the policy must give one) and their quirks as the defaults of its options, so a policy says
+# ``type: groq`` and a key. Quirks (see ``openai.OpenAIOptions``): Mistral refuses ``stream_options`` and
+# ``max_completion_tokens`` (422 "extra inputs are not permitted") and sends usage on its last chunk
+# unasked; Groq's stream carries usage in ``x_groq.usage``.
+COMPATIBLE: dict[str, tuple[str | None, dict[str, Any]]] = {
+    "vllm": (None, {}),
+    "ollama": ("http://127.0.0.1:11434/v1", {}),
+    "groq": ("https://api.groq.com/openai/v1", {"usage_field": "x_groq"}),
+    "mistral": ("https://api.mistral.ai/v1", {"stream_options": False, "max_completion_tokens": False}),
+    "together": ("https://api.together.xyz/v1", {}),
+    "openrouter": ("https://openrouter.ai/api/v1", {}),
+    "deepseek": ("https://api.deepseek.com/v1", {}),
+    "fireworks": ("https://api.fireworks.ai/inference/v1", {}),
 }
-for _name, _url in COMPATIBLE.items():
-    PROVIDER_TYPES[_name] = ProviderKind(OpenAIProvider, default_base_url=_url)
+for _name, (_url, _quirks) in COMPATIBLE.items():
+    PROVIDER_TYPES[_name] = ProviderKind(OpenAIProvider, partial(openai.OpenAIOptions, **_quirks),
+                                         openai.OPTION_KEYS, default_base_url=_url)
 
 
 def register_provider(name: str, kind: ProviderKind) -> None:
