@@ -27,7 +27,8 @@ from gateway.ratelimit.stats import RateLimitStats
 from gateway.routing.balancer import Balancer
 from gateway.routing.breaker import Breakers
 from gateway.routing.retry import RetryBudget
-from gateway.routing.rollout import Rollouts
+from gateway.routing.rollout_store import RolloutStore
+from gateway.routing.rollouts import Rollouts
 from gateway.routing.shadow import Shadow
 from gateway.routing.stats import RouterStats
 from gateway.state import build_backend
@@ -50,8 +51,8 @@ class Services:
     cache_stats: CacheStats
     ratelimit_stats: RateLimitStats
     router_stats: RouterStats
-    rollouts: Rollouts  # canary rollback windows (per process), read by the rollout stage and admin
-    shadow: Shadow  # mirrored calls to shadow candidates and their experiments' spend (per process)
+    rollouts: Rollouts  # rollouts' shared state (rollback, experiment spend, arm sums), stage and admin
+    shadow: Shadow  # mirrored calls to shadow candidates (spend charged through ``rollouts``)
     keys: KeyResolver  # managed keys (admin API): the cached auth lookup and its store
 
 
@@ -74,6 +75,7 @@ def build_services(policy: Policy, *, path: str | None = None, clock: Clock = SY
     providers = LiveProviders(pool_observer(metrics))
     providers.update(policy)
     rng = rng or random.Random()
+    rollouts = Rollouts(metrics, RolloutStore(state, policy.state.key_prefix))
     return Services(
         holder=PolicyHolder(policy, path),
         backend=state,
@@ -89,7 +91,7 @@ def build_services(policy: Policy, *, path: str | None = None, clock: Clock = SY
         cache_stats=CacheStats(),
         ratelimit_stats=RateLimitStats(),
         router_stats=RouterStats(),
-        rollouts=Rollouts(metrics),
-        shadow=Shadow(providers, metrics),
+        rollouts=rollouts,
+        shadow=Shadow(providers, metrics, rollouts),
         keys=KeyResolver(KeyStore(state, policy.state.key_prefix), clock),
     )

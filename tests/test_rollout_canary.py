@@ -140,7 +140,7 @@ def test_rollback_ignores_noise_below_the_threshold(make_gateway, upstream, back
         with contextlib.suppress(openai.APIStatusError):
             ask(client)
     assert ask(client)[0] == "candidate"
-    assert gw.services.rollouts.status()[0]["tripped"] is False
+    assert not gw.services.rollouts.tripped("bot")
 
 
 def test_reload_that_changes_the_block_resets_a_tripped_rollback(make_gateway, upstream, backup):

@@ -87,7 +87,7 @@ def test_stream_is_mirrored_as_a_whole_request_and_agreement_recorded(make_gatew
     assert eventually(lambda: shadow_state(gw)["mirrored"] == 1)
     assert not backup.requests[0].get("stream")
     state = shadow_state(gw)
-    pair = state["recent"][0]
+    pair = admin_get(gw, "/admin/rollouts")["rollouts"][0]["pairs"][0]
     assert pair["primary"] == text and pair["exact"] is True and pair["similarity"] == 1.0
     assert state["exact_matches"] == 1
     assert metric(gw, 'llm_gateway_rollout_shadow_agreement_count{model="bot"} 1.0')

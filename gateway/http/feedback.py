@@ -19,6 +19,7 @@ from gateway.keys.resolver import KeyResolver
 from gateway.observability.feedback import FEEDBACK_MAX, feedback_key, parse_feedback
 from gateway.observability.hub import Observability
 from gateway.policy.model import Policy, Tenant
+from gateway.routing.rollouts import Rollouts
 from gateway.stages.input_check import parse_json_body, read_body
 from gateway.state.base import StateError
 
@@ -28,9 +29,10 @@ MAX_BODY = 65_536
 class FeedbackEndpoint:
     """``POST /v1/feedback`` with the tenant's own key; a tenant only rates its own requests."""
 
-    def __init__(self, obs: Observability, keys: KeyResolver) -> None:
+    def __init__(self, obs: Observability, keys: KeyResolver, rollouts: Rollouts) -> None:
         self.obs = obs
         self.keys = keys  # policy-file and managed keys
+        self.rollouts = rollouts  # scores of a rollout's arms, side by side
 
     async def handle(self, request: web.Request) -> web.Response:
         policy = self.obs.holder.current
@@ -45,6 +47,7 @@ class FeedbackEndpoint:
         except GatewayError as err:
             return error_json(err)
         self.obs.count_feedback(policy, tenant, entry)
+        self.rollouts.feedback(entry["public_model"], entry["variant"], entry["score"])
         body = {"object": "feedback", "id": sid, "request_id": entry["request_id"], "model": entry["model"],
                 "route": entry["route"], "score": entry["score"]}
         return web.Response(status=201, body=orjson.dumps(body), content_type="application/json")
@@ -68,7 +71,7 @@ class FeedbackEndpoint:
         return {**fields, "comment": redactor.text(comment) if comment else None, "tenant": tenant.name,
                 "key": key_name, "model": record.get("served_model") or record.get("model"),
                 "public_model": record.get("model"), "route": record.get("route"),
-                "deployment": record.get("deployment"), "time": time.time()}
+                "deployment": record.get("deployment"), "variant": record.get("variant"), "time": time.time()}
 
     async def _store(self, policy: Policy, tenant: Tenant, entry: dict[str, Any]) -> str:
         try:

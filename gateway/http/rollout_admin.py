@@ -1,9 +1,9 @@
 """Admin routes of rollouts: their state, and resetting a tripped canary rollback.
 
-* ``GET /admin/rollouts``: ``{"rollouts": [{model, candidate, mode, share, sticky_by, tripped, ...}]}``.
-* ``POST /admin/rollouts/{model}/reset``: serve the canary again (this process's window starts over).
-
-The rollback windows are per process: with several replicas, each answers for its own.
+* ``GET /admin/rollouts``: ``{"rollouts": [{model, candidate, mode, share, sticky_by, tripped, arms,
+  shadow, pairs, ...}]}``: the arms' figures side by side (shared by the replicas).
+* ``POST /admin/rollouts/{model}/reset``: serve a tripped canary again and restart a shadow's spend,
+  on every replica (the state backend holds the verdict; each replica sees it within a second).
 """
 
 from __future__ import annotations
@@ -25,19 +25,19 @@ class RolloutRoutes:
             require_admin(request.headers, self.services.holder.current)
         except GatewayError as err:
             return error_json(err)
-        rows = self.services.rollouts.status()
+        rows = await self.services.rollouts.status()
         for row in rows:
             arm = self.services.shadow.arms.get(row["model"])
-            if arm is not None:
-                row["shadow"] = arm.summary()
+            if arm is not None and "shadow" in row:
+                row["shadow"]["in_flight"] = arm.in_flight
         return json_reply({"rollouts": rows})
 
     async def reset(self, request: web.Request) -> web.Response:
         try:
             require_admin(request.headers, self.services.holder.current)
             model = request.match_info["model"]
-            if not self.services.rollouts.reset(model):
-                raise GatewayError(404, f"model '{model}' has no rollout with a rollback rule",
+            if not await self.services.rollouts.reset(model):
+                raise GatewayError(404, f"model '{model}' has no shadow rollout nor one with a rollback rule",
                                    code="not_found")
         except GatewayError as err:
             return error_json(err)

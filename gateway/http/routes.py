@@ -46,7 +46,7 @@ def add_routes(app: web.Application, handler: Handler, services: Services, obs: 
     app.router.add_delete("/v1/responses/{response_id}", extra.delete_response)
     app.router.add_get("/v1/models", info.models)
     app.router.add_get("/v1/models/{model_id}", info.model)
-    app.router.add_post("/v1/feedback", FeedbackEndpoint(obs, services.keys).handle)
+    app.router.add_post("/v1/feedback", FeedbackEndpoint(obs, services.keys, services.rollouts).handle)
     app.router.add_get("/healthz", info.healthz)
     app.router.add_get("/readyz", info.readyz)
     app.router.add_get("/metrics", info.metrics)

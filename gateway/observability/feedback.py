@@ -28,7 +28,8 @@ from gateway.state.base import StateBackend, StateError, hash_tag
 
 log = logging.getLogger("gateway.observability.feedback")
 
-RECORD_FIELDS = ("model", "served_model", "route", "deployment")  # stored as a list: ~60 bytes a record
+# stored as a list: ~60 bytes a record; ``variant`` (the rollout arm) may be missing from older records
+RECORD_FIELDS = ("model", "served_model", "route", "deployment", "variant")
 MAX_LOCAL = 200_000  # records the memory backend keeps (in-process, least recently used first out)
 FEEDBACK_MAX = 1_000_000  # records the feedback log holds before new ones are refused
 MAX_COMMENT = 4_000
@@ -67,7 +68,8 @@ class RequestRecords:
         ttl = tenant.audit.feedback_ttl_s
         dep = ctx.deployment
         # RECORD_FIELDS, as the access log states them (``access_facts``)
-        record = [ctx.public_model or None, model.name, ctx.route, dep.name if dep is not None else None]
+        record = [ctx.public_model or None, model.name, ctx.route, dep.name if dep is not None else None,
+                  ctx.rollout.variant if ctx.rollout is not None else None]
         key = record_key(ctx.policy, tenant.name, ctx.request_id)
         if self.backend.kind == "memory":
             self.local[key] = (ttl, record)
@@ -90,12 +92,12 @@ class RequestRecords:
         key = record_key(policy, tenant, request_id)
         if self.backend.kind == "memory":
             found = self.local.get(key)
-            return dict(zip(RECORD_FIELDS, found[1], strict=True)) if found else None
+            return dict(zip(RECORD_FIELDS, found[1], strict=False)) if found else None
         pending = self._pending.get(key)
         if pending is not None:
             await asyncio.shield(pending)
         raw = await self.backend.get(key)
-        return dict(zip(RECORD_FIELDS, orjson.loads(raw), strict=True)) if raw else None
+        return dict(zip(RECORD_FIELDS, orjson.loads(raw), strict=False)) if raw else None
 
     async def drain(self) -> None:
         if self._pending:

@@ -185,6 +185,14 @@ class GatewayMetrics:
                                         (0.0, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0), reg)
         self.shadow_exact = self._c("rollout_shadow_exact_matches", "Shadow pairs whose answers were "
                                     "identical.", ("model",), reg)
+        self.rollout_ttft = self._h("rollout_time_to_first_token_seconds", "Time to first token per arm of a "
+                                    "rollout (streams).", ("model", "variant"), TTFT_BUCKETS, reg)
+        self.rollout_tokens = self._c("rollout_tokens", "Tokens per arm of a rollout, by type (input, output).",
+                                      ("model", "variant", "type"), reg)
+        self.rollout_cost = self._c("rollout_cost_usd", "Spend per arm of a rollout in USD at policy prices "
+                                    "(a shadow's candidate: the experiment's budget).", ("model", "variant"), reg)
+        self.rollout_feedback = self._h("rollout_feedback_score", "Feedback scores (0 bad .. 1 good) per arm "
+                                        "of a rollout.", ("model", "variant"), SCORE_BUCKETS, reg)
 
     def register(self, collector: Any) -> None:
         """Add a scrape-time collector (values read when ``/metrics`` is asked)."""

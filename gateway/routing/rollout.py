@@ -9,19 +9,16 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import logging
 import re
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.observability.metrics import GatewayMetrics
-from gateway.policy.model import Policy, Rollback, Rollout
+from gateway.policy.model import Rollback, Rollout
 
 PRIMARY, CANDIDATE = "primary", "candidate"
 _SPACE = re.compile(r"\s+")
-log = logging.getLogger("gateway.rollout")
 
 
 def point(model: str, sticky: str) -> float:
@@ -80,64 +77,6 @@ class RolloutState:
     candidate: str
     mirror: bool = False
     primary_text: list[str] | None = None  # shadow: the primary's answer text, as it was sent
-
-
-class Rollouts:
-    """The rollback windows of the serving policy's canaries, kept across requests (one per model)."""
-
-    def __init__(self, metrics: GatewayMetrics) -> None:
-        self.metrics = metrics
-        self.blocks: dict[str, Rollout] = {}
-        self.windows: dict[str, RollbackWindow] = {}
-
-    def on_policy(self, policy: Policy) -> None:
-        """A block that changed (or is new) starts over; an unchanged one keeps its verdict."""
-        blocks = {name: spec.rollout for name, spec in policy.models.items()
-                  if spec.rollout is not None and name == spec.name}
-        for name, block in blocks.items():
-            if self.blocks.get(name) != block:
-                self.windows.pop(name, None)
-                if block.rollback is not None:
-                    self.windows[name] = RollbackWindow(block.rollback)
-                self._publish(name)
-        for name in set(self.blocks) - set(blocks):
-            self.windows.pop(name, None)
-            self.metrics.rollout_tripped.labels(name).set(0)
-        self.blocks = blocks
-
-    def tripped(self, model: str) -> bool:
-        window = self.windows.get(model)
-        return window is not None and window.tripped
-
-    def record(self, model: str, now: float, failed: bool) -> None:
-        window = self.windows.get(model)
-        if window is not None and window.record(now, failed):
-            log.warning("rollout rollback tripped: model=%s candidate error rate %.3f over %d requests",
-                        model, window.error_rate(), len(window.events))
-            self._publish(model)
-
-    def reset(self, model: str) -> bool:
-        """Serve the canary again; False for a model without a rollback rule."""
-        block = self.blocks.get(model)
-        if block is None or block.rollback is None:
-            return False
-        self.windows[model] = RollbackWindow(block.rollback)
-        self._publish(model)
-        log.warning("rollout rollback reset: model=%s", model)
-        return True
-
-    def status(self) -> list[dict]:
-        rows = []
-        for name, block in sorted(self.blocks.items()):
-            window = self.windows.get(name)
-            rows.append({"model": name, "candidate": block.candidate, "mode": block.mode, "share": block.share,
-                         "sticky_by": block.sticky_by, "tripped": bool(window and window.tripped),
-                         "window_requests": len(window.events) if window else 0,
-                         "window_error_rate": round(window.error_rate(), 4) if window else 0.0})
-        return rows
-
-    def _publish(self, model: str) -> None:
-        self.metrics.rollout_tripped.labels(model).set(1 if self.tripped(model) else 0)
 
 
 def normalize(text: str) -> str:

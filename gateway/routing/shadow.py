@@ -2,57 +2,46 @@
 
 The mirrored call goes straight to the candidate's first deployment, outside the pipeline: it is
 never returned, never cached, never charged to the tenant (its cost goes to the rollout's own
-``budget_usd``, kept in this process), never retried and never dead-lettered. A stream is mirrored
-as a whole (non-stream) request. ``max_concurrency`` bounds the calls in flight per model; past it a
-request is not mirrored, and counted. Each pair's agreement (exact match, normalized similarity) goes
-to a histogram, a log line and a short in-memory list of recent pairs (``/admin/rollouts``).
+``budget_usd``, shared by the replicas through ``Rollouts``), never retried and never dead-lettered.
+A stream is mirrored as a whole (non-stream) request. ``max_concurrency`` bounds the calls in flight
+per model and replica; past it a request is not mirrored, and counted. Each call counts as the
+candidate arm (requests, errors, latency, tokens, cost); each pair's agreement (exact match,
+normalized similarity) goes to a histogram, a log line and the model's shared list of recent pairs,
+both answers redacted as the tenant's audit redaction says (``gateway review shadow`` shows them).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
 from gateway.budget.pricing import cost, rates_for, usd
 from gateway.observability.metrics import GatewayMetrics
+from gateway.observability.redact import Redactor
 from gateway.policy.model import ModelSpec, Policy, Rollout
 from gateway.providers.base import Endpoint, UpstreamRequest
 from gateway.providers.live import LiveProviders
-from gateway.routing.rollout import agreement
-from gateway.usage import usage_from
+from gateway.routing.rollout import CANDIDATE, agreement
+from gateway.routing.rollouts import Rollouts
+from gateway.state.base import StateError
+from gateway.usage import Usage, usage_from
 
 log = logging.getLogger("gateway.rollout.shadow")
-RECENT = 50  # pairs kept per model for review
 DROPPED_FIELDS = ("stream", "stream_options", "model")
 
 
 @dataclass(slots=True)
 class ShadowArm:
-    """One shadowed model's experiment: spend, calls in flight, counts and recent pairs."""
+    """One shadowed model's experiment on this replica: its block and the calls in flight."""
 
     block: Rollout
-    spent_usd: float = 0.0
     in_flight: int = 0
-    mirrored: int = 0
-    skipped: int = 0
-    errors: int = 0
-    similarity_sum: float = 0.0
-    exact: int = 0
-    recent: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=RECENT))
-
-    def summary(self) -> dict[str, Any]:
-        pairs = self.mirrored - self.errors
-        return {"spent_usd": round(self.spent_usd, 9), "budget_usd": self.block.budget_usd,
-                "mirrored": self.mirrored, "skipped": self.skipped, "errors": self.errors,
-                "in_flight": self.in_flight, "exact_matches": self.exact,
-                "mean_similarity": round(self.similarity_sum / pairs, 4) if pairs else None,
-                "recent": list(self.recent)}
 
 
 def answer_text(body: bytes | None) -> str | None:
@@ -83,14 +72,15 @@ async def collect_stream(events: AsyncIterator[bytes], sink: list[str]) -> Async
 class Shadow:
     """Mirrors requests to candidates in background tasks, bounded per model by ``max_concurrency``."""
 
-    def __init__(self, providers: LiveProviders, metrics: GatewayMetrics) -> None:
+    def __init__(self, providers: LiveProviders, metrics: GatewayMetrics, rollouts: Rollouts) -> None:
         self.providers = providers
         self.metrics = metrics
+        self.rollouts = rollouts
         self.arms: dict[str, ShadowArm] = {}
         self.tasks: set[asyncio.Task] = set()
 
     def on_policy(self, policy: Policy) -> None:
-        """A changed (or new) shadow block starts a new experiment: spend and counts from zero."""
+        """A changed (or new) shadow block starts a new experiment (``Rollouts`` resets its spend)."""
         arms: dict[str, ShadowArm] = {}
         for name, spec in policy.models.items():
             if spec.rollout is not None and spec.rollout.mode == "shadow" and name == spec.name:
@@ -99,34 +89,40 @@ class Shadow:
         self.arms = arms
 
     def mirror(self, policy: Policy, model: str, endpoint: Endpoint, body: dict[str, Any], primary: str,
-               request_id: str) -> None:
+               request_id: str, redactor: Redactor) -> None:
         """Start the mirrored call unless the experiment's budget is spent or it is full."""
         arm = self.arms.get(model)
         if arm is None:
             return
-        if arm.block.budget_usd is not None and arm.spent_usd >= arm.block.budget_usd:
-            self.metrics.shadow.labels(model, "skipped_budget").inc()
-            arm.skipped += 1
+        if arm.block.budget_usd is not None and self.rollouts.spent_usd(model) >= arm.block.budget_usd:
+            self._skip(model, "skipped_budget")
             return
         if arm.in_flight >= arm.block.max_concurrency:
-            self.metrics.shadow.labels(model, "skipped_concurrency").inc()
-            arm.skipped += 1
+            self._skip(model, "skipped_concurrency")
             return
         candidate = _served(policy, arm.block.candidate)
         if candidate is None or not candidate.deployments:
             return
         arm.in_flight += 1
-        task = asyncio.create_task(self._call(arm, model, candidate, endpoint, body, primary, request_id))
+        call = Mirrored(model, candidate, endpoint, body, primary, request_id, redactor)
+        task = asyncio.create_task(self._call(arm, call))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _call(self, arm: ShadowArm, model: str, candidate: ModelSpec, endpoint: Endpoint,
-                    body: dict[str, Any], primary: str, request_id: str) -> None:
+    def _skip(self, model: str, result: str) -> None:
+        self.metrics.shadow.labels(model, result).inc()
+        self.rollouts.add(model, "shadow", **{result: 1})
+
+    async def _call(self, arm: ShadowArm, call: Mirrored) -> None:
+        model, candidate = call.model, call.candidate
         dep = candidate.deployments[0]
-        sent = {k: v for k, v in body.items() if k not in DROPPED_FIELDS} | {"model": dep.model}
+        sent = {k: v for k, v in call.body.items() if k not in DROPPED_FIELDS} | {"model": dep.model}
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             resp = await self.providers.get(dep.provider).send(
-                UpstreamRequest(endpoint=endpoint, body=sent, stream=False, request_id=request_id + "-shadow"))
+                UpstreamRequest(endpoint=call.endpoint, body=sent, stream=False,
+                                request_id=call.request_id + "-shadow"))
             try:
                 raw = resp.body
             finally:
@@ -136,40 +132,73 @@ class Shadow:
                 raise RuntimeError(f"HTTP {resp.status}")
             data = orjson.loads(raw or b"{}")
             usage = usage_from(data) if isinstance(data, dict) else None
-            if usage is not None:
-                arm.spent_usd += usd(cost(usage, rates_for(candidate.price)))
         except Exception as exc:  # noqa: BLE001 - a failing candidate must never reach the client path
-            arm.mirrored += 1
-            arm.errors += 1
-            self.metrics.shadow.labels(model, "error").inc()
-            log.info("shadow call failed: model=%s candidate=%s request_id=%s: %s", model, candidate.name,
-                     request_id, exc)
-            return
-        finally:
             arm.in_flight -= 1
-        self._record(arm, model, candidate.name, primary, text, request_id)
+            elapsed = loop.time() - started
+            self.metrics.shadow.labels(model, "error").inc()
+            self._count_arm(model, "error", elapsed, None, 0)
+            self.rollouts.add(model, "shadow", mirrored=1, errors=1)
+            log.info("shadow call failed: model=%s candidate=%s request_id=%s: %s", model, candidate.name,
+                     call.request_id, exc)
+            return
+        arm.in_flight -= 1
+        elapsed = loop.time() - started
+        pico = cost(usage, rates_for(candidate.price)) if usage is not None else 0
+        self._count_arm(model, "ok", elapsed, usage, pico)
+        if pico:
+            await self.rollouts.charge(model, call.request_id + "-shadow", pico)
+        await self._record(call, text)
 
-    def _record(self, arm: ShadowArm, model: str, candidate: str, primary: str, text: str,
-                request_id: str) -> None:
-        exact, similarity = agreement(primary, text)
-        arm.mirrored += 1
-        arm.exact += exact
-        arm.similarity_sum += similarity
+    def _count_arm(self, model: str, outcome: str, elapsed: float, usage: Usage | None, pico: int) -> None:
+        """A mirrored call is the candidate arm of a shadow: the same figures a canary's requests give."""
+        m = self.metrics
+        m.rollout_requests.labels(model, CANDIDATE, outcome).inc()
+        m.rollout_duration.labels(model, CANDIDATE).observe(elapsed)
+        figures = {"n": 1, "errors": int(outcome == "error"), "lat_ms": round(elapsed * 1000), "cost_pico": pico}
+        if usage is not None:
+            m.rollout_tokens.labels(model, CANDIDATE, "input").inc(usage.prompt_tokens)
+            m.rollout_tokens.labels(model, CANDIDATE, "output").inc(usage.completion_tokens)
+            m.rollout_cost.labels(model, CANDIDATE).inc(usd(pico))
+            figures |= {"in": usage.prompt_tokens, "out": usage.completion_tokens}
+        self.rollouts.add(model, CANDIDATE, **figures)
+
+    async def _record(self, call: Mirrored, text: str) -> None:
+        model, candidate = call.model, call.candidate.name
+        exact, similarity = agreement(call.primary, text)
         self.metrics.shadow.labels(model, "ok").inc()
         self.metrics.shadow_agreement.labels(model).observe(similarity)
         if exact:
             self.metrics.shadow_exact.labels(model).inc()
-        pair = {"request_id": request_id, "candidate": candidate, "exact": exact,
-                "similarity": round(similarity, 4), "primary": primary, "candidate_answer": text}
-        arm.recent.append(pair)
+        self.rollouts.add(model, "shadow", mirrored=1, exact=int(exact), sim_milli=round(similarity * 1000))
+        redact = call.redactor.text
+        pair = {"time": round(time.time(), 3), "model": model, "request_id": call.request_id,
+                "candidate": candidate, "exact": exact, "similarity": round(similarity, 4),
+                "primary": redact(call.primary), "candidate_answer": redact(text)}
         log.info("shadow pair: model=%s candidate=%s request_id=%s exact=%s similarity=%.3f", model, candidate,
-                 request_id, exact, similarity)
+                 call.request_id, exact, similarity)
+        try:
+            await self.rollouts.store.push_pair(model, pair)
+        except StateError as exc:
+            log.warning("shadow pair of %s not stored: %s", call.request_id, exc)
 
     async def stop(self) -> None:
         tasks = list(self.tasks)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Mirrored:
+    """One mirrored call: the model whose rollout mirrors it, the candidate, the request, the primary's text."""
+
+    model: str
+    candidate: ModelSpec
+    endpoint: Endpoint
+    body: dict[str, Any]
+    primary: str
+    request_id: str
+    redactor: Redactor
 
 
 def _served(policy: Policy, name: str) -> ModelSpec | None:

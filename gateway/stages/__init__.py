@@ -57,7 +57,7 @@ def build_stages(services: Services, obs: Observability) -> list[Stage]:
         InFlightStage(obs),
         AuthStage(services.keys, services.clock),
         InputStage(),
-        RolloutStage(services),
+        RolloutStage(services, obs.redactors),
         AuditStage(),
         RedactUpstreamStage(obs.redactors),
         GuardrailStage(services.metrics, obs.redactors, services.providers),

@@ -9,15 +9,20 @@ a downgrade stays within the chosen arm (the candidate's own route ``small``). T
 the requested model only; a candidate's own rollout is not followed.
 
 Every answer of such a model carries ``x-gateway-variant: primary|candidate``, early errors and
-cache hits included. The rollback window is kept per process (per replica): each replica trips on
-its own candidate traffic, and ``gateway rollout reset`` resets the replica that answers it.
+cache hits included. ``complete`` counts the request to its arm (outcome, latency, time to first
+token, tokens, cost) in Prometheus and in the rollout's shared sums, and feeds the candidate's
+outcomes to the rollback window. Rollback verdicts, experiment spend and resets are shared by the
+replicas through the state backend (``gateway.routing.rollouts``), synced every second.
 """
 
 from __future__ import annotations
 
 import asyncio
 
+from gateway.budget.pricing import PICO_PER_USD
 from gateway.context import RequestContext
+from gateway.observability.audit import RedactorCache
+from gateway.observability.recorder import settled_cost
 from gateway.pipeline import GatewayResponse, Stage, Verdict
 from gateway.policy.model import Policy
 from gateway.routing.rollout import CANDIDATE, PRIMARY, RolloutState, in_share, sticky_value
@@ -30,18 +35,27 @@ HEADER = "x-gateway-variant"
 class RolloutStage(Stage):
     name = "rollout"
 
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, redactors: RedactorCache) -> None:
         self.clock = services.clock
         self.metrics = services.metrics
         self.rollouts = services.rollouts
         self.shadow = services.shadow
+        self.redactors = redactors  # shadow pairs are stored as the tenant's audit redaction says
+        self._sync: asyncio.Task | None = None
 
     def on_policy(self, policy: Policy) -> None:
         self.rollouts.on_policy(policy)
         self.shadow.on_policy(policy)
 
+    async def start(self) -> None:
+        self._sync = asyncio.create_task(self.rollouts.run())
+
     async def stop(self) -> None:
         await self.shadow.stop()
+        if self._sync is not None:
+            self._sync.cancel()
+            await asyncio.gather(self._sync, return_exceptions=True)
+        await self.rollouts.stop()
 
     async def check_input(self, ctx: RequestContext) -> Verdict:
         model = ctx.model
@@ -83,13 +97,31 @@ class RolloutStage(Stage):
         if state.mirror and state.primary_text is not None and outcome == "ok":
             # After the client had its answer: the mirrored call runs in the background.
             self.shadow.mirror(ctx.policy, state.model, ctx.endpoint, ctx.body, "".join(state.primary_text),
-                               ctx.request_id)
+                               ctx.request_id, self.redactors.for_request(ctx))
         self.metrics.rollout_requests.labels(state.model, state.variant, outcome).inc()
         if outcome != "cancelled":
-            self.metrics.rollout_duration.labels(state.model, state.variant).observe(
-                asyncio.get_running_loop().time() - ctx.started)
+            self._count_arm(ctx, state, outcome)
         if state.variant == CANDIDATE and outcome in ("ok", "error"):
             self.rollouts.record(state.model, self.clock.monotonic(), outcome == "error")
+
+    def _count_arm(self, ctx: RequestContext, state: RolloutState, outcome: str) -> None:
+        """Latency, time to first token, tokens and cost of the arm, in Prometheus and the shared sums."""
+        m, model, arm = self.metrics, state.model, state.variant
+        elapsed = asyncio.get_running_loop().time() - ctx.started
+        m.rollout_duration.labels(model, arm).observe(elapsed)
+        figures = {"n": 1, "errors": int(outcome == "error"), "lat_ms": round(elapsed * 1000)}
+        if ctx.ttft_s is not None:
+            m.rollout_ttft.labels(model, arm).observe(ctx.ttft_s)
+            figures |= {"ttft_n": 1, "ttft_ms": round(ctx.ttft_s * 1000)}
+        usage = ctx.usage
+        if usage is not None and ctx.cache_status not in ("HIT", "STALE"):
+            spent = settled_cost(ctx)
+            m.rollout_tokens.labels(model, arm, "input").inc(usage.prompt_tokens)
+            m.rollout_tokens.labels(model, arm, "output").inc(usage.completion_tokens)
+            m.rollout_cost.labels(model, arm).inc(spent)
+            figures |= {"in": usage.prompt_tokens, "out": usage.completion_tokens,
+                        "cost_pico": round(spent * PICO_PER_USD)}
+        self.rollouts.add(model, arm, **figures)
 
 
 def arm_outcome(ctx: RequestContext, error: BaseException | None) -> str:
