@@ -89,7 +89,7 @@ class Shadow:
         self.arms = arms
 
     def mirror(self, policy: Policy, model: str, endpoint: Endpoint, body: dict[str, Any], primary: str,
-               request_id: str, redactor: Redactor) -> None:
+               request_id: str, tenant: str, redactor: Redactor) -> None:
         """Start the mirrored call unless the experiment's budget is spent or it is full."""
         arm = self.arms.get(model)
         if arm is None:
@@ -104,7 +104,7 @@ class Shadow:
         if candidate is None or not candidate.deployments:
             return
         arm.in_flight += 1
-        call = Mirrored(model, candidate, endpoint, body, primary, request_id, redactor)
+        call = Mirrored(model, candidate, endpoint, body, primary, request_id, tenant, redactor)
         task = asyncio.create_task(self._call(arm, call))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
@@ -171,7 +171,7 @@ class Shadow:
             self.metrics.shadow_exact.labels(model).inc()
         self.rollouts.add(model, "shadow", mirrored=1, exact=int(exact), sim_milli=round(similarity * 1000))
         redact = call.redactor.text
-        pair = {"time": round(time.time(), 3), "model": model, "request_id": call.request_id,
+        pair = {"time": round(time.time(), 3), "tenant": call.tenant, "model": model, "request_id": call.request_id,
                 "candidate": candidate, "exact": exact, "similarity": round(similarity, 4),
                 "primary": redact(call.primary), "candidate_answer": redact(text)}
         log.info("shadow pair: model=%s candidate=%s request_id=%s exact=%s similarity=%.3f", model, candidate,
@@ -198,6 +198,7 @@ class Mirrored:
     body: dict[str, Any]
     primary: str
     request_id: str
+    tenant: str
     redactor: Redactor
 
 

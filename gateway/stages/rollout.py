@@ -97,7 +97,7 @@ class RolloutStage(Stage):
         if state.mirror and state.primary_text is not None and outcome == "ok":
             # After the client had its answer: the mirrored call runs in the background.
             self.shadow.mirror(ctx.policy, state.model, ctx.endpoint, ctx.body, "".join(state.primary_text),
-                               ctx.request_id, self.redactors.for_request(ctx))
+                               ctx.request_id, ctx.tenant_name, self.redactors.for_request(ctx))
         self.metrics.rollout_requests.labels(state.model, state.variant, outcome).inc()
         if outcome != "cancelled":
             self._count_arm(ctx, state, outcome)
