@@ -3,10 +3,13 @@ a share changed by reload, per-arm metrics, and the guarded rollback with its re
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
 
 import openai
+import orjson
+import urllib3
 
 from gateway.cli import main
 from gateway.routing.rollout import in_share
@@ -54,21 +57,43 @@ def ask(client: openai.OpenAI, model: str = "bot", **kw: object) -> tuple[str, s
     return raw.headers.get("x-gateway-variant", ""), raw.parse().model
 
 
-def test_split_is_sticky_per_user_and_near_the_share(make_gateway, upstream, backup):
-    gw = make_gateway(policy(upstream.url, backup.url, block(share=0.25, sticky_by="user")))
-    client = gw.client("sk-acme")
-    users = [f"user-{i}" for i in range(400)]
-    arms = {u: ask(client, user=u) for u in users}
-    candidates = sum(v == "candidate" for v, _ in arms.values())
-    bound = 4 * math.sqrt(400 * 0.25 * 0.75)  # four standard deviations
-    assert abs(candidates - 100) < bound, candidates
-    for user, (variant, served) in arms.items():  # the documented hash decides, and the arm serves
-        assert variant == ("candidate" if in_share("bot", f"user:{user}", 0.25) else "primary")
-        assert served == ("new-model" if variant == "candidate" else "old-model")
-    assert backup.calls == candidates and upstream.calls == 400 - candidates
-    for user in users[:40]:  # the same user always lands on the same arm
-        assert ask(client, user=user)[0] == arms[user][0]
-    assert ask(client, model="plain")[0] == ""  # only models with a rollout say which arm
+ROUNDS = 2
+
+
+def test_a_20_percent_canary_for_200_users(make_gateway, upstream, backup, tmp_path):
+    """200 simulated users send 2 requests each: the candidate's share is within 4 standard deviations
+    of 20% (of users: the split is per user), every user stays on one arm, and that arm serves.
+    (``benchmarks/bench_rollout_split.py`` runs the issue's full 2,000 requests against a gateway process.)"""
+    text = policy(upstream.url, backup.url, block(share=0.2, sticky_by="user"))
+    gw = make_gateway(text.replace("retry:", f"logging: {{access_log: {tmp_path / 'access.log'}}}\nretry:"))
+    users = [f"user-{i}" for i in range(200)]
+    client = gw.aclient("sk-acme")
+
+    async def one(user: str) -> tuple[str, str, str]:
+        raw = await client.chat.completions.with_raw_response.create(
+            model="bot", messages=[{"role": "user", "content": "hi"}], max_tokens=5, user=user)
+        return user, raw.headers.get("x-gateway-variant", ""), raw.parse().model
+
+    async def burst() -> list[tuple[str, str, str]]:
+        out: list[tuple[str, str, str]] = []
+        for _ in range(ROUNDS):  # each round: every user once, concurrently
+            out += await asyncio.gather(*(one(u) for u in users))
+        return out
+
+    answers = gw.thread.call(burst(), timeout=60)
+    assert len(answers) == 200 * ROUNDS
+    arms: dict[str, set[tuple[str, str]]] = {}
+    for user, variant, served in answers:
+        arms.setdefault(user, set()).add((variant, served))
+    assert all(len(seen) == 1 for seen in arms.values())  # nobody flips between arms
+    on_candidate = [u for u, seen in arms.items() if next(iter(seen)) == ("candidate", "new-model")]
+    assert all(next(iter(arms[u])) == ("primary", "old-model") for u in users if u not in on_candidate)
+    bound = 4 * math.sqrt(200 * 0.2 * 0.8)
+    assert abs(len(on_candidate) - 40) < bound, len(on_candidate)
+    for user in users:  # the documented hash decides
+        assert (user in on_candidate) == in_share("bot", f"user:{user}", 0.2)
+    assert backup.calls == ROUNDS * len(on_candidate) and upstream.calls == 200 * ROUNDS - backup.calls
+    assert ask(gw.client("sk-acme"), model="plain")[0] == ""  # only models with a rollout say which arm
 
 
 def test_without_user_field_the_api_key_is_sticky(make_gateway, upstream, backup):
@@ -98,12 +123,42 @@ def test_share_changes_on_reload(make_gateway, upstream, backup, tmp_path):
     assert backup.calls == 20
 
 
-def test_arm_metrics(make_gateway, upstream, backup):
-    gw = make_gateway(policy(upstream.url, backup.url, block(share=1)))
-    ask(gw.client("sk-acme"))
+def test_arm_figures_side_by_side_with_feedback(make_gateway, upstream, backup, capsys):
+    """Per arm: requests, latency, time to first token, tokens, cost (Prometheus and the status), and
+    the feedback scores sent to /v1/feedback for answers of each arm."""
+    gw = make_gateway(policy(upstream.url, backup.url, block(share=0.5)))
+    client = gw.client("sk-acme")
+    on = {arm: next(f"u{i}" for i in range(100) if in_share("bot", f"user:u{i}", 0.5) == (arm == "candidate"))
+          for arm in ("primary", "candidate")}
+    for arm, user in on.items():
+        stream = client.chat.completions.create(model="bot", messages=[{"role": "user", "content": "hi"}],
+                                                user=user, stream=True, extra_headers={"x-request-id": arm})
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    feedback = {"primary": 0.25, "candidate": 1.0}
+    for arm, score in feedback.items():
+        resp = urllib3.request("POST", gw.base_url + "/feedback", json={"request_id": arm, "score": score},
+                               headers={"authorization": "Bearer sk-acme"}, timeout=5)
+        assert resp.status == 201, resp.data
     text = gw.services.metrics.render()[0].decode()
-    assert 'llm_gateway_rollout_requests_total{model="bot",outcome="ok",variant="candidate"} 1.0' in text
-    assert 'llm_gateway_rollout_duration_seconds_count{model="bot",variant="candidate"} 1.0' in text
+    for arm in feedback:
+        labels = f'model="bot",variant="{arm}"'
+        assert f'llm_gateway_rollout_requests_total{{model="bot",outcome="ok",variant="{arm}"}} 1.0' in text
+        assert f"llm_gateway_rollout_duration_seconds_count{{{labels}}} 1.0" in text
+        assert f"llm_gateway_rollout_time_to_first_token_seconds_count{{{labels}}} 1.0" in text
+        assert f'llm_gateway_rollout_tokens_total{{model="bot",type="output",variant="{arm}"}}' in text
+        assert f"llm_gateway_rollout_cost_usd_total{{{labels}}}" in text
+        assert f"llm_gateway_rollout_feedback_score_sum{{{labels}}} {feedback[arm]}" in text
+    capsys.readouterr()  # the access log so far
+    assert main(["rollout", "status", "--url", gw.url, "--admin-key", ADMIN, "--json"]) == 0
+    arms = orjson.loads(capsys.readouterr().out)["rollouts"][0]["arms"]
+    for arm, score in feedback.items():
+        figures = arms[arm]
+        assert figures["requests"] == 1 and figures["errors"] == 0 and figures["mean_ttft_ms"] is not None
+        assert figures["output_tokens"] > 0 and figures["cost_usd"] > 0
+        assert figures["feedback"] == 1 and figures["mean_feedback"] == score
+    assert main(["rollout", "status", "--url", gw.url, "--admin-key", ADMIN]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert next(line for line in lines if "mean feedback" in line).split()[-2:] == ["0.250", "1.000"]
 
 
 ROLLBACK = block(share=1, rollback="{max_error_rate: 0.5, window_s: 60, min_requests: 6}")
