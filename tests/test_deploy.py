@@ -101,7 +101,8 @@ def test_alerts_cover_what_an_sre_pages_on() -> None:
     for needle in ('status_class="5xx"', "llm_gateway_request_duration_seconds_bucket",
                    "llm_gateway_overhead_seconds_bucket", "llm_gateway_cost_usd_total",
                    "llm_gateway_budget_remaining_ratio", 'state="open"', "llm_gateway_dlq_depth",
-                   'result="failure"', "llm_gateway_state_errors_total"):
+                   'result="failure"', "llm_gateway_state_errors_total", 'variant="candidate"',
+                   "llm_gateway_rollout_duration_seconds_bucket", "llm_gateway_rollout_rollback_tripped"):
         assert needle in text, needle
 
 
@@ -112,7 +113,7 @@ def test_dashboard_structure() -> None:
     assert len(ids) == len(set(ids))
     titles = " ".join(p["title"] for p in d["panels"]).lower()
     for topic in ("traffic", "overhead", "time to first token", "spend", "cache hit rate", "upstream errors",
-                  "budget", "dead-letter", "feedback"):
+                  "budget", "dead-letter", "feedback", "rollout"):
         assert topic in titles, topic
     for p in d["panels"]:
         assert {"h", "w", "x", "y"} <= set(p["gridPos"]) and p["gridPos"]["x"] + p["gridPos"]["w"] <= 24
