@@ -2,12 +2,13 @@
 a new block starts a new experiment, a trip of a reset epoch is ignored, a charge applies once per
 id, arm sums add up, and the shadow pairs stay bounded and expire."""
 
+# ruff: noqa: F811 - each test takes the imported fixture ``h`` by name
 from __future__ import annotations
 
 from redis.crc import key_slot
 
 from gateway.routing.rollout_store import PAIRS_MAX, PAIRS_TTL_S, RolloutStore, Shared
-from tests.test_state_backends import Harness, h  # noqa: F401 - the memory|redis fixture
+from tests.test_state_backends import Harness, h  # noqa: F401 - the memory|redis fixture, reused
 
 
 async def test_sync_trip_reset_and_a_changed_block(h: Harness) -> None:

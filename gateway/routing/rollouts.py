@@ -81,9 +81,12 @@ class Rollouts:
         self._spawn(self.sync())
 
     async def run(self) -> None:
-        """Sync every ``SYNC_S`` until cancelled."""
+        """Sync every ``SYNC_S`` until cancelled; a bug in one sync is logged, the next one still runs."""
         while True:
-            await self.sync()
+            try:
+                await self.sync()
+            except Exception:  # noqa: BLE001 - the loop must outlive any one failure
+                log.exception("rollout sync failed")
             await asyncio.sleep(SYNC_S)
 
     async def sync(self) -> None:
