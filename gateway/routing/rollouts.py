@@ -115,13 +115,14 @@ class Rollouts:
                 log.warning("rollout state of %s not synced: %s", name, exc)
 
     def _apply(self, model: str, shared: Shared) -> None:
-        """Take a newer shared state; a new epoch (a reset elsewhere) clears this replica's window."""
+        """Take a newer shared state; a new epoch (a reset elsewhere) clears this replica's window, except
+        at the block's first sync (what the window holds then is this block's own traffic)."""
         old = self.shared.get(model)
         if old is None or model not in self.blocks:
             return
         if shared.epoch < old.epoch:
             return  # an answer older than one already applied
-        if shared.epoch != old.epoch:
+        if old.epoch and shared.epoch != old.epoch:  # (epoch 0: this block's first sync keeps its window)
             block = self.blocks[model]
             if block.rollback is not None:
                 self.windows[model] = RollbackWindow(block.rollback)
