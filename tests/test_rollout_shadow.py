@@ -97,8 +97,12 @@ def test_stream_is_mirrored_as_a_whole_request_and_agreement_recorded(make_gatew
 def test_failing_candidate_never_reaches_the_client_nor_the_dlq(make_gateway, upstream, backup):
     gw = make_gateway(policy(upstream.url, backup.url))
     backup.default = Fault(status=500)
+    times = []
     for _ in range(3):
+        started = time.perf_counter()
         assert ask(gw)[1].model == "old-model"
+        times.append(time.perf_counter() - started)
+    print(f"client latency with a failing shadow candidate: max {max(times) * 1000:.0f} ms")
     assert eventually(lambda: shadow_state(gw)["errors"] == 3)
     assert backup.calls == 3  # never retried
     assert admin_get(gw, "/admin/dlq")["written"] == 0
