@@ -23,6 +23,7 @@ from gateway.policy.loader import load_policy_text
 from gateway.policy.model import StatePolicy
 from gateway.ratelimit.plan import build_plan
 from gateway.ratelimit.scripts import ACQUIRE, RELEASE
+from gateway.routing.rollout_store import RolloutStore
 from gateway.state import RedisClusterBackend, Script, StateError, build_backend
 from gateway.state.base import hash_tag
 from tests.support.redis_cluster import LocalCluster, Node, started_cluster, tenants_on_every_master
@@ -73,6 +74,22 @@ def test_the_tenants_keys_span_every_master(cluster: LocalCluster) -> None:
     tenants = spread_tenants(cluster)
     owners = {cluster.owner(hash_tag("gw", t)).name for t in tenants}
     assert len(cluster.masters()) == 3 and owners == {n.name for n in cluster.masters()}
+
+
+async def test_rollout_state_runs_on_the_cluster(cluster, backend) -> None:
+    """Every rollout script's keys share the model's slot: each call is one script on its owner."""
+    store = RolloutStore(backend, "gw")
+    models = [f"bot-{i}" for i in range(6)]
+    assert len({cluster.owner(store.keys(m)["state"]).name for m in models}) > 1  # spread over masters
+    for m in models:
+        assert (await store.sync(m, "fp")).epoch == 1
+        assert (await store.trip(m, 1)).tripped
+        assert (await store.charge(m, "r1", 5)).spent_pico == 5
+        assert (await store.charge(m, "r1", 5)).spent_pico == 5
+        assert await store.add(m, {"candidate:n": 1}) == {"candidate:n": 1}
+        await store.push_pair(m, {"request_id": "r1"})
+        assert [p["request_id"] for p in await store.pairs(m)] == ["r1"]
+        assert (await store.reset(m)).epoch == 2
 
 
 async def test_rate_limit_windows_are_exact_on_every_master(cluster, backend, clock) -> None:
