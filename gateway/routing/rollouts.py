@@ -35,6 +35,7 @@ from gateway.state.base import StateError
 log = logging.getLogger("gateway.rollout")
 SYNC_S = 1.0
 MAX_PENDING_CHARGES = 10_000
+RESEND_PER_SYNC = 100  # unacknowledged charges sent again per sync: a down backend can't stall the loop
 ARMS = (PRIMARY, CANDIDATE)
 
 
@@ -91,7 +92,7 @@ class Rollouts:
 
     async def sync(self) -> None:
         """Read (or first write) each model's shared state, send arm deltas and unacknowledged charges."""
-        for charge_id, (model, pico) in list(self.charges.items()):
+        for charge_id, (model, pico) in list(self.charges.items())[:RESEND_PER_SYNC]:
             await self._charge(model, charge_id, pico)
         for name, block in list(self.blocks.items()):
             try:
