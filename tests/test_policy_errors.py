@@ -186,6 +186,7 @@ EXPECTED = {
     "rollout_candidate_missing.yaml": "{file}:11: models.bot.rollout: missing required key 'candidate'",
     "rollout_candidate_unknown.yaml": "{file}:12: models.bot.rollout.candidate: unknown model 'nope' (known: next, bot)",
     "rollout_candidate_self.yaml": "{file}:12: models.bot.rollout.candidate: a model cannot be its own rollout candidate",
+    "rollout_tenant_unknown.yaml": "{file}:14: models.bot.rollout.tenants[1]: unknown tenant 'nobody' (known: acme)",
     "rollout_share_range.yaml": "{file}:13: models.bot.rollout.share: must be between 0 and 1, got 1.5",
     "rollout_mode_unknown.yaml": "{file}:13: models.bot.rollout.mode: unknown rollout mode 'blue_green' "
                                  "(known: canary, shadow)",

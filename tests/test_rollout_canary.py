@@ -43,6 +43,9 @@ tenants:
   acme:
     api_keys: [sk-acme, sk-other]
     models: "*"
+  beta:
+    api_keys: [sk-beta]
+    models: "*"
 """
 
 
@@ -101,6 +104,12 @@ def test_without_user_field_the_api_key_is_sticky(make_gateway, upstream, backup
     for key in ("sk-acme", "sk-other"):
         seen = {ask(gw.client(key))[0] for _ in range(6)}
         assert len(seen) == 1
+
+
+def test_a_rollout_scoped_to_tenants_leaves_the_others_on_the_primary(make_gateway, upstream, backup):
+    gw = make_gateway(policy(upstream.url, backup.url, block(share=1.0, tenants="[acme]")))
+    assert ask(gw.client("sk-acme")) == ("candidate", "new-model")
+    assert ask(gw.client("sk-beta")) == ("", "old-model")  # not part of the rollout: no variant header
 
 
 def test_header_stickiness(make_gateway, upstream, backup):

@@ -107,13 +107,18 @@ def check_routes(models: Models, public: Models, tenants: list[str] | None, raw_
             spec = replace(spec, context_fallback=target or spec.context_fallback)
         out[name] = spec
     _check_fallback_cycles(out, report)
-    return _check_rollouts(out, public, report)
+    return _check_rollouts(out, public, tenants, report)
 
 
-def _check_rollouts(models: Models, public: Models, report: Report) -> Models:
-    """A rollout's candidate is another public model; stored under its canonical name."""
+def _check_rollouts(models: Models, public: Models, tenants: list[str] | None, report: Report) -> Models:
+    """A rollout's candidate is another public model, stored under its canonical name; its
+    ``tenants`` name tenants of the policy (not checked when the tenants section is malformed)."""
     out: Models = {}
     for name, spec in models.items():
+        if spec is not None and spec.rollout is not None and tenants is not None:
+            for i, tenant in enumerate(spec.rollout.tenants):
+                if tenant not in tenants:
+                    report.error(f"models.{name}.rollout.tenants[{i}]", f"unknown tenant '{tenant}' ({known(tenants)})")
         if spec is not None and spec.rollout is not None:
             path, candidate = f"models.{name}.rollout.candidate", spec.rollout.candidate
             target = public.get(candidate)

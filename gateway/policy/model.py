@@ -119,6 +119,7 @@ class Rollout:
     budget_usd: float | None = None  # shadow: the experiment's own budget (None: unbounded)
     max_concurrency: int = 16  # shadow: mirrored calls in flight at most
     rollback: Rollback | None = None
+    tenants: tuple[str, ...] = ()  # the tenants whose requests take part (empty: every tenant)
 
 
 @dataclass(frozen=True, slots=True)

@@ -211,6 +211,7 @@ ROLLOUT = build(m.Rollout, {
     "budget_usd": nullable(NON_NEGATIVE),
     "max_concurrency": POSITIVE,
     "rollback": nullable(ROLLBACK),
+    "tenants": list_of(NAME),  # checked against the tenants in pass 4 (gateway.policy.crossref)
 }, required=("candidate",))
 SHADOW_ONLY = ("budget_usd", "max_concurrency")
 MODEL = fields({

@@ -62,6 +62,8 @@ class RolloutStage(Stage):
         block = model.rollout if model is not None else None
         if model is None or block is None:
             return None
+        if block.tenants and (ctx.tenant is None or ctx.tenant.name not in block.tenants):
+            return None  # a rollout scoped to other tenants: this request is not part of it
         key = ctx.api_key.digest if ctx.api_key is not None else ""
         chosen = in_share(model.name, sticky_value(block, ctx.body, ctx.request.headers, key), block.share)
         canary = block.mode == "canary" and chosen and not self.rollouts.tripped(model.name)
