@@ -96,3 +96,17 @@ async def test_the_store_answers_alike_on_both_backends(store: KeyStore):
     assert [t.id for t in await store.teams("acme")] == [team.id]
     await store.remove_team(team)
     assert await store.teams("acme") == [] and await store.team(team.id) is None
+
+
+async def test_the_expiry_index_counts_usable_keys_within_the_window(store: KeyStore):
+    now = 1_900_000_000.0
+    for expires in (now - 5, now + 10, now + 20, now + 500, None):
+        await store.add_key(_key(expires_at=expires))
+    assert await store.expiry("acme", now, 60) == (2, now + 10)  # the past one and the keyless one do not count
+    assert await store.expiry("beta", now, 60) == (0, None)
+    first = _key(expires_at=now + 1)
+    await store.add_key(first)
+    assert await store.expiry("acme", now, 60) == (3, now + 1)
+    await store.revoke(KeyRecord(first.id, "acme", "k", first.digest, first.prefix, expires_at=now + 1,
+                                 revoked_at=now))
+    assert await store.expiry("acme", now, 60) == (2, now + 10)
