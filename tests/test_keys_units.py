@@ -40,6 +40,22 @@ def test_narrowing_names_the_widening_field():
         assert err.value.param == field
 
 
+@pytest.mark.parametrize(("parent", "child", "nests"), [
+    ("monthly", "daily", True), ("monthly", "monthly", True), ("monthly", "weekly", False),
+    ("monthly", "total", False), ("weekly", "daily", True), ("weekly", "monthly", False),
+    ("daily", "weekly", False), ("daily", "daily", True), ("total", "weekly", True), ("total", "monthly", True),
+])
+def test_a_budget_period_must_nest_in_its_parents(parent, child, nests):
+    team = TeamRecord("team_1", "acme", "t", Limits(budget=BudgetPolicy(5.0, parent)))
+    check = lambda: check_narrows(Limits(budget=BudgetPolicy(1.0, child)), TENANT, team)  # noqa: E731
+    if nests:
+        check()
+        return
+    with pytest.raises(GatewayError) as err:
+        check()
+    assert err.value.param == "budget.period" and f"{child} does not nest in the {parent} budget" in str(err.value)
+
+
 def test_identity_is_the_tightest_path():
     team = TeamRecord("team_1", "acme", "t", Limits(("small",), LimitSet(rpm=20), BudgetPolicy(5.0)))
     tenant, key = identity(TENANT, _key(team="team_1", limits=Limits(rate_limit=LimitSet(rpm=80, tpm=9))), team)

@@ -170,13 +170,31 @@ class KeyAdminRoutes:
             team = await self._team(req.match_info["id"], scope)
             body = await self._body(req, TEAM_PATCH)
             limits = parse_limits(body, team.limits)
-            check_narrows(limits, self._tenant(team.tenant, scope), None)
+            tenant = self._tenant(team.tenant, scope)
+            check_narrows(limits, tenant, None)
             new = replace(team, limits=limits, name=name_of(body["name"]) if "name" in body else team.name,
                           metadata=metadata_of(body["metadata"]) if "metadata" in body else team.metadata)
+            await self._keys_still_narrow(tenant, new)
             await self.store.put_team(new)
             await self._audit(req, "team.update", team.tenant, team.id, team_view(team), team_view(new))
             return json_reply(team_view(new))
         return await self._run(request, act)
+
+    async def _keys_still_narrow(self, tenant: Tenant, team: TeamRecord) -> None:
+        """A team change may not leave one of its live keys wider than the team (a 400 naming the field)."""
+        after = ""
+        while True:
+            keys, more = await self.store.keys_page(team.tenant, team.id, after, MAX_PAGE)
+            for key in keys:
+                if key.revoked_at is None:
+                    try:
+                        check_narrows(key.limits, tenant, team)
+                    except GatewayError as err:
+                        raise invalid(f"Key '{key.id}' of this team would be wider than the team: {err.message}",
+                                      err.param) from None
+            if not more or not keys:
+                return
+            after = keys[-1].id
 
     async def delete_team(self, request: web.Request) -> web.Response:
         async def act(req: web.Request, scope: Scope) -> web.Response:
