@@ -11,8 +11,11 @@ from gateway.errors import GatewayError
 from gateway.keys.limits import check_narrows, identity, tightest
 from gateway.keys.model import KeyRecord, Limits, TeamRecord, key_from, parse_limits, stored_key
 from gateway.keys.store import KeyStore, digest_of, new_id, new_secret
+from gateway.policy.loader import load_policy_text
 from gateway.policy.model import BudgetPolicy, LimitSet, RateLimitPolicy, Tenant
+from gateway.ratelimit.plan import Plans
 from gateway.state import MemoryBackend, RedisBackend
+from tests.support.keys import keys_policy
 
 TENANT = Tenant("acme", (), ("small", "large"), rate_limit=RateLimitPolicy(rpm=100, concurrency=10,
                                                                           per_key=LimitSet(rpm=50)),
@@ -126,3 +129,22 @@ async def test_the_expiry_index_counts_usable_keys_within_the_window(store: KeyS
     await store.revoke(KeyRecord(first.id, "acme", "k", first.digest, first.prefix, expires_at=now + 1,
                                  revoked_at=now))
     assert await store.expiry("acme", now, 60) == (2, now + 10)
+
+
+def test_the_plan_memo_is_bounded_and_keeps_the_recently_used():
+    policy = load_policy_text(keys_policy("http://127.0.0.1:1/v1"), env={})
+    tenant = policy.tenants["acme"]
+    plans = Plans(policy, max_entries=3)
+    keys = [identity(tenant, _key(limits=Limits(rate_limit=LimitSet(rpm=i + 1))), None)[1] for i in range(5)]
+    first = plans.get(policy, tenant, keys[0], "small")
+    second = plans.get(policy, tenant, keys[1], "small")
+    plans.get(policy, tenant, keys[2], "small")
+    assert plans.get(policy, tenant, keys[0], "small") is first  # a hit, and now the most recent
+    for key in keys[3:]:  # two more: the two least recently used (keys 1 and 2) go, key 0 stays
+        plans.get(policy, tenant, key, "small")
+    assert len(plans._memo) == 3
+    assert plans.get(policy, tenant, keys[0], "small") is first
+    assert plans.get(policy, tenant, keys[1], "small") is not second  # it was evicted: built again
+    for i in range(50):
+        plans.tokens(policy, tenant, keys[i % 5], "small", "large" if i % 2 else "small")
+    assert len(plans._tokens) == 3
