@@ -148,3 +148,22 @@ def test_the_plan_memo_is_bounded_and_keeps_the_recently_used():
     for i in range(50):
         plans.tokens(policy, tenant, keys[i % 5], "small", "large" if i % 2 else "small")
     assert len(plans._tokens) == 3
+
+
+async def test_prune_deletes_every_trace_of_a_tenant_on_both_backends(store: KeyStore):
+    kept = _key()
+    await store.add_key(kept)
+    team = TeamRecord(new_id("team"), "gone", "t")
+    await store.add_team(team)
+    gone = [KeyRecord(new_id("key"), "gone", f"g{i}", digest_of(f"g{i}"), "sk-gw-gone", team=team.id,
+                      expires_at=1_900_000_000.0) for i in range(3)]
+    for key in gone:
+        await store.add_key(key)
+    assert sorted(await store.tenants()) == ["acme", "gone"]
+    digests, teams = await store.prune_tenant("gone")
+    assert sorted(digests) == sorted(k.digest for k in gone) and teams == 1
+    assert await store.tenants() == ["acme"]
+    assert all([await store.by_digest(k.digest) is None and await store.key(k.id) is None for k in gone])
+    assert await store.team(team.id) is None and await store.expiry("gone", 0.0, 1e12) == (0, None)
+    assert await store.by_digest(kept.digest) is not None
+    assert await store.prune_tenant("gone") == ([], 0)  # again: nothing left, no error

@@ -3,7 +3,8 @@
 Layout, all under one hash tag (one Redis Cluster slot, so the lookup is one script call):
 ``<prefix>:{mk}:key:<id>`` and ``:team:<id>`` (JSON records), ``:dig:<sha256>`` (a secret's digest ->
 key id; an old secret in its rotation grace has a TTL), and sorted-set indexes for paging:
-``:keys:<tenant>``, ``:tkeys:<team>``, ``:teams:<tenant>``; ``:exp:<tenant>`` (key id scored by its
+``:keys:<tenant>``, ``:tkeys:<team>``, ``:teams:<tenant>``, ``:tenants`` (every tenant that has
+keys or teams, to find orphans); ``:exp:<tenant>`` (key id scored by its
 expiry, usable keys with an ``expires_at`` only: what the expiry gauges read at scrape time); ``:audit`` is
 the log of admin changes. Records are never deleted by a revoke (``revoked_at`` is set and the digest
 removed), so a revoked key still shows in ``GET``; ``prune`` deletes the keys and teams of a tenant the
@@ -151,6 +152,7 @@ class KeyStore:
     async def add_key(self, key: KeyRecord) -> None:
         """Record, indexes, then the digest: a key authenticates only once all of it is written."""
         await self.put_key(key)
+        await self.backend.run(INDEX_ADD, [f"{self.base}tenants"], [key.tenant])
         await self.backend.run(INDEX_ADD, [f"{self.base}keys:{key.tenant}"], [key.id])
         if key.team:
             await self.backend.run(INDEX_ADD, [f"{self.base}tkeys:{key.team}"], [key.id])
@@ -158,6 +160,7 @@ class KeyStore:
 
     async def add_team(self, team: TeamRecord) -> None:
         await self.put_team(team)
+        await self.backend.run(INDEX_ADD, [f"{self.base}tenants"], [team.tenant])
         await self.backend.run(INDEX_ADD, [f"{self.base}teams:{team.tenant}"], [team.id])
 
     async def remove_team(self, team: TeamRecord) -> None:
@@ -183,6 +186,40 @@ class KeyStore:
         """Keys of ``tenant`` expiring within ``window_s`` of ``now``, and the soonest future expiry."""
         got = await self.backend.run(EXPIRY_STATS, [f"{self.base}exp:{tenant}"], [repr(now), repr(now + window_s)])
         return int(got[0]), float(got[1]) if len(got) > 1 else None
+
+    # -- orphans: what tenants removed from the policy left ---------------------------------------------
+    async def tenants(self) -> list[str]:
+        """Every tenant that has (or had, until pruned) managed keys or teams."""
+        return await self.all_ids("tenants")
+
+    async def all_ids(self, index: str) -> list[str]:
+        """Every member of one index, a page at a time."""
+        ids: list[str] = []
+        after = ""
+        while True:
+            page, more = await self.page(index, after, 1000)
+            ids += page
+            if not more or not page:
+                return ids
+            after = page[-1]
+
+    async def prune_tenant(self, tenant: str) -> tuple[list[str], int]:
+        """Delete every key and team of ``tenant`` (digests first, so nothing authenticates half-way);
+        idempotent: a prune cut short is finished by running it again. Returns the deleted keys'
+        digests (for the caller's auth cache) and the number of teams deleted."""
+        key_ids, team_ids = await self.all_ids(f"keys:{tenant}"), await self.all_ids(f"teams:{tenant}")
+        digests = []
+        for key_id in key_ids:
+            key = await self.key(key_id)
+            if key is not None:
+                digests.append(key.digest)
+                await self.backend.delete(f"{self.base}dig:{key.digest}")
+            await self.backend.delete(f"{self.base}key:{key_id}")
+        for team_id in team_ids:
+            await self.backend.delete(f"{self.base}team:{team_id}", f"{self.base}tkeys:{team_id}")
+        await self.backend.delete(f"{self.base}keys:{tenant}", f"{self.base}teams:{tenant}", f"{self.base}exp:{tenant}")
+        await self.backend.run(INDEX_REM, [f"{self.base}tenants"], [tenant])
+        return digests, len(team_ids)
 
     # -- audit ----------------------------------------------------------------------------------------
     @property
