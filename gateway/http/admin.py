@@ -6,10 +6,12 @@ Admin keys only (policy ``admin.api_keys`` or ``GATEWAY_ADMIN_KEY``); a tenant k
   managed teams and a page of its managed keys, ``managed_keys_next`` the cursor for ``after``) and
   ``GET /admin/spend?tenant=&period=``.
 * ``GET /admin/dlq``: ``{"depth", "written", "dropped"}``.
-* ``POST /admin/replay/{chat|completions|embeddings}``: the body is a stored request body; headers
-  ``x-gateway-replay-tenant`` / ``-key`` / ``-id`` say whose it was. It runs through the whole
-  pipeline as that tenant (limits, budgets and routing apply as for the original), answering as
-  the normal endpoint would.
+* ``POST /admin/replay/{chat|completions|embeddings|messages|responses}``: the body is a stored request
+  body; headers ``x-gateway-replay-tenant`` / ``-key`` (a policy key's digest prefix) /
+  ``-managed-key`` (a managed key's id) / ``-id`` say whose it was, ``-as`` an identity to run as
+  instead. It runs through the whole pipeline as that key (its limits, budgets and routing apply as
+  for the original), answering as the normal endpoint would; a key revoked, expired or gone since is a
+  409 ``replay_key_*``, never another key.
 """
 
 from __future__ import annotations
@@ -106,9 +108,12 @@ class AdminRoutes:
             if endpoint not in known:
                 raise GatewayError(404, f"No endpoint '{endpoint}' to replay to (known: {', '.join(known)}).",
                                    code="not_found", outcome="rejected")
-            tenant, key = replay_identity(policy, request.headers)
+            tenant, key = await replay_identity(policy, request.headers, self.services.keys.store,
+                                                self.services.clock.time())
         except GatewayError as err:
             return error_json(err)
+        except StateError as exc:
+            return error_json(GatewayError(503, f"key state is unavailable: {exc}", code="state_unavailable"))
         replay_id = request.headers.get(ID_HEADER, "")
 
         def as_tenant(ctx: RequestContext) -> None:
