@@ -28,7 +28,15 @@ from gateway.cli.common import (
     policy_path,
     run_on_backend,
 )
-from gateway.dlq import AS_HEADER, ID_HEADER, KEY_HEADER, MANAGED_HEADER, TENANT_HEADER, DeadLetterQueue, dlq_key
+from gateway.dlq import (
+    AS_HEADER,
+    ID_HEADER,
+    KEY_HEADER,
+    MANAGED_HEADER,
+    TENANT_HEADER,
+    DeadLetterQueue,
+    dlq_key,
+)
 from gateway.routing.exhausted import EXHAUSTED_HEADER
 
 Entry = tuple[str, dict[str, Any]]
