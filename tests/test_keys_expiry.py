@@ -52,3 +52,16 @@ def test_the_header_and_the_gauges_follow_the_declared_window(gw):
     status, moved = admin(gw.url, "PATCH", f"/admin/keys/{outside['id']}", {"expires_at": soon})
     assert status == 200 and moved["expires_at"] == soon  # an expiry moved into the window counts at once
     assert scrape(gw.url).value("llm_gateway_keys_expiring", tenant="acme") == 1
+
+
+def test_without_per_tenant_metrics_the_gauges_are_one_series(upstream):
+    from gateway.observability.gauges import LiveGauges
+    from gateway.policy.loader import load_policy_text
+    from gateway.services import build_services
+
+    policy = load_policy_text(keys_policy(upstream.url) + "metrics: {per_tenant: false}\n", env={})
+    live = LiveGauges(build_services(policy))
+    live.collector.snapshot = {"key_expiry": {"acme": (2, 900.0), "beta": (1, 300.0)}}
+    families = {f.name: f for f in live.collector.collect()}
+    assert [(s.labels, s.value) for s in families["llm_gateway_key_expiry_seconds"].samples] == [({"tenant": ""}, 300.0)]
+    assert [(s.labels, s.value) for s in families["llm_gateway_keys_expiring"].samples] == [({"tenant": ""}, 3.0)]
