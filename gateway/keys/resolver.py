@@ -8,8 +8,8 @@ serving the managed keys it looked up in the last ``TTL_S`` only, then refuses t
 backend answers (policy-file keys keep working throughout).
 
 A managed key whose tenant is no longer in the policy (or whose team was deleted) is an orphan: it
-is refused with 401 ``key_orphaned`` from the first lookup under that policy (within ``TTL_S`` of the
-reload), and ``GET``/``DELETE /admin/orphans`` list and prune what such tenants left in the store.
+is refused with 401 ``key_orphaned`` from the first request under that policy (a cached answer is
+re-derived when the policy changes), and ``GET``/``DELETE /admin/orphans`` list and prune what such tenants left in the store.
 """
 
 from __future__ import annotations
