@@ -1,8 +1,14 @@
 """The dead-letter queue: requests no deployment could answer, kept until replayed or dropped.
 
 A record holds what is needed to re-send the request and to understand why it failed: the request
-body as the client sent it, tenant (and a short key id, never the key), endpoint, public and served
-model, the exhaustion action taken, and every attempt's deployment, status, error and timing.
+body as the client sent it, tenant, the key that sent it (a short digest prefix for a policy-file key,
+the id of a managed key; never the key), endpoint, public and served model, the exhaustion action
+taken, and every attempt's deployment, status, error and timing.
+
+A replay runs as that same key, with its limits and budgets (``replay_identity``), or as the identity
+the operator declares (``gateway dlq replay --as``: a policy key's name or a managed key's id of the
+same tenant). A key that was revoked, expired or removed since is never swapped for another: the replay
+is refused (409, ``replay_key_*``) and the entry stays in the queue with that reason.
 Records live in the state backend's append-only log (a Redis stream, or the memory backend's JSONL
 journal at ``state.dlq_path``), bounded by ``state.dlq_max``: a full queue refuses new records (and
 counts them in ``dropped``) rather than trimming old ones, so nothing leaves the queue unless
@@ -19,6 +25,9 @@ import orjson
 
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
+from gateway.keys.limits import identity
+from gateway.keys.model import iso
+from gateway.keys.store import KeyStore
 from gateway.policy.model import ApiKey, Policy, Tenant
 from gateway.state.base import StateBackend, StateError
 from gateway.state.logs import read_log
@@ -29,7 +38,9 @@ RECORD_VERSION = 1
 KEY_ID_LEN = 12  # hex chars of the key's sha256 kept to replay as the same key; reveals nothing usable
 REPLAY_ENDPOINTS = ("chat", "completions", "embeddings")
 TENANT_HEADER = "x-gateway-replay-tenant"  # whose request a replay is (admin route only)
-KEY_HEADER = "x-gateway-replay-key"
+KEY_HEADER = "x-gateway-replay-key"  # a policy-file key's digest prefix (``key_id``)
+MANAGED_HEADER = "x-gateway-replay-managed-key"  # a managed key's id (``managed_key``)
+AS_HEADER = "x-gateway-replay-as"  # a declared identity instead: a policy key's name or a managed key's id
 ID_HEADER = "x-gateway-replay-id"
 
 
@@ -57,7 +68,8 @@ def record_of(ctx: RequestContext, action: str) -> dict[str, Any]:
         "time": ctx.started_wall,
         "request_id": ctx.request_id,
         "tenant": ctx.tenant_name,
-        "key_id": ctx.api_key.digest[:KEY_ID_LEN] if ctx.api_key is not None else "",
+        "key_id": ctx.api_key.digest[:KEY_ID_LEN] if ctx.api_key is not None and not ctx.api_key.managed else "",
+        "managed_key": ctx.api_key.name if ctx.api_key is not None and ctx.api_key.managed else "",
         "endpoint": ctx.endpoint if ctx.surface.name == "openai" else ctx.surface.name,
         "public_model": ctx.public_model,
         "model": ctx.model.name if ctx.model is not None else "",
@@ -67,16 +79,49 @@ def record_of(ctx: RequestContext, action: str) -> dict[str, Any]:
     }
 
 
-def replay_identity(policy: Policy, headers: Mapping[str, str]) -> tuple[Tenant, ApiKey | None]:
-    """The stored tenant, and its key whose digest starts with the stored key id (else its first key)."""
+def refused(code: str, message: str) -> GatewayError:
+    """A replay that must not run: the entry stays in the queue, the CLI prints ``message``."""
+    return GatewayError(409, message + " The entry stays in the dead-letter queue (replay it with --as "
+                        "another key of the tenant, or drop it).", code=code, outcome="rejected")
+
+
+async def replay_identity(policy: Policy, headers: Mapping[str, str], store: KeyStore,
+                          now: float) -> tuple[Tenant, ApiKey]:
+    """The tenant and key a replay runs as: the declared one (``AS_HEADER``), else the original's."""
     name = headers.get(TENANT_HEADER) or ""
     tenant = policy.tenants.get(name)
     if tenant is None:
         raise GatewayError(404, f"Unknown tenant '{name}' in {TENANT_HEADER}.", code="tenant_not_found",
                            outcome="rejected")
+    declared = headers.get(AS_HEADER) or ""
+    if declared:
+        key = next((k for k in tenant.api_keys if k.name == declared), None)
+        return (tenant, key) if key is not None else await _managed(tenant, declared, store, now)
+    managed = headers.get(MANAGED_HEADER) or ""
+    if managed:
+        return await _managed(tenant, managed, store, now)
     key_id = headers.get(KEY_HEADER) or ""
     key = next((k for k in tenant.api_keys if key_id and k.digest.startswith(key_id)), None)
-    return tenant, key or (tenant.api_keys[0] if tenant.api_keys else None)
+    if key is None:
+        raise refused("replay_key_unknown", f"The key that sent this request ({key_id or 'none recorded'}) is no "
+                      f"longer a key of tenant '{name}' in the policy.")
+    return tenant, key
+
+
+async def _managed(tenant: Tenant, key_id: str, store: KeyStore, now: float) -> tuple[Tenant, ApiKey]:
+    """A managed key of ``tenant`` as the auth path would run it; refused if it can no longer authenticate."""
+    record = await store.key(key_id)
+    if record is None or record.tenant != tenant.name:
+        raise refused("replay_key_unknown", f"Key '{key_id}' is not a key of tenant '{tenant.name}' (deleted, or "
+                      f"never one).")
+    if record.revoked_at is not None:
+        raise refused("replay_key_revoked", f"Key '{key_id}' was revoked at {iso(record.revoked_at)}.")
+    if record.expires_at is not None and now >= record.expires_at:
+        raise refused("replay_key_expired", f"Key '{key_id}' expired at {iso(record.expires_at)}.")
+    team = await store.team(record.team) if record.team else None
+    if record.team and team is None:
+        raise refused("replay_key_unknown", f"The team '{record.team}' of key '{key_id}' was deleted.")
+    return identity(tenant, record, team)
 
 
 class DeadLetterQueue:

@@ -62,7 +62,8 @@ def exported_sample_names() -> set[str]:
     services = build_services(policy)
     metrics = services.metrics
     live = LiveGauges(services)
-    live.collector.snapshot = {"dlq_depth": 0, "budget": {"acme": {"spent": 1, "limit": 2, "remaining_ratio": 0.5}}}
+    live.collector.snapshot = {"dlq_depth": 0, "budget": {"acme": {"spent": 1, "limit": 2, "remaining_ratio": 0.5}},
+                             "key_expiry": {"acme": (1, 3600.0)}}
     names = set()
     for family in metrics.registry.collect():
         kind, name = family.type, family.name

@@ -62,11 +62,27 @@ def test_a_key_budget_and_a_team_budget_bind(gw):
     chat(gw.client("sk-acme"), model="large")
 
 
+def test_a_team_change_may_not_leave_a_key_wider_than_the_team(gw):
+    team = admin(gw.url, "POST", "/admin/teams", {"tenant": "acme", "name": "ops",
+                                                  "budget": {"usd": 10, "period": "monthly"}})[1]
+    status, data = admin(gw.url, "POST", "/admin/keys", {"tenant": "acme", "team": team["id"], "name": "w",
+                                                         "budget": {"usd": 1, "period": "weekly"}})
+    assert (status, data["error"]["param"]) == (400, "budget.period")
+    key = create_key(gw.url, team=team["id"], budget={"usd": 2, "period": "monthly"})
+    for change, field in (({"budget": {"usd": 10, "period": "daily"}}, "budget.period"),
+                          ({"budget": {"usd": 1, "period": "monthly"}}, "budget.usd")):
+        status, data = admin(gw.url, "PATCH", f"/admin/teams/{team['id']}", change)
+        assert (status, data["error"]["param"]) == (400, field) and key["id"] in data["error"]["message"]
+    assert admin(gw.url, "PATCH", f"/admin/teams/{team['id']}", {"budget": {"usd": 5, "period": "monthly"}})[0] == 200
+
+
 @pytest.mark.parametrize(("body", "field"), [
     ({"models": ["gpt-9"]}, "models"),
     ({"rate_limit": {"rpm": 1000}}, "rate_limit.rpm"),
     ({"rate_limit": {"concurrency": 21}}, "rate_limit.concurrency"),
     ({"budget": {"usd": 101, "period": "monthly"}}, "budget.usd"),
+    ({"budget": {"usd": 1, "period": "total"}}, "budget.period"),  # longer than the tenant's month
+    ({"budget": {"usd": 1, "period": "weekly"}}, "budget.period"),  # an ISO week crosses month ends
     ({"expires_at": "2001-01-01T00:00:00Z"}, "expires_at"),
     ({"tenant": "nobody"}, "tenant"),
     ({"colour": "red"}, "colour"),

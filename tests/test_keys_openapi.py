@@ -15,6 +15,7 @@ CONTRACT = {
     ("post", "/admin/teams"), ("get", "/admin/teams"), ("get", "/admin/teams/{id}"), ("patch", "/admin/teams/{id}"),
     ("delete", "/admin/teams/{id}"), ("post", "/admin/keys"), ("get", "/admin/keys"), ("get", "/admin/keys/{id}"),
     ("patch", "/admin/keys/{id}"), ("post", "/admin/keys/{id}/rotate"), ("delete", "/admin/keys/{id}"),
+    ("get", "/admin/orphans"), ("delete", "/admin/orphans"),
 }
 
 
@@ -47,7 +48,7 @@ def test_the_routes_the_app_serves_are_the_documented_ones(make_gateway, upstrea
 
     gw = make_gateway(keys_policy(upstream.url))
     served = {(r.method.lower(), r.resource.canonical) for r in gw.app.router.routes()
-              if r.resource is not None and re.match(r"/admin/(keys|teams)", r.resource.canonical)
+              if r.resource is not None and re.match(r"/admin/(keys|teams|orphans)", r.resource.canonical)
               and r.method != "HEAD"}
     assert served == CONTRACT
 

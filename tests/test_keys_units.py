@@ -11,8 +11,11 @@ from gateway.errors import GatewayError
 from gateway.keys.limits import check_narrows, identity, tightest
 from gateway.keys.model import KeyRecord, Limits, TeamRecord, key_from, parse_limits, stored_key
 from gateway.keys.store import KeyStore, digest_of, new_id, new_secret
+from gateway.policy.loader import load_policy_text
 from gateway.policy.model import BudgetPolicy, LimitSet, RateLimitPolicy, Tenant
+from gateway.ratelimit.plan import Plans
 from gateway.state import MemoryBackend, RedisBackend
+from tests.support.keys import keys_policy
 
 TENANT = Tenant("acme", (), ("small", "large"), rate_limit=RateLimitPolicy(rpm=100, concurrency=10,
                                                                           per_key=LimitSet(rpm=50)),
@@ -38,6 +41,22 @@ def test_narrowing_names_the_widening_field():
         with pytest.raises(GatewayError) as err:
             check_narrows(child, TENANT, team)
         assert err.value.param == field
+
+
+@pytest.mark.parametrize(("parent", "child", "nests"), [
+    ("monthly", "daily", True), ("monthly", "monthly", True), ("monthly", "weekly", False),
+    ("monthly", "total", False), ("weekly", "daily", True), ("weekly", "monthly", False),
+    ("daily", "weekly", False), ("daily", "daily", True), ("total", "weekly", True), ("total", "monthly", True),
+])
+def test_a_budget_period_must_nest_in_its_parents(parent, child, nests):
+    team = TeamRecord("team_1", "acme", "t", Limits(budget=BudgetPolicy(5.0, parent)))
+    check = lambda: check_narrows(Limits(budget=BudgetPolicy(1.0, child)), TENANT, team)  # noqa: E731
+    if nests:
+        check()
+        return
+    with pytest.raises(GatewayError) as err:
+        check()
+    assert err.value.param == "budget.period" and f"{child} does not nest in the {parent} budget" in str(err.value)
 
 
 def test_identity_is_the_tightest_path():
@@ -96,3 +115,55 @@ async def test_the_store_answers_alike_on_both_backends(store: KeyStore):
     assert [t.id for t in await store.teams("acme")] == [team.id]
     await store.remove_team(team)
     assert await store.teams("acme") == [] and await store.team(team.id) is None
+
+
+async def test_the_expiry_index_counts_usable_keys_within_the_window(store: KeyStore):
+    now = 1_900_000_000.0
+    for expires in (now - 5, now + 10, now + 20, now + 500, None):
+        await store.add_key(_key(expires_at=expires))
+    assert await store.expiry("acme", now, 60) == (2, now + 10)  # the past one and the keyless one do not count
+    assert await store.expiry("beta", now, 60) == (0, None)
+    first = _key(expires_at=now + 1)
+    await store.add_key(first)
+    assert await store.expiry("acme", now, 60) == (3, now + 1)
+    await store.revoke(KeyRecord(first.id, "acme", "k", first.digest, first.prefix, expires_at=now + 1,
+                                 revoked_at=now))
+    assert await store.expiry("acme", now, 60) == (2, now + 10)
+
+
+def test_the_plan_memo_is_bounded_and_keeps_the_recently_used():
+    policy = load_policy_text(keys_policy("http://127.0.0.1:1/v1"), env={})
+    tenant = policy.tenants["acme"]
+    plans = Plans(policy, max_entries=3)
+    keys = [identity(tenant, _key(limits=Limits(rate_limit=LimitSet(rpm=i + 1))), None)[1] for i in range(5)]
+    first = plans.get(policy, tenant, keys[0], "small")
+    second = plans.get(policy, tenant, keys[1], "small")
+    plans.get(policy, tenant, keys[2], "small")
+    assert plans.get(policy, tenant, keys[0], "small") is first  # a hit, and now the most recent
+    for key in keys[3:]:  # two more: the two least recently used (keys 1 and 2) go, key 0 stays
+        plans.get(policy, tenant, key, "small")
+    assert len(plans._memo) == 3
+    assert plans.get(policy, tenant, keys[0], "small") is first
+    assert plans.get(policy, tenant, keys[1], "small") is not second  # it was evicted: built again
+    for i in range(50):
+        plans.tokens(policy, tenant, keys[i % 5], "small", "large" if i % 2 else "small")
+    assert len(plans._tokens) == 3
+
+
+async def test_prune_deletes_every_trace_of_a_tenant_on_both_backends(store: KeyStore):
+    kept = _key()
+    await store.add_key(kept)
+    team = TeamRecord(new_id("team"), "gone", "t")
+    await store.add_team(team)
+    gone = [KeyRecord(new_id("key"), "gone", f"g{i}", digest_of(f"g{i}"), "sk-gw-gone", team=team.id,
+                      expires_at=1_900_000_000.0) for i in range(3)]
+    for key in gone:
+        await store.add_key(key)
+    assert sorted(await store.tenants()) == ["acme", "gone"]
+    digests, teams = await store.prune_tenant("gone")
+    assert sorted(digests) == sorted(k.digest for k in gone) and teams == 1
+    assert await store.tenants() == ["acme"]
+    assert all([await store.by_digest(k.digest) is None and await store.key(k.id) is None for k in gone])
+    assert await store.team(team.id) is None and await store.expiry("gone", 0.0, 1e12) == (0, None)
+    assert await store.by_digest(kept.digest) is not None
+    assert await store.prune_tenant("gone") == ([], 0)  # again: nothing left, no error

@@ -55,6 +55,7 @@ EXPECTED = {
     "timeouts_pool_zero.yaml": "{file}:6: providers.upstream.timeouts.pool_s: must be greater than 0, got 0",
     "timeouts_negative.yaml": "{file}:6: providers.upstream.timeouts.connect_s: must be greater than 0, got -2",
     "retry_status_range.yaml": "{file}:3: retry.on_status[1]: must be between 100 and 599, got 600",
+    "admin_key_expiry_warning_zero.yaml": "{file}:3: admin.key_expiry_warning_s: must be greater than 0, got 0",
     "server_shutdown_grace_zero.yaml": "{file}:3: server.shutdown_grace_s: must be greater than 0, got 0",
     "server_body_min_rate_negative.yaml": "{file}:3: server.body_min_rate: must not be negative, got -1",
     "server_max_connections_per_source_zero.yaml": "{file}:3: server.max_connections_per_source: "

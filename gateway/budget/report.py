@@ -9,11 +9,11 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from gateway.budget.ledger import day_key
+from gateway.budget.ledger import day_key, scope_key
 from gateway.budget.periods import Window, days, iso, previous
 from gateway.budget.pricing import usd
-from gateway.budget.service import BudgetService, BudgetSpec
-from gateway.policy.model import Policy, Tenant
+from gateway.budget.service import BudgetService, BudgetSpec, _spec
+from gateway.policy.model import BudgetPolicy, Policy, Tenant
 
 PERIODS = ("current", "previous", "daily", "weekly", "monthly")
 
@@ -65,6 +65,20 @@ async def budgets(service: BudgetService, now: float) -> dict[str, Any]:
         out[tenant.name] = entry
     return {"as_of": iso(now), "tenants": out, "unpriced_models": list(d.unpriced),
             "counters": dict(service.counts), "pending_replays": len(service.pending)}
+
+
+async def scope_budgets(service: BudgetService, tenant: str, scopes: list[tuple[str, BudgetPolicy]],
+                        now: float) -> list[dict[str, Any]]:
+    """The current period of budgets outside the policy (managed teams ``g|<id>``, keys ``k|<id>``),
+    in one ledger read, shaped like ``budgets``' entries."""
+    assert service.derived is not None
+    specs = [_spec(scope, scope, budget) for scope, budget in scopes]
+    if not specs:
+        return []
+    windows = [service.window(spec.policy.period, now) for spec in specs]
+    buckets = await service.shared.read([scope_key(service.derived.prefix, tenant, spec.scope, w.id)
+                                         for spec, w in zip(specs, windows, strict=True)])
+    return [_budget_entry(spec, bucket, w) for spec, bucket, w in zip(specs, buckets, windows, strict=True)]
 
 
 def _window(service: BudgetService, tenant: Tenant, period: str, now: float) -> Window:

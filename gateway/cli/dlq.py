@@ -3,9 +3,11 @@
 Entries are read from the state backend the policy names (``--policy``): the Redis stream, or the
 memory backend's JSONL journal at ``state.dlq_path`` (shared safely with a running gateway). Replay
 posts each stored request to a running gateway's ``/admin/replay`` route (``--url``, admin key from
-``--admin-key`` or ``GATEWAY_ADMIN_KEY``), which runs it through the whole pipeline as its tenant;
-only entries whose replay succeeded (a real 200 answer, a complete stream) are removed. Nothing is
-removed otherwise, except by ``drop``.
+``--admin-key`` or ``GATEWAY_ADMIN_KEY``), which runs it through the whole pipeline as the key that
+sent it (policy-file or managed, with that key's limits and budgets), or as ``--as`` (a policy key's
+name or a managed key's id of the entry's tenant); only entries whose replay succeeded (a real 200
+answer, a complete stream) are removed. An entry whose key was revoked, expired or removed since is
+refused with the reason and stays. Nothing is removed otherwise, except by ``drop``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,15 @@ from gateway.cli.common import (
     policy_path,
     run_on_backend,
 )
-from gateway.dlq import ID_HEADER, KEY_HEADER, TENANT_HEADER, DeadLetterQueue, dlq_key
+from gateway.dlq import (
+    AS_HEADER,
+    ID_HEADER,
+    KEY_HEADER,
+    MANAGED_HEADER,
+    TENANT_HEADER,
+    DeadLetterQueue,
+    dlq_key,
+)
 from gateway.routing.exhausted import EXHAUSTED_HEADER
 
 Entry = tuple[str, dict[str, Any]]
@@ -42,6 +52,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                             help="re-send entries through a running gateway")
     _selection(replay)
     replay.add_argument("--dry-run", action="store_true", help="show what would be replayed; change nothing")
+    replay.add_argument("--as", dest="as_key", default=None, metavar="KEY",
+                        help="run as this key of the entry's tenant (a policy key's name or a managed key's id) "
+                             "instead of the key that sent the request")
     drop = sub.add_parser("drop", parents=[common], help="discard entries for good")
     _selection(drop)
 
@@ -116,7 +129,7 @@ async def _replay(args: argparse.Namespace, queue: DeadLetterQueue) -> int:
     try:
         async with AdminClient(args.url, args.admin_key, args.timeout) as client:
             for sid, rec in entries:
-                success, detail = await _send(client, sid, rec)
+                success, detail = await _send(client, sid, rec, args.as_key)
                 if success:
                     await queue.remove([sid])
                     ok += 1
@@ -130,16 +143,28 @@ async def _replay(args: argparse.Namespace, queue: DeadLetterQueue) -> int:
     return 0 if failed == 0 else 1
 
 
-async def _send(client: AdminClient, sid: str, rec: dict[str, Any]) -> tuple[bool, str]:
+async def _send(client: AdminClient, sid: str, rec: dict[str, Any], as_key: str | None = None) -> tuple[bool, str]:
     """POST one stored request; success is a real 200 answer (not stale/static), a stream with [DONE]."""
-    headers = {TENANT_HEADER: str(rec.get("tenant", "")), KEY_HEADER: str(rec.get("key_id", "")), ID_HEADER: sid,
+    headers = {TENANT_HEADER: str(rec.get("tenant", "")), KEY_HEADER: str(rec.get("key_id", "")),
+               MANAGED_HEADER: str(rec.get("managed_key", "")), ID_HEADER: sid,
                "x-request-id": f"{rec.get('request_id') or sid}-replay"}
+    if as_key:
+        headers[AS_HEADER] = as_key
     status, got, body = await client.call("POST", f"/admin/replay/{rec.get('endpoint', 'chat')}",
                                           body=rec.get("body"), headers=headers)
     if status != 200:
-        return False, f"HTTP {status} {body[:200].decode('utf-8', 'replace')}"
+        return False, f"HTTP {status} {_reason(body)}"
     if EXHAUSTED_HEADER in got:
         return False, f"still exhausted (served {got[EXHAUSTED_HEADER]})"
     if got.get("Content-Type", "").startswith("text/event-stream") and not body.rstrip().endswith(b"data: [DONE]"):
         return False, "the stream broke before its end"
     return True, f"HTTP 200 from {got.get('x-gateway-provider', '?')}"
+
+
+def _reason(body: bytes) -> str:
+    """An error answer's code and message (whole: it says why the entry stays), else its first bytes."""
+    try:
+        error = orjson.loads(body)["error"]
+        return f"{error.get('code') or error.get('type')}: {error['message']}"
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return body[:200].decode("utf-8", "replace")

@@ -1,6 +1,9 @@
-"""``gateway keys create|list|show|rotate|revoke``: managed keys of a running gateway, through its admin API.
+"""``gateway keys create|list|show|rotate|revoke|orphans|prune``: managed keys of a running gateway,
+through its admin API.
 
 The secret is printed once, by ``create`` and ``rotate`` (the gateway keeps only its hash).
+``orphans`` lists tenants removed from the policy that still have keys or teams in the store (those
+keys already get 401 ``key_orphaned``); ``prune`` deletes them (``--dry-run``: list only).
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     rotate = sub.add_parser("rotate", parents=[shared], help="a new secret (printed once)")
     rotate.add_argument("id")
     rotate.add_argument("--grace-s", type=float, default=0.0, help="seconds the old secret keeps working")
+    sub.add_parser("orphans", parents=[shared], help="keys and teams of tenants no longer in the policy")
+    prune = sub.add_parser("prune", parents=[shared], help="delete the keys and teams of tenants no longer in "
+                           "the policy (run once every replica has the new policy)")
+    prune.add_argument("--dry-run", action="store_true", help="list what would be deleted; change nothing")
 
 
 def create_body(args: argparse.Namespace) -> dict[str, Any]:
@@ -91,15 +98,25 @@ async def _act(args: argparse.Namespace) -> Any:
             return await _list(client, args)
         if args.action == "show":
             return await call(client, "GET", f"/admin/keys/{urllib.parse.quote(args.id)}")
+        if args.action == "orphans" or (args.action == "prune" and args.dry_run):
+            return (await call(client, "GET", "/admin/orphans"))["data"]
+        if args.action == "prune":
+            return (await call(client, "DELETE", "/admin/orphans"))["data"]
         if args.action == "rotate":
             return await call(client, "POST", f"/admin/keys/{urllib.parse.quote(args.id)}/rotate",
                                {"grace_s": args.grace_s})
         return await call(client, "DELETE", f"/admin/keys/{urllib.parse.quote(args.id)}")
 
 
-def _print(action: str, data: Any) -> None:
+def _print(action: str, data: Any, dry_run: bool = False) -> None:
     if action == "revoke":
         print("revoked")
+    elif action in ("orphans", "prune"):
+        verb = "pruned" if action == "prune" and not dry_run else "orphaned"
+        for row in data:
+            print(f"{verb}: tenant {row['tenant']}: {row['keys']} keys, {row['teams']} teams")
+        if not data:
+            print("no orphaned keys or teams")
     elif action == "list":
         print(f"{'id':<22} {'tenant':<14} {'team':<20} {'name':<20} {'prefix':<11} state")
         for k in data:
@@ -122,5 +139,5 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() if data is not None else "")
     else:
-        _print(args.action, data)
+        _print(args.action, data, getattr(args, "dry_run", False))
     return 0

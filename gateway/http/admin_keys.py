@@ -80,7 +80,8 @@ class KeyAdminRoutes:
                 raise
             digest = key_digest(request.headers)
             found = await self.services.keys.lookup(digest, policy) if digest else None
-            if found is None or found.record.role != "tenant_admin" or not found.record.usable(self.services.clock.time()):
+            if (found is None or found.orphaned or found.record.role != "tenant_admin"
+                    or not found.record.usable(self.services.clock.time())):
                 raise
             return found.record.tenant
 
@@ -170,13 +171,31 @@ class KeyAdminRoutes:
             team = await self._team(req.match_info["id"], scope)
             body = await self._body(req, TEAM_PATCH)
             limits = parse_limits(body, team.limits)
-            check_narrows(limits, self._tenant(team.tenant, scope), None)
+            tenant = self._tenant(team.tenant, scope)
+            check_narrows(limits, tenant, None)
             new = replace(team, limits=limits, name=name_of(body["name"]) if "name" in body else team.name,
                           metadata=metadata_of(body["metadata"]) if "metadata" in body else team.metadata)
+            await self._keys_still_narrow(tenant, new)
             await self.store.put_team(new)
             await self._audit(req, "team.update", team.tenant, team.id, team_view(team), team_view(new))
             return json_reply(team_view(new))
         return await self._run(request, act)
+
+    async def _keys_still_narrow(self, tenant: Tenant, team: TeamRecord) -> None:
+        """A team change may not leave one of its live keys wider than the team (a 400 naming the field)."""
+        after = ""
+        while True:
+            keys, more = await self.store.keys_page(team.tenant, team.id, after, MAX_PAGE)
+            for key in keys:
+                if key.revoked_at is None:
+                    try:
+                        check_narrows(key.limits, tenant, team)
+                    except GatewayError as err:
+                        raise invalid(f"Key '{key.id}' of this team would be wider than the team: {err.message}",
+                                      err.param) from None
+            if not more or not keys:
+                return
+            after = keys[-1].id
 
     async def delete_team(self, request: web.Request) -> web.Response:
         async def act(req: web.Request, scope: Scope) -> web.Response:
@@ -304,6 +323,40 @@ class KeyAdminRoutes:
         return await self._run(request, act)
 
 
+    # -- orphans: keys and teams of tenants the policy no longer has --------------------------------------
+    async def _orphans(self, scope: Scope) -> list[dict[str, Any]]:
+        if scope is not None:
+            raise GatewayError(403, "Only the admin key sees other tenants' orphans.", code="admin_only",
+                               outcome="unauthorized")
+        tenants = self.services.holder.current.tenants
+        out = []
+        for name in await self.store.tenants():
+            if name not in tenants:
+                keys, teams = await self.store.all_ids(f"keys:{name}"), await self.store.all_ids(f"teams:{name}")
+                out.append({"tenant": name, "keys": len(keys), "teams": len(teams)})
+        return out
+
+    async def list_orphans(self, request: web.Request) -> web.Response:
+        async def act(req: web.Request, scope: Scope) -> web.Response:
+            return json_reply({"data": await self._orphans(scope)})
+        return await self._run(request, act)
+
+    async def prune_orphans(self, request: web.Request) -> web.Response:
+        """Delete what tenants removed from this replica's policy left: run it once every replica has
+        the new policy (a tenant put back before then keeps its keys)."""
+        async def act(req: web.Request, scope: Scope) -> web.Response:
+            pruned = []
+            for entry in await self._orphans(scope):
+                digests, teams = await self.store.prune_tenant(entry["tenant"])
+                self.services.keys.forget(*digests)
+                keys = entry["keys"]
+                pruned.append({"tenant": entry["tenant"], "keys": keys, "teams": teams})
+                await self._audit(req, "tenant.prune", entry["tenant"], entry["tenant"],
+                                  {"keys": keys, "teams": teams}, None)
+            return json_reply({"data": pruned})
+        return await self._run(request, act)
+
+
 def add_key_routes(app: web.Application, routes: KeyAdminRoutes) -> None:
     """The managed keys and teams routes (``gateway/http/routes.py`` calls this once)."""
     app.router.add_post("/admin/teams", routes.create_team)
@@ -317,3 +370,5 @@ def add_key_routes(app: web.Application, routes: KeyAdminRoutes) -> None:
     app.router.add_patch("/admin/keys/{id}", routes.patch_key)
     app.router.add_post("/admin/keys/{id}/rotate", routes.rotate_key)
     app.router.add_delete("/admin/keys/{id}", routes.delete_key)
+    app.router.add_get("/admin/orphans", routes.list_orphans)
+    app.router.add_delete("/admin/orphans", routes.prune_orphans)

@@ -33,6 +33,13 @@ def parent_of(tenant: Tenant, team: TeamRecord | None) -> tuple[str, Limits]:
     )
 
 
+# A child's budget period must nest in its parent's: each of its windows lies inside one of the parent's.
+# ISO weeks cross month ends, so a weekly budget nests in neither a monthly nor a daily one; ``total``
+# never resets and so holds every period.
+NESTS_IN = {"daily": ("daily", "weekly", "monthly", "total"), "weekly": ("weekly", "total"),
+            "monthly": ("monthly", "total"), "total": ("total",)}
+
+
 def check_narrows(child: Limits, tenant: Tenant, team: TeamRecord | None) -> None:
     """A 400 naming the first field of ``child`` that would widen its parent."""
     label, parent = parent_of(tenant, team)
@@ -46,9 +53,14 @@ def check_narrows(child: Limits, tenant: Tenant, team: TeamRecord | None) -> Non
             mine, theirs = getattr(child.rate_limit, name), getattr(parent.rate_limit, name)
             if mine is not None and theirs is not None and mine > theirs:
                 raise invalid(f"'rate_limit.{name}' {mine} is above the {theirs} of {label}.", f"rate_limit.{name}")
-    if child.budget is not None and parent.budget is not None and child.budget.usd > parent.budget.usd:
-        raise invalid(f"'budget.usd' {child.budget.usd:g} is above the {parent.budget.usd:g} of {label}.",
-                      "budget.usd")
+    if child.budget is not None and parent.budget is not None:
+        mine_b, theirs_b = child.budget, parent.budget
+        if mine_b.usd > theirs_b.usd:
+            raise invalid(f"'budget.usd' {mine_b.usd:g} is above the {theirs_b.usd:g} of {label}.", "budget.usd")
+        if theirs_b.period not in NESTS_IN[mine_b.period]:
+            fits = [p for p, outer in NESTS_IN.items() if theirs_b.period in outer]
+            raise invalid(f"'budget.period' {mine_b.period} does not nest in the {theirs_b.period} budget of "
+                          f"{label} (allowed: {', '.join(fits)}).", "budget.period")
 
 
 def identity(tenant: Tenant, key: KeyRecord, team: TeamRecord | None) -> tuple[Tenant, ApiKey]:

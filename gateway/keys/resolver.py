@@ -6,6 +6,10 @@ revoke, rotation or limit change made on any replica is seen everywhere within `
 error on a lookup that is not cached is a 503, never an allow: a replica that cannot reach Redis keeps
 serving the managed keys it looked up in the last ``TTL_S`` only, then refuses them with 503 until the
 backend answers (policy-file keys keep working throughout).
+
+A managed key whose tenant is no longer in the policy (or whose team was deleted) is an orphan: it
+is refused with 401 ``key_orphaned`` from the first request under that policy (a cached answer is
+re-derived when the policy changes), and ``GET``/``DELETE /admin/orphans`` list and prune what such tenants left in the store.
 """
 
 from __future__ import annotations
@@ -28,16 +32,27 @@ MAX_ENTRIES = 50_000
 
 @dataclass(frozen=True, slots=True)
 class Found:
-    """A managed key as of one lookup, and the identity it runs as under ``policy``."""
+    """A managed key as of one lookup, and the identity it runs as under ``policy``; an orphan (its
+    tenant left the policy, or its team was deleted) has none and never authenticates."""
 
     record: KeyRecord
     policy: Policy
-    tenant: Tenant
-    api_key: ApiKey
+    tenant: Tenant | None
+    api_key: ApiKey | None
+
+    @property
+    def orphaned(self) -> bool:
+        return self.tenant is None
 
 
 def unauthorized() -> GatewayError:
     return GatewayError(401, "Incorrect API key provided.", code="invalid_api_key", outcome="unauthorized")
+
+
+def orphaned() -> GatewayError:
+    return GatewayError(401, "This key's tenant or team no longer exists on this gateway (removed from the "
+                        "policy or deleted); ask its administrator for a new key.", code="key_orphaned",
+                        outcome="unauthorized")
 
 
 class KeyResolver:
@@ -63,6 +78,8 @@ class KeyResolver:
         found = await self.lookup(digest, policy)
         if found is None or not found.record.usable(self.clock.time()):
             raise unauthorized()
+        if found.tenant is None or found.api_key is None:
+            raise orphaned()
         return found.tenant, found.api_key
 
     async def lookup(self, digest: str, policy: Policy) -> Found | None:
@@ -84,9 +101,9 @@ class KeyResolver:
             return None
         return await self._identity(record, policy, now, digest)
 
-    async def _identity(self, record: KeyRecord, policy: Policy, now: float, digest: str) -> Found | None:
+    async def _identity(self, record: KeyRecord, policy: Policy, now: float, digest: str) -> Found:
         tenant = policy.tenants.get(record.tenant)
-        found = None
+        found = Found(record, policy, None, None)  # an orphan unless its tenant and team are there
         if tenant is not None:
             try:
                 team = await self.store.team(record.team) if record.team else None

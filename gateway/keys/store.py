@@ -3,8 +3,12 @@
 Layout, all under one hash tag (one Redis Cluster slot, so the lookup is one script call):
 ``<prefix>:{mk}:key:<id>`` and ``:team:<id>`` (JSON records), ``:dig:<sha256>`` (a secret's digest ->
 key id; an old secret in its rotation grace has a TTL), and sorted-set indexes for paging:
-``:keys:<tenant>``, ``:tkeys:<team>``, ``:teams:<tenant>``; ``:audit`` is the log of admin changes. Records are never deleted by a revoke
-(``revoked_at`` is set and the digest removed), so a revoked key still shows in ``GET``.
+``:keys:<tenant>``, ``:tkeys:<team>``, ``:teams:<tenant>``, ``:tenants`` (every tenant that has
+keys or teams, to find orphans); ``:exp:<tenant>`` (key id scored by its
+expiry, usable keys with an ``expires_at`` only: what the expiry gauges read at scrape time); ``:audit`` is
+the log of admin changes. Records are never deleted by a revoke (``revoked_at`` is set and the digest
+removed), so a revoked key still shows in ``GET``; ``prune`` deletes the keys and teams of a tenant the
+policy no longer has.
 """
 
 from __future__ import annotations
@@ -73,6 +77,36 @@ return redis.call('ZRANGEBYLEX', KEYS[1], low, '+', 'LIMIT', 0, tonumber(ARGV[2]
 """, _index_range_local)
 
 
+def _expiry_set_local(store: LocalStore, keys: list[str], args: list[Any], _now: float) -> int:
+    scores = dict(store.get(keys[0]) or {})
+    if args[1] == "":
+        removed = scores.pop(args[0], None) is not None
+    else:
+        removed, scores[args[0]] = False, float(args[1])
+    store.set(keys[0], scores) if scores else store.delete(keys[0])
+    return int(removed)
+
+
+def _expiry_stats_local(store: LocalStore, keys: list[str], args: list[Any], _now: float) -> list[Any]:
+    now, until = float(args[0]), float(args[1])
+    ahead = sorted(s for s in (store.get(keys[0]) or {}).values() if s > now)
+    within = sum(1 for s in ahead if s <= until)
+    return [within, repr(ahead[0])] if ahead else [within]
+
+
+EXPIRY_SET = Script("keys_expiry_set", """
+if ARGV[2] == '' then return redis.call('ZREM', KEYS[1], ARGV[1]) end
+redis.call('ZADD', KEYS[1], ARGV[2], ARGV[1])
+return 0
+""", _expiry_set_local)
+EXPIRY_STATS = Script("keys_expiry_stats", """
+local first = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. ARGV[1], '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+local within = redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[1], ARGV[2])
+if #first == 0 then return {within} end
+return {within, first[2]}
+""", _expiry_stats_local)
+
+
 def digest_of(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
@@ -107,7 +141,10 @@ class KeyStore:
         return None if raw is None else team_from(orjson.loads(raw))
 
     async def put_key(self, key: KeyRecord) -> None:
+        """The record, then its place in the tenant's expiry index (usable keys with an expiry only)."""
         await self.backend.set(f"{self.base}key:{key.id}", orjson.dumps(stored_key(key)))
+        score = "" if key.expires_at is None or key.revoked_at is not None else repr(key.expires_at)
+        await self.backend.run(EXPIRY_SET, [f"{self.base}exp:{key.tenant}"], [key.id, score])
 
     async def put_team(self, team: TeamRecord) -> None:
         await self.backend.set(f"{self.base}team:{team.id}", orjson.dumps(stored_team(team)))
@@ -115,6 +152,7 @@ class KeyStore:
     async def add_key(self, key: KeyRecord) -> None:
         """Record, indexes, then the digest: a key authenticates only once all of it is written."""
         await self.put_key(key)
+        await self.backend.run(INDEX_ADD, [f"{self.base}tenants"], [key.tenant])
         await self.backend.run(INDEX_ADD, [f"{self.base}keys:{key.tenant}"], [key.id])
         if key.team:
             await self.backend.run(INDEX_ADD, [f"{self.base}tkeys:{key.team}"], [key.id])
@@ -122,6 +160,7 @@ class KeyStore:
 
     async def add_team(self, team: TeamRecord) -> None:
         await self.put_team(team)
+        await self.backend.run(INDEX_ADD, [f"{self.base}tenants"], [team.tenant])
         await self.backend.run(INDEX_ADD, [f"{self.base}teams:{team.tenant}"], [team.id])
 
     async def remove_team(self, team: TeamRecord) -> None:
@@ -142,6 +181,45 @@ class KeyStore:
         """The record says revoked (an old secret still in its grace is refused too), the digest goes."""
         await self.put_key(key)
         await self.backend.delete(f"{self.base}dig:{key.digest}")
+
+    async def expiry(self, tenant: str, now: float, window_s: float) -> tuple[int, float | None]:
+        """Keys of ``tenant`` expiring within ``window_s`` of ``now``, and the soonest future expiry."""
+        got = await self.backend.run(EXPIRY_STATS, [f"{self.base}exp:{tenant}"], [repr(now), repr(now + window_s)])
+        return int(got[0]), float(got[1]) if len(got) > 1 else None
+
+    # -- orphans: what tenants removed from the policy left ---------------------------------------------
+    async def tenants(self) -> list[str]:
+        """Every tenant that has (or had, until pruned) managed keys or teams."""
+        return await self.all_ids("tenants")
+
+    async def all_ids(self, index: str) -> list[str]:
+        """Every member of one index, a page at a time."""
+        ids: list[str] = []
+        after = ""
+        while True:
+            page, more = await self.page(index, after, 1000)
+            ids += page
+            if not more or not page:
+                return ids
+            after = page[-1]
+
+    async def prune_tenant(self, tenant: str) -> tuple[list[str], int]:
+        """Delete every key and team of ``tenant`` (digests first, so nothing authenticates half-way);
+        idempotent: a prune cut short is finished by running it again. Returns the deleted keys'
+        digests (for the caller's auth cache) and the number of teams deleted."""
+        key_ids, team_ids = await self.all_ids(f"keys:{tenant}"), await self.all_ids(f"teams:{tenant}")
+        digests = []
+        for key_id in key_ids:
+            key = await self.key(key_id)
+            if key is not None:
+                digests.append(key.digest)
+                await self.backend.delete(f"{self.base}dig:{key.digest}")
+            await self.backend.delete(f"{self.base}key:{key_id}")
+        for team_id in team_ids:
+            await self.backend.delete(f"{self.base}team:{team_id}", f"{self.base}tkeys:{team_id}")
+        await self.backend.delete(f"{self.base}keys:{tenant}", f"{self.base}teams:{tenant}", f"{self.base}exp:{tenant}")
+        await self.backend.run(INDEX_REM, [f"{self.base}tenants"], [tenant])
+        return digests, len(team_ids)
 
     # -- audit ----------------------------------------------------------------------------------------
     @property

@@ -5,6 +5,9 @@
 * Process-local state (circuit breakers, policy reload counts, the cache's, limiter's and DLQ's own
   counters) is published into regular metrics at each scrape and, with several workers, every
   second by each of them, so multiprocess mode sums the counts and takes the max of breaker states.
+* Managed keys' expiry, per tenant (never per key: the series count stays bounded by the policy):
+  ``key_expiry_seconds`` (seconds until the soonest expiry of a usable key) and ``keys_expiring``
+  (usable keys expiring within ``admin.key_expiry_warning_s``), from the store's expiry index.
 * ``policy_info`` carries the loaded policy's sha256 as a label (value 1).
 
 The sources are the shared services (``gateway.services``), read at scrape time.
@@ -34,7 +37,7 @@ class LiveGauges:
         self.services = services
         self.metrics = metrics = services.metrics
         self.collector = ScrapeCollector()
-        self.collector.sources += [self._policy_info, self._dlq, self._budgets]
+        self.collector.sources += [self._policy_info, self._dlq, self._budgets, self._key_expiry]
         metrics.register(self.collector)
         self._seen: dict[tuple[Any, str], int] = {}  # last published value of each local count
         self._breakers: dict[tuple[str, str], float] = {}
@@ -46,6 +49,7 @@ class LiveGauges:
             async with asyncio.timeout(REFRESH_DEADLINE_S):
                 snapshot["dlq_depth"] = await _quiet(self.services.dlq.depth())
                 snapshot["budget"] = await _quiet(self.services.budget.snapshot())
+                snapshot["key_expiry"] = await _quiet(self._expiry())
         except TimeoutError:
             log.warning("metrics: state backend too slow, shared gauges skipped this scrape")
         self.collector.snapshot = snapshot
@@ -96,6 +100,28 @@ class LiveGauges:
                     [((policy.digest,), 1.0)])
         yield gauge("policy_loaded_timestamp_seconds", "When the serving policy was loaded (Unix time).", (),
                     [((), self.services.holder.stats.loaded_at)])
+
+    async def _expiry(self) -> dict[str, tuple[int, float | None]]:
+        """Tenant -> (keys expiring within the warning window, seconds until the soonest expiry)."""
+        policy, now = self.services.holder.current, self.services.clock.time()
+        store, window = self.services.keys.store, policy.admin.key_expiry_warning_s
+        out: dict[str, tuple[int, float | None]] = {}
+        for tenant in policy.tenants:
+            within, soonest = await store.expiry(tenant, now, window)
+            out[tenant] = (within, None if soonest is None else soonest - now)
+        return out
+
+    def _key_expiry(self, snapshot: dict[str, Any]) -> Iterator[Metric]:
+        rows = snapshot.get("key_expiry")
+        if not isinstance(rows, dict):
+            return
+        if not self.services.holder.current.metrics.per_tenant:
+            left = [s for _, s in rows.values() if s is not None]
+            rows = {NO_TENANT: (sum(n for n, _ in rows.values()), min(left) if left else None)} if rows else {}
+        yield gauge("key_expiry_seconds", "Seconds until the soonest expiry of a usable managed key.", ("tenant",),
+                    [((t,), s) for t, (_, s) in sorted(rows.items()) if s is not None])
+        yield gauge("keys_expiring", "Usable managed keys expiring within admin.key_expiry_warning_s.", ("tenant",),
+                    [((t,), n) for t, (n, _) in sorted(rows.items())])
 
     def _dlq(self, snapshot: dict[str, Any]) -> Iterator[Metric]:
         depth = snapshot.get("dlq_depth")

@@ -311,6 +311,7 @@ class ServerPolicy:
 @dataclass(frozen=True, slots=True)
 class AdminPolicy:
     api_keys: tuple[str, ...] = field(default=(), repr=False)  # sha256 hex digests
+    key_expiry_warning_s: float = 7 * 86_400.0  # managed keys expiring within this are flagged (header, gauges)
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,7 +78,7 @@ SERVER = build(m.ServerPolicy, {
     "max_in_flight": nullable(POSITIVE),
     "probe_port": nullable(integer(ge=0, le=65535)),
 })
-ADMIN = build(m.AdminPolicy, {"api_keys": list_of(KEY_DIGEST)})
+ADMIN = build(m.AdminPolicy, {"api_keys": list_of(KEY_DIGEST), "key_expiry_warning_s": number(gt=0)})
 METRICS = build(m.MetricsPolicy, {"per_tenant": BOOLEAN})
 TRACING = build(m.TracingPolicy, {"enabled": BOOLEAN, "otlp_endpoint": string(nonempty=True),
                                   "sample_rate": FRACTION, "capture_content": BOOLEAN})

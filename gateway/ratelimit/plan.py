@@ -18,10 +18,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.policy.model import ApiKey, LimitSet, Policy, Tenant
+from gateway.ratelimit.memo import LruMemo
 from gateway.ratelimit.window import LEASE_US, WINDOW_US
 from gateway.state.base import hash_tag
 
 NEAR_FRACTION = 0.1  # admitted with less than this share of a limit left: ``near_limit``
+PLANS_MAX = 20_000  # plans memoised per kind (request, token): least recently used first out past it
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,12 +155,13 @@ def _memo_name(key: ApiKey | None) -> Any:
 
 
 class Plans:
-    """Plans of one policy, memoised by (tenant, key name, model); rebuilt on every policy load."""
+    """Plans of one policy, memoised by (tenant, key name, model) up to ``max_entries`` each (least
+    recently used out first: managed keys grow the key space between reloads); rebuilt on every load."""
 
-    def __init__(self, policy: Policy | None) -> None:
+    def __init__(self, policy: Policy | None, max_entries: int = PLANS_MAX) -> None:
         self.policy = policy
-        self._memo: dict[tuple[str, Any, str], Plan] = {}
-        self._tokens: dict[tuple[str, Any, str, str], Plan] = {}
+        self._memo: LruMemo[Plan] = LruMemo(max_entries)
+        self._tokens: LruMemo[Plan] = LruMemo(max_entries)
 
     def tokens(self, policy: Policy, tenant: Tenant, key: ApiKey | None, public: str, served: str) -> Plan:
         """``build_token_plan``, memoised like ``get``."""
@@ -167,7 +170,7 @@ class Plans:
         memo_key = (tenant.name, _memo_name(key), public, served)
         plan = self._tokens.get(memo_key)
         if plan is None:
-            plan = self._tokens[memo_key] = build_token_plan(policy, tenant, key, public, served)
+            plan = self._tokens.put(memo_key, build_token_plan(policy, tenant, key, public, served))
         return plan
 
     def get(self, policy: Policy, tenant: Tenant, key: ApiKey | None, model: str) -> Plan:
@@ -176,5 +179,5 @@ class Plans:
         memo_key = (tenant.name, _memo_name(key), model)
         plan = self._memo.get(memo_key)
         if plan is None:
-            plan = self._memo[memo_key] = build_plan(policy, tenant, key, model)
+            plan = self._memo.put(memo_key, build_plan(policy, tenant, key, model))
         return plan

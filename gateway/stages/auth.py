@@ -1,8 +1,10 @@
 """Tenant authentication: the request's key by its sha256 digest, a policy-file key first, then a
 managed one (``gateway.keys.resolver``: cached per replica; a backend failure is a 503).
 
-A managed key that expires within ``EXPIRY_WARNING_S`` says so on every answer
-(``x-gateway-key-expires-at``, RFC 3339), so clients and their operators see it coming."""
+A managed key that expires within the policy's ``admin.key_expiry_warning_s`` says so on every answer
+(``x-gateway-key-expires-at``, RFC 3339), so clients and their operators see it coming; the gauges
+``llm_gateway_key_expiry_seconds`` and ``llm_gateway_keys_expiring`` (``observability.gauges``) show it
+per tenant."""
 
 from __future__ import annotations
 
@@ -12,7 +14,6 @@ from gateway.keys.model import iso
 from gateway.keys.resolver import KeyResolver
 from gateway.pipeline import Stage, Verdict
 
-EXPIRY_WARNING_S = 7 * 86_400
 EXPIRY_HEADER = "x-gateway-key-expires-at"
 
 
@@ -28,6 +29,6 @@ class AuthStage(Stage):
             return None
         ctx.tenant, ctx.api_key = await self.keys.authenticate(ctx.request.headers, ctx.policy)
         expires = ctx.api_key.expires_at
-        if expires is not None and expires - self.clock.time() < EXPIRY_WARNING_S:
+        if expires is not None and expires - self.clock.time() < ctx.policy.admin.key_expiry_warning_s:
             ctx.response_headers[EXPIRY_HEADER] = iso(expires) or ""
         return None
