@@ -78,13 +78,13 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in args.scenarios if s not in SCENARIOS]
     if unknown:
         raise SystemExit(f"unknown scenario(s) {unknown}; `python -m benchmarks list` shows them")
+    compare, gateways = _compare(args.compare), _gateways(args.gateway_src)
     if not shutil.which("wrk") and any(SCENARIOS[s].kind in ("wrk", "rate") for s in args.scenarios or SCENARIOS):
         raise SystemExit("wrk not found (apt-get install wrk)")
     if any(SCENARIOS[s].redis for s in args.scenarios or SCENARIOS) and not shutil.which("redis-server"):
         raise SystemExit("redis-server not found (apt-get install redis-server)")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    options = Options(args.duration, args.connections, args.workers, _compare(args.compare),
-                      _gateways(args.gateway_src))
+    options = Options(args.duration, args.connections, args.workers, compare, gateways)
     signal.signal(signal.SIGTERM, _terminate)
     try:
         rows = Runner(options).run([SCENARIOS[s] for s in args.scenarios or SCENARIOS])

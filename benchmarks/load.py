@@ -35,6 +35,7 @@ class Load:
     p999: float
     errors: int  # non-2xx answers + socket errors (connect, read, write, timeout)
     note: str = ""
+    timed: bool = True  # False: no latency or rate figures (held streams)
 
     @property
     def rps(self) -> float:

@@ -7,6 +7,7 @@ request the same way, and shared between them; each gateway row is measured in i
 from __future__ import annotations
 
 import dataclasses
+import re
 import subprocess
 import sys
 import tempfile
@@ -63,9 +64,46 @@ def warm(url: str, body: str, headers: dict[str, str]) -> None:
         raise Unavailable(f"warm-up request failed: {err}") from err
 
 
-def _redis_calls(client: redis.Redis) -> int:
-    stats = client.info("commandstats")
-    return sum(v["calls"] for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_ping"))
+STATE_COUNT = re.compile(r'^llm_gateway_state_duration_seconds_count\{op="([^"]+)"\} ([0-9.e+]+)$', re.M)
+SCRIPT_COMMANDS = ("cmdstat_eval", "cmdstat_evalsha", "cmdstat_eval_ro", "cmdstat_evalsha_ro", "cmdstat_fcall",
+                   "cmdstat_fcall_ro")
+
+
+def state_calls(port: int) -> dict[str, float]:
+    """The gateway's own count of state calls by op (``llm_gateway_state_duration_seconds``), from /metrics."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+            text = resp.read().decode()
+    except OSError:
+        return {}
+    return {op: float(n) for op, n in STATE_COUNT.findall(text)}
+
+
+@dataclass(frozen=True, slots=True)
+class RedisSnapshot:
+    """What Redis and the gateway have counted so far; the difference of two, per request, is the figure."""
+
+    gateway: dict[str, float]  # state calls by op, from the gateway's /metrics
+    commands: int  # every command Redis ran, those inside scripts included (INFO commandstats)
+    scripts: int  # EVAL/EVALSHA/FCALL calls (INFO commandstats)
+    reads: int  # network reads Redis processed: round trips on the wire, pipelines merged (INFO stats)
+
+    @classmethod
+    def take(cls, client: redis.Redis, port: int) -> RedisSnapshot:
+        stats = client.info("commandstats")
+        counted = {k: v["calls"] for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_ping")}
+        return cls(state_calls(port), sum(counted.values()), sum(counted.get(k, 0) for k in SCRIPT_COMMANDS),
+                   int(client.info("stats").get("total_reads_processed", 0)))
+
+    def per_request(self, before: RedisSnapshot, requests: int) -> tuple[float, str]:
+        """(calls per request, a note): the gateway's count when it has one, else Redis's script calls."""
+        ops = {op: (n - before.gateway.get(op, 0)) / requests for op, n in self.gateway.items()}
+        ops = {op: n for op, n in sorted(ops.items()) if n >= 0.005}
+        calls = sum(ops.values()) if ops else (self.scripts - before.scripts) / requests
+        source = ("gateway: " + ", ".join(f"{op} {n:.2f}" for op, n in ops.items())) if ops else "script calls"
+        return calls, (f"Redis {calls:.2f} calls/req ({source}); {(self.reads - before.reads) / requests:.2f} "
+                       f"reads/req on the wire; {(self.commands - before.commands) / requests:.1f} commands/req "
+                       "incl. inside scripts")
 
 
 class Runner:
@@ -73,6 +111,7 @@ class Runner:
         self.options = options
         self.server_cpus, self.load_cpus = cpu_layout()
         self.shared: dict[tuple, dict[str, Row]] = {}  # baseline_key -> proxy -> row
+        self._redis_pid: int | None = None  # the scenario's redis-server, if any
 
     def run(self, scenarios: list[Scenario]) -> list[Row]:
         rows: list[Row] = []
@@ -105,6 +144,7 @@ class Runner:
             redis_url = f"redis://127.0.0.1:{rport}/0"
         workers = scn.workers or self.options.workers
         setup = Setup(procs, folder, up, self.server_cpus, redis_url, scn.cache, workers, scn.streams)
+        self._redis_pid = redis_proc.pid if redis_proc else None
         rows: dict[str, Row] = {}
         if scn.kind != "idle":
             known = self.shared.setdefault(scn.baseline_key, {})
@@ -116,7 +156,7 @@ class Runner:
         for gateway in self.options.gateways:
             rows[gateway.name] = self._measure(scn, gateway, setup, None, redis_url)
             if workers > 1:
-                rows[gateway.name].note = f"{workers} workers; " + rows[gateway.name].note
+                rows[gateway.name].note = "; ".join(filter(None, [f"{workers} workers", rows[gateway.name].note]))
         self._compare(scn, rows)
         return list(rows.values())
 
@@ -131,17 +171,20 @@ class Runner:
             warm(url, CHAT if scn.kind == "idle" else scn.body, scn.headers)
             progress(f"{scn.name}: {proxy.name}: {scn.kind} load for ~{self.options.duration:g} s")
             client = redis.Redis.from_url(redis_url) if redis_url else None
-            calls0 = _redis_calls(client) if client else 0
+            before = RedisSnapshot.take(client, running.port) if client else None
             cpu0 = group_cpu_s(running.proc.pid)
+            redis_cpu0 = group_cpu_s(self._redis_pid) if client and self._redis_pid else 0.0
             load, rss = self._load(scn, url, running)
             cpu1 = group_cpu_s(running.proc.pid)
+            redis_cpu = group_cpu_s(self._redis_pid) - redis_cpu0 if client and self._redis_pid else 0.0
             row.load = load
             row.rss_mib = rss
             if load.requests:
                 row.cpu_us = (cpu1 - cpu0) / load.requests * 1e6
-                if client:
-                    row.redis_calls = (_redis_calls(client) - calls0) / load.requests
-                    row.note = f"Redis {row.redis_calls:.2f} calls/req"
+                if client and before:
+                    after = RedisSnapshot.take(client, running.port)
+                    row.redis_calls, row.note = after.per_request(before, load.requests)
+                    row.note += f"; redis-server {redis_cpu / load.requests * 1e6:.0f} us CPU/req"
             if load.note:
                 row.note = "; ".join(filter(None, [row.note, load.note]))
             if client:
@@ -197,8 +240,7 @@ class Runner:
                 client.wait()
         note = (f"{opened['opened']}/{scn.streams} streams open after {opened['seconds']:.1f} s; "
                 f"RSS {rss_now:.0f} MiB while open")
-        load = Load(opened["opened"], opened["seconds"], 0.0, 0.0, 0.0, opened["failed"], note)
-        return dataclasses.replace(load), rss_now
+        return Load(opened["opened"], opened["seconds"], 0.0, 0.0, 0.0, opened["failed"], note, timed=False), rss_now
 
     def _idle_limits(self, streams: int) -> str:
         """Why ``streams`` held streams can't run here, or ''."""

@@ -35,10 +35,11 @@ def _num(value: float | None, fmt: str) -> str:
 
 def cells(row: Row) -> list[str]:
     load = row.load
+    timed = load if load is not None and load.timed else None
     return [
         row.scenario, row.proxy,
-        _num(load and load.rps, ",.0f"), _num(load and load.p50, ".2f"), _num(load and load.p99, ".2f"),
-        _num(load and load.p999, ".2f"),
+        _num(timed and timed.rps, ",.0f"), _num(timed and timed.p50, ".2f"), _num(timed and timed.p99, ".2f"),
+        _num(timed and timed.p999, ".2f"),
         "-" if row.added is None else f"{row.added[0]:+.2f} / {row.added[1]:+.2f}",
         _num(row.cpu_us, ".0f"), "-" if row.cpu_ratio is None else f"{row.cpu_ratio:.2f}x",
         _num(row.rss_mib, ".0f"), "-" if load is None else str(load.errors), row.target or "-", row.note or "",
