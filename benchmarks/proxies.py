@@ -92,7 +92,8 @@ def start(proxy: Proxy, setup: Setup, progress) -> Running:
         conf = setup.folder / "litellm.yaml"
         conf.write_text(litellm_config(setup.up))
         args = [str(exe), "--config", str(conf), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
-        env.update(LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False")
+        env.update(LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False",
+                   LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY="true")  # loopback only, no key
         timeout = 180.0
     elif proxy.kind == "gateway":
         policy = setup.folder / f"policy-{proxy.name}.yaml"
