@@ -1,6 +1,7 @@
 """A minimal OpenAI-style upstream for the benchmarks: ``python -m benchmarks.mock_upstream PORT``.
 
-Any POST gets the same ~300-byte chat completion, no delay. A request with ``"stream": true`` gets an
+Any POST gets the same ~300-byte chat completion, no delay (``/v1/messages`` and ``/v1/responses``: the
+same answer in those APIs' shapes). A request with ``"stream": true`` gets an
 SSE answer instead: a first chunk at once, then 20 text chunks, a usage chunk and ``[DONE]``. A streamed
 request whose body holds the string ``"hold"`` gets its first chunk and then nothing until the client
 leaves or ``--hold-s`` passes (the idle-streams scenarios).
@@ -21,6 +22,23 @@ CHAT_ANSWER = orjson.dumps({
                  "finish_reason": "stop"}],
     "usage": {"prompt_tokens": 9, "completion_tokens": 9, "total_tokens": 18},
 })
+
+
+TEXT = "Hello! How can I help you today?"
+ANSWERS = {  # by the request path's last segment: each API's own answer shape (LiteLLM calls them natively)
+    "messages": orjson.dumps({
+        "id": "msg_1", "type": "message", "role": "assistant", "model": "m",
+        "content": [{"type": "text", "text": TEXT}], "stop_reason": "end_turn", "stop_sequence": None,
+        "usage": {"input_tokens": 9, "output_tokens": 9}}),
+    "responses": orjson.dumps({
+        "id": "resp_1", "object": "response", "created_at": 0, "status": "completed", "model": "m",
+        "output": [{"type": "message", "id": "msg_1", "status": "completed", "role": "assistant",
+                    "content": [{"type": "output_text", "text": TEXT, "annotations": []}]}],
+        "parallel_tool_calls": True, "tool_choice": "auto", "tools": [], "error": None, "incomplete_details": None,
+        "instructions": None, "metadata": {}, "temperature": 1.0, "top_p": 1.0,
+        "usage": {"input_tokens": 9, "output_tokens": 9, "total_tokens": 18,
+                  "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}}),
+}
 
 
 def _chunk(delta: dict, finish: str | None = None) -> bytes:
@@ -45,7 +63,8 @@ def make_app(hold_s: float) -> web.Application:
     async def answer(request: web.Request) -> web.StreamResponse:
         body = await request.read()
         if not is_stream(body):
-            return web.Response(body=CHAT_ANSWER, content_type="application/json")
+            answer = ANSWERS.get(request.path.rsplit("/", 1)[-1], CHAT_ANSWER)
+            return web.Response(body=answer, content_type="application/json")
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         await resp.write(FIRST)

@@ -14,6 +14,12 @@ from benchmarks.procs import Procs, free_port, wait_port
 
 LITELLM_VENV = Path.home() / ".cache" / "llm-gateway-bench" / "litellm"
 BASELINES = ("bare", "nginx", "litellm")
+LITELLM_ENV = {  # quiet, no master key (loopback only), and its bundled data instead of fetching it at start-up
+    "LITELLM_LOG": "ERROR", "LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY": "true",
+    **{f"LITELLM_LOCAL_{name}": "True" for name in ("MODEL_COST_MAP", "BLOG_POSTS", "ANTHROPIC_BETA_HEADERS",
+                                                    "AUTOROUTER_PRESETS", "POLICY_TEMPLATES")},
+    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "NO_PROXY": "127.0.0.1,localhost",
+}
 
 
 class Unavailable(Exception):
@@ -36,6 +42,7 @@ class Setup:
     up: int
     cpus: str | None
     redis_url: str | None = None
+    redis_pid: int | None = None  # its process group, for Redis's own CPU
     cache: bool = False
     workers: int = 1
     streams: int = 0
@@ -92,8 +99,7 @@ def start(proxy: Proxy, setup: Setup, progress) -> Running:
         conf = setup.folder / "litellm.yaml"
         conf.write_text(litellm_config(setup.up))
         args = [str(exe), "--config", str(conf), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
-        env.update(LITELLM_LOG="ERROR", LITELLM_TELEMETRY="False",
-                   LITELLM_DANGEROUSLY_PERMIT_WEAK_OR_UNSET_MASTER_KEY="true")  # loopback only, no key
+        env.update(LITELLM_ENV)
         timeout = 180.0
     elif proxy.kind == "gateway":
         policy = setup.folder / f"policy-{proxy.name}.yaml"
@@ -110,6 +116,8 @@ def start(proxy: Proxy, setup: Setup, progress) -> Running:
         wait_port(port, proc, timeout)
     except RuntimeError as exc:
         setup.procs.stop(proc)
-        tail = setup.procs.log_tail(proxy.name, 3).replace("\n", " / ")
-        raise Unavailable(f"failed to start: {exc}: {tail[-300:]}") from exc
+        tail = setup.procs.log_tail(proxy.name, 20)
+        progress(f"{proxy.name} did not start; the end of its log:\n{tail}")
+        last = tail.strip().splitlines()[-1:] or [""]
+        raise Unavailable(f"failed to start: {exc}: {last[0][-200:]}") from exc
     return Running(port, proc)

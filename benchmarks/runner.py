@@ -7,7 +7,6 @@ request the same way, and shared between them; each gateway row is measured in i
 from __future__ import annotations
 
 import dataclasses
-import re
 import subprocess
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from benchmarks.procs import (
     wait_port,
 )
 from benchmarks.proxies import Proxy, Running, Setup, Unavailable
+from benchmarks.redis_stats import RedisWatch
 from benchmarks.scenarios import CHAT, Scenario
 from benchmarks.table import Row
 
@@ -64,54 +64,11 @@ def warm(url: str, body: str, headers: dict[str, str]) -> None:
         raise Unavailable(f"warm-up request failed: {err}") from err
 
 
-STATE_COUNT = re.compile(r'^llm_gateway_state_duration_seconds_count\{op="([^"]+)"\} ([0-9.e+]+)$', re.M)
-SCRIPT_COMMANDS = ("cmdstat_eval", "cmdstat_evalsha", "cmdstat_eval_ro", "cmdstat_evalsha_ro", "cmdstat_fcall",
-                   "cmdstat_fcall_ro")
-
-
-def state_calls(port: int) -> dict[str, float]:
-    """The gateway's own count of state calls by op (``llm_gateway_state_duration_seconds``), from /metrics."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
-            text = resp.read().decode()
-    except OSError:
-        return {}
-    return {op: float(n) for op, n in STATE_COUNT.findall(text)}
-
-
-@dataclass(frozen=True, slots=True)
-class RedisSnapshot:
-    """What Redis and the gateway have counted so far; the difference of two, per request, is the figure."""
-
-    gateway: dict[str, float]  # state calls by op, from the gateway's /metrics
-    commands: int  # every command Redis ran, those inside scripts included (INFO commandstats)
-    scripts: int  # EVAL/EVALSHA/FCALL calls (INFO commandstats)
-    reads: int  # network reads Redis processed: round trips on the wire, pipelines merged (INFO stats)
-
-    @classmethod
-    def take(cls, client: redis.Redis, port: int) -> RedisSnapshot:
-        stats = client.info("commandstats")
-        counted = {k: v["calls"] for k, v in stats.items() if k not in ("cmdstat_info", "cmdstat_ping")}
-        return cls(state_calls(port), sum(counted.values()), sum(counted.get(k, 0) for k in SCRIPT_COMMANDS),
-                   int(client.info("stats").get("total_reads_processed", 0)))
-
-    def per_request(self, before: RedisSnapshot, requests: int) -> tuple[float, str]:
-        """(calls per request, a note): the gateway's count when it has one, else Redis's script calls."""
-        ops = {op: (n - before.gateway.get(op, 0)) / requests for op, n in self.gateway.items()}
-        ops = {op: n for op, n in sorted(ops.items()) if n >= 0.005}
-        calls = sum(ops.values()) if ops else (self.scripts - before.scripts) / requests
-        source = ("gateway: " + ", ".join(f"{op} {n:.2f}" for op, n in ops.items())) if ops else "script calls"
-        return calls, (f"Redis {calls:.2f} calls/req ({source}); {(self.reads - before.reads) / requests:.2f} "
-                       f"reads/req on the wire; {(self.commands - before.commands) / requests:.1f} commands/req "
-                       "incl. inside scripts")
-
-
 class Runner:
     def __init__(self, options: Options) -> None:
         self.options = options
         self.server_cpus, self.load_cpus = cpu_layout()
         self.shared: dict[tuple, dict[str, Row]] = {}  # baseline_key -> proxy -> row
-        self._redis_pid: int | None = None  # the scenario's redis-server, if any
 
     def run(self, scenarios: list[Scenario]) -> list[Row]:
         rows: list[Row] = []
@@ -143,8 +100,8 @@ class Runner:
             wait_port(rport, redis_proc)
             redis_url = f"redis://127.0.0.1:{rport}/0"
         workers = scn.workers or self.options.workers
-        setup = Setup(procs, folder, up, self.server_cpus, redis_url, scn.cache, workers, scn.streams)
-        self._redis_pid = redis_proc.pid if redis_proc else None
+        setup = Setup(procs, folder, up, self.server_cpus, redis_url, redis_proc.pid if redis_proc else None,
+                      scn.cache, workers, scn.streams)
         rows: dict[str, Row] = {}
         if scn.kind != "idle":
             known = self.shared.setdefault(scn.baseline_key, {})
@@ -154,14 +111,14 @@ class Runner:
                                                 else None)
                 rows[kind] = dataclasses.replace(known[kind], scenario=scn.name)
         for gateway in self.options.gateways:
-            rows[gateway.name] = self._measure(scn, gateway, setup, None, redis_url)
+            rows[gateway.name] = self._measure(scn, gateway, setup, None)
             if workers > 1:
                 rows[gateway.name].note = "; ".join(filter(None, [f"{workers} workers", rows[gateway.name].note]))
         self._compare(scn, rows)
         return list(rows.values())
 
-    def _measure(self, scn: Scenario, proxy: Proxy, setup: Setup, running: Running | None,
-                 redis_url: str | None = None) -> Row:
+    def _measure(self, scn: Scenario, proxy: Proxy, setup: Setup, running: Running | None) -> Row:
+        """Start ``proxy`` (unless ``running``), warm it, load it and read its CPU and memory; then stop it."""
         row = Row(scn.name, proxy.name)
         own = running is None
         try:
@@ -170,25 +127,17 @@ class Runner:
             url = f"http://127.0.0.1:{running.port}{scn.path}"
             warm(url, CHAT if scn.kind == "idle" else scn.body, scn.headers)
             progress(f"{scn.name}: {proxy.name}: {scn.kind} load for ~{self.options.duration:g} s")
-            client = redis.Redis.from_url(redis_url) if redis_url else None
-            before = RedisSnapshot.take(client, running.port) if client else None
+            watch = None
+            if setup.redis_url and setup.redis_pid and proxy.kind == "gateway":
+                watch = RedisWatch(setup.redis_url, setup.redis_pid, running.port)
+                watch.start()
             cpu0 = group_cpu_s(running.proc.pid)
-            redis_cpu0 = group_cpu_s(self._redis_pid) if client and self._redis_pid else 0.0
-            load, rss = self._load(scn, url, running)
-            cpu1 = group_cpu_s(running.proc.pid)
-            redis_cpu = group_cpu_s(self._redis_pid) - redis_cpu0 if client and self._redis_pid else 0.0
-            row.load = load
-            row.rss_mib = rss
-            if load.requests:
-                row.cpu_us = (cpu1 - cpu0) / load.requests * 1e6
-                if client and before:
-                    after = RedisSnapshot.take(client, running.port)
-                    row.redis_calls, row.note = after.per_request(before, load.requests)
-                    row.note += f"; redis-server {redis_cpu / load.requests * 1e6:.0f} us CPU/req"
-            if load.note:
-                row.note = "; ".join(filter(None, [row.note, load.note]))
-            if client:
-                client.close()
+            row.load, row.rss_mib = self._load(scn, url, running)
+            if row.load.requests:
+                row.cpu_us = (group_cpu_s(running.proc.pid) - cpu0) / row.load.requests * 1e6
+            if watch is not None:
+                row.redis_calls, row.note = watch.finish(row.load.requests)
+            row.note = "; ".join(filter(None, [row.note, row.load.note]))
         except (Unavailable, RuntimeError, subprocess.SubprocessError, redis.RedisError) as exc:
             row.note = str(exc) if str(exc).startswith("unavailable") else f"failed: {exc}"
             progress(f"{scn.name}: {proxy.name}: {row.note}")

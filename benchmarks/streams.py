@@ -5,7 +5,7 @@ the first SSE ``data:`` line, bounded by ``--count`` and ``--duration``; prints 
 
 ``idle``: opens ``--streams`` streams the mock holds open after their first chunk (raw sockets, so the
 client stays small), prints ``READY`` and a JSON line once all are open (or failed), then holds them until
-a line arrives on stdin or ``--hold-s`` passes, and closes them.
+a line arrives on stdin or ``--hold-s`` passes, and closes them. Opening is bounded too (``OPEN_WITHIN_S``).
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from urllib.parse import urlsplit
 
 import aiohttp
 import uvloop
+
+OPEN_WITHIN_S = 120.0  # the idle client gives up opening streams after this
 
 
 def _pct(sorted_ms: list[float], p: float) -> float:
@@ -92,8 +94,12 @@ async def idle(url: str, body: bytes, headers: dict[str, str], streams: int, hol
     began = time.perf_counter()
     sem = asyncio.Semaphore(256)  # connections being opened at once
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
-    results = await asyncio.gather(*(_open(host, port, raw, sem, held) for _ in range(streams)))
-    opened = sum(results)
+    tasks = [asyncio.create_task(_open(host, port, raw, sem, held)) for _ in range(streams)]
+    _, late = await asyncio.wait(tasks, timeout=OPEN_WITHIN_S)
+    for task in late:  # bounded in time: what did not open by then counts as failed
+        task.cancel()
+    await asyncio.gather(*late, return_exceptions=True)
+    opened = len(held)
     print("READY", flush=True)
     print(json.dumps({"opened": opened, "failed": streams - opened, "seconds": time.perf_counter() - began}),
           flush=True)
