@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,7 +58,7 @@ class Running:
 _litellm_failure: list[str] = []  # the install failed once this run: don't try again per scenario
 
 
-def litellm_bin(progress) -> Path:
+def litellm_bin(progress: Callable[[str], None]) -> Path:
     """LiteLLM's proxy in its own virtualenv, installed on first use (never a project dependency)."""
     exe = LITELLM_VENV / "bin" / "litellm"
     if exe.exists():
@@ -80,38 +81,46 @@ def litellm_bin(progress) -> Path:
     return exe
 
 
-def start(proxy: Proxy, setup: Setup, progress) -> Running:
+Command = tuple[list[str], dict[str, str], float]  # argv, extra environment, seconds to wait for the port
+
+
+def _bare(proxy: Proxy, setup: Setup, port: int, progress: Callable[[str], None]) -> Command:
+    return [sys.executable, "-m", "benchmarks.bare_proxy", str(port), f"http://127.0.0.1:{setup.up}"], {}, 30.0
+
+
+def _nginx(proxy: Proxy, setup: Setup, port: int, progress: Callable[[str], None]) -> Command:
+    if not shutil.which("nginx"):
+        raise Unavailable("unavailable: no nginx binary (apt-get install nginx-light)")
+    conf = setup.folder / "nginx.conf"
+    conf.write_text(nginx_config(str(setup.folder), port, setup.up))
+    return ["nginx", "-p", str(setup.folder), "-e", str(setup.folder / "nginx-error.log"), "-c", str(conf)], {}, 30.0
+
+
+def _litellm(proxy: Proxy, setup: Setup, port: int, progress: Callable[[str], None]) -> Command:
+    exe = litellm_bin(progress)
+    conf = setup.folder / "litellm.yaml"
+    conf.write_text(litellm_config(setup.up))
+    args = [str(exe), "--config", str(conf), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
+    return args, LITELLM_ENV, 180.0
+
+
+def _gateway(proxy: Proxy, setup: Setup, port: int, progress: Callable[[str], None]) -> Command:
+    policy = setup.folder / f"policy-{proxy.name}.yaml"
+    policy.write_text(gateway_policy(setup.up, setup.redis_url, setup.cache, setup.streams))
+    args = [sys.executable, "-m", "gateway", "serve", "--policy", str(policy), "--port", str(port), "--quiet"]
+    if setup.workers > 1:
+        args += ["--workers", str(setup.workers)]
+    return args, {"PYTHONPATH": str(proxy.src)}, 60.0
+
+
+COMMANDS = {"bare": _bare, "nginx": _nginx, "litellm": _litellm, "gateway": _gateway}
+
+
+def start(proxy: Proxy, setup: Setup, progress: Callable[[str], None]) -> Running:
     """Start ``proxy`` pinned to the server CPUs; return once its port accepts connections."""
     port = free_port()
-    env = dict(os.environ)
-    if proxy.kind == "bare":
-        args = [sys.executable, "-m", "benchmarks.bare_proxy", str(port), f"http://127.0.0.1:{setup.up}"]
-        timeout = 30.0
-    elif proxy.kind == "nginx":
-        if not shutil.which("nginx"):
-            raise Unavailable("unavailable: no nginx binary (apt-get install nginx-light)")
-        conf = setup.folder / "nginx.conf"
-        conf.write_text(nginx_config(str(setup.folder), port, setup.up))
-        args = ["nginx", "-p", str(setup.folder), "-e", str(setup.folder / "nginx-error.log"), "-c", str(conf)]
-        timeout = 30.0
-    elif proxy.kind == "litellm":
-        exe = litellm_bin(progress)
-        conf = setup.folder / "litellm.yaml"
-        conf.write_text(litellm_config(setup.up))
-        args = [str(exe), "--config", str(conf), "--host", "127.0.0.1", "--port", str(port), "--num_workers", "1"]
-        env.update(LITELLM_ENV)
-        timeout = 180.0
-    elif proxy.kind == "gateway":
-        policy = setup.folder / f"policy-{proxy.name}.yaml"
-        policy.write_text(gateway_policy(setup.up, setup.redis_url, setup.cache, setup.streams))
-        args = [sys.executable, "-m", "gateway", "serve", "--policy", str(policy), "--port", str(port), "--quiet"]
-        if setup.workers > 1:
-            args += ["--workers", str(setup.workers)]
-        env["PYTHONPATH"] = str(proxy.src)
-        timeout = 60.0
-    else:
-        raise ValueError(proxy.kind)
-    proc = setup.procs.start(proxy.name, args, setup.cpus, env=env, cwd=setup.folder)
+    args, env, timeout = COMMANDS[proxy.kind](proxy, setup, port, progress)
+    proc = setup.procs.start(proxy.name, args, setup.cpus, env={**os.environ, **env}, cwd=setup.folder)
     try:
         wait_port(port, proc, timeout)
     except RuntimeError as exc:
