@@ -58,6 +58,8 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--duration", type=float, default=10.0, help="seconds of load per row (default 10)")
     run.add_argument("--connections", type=int, default=32, help="wrk connections (default 32)")
     run.add_argument("--workers", type=int, default=1, help="gateway worker processes (workers-2 uses 2)")
+    run.add_argument("--rounds", type=int, default=1,
+                     help="measure each row this many times, alternated, and print medians (default 1)")
     run.add_argument("--gateway-src", action="append", default=[], metavar="[LABEL=]PATH",
                      help="run the gateway from this source tree (repeat for before/after rows)")
     run.add_argument("--results", type=Path, help="append the table, date and machine to this Markdown file")
@@ -84,7 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     if any(SCENARIOS[s].redis for s in args.scenarios or SCENARIOS) and not shutil.which("redis-server"):
         raise SystemExit("redis-server not found (apt-get install redis-server)")
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    options = Options(args.duration, args.connections, args.workers, compare, gateways)
+    if args.rounds < 1 or args.duration <= 0 or args.connections < 1 or args.workers < 1:
+        raise SystemExit("--rounds, --duration, --connections and --workers must be positive")
+    options = Options(duration=args.duration, connections=args.connections, workers=args.workers, compare=compare,
+                      rounds=args.rounds, gateways=gateways)
     signal.signal(signal.SIGTERM, _terminate)
     try:
         rows = Runner(options).run([SCENARIOS[s] for s in args.scenarios or SCENARIOS])

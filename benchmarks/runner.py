@@ -34,7 +34,7 @@ from benchmarks.procs import (
 from benchmarks.proxies import Proxy, Running, Setup, Unavailable
 from benchmarks.redis_stats import RedisWatch
 from benchmarks.scenarios import CHAT, Scenario
-from benchmarks.table import Row
+from benchmarks.table import Row, merge
 
 RATE_CONNECTIONS = 8
 
@@ -49,6 +49,7 @@ class Options:
     connections: int = 32
     workers: int = 1
     compare: tuple[str, ...] = ("bare",)
+    rounds: int = 1  # each row measured this many times, alternated; the table shows medians
     gateways: tuple[Proxy, ...] = ()
 
 
@@ -102,18 +103,22 @@ class Runner:
         workers = scn.workers or self.options.workers
         setup = Setup(procs, folder, up, self.server_cpus, redis_url, redis_proc.pid if redis_proc else None,
                       scn.cache, workers, scn.streams)
-        rows: dict[str, Row] = {}
-        if scn.kind != "idle":
-            known = self.shared.setdefault(scn.baseline_key, {})
-            for kind in ("direct", *self.options.compare):
-                if kind not in known:
-                    known[kind] = self._measure(scn, Proxy(kind, kind), setup, Running(up, mock) if kind == "direct"
-                                                else None)
-                rows[kind] = dataclasses.replace(known[kind], scenario=scn.name)
+        baselines = () if scn.kind == "idle" else ("direct", *self.options.compare)
+        known = self.shared.setdefault(scn.baseline_key, {})
+        fresh = [kind for kind in baselines if kind not in known]
+        measured: dict[str, list[Row]] = {}
+        for _ in range(self.options.rounds):  # alternated, so slow drifts of a shared machine hit every row alike
+            for kind in fresh:
+                running = Running(up, mock) if kind == "direct" else None
+                measured.setdefault(kind, []).append(self._measure(scn, Proxy(kind, kind), setup, running))
+            for gateway in self.options.gateways:
+                measured.setdefault(gateway.name, []).append(self._measure(scn, gateway, setup, None))
+        known.update((kind, merge(measured[kind])) for kind in fresh)
+        rows = {kind: dataclasses.replace(known[kind], scenario=scn.name) for kind in baselines}
         for gateway in self.options.gateways:
-            rows[gateway.name] = self._measure(scn, gateway, setup, None)
+            row = rows[gateway.name] = merge(measured[gateway.name])
             if workers > 1:
-                rows[gateway.name].note = "; ".join(filter(None, [f"{workers} workers", rows[gateway.name].note]))
+                row.note = "; ".join(filter(None, [f"{workers} workers", row.note]))
         self._compare(scn, rows)
         return list(rows.values())
 

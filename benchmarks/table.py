@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
+import statistics
 import subprocess
 import time
 from dataclasses import dataclass
@@ -27,6 +29,26 @@ class Row:
     redis_calls: float | None = None  # Redis commands per request (INFO commandstats delta / requests)
     target: str = ""
     note: str = ""
+
+
+def merge(rows: list[Row]) -> Row:
+    """One row from the rounds of the same proxy: medians of latency and CPU, totals of requests and errors."""
+    done = [row for row in rows if row.load is not None]
+    if len(rows) == 1 or not done:
+        return rows[0]
+    loads = [row.load for row in done if row.load is not None]
+    load = dataclasses.replace(
+        loads[0], requests=sum(x.requests for x in loads), seconds=sum(x.seconds for x in loads),
+        p50=statistics.median(x.p50 for x in loads), p99=statistics.median(x.p99 for x in loads),
+        p999=statistics.median(x.p999 for x in loads), errors=sum(x.errors for x in loads))
+    cpu = [row.cpu_us for row in done if row.cpu_us is not None]
+    calls = [row.redis_calls for row in done if row.redis_calls is not None]
+    failed = len(rows) - len(done)
+    note = f"median of {len(done)} rounds" + (f", {failed} failed" if failed else "")
+    return dataclasses.replace(done[0], load=load, cpu_us=statistics.median(cpu) if cpu else None,
+                               rss_mib=max((row.rss_mib or 0.0) for row in done),
+                               redis_calls=statistics.median(calls) if calls else None,
+                               note="; ".join(filter(None, [note, done[0].note])))
 
 
 def _num(value: float | None, fmt: str) -> str:

@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks.__main__ import _gateways, main
+from benchmarks.load import Load
 from benchmarks.scenarios import SCENARIOS
+from benchmarks.table import Row, merge
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -55,6 +57,16 @@ def test_gateway_sources_take_labels(tmp_path: Path):
         _gateways([f"x={tmp_path / 'missing'}"])
     with pytest.raises(SystemExit, match="distinct"):
         _gateways([f"bare={ROOT}"])
+
+
+def test_rounds_merge_into_medians_and_totals():
+    rounds = [Row("s", "gateway", Load(100, 1.0, p50, p50 * 2, p50 * 3, errors), cpu_us=cpu, rss_mib=rss)
+              for p50, errors, cpu, rss in ((1.0, 0, 500.0, 50.0), (3.0, 2, 900.0, 60.0), (2.0, 1, 700.0, 55.0))]
+    row = merge([*rounds, Row("s", "gateway", note="failed: x")])
+    assert row.load is not None
+    assert (row.load.requests, row.load.rps, row.load.p50, row.load.p99, row.load.errors) == (300, 100.0, 2.0, 4.0, 3)
+    assert (row.cpu_us, row.rss_mib) == (700.0, 60.0) and row.note.startswith("median of 3 rounds, 1 failed")
+    assert merge(rounds[:1]) is rounds[0]
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk)")
