@@ -15,10 +15,10 @@ import signal
 import sys
 from pathlib import Path
 
-from benchmarks.proxies import BASELINES, Proxy
-from benchmarks.runner import Options, Runner, progress
-from benchmarks.scenarios import SCENARIOS
-from benchmarks.table import append_results, machine, markdown
+from benchmarks.runner.proxies import BASELINES, Proxy
+from benchmarks.runner.run import Options, Runner, progress
+from benchmarks.runner.scenarios import SCENARIOS
+from benchmarks.runner.table import append_results, machine, markdown
 
 ROOT = Path(__file__).resolve().parent.parent
 

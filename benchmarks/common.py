@@ -16,8 +16,8 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from benchmarks.mock_upstream import CHAT_ANSWER
-from benchmarks.procs import free_port, wait_port
+from benchmarks.runner.mock_upstream import CHAT_ANSWER
+from benchmarks.runner.procs import free_port, wait_port
 
 _MOCK = """
 import sys, uvloop

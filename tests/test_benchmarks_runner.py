@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks.__main__ import _gateways, main
-from benchmarks.load import Load
-from benchmarks.scenarios import SCENARIOS
-from benchmarks.table import Row, merge
+from benchmarks.runner.load import Load
+from benchmarks.runner.scenarios import SCENARIOS
+from benchmarks.runner.table import Row, merge
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}

@@ -19,9 +19,9 @@ from pathlib import Path
 import orjson
 import redis
 
-from benchmarks import proxies
-from benchmarks.load import Load, run_client, run_wrk, wrk_script
-from benchmarks.procs import (
+from benchmarks.runner import proxies
+from benchmarks.runner.load import Load, run_client, run_wrk, wrk_script
+from benchmarks.runner.procs import (
     Procs,
     cpu_layout,
     free_port,
@@ -31,10 +31,10 @@ from benchmarks.procs import (
     raise_fd_limit,
     wait_port,
 )
-from benchmarks.proxies import Proxy, Running, Setup, Unavailable
-from benchmarks.redis_stats import RedisWatch
-from benchmarks.scenarios import CHAT, Scenario
-from benchmarks.table import Row, merge
+from benchmarks.runner.proxies import Proxy, Running, Setup, Unavailable
+from benchmarks.runner.redis_stats import RedisWatch
+from benchmarks.runner.scenarios import CHAT, Scenario
+from benchmarks.runner.table import Row, merge
 
 RATE_CONNECTIONS = 8
 
@@ -91,7 +91,8 @@ class Runner:
 
     def _scenario(self, scn: Scenario, folder: Path, procs: Procs) -> list[Row]:
         up = free_port()
-        mock = procs.start("mock", [sys.executable, "-m", "benchmarks.mock_upstream", str(up)], self.server_cpus)
+        mock = procs.start("mock", [sys.executable, "-m", "benchmarks.runner.mock_upstream", str(up)],
+                           self.server_cpus)
         wait_port(up, mock)
         redis_url = redis_proc = None
         if scn.redis:
@@ -177,7 +178,7 @@ class Runner:
 
     def _idle(self, scn: Scenario, url: str, running: Running, headers: list[str]) -> tuple[Load, float]:
         """Hold ``scn.streams`` streams open, read the proxy's RSS while they are, then close them."""
-        cmd = pinned([sys.executable, "-m", "benchmarks.streams", "idle", url, "--body", scn.body, *headers,
+        cmd = pinned([sys.executable, "-m", "benchmarks.runner.streams", "idle", url, "--body", scn.body, *headers,
                       "--streams", str(scn.streams), "--hold-s", "60"], self.load_cpus)
         client = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         try:

@@ -1,4 +1,4 @@
-"""Streaming clients, run by the runner on the load CPUs: ``python -m benchmarks.streams ttft|idle URL ...``.
+"""Streaming clients, run by the runner on the load CPUs: ``python -m benchmarks.runner.streams ttft|idle URL ...``.
 
 ``ttft``: streamed chat requests one after another (``--clients`` at once), each timed from the send to
 the first SSE ``data:`` line, bounded by ``--count`` and ``--duration``; prints one JSON line.

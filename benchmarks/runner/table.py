@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.load import Load
+from benchmarks.runner.load import Load
 
 COLUMNS = ("scenario", "proxy", "req/s", "p50 ms", "p99 ms", "p99.9 ms", "added p50/p99 ms", "CPU us/req",
            "CPU vs bare", "peak RSS MiB", "errors", "target", "notes")

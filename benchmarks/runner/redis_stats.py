@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import redis
 
-from benchmarks.procs import group_cpu_s
+from benchmarks.runner.procs import group_cpu_s
 
 STATE_COUNT = re.compile(r'^llm_gateway_state_duration_seconds_count\{op="([^"]+)"\} ([0-9.e+]+)$', re.M)
 SCRIPT_COMMANDS = ("cmdstat_eval", "cmdstat_evalsha", "cmdstat_eval_ro", "cmdstat_evalsha_ro", "cmdstat_fcall",

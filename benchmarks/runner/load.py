@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.procs import pinned
+from benchmarks.runner.procs import pinned
 
 DONE = """
 done = function(summary, latency, requests)
@@ -43,7 +43,7 @@ class Load:
 
 
 def wrk_script(body: str, headers: dict[str, str], delay_ms: float | None = None) -> str:
-    """A Lua script POSTing the JSON ``body`` (no single quotes); ``delay_ms``: pause per connection between requests."""
+    """A Lua script POSTing the JSON ``body`` (no single quotes); ``delay_ms``: each connection's pause."""
     lines = ['wrk.method = "POST"', f"wrk.body = '{body}'", 'wrk.headers["Content-Type"] = "application/json"']
     lines += [f'wrk.headers["{name}"] = "{value}"' for name, value in headers.items()]
     if delay_ms is not None:
@@ -64,8 +64,8 @@ def run_wrk(url: str, script: Path, duration: float, connections: int, cpus: str
 
 
 def run_client(args: list[str], cpus: str | None, timeout: float) -> dict:
-    """``python -m benchmarks.streams ...`` on the load CPUs; its last stdout line is a JSON object."""
-    cmd = pinned([sys.executable, "-m", "benchmarks.streams", *args], cpus)
+    """``python -m benchmarks.runner.streams ...`` on the load CPUs; its last stdout line is a JSON object."""
+    cmd = pinned([sys.executable, "-m", "benchmarks.runner.streams", *args], cpus)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     lines = out.stdout.strip().splitlines()
     if out.returncode != 0 or not lines:

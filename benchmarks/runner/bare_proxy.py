@@ -1,4 +1,4 @@
-"""The naive floor: ``python -m benchmarks.bare_proxy PORT UPSTREAM_BASE``, an aiohttp + uvloop pass-through.
+"""The naive floor: ``python -m benchmarks.runner.bare_proxy PORT UPSTREAM_BASE``, an aiohttp + uvloop pass-through.
 
 Reads the request body, POSTs it to the same path upstream on one pooled session and returns the bytes
 (streams relayed chunk by chunk). No policy at all: every stage the gateway adds spends from this.

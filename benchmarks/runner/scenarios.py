@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from benchmarks.table import Row
+from benchmarks.runner.table import Row
 
 CHAT = '{"model":"m","messages":[{"role":"user","content":"Say hello"}]}'
 CACHEABLE = '{"model":"m","temperature":0,"messages":[{"role":"user","content":"Say hello"}]}'

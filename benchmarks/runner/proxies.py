@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from benchmarks.policies import gateway_policy, litellm_config, nginx_config
-from benchmarks.procs import Procs, free_port, wait_port
+from benchmarks.runner.policies import gateway_policy, litellm_config, nginx_config
+from benchmarks.runner.procs import Procs, free_port, wait_port
 
 LITELLM_VENV = Path.home() / ".cache" / "llm-gateway-bench" / "litellm"
 BASELINES = ("bare", "nginx", "litellm")
@@ -85,7 +85,7 @@ Command = tuple[list[str], dict[str, str], float]  # argv, extra environment, se
 
 
 def _bare(proxy: Proxy, setup: Setup, port: int, progress: Callable[[str], None]) -> Command:
-    return [sys.executable, "-m", "benchmarks.bare_proxy", str(port), f"http://127.0.0.1:{setup.up}"], {}, 30.0
+    return [sys.executable, "-m", "benchmarks.runner.bare_proxy", str(port), f"http://127.0.0.1:{setup.up}"], {}, 30.0
 
 
 def _nginx(proxy: Proxy, setup: Setup, port: int, progress: Callable[[str], None]) -> Command:

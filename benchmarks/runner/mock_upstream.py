@@ -1,4 +1,4 @@
-"""A minimal OpenAI-style upstream for the benchmarks: ``python -m benchmarks.mock_upstream PORT``.
+"""A minimal OpenAI-style upstream for the benchmarks: ``python -m benchmarks.runner.mock_upstream PORT``.
 
 Any POST gets the same ~300-byte chat completion, no delay (``/v1/messages`` and ``/v1/responses``: the
 same answer in those APIs' shapes). A request with ``"stream": true`` gets an
