@@ -1,4 +1,6 @@
-"""What the benchmark scripts share: loopback ports, pinned processes, the mock upstream, Redis, wrk.
+"""What the older benchmark scripts share: pinned processes, the mock upstream, Redis, wrk.
+
+Ports and the mock's answer come from the runner's modules (``procs``, ``mock_upstream``), so there is one copy.
 
 Method (benchmarks/REFERENCE.md): the mock upstream, the proxy under test and Redis run on CPU 0
 (``taskset`` when present), wrk on CPU 1, everything on 127.0.0.1.
@@ -9,21 +11,13 @@ from __future__ import annotations
 import contextlib
 import re
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import orjson
-
-CHAT_ANSWER = orjson.dumps({
-    "id": "x", "object": "chat.completion", "created": 0, "model": "m",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello! How can I help you today?"},
-                 "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 9, "completion_tokens": 9, "total_tokens": 18},
-})
+from benchmarks.runner.mock_upstream import CHAT_ANSWER
+from benchmarks.runner.procs import free_port, wait_port
 
 _MOCK = """
 import sys, uvloop
@@ -35,23 +29,6 @@ async def h(request):
 app = web.Application(); app.router.add_post("/v1/chat/completions", h)
 uvloop.install(); web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 20.0) -> None:
-    """Return once something accepts connections on ``port``."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"port {port} never opened")
 
 
 def missing_tool(*tools: str) -> str | None:

@@ -1,0 +1,77 @@
+"""The gateway policies the scenarios run, and LiteLLM's config for the same upstream."""
+
+from __future__ import annotations
+
+FULL = """\
+version: 1
+{state}{server}providers:
+  up: {{type: openai, base_url: "http://127.0.0.1:{up}/v1", api_key: sk-up{pool}}}
+models:
+  m:
+    context_window: 8000
+    price: {{input: 0.15, output: 0.6}}
+    deployments: [{{provider: up, model: m}}]
+cache: {{enabled: {cache}, ttl_s: 3600}}
+logging: {{access_log: "off"}}
+tenants:
+  bench:
+    api_keys: [sk-bench]
+    models: [m]
+    rate_limit: {{rpm: 100000000, tpm: 100000000000, concurrency: 1000000}}
+    budget: {{usd: 1000000000, period: total}}
+"""
+
+
+def gateway_policy(up: int, redis_url: str | None = None, cache: bool = False, streams: int = 0) -> str:
+    """The full policy: auth, input checks, rpm/tpm/concurrency limits, budget, routing, metrics.
+
+    ``cache`` turns the response cache on; ``streams`` raises the server's and the upstream pool's
+    connection caps above that many concurrent streams (the keys are left out otherwise, so older
+    trees given with ``--gateway-src`` load the same file).
+    """
+    state = f'state: {{backend: redis, redis_url: "{redis_url}", timeout_ms: 1000}}\n' if redis_url else ""
+    server = pool = ""
+    if streams:
+        cap = streams * 2 + 100
+        server = f"server: {{max_connections: {cap}, max_in_flight: null}}\n"
+        pool = f", max_connections: {cap}"
+    return FULL.format(state=state, server=server, up=up, pool=pool, cache="true" if cache else "false")
+
+
+LITELLM = """\
+model_list:
+  - model_name: m
+    litellm_params: {{model: openai/m, api_base: "http://127.0.0.1:{up}/v1", api_key: sk-up}}
+litellm_settings: {{drop_params: true, telemetry: false}}
+"""
+
+
+def litellm_config(up: int) -> str:
+    """One model on the same mock; no database, no master key (any bearer token passes)."""
+    return LITELLM.format(up=up)
+
+
+def nginx_config(folder: str, port: int, up: int) -> str:
+    """nginx as a plain reverse proxy with a keep-alive pool to the mock (REFERENCE.md's nginx row)."""
+    temp = " ".join(f"{kind}_temp_path {folder}/{kind};" for kind in ("client_body", "proxy", "fastcgi", "uwsgi",
+                                                                        "scgi"))
+    return f"""daemon off;
+worker_processes 1;
+pid {folder}/nginx.pid;
+error_log {folder}/nginx-error.log warn;
+events {{ worker_connections 20000; }}
+http {{
+  access_log off;
+  {temp}
+  upstream up {{ server 127.0.0.1:{up}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+    }}
+  }}
+}}
+"""

@@ -1,0 +1,85 @@
+"""``python -m benchmarks``: lists its scenarios, and a one-second run prints a table with real figures."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from benchmarks.__main__ import _gateways, main
+from benchmarks.runner.load import Load
+from benchmarks.runner.scenarios import SCENARIOS
+from benchmarks.runner.table import Row, merge
+
+ROOT = Path(__file__).resolve().parents[1]
+ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def bench(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def table_rows(stdout: str) -> dict[str, dict[str, str]]:
+    """The Markdown table's rows by proxy, as {column: cell}."""
+    lines = [ln for ln in stdout.splitlines() if ln.startswith("| ")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = [dict(zip(head, (c.strip() for c in ln.strip("|").split("|")), strict=True)) for ln in lines[1:]]
+    return {row["proxy"]: row for row in rows}
+
+
+def test_list_names_every_scenario(capsys: pytest.CaptureFixture[str]):
+    assert main(["list"]) == 0
+    listed = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert listed == list(SCENARIOS)
+    assert {"full-memory", "full-redis", "cache-hit", "stream", "idle-streams-10k", "messages", "responses",
+            "workers-2", "latency-500"} <= set(listed)
+
+
+def test_unknown_scenario_and_baseline_are_refused():
+    with pytest.raises(SystemExit, match="unknown scenario"):
+        main(["run", "no-such"])
+    with pytest.raises(SystemExit, match="--compare: unknown"):
+        main(["run", "cache-hit", "--compare", "haproxy"])
+
+
+def test_gateway_sources_take_labels(tmp_path: Path):
+    (tmp_path / "gateway").mkdir()
+    (tmp_path / "gateway" / "__main__.py").write_text("")
+    before, after = _gateways([f"before={tmp_path}", f"after={ROOT}"])
+    assert (before.name, before.src, after.name, after.src) == ("before", tmp_path, "after", ROOT)
+    assert _gateways([])[0].src == ROOT
+    with pytest.raises(SystemExit, match="no gateway package"):
+        _gateways([f"x={tmp_path / 'missing'}"])
+    with pytest.raises(SystemExit, match="distinct"):
+        _gateways([f"bare={ROOT}"])
+
+
+def test_rounds_merge_into_medians_and_totals():
+    rounds = [Row("s", "gateway", Load(100, 1.0, p50, p50 * 2, p50 * 3, errors), cpu_us=cpu, rss_mib=rss)
+              for p50, errors, cpu, rss in ((1.0, 0, 500.0, 50.0), (3.0, 2, 900.0, 60.0), (2.0, 1, 700.0, 55.0))]
+    row = merge([*rounds, Row("s", "gateway", note="failed: x")])
+    assert row.load is not None
+    assert (row.load.requests, row.load.rps, row.load.p50, row.load.p99, row.load.errors) == (300, 100.0, 2.0, 4.0, 3)
+    assert (row.cpu_us, row.rss_mib) == (700.0, 60.0) and row.note.startswith("median of 3 rounds, 1 failed")
+    assert merge(rounds[:1]) is rounds[0]
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk)")
+def test_one_second_run_prints_a_table_with_figures(tmp_path: Path):
+    results = tmp_path / "RESULTS.md"
+    out = bench("run", "full-memory", "--duration", "1", "--connections", "4", "--compare", "none",
+                "--results", str(results))
+    assert out.returncode == 0, out.stderr
+    rows = table_rows(out.stdout)
+    assert set(rows) == {"direct", "gateway"}
+    gateway = rows["gateway"]
+    assert float(gateway["req/s"].replace(",", "")) > 0 and gateway["errors"] == "0", gateway
+    assert float(gateway["CPU us/req"]) > 0 and gateway["added p50/p99 ms"] != "-"
+    assert "full-memory: gateway" in out.stderr  # progress goes to stderr
+    saved = results.read_text()
+    assert "nproc" in saved and "Python" in saved and out.stdout in saved
