@@ -20,6 +20,7 @@ from gateway.observability.feedback import RequestRecords, category_label
 from gateway.observability.gauges import LiveGauges
 from gateway.observability.jsonlog import LineSink
 from gateway.observability.metrics import NO_TENANT, NONE, OTHER
+from gateway.observability.multiproc import FLUSH_INTERVAL_S as METRICS_FLUSH_S
 from gateway.observability.recorder import Recorder
 from gateway.policy.model import Policy, Tenant
 from gateway.services import Services
@@ -28,7 +29,7 @@ log = logging.getLogger("gateway.observe")
 
 FLUSH_INTERVAL_S = 0.2
 FLUSH_LINES = 512  # flush at once past this many buffered access-log lines
-PUBLISH_INTERVAL_S = 1.0  # multiprocess: how often each worker publishes its local gauges
+PUBLISH_INTERVAL_S = METRICS_FLUSH_S  # multiprocess: how often each worker writes its metrics to its files
 MAX_AUDIT_TASKS = 1_000
 
 
@@ -99,7 +100,7 @@ class Observability:
         self.metrics.feedback_score.labels(model, route, category).observe(entry["score"])
 
     async def run_timers(self) -> None:
-        """Flush the access log often; with several workers, publish local gauges every second."""
+        """Flush the access log often; with several workers, write this worker's metrics every second."""
         elapsed = 0.0
         while True:
             await asyncio.sleep(FLUSH_INTERVAL_S)
@@ -109,11 +110,15 @@ class Observability:
             if self.metrics.multiproc and elapsed >= PUBLISH_INTERVAL_S:
                 elapsed = 0.0
                 self.live.publish_local()
+                self.metrics.flush()
 
     async def close(self) -> None:
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         await self.records.drain()
+        if self.metrics.multiproc:  # the last counts of this worker, for the workers that stay
+            self.live.publish_local()
+            self.metrics.close()
         if self.access is not None:
             self.access.close()
         self.audit.close()

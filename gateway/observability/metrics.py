@@ -6,11 +6,14 @@ of series is bounded by the policy. ``metrics: {per_tenant: false}`` sets every 
 empty string, which Prometheus treats as no label at all: one series per model instead of per
 tenant and model.
 
-With ``--workers N`` the supervisor sets ``PROMETHEUS_MULTIPROC_DIR``: every worker writes its
-counters and histograms to memory-mapped files there, and whichever worker answers a scrape sums
-all of them (prometheus-client multiprocess mode), so the scrape is one coherent set whatever worker
-serves it. Process-local state (breakers, reload counts) is published into those files by each
-worker every second; shared state (DLQ depth, budgets) is read from the state backend at scrape time.
+Every metric is a plain family (``plain``): children updated without locks on the event loop and
+exported by a collector when scraped. With ``--workers N`` the supervisor sets
+``PROMETHEUS_MULTIPROC_DIR``: every worker copies its values into memory-mapped files there every
+second and before answering a scrape (``multiproc``), and whichever worker answers a scrape sums all
+of them (prometheus-client multiprocess mode), so the scrape is one coherent set whatever worker
+serves it, other workers' counts at most a second old. Process-local state (breakers, reload counts)
+is published into the same families; shared state (DLQ depth, budgets) is read from the state
+backend at scrape time.
 """
 
 from __future__ import annotations
@@ -19,13 +22,9 @@ import os
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import prometheus_client
 from prometheus_client import (
     CollectorRegistry,
-    Counter,
-    Gauge,
     GCCollector,
-    Histogram,
     PlatformCollector,
     ProcessCollector,
     generate_latest,
@@ -34,9 +33,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.multiprocess import MultiProcessCollector
 
-# ``*_created`` series (a timestamp per counter and histogram child) double the series count and no
-# dashboard or alert here reads them; the switch is process-wide and must precede the first metric.
-prometheus_client.disable_created_metrics()
+from gateway.observability.multiproc import FileFlusher
+from gateway.observability.plain import Counter, Family, Gauge, Histogram, PlainCollector
 
 PREFIX = "llm_gateway_"
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
@@ -68,35 +66,47 @@ class GatewayMetrics:
 
     def __init__(self, multiproc: str | None = None) -> None:
         self.multiproc = multiproc
+        self.families: list[Family] = []  # exported in this order
+        reg = self.families
+        self._define_requests(reg)
+        self._define_upstream(reg)
+        self._define_state(reg)
+        self._define_server(reg)
+        self._define_rollout(reg)
         self.registry = CollectorRegistry(auto_describe=True)
-        own = None if multiproc else self.registry  # multiprocess: files are the source, not objects
-        self._define_requests(own)
-        self._define_upstream(own)
-        self._define_state(own)
-        self._define_server(own)
-        self._define_rollout(own)
         self.scrape_registry = self.registry
-        if multiproc:
+        self.flusher: FileFlusher | None = None
+        if multiproc:  # files are the source: every worker's, summed
+            self.flusher = FileFlusher(multiproc, self.families)
             self.scrape_registry = CollectorRegistry(auto_describe=True)
             MultiProcessCollector(self.scrape_registry, path=multiproc)
         else:  # one process: its own process_* and python_* (one worker's alone would mislead under --workers)
+            self.registry.register(PlainCollector(self.families))
             ProcessCollector(registry=self.registry)
             PlatformCollector(registry=self.registry)
             GCCollector(registry=self.registry)
 
-    def _c(self, name: str, doc: str, labels: Iterable[str], reg: CollectorRegistry | None) -> Counter:
-        return Counter(PREFIX + name, doc, list(labels), registry=reg)
+    def _c(self, name: str, doc: str, labels: Iterable[str], reg: list[Family]) -> Counter:
+        family = Counter(PREFIX + name, doc, labels)
+        reg.append(family)
+        return family
 
-    def _h(self, name: str, doc: str, labels: Iterable[str], buckets: tuple, reg: CollectorRegistry | None,
-           ) -> Histogram:
-        return Histogram(PREFIX + name, doc, list(labels), buckets=buckets, registry=reg)
+    def _h(self, name: str, doc: str, labels: Iterable[str], buckets: tuple, reg: list[Family]) -> Histogram:
+        family = Histogram(PREFIX + name, doc, labels, buckets)
+        reg.append(family)
+        return family
 
-    def _define_requests(self, reg: CollectorRegistry | None) -> None:
+    def _g(self, name: str, doc: str, labels: Iterable[str], mode: str, reg: list[Family]) -> Gauge:
+        """``mode``: how several workers' values combine (``livesum``: added, ``livemax``: the largest)."""
+        family = Gauge(PREFIX + name, doc, labels, mode)
+        reg.append(family)
+        return family
+
+    def _define_requests(self, reg: list[Family]) -> None:
         self.requests = self._c("requests", "Requests answered, by tenant, public model, provider, "
                                 "status class and outcome.", ("tenant", "model", "provider", "status_class",
                                                               "outcome"), reg)
-        self.in_flight = Gauge(PREFIX + "requests_in_flight", "Requests being processed now.", registry=reg,
-                               multiprocess_mode="livesum")
+        self.in_flight = self._g("requests_in_flight", "Requests being processed now.", (), "livesum", reg)
         self.duration = self._h("request_duration_seconds", "Total request duration, streams included.",
                                 ("tenant", "model"), DURATION_BUCKETS, reg)
         self.upstream_duration = self._h("upstream_duration_seconds", "Time spent waiting on upstreams "
@@ -129,7 +139,7 @@ class GatewayMetrics:
         self.audit_records = self._c("audit_records", "Audit records written, or dropped by reason.",
                                      ("result",), reg)
 
-    def _define_upstream(self, reg: CollectorRegistry | None) -> None:
+    def _define_upstream(self, reg: list[Family]) -> None:
         self.attempts = self._c("upstream_attempts", "Upstream attempts.", ("deployment",), reg)
         self.upstream_errors = self._c("upstream_errors", "Failed upstream attempts by kind.",
                                        ("deployment", "kind"), reg)
@@ -137,11 +147,11 @@ class GatewayMetrics:
                                reg)
         self.fallbacks = self._c("upstream_fallbacks", "Moves to another deployment of the model.", ("model",),
                                  reg)
-        self.breaker = Gauge(PREFIX + "circuit_breaker_state", "1 for the state a deployment's breaker is in "
-                             "(with several workers: in at least one of them).", ["deployment", "state"],
-                             registry=reg, multiprocess_mode="livemax")
+        self.breaker = self._g("circuit_breaker_state", "1 for the state a deployment's breaker is in "
+                               "(with several workers: in at least one of them).", ("deployment", "state"),
+                               "livemax", reg)
 
-    def _define_state(self, reg: CollectorRegistry | None) -> None:
+    def _define_state(self, reg: list[Family]) -> None:
         self.state_errors = self._c("state_errors", "State backend calls that failed.", ("op",), reg)
         self.state_duration = self._h("state_duration_seconds", "State backend call latency.", ("op",),
                                       STATE_BUCKETS, reg)
@@ -150,14 +160,14 @@ class GatewayMetrics:
                                     "errors...).", ("event",), reg)
         self.ratelimit_events = self._c("ratelimit_events", "Rate-limiter internals (backend errors, decisions "
                                         "by failure mode, queueing).", ("event",), reg)
-        self.journal_depth = Gauge(PREFIX + "settle_journal_depth", "Charges waiting in replicas' journals for "
-                                   "the shared ledger.", registry=reg, multiprocess_mode="livesum")
-        self.journal_age = Gauge(PREFIX + "settle_journal_oldest_age_seconds", "Age of the oldest charge "
-                                 "waiting in a journal (0 when none).", registry=reg, multiprocess_mode="livemax")
+        self.journal_depth = self._g("settle_journal_depth", "Charges waiting in replicas' journals for the "
+                                     "shared ledger.", (), "livesum", reg)
+        self.journal_age = self._g("settle_journal_oldest_age_seconds", "Age of the oldest charge waiting in a "
+                                   "journal (0 when none).", (), "livemax", reg)
         self.dlq_records = self._c("dlq_records", "Dead-letter records written, or dropped (queue full or "
                                    "backend down).", ("result",), reg)
 
-    def _define_server(self, reg: CollectorRegistry | None) -> None:
+    def _define_server(self, reg: list[Family]) -> None:
         """The HTTP server's protection: connections refused or closed early, requests shed, pool waits."""
         self.connections_refused = self._c("client_connections_refused", "Client connections refused or closed "
                                            "early, by reason (caps, header/body/idle timeouts).", ("reason",), reg)
@@ -168,16 +178,16 @@ class GatewayMetrics:
         self.pool_timeouts = self._c("upstream_pool_timeouts", "Upstream attempts that found no free pooled "
                                      "connection within timeouts.pool_s.", ("provider",), reg)
 
-    def _define_rollout(self, reg: CollectorRegistry | None) -> None:
+    def _define_rollout(self, reg: list[Family]) -> None:
         """Rollouts, per arm (``variant``: primary, candidate) of a model's rollout block."""
         self.rollout_requests = self._c("rollout_requests", "Requests of a model with a rollout, by arm and "
                                         "outcome (ok, error, client_error, cancelled).",
                                         ("model", "variant", "outcome"), reg)
         self.rollout_duration = self._h("rollout_duration_seconds", "Request duration per arm of a rollout.",
                                         ("model", "variant"), DURATION_BUCKETS, reg)
-        self.rollout_tripped = Gauge(PREFIX + "rollout_rollback_tripped", "1 while a canary's automatic "
-                                     "rollback serves everything from the primary (with several workers: in at "
-                                     "least one of them).", ["model"], registry=reg, multiprocess_mode="livemax")
+        self.rollout_tripped = self._g("rollout_rollback_tripped", "1 while a canary's automatic rollback serves "
+                                       "everything from the primary (with several workers: in at least one of "
+                                       "them).", ("model",), "livemax", reg)
         self.shadow = self._c("rollout_shadow_requests", "Mirrored (shadow) calls to a candidate by result (ok, "
                               "error, skipped_concurrency, skipped_budget).", ("model", "result"), reg)
         self.shadow_agreement = self._h("rollout_shadow_agreement", "Similarity (0..1) of the candidate's "
@@ -198,7 +208,17 @@ class GatewayMetrics:
         """Add a scrape-time collector (values read when ``/metrics`` is asked)."""
         self.scrape_registry.register(collector)
 
+    def flush(self) -> None:
+        """Several workers: write this worker's values to its files (the others read them there)."""
+        if self.flusher is not None:
+            self.flusher.flush()
+
+    def close(self) -> None:
+        if self.flusher is not None:
+            self.flusher.close()
+
     def render(self) -> tuple[bytes, str]:
+        self.flush()  # this worker's own counts are exact in the scrape it answers
         return generate_latest(self.scrape_registry), CONTENT_TYPE_LATEST
 
 

@@ -167,7 +167,7 @@ def leftovers(gw: Any) -> dict[str, int]:
             "deployments_in_flight": sum(s.in_flight for s in services.balancer.stats.values()),
             "retry_budget_active": services.retry_budget.active,
             "retries_in_flight": services.retry_budget.retrying,
-            "in_flight": int(services.metrics.in_flight._value.get()),
+            "in_flight": int(services.metrics.in_flight.value()),
         }
 
     return gw.thread.call(read())
