@@ -1,11 +1,17 @@
 """What observability costs per request: metrics + access-log line, redaction, and a scrape.
 
-Runs the real code on synthetic finished requests (no network): ``ObserveStage``'s per-request work
-(counters, histograms, the JSON access-log line into a buffered sink), ``Redactor`` on a realistic
-prompt, the audit record build, and rendering ``/metrics`` with many series. Prints microseconds per
-operation; compare with the ~200 us per request a naive aiohttp pass-through spends (BENCHMARKS.md).
+Runs the real code on synthetic finished requests (no network): ``ObserveStage.complete`` with the
+access log off (as in the full-policy benchmark) and on (the JSON line into a buffered file sink),
+its parts alone (the metrics ``Recorder``, the feedback record), ``Redactor`` on a realistic prompt,
+the audit record build, rendering ``/metrics`` with many series and, with several workers, one
+worker's flush of its metrics into its multiprocess files. Each figure is the best of ``--rounds``
+rounds, in CPU time (``time.process_time``: the machine is shared, and the best round of CPU time is
+the least disturbed one). Prints microseconds per operation; compare with the ~140 us of CPU per
+request a bare aiohttp pass-through spends.
 
-Usage: ``python benchmarks/bench_observe.py [--n 20000]``
+To compare trees, copy this file into the other tree's ``benchmarks/`` and run it there too.
+
+Usage: ``python benchmarks/bench_observe.py [--n 20000] [--rounds 5]``
 """
 
 from __future__ import annotations
@@ -37,7 +43,7 @@ PROMPT = ("Hello, I'm Jane Doe (jane.doe@example.com, +1 415-555-2671). Please r
           "and shipped to 221B Baker Street; the invoice number is 123456789. ") * 4
 
 
-def policy_text(tenants: int, models: int, log_path: str) -> str:
+def policy_text(tenants: int, models: int, log_path: str) -> str:  # log_path "off": no access log
     lines = ["version: 1", "providers:", "  up: {type: openai, base_url: 'http://127.0.0.1:1/v1', api_key: sk-up}",
              "models:"]
     lines += [f"  m{i}: {{price: {{input: 1, output: 2}}, deployments: [{{provider: up, model: m{i}}}]}}"
@@ -59,58 +65,116 @@ def finished(policy, i: int, request) -> RequestContext:  # noqa: ANN001
     return ctx
 
 
-async def bench_complete(obs: Observability, stage: ObserveStage, ctxs: list[RequestContext]) -> float:
+async def bench_complete(stage: ObserveStage, ctxs: list[RequestContext], rounds: int) -> float:
     loop = asyncio.get_running_loop()
-    for ctx in ctxs:
-        ctx.started = loop.time() - 0.25
-    t0 = time.perf_counter()
-    for ctx in ctxs:
-        await stage.complete(ctx, None)
-    elapsed = time.perf_counter() - t0
-    obs.access.flush()
-    return elapsed / len(ctxs) * 1e6
+    best = float("inf")
+    for _ in range(rounds):
+        for ctx in ctxs:
+            ctx.started = loop.time() - 0.25
+        t0 = time.process_time()
+        for ctx in ctxs:
+            await stage.complete(ctx, None)
+        best = min(best, time.process_time() - t0)
+        if stage.obs.access is not None:
+            stage.obs.access.flush()
+    return best / len(ctxs) * 1e6
 
 
-def bench(fn, n: int) -> float:  # noqa: ANN001
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    return (time.perf_counter() - t0) / n * 1e6
+def bench(fn, n: int, rounds: int = 3) -> float:  # noqa: ANN001
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.process_time()
+        for _ in range(n):
+            fn()
+        best = min(best, time.process_time() - t0)
+    return best / n * 1e6
 
 
-async def main(n: int) -> None:
+def bench_each(fn, items: list, rounds: int) -> float:  # noqa: ANN001
+    best = float("inf")
+    for _ in range(rounds):
+        t0 = time.process_time()
+        for item in items:
+            fn(item)
+        best = min(best, time.process_time() - t0)
+    return best / len(items) * 1e6
+
+
+def observed(policy, log_path: str) -> tuple[Observability, ObserveStage]:  # noqa: ANN001
+    services = build_services(policy)
+    obs = Observability(services)
+    stage = ObserveStage(obs)
+    stage.on_policy(policy)
+    return obs, stage
+
+
+def bench_flush(obs: Observability, tmp: str, ctxs: list[RequestContext]) -> str:
+    """One worker's flush into its multiprocess files: every series at first sight, then after traffic."""
+    try:
+        from gateway.observability.multiproc import FileFlusher
+    except ImportError:  # a tree from before lock-free metrics: every update wrote its file at once
+        return "multiprocess flush: n/a in this tree (every update wrote its file under a lock)"
+    flusher = FileFlusher(tmp, obs.metrics.families, pid=1)
+    t0 = time.process_time()
+    first = flusher.flush()
+    first_ms = (time.process_time() - t0) * 1000
+    for ctx in ctxs[: len(ctxs) // 10]:  # a second's traffic at ~2,000 req/s
+        obs.recorder.record(ctx, 0.25, 1e-4)
+    t0 = time.process_time()
+    changed = flusher.flush()
+    changed_ms = (time.process_time() - t0) * 1000
+    t0 = time.process_time()
+    flusher.flush()
+    idle_ms = (time.process_time() - t0) * 1000
+    flusher.close()
+    return (f"multiprocess flush: first {first} values in {first_ms:.1f} ms; after {len(ctxs) // 10} requests "
+            f"{changed} values in {changed_ms:.1f} ms; nothing changed {idle_ms:.2f} ms (every {1.0:.0f} s)")
+
+
+async def main(n: int, rounds: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         log_path = os.path.join(tmp, "access.jsonl")
-        policy = load_policy_text(policy_text(50, 10, log_path), env={})
-        services = build_services(policy)
-        obs = Observability(services)
-        stage = ObserveStage(obs)
-        stage.on_policy(policy)
         request = make_mocked_request("POST", "/v1/chat/completions", headers={"Authorization": "Bearer sk-t0"})
+        quiet = load_policy_text(policy_text(50, 10, "off"), env={})
+        obs, stage = observed(quiet, "off")
+        ctxs = [finished(quiet, i, request) for i in range(n)]
+        off_us = await bench_complete(stage, ctxs, rounds)
+        record_us = bench_each(lambda ctx: obs.recorder.record(ctx, 0.25, 1e-4), ctxs, rounds)
+        remember_us = bench_each(obs.records.remember, ctxs, rounds)
+        flush_line = bench_flush(obs, tmp, ctxs)
+        await obs.close()
+
+        policy = load_policy_text(policy_text(50, 10, log_path), env={})
+        obs, stage = observed(policy, log_path)
         ctxs = [finished(policy, i, request) for i in range(n)]
-        per_request = await bench_complete(obs, stage, ctxs)
+        per_request = await bench_complete(stage, ctxs, rounds)
         facts_us = bench(lambda: access_facts(ctxs[0], 0.25, 1e-4), n)
         redactor = Redactor()
         redact_us = bench(lambda: redactor.text(PROMPT), max(1, n // 10))
         capture = Capture(bodies=True, review=False, request={"model": "m0", "messages": [
             {"role": "user", "content": PROMPT}]}, response={"choices": [{"message": {"content": PROMPT}}]})
         audit_us = bench(lambda: obs.audit.build(ctxs[0], capture, {}), max(1, n // 10))
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         body, _ = await obs.render()
-        scrape_ms = (time.perf_counter() - t0) * 1000
+        scrape_ms = (time.process_time() - t0) * 1000
         series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
         await obs.close()
         size = os.path.getsize(log_path)
-    print(f"observe complete (metrics, access-log line, memory-backend record), 50 tenants x 10 models: "
-          f"{per_request:.1f} us/request")
-    print(f"  of which the access-log facts dict:                  {facts_us:.1f} us")
-    print(f"redaction of a {len(PROMPT)}-char prompt with PII:           {redact_us:.1f} us "
+    print(f"observe complete, access log off, 50 tenants x 10 models:   {off_us:.1f} us/request")
+    print(f"  of which the metrics (Recorder.record):                  {record_us:.1f} us")
+    print(f"  of which the feedback record (memory backend):          {remember_us:.1f} us")
+    print(f"observe complete, access log to a file:                    {per_request:.1f} us/request")
+    print(f"  of which the access-log facts dict:                      {facts_us:.1f} us")
+    print(f"redaction of a {len(PROMPT)}-char prompt with PII:               {redact_us:.1f} us "
           f"({len(PROMPT) / redact_us:.0f} MB/s)")
-    print(f"audit record build (request + response redacted):      {audit_us:.1f} us (in a worker thread)")
-    print(f"/metrics render: {series} samples in {scrape_ms:.1f} ms; access log {size / n:.0f} bytes/request")
+    print(f"audit record build (request + response redacted):          {audit_us:.1f} us (in a worker thread)")
+    print(f"/metrics render: {series} samples in {scrape_ms:.1f} ms; access log {size / n / rounds:.0f} bytes/request")
+    print(flush_line)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=20000)
-    asyncio.run(main(parser.parse_args().n))
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    asyncio.run(main(args.n, args.rounds))

@@ -25,6 +25,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.context import Attempt, RequestContext
 from gateway.observability import plain
+from gateway.observability.feedback import LocalRecords
 from gateway.observability.metrics import GatewayMetrics
 from gateway.observability.multiproc import FileFlusher
 from gateway.observability.recorder import Recorder
@@ -210,3 +211,20 @@ def test_recording_a_request_takes_no_lock_and_runs_no_prometheus_client_code():
     s = Scrape(metrics.render()[0].decode())
     assert s.value("llm_gateway_requests_total", tenant="acme", model="small", outcome="ok") == 2
     assert s.value("llm_gateway_time_to_first_token_seconds_bucket", le="0.1") == 2
+
+
+def test_local_feedback_records_expire_and_stay_bounded():
+    now = [0.0]
+    records = LocalRecords(clock=lambda: now[0], maxsize=3)
+    records.put(("acme", "r1"), 10.0, ["small", "small", None, "up/small-a"])
+    records.put(("beta", "r2"), 100.0, ["small", "small", None, "up/small-a"])
+    assert records.get(("acme", "r1")) == ["small", "small", None, "up/small-a"]
+    assert records.get(("beta", "r1")) is None  # another tenant's id
+    now[0] = 10.0
+    assert records.get(("acme", "r1")) is None  # expired: never returned
+    records.put(("acme", "r3"), 10.0, ["a"])  # the expired oldest goes on the next store
+    assert len(records) == 2 and records.get(("beta", "r2")) is not None
+    for i in range(4, 7):
+        records.put(("acme", f"r{i}"), 10.0, [str(i)])
+    assert len(records) == 3 and records.get(("beta", "r2")) is None  # the bound pushed the oldest out
+    assert records.get(("acme", "r6")) == ["6"]

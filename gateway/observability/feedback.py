@@ -15,10 +15,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any
 
 import orjson
-from cachetools import TLRUCache
 
 from gateway.context import RequestContext
 from gateway.errors import invalid
@@ -30,7 +31,7 @@ log = logging.getLogger("gateway.observability.feedback")
 
 # stored as a list: ~60 bytes a record; ``variant`` (the rollout arm) may be missing from older records
 RECORD_FIELDS = ("model", "served_model", "route", "deployment", "variant")
-MAX_LOCAL = 200_000  # records the memory backend keeps (in-process, least recently used first out)
+MAX_LOCAL = 200_000  # records the memory backend keeps (in-process, oldest first out)
 FEEDBACK_MAX = 1_000_000  # records the feedback log holds before new ones are refused
 MAX_COMMENT = 4_000
 MAX_PENDING = 10_000  # record writes in flight before new ones are dropped (a stalled backend)
@@ -46,34 +47,68 @@ def feedback_key(policy: Policy) -> str:
     return f"{policy.state.key_prefix}:feedback"
 
 
+class LocalRecords:
+    """The memory backend's records, oldest first, bounded to ``maxsize``.
+
+    A request pays one ordered-dict store and a look at the oldest record (dropped when expired, up
+    to two per store so a backlog drains): much cheaper than a TLRU cache's heap. Records of
+    tenants with different TTLs interleave, so an expired one may wait behind a live one until the
+    bound pushes it out; ``get`` never returns it.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, maxsize: int = MAX_LOCAL) -> None:
+        self.clock = clock
+        self.maxsize = maxsize
+        self._records: OrderedDict[tuple[str, str], tuple[float, list]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._records)
+
+    def put(self, key: tuple[str, str], ttl: float, record: list) -> None:
+        now, records = self.clock(), self._records
+        records[key] = (now + ttl, record)
+        if len(records) > self.maxsize:
+            records.popitem(last=False)
+        for _ in range(2):
+            oldest = next(iter(records.values()))
+            if oldest[0] > now:
+                break
+            records.popitem(last=False)
+
+    def get(self, key: tuple[str, str]) -> list | None:
+        found = self._records.get(key)
+        return found[1] if found is not None and found[0] > self.clock() else None
+
+
 class RequestRecords:
     """Which model, route and deployment answered each recent request, for feedback to refer to.
 
     Kept ``audit.feedback_ttl_s`` (per tenant). With Redis, one small key per answered request,
     written by a task after the answer (every replica can then find it); with the memory backend,
-    an in-process TLRU cache bounded to ``MAX_LOCAL`` records, since nothing else could read it.
+    in process (``LocalRecords``, at most ``MAX_LOCAL``), since nothing else could read it.
     """
 
-    def __init__(self, backend: StateBackend) -> None:
+    def __init__(self, backend: StateBackend, clock: Callable[[], float] = time.monotonic) -> None:
         self.backend = backend
-        self.local: TLRUCache = TLRUCache(maxsize=MAX_LOCAL, ttu=lambda _k, v, now: now + v[0],
-                                          timer=time.monotonic)
+        self.local = LocalRecords(clock)
         self._pending: dict[str, asyncio.Task] = {}
         self.dropped = 0
 
     def remember(self, ctx: RequestContext) -> None:
         tenant, model = ctx.tenant, ctx.model
-        if tenant is None or model is None or ctx.status != 200 or tenant.audit.feedback_ttl_s <= 0:
+        if tenant is None or model is None or ctx.status != 200:
             return
         ttl = tenant.audit.feedback_ttl_s
+        if ttl <= 0:
+            return
         dep = ctx.deployment
         # RECORD_FIELDS, as the access log states them (``access_facts``)
         record = [ctx.public_model or None, model.name, ctx.route, dep.name if dep is not None else None,
                   ctx.rollout.variant if ctx.rollout is not None else None]
-        key = record_key(ctx.policy, tenant.name, ctx.request_id)
         if self.backend.kind == "memory":
-            self.local[key] = (ttl, record)
+            self.local.put((tenant.name, ctx.request_id), ttl, record)
             return
+        key = record_key(ctx.policy, tenant.name, ctx.request_id)
         if len(self._pending) >= MAX_PENDING:
             self.dropped += 1
             return
@@ -89,10 +124,10 @@ class RequestRecords:
             log.warning("request record %s not stored: %s", key, exc)
 
     async def lookup(self, policy: Policy, tenant: str, request_id: str) -> dict[str, Any] | None:
-        key = record_key(policy, tenant, request_id)
         if self.backend.kind == "memory":
-            found = self.local.get(key)
-            return dict(zip(RECORD_FIELDS, found[1], strict=False)) if found else None
+            found = self.local.get((tenant, request_id))
+            return dict(zip(RECORD_FIELDS, found, strict=False)) if found is not None else None
+        key = record_key(policy, tenant, request_id)
         pending = self._pending.get(key)
         if pending is not None:
             await asyncio.shield(pending)

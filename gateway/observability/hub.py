@@ -42,7 +42,7 @@ class Observability:
         self.metrics = services.metrics
         self.redactors = RedactorCache(services.providers.secrets)
         self.audit = AuditLog(self.redactors)
-        self.records = RequestRecords(services.backend)
+        self.records = RequestRecords(services.backend, services.clock.monotonic)
         self.live = LiveGauges(services)
         self.recorder = Recorder(self.metrics)
         self.access: LineSink | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from gateway.budget.pricing import cost, rates_for, usd
@@ -13,11 +14,14 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
+_rates = lru_cache(maxsize=1024)(rates_for)  # prices are frozen values from the policy: same price, same rates
+
+
 def settled_cost(ctx: RequestContext) -> float:
     """What the request cost: the budget stage's figure, else usage at the policy price (no HIT)."""
     if ctx.cost_usd or ctx.usage is None or ctx.model is None or ctx.cache_status in ("HIT", "STALE"):
         return ctx.cost_usd
-    return usd(cost(ctx.usage, rates_for(ctx.model.price)))
+    return usd(cost(ctx.usage, _rates(ctx.model.price)))
 
 
 def access_facts(ctx: RequestContext, total: float, cost_usd: float) -> dict[str, Any]:
@@ -51,12 +55,63 @@ def access_facts(ctx: RequestContext, total: float, cost_usd: float) -> dict[str
     }
 
 
+class Series:
+    """The children one (tenant, public model, served model, provider) label set updates.
+
+    Made on a label set's first request and kept (label values come from the policy, so their
+    number is bounded by it): a request then looks up one tuple and touches plain children, never
+    building the label tuple of each metric again. Children are created on first use, as the
+    per-metric ``labels()`` calls did, so the exposition holds the same series.
+    """
+
+    __slots__ = ("m", "tenant", "public", "served", "provider", "duration", "upstream", "overhead", "ttft",
+                 "tokens", "cost", "cost_saved", "requests", "decisions")
+
+    def __init__(self, m: GatewayMetrics, tenant: str, public: str, served: str, provider: str) -> None:
+        self.m, self.tenant, self.public, self.served, self.provider = m, tenant, public, served, provider
+        self.duration = m.duration.labels(tenant, public)
+        self.upstream: Any = None
+        self.overhead: Any = None
+        self.ttft: Any = None
+        self.cost: Any = None
+        self.cost_saved: Any = None
+        self.tokens: dict[str, Any] = {}
+        self.requests: dict[tuple[int, str], Any] = {}  # (status, outcome)
+        self.decisions: dict[tuple[str, str], Any] = {}  # (metric attribute, value)
+
+    def request(self, status: int, outcome: str) -> Any:
+        child = self.requests[status, outcome] = self.m.requests.labels(
+            self.tenant, self.public, self.provider, status_class(status), outcome)
+        return child
+
+    def upstream_children(self) -> tuple[Any, Any]:
+        self.upstream = self.m.upstream_duration.labels(self.served, self.provider)
+        self.overhead = self.m.overhead.labels(self.served)
+        return self.upstream, self.overhead
+
+    def token(self, kind: str) -> Any:
+        child = self.tokens[kind] = self.m.tokens.labels(self.tenant, self.served, kind)
+        return child
+
+    def decision(self, attribute: str, value: str) -> Any:
+        """``cache`` (by result), ``ratelimit``, ``budget`` (by decision): children keyed by value."""
+        metric = getattr(self.m, attribute)
+        if attribute == "cache":
+            child = metric.labels(self.tenant, self.public, value.lower())
+        else:
+            child = metric.labels(self.tenant, value)
+        self.decisions[attribute, value] = child
+        return child
+
+
 class Recorder:
-    """Counts one finished request into the metrics; labelled children are cached per label set."""
+    """Counts one finished request into the metrics, through its label set's cached ``Series``."""
 
     def __init__(self, metrics: GatewayMetrics) -> None:
         self.m = metrics
-        self._kids: dict[tuple, Any] = {}
+        self._series: dict[tuple[str, str, str, str], Series] = {}
+        self._kids: dict[tuple, Any] = {}  # the rarer series: errors, retries, routes, reviews...
+        self._attempts_by: dict[str, Any] = {}  # deployment: its attempts child
 
     def kid(self, metric: Any, *labels: str) -> Any:
         key = (id(metric), labels)
@@ -65,65 +120,85 @@ class Recorder:
             child = self._kids[key] = metric.labels(*labels)
         return child
 
-    def record(self, ctx: RequestContext, total: float, cost_usd: float) -> None:
+    def series(self, ctx: RequestContext) -> Series:
         tenant = ctx.tenant_name if ctx.policy.metrics.per_tenant else NO_TENANT
-        public = ctx.public_model or OTHER
-        served = ctx.model.name if ctx.model is not None else OTHER
-        provider = ctx.deployment.provider if ctx.deployment is not None else NONE
-        m = self.m
-        self.kid(m.requests, tenant, public, provider, status_class(ctx.status), ctx.outcome).inc()
-        self.kid(m.duration, tenant, public).observe(total)
+        key = (tenant, ctx.public_model or OTHER, ctx.model.name if ctx.model is not None else OTHER,
+               ctx.deployment.provider if ctx.deployment is not None else NONE)
+        found = self._series.get(key)
+        if found is None:
+            found = self._series[key] = Series(self.m, *key)
+        return found
+
+    def record(self, ctx: RequestContext, total: float, cost_usd: float) -> None:
+        s = self.series(ctx)
+        status, outcome = ctx.status, ctx.outcome
+        (s.requests.get((status, outcome)) or s.request(status, outcome)).inc()
+        s.duration.observe(total)
         if ctx.attempts:
-            self.kid(m.upstream_duration, served, provider).observe(ctx.upstream_wait_s)
-            self.kid(m.overhead, served).observe(max(0.0, total - ctx.upstream_wait_s))
-            self._attempts(ctx, served)
+            upstream, overhead = s.upstream_children() if s.upstream is None else (s.upstream, s.overhead)
+            wait = ctx.upstream_wait_s
+            upstream.observe(wait)
+            overhead.observe(total - wait if total > wait else 0.0)
+            self._attempts(ctx, s.served)
         if ctx.ttft_s is not None:
-            self.kid(m.ttft, served, provider).observe(ctx.ttft_s)
-        self._usage(ctx, tenant, served, cost_usd)
-        self._decisions(ctx, tenant, public)
+            if s.ttft is None:
+                s.ttft = self.m.ttft.labels(s.served, s.provider)
+            s.ttft.observe(ctx.ttft_s)
+        self._usage(ctx, s, cost_usd)
+        self._decisions(ctx, s)
 
-    def _usage(self, ctx: RequestContext, tenant: str, served: str, cost_usd: float) -> None:
-        usage, m = ctx.usage, self.m
+    def _usage(self, ctx: RequestContext, s: Series, cost_usd: float) -> None:
+        usage = ctx.usage
         if usage is not None and ctx.cache_status not in ("HIT", "STALE"):
-            for kind, n in (("prompt", usage.prompt_tokens), ("completion", usage.completion_tokens),
-                            ("cached", usage.cached_tokens)):
-                if n:
-                    self.kid(m.tokens, tenant, served, kind).inc(n)
+            tokens = s.tokens
+            if usage.prompt_tokens:
+                (tokens.get("prompt") or s.token("prompt")).inc(usage.prompt_tokens)
+            if usage.completion_tokens:
+                (tokens.get("completion") or s.token("completion")).inc(usage.completion_tokens)
+            if usage.cached_tokens:
+                (tokens.get("cached") or s.token("cached")).inc(usage.cached_tokens)
         if cost_usd > 0:
-            self.kid(m.cost, tenant, served).inc(cost_usd)
+            if s.cost is None:
+                s.cost = self.m.cost.labels(s.tenant, s.served)
+            s.cost.inc(cost_usd)
         if ctx.cost_saved_usd > 0:
-            self.kid(m.cost_saved, tenant, served).inc(ctx.cost_saved_usd)
+            if s.cost_saved is None:
+                s.cost_saved = self.m.cost_saved.labels(s.tenant, s.served)
+            s.cost_saved.inc(ctx.cost_saved_usd)
 
-    def _decisions(self, ctx: RequestContext, tenant: str, public: str) -> None:
-        m = self.m
+    def _decisions(self, ctx: RequestContext, s: Series) -> None:
+        decisions = s.decisions
         if ctx.cache_status:
-            self.kid(m.cache, tenant, public, ctx.cache_status.lower()).inc()
+            (decisions.get(("cache", ctx.cache_status)) or s.decision("cache", ctx.cache_status)).inc()
         if ctx.ratelimit_outcome:
-            self.kid(m.ratelimit, tenant, ctx.ratelimit_outcome).inc()
+            (decisions.get(("ratelimit", ctx.ratelimit_outcome)) or s.decision("ratelimit", ctx.ratelimit_outcome)).inc()
         if ctx.budget_outcome:
-            self.kid(m.budget, tenant, ctx.budget_outcome).inc()
+            (decisions.get(("budget", ctx.budget_outcome)) or s.decision("budget", ctx.budget_outcome)).inc()
             if ctx.budget_outcome == "downgraded":
-                self.kid(m.downgrades, tenant).inc()
+                self.kid(self.m.downgrades, s.tenant).inc()
         if ctx.route:
-            self.kid(m.routed, public, ctx.route, ctx.route_rule or NONE).inc()
+            self.kid(self.m.routed, s.public, ctx.route, ctx.route_rule or NONE).inc()
         if ctx.audit is not None and ctx.audit.review:
-            self.kid(m.review_sampled, tenant).inc()
+            self.kid(self.m.review_sampled, s.tenant).inc()
 
     def _attempts(self, ctx: RequestContext, served: str) -> None:
         """Attempts and errors per deployment; a retry repeats a deployment, a fallback changes it."""
-        m, previous, fallbacks = self.m, None, 0
+        m, kids, previous, fallbacks = self.m, self._attempts_by, None, 0
         for attempt in ctx.attempts:
-            if attempt.error_kind != "circuit_open":  # a skip, not a call
-                self.kid(m.attempts, attempt.deployment).inc()
-            if attempt.error_kind:
-                kind = attempt.error_kind if attempt.error_kind in ERROR_KINDS else "other"
-                self.kid(m.upstream_errors, attempt.deployment, kind).inc()
+            deployment, kind = attempt.deployment, attempt.error_kind
+            if kind != "circuit_open":  # a skip, not a call
+                child = kids.get(deployment)
+                if child is None:
+                    child = kids[deployment] = m.attempts.labels(deployment)
+                child.inc()
+            if kind:
+                self.kid(m.upstream_errors, deployment, kind if kind in ERROR_KINDS else "other").inc()
             if previous is not None:
-                if attempt.deployment == previous:
-                    self.kid(m.retries, attempt.deployment).inc()
+                if deployment == previous:
+                    self.kid(m.retries, deployment).inc()
                 else:
                     fallbacks += 1
-            previous = attempt.deployment
+            previous = deployment
         fallbacks = max(fallbacks, ctx.fallbacks)
         if fallbacks:
             self.kid(m.fallbacks, served).inc(fallbacks)
