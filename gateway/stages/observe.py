@@ -24,7 +24,7 @@ class InFlightStage(Stage):
     name = "in_flight"
 
     def __init__(self, obs: Observability) -> None:
-        self.gauge = obs.metrics.in_flight
+        self.gauge = obs.metrics.in_flight.labels()  # the unlabelled child: one call less per phase
 
     async def authenticate(self, ctx: RequestContext) -> Verdict:
         self.gauge.inc()
