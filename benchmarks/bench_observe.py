@@ -11,7 +11,8 @@ request a bare aiohttp pass-through spends.
 
 To compare trees, copy this file into the other tree's ``benchmarks/`` and run it there too.
 
-Usage: ``python benchmarks/bench_observe.py [--n 20000] [--rounds 5]``
+Usage: ``python benchmarks/bench_observe.py [--n 20000] [--rounds 5]``; with ``PROMETHEUS_MULTIPROC_DIR``
+set to an empty directory, the metrics are those of a ``--workers N`` worker.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import orjson  # noqa: E402
 from aiohttp.test_utils import make_mocked_request  # noqa: E402
 
 from gateway.context import Attempt, RequestContext  # noqa: E402
@@ -159,7 +161,7 @@ async def main(n: int, rounds: int) -> None:
         scrape_ms = (time.process_time() - t0) * 1000
         series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
         await obs.close()
-        size = os.path.getsize(log_path)
+        size = len(orjson.dumps(access_facts(ctxs[0], 0.25, 1e-4))) + 1
     print(f"observe complete, access log off, 50 tenants x 10 models:   {off_us:.1f} us/request")
     print(f"  of which the metrics (Recorder.record):                  {record_us:.1f} us")
     print(f"  of which the feedback record (memory backend):          {remember_us:.1f} us")
@@ -168,7 +170,7 @@ async def main(n: int, rounds: int) -> None:
     print(f"redaction of a {len(PROMPT)}-char prompt with PII:               {redact_us:.1f} us "
           f"({len(PROMPT) / redact_us:.0f} MB/s)")
     print(f"audit record build (request + response redacted):          {audit_us:.1f} us (in a worker thread)")
-    print(f"/metrics render: {series} samples in {scrape_ms:.1f} ms; access log {size / n / rounds:.0f} bytes/request")
+    print(f"/metrics render: {series} samples in {scrape_ms:.1f} ms; access log {size} bytes/request")
     print(flush_line)
 
 
