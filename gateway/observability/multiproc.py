@@ -70,7 +70,7 @@ class FileFlusher:
     def _scalar(self, target: MmapedDict, family: Counter | Gauge) -> int:
         written = 0
         sample = family.name + "_total" if isinstance(family, Counter) else family.name
-        for values, child in family.children.items():
+        for values, child in list(family.children.items()):
             series = self._series.get(id(child))
             if series is None:
                 key = mmap_key(family.name, sample, family.labelnames, values, family.doc)
@@ -85,7 +85,7 @@ class FileFlusher:
     def _histogram(self, target: MmapedDict, family: Histogram) -> int:
         written = 0
         names = family.labelnames + ("le",)
-        for values, child in family.children.items():
+        for values, child in list(family.children.items()):
             series = self._series.get(id(child))
             if series is None:
                 total = mmap_key(family.name, family.name + "_sum", family.labelnames, values, family.doc)

@@ -101,7 +101,11 @@ class Family:
         return child
 
     def samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
-        """(sample name, labels, value) for every child, as prometheus-client orders them."""
+        """(sample name, labels, value) for every child, as prometheus-client orders them.
+
+        Iterates a copy of the children (one C-level call), so a render from another thread (a
+        test reading the metrics) never sees the dict change size under it.
+        """
         raise NotImplementedError
 
     def collect(self) -> Metric:
@@ -122,7 +126,7 @@ class Counter(Family):
 
     def samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
         name = self.name + "_total"
-        for values, child in self.children.items():
+        for values, child in list(self.children.items()):
             yield name, dict(zip(self.labelnames, values, strict=True)), child.value
 
 
@@ -152,7 +156,7 @@ class Gauge(Family):
         return self._solo.value  # type: ignore[union-attr]
 
     def samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
-        for values, child in self.children.items():
+        for values, child in list(self.children.items()):
             yield self.name, dict(zip(self.labelnames, values, strict=True)), child.value
 
 
@@ -177,7 +181,7 @@ class Histogram(Family):
 
     def samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
         bucket, count, total = self.name + "_bucket", self.name + "_count", self.name + "_sum"
-        for values, child in self.children.items():
+        for values, child in list(self.children.items()):
             labels = dict(zip(self.labelnames, values, strict=True))
             acc = 0.0
             for le, n in zip(self.le, child.counts, strict=True):
