@@ -10,7 +10,9 @@ mode, so the exposition is the one prometheus-client's multiprocess mode always 
 
 Staleness: the answering worker's own values are exact; another worker's are at most one flush
 interval old (1 s; longer only while that worker's event loop is too busy to run its timer). A
-series is written the first time a flush sees it, at 0 if nothing happened yet, as before.
+series is written the first time a flush sees it, at 0 if nothing happened yet, as before. A worker
+killed outright (SIGKILL, out of memory) loses at most its last interval of counts; one stopped
+normally flushes as it stops (``Observability.close``).
 
 Nothing else in a worker may write these files: the gateway creates no prometheus-client metric
 objects (two writers of one file would corrupt it).
