@@ -105,20 +105,15 @@ class Series:
 
 
 class Recorder:
-    """Counts one finished request into the metrics, through its label set's cached ``Series``."""
+    """Counts one finished request into the metrics, through its label set's cached ``Series``.
+
+    The rarer series (errors, retries, routes, reviews) go through ``labels()``: a plain family's
+    children are already a dict keyed by their label values.
+    """
 
     def __init__(self, metrics: GatewayMetrics) -> None:
         self.m = metrics
         self._series: dict[tuple[str, str, str, str], Series] = {}
-        self._kids: dict[tuple, Any] = {}  # the rarer series: errors, retries, routes, reviews...
-        self._attempts_by: dict[str, Any] = {}  # deployment: its attempts child
-
-    def kid(self, metric: Any, *labels: str) -> Any:
-        key = (id(metric), labels)
-        child = self._kids.get(key)
-        if child is None:
-            child = self._kids[key] = metric.labels(*labels)
-        return child
 
     def series(self, ctx: RequestContext) -> Series:
         tenant = ctx.tenant_name if ctx.policy.metrics.per_tenant else NO_TENANT
@@ -175,30 +170,27 @@ class Recorder:
         if ctx.budget_outcome:
             (decisions.get(("budget", ctx.budget_outcome)) or s.decision("budget", ctx.budget_outcome)).inc()
             if ctx.budget_outcome == "downgraded":
-                self.kid(self.m.downgrades, s.tenant).inc()
+                self.m.downgrades.labels(s.tenant).inc()
         if ctx.route:
-            self.kid(self.m.routed, s.public, ctx.route, ctx.route_rule or NONE).inc()
+            self.m.routed.labels(s.public, ctx.route, ctx.route_rule or NONE).inc()
         if ctx.audit is not None and ctx.audit.review:
-            self.kid(self.m.review_sampled, s.tenant).inc()
+            self.m.review_sampled.labels(s.tenant).inc()
 
     def _attempts(self, ctx: RequestContext, served: str) -> None:
         """Attempts and errors per deployment; a retry repeats a deployment, a fallback changes it."""
-        m, kids, previous, fallbacks = self.m, self._attempts_by, None, 0
+        m, previous, fallbacks = self.m, None, 0
         for attempt in ctx.attempts:
             deployment, kind = attempt.deployment, attempt.error_kind
             if kind != "circuit_open":  # a skip, not a call
-                child = kids.get(deployment)
-                if child is None:
-                    child = kids[deployment] = m.attempts.labels(deployment)
-                child.inc()
+                m.attempts.labels(deployment).inc()
             if kind:
-                self.kid(m.upstream_errors, deployment, kind if kind in ERROR_KINDS else "other").inc()
+                m.upstream_errors.labels(deployment, kind if kind in ERROR_KINDS else "other").inc()
             if previous is not None:
                 if deployment == previous:
-                    self.kid(m.retries, deployment).inc()
+                    m.retries.labels(deployment).inc()
                 else:
                     fallbacks += 1
             previous = deployment
         fallbacks = max(fallbacks, ctx.fallbacks)
         if fallbacks:
-            self.kid(m.fallbacks, served).inc(fallbacks)
+            m.fallbacks.labels(served).inc(fallbacks)
