@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -211,6 +213,16 @@ def test_recording_a_request_takes_no_lock_and_runs_no_prometheus_client_code():
     s = Scrape(metrics.render()[0].decode())
     assert s.value("llm_gateway_requests_total", tenant="acme", model="small", outcome="ok") == 2
     assert s.value("llm_gateway_time_to_first_token_seconds_bucket", le="0.1") == 2
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="promtool (Debian package prometheus) missing")
+def test_promtool_accepts_the_exposition():
+    metrics = GatewayMetrics()
+    Recorder(metrics).record(_finished_request(), 0.25, 1e-5)
+    metrics.state_errors.labels("get").inc()
+    out = subprocess.run(["promtool", "check", "metrics"], input=metrics.render()[0], capture_output=True,
+                         timeout=30)
+    assert out.returncode == 0, out.stdout + out.stderr
 
 
 def test_local_feedback_records_expire_and_stay_bounded():
