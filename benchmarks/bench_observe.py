@@ -156,9 +156,11 @@ async def main(n: int, rounds: int) -> None:
         capture = Capture(bodies=True, review=False, request={"model": "m0", "messages": [
             {"role": "user", "content": PROMPT}]}, response={"choices": [{"message": {"content": PROMPT}}]})
         audit_us = bench(lambda: obs.audit.build(ctxs[0], capture, {}), max(1, n // 10))
-        t0 = time.process_time()
-        body, _ = await obs.render()
-        scrape_ms = (time.process_time() - t0) * 1000
+        scrape_ms = float("inf")
+        for _ in range(3):  # the best of three: a full garbage collection may land in one of them
+            t0 = time.process_time()
+            body, _ = await obs.render()
+            scrape_ms = min(scrape_ms, (time.process_time() - t0) * 1000)
         series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
         await obs.close()
         size = len(orjson.dumps(access_facts(ctxs[0], 0.25, 1e-4))) + 1
