@@ -19,7 +19,7 @@ import orjson
 
 from gateway.errors import UpstreamError
 from gateway.http.sse import DONE, iter_sse
-from gateway.policy.checkers import BOOLEAN
+from gateway.policy.checkers import BOOLEAN, string
 from gateway.policy.model import ProviderSpec
 from gateway.providers.base import NativeAnswer, Provider, UpstreamRequest, UpstreamResponse
 from gateway.providers.keys import KeySource
@@ -46,7 +46,8 @@ class OpenAIOptions:
     usage_field: str = ""
 
 
-OPTION_KEYS = {"responses": BOOLEAN, "stream_options": BOOLEAN, "max_completion_tokens": BOOLEAN}
+OPTION_KEYS = {"responses": BOOLEAN, "stream_options": BOOLEAN, "max_completion_tokens": BOOLEAN,
+               "usage_field": string()}
 HOP_BY_HOP = frozenset(
     {
         "connection",

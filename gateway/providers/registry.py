@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Any
 
 from gateway.policy.checkers import Checker
@@ -29,14 +28,15 @@ class ProviderKind:
     """One provider type: how to build it, the policy keys of its own, and its base URL rule."""
 
     factory: Callable[[ProviderSpec], Provider]
-    options: Callable[..., Any] | None = None  # a frozen dataclass (or a partial of one) built from ``option_keys`` into ``ProviderSpec.options``
+    options: type | None = None  # a frozen dataclass built from ``option_keys`` into ``ProviderSpec.options``
     option_keys: Mapping[str, Checker] = field(default_factory=dict)  # YAML key -> checker
     default_base_url: str | None = None  # used when the policy gives no ``base_url``
     needs_base_url: bool = True  # False for providers that call nothing (mock) or derive it (bedrock)
     required: tuple[str, ...] = ()  # option keys a policy must give
+    option_defaults: Mapping[str, Any] = field(default_factory=dict)  # a preset's own defaults of the options
 
     def build_options(self, values: Mapping[str, Any]) -> Any:
-        return self.options(**values) if self.options is not None else None
+        return self.options(**{**self.option_defaults, **values}) if self.options is not None else None
 
 
 PROVIDER_TYPES: dict[str, ProviderKind] = {
@@ -66,8 +66,8 @@ COMPATIBLE: dict[str, tuple[str | None, dict[str, Any]]] = {
     "fireworks": ("https://api.fireworks.ai/inference/v1", {}),
 }
 for _name, (_url, _quirks) in COMPATIBLE.items():
-    PROVIDER_TYPES[_name] = ProviderKind(OpenAIProvider, partial(openai.OpenAIOptions, **_quirks),
-                                         openai.OPTION_KEYS, default_base_url=_url)
+    PROVIDER_TYPES[_name] = ProviderKind(OpenAIProvider, openai.OpenAIOptions, openai.OPTION_KEYS,
+                                         default_base_url=_url, option_defaults=_quirks)
 
 
 def register_provider(name: str, kind: ProviderKind) -> None:
