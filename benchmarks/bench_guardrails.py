@@ -22,13 +22,16 @@ import orjson
 from aiohttp.test_utils import make_mocked_request
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from gateway.clock import SYSTEM_CLOCK  # noqa: E402
 from gateway.context import RequestContext  # noqa: E402
+from gateway.guardrails.judge_budget import JudgeBudget  # noqa: E402
 from gateway.observability.audit import RedactorCache  # noqa: E402
 from gateway.observability.metrics import GatewayMetrics  # noqa: E402
 from gateway.pipeline import GatewayResponse  # noqa: E402
 from gateway.policy.loader import load_policy_text  # noqa: E402
 from gateway.providers.live import LiveProviders  # noqa: E402
 from gateway.stages.guardrails import GuardrailStage  # noqa: E402
+from gateway.state import build_backend  # noqa: E402
 from gateway.stages.tracing import TracingStage  # noqa: E402
 
 BASE = """version: 1
@@ -51,7 +54,8 @@ ANSWER = orjson.dumps({"object": "chat.completion", "choices": [
 
 async def per_request_us(text: str, seconds: float, stages: bool = True) -> float:
     policy = load_policy_text(text, env={})
-    guard = GuardrailStage(GatewayMetrics(), RedactorCache(), LiveProviders())
+    budget = JudgeBudget(build_backend(policy.state, SYSTEM_CLOCK), SYSTEM_CLOCK)
+    guard = GuardrailStage(GatewayMetrics(), RedactorCache(), LiveProviders(), budget)
     tracing = TracingStage(RedactorCache())
     tracing.on_policy(policy)
     request = make_mocked_request("POST", "/v1/chat/completions", headers={"authorization": "Bearer sk-a"})

@@ -82,6 +82,11 @@ class Surface:
         """Client headers a provider of this surface's own family receives with the native body."""
         return {}
 
+    def rewrite_native(self, frames: list[bytes], text: str) -> list[bytes] | None:
+        """A held stream's provider frames (the lossless path) with the answer's text replaced by ``text``
+        (a guardrail's redaction), or None when this surface cannot rewrite them (the answer is withheld)."""
+        return None
+
     async def complete(self, ctx: RequestContext) -> None:
         """After the answer was written (once per request)."""
 
