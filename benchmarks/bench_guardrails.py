@@ -31,8 +31,8 @@ from gateway.pipeline import GatewayResponse  # noqa: E402
 from gateway.policy.loader import load_policy_text  # noqa: E402
 from gateway.providers.live import LiveProviders  # noqa: E402
 from gateway.stages.guardrails import GuardrailStage  # noqa: E402
-from gateway.state import build_backend  # noqa: E402
 from gateway.stages.tracing import TracingStage  # noqa: E402
+from gateway.state import build_backend  # noqa: E402
 
 BASE = """version: 1
 providers: {p: {type: mock}}
