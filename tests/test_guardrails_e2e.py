@@ -226,11 +226,11 @@ def test_stream_hold_releases_a_clean_answer_whole(gw, oai):
     assert text == "all public information"
 
 
-def test_stream_end_cannot_take_back_a_redaction(gw, oai):
+def test_a_redaction_holds_the_stream_by_default(gw, oai):
     oai.say(Said(text=f"mail {EMAIL} now", chunk_chars=3))
     text = "".join(c.delta.content or "" for chunk in chat(gw, "sk-redact", "tell", stream=True)
                    for c in chunk.choices)
-    assert EMAIL in text  # redact-pii is stream: end (the default): what flowed is only logged
+    assert text == "mail [EMAIL] now"  # redact-pii names no stream: a redaction holds (end is refused at load)
 
 
 def test_stream_hold_redacts_the_held_text(gw, oai, tmp_path):
