@@ -54,9 +54,9 @@ ANSWER = orjson.dumps({"object": "chat.completion", "choices": [
 
 async def per_request_us(text: str, seconds: float, stages: bool = True) -> float:
     policy = load_policy_text(text, env={})
-    budget = JudgeBudget(build_backend(policy.state, SYSTEM_CLOCK), SYSTEM_CLOCK)
-    guard = GuardrailStage(GatewayMetrics(), RedactorCache(), LiveProviders(), budget)
-    tracing = TracingStage(RedactorCache())
+    backend = build_backend(policy.state, SYSTEM_CLOCK)
+    guard = GuardrailStage(GatewayMetrics(), RedactorCache(), LiveProviders(), JudgeBudget(backend, SYSTEM_CLOCK))
+    tracing = TracingStage(RedactorCache(), backend)
     tracing.on_policy(policy)
     request = make_mocked_request("POST", "/v1/chat/completions", headers={"authorization": "Bearer sk-a"})
     tenant = policy.tenants["a"]

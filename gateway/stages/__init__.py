@@ -71,6 +71,6 @@ def build_stages(services: Services, obs: Observability) -> list[Stage]:
         DeadLetterStage(services.dlq),
         UpstreamStage(services, stale=cache.stale),
         SurfaceStage(),
-        TracingStage(obs.redactors),
+        TracingStage(obs.redactors, services.backend),
         ObserveStage(obs),
     ]
