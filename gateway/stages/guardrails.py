@@ -181,7 +181,7 @@ class GuardrailStage(Stage):
         changed = None
         for guard in guards:
             started = asyncio.get_running_loop().time()
-            found = await self._post(ctx, guard, data, "end")
+            found = await self._post(ctx, guard, data)
             finding = self._record(ctx, guard, "post", UNAPPLIED if late and found.body is not None else found,
                                    started)
             if finding.blocks:
