@@ -1,7 +1,8 @@
 """Post guardrails on streams, end to end with the SDKs: ``stream: window`` on the three surfaces (the
 text flows a window at a time and a match ends the stream with the surface's own error event), a
 webhook's late replacement on ``stream: end`` (recorded as ``modify_unapplied``), and a held
-redaction on the lossless Messages path (the deployment's own frames, rewritten, not a block)."""
+redaction on the lossless Messages and Responses paths (the deployment's own frames, rewritten, not
+a block)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 
 from tests.support.harness import eventually
 from tests.support.mock_anthropic import Reply
+from tests.support.mock_responses import Fault, MockResponses
 from tests.support.policy_hook import PolicyHook
 from tests.support.prom import scrape
 from tests.support.scripted_openai import Said
@@ -39,7 +41,14 @@ def hook(servers):
 
 
 @pytest.fixture
-def gw(make_gateway, oai, claude, hook, tmp_path: Path):
+def native(servers):
+    server = servers.call(MockResponses().start())
+    yield server
+    servers.call(server.stop())
+
+
+@pytest.fixture
+def gw(make_gateway, oai, claude, native, hook, tmp_path: Path):
     return make_gateway(textwrap.dedent(f"""\
         version: 1
         logging: {{access_log: '{tmp_path / 'access.jsonl'}', audit_path: '{tmp_path / 'audit.jsonl'}'}}
@@ -47,6 +56,7 @@ def gw(make_gateway, oai, claude, hook, tmp_path: Path):
         providers:
           primary: {{type: openai, base_url: "{oai.url}", api_key: sk-primary, timeouts: {TIMEOUTS}}}
           claude: {{type: anthropic, base_url: "{claude.url}", api_key: {claude.api_key}}}
+          hosted: {{type: openai, base_url: "{native.url}", api_key: sk-up, responses: true}}
         guardrails:
           win: {{kind: deny, patterns: ["ACME-[0-9]{{6}}"], on: [post], stream: window, window_chars: 24,
                  window_overlap_chars: 16}}
@@ -56,6 +66,7 @@ def gw(make_gateway, oai, claude, hook, tmp_path: Path):
         models:
           gpt: {{deployments: [{{provider: primary, model: gpt-up}}]}}
           sonnet: {{deployments: [{{provider: claude, model: claude-sonnet-4-5}}]}}
+          hosted: {{deployments: [{{provider: hosted, model: gpt-real}}]}}
         tenants:
           windowed: {{api_keys: [sk-win], models: '*', guardrails: [win], audit: {{bodies: true}}}}
           hooked: {{api_keys: [sk-hook], models: '*', guardrails: [late-hook]}}
@@ -149,3 +160,14 @@ def test_a_held_block_on_the_lossless_path_releases_nothing(gw, claude):
     with pytest.raises(anthropic.APIError) as info, stream as events:
         got.extend(events.text_stream)
     assert got == [] and "'held'" in str(info.value)
+
+
+def test_a_held_redaction_rewrites_a_native_responses_stream_and_what_is_stored(gw, native):
+    native.push(Fault(text=f"write to {EMAIL} today", chunk_chars=4))
+    client = gw.client("sk-native")
+    with client.responses.stream(model="hosted", input="tell") as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert "".join(deltas) == final.output_text == "write to [EMAIL] today"
+    assert final.id.startswith("resp_mock_")  # the deployment's own Response, not a translation
+    assert client.responses.retrieve(final.id).output_text == "write to [EMAIL] today"

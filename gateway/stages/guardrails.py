@@ -260,12 +260,9 @@ class GuardrailStage(Stage):
                    held: list[bytes], text: str, hold: bool) -> list[bytes]:
         """The checks of the assembled text: raise on a block, else the held chunks (rewritten if changed)."""
         finding, guard, answer, changed = await self._post_all(ctx, guards, _chat_answer(ctx, text), late=not hold)
-        if guard is None and changed is not None and resp.native is not None:
-            frames = ctx.surface.rewrite_native(resp.native.frames, answer_text(answer))
-            if frames is None:
-                guard = changed  # the provider's own frames cannot be rewritten here: withhold them instead
-            else:
-                resp.native.frames[:] = frames
+        if guard is None and changed is not None and resp.native is not None \
+                and not ctx.surface.rewrite_native(resp.native, answer_text(answer)):
+            guard = changed  # the provider's own frames cannot be rewritten here: withhold them instead
         if guard is not None:
             _withhold(resp)
             raise blocked(guard, "post", finding.message)

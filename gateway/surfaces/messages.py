@@ -77,8 +77,9 @@ class MessagesSurface(Surface):
     def native_headers(self, ctx: RequestContext) -> dict[str, str]:
         return {k: v for k in PASSED_HEADERS if (v := ctx.request.headers.get(k))}
 
-    def rewrite_native(self, frames: list[bytes], text: str) -> list[bytes] | None:
-        return replace_text(frames, text)
+    def rewrite_native(self, native: NativeAnswer, text: str) -> bool:
+        native.frames[:] = replace_text(native.frames, text)
+        return True
 
     async def inbound(self, ctx: RequestContext, body: dict) -> dict:
         chat, dropped = messages_to_chat(body)
