@@ -110,6 +110,17 @@ def test_window_on_messages_ends_with_anthropics_error_event(gw, oai):
     assert "'win'" in str(info.value)
 
 
+def test_window_on_the_lossless_messages_path_sends_only_checked_frames(gw, claude):
+    claude.push(Reply(text=TEXT, chunk_chars=4))
+    got: list[str] = []
+    stream = claude_client(gw, "sk-win").messages.stream(model="sonnet", max_tokens=100, messages=HELLO)
+    with pytest.raises(anthropic.APIError) as info, stream as events:
+        got.extend(events.text_stream)
+    text = "".join(got)
+    assert text.startswith(CLEAN) and SECRET not in text
+    assert "'win'" in str(info.value) and claude.calls == 1
+
+
 def test_window_on_responses_ends_with_response_failed(gw, oai):
     oai.say(Said(text=TEXT, chunk_chars=4))
     events = list(gw.client("sk-win").responses.create(model="gpt", input="tell", stream=True))
