@@ -197,8 +197,8 @@ def test_every_verdict_on_every_surface(gw, oai, hook, surface, stream):
     """allow, block, modify (post), slow past the timeout open and closed; errors in the surface's shape."""
     replaced = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "replaced"}}]}
     hook.answer({"verdict": "allow"}, {"verdict": "allow"}, {"verdict": "block", "message": "not here"},
-                {"verdict": "allow"}, {"verdict": "modify", "body": replaced}, Slow(1.0), {"verdict": "allow"},
-                Slow(1.0))
+                {"verdict": "allow"}, {"verdict": "modify", "body": replaced}, Slow(0.6), {"verdict": "allow"},
+                Slow(0.6))  # past the 300 ms timeout
     oai.say(*(Said(text="upstream words", chunk_chars=4) for _ in range(3)))
     assert ask(gw, surface, "sk-both", stream) == "upstream words"
     error = anthropic.BadRequestError if surface == "messages" else openai.BadRequestError
