@@ -187,6 +187,8 @@ EXPECTED = {
                                      "window_chars (200), got 200",
     "guardrail_window_chars_without_window.yaml": "{file}:7: guardrails.no-secrets.window_chars: window_chars "
                                                   "applies to stream: window only",
+    "guardrail_json_schema_window.yaml": "{file}:5: guardrails.valid-json.stream: kind json_schema checks the "
+                                         "whole answer (use stream: end or hold)",
     "guardrail_judge_budget_unpriced.yaml": "{file}:12: guardrails.injection.budget_usd: model 'judge' has no "
                                             "price, so the judge's spend cannot be counted",
     "tracing_sample_rate_range.yaml": "{file}:4: tracing.sample_rate: must be between 0 and 1, got 1.5",

@@ -79,7 +79,7 @@ def _checked(name: str, kind: str, values: dict[str, Any], raw: dict, path: str,
         report.error(f"{path}.on", f"kind {kind} runs on {side} only (use on: [{side}])")
     if kind in NO_REDACT and values.get("action") == "redact":
         report.error(f"{path}.action", f"action 'redact' is not available for kind {kind} (use block or flag)")
-    _check_stream(values, raw, path, report)
+    _check_stream(kind, values, raw, path, report)
     url = values.get("url")
     if url is not None and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc):
         report.error(f"{path}.url", f"invalid URL '{url}' (expected http://host... or https://host...)")
@@ -92,7 +92,7 @@ def _checked(name: str, kind: str, values: dict[str, Any], raw: dict, path: str,
     return m.Guardrail(name=name, kind=kind, on=tuple(dict.fromkeys(on)), **values)  # type: ignore[arg-type]
 
 
-def _check_stream(values: dict[str, Any], raw: dict, path: str, report: Report) -> None:
+def _check_stream(kind: str, values: dict[str, Any], raw: dict, path: str, report: Report) -> None:
     """A redaction must hold a streamed answer; window sizes only with ``stream: window``."""
     stream = values.get("stream")
     if values.get("action") == "redact" and stream in ("end", "window") and "post" in values.get("on", ()):
@@ -100,6 +100,8 @@ def _check_stream(values: dict[str, Any], raw: dict, path: str, report: Report) 
             "'window' sends each window once checked, so a match across two windows could leak"
         report.error(f"{path}.stream", f"a redaction of a streamed answer needs stream: hold ({why}); "
                      "use stream: hold, or action: block with stream: window")
+    if kind == "json_schema" and stream == "window":
+        report.error(f"{path}.stream", "kind json_schema checks the whole answer (use stream: end or hold)")
     for key in ("window_chars", "window_overlap_chars"):
         if key in raw and stream != "window":
             report.error(f"{path}.{key}", f"{key} applies to stream: window only")

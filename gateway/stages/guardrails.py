@@ -14,7 +14,8 @@ written. A stream is checked by each guardrail's ``stream`` mode:
   path the surface rewrites its provider's own frames).
 * ``window``: every ``window_chars`` of new text (with ``window_overlap_chars`` of the window before)
   is checked as it flows, and its chunks are released once it passed; a block ends the stream there.
-  A window guardrail's verdicts are recorded once per stream (the first that was not ``allow``).
+  A window guardrail's verdicts are recorded once per stream (a block, else the first that was not
+  ``allow``).
 
 A block answers 400 ``guardrail_blocked`` naming the guardrail, never its rule. Guardrails run in
 the tenant's order, then the model's; every verdict is counted and logged.
@@ -249,7 +250,7 @@ class GuardrailStage(Stage):
             found = await self._post(ctx, guard, answer, f"-w{number}")
             verdict, finding = _effective(guard, UNAPPLIED if found.body is not None else found)
             seen = tally.get(guard.name)
-            if seen is None or seen.verdict == "allow":
+            if seen is None or seen.verdict == "allow" or finding.blocks:
                 seen = tally[guard.name] = GuardrailVerdict(guard.name, "post", verdict, started, 0.0)
             seen.duration_s += loop.time() - started
             if finding.blocks:
