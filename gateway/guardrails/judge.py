@@ -59,9 +59,9 @@ class Judge:
             log.warning("guardrail %s: judge failed (%s): %s", guard.name, type(exc).__name__, exc)
             return _fallback(guard, "error")
         said = answer_text(answer)
-        assert spec is not None
-        await self.budget.charge(prefix, guard, spec, usage_from(answer), (len(guard.prompt) + len(text), len(said)),
-                                 call_id)
+        if spec is not None:  # always, once a deployment answered
+            await self.budget.charge(prefix, guard, spec, usage_from(answer),
+                                     (len(guard.prompt) + len(text), len(said)), call_id)
         found = _NUMBER.search(said)
         if found is None:
             log.warning("guardrail %s: the judge's answer holds no score", guard.name)
