@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
     from gateway.errors import GatewayError
     from gateway.observability.audit import Capture
+    from gateway.observability.metered import StateCall
     from gateway.policy.model import ApiKey, Deployment, ModelSpec, Policy, Route, Tenant
     from gateway.providers.base import Endpoint
     from gateway.routing.rollout import RolloutState
@@ -107,6 +108,8 @@ class RequestContext:
     limit_state: LimitState | None = None
     in_flight: bool = False
     trace_span: Any = None  # the OpenTelemetry server span, when tracing is on (tracing stage)
+    phase_marks: list[tuple[str, float]] | None = None  # traced: (phase, wall time it began), by the pipeline
+    state_calls: list[StateCall] | None = None  # traced: each state call, by the metered backend
 
     @property
     def tenant_name(self) -> str:

@@ -14,6 +14,7 @@ this runner never changes for it.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from gateway.context import RequestContext
@@ -158,10 +159,14 @@ class Pipeline:
             ctx.outcome = err.outcome if ctx.outcome == "ok" else ctx.outcome
             ctx.error = err
             resp = GatewayResponse.from_error(err)
+        if ctx.phase_marks is not None:
+            ctx.phase_marks.append(("respond", time.time()))
         return await self.filter(ctx, resp)
 
     async def _walk(self, ctx: RequestContext) -> GatewayResponse:
-        for _phase, handlers in self._phases:
+        for phase, handlers in self._phases:
+            if ctx.phase_marks is not None:  # a traced request (the tracing stage's spans); None when off
+                ctx.phase_marks.append((phase, time.time()))
             for handler in handlers:
                 verdict = await handler(ctx)
                 if verdict is not None:
@@ -176,6 +181,8 @@ class Pipeline:
 
     async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
         """Run every stage's ``complete``; one failing stage never stops the others."""
+        if ctx.phase_marks is not None:
+            ctx.phase_marks.append(("complete", time.time()))
         for fn in self._completes:
             try:
                 await fn(ctx, error)

@@ -226,11 +226,11 @@ def test_stream_hold_releases_a_clean_answer_whole(gw, oai):
     assert text == "all public information"
 
 
-def test_stream_end_cannot_take_back_a_redaction(gw, oai):
+def test_a_redaction_holds_the_stream_by_default(gw, oai):
     oai.say(Said(text=f"mail {EMAIL} now", chunk_chars=3))
     text = "".join(c.delta.content or "" for chunk in chat(gw, "sk-redact", "tell", stream=True)
                    for c in chunk.choices)
-    assert EMAIL in text  # redact-pii is stream: end (the default): what flowed is only logged
+    assert text == "mail [EMAIL] now"  # redact-pii names no stream: a redaction holds (end is refused at load)
 
 
 def test_stream_hold_redacts_the_held_text(gw, oai, tmp_path):
@@ -274,3 +274,53 @@ def test_a_blocked_answer_is_never_cached(gw, oai):
         chat(gw, "sk-cache", "code?", temperature=0)
     assert chat(gw, "sk-cache", "code?", temperature=0).choices[0].message.content == "clean"
     assert oai.calls == 2
+
+
+# -- every built-in kind on every surface, whole and streamed ---------------------------------------------
+def run(gw, surface: str, key: str, text: str, stream: bool, json: bool = False) -> tuple[str, str | None]:
+    """(the text received, the error's message or None) through the surface's own SDK call."""
+    got: list[str] = []
+    try:
+        if surface == "chat":
+            kw = {"response_format": WEATHER} if json else {}
+            if not stream:
+                return chat(gw, key, text, **kw).choices[0].message.content or "", None
+            for chunk in chat(gw, key, text, stream=True, **kw):
+                got.extend(c.delta.content or "" for c in chunk.choices)
+        elif surface == "responses":
+            fmt = {"format": {"type": "json_schema", "name": "weather", "schema": SCHEMA}} if json else {}
+            call = gw.client(key).responses.create
+            if not stream:
+                return call(model="gpt", input=text, text=fmt or openai.NOT_GIVEN).output_text, None
+            for event in call(model="gpt", input=text, text=fmt or openai.NOT_GIVEN, stream=True):
+                if event.type == "response.output_text.delta":
+                    got.append(event.delta)
+                elif event.type == "response.failed":
+                    return "".join(got), event.response.error.message
+        else:
+            messages = [{"role": "user", "content": text}]
+            if not stream:
+                return claude(gw, key).messages.create(model="gpt", max_tokens=50, messages=messages).content[0].text, None
+            with claude(gw, key).messages.stream(model="gpt", max_tokens=50, messages=messages) as events:
+                got.extend(events.text_stream)
+    except (openai.APIError, anthropic.APIError) as exc:
+        return "".join(got), str(exc)
+    return "".join(got), None
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("surface", ["chat", "messages", "responses"])
+def test_every_builtin_kind_on_every_surface(gw, oai, surface, stream):
+    for text, name in ((f"mail me at {EMAIL}", "no-pii"), ("ticket ACME-004211", "no-secrets"),
+                       ("word " * 100, "short")):
+        got, error = run(gw, surface, "sk-strict", text, stream)
+        assert got == "" and f"'{name}'" in (error or "")
+    assert oai.calls == 0  # pre blocks cost nothing
+    oai.say(Said(text="the code is ACME-765432", chunk_chars=4), Said(text=f"write to {EMAIL}", chunk_chars=4))
+    got, error = run(gw, surface, "sk-strict", "code?", stream)
+    assert "'no-secrets'" in (error or "") and "765432" not in (error or "")
+    assert got == ("the code is ACME-765432" if stream else "")  # stream: end: the text went, then the error
+    assert run(gw, surface, "sk-redact", "who?", stream) == ("write to [EMAIL]", None)  # a redaction holds
+    if surface != "messages":  # the Messages API has no JSON-schema output option
+        oai.say(Said(text='{"city": "Oslo"}', chunk_chars=4))
+        assert "'valid-json'" in (run(gw, surface, "sk-redact", "weather?", stream, json=True)[1] or "")

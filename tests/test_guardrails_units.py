@@ -17,8 +17,10 @@ from gateway.guardrails.text import (
     rewrite_request,
 )
 from gateway.guardrails.webhook import verdict_of
+from gateway.guardrails.windows import Windows
 from gateway.observability.redact import Redactor
 from gateway.policy.model import Guardrail
+from gateway.surfaces.anthropic_native import replace_text
 
 SCHEMA = {"type": "object", "required": ["city", "tags"], "additionalProperties": False,
           "properties": {"city": {"type": "string", "minLength": 2}, "celsius": {"type": ["number", "null"]},
@@ -105,3 +107,44 @@ def test_webhook_answers_outside_the_protocol(answer) -> None:
     with pytest.raises(ValueError):
         verdict_of(answer)
     assert verdict_of({"verdict": "block"}).message is None
+
+
+def test_windows_hand_out_full_windows_with_the_overlap_and_the_rest_at_the_end():
+    windows = Windows(size=10, overlap=4)
+    assert windows.feed("abcdef") is None
+    assert windows.feed("ghijkl") == "abcdefghijkl"  # 12 >= 10: the first window, no overlap before it
+    assert windows.feed("mnopqrstuv") == "ijklmnopqrstuv"  # the last 4 characters read again
+    assert windows.feed("wx") is None
+    assert windows.take() == "stuvwx" and windows.take() is None and windows.count == 3
+
+
+def test_a_match_split_across_two_windows_is_found_by_the_overlap():
+    deny = Guardrail("d", "deny", patterns=(re.compile("ACME-[0-9]{6}"),))
+    windows = Windows(size=8, overlap=6)
+    checked = [w for piece in ("hello AC", "ME-123456 bye") if (w := windows.feed(piece)) is not None]
+    assert [check_deny(deny, w).verdict for w in checked] == ["allow", "block"]
+
+
+def test_windows_of_several_guardrails_share_the_smallest_size_and_largest_overlap():
+    guards = [Guardrail("a", "pii", window_chars=500, window_overlap_chars=20),
+              Guardrail("b", "pii", window_chars=200, window_overlap_chars=50)]
+    windows = Windows.for_guards(guards)
+    assert (windows.size, windows.overlap) == (200, 50)
+
+
+def test_anthropic_frames_get_the_new_text_in_their_first_text_delta_and_keep_the_rest():
+    def frame(event: str, data: dict) -> bytes:
+        return f"event: {event}\n".encode() + b"data: " + orjson.dumps(data) + b"\n\n"
+
+    thinking = frame("content_block_delta", {"type": "content_block_delta", "index": 0,
+                                              "delta": {"type": "thinking_delta", "thinking": "hmm"}})
+    frames = [frame("message_start", {"type": "message_start", "message": {"id": "m"}}), thinking,
+              *(frame("content_block_delta", {"type": "content_block_delta", "index": 1,
+                                              "delta": {"type": "text_delta", "text": part}})
+                for part in ("mail jane", "@example.com", " now")),
+              b"event: ping\ndata: not json\n\n"]
+    out = replace_text(frames, "mail [EMAIL] now")
+    assert out[:2] == frames[:2] and out[-1] == frames[-1]  # untouched frames stay byte for byte
+    texts = [orjson.loads(f.partition(b"data: ")[2])["delta"]["text"] for f in out[2:5]]
+    assert texts == ["mail [EMAIL] now", "", ""]
+    assert all(f.startswith(b"event: content_block_delta\ndata: ") and f.endswith(b"\n\n") for f in out[2:5])

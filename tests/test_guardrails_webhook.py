@@ -40,6 +40,7 @@ def gw(make_gateway, oai, hook, tmp_path):
           closed-hook: {{kind: webhook, url: "{hook.url}", timeout_ms: 300, on_error: block, on: [pre]}}
           held-hook: {{kind: webhook, url: "{hook.url}", timeout_ms: 1000, on: [post], stream: hold}}
           redacted-hook: {{kind: webhook, url: "{hook.url}", redact: true, on: [pre]}}
+          both-hook: {{kind: webhook, url: "{hook.url}", timeout_ms: 300, on: [pre, post], stream: hold}}
         models:
           gpt:
             deployments: [{{provider: primary, model: gpt-up}}]
@@ -48,6 +49,7 @@ def gw(make_gateway, oai, hook, tmp_path):
           closed: {{api_keys: [sk-closed], models: '*', guardrails: [closed-hook]}}
           held: {{api_keys: [sk-held], models: '*', guardrails: [held-hook]}}
           private: {{api_keys: [sk-private], models: '*', guardrails: [redacted-hook]}}
+          both: {{api_keys: [sk-both], models: '*', guardrails: [both-hook]}}
         """))
 
 
@@ -170,3 +172,49 @@ def test_redact_sends_the_hook_redacted_bodies(gw, oai, hook):
     chat(gw, "sk-private", "I am jane.doe@example.com")
     assert "jane.doe" not in str(hook.received[0]) and "[EMAIL]" in str(hook.received[0])
     assert "jane.doe@example.com" in oai.requests[-1]["messages"][-1]["content"]
+
+
+def ask(gw, surface: str, key: str, stream: bool) -> str:
+    """The answer's text through the surface's own SDK call, whole or streamed."""
+    if surface == "chat":
+        if not stream:
+            return chat(gw, key).choices[0].message.content or ""
+        return "".join(c.delta.content or "" for chunk in chat(gw, key, stream=True) for c in chunk.choices)
+    if surface == "responses":
+        if not stream:
+            return gw.client(key).responses.create(model="gpt", input="hello").output_text
+        events = gw.client(key).responses.create(model="gpt", input="hello", stream=True)
+        return "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    if not stream:
+        return claude(gw, key).messages.create(model="gpt", max_tokens=50, messages=HELLO).content[0].text
+    with claude(gw, key).messages.stream(model="gpt", max_tokens=50, messages=HELLO) as events:
+        return "".join(events.text_stream)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest.mark.parametrize("surface", ["chat", "messages", "responses"])
+def test_every_verdict_on_every_surface(gw, oai, hook, surface, stream):
+    """allow, block, modify (post), slow past the timeout open and closed; errors in the surface's shape."""
+    replaced = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "replaced"}}]}
+    hook.answer({"verdict": "allow"}, {"verdict": "allow"}, {"verdict": "block", "message": "not here"},
+                {"verdict": "allow"}, {"verdict": "modify", "body": replaced}, Slow(0.6), {"verdict": "allow"},
+                Slow(0.6))  # past the 300 ms timeout
+    oai.say(*(Said(text="upstream words", chunk_chars=4) for _ in range(3)))
+    assert ask(gw, surface, "sk-both", stream) == "upstream words"
+    error = anthropic.BadRequestError if surface == "messages" else openai.BadRequestError
+    with pytest.raises(error) as info:
+        ask(gw, surface, "sk-both", stream)
+    body = info.value.body
+    message = body["error"]["message"] if surface == "messages" else body["message"]
+    assert "'both-hook'" in message and "not here" in message
+    assert surface != "messages" or body["type"] == "error"
+    assert surface == "messages" or body["code"] == "guardrail_blocked"
+    assert ask(gw, surface, "sk-both", stream) == "replaced"
+    assert ask(gw, surface, "sk-both", stream) == "upstream words"  # slow: fails open (on_error: allow)
+    with pytest.raises(error):
+        ask(gw, surface, "sk-closed", stream)  # slow: fails closed
+    assert oai.calls == 3 and {r["surface"] for r in hook.received} == {"chat" if surface == "chat" else surface}
+    prom = scrape(gw.url)
+    assert prom.value(VERDICTS, guardrail="both-hook", stage="pre", verdict="error_allow") == 1
+    assert prom.value(VERDICTS, guardrail="both-hook", stage="post", verdict="modify") == 1
+    assert prom.value(VERDICTS, guardrail="closed-hook", stage="pre", verdict="error_block") == 1

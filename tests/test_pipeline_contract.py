@@ -131,6 +131,28 @@ async def test_respond_stops_every_later_phase_but_every_filter_runs_on_the_earl
     assert ctx.error is None
 
 
+async def test_phases_are_marked_only_for_a_traced_request() -> None:
+    log: Log = []
+
+    class Trace(Stage):
+        async def authenticate(self, ctx: RequestContext) -> None:
+            ctx.phase_marks = []  # what the tracing stage does for a traced request
+
+    answer = fake_stage("a", log, ("cache_lookup",), answers={"cache_lookup": Respond(OK, "cache_hit")})
+    pipeline = Pipeline([Trace(), answer])
+    traced = make_ctx()
+    await pipeline.run(traced)
+    await pipeline.complete(traced, None)
+    assert traced.phase_marks is not None
+    names = [name for name, _ in traced.phase_marks]
+    assert names == ["check_input", "limit_requests", "cache_lookup", "respond", "complete"]
+    times = [t for _, t in traced.phase_marks]
+    assert times == sorted(times)
+    untraced = make_ctx()
+    await Pipeline([answer]).run(untraced)
+    assert untraced.phase_marks is None
+
+
 async def test_filters_wrap_the_stream_the_earlier_filters_produced() -> None:
     async def source() -> AsyncIterator[bytes]:
         yield b"x"

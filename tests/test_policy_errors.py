@@ -170,7 +170,7 @@ EXPECTED = {
                                         "(known: no-pii)",
     "guardrail_unknown_in_model.yaml": "{file}:8: models.small.guardrails[0]: unknown guardrail 'no-pii' (known: none)",
     "guardrail_key_of_other_kind.yaml": "{file}:5: guardrails.no-pii.url: unknown key 'url' "
-                                        "(known: kind, on, action, mode, stream)",
+                                        "(known: kind, on, action, mode, stream, window_chars, window_overlap_chars)",
     "guardrail_deny_without_patterns.yaml": "{file}:3: guardrails.no-secrets: kind deny needs 'patterns' or 'keywords'",
     "guardrail_json_schema_pre.yaml": "{file}:5: guardrails.valid-json.on: kind json_schema runs on post only "
                                       "(use on: [post])",
@@ -180,6 +180,17 @@ EXPECTED = {
                                     "(known: pre, post)",
     "guardrail_judge_unknown_model.yaml": "{file}:5: guardrails.injection.model: unknown model 'judge' "
                                           "(a judge is a model with deployments; known: none)",
+    "guardrail_redact_stream_end.yaml": "{file}:7: guardrails.no-pii.stream: a redaction of a streamed answer "
+                                        "needs stream: hold ('end' checks the text after it was sent); use stream: "
+                                        "hold, or action: block with stream: window",
+    "guardrail_window_overlap.yaml": "{file}:9: guardrails.no-secrets.window_overlap_chars: must be less than "
+                                     "window_chars (200), got 200",
+    "guardrail_window_chars_without_window.yaml": "{file}:7: guardrails.no-secrets.window_chars: window_chars "
+                                                  "applies to stream: window only",
+    "guardrail_json_schema_window.yaml": "{file}:5: guardrails.valid-json.stream: kind json_schema checks the "
+                                         "whole answer (use stream: end or hold)",
+    "guardrail_judge_budget_unpriced.yaml": "{file}:12: guardrails.injection.budget_usd: model 'judge' has no "
+                                            "price, so the judge's spend cannot be counted",
     "tracing_sample_rate_range.yaml": "{file}:4: tracing.sample_rate: must be between 0 and 1, got 1.5",
     "guardrail_webhook_on_error_unknown.yaml": "{file}:6: guardrails.hook.on_error: unknown on_error action 'retry' "
                                                "(known: allow, block)",

@@ -58,7 +58,7 @@ def test_one_span_tree_per_request_with_genai_attributes(make_gateway, oai, otlp
     assert sent[1] == TRACE_ID and sent[2] != CLIENT_SPAN and sent[3] == "01"
     assert eventually(lambda: len(otlp.spans) >= 3, within_s=10)
     server = next(s for s in otlp.spans if s.kind == s.SPAN_KIND_SERVER)
-    attempt = next(s for s in otlp.spans if s.kind == s.SPAN_KIND_CLIENT)
+    attempt = next(s for s in otlp.spans if s.kind == s.SPAN_KIND_CLIENT and s.name.startswith("chat "))
     assert server.trace_id.hex() == TRACE_ID and server.parent_span_id.hex() == CLIENT_SPAN
     assert server.span_id.hex() == sent[2]
     assert attempt.trace_id == server.trace_id and attempt.parent_span_id == server.span_id
@@ -103,3 +103,36 @@ def test_tracing_off_adds_no_header(make_gateway, oai, otlp, tmp_path):
     assert "traceparent" not in {k.lower() for k in oai.headers[-1]}
     gw.stop()
     assert otlp.spans == []
+
+
+def test_phases_and_state_calls_are_child_spans(make_gateway, oai, otlp, tmp_path):
+    text = policy(oai, otlp, tmp_path, f"{{enabled: true, otlp_endpoint: '{otlp.url}'}}")
+    text = text.replace("models: [gpt], guardrails: [zeus]}",
+                        "models: [gpt], guardrails: [zeus], rate_limit: {rpm: 600, tpm: 100000},"
+                        " budget: {usd: 10}, cache: {enabled: true}}")
+    text = text.replace("gpt: {deployments:", "gpt: {price: {input: 1, output: 2}, deployments:")
+    gw = make_gateway(text)
+    gw.client("sk-acme").chat.completions.create(model="gpt", messages=[{"role": "user", "content": "hi"}],
+                                                 temperature=0)
+    assert eventually(lambda: any(s.name == "complete" for s in otlp.spans), within_s=10)
+    server = next(s for s in otlp.spans if s.kind == s.SPAN_KIND_SERVER)
+    phases = {s.name: s for s in otlp.spans if "gateway.phase" in attributes(s)}
+    assert {"limit_requests", "cache_lookup", "route", "admit", "complete"} <= set(phases)
+    assert all(p.parent_span_id == server.span_id for p in phases.values())
+    assert attributes(phases["cache_lookup"])["gateway.cache"] == "MISS"
+    assert attributes(phases["admit"])["gateway.budget.outcome"] == "ok"
+    assert attributes(phases["complete"])["gateway.cost_usd"] > 0
+    order = ["limit_requests", "cache_lookup", "route", "admit", "complete"]
+    starts = [phases[name].start_time_unix_nano for name in order]
+    assert starts == sorted(starts) and phases["complete"].end_time_unix_nano <= server.end_time_unix_nano
+    state = [s for s in otlp.spans if s.name.startswith("state ")]
+    by_phase = {span.name: phases_name for span in state for phases_name, p in phases.items()
+                if span.parent_span_id == p.span_id}
+    assert by_phase, "state calls are children of the phase they ran in"
+    assert any(name.startswith("state budget_") for name in by_phase) and "admit" in by_phase.values()
+    assert "complete" in by_phase.values()  # the settlement
+    for span in state:
+        attrs = attributes(span)
+        assert span.kind == span.SPAN_KIND_CLIENT and attrs["db.system.name"] == "memory"
+        assert attrs["db.operation.name"] == span.name.removeprefix("state ")
+        assert phases["limit_requests"].start_time_unix_nano <= span.start_time_unix_nano

@@ -1,8 +1,11 @@
 """The local guardrail kinds: what each finds in a text, turned into a verdict by the guardrail's action.
 
 A ``Finding`` is the verdict vocabulary of metrics and logs: ``allow``, ``block``, ``redact``,
-``modify`` (a webhook's replacement body), ``flag`` (found, let through), and for webhooks that
-failed ``error_allow`` / ``error_block`` (``on_error``). Messages never quote a rule's content.
+``modify`` (a webhook's replacement body), ``flag`` (found, let through), for webhooks and judges
+that failed ``error_allow`` / ``error_block`` (``on_error``), for a judge whose budget is spent
+``over_budget_allow`` / ``over_budget_block`` (``on_error`` too), and ``modify_unapplied`` for a
+webhook's replacement of streamed text that was not held (``stream: end`` or ``window``): the text
+went as it was. Messages never quote a rule's content.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from gateway.guardrails.text import Rewrite
 from gateway.observability.redact import CUSTOM, Redactor
 from gateway.policy.model import Guardrail
 
-CHANGES = ("block", "redact", "modify", "error_block")  # verdicts that change what passes
+BLOCKS = frozenset({"block", "error_block", "over_budget_block"})  # verdicts that stop the request or answer
+CHANGES = BLOCKS | {"redact", "modify"}  # verdicts that change what passes
 
 
 @dataclass(slots=True)
@@ -31,6 +35,10 @@ class Finding:
     @property
     def changes(self) -> bool:
         return self.verdict in CHANGES
+
+    @property
+    def blocks(self) -> bool:
+        return self.verdict in BLOCKS
 
 
 ALLOW = Finding("allow")

@@ -4,15 +4,40 @@ It wraps whatever backend the gateway built, so rate limits, cache, budgets and 
 measured without any of them knowing: ``llm_gateway_state_duration_seconds{op}`` and
 ``llm_gateway_state_errors_total{op}``, where ``op`` is the method or, for scripts, the script name
 (both fixed in code). Anything else is delegated to the wrapped backend untouched.
+
+For traces, while ``traced`` is on (the tracing stage sets it with the policy), each call is also
+appended to the list in ``TRACED_CALLS`` (the traced request's own, set by the tracing stage), from
+which the request's spans are built; with tracing off that is one attribute test per call.
 """
 
 from __future__ import annotations
 
 import time
+from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.observability.metrics import GatewayMetrics
 from gateway.state.base import Script, StateBackend, StateError
+
+
+@dataclass(slots=True)
+class StateCall:
+    """One state call of a traced request, for its span."""
+
+    op: str  # the method or the script's name
+    started: float  # wall time
+    duration_s: float
+    failed: bool
+
+
+TRACED_CALLS: ContextVar[list[StateCall] | None] = ContextVar("traced_state_calls", default=None)
+
+
+def _trace(op: str, elapsed: float, failed: bool) -> None:
+    calls = TRACED_CALLS.get()
+    if calls is not None:
+        calls.append(StateCall(op, time.time() - elapsed, elapsed, failed))
 
 
 class MeteredBackend:
@@ -23,6 +48,7 @@ class MeteredBackend:
         self.kind = inner.kind
         self._metrics = metrics
         self._children: dict[str, tuple[Any, Any]] = {}
+        self.traced = False  # record calls for traces (set by the tracing stage when tracing is on)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -37,13 +63,18 @@ class MeteredBackend:
     async def _timed(self, op: str, call: Any) -> Any:
         duration, errors = self._series(op)
         start = time.perf_counter()
+        failed = False
         try:
             return await call
         except StateError:
             errors.inc()
+            failed = True
             raise
         finally:
-            duration.observe(time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            duration.observe(elapsed)
+            if self.traced:
+                _trace(op, elapsed, failed)
 
     async def start(self) -> None:
         await self.inner.start()
@@ -70,13 +101,18 @@ class MeteredBackend:
         # ``_timed`` inlined: scripts run several times per request, an extra coroutine each is measurable
         duration, errors = self._series(script.name)
         start = time.perf_counter()
+        failed = False
         try:
             return await self.inner.run(script, keys, args)
         except StateError:
             errors.inc()
+            failed = True
             raise
         finally:
-            duration.observe(time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            duration.observe(elapsed)
+            if self.traced:
+                _trace(script.name, elapsed, failed)
 
     async def log_append(self, key: str, record: dict[str, Any], max_len: int) -> str:
         return await self._timed("log_append", self.inner.log_append(key, record, max_len))

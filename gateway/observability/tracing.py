@@ -4,8 +4,11 @@ The SDK is imported only when a policy turns ``tracing.enabled`` on, so a gatewa
 or with tracing off, pays nothing. The server span starts when the request arrived (its own start
 time, so it does not matter which phase opens it), continues a client's W3C ``traceparent``, and
 hands its own to the upstream; each upstream attempt becomes a child span from the times the
-attempt recorded, and guardrail verdicts become span events. Attribute names follow the
-OpenTelemetry GenAI semantic conventions.
+attempt recorded, and so does each guardrail check. The phases ``limit_requests``,
+``cache_lookup``, ``route``, ``admit`` and ``complete`` become child spans from the times the
+pipeline marked (only for traced requests), and each state call (rate limits, budgets, the cache on
+Redis, ...) a span under the phase it ran in, from what the metered backend recorded. Attribute
+names follow the OpenTelemetry GenAI (and database client) semantic conventions.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("gateway.tracing")
 EXPORT_DELAY_MS = 1000  # the batch processor's export interval
 OPERATIONS = {"chat": "chat", "completions": "text_completion", "embeddings": "embeddings"}
+PHASE_SPANS = frozenset({"limit_requests", "cache_lookup", "route", "admit", "complete"})
 
 
 def _ns(seconds: float) -> int:
@@ -84,8 +88,10 @@ class Tracing:
             ctx.upstream_headers["traceparent"] = carrier["traceparent"]
         return span
 
-    def finish(self, ctx: RequestContext, span: Any, end_wall: float, content: str | None) -> None:
-        """Name, attributes, the attempts and guardrail checks as child spans; then end the span."""
+    def finish(self, ctx: RequestContext, span: Any, end_wall: float, content: str | None,
+               backend_kind: str = "") -> None:
+        """Name, attributes, the phases, state calls, attempts and guardrail checks as child spans; then
+        end the span."""
         from opentelemetry import trace
         from opentelemetry.trace import Status, StatusCode
 
@@ -95,6 +101,8 @@ class Tracing:
         if content is not None:
             span.set_attribute("gen_ai.input.messages", content)
         parent = trace.set_span_in_context(span)
+        phases = self._phases(ctx, parent, end_wall)
+        self._state_calls(ctx, parent, phases, backend_kind)
         offset = ctx.started_wall - ctx.started  # monotonic -> wall clock
         for check in ctx.guardrails:
             child = self.tracer.start_span(f"guardrail {check.guardrail}", context=parent,
@@ -118,6 +126,53 @@ class Tracing:
         if ctx.error is not None or ctx.stream_error is not None or ctx.status >= 500:
             span.set_status(Status(StatusCode.ERROR))
         span.end(end_time=_ns(end_wall))
+
+
+    def _phases(self, ctx: RequestContext, parent: Any, end_wall: float) -> list[tuple[float, float, Any]]:
+        """A child span per phase of ``PHASE_SPANS`` the request reached: (start, end, its context) each."""
+        from opentelemetry import trace
+
+        marks = [*(ctx.phase_marks or ()), ("", end_wall)]
+        out = []
+        for (phase, start), (_, end) in zip(marks, marks[1:], strict=False):
+            if phase not in PHASE_SPANS:
+                continue
+            child = self.tracer.start_span(phase, context=parent, start_time=_ns(start))
+            child.set_attributes(_phase_attributes(ctx, phase))
+            child.end(end_time=_ns(max(start, end)))
+            out.append((start, end, trace.set_span_in_context(child)))
+        return out
+
+    def _state_calls(self, ctx: RequestContext, parent: Any, phases: list[tuple[float, float, Any]],
+                     backend_kind: str) -> None:
+        """A client span per state call, under the phase span it ran in (else the server span)."""
+        from opentelemetry import trace
+        from opentelemetry.trace import Status, StatusCode
+
+        for call in ctx.state_calls or ():
+            home = next((c for start, end, c in phases if start <= call.started <= end), parent)
+            child = self.tracer.start_span(f"state {call.op}", context=home, kind=trace.SpanKind.CLIENT,
+                                           start_time=_ns(call.started))
+            child.set_attributes({"db.system.name": backend_kind, "db.operation.name": call.op})
+            if call.failed:
+                child.set_attribute("error.type", "state_error")
+                child.set_status(Status(StatusCode.ERROR))
+            child.end(end_time=_ns(call.started + call.duration_s))
+
+
+def _phase_attributes(ctx: RequestContext, phase: str) -> dict[str, Any]:
+    attrs: dict[str, Any] = {"gateway.phase": phase}
+    if phase == "cache_lookup" and ctx.cache_status is not None:
+        attrs["gateway.cache"] = ctx.cache_status
+    if phase in ("limit_requests", "admit") and ctx.ratelimit_outcome is not None:
+        attrs["gateway.ratelimit.outcome"] = ctx.ratelimit_outcome
+    if phase == "admit" and ctx.budget_outcome is not None:
+        attrs["gateway.budget.outcome"] = ctx.budget_outcome
+    if phase == "route" and ctx.route is not None:
+        attrs["gateway.route"] = ctx.route
+    if phase == "complete":
+        attrs["gateway.cost_usd"] = ctx.cost_usd
+    return attrs
 
 
 def _attributes(ctx: RequestContext, operation: str) -> dict[str, Any]:

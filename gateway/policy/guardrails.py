@@ -32,7 +32,9 @@ COMMON: dict[str, Checker] = {
     "on": list_of(enum("guardrail stage", STAGES), nonempty=True),
     "action": enum("guardrail action", get_args(m.GuardrailAction)),
     "mode": enum("mode", get_args(m.Mode)),
-    "stream": enum("stream mode", ("hold", "end")),
+    "stream": enum("stream mode", get_args(m.StreamCheck)),
+    "window_chars": integer(gt=0),
+    "window_overlap_chars": integer(ge=0),
 }
 OWN: dict[str, dict[str, Checker]] = {
     "pii": {},
@@ -43,7 +45,8 @@ OWN: dict[str, dict[str, Checker]] = {
                 "on_error": enum("on_error action", ("allow", "block")), "redact": BOOLEAN},
     "llm_judge": {"model": string(nonempty=True), "prompt": string(nonempty=True),
                   "threshold": number(ge=0, le=1), "timeout_ms": number(gt=0),
-                  "on_error": enum("on_error action", ("allow", "block"))},
+                  "on_error": enum("on_error action", ("allow", "block")),
+                  "budget_usd": number(gt=0), "budget_period": enum("budget period", get_args(m.Period))},
 }
 ONLY_ON = {"max_prompt": "pre", "json_schema": "post"}  # kinds that only make sense on one side
 NO_REDACT = ("max_prompt", "json_schema", "webhook", "llm_judge")  # nothing to redact (webhooks modify)
@@ -76,6 +79,7 @@ def _checked(name: str, kind: str, values: dict[str, Any], raw: dict, path: str,
         report.error(f"{path}.on", f"kind {kind} runs on {side} only (use on: [{side}])")
     if kind in NO_REDACT and values.get("action") == "redact":
         report.error(f"{path}.action", f"action 'redact' is not available for kind {kind} (use block or flag)")
+    _check_stream(kind, values, raw, path, report)
     url = values.get("url")
     if url is not None and (urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc):
         report.error(f"{path}.url", f"invalid URL '{url}' (expected http://host... or https://host...)")
@@ -83,7 +87,27 @@ def _checked(name: str, kind: str, values: dict[str, Any], raw: dict, path: str,
         return None
     values.pop("kind")
     on = values.pop("on", (side,) if side else ("pre",))
+    if "stream" not in values and values.get("action") == "redact":
+        values["stream"] = "hold"  # a streamed answer can only be redacted before it is sent
     return m.Guardrail(name=name, kind=kind, on=tuple(dict.fromkeys(on)), **values)  # type: ignore[arg-type]
+
+
+def _check_stream(kind: str, values: dict[str, Any], raw: dict, path: str, report: Report) -> None:
+    """A redaction must hold a streamed answer; window sizes only with ``stream: window``."""
+    stream = values.get("stream")
+    if values.get("action") == "redact" and stream in ("end", "window") and "post" in values.get("on", ()):
+        why = "'end' checks the text after it was sent" if stream == "end" else \
+            "'window' sends each window once checked, so a match across two windows could leak"
+        report.error(f"{path}.stream", f"a redaction of a streamed answer needs stream: hold ({why}); "
+                     "use stream: hold, or action: block with stream: window")
+    if kind == "json_schema" and stream == "window":
+        report.error(f"{path}.stream", "kind json_schema checks the whole answer (use stream: end or hold)")
+    for key in ("window_chars", "window_overlap_chars"):
+        if key in raw and stream != "window":
+            report.error(f"{path}.{key}", f"{key} applies to stream: window only")
+    size, overlap = values.get("window_chars", 1000), values.get("window_overlap_chars", 100)
+    if stream == "window" and isinstance(size, int) and isinstance(overlap, int) and overlap >= size:
+        report.error(f"{path}.window_overlap_chars", f"must be less than window_chars ({size}), got {overlap}")
 
 
 NAMES = list_of(NAME)  # tenants.X.guardrails and models.X.guardrails
@@ -99,6 +123,9 @@ def check_guardrail_refs(data: dict[str, Any], declared: dict[str, Any], report:
             report.error(f"guardrails.{name}.model",
                          f"unknown model '{guard.model}' (a judge is a model with deployments; known: "
                          f"{', '.join(served) or 'none'})")
+        elif guard is not None and guard.budget_usd is not None and "price" not in models[guard.model]:
+            report.error(f"guardrails.{name}.budget_usd",
+                         f"model '{guard.model}' has no price, so the judge's spend cannot be counted")
     for section in ("tenants", "models"):
         block = data.get(section)
         for owner, raw in block.items() if isinstance(block, dict) else ():

@@ -246,6 +246,7 @@ class Tenant:
 
 GuardrailKind = Literal["pii", "deny", "max_prompt", "json_schema", "webhook", "llm_judge"]
 GuardrailAction = Literal["block", "redact", "flag"]
+StreamCheck = Literal["hold", "end", "window"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -257,18 +258,22 @@ class Guardrail:
     on: tuple[str, ...] = ("pre",)  # pre | post
     action: GuardrailAction = "block"
     mode: Mode = "enforce"  # shadow: count and log the verdict, change nothing
-    stream: Literal["hold", "end"] = "end"  # post on streams: hold the answer until checked, or check at the end
+    stream: StreamCheck = "end"  # post on streams: hold the answer until checked, check at the end, or by window
+    window_chars: int = 1000  # stream: window: characters of new text per check
+    window_overlap_chars: int = 100  # stream: window: characters of the previous window read again (split matches)
     patterns: tuple[re.Pattern[str], ...] = ()  # deny: regular expressions
     keywords: tuple[str, ...] = ()  # deny: case-insensitive substrings
     max_chars: int | None = None  # max_prompt
     max_tokens: int | None = None  # max_prompt: the gateway's prompt token estimate
     url: str = ""  # webhook
     timeout_ms: float = 1000.0  # webhook
-    on_error: Literal["allow", "block"] = "allow"  # webhook: fail open or closed
+    on_error: Literal["allow", "block"] = "allow"  # webhook, llm_judge: fail open or closed
     redact: bool = False  # webhook: send bodies redacted as the audit log is
     model: str = ""  # llm_judge: a model of this policy that classifies the text
     prompt: str = ""  # llm_judge: asks for a score between 0 and 1
     threshold: float = 0.5  # llm_judge: a score at or above it triggers the action
+    budget_usd: float | None = None  # llm_judge: its own spend per budget_period; once spent, on_error applies
+    budget_period: Period = "daily"  # llm_judge
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ tests/test_stage_order.py):
 
 from __future__ import annotations
 
+from gateway.guardrails.judge_budget import JudgeBudget
 from gateway.observability.hub import Observability
 from gateway.pipeline import Stage
 from gateway.services import Services
@@ -60,7 +61,8 @@ def build_stages(services: Services, obs: Observability) -> list[Stage]:
         RolloutStage(services, obs.redactors),
         AuditStage(),
         RedactUpstreamStage(obs.redactors),
-        GuardrailStage(services.metrics, obs.redactors, services.providers),
+        GuardrailStage(services.metrics, obs.redactors, services.providers,
+                       JudgeBudget(services.backend, services.clock)),
         cache,
         UsageStage(),
         RouterStage(services),
@@ -69,6 +71,6 @@ def build_stages(services: Services, obs: Observability) -> list[Stage]:
         DeadLetterStage(services.dlq),
         UpstreamStage(services, stale=cache.stale),
         SurfaceStage(),
-        TracingStage(obs.redactors),
+        TracingStage(obs.redactors, services.backend),
         ObserveStage(obs),
     ]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from gateway.surfaces.anthropic_errors import CHARS_PER_TOKEN
 
 USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
@@ -82,3 +84,24 @@ class NativeStreamUsage:
         if not self.reported:
             counts["output_tokens"] = max(counts["output_tokens"], self.estimated_output_tokens())
         return counts
+
+
+def replace_text(frames: list[bytes], text: str) -> list[bytes]:
+    """Anthropic stream frames with their text replaced: the first ``text_delta`` carries ``text``, the
+    others none (a held answer a guardrail redacted). Every other frame is kept byte for byte."""
+    out: list[bytes] = []
+    placed = False
+    for raw in frames:
+        head, sep, data = raw.partition(b"data: ")
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            out.append(raw)
+            continue
+        delta = event.get("delta") if isinstance(event, dict) and event.get("type") == "content_block_delta" else None
+        if isinstance(delta, dict) and delta.get("type") == "text_delta":
+            delta["text"] = "" if placed else text
+            placed = True
+            raw = head + sep + orjson.dumps(event) + b"\n\n"
+        out.append(raw)
+    return out

@@ -17,6 +17,7 @@ from gateway.errors import GatewayError, UpstreamError
 if TYPE_CHECKING:
     from gateway.context import RequestContext
     from gateway.pipeline import GatewayResponse
+    from gateway.providers.base import NativeAnswer
 
 DONE_FRAME = b"data: [DONE]\n\n"
 DROPPED_HEADER = "x-gateway-dropped"
@@ -81,6 +82,11 @@ class Surface:
     def native_headers(self, ctx: RequestContext) -> dict[str, str]:
         """Client headers a provider of this surface's own family receives with the native body."""
         return {}
+
+    def rewrite_native(self, native: NativeAnswer, text: str) -> bool:
+        """Replace the text of a held stream's provider frames (the lossless path) by ``text`` (a guardrail's
+        redaction), in place; False when this surface cannot (the answer is then withheld)."""
+        return False
 
     async def complete(self, ctx: RequestContext) -> None:
         """After the answer was written (once per request)."""

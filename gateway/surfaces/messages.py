@@ -13,6 +13,7 @@ import orjson
 from gateway.errors import GatewayError, UpstreamError
 from gateway.providers.base import NativeAnswer
 from gateway.surfaces.anthropic_errors import anthropic_error, error_payload
+from gateway.surfaces.anthropic_native import replace_text
 from gateway.surfaces.anthropic_request import messages_to_chat
 from gateway.surfaces.anthropic_response import chat_to_message, new_message_id
 from gateway.surfaces.anthropic_stream import MessagesStream, frame
@@ -75,6 +76,10 @@ class MessagesSurface(Surface):
 
     def native_headers(self, ctx: RequestContext) -> dict[str, str]:
         return {k: v for k in PASSED_HEADERS if (v := ctx.request.headers.get(k))}
+
+    def rewrite_native(self, native: NativeAnswer, text: str) -> bool:
+        native.frames[:] = replace_text(native.frames, text)
+        return True
 
     async def inbound(self, ctx: RequestContext, body: dict) -> dict:
         chat, dropped = messages_to_chat(body)

@@ -18,6 +18,7 @@ from gateway.errors import GatewayError, UpstreamError, invalid
 from gateway.providers.base import NativeAnswer
 from gateway.surfaces.base import DROPPED_HEADER, Framing, Surface
 from gateway.surfaces.responses_items import input_to_history, output_to_history
+from gateway.surfaces.responses_native import place_text, replace_text
 from gateway.surfaces.responses_request import responses_to_chat
 from gateway.surfaces.responses_response import chat_to_response
 from gateway.surfaces.responses_stream import ResponsesStream, sse_frame
@@ -84,6 +85,12 @@ class ResponsesSurface(Surface):
 
     def __init__(self, store: ResponseStore) -> None:
         self.store = store
+
+    def rewrite_native(self, native: NativeAnswer, text: str) -> bool:
+        native.frames[:] = replace_text(native.frames, text)
+        if isinstance(native.final, dict):
+            place_text(native.final, text)  # what the store keeps for previous_response_id
+        return True
 
     def forwardable(self, ctx: RequestContext) -> bool:
         """The deployment does not know the gateway's stored ids: a continued conversation is translated."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 _TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 # Deltas of generated text: the answer and tool-call arguments, what the chat path counts too.
 _GENERATED = frozenset({"response.output_text.delta", "response.refusal.delta",
@@ -73,3 +75,59 @@ class NativeStreamUsage:
             usage = usage_of_response(data["response"])
             if usage is not None:
                 self.usage = usage
+
+
+def _text_parts(output: Any) -> list[dict]:
+    """The ``output_text`` parts of a list of output items, in order."""
+    items = output if isinstance(output, list) else []
+    return [part for item in items if isinstance(item, dict) and item.get("type") == "message"
+            for part in item.get("content") or () if isinstance(part, dict) and part.get("type") == "output_text"]
+
+
+def _rewrite_event(event: dict, text: str, placed: set[str]) -> bool:
+    """Put ``text`` in the first text slot of each kind of event and empty the others; True if touched."""
+    kind = str(event.get("type"))
+
+    def first() -> str:
+        value = "" if kind in placed else text
+        placed.add(kind)
+        return value
+
+    part = event.get("part")
+    if kind == "response.output_text.delta":
+        event["delta"] = first()
+    elif kind == "response.output_text.done":
+        event["text"] = first()
+    elif kind == "response.content_part.done" and isinstance(part, dict) and part.get("type") == "output_text":
+        part["text"] = first()
+    elif kind == "response.output_item.done" and (parts := _text_parts([event.get("item")])):
+        for found in parts:
+            found["text"] = first()
+    elif kind in _TERMINAL and isinstance(event.get("response"), dict):
+        place_text(event["response"], text)
+    else:
+        return False
+    return True
+
+
+def place_text(response: dict, text: str) -> None:
+    """A whole Response's text replaced: its first ``output_text`` part holds ``text``, the others none."""
+    for i, part in enumerate(_text_parts(response.get("output"))):
+        part["text"] = text if i == 0 else ""
+
+
+def replace_text(frames: list[bytes], text: str) -> list[bytes]:
+    """Responses stream frames with their text replaced (a held answer a guardrail redacted): deltas,
+    ``done`` events and the final Response alike. Every other frame is kept byte for byte."""
+    out: list[bytes] = []
+    placed: set[str] = set()
+    for raw in frames:
+        head, sep, data = raw.partition(b"data: ")
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            out.append(raw)
+            continue
+        touched = isinstance(event, dict) and _rewrite_event(event, text, placed)
+        out.append(head + sep + orjson.dumps(event) + b"\n\n" if touched else raw)
+    return out
