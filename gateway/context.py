@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
     from gateway.errors import GatewayError
     from gateway.observability.audit import Capture
+    from gateway.plan import Plan
     from gateway.policy.model import ApiKey, Deployment, ModelSpec, Policy, Route, Tenant
     from gateway.providers.base import Endpoint
     from gateway.routing.rollout import RolloutState
@@ -60,6 +61,7 @@ class RequestContext:
     native_body: dict[str, Any] | None = None  # the request as the client's surface sent it, when translated
     dropped: tuple[str, ...] = ()  # features of the native request that could not be translated
     surface_state: Any = None  # private to ``surface``: its per-request translation state
+    plan: Plan | None = None  # the hooks this request runs (the runner's: the entry plan, then its own)
     # set by authenticate
     tenant: Tenant | None = None
     api_key: ApiKey | None = None

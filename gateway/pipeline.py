@@ -7,6 +7,13 @@ response (upstream answer, early answer or error) passes each stage's ``on_respo
 written to the client, and then ``complete(ctx, error)`` runs exactly once per request, whatever
 happened, including a client disconnect.
 
+Which hooks a request runs is compiled (``gateway.plan``). A request starts on the *entry* plan of
+its policy and surface (every stage that ``applies`` to some request of them); as soon as a hook
+has set ``ctx.tenant`` and ``ctx.public_model`` (the input stage's ``check_input``), it moves to its
+own plan, memoised per (tenant, model, surface, managed key) and rebuilt on reload, which runs the
+hooks of the stages after that one, the later phases, the filters and the completes. A stage that
+does not apply to a request costs it nothing.
+
 Adding a capability means adding a stage to the list built in ``gateway.stages.build_stages``;
 this runner never changes for it.
 """
@@ -15,9 +22,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
+from gateway.plan import Plan, PlanCache, Scope, compile_plan
 from gateway.policy.model import Policy
 from gateway.providers.base import UpstreamResponse
 from gateway.surfaces.base import OPENAI_FRAMING, Framing
@@ -36,6 +45,7 @@ PHASES = (
 # ``route`` runs before ``admit`` on purpose: token limits per tenant+model and budget reservations
 # need the concrete model (and its price) the router picked, and a budget's soft-limit downgrade
 # rewrites that choice during ``admit``. Both still run only on a cache miss.
+HOOKS = (*PHASES, "on_response", "complete")
 
 
 @dataclass(slots=True)
@@ -85,6 +95,23 @@ class Stage:
         Requests already running keep their own ``ctx.policy``.
         """
 
+    def applies(self, scope: Scope) -> bool | frozenset[str]:
+        """Does this stage run for requests of ``scope`` (True: all its hooks; False: none; a set: only
+        those hooks)? Asked once per plan, from the policy alone, never per request.
+
+        ``scope.tenant is None`` asks about the entry plan: could the stage matter to *any* request of
+        this policy and surface? A request's plan keeps a stage only if the entry plan has it too, so
+        say False only when the stage's hooks would do nothing for every request of the scope; in
+        particular a stage whose entry hooks (``authenticate``, ``check_input``) may leave state for its
+        ``complete`` must apply wherever they can.
+        """
+        return True
+
+    def prepare(self, scope: Scope) -> Any:
+        """What this stage precomputes for requests of ``scope`` (a request's plan only): read it with
+        ``ctx.plan.values[self]`` when ``ctx.plan`` is a request plan (``ctx.plan.scope.tenant``)."""
+        return None
+
     async def authenticate(self, ctx: RequestContext) -> Verdict:
         """Who is calling: set ``ctx.tenant``/``ctx.api_key`` or answer 401."""
         return None
@@ -123,9 +150,13 @@ class Stage:
     async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
         """Exactly once per request, in list order, after the answer was written (or the client left).
 
-        Runs for every stage whatever happened, including stages whose phases never ran; an exception
-        here is logged and the next stage's ``complete`` still runs. ``error`` is the error answered,
-        the stream failure, or the cancellation of a client that left; None on success.
+        Runs for every stage of the plan the request ended under, whatever happened, including stages
+        whose phases never ran: a request that ended before its plan was chosen (refused by
+        ``authenticate`` or ``check_input``, a client that left or a bug there) runs the ``complete``
+        of every stage in the entry plan, i.e. every stage that applies to some request of the policy
+        and surface; later, those of the request's plan. An exception here is logged and the next
+        stage's ``complete`` still runs. ``error`` is the error answered, the stream failure, or the
+        cancellation of a client that left; None on success.
         """
         return None
 
@@ -134,20 +165,41 @@ def _overrides(stage: Stage, name: str) -> bool:
     return getattr(type(stage), name) is not getattr(Stage, name)
 
 
+def overridden(stage: Stage) -> frozenset[str]:
+    """The hooks ``stage`` implements (the base class's do-nothing defaults are never run)."""
+    return frozenset(h for h in HOOKS if _overrides(stage, h))
+
+
 class Pipeline:
     """Runs stages over a request. Built once from the stage list; policy comes from the context."""
 
     def __init__(self, stages: list[Stage]) -> None:
         self.stages = stages
-        self._phases = [
-            (phase, [getattr(s, phase) for s in stages if _overrides(s, phase)]) for phase in PHASES
-        ]
-        self._filters = [s.on_response for s in stages if _overrides(s, "on_response")]
         self._completes = [s.complete for s in stages if _overrides(s, "complete")]
+        self.plans = PlanCache(None)
 
     def on_policy(self, policy: Policy) -> None:
         for s in self.stages:
             s.on_policy(policy)
+        self.plans = PlanCache(policy)  # after the stages: their ``applies`` reads what they rebuilt
+
+    def entry_plan(self, policy: Policy, ctx: RequestContext) -> Plan:
+        scope = Scope(policy, ctx.surface)
+        return self.plans.get(policy, (None, None, ctx.surface.name, False),
+                              lambda: compile_plan(self.stages, scope, PHASES, overridden))
+
+    def request_plan(self, ctx: RequestContext, entry: Plan) -> Plan:
+        """The plan of a request whose tenant is known (after ``check_input``)."""
+        tenant, policy = ctx.tenant, ctx.policy
+        assert tenant is not None
+        managed = ctx.api_key is not None and ctx.api_key.managed
+        key = (tenant.name, ctx.public_model, ctx.surface.name, managed)
+
+        def build() -> Plan:
+            scope = Scope(policy, ctx.surface, tenant, policy.models.get(ctx.public_model), managed)
+            return compile_plan(self.stages, scope, PHASES, overridden, within=entry)
+
+        return self.plans.get(policy, key, build)
 
     async def run(self, ctx: RequestContext) -> GatewayResponse:
         """Walk the phases, then the filters; return the response to write (never raises GatewayError
@@ -161,22 +213,34 @@ class Pipeline:
         return await self.filter(ctx, resp)
 
     async def _walk(self, ctx: RequestContext) -> GatewayResponse:
-        for _phase, handlers in self._phases:
-            for handler in handlers:
-                verdict = await handler(ctx)
+        plan = entry = ctx.plan = self.entry_plan(ctx.policy, ctx)
+        for n in range(len(PHASES)):
+            hooks = plan.phases[n]
+            i = 0
+            while i < len(hooks):
+                at, hook = hooks[i]
+                verdict = await hook(ctx)
                 if verdict is not None:
                     ctx.outcome = verdict.reason
                     return verdict.response
+                i += 1
+                if plan is entry and ctx.public_model and ctx.tenant is not None:
+                    plan = ctx.plan = self.request_plan(ctx, entry)  # go on after the stage at ``at``
+                    hooks = plan.phases[n]
+                    i = next((j for j, (pos, _) in enumerate(hooks) if pos > at), len(hooks))
         raise GatewayError(500, "no stage answered the request", code="no_upstream")
 
     async def filter(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:
-        for f in self._filters:
+        plan = ctx.plan
+        for f in (plan.filters if plan is not None else [s.on_response for s in self.stages
+                                                        if _overrides(s, "on_response")]):
             resp = await f(ctx, resp)
         return resp
 
     async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
-        """Run every stage's ``complete``; one failing stage never stops the others."""
-        for fn in self._completes:
+        """Run the ``complete`` of every stage in the request's plan (every stage's, before one was
+        chosen); one failing stage never stops the others."""
+        for fn in (ctx.plan.completes if ctx.plan is not None else self._completes):
             try:
                 await fn(ctx, error)
             except Exception:  # noqa: BLE001 - complete must reach every stage

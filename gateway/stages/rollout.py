@@ -24,6 +24,7 @@ from gateway.context import RequestContext
 from gateway.observability.audit import RedactorCache
 from gateway.observability.recorder import settled_cost
 from gateway.pipeline import GatewayResponse, Stage, Verdict
+from gateway.plan import Scope
 from gateway.policy.model import Policy
 from gateway.routing.rollout import CANDIDATE, PRIMARY, RolloutState, in_share, sticky_value
 from gateway.routing.shadow import answer_text, collect_stream
@@ -56,6 +57,11 @@ class RolloutStage(Stage):
             self._sync.cancel()
             await asyncio.gather(self._sync, return_exceptions=True)
         await self.rollouts.stop()
+
+    def applies(self, scope: Scope) -> bool:
+        """Only for a model with a ``rollout`` block (the entry plan: if any model has one)."""
+        models = scope.policy.models.values() if scope.model is None else (scope.model,)
+        return any(m.rollout is not None for m in models)
 
     async def check_input(self, ctx: RequestContext) -> Verdict:
         model = ctx.model

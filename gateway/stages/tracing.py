@@ -17,6 +17,7 @@ from gateway.context import RequestContext
 from gateway.observability.audit import RedactorCache
 from gateway.observability.tracing import Tracing
 from gateway.pipeline import Stage, Verdict
+from gateway.plan import Scope
 from gateway.policy.model import Policy
 
 MAX_CONTENT_CHARS = 16_000
@@ -31,6 +32,9 @@ class TracingStage(Stage):
 
     def on_policy(self, policy: Policy) -> None:
         self.tracing.configure(policy.tracing)
+
+    def applies(self, scope: Scope) -> bool:
+        return scope.policy.tracing.enabled
 
     async def stop(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.tracing.shutdown)
