@@ -26,6 +26,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import (  # noqa: E402
     WRK_COLUMNS,
+    cpu_s,
     free_port,
     missing_tool,
     post_lua,
@@ -114,12 +115,15 @@ def main() -> int:
         check.raise_for_status()
         rows = []
         for name, port, proc in targets:
+            before = cpu_s(proc.pid)
             r = run_wrk(f"http://127.0.0.1:{port}/v1/chat/completions", args.duration, args.connections, lua)
+            r["cpu_us"] = (cpu_s(proc.pid) - before) / max(1.0, r["rps"] * args.duration) * 1e6
             rows.append((name, r, rss_mib(proc.pid)))
-        print(f"{'what sits between wrk and the mock':<30} {WRK_COLUMNS} {'RSS MiB':>8}")
+        print(f"{'what sits between wrk and the mock':<30} {WRK_COLUMNS} {'CPU us/req':>10} {'RSS MiB':>8}")
         for name, r, rss in rows:
-            print(f"{name:<30} {wrk_cells(r)} {rss:>8.1f}")
-        print(f"gateway / bare throughput: {rows[2][1]['rps'] / rows[1][1]['rps']:.2f}x "
+            print(f"{name:<30} {wrk_cells(r)} {r['cpu_us']:>10.0f} {rss:>8.1f}")
+        print(f"gateway / bare throughput: {rows[2][1]['rps'] / rows[1][1]['rps']:.2f}x, CPU per request: "
+              f"{rows[2][1]['cpu_us'] / rows[1][1]['cpu_us']:.2f}x "
               f"(cpu count {os.cpu_count()}, duration {args.duration}s, {args.connections} connections)")
     finally:
         stop_all(procs)

@@ -57,6 +57,7 @@ class RequestContext:
     started_wall: float
     surface: Surface = OPENAI  # the inbound API the client speaks (OpenAI: the pipeline's own form)
     raw_body: bytes = b""
+    raw_of: dict[str, Any] | None = None  # the body ``raw_body`` is the client's bytes of, untranslated (check_input)
     body: dict[str, Any] = field(default_factory=dict)  # the request in the internal (OpenAI) form
     native_body: dict[str, Any] | None = None  # the request as the client's surface sent it, when translated
     dropped: tuple[str, ...] = ()  # features of the native request that could not be translated

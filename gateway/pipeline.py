@@ -27,9 +27,9 @@ from typing import Any
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.plan import Plan, PlanCache, Scope, compile_plan
-from gateway.policy.model import Policy
+from gateway.policy.model import Policy, Tenant
 from gateway.providers.base import UpstreamResponse
-from gateway.surfaces.base import OPENAI_FRAMING, Framing
+from gateway.surfaces.base import OPENAI_FRAMING, Framing, Surface
 
 log = logging.getLogger("gateway.pipeline")
 
@@ -183,23 +183,20 @@ class Pipeline:
             s.on_policy(policy)
         self.plans = PlanCache(policy)  # after the stages: their ``applies`` reads what they rebuilt
 
-    def entry_plan(self, policy: Policy, ctx: RequestContext) -> Plan:
-        scope = Scope(policy, ctx.surface)
-        return self.plans.get(policy, (None, None, ctx.surface.name, False),
-                              lambda: compile_plan(self.stages, scope, PHASES, overridden))
+    def entry_plan(self, policy: Policy, surface: Surface) -> Plan:
+        """The plan a request of ``surface`` starts on: every stage that applies to some request."""
+        return self.plans.get(policy, (None, None, surface.name, False),
+                              lambda: compile_plan(self.stages, Scope(policy, surface), PHASES, overridden))
 
-    def request_plan(self, ctx: RequestContext, entry: Plan) -> Plan:
-        """The plan of a request whose tenant is known (after ``check_input``)."""
-        tenant, policy = ctx.tenant, ctx.policy
-        assert tenant is not None
-        managed = ctx.api_key is not None and ctx.api_key.managed
-        key = (tenant.name, ctx.public_model, ctx.surface.name, managed)
+    def plan_for(self, policy: Policy, surface: Surface, tenant: Tenant, model: str, managed: bool = False) -> Plan:
+        """The plan of requests of ``tenant`` for the public ``model`` on ``surface`` (memoised)."""
 
         def build() -> Plan:
-            scope = Scope(policy, ctx.surface, tenant, policy.models.get(ctx.public_model), managed)
+            entry = self.entry_plan(policy, surface)
+            scope = Scope(policy, surface, tenant, policy.models.get(model), managed)
             return compile_plan(self.stages, scope, PHASES, overridden, within=entry)
 
-        return self.plans.get(policy, key, build)
+        return self.plans.get(policy, (tenant.name, model, surface.name, managed), build)
 
     async def run(self, ctx: RequestContext) -> GatewayResponse:
         """Walk the phases, then the filters; return the response to write (never raises GatewayError
@@ -213,7 +210,7 @@ class Pipeline:
         return await self.filter(ctx, resp)
 
     async def _walk(self, ctx: RequestContext) -> GatewayResponse:
-        plan = entry = ctx.plan = self.entry_plan(ctx.policy, ctx)
+        plan = entry = ctx.plan = self.entry_plan(ctx.policy, ctx.surface)
         for n in range(len(PHASES)):
             hooks = plan.phases[n]
             i = 0
@@ -224,8 +221,9 @@ class Pipeline:
                     ctx.outcome = verdict.reason
                     return verdict.response
                 i += 1
-                if plan is entry and ctx.public_model and ctx.tenant is not None:
-                    plan = ctx.plan = self.request_plan(ctx, entry)  # go on after the stage at ``at``
+                if plan is entry and ctx.public_model and ctx.tenant is not None:  # go on after the stage at ``at``
+                    managed = ctx.api_key is not None and ctx.api_key.managed
+                    plan = ctx.plan = self.plan_for(ctx.policy, ctx.surface, ctx.tenant, ctx.public_model, managed)
                     hooks = plan.phases[n]
                     i = next((j for j, (pos, _) in enumerate(hooks) if pos > at), len(hooks))
         raise GatewayError(500, "no stage answered the request", code="no_upstream")

@@ -149,6 +149,8 @@ class OpenAIProvider(HTTPProvider):
         body = req.body
         if self._drop or self._rename:
             body = compatible_body(body, self._drop, self._rename)
+        elif req.raw is not None:  # the client's own bytes, nothing to change in them
+            return req.raw
         return orjson.dumps(body)
 
     # --- the call ------------------------------------------------------------------------------------

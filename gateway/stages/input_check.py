@@ -306,6 +306,8 @@ class InputStage(Stage):
         _check_common(body)
         _check_endpoint(ctx.endpoint, body)
         ctx.raw_body, ctx.body = raw, body
+        if ctx.surface.name == "openai":  # the client's bytes say exactly ``body`` until a stage replaces it
+            ctx.raw_of = body
         ctx.public_model, ctx.model = model.name, model
         ctx.stream = bool(body.get("stream")) and ctx.endpoint != "embeddings"
         ctx.client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
