@@ -24,7 +24,7 @@ from gateway.policy.model import ProviderSpec
 from gateway.providers.base import NativeAnswer, Provider, UpstreamRequest, UpstreamResponse
 from gateway.providers.keys import KeySource
 from gateway.providers.openai_responses import EventsToChunks, StreamFailed, response_to_chat
-from gateway.providers.pool import PoolObserver, PoolTimer, pool_trace
+from gateway.providers.pool import HOOKED, PoolObserver, PoolTimer, TimedConnector, attempt, pool_trace
 
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 
@@ -249,14 +249,14 @@ def usage_moved(data: bytes, field: str) -> bytes:
 def new_session(spec: ProviderSpec) -> aiohttp.ClientSession:
     """A pooled keep-alive session; only connect has a session-wide timeout, the rest is per call."""
     t = spec.timeouts
-    connector = aiohttp.TCPConnector(
+    connector = (TimedConnector if HOOKED else aiohttp.TCPConnector)(
         limit=spec.max_connections, keepalive_timeout=30, enable_cleanup_closed=True
     )
     return aiohttp.ClientSession(
         connector=connector,
         # aiohttp's ``connect`` would include the pool wait: the attempt's PoolTimer bounds that instead
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s, connect=None),
-        trace_configs=[pool_trace()],
+        trace_configs=None if HOOKED else [pool_trace()],
         auto_decompress=True,
         skip_auto_headers=("User-Agent",),
     )
@@ -286,10 +286,12 @@ async def timed_post(
     """POST and wait for the response headers; transport failures become ``UpstreamError``. With a
     ``timer`` the wait for a pooled connection has its own bound and first byte counts from the connection."""
     try:
-        async with asyncio.timeout(min(first_byte, total)) as timeout:
-            if timer is not None:
-                timer.start(timeout)
-            return await session.post(url, data=data, headers=headers, trace_request_ctx=timer)
+        async with asyncio.timeout(min(first_byte, total) if timer is None else timer.first_s) as timeout:
+            if timer is None:
+                return await session.post(url, data=data, headers=headers)
+            timer.start(timeout)
+            with attempt(timer):
+                return await session.post(url, data=data, headers=headers, trace_request_ctx=timer)
     except TimeoutError as exc:
         if timer is not None and timer.in_pool:
             timer.timed_out = True
