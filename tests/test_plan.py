@@ -24,6 +24,7 @@ from gateway.stages.tracing import TracingStage
 from gateway.stages.upstream import UpstreamStage
 from gateway.stages.usage import UsageStage
 from gateway.surfaces.base import OPENAI
+from gateway.usage import tail_usage, usage_from
 from tests.support.budget import ADMIN_KEY, spend
 
 
@@ -154,3 +155,25 @@ def post(base: str, key: str, body: bytes) -> tuple[int, dict]:
             return resp.status, orjson.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, orjson.loads(err.read())
+
+
+@pytest.mark.parametrize("body", [
+    b'{"id":"x","choices":[{"message":{"content":"the \\"usage\\": {} key"}}],"usage":{"prompt_tokens":3,'
+    b'"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":1}}}\n',
+    b'{"usage": {"prompt_tokens": 3, "completion_tokens": 4, "prompt_tokens_details": {"cached_tokens": 1}},'
+    b' "choices": [{"message": {"content": "hi"}}]}',
+    b'{"choices":[],"x":{"usage":{"prompt_tokens":1}},"usage":{"prompt_tokens":3,"completion_tokens":4,'
+    b'"prompt_tokens_details":{"cached_tokens":1}}}',
+])
+def test_usage_read_from_the_tail_is_the_usage_of_the_whole_answer(body: bytes) -> None:
+    expected = usage_from(orjson.loads(body))
+    assert expected is not None and (expected.prompt_tokens, expected.cached_tokens) == (3, 1)
+    found = tail_usage(body)
+    assert found is None or found == expected
+    assert (found is not None) == body.rstrip().endswith(b"}}}")  # read alone only where it closes the answer
+
+
+@pytest.mark.parametrize("body", [b'{"choices":[{"message":{"usage":{"prompt_tokens":9}}}]}', b'{"usage": null}',
+                                  b'{"usage":{"prompt_tokens":1}, "model": "m"}', b"[]", b""])
+def test_usage_elsewhere_or_absent_is_not_read_from_the_tail(body: bytes) -> None:
+    assert tail_usage(body) is None
