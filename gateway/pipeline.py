@@ -26,7 +26,7 @@ from typing import Any
 
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
-from gateway.plan import Plan, PlanCache, Scope, compile_plan
+from gateway.plan import Hook, Plan, PlanCache, Scope, compile_plan
 from gateway.policy.model import Policy, Tenant
 from gateway.providers.base import UpstreamResponse
 from gateway.surfaces.base import OPENAI_FRAMING, Framing, Surface
@@ -210,22 +210,27 @@ class Pipeline:
         return await self.filter(ctx, resp)
 
     async def _walk(self, ctx: RequestContext) -> GatewayResponse:
-        plan = entry = ctx.plan = self.entry_plan(ctx.policy, ctx.surface)
-        for n in range(len(PHASES)):
-            hooks = plan.phases[n]
-            i = 0
-            while i < len(hooks):
-                at, hook = hooks[i]
+        entry = ctx.plan = self.entry_plan(ctx.policy, ctx.surface)
+        for n, hooks in enumerate(entry.phases):
+            for at, hook in hooks:
                 verdict = await hook(ctx)
                 if verdict is not None:
                     ctx.outcome = verdict.reason
                     return verdict.response
-                i += 1
-                if plan is entry and ctx.public_model and ctx.tenant is not None:  # go on after the stage at ``at``
+                if ctx.public_model and ctx.tenant is not None:  # known: the rest runs the request's plan
                     managed = ctx.api_key is not None and ctx.api_key.managed
                     plan = ctx.plan = self.plan_for(ctx.policy, ctx.surface, ctx.tenant, ctx.public_model, managed)
-                    hooks = plan.phases[n]
-                    i = next((j for j, (pos, _) in enumerate(hooks) if pos > at), len(hooks))
+                    return await self._rest(ctx, plan.after(n, at), plan.hooks_by_phase[n + 1:])
+        raise GatewayError(500, "no stage answered the request", code="no_upstream")
+
+    @staticmethod
+    async def _rest(ctx: RequestContext, now: tuple[Hook, ...], later: tuple[tuple[Hook, ...], ...]) -> GatewayResponse:
+        for hooks in (now, *later):
+            for hook in hooks:
+                verdict = await hook(ctx)
+                if verdict is not None:
+                    ctx.outcome = verdict.reason
+                    return verdict.response
         raise GatewayError(500, "no stage answered the request", code="no_upstream")
 
     async def filter(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:

@@ -13,7 +13,7 @@ plan (a subset of the entry plan, by construction) runs the rest. ``gateway.pipe
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -43,9 +43,18 @@ class Plan:
     scope: Scope
     hooks: dict[Any, frozenset[str]]  # stage -> the hook names it runs (stages that run none are absent)
     phases: tuple[tuple[tuple[int, Hook], ...], ...]  # per phase of ``PHASES``: (stage position, hook)
+    hooks_by_phase: tuple[tuple[Hook, ...], ...]  # the same hooks without positions (the runner's loop)
     filters: tuple[Hook, ...]
     completes: tuple[Hook, ...]
     values: dict[Any, Any]  # stage -> what its ``prepare`` computed for this scope
+    _after: dict[tuple[int, int], tuple[Hook, ...]] = field(default_factory=dict)  # memo of ``after``
+
+    def after(self, phase: int, position: int) -> tuple[Hook, ...]:
+        """The hooks of ``phase`` of stages after the one at ``position`` in the stage list."""
+        found = self._after.get((phase, position))
+        if found is None:
+            found = self._after[(phase, position)] = tuple(h for at, h in self.phases[phase] if at > position)
+        return found
 
     def runs(self, stage_type: type, hook: str) -> bool:
         """Does a stage of exactly ``stage_type`` run ``hook`` under this plan?"""
@@ -73,10 +82,12 @@ def compile_plan(stages: Iterable[Any], scope: Scope, phases: tuple[str, ...], o
             hooks[stage] = names
             if scope.tenant is not None:
                 values[stage] = stage.prepare(scope)
+    by_phase = tuple(tuple((position[s], getattr(s, p)) for s, n in hooks.items() if p in n) for p in phases)
     return Plan(
         scope=scope,
         hooks=hooks,
-        phases=tuple(tuple((position[s], getattr(s, p)) for s, n in hooks.items() if p in n) for p in phases),
+        phases=by_phase,
+        hooks_by_phase=tuple(tuple(hook for _, hook in found) for found in by_phase),
         filters=tuple(s.on_response for s, n in hooks.items() if "on_response" in n),
         completes=tuple(s.complete for s, n in hooks.items() if "complete" in n),
         values=values,
