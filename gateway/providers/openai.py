@@ -303,11 +303,17 @@ async def timed_post(
 
 
 async def timed_read(resp: aiohttp.ClientResponse, name: str, deadline: float, total: float) -> bytes:
-    """Read a whole body before the attempt's deadline, then give the connection back to the pool."""
+    """Read a whole body before the attempt's deadline, then give the connection back to the pool.
+
+    A body that came whole with the headers (most answers) is read without a timer: nothing to wait
+    for, and a timer costs ~4 us of CPU per call."""
     loop = asyncio.get_running_loop()
     try:
-        async with asyncio.timeout(max(0.001, deadline - loop.time())):
+        if resp.content.is_eof():
             body = await resp.read()
+        else:
+            async with asyncio.timeout(max(0.001, deadline - loop.time())):
+                body = await resp.read()
     except TimeoutError as exc:
         resp.close()
         raise UpstreamError("timeout", f"{name} did not finish within {total:g}s") from exc

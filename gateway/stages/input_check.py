@@ -242,6 +242,13 @@ async def read_body(request: web.Request, limit: int, idle_s: float = BODY_IDLE_
     ``idle_s + size / min_rate`` seconds, so a body trickling in a byte at a time cannot hold a request
     (and its connection) open forever.
     """
+    content = request.content
+    if content.is_eof() and content.total_bytes <= limit:  # arrived whole with the headers: one read, no timer
+        try:
+            return await content.read()
+        except web.RequestPayloadError:
+            raise GatewayError(400, "The request body could not be decoded; check its Content-Encoding.",
+                               code="invalid_body", outcome="rejected") from None
     chunks: list[bytes] = []
     size = 0
     loop = asyncio.get_running_loop()
