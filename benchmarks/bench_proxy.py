@@ -117,13 +117,14 @@ def main() -> int:
         for name, port, proc in targets:
             before = cpu_s(proc.pid)
             r = run_wrk(f"http://127.0.0.1:{port}/v1/chat/completions", args.duration, args.connections, lua)
-            r["cpu_us"] = (cpu_s(proc.pid) - before) / max(1.0, r["rps"] * args.duration) * 1e6
+            r["cpu_us"] = (cpu_s(proc.pid) - before) / max(1.0, r["rps"] * args.duration) * 1e6  # NaN: unreadable
             rows.append((name, r, rss_mib(proc.pid)))
         print(f"{'what sits between wrk and the mock':<30} {WRK_COLUMNS} {'CPU us/req':>10} {'RSS MiB':>8}")
         for name, r, rss in rows:
             print(f"{name:<30} {wrk_cells(r)} {r['cpu_us']:>10.0f} {rss:>8.1f}")
-        print(f"gateway / bare throughput: {rows[2][1]['rps'] / rows[1][1]['rps']:.2f}x, CPU per request: "
-              f"{rows[2][1]['cpu_us'] / rows[1][1]['cpu_us']:.2f}x "
+        bare_r, gw_r = rows[1][1], rows[2][1]
+        print(f"gateway / bare throughput: {gw_r['rps'] / max(bare_r['rps'], 1e-9):.2f}x, CPU per request: "
+              f"{gw_r['cpu_us'] / max(bare_r['cpu_us'], 1e-9):.2f}x "
               f"(cpu count {os.cpu_count()}, duration {args.duration}s, {args.connections} connections)")
     finally:
         stop_all(procs)
