@@ -59,9 +59,12 @@ class RolloutStage(Stage):
         await self.rollouts.stop()
 
     def applies(self, scope: Scope) -> bool:
-        """Only for a model with a ``rollout`` block (the entry plan: if any model has one)."""
-        models = scope.policy.models.values() if scope.model is None else (scope.model,)
-        return any(m.rollout is not None for m in models)
+        """Only for a model with a ``rollout`` block that takes the tenant's requests (the entry plan:
+        if any model has one)."""
+        if scope.model is None:
+            return any(m.rollout is not None for m in scope.policy.models.values())
+        block = scope.model.rollout
+        return block is not None and (not block.tenants or scope.tenant is None or scope.tenant.name in block.tenants)
 
     async def check_input(self, ctx: RequestContext) -> Verdict:
         model = ctx.model
