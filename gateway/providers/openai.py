@@ -24,7 +24,7 @@ from gateway.policy.model import ProviderSpec
 from gateway.providers.base import NativeAnswer, Provider, UpstreamRequest, UpstreamResponse
 from gateway.providers.keys import KeySource
 from gateway.providers.openai_responses import EventsToChunks, StreamFailed, response_to_chat
-from gateway.providers.pool import HOOKED, PoolObserver, PoolTimer, TimedConnector, attempt, pool_trace
+from gateway.providers.pool import HOOKED, PoolObserver, PoolTimer, TimedConnector, attempt, done, pool_trace
 
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 
@@ -290,8 +290,11 @@ async def timed_post(
             if timer is None:
                 return await session.post(url, data=data, headers=headers)
             timer.start(timeout)
-            with attempt(timer):
+            token = attempt(timer)
+            try:
                 return await session.post(url, data=data, headers=headers, trace_request_ctx=timer)
+            finally:
+                done(token)
     except TimeoutError as exc:
         if timer is not None and timer.in_pool:
             timer.timed_out = True

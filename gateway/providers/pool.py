@@ -16,9 +16,8 @@ without the connector hook (``_wait_for_available_connection``, private), the tr
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Callable, Iterator
-from contextvars import ContextVar
+from collections.abc import Callable
+from contextvars import ContextVar, Token
 from types import SimpleNamespace
 from typing import Any
 
@@ -104,14 +103,13 @@ def pool_trace() -> aiohttp.TraceConfig:
     return trace
 
 
-@contextlib.contextmanager
-def attempt(timer: PoolTimer) -> Iterator[None]:
-    """``timer`` is the one the connector reports to while the block sends (this task only)."""
-    token = _TIMER.set(timer)
-    try:
-        yield
-    finally:
-        _TIMER.reset(token)
+def attempt(timer: PoolTimer) -> Token[PoolTimer | None]:
+    """Make ``timer`` the one the connector reports to (this task only) until ``done(token)``."""
+    return _TIMER.set(timer)
+
+
+def done(token: Token[PoolTimer | None]) -> None:
+    _TIMER.reset(token)
 
 
 class TimedConnector(aiohttp.TCPConnector):

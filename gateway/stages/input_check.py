@@ -243,9 +243,9 @@ async def read_body(request: web.Request, limit: int, idle_s: float = BODY_IDLE_
     (and its connection) open forever.
     """
     content = request.content
-    if content.is_eof() and content.total_bytes <= limit:  # arrived whole with the headers: one read, no timer
+    if content.is_eof() and content.total_bytes <= limit:  # arrived whole with the headers: no wait, no timer
         try:
-            return await content.read()
+            return content.read_nowait()
         except web.RequestPayloadError:
             raise GatewayError(400, "The request body could not be decoded; check its Content-Encoding.",
                                code="invalid_body", outcome="rejected") from None
