@@ -9,6 +9,9 @@ script that POSTs a small chat request. Compared in the same run:
 - gateway: ``gateway serve`` with a policy that turns on auth, input checks, rate limits, cache
   (disabled per request by a no-store header so every request reaches the upstream), budgets, metrics.
 
+CPU per request is each proxy process's user+system time over the run divided by the requests wrk
+completed (the issue's target: the gateway's at most 2x the bare pass-through's).
+
 Usage: ``python benchmarks/bench_proxy.py [--duration 10] [--connections 32] [--redis]``. Needs ``wrk``.
 """
 
