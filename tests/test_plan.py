@@ -115,6 +115,9 @@ def test_request_bytes_reach_the_upstream_as_sent_unless_a_stage_rewrites_them(m
     status, body = post(gw.base_url, "sk-plain", sent)
     assert status == 200 and body["usage"]["prompt_tokens"] == 2
     assert upstream.raw[-1] == sent
+    # a duplicate "model" key: re-encoded, so no upstream can read another model than the one checked
+    status, _ = post(gw.base_url, "sk-plain", b'{"model":"mapped","model":"same","messages":[{"role":"user","content":"x"}]}')
+    assert status == 200 and upstream.raw[-1] == b'{"model":"same","messages":[{"role":"user","content":"x"}]}'
     # a model whose deployment has another name upstream: re-encoded with that name
     plain.chat.completions.create(model="mapped", messages=[{"role": "user", "content": "Hi"}])
     assert upstream.requests[-1]["model"] == "mapped-upstream"

@@ -63,9 +63,13 @@ def upstream_body(ctx: RequestContext, deployment: Deployment) -> dict:
 def _wire(ctx: RequestContext, deployment: Deployment) -> tuple[dict, bytes | None]:
     """The body for ``deployment``, and the client's own bytes of it when nothing rewrote the request
     (no redaction, no guardrail or surface rewrite, no injected ``stream_options``, the same model
-    name upstream): those go as they are, with no encoding."""
+    name upstream): those go as they are, with no encoding.
+
+    Bytes naming ``"model"`` more than once (a duplicate key, or a nested one) are encoded again: a
+    parser that keeps the first duplicate could otherwise serve a model the gateway did not check.
+    """
     body = ctx.body
-    if ctx.raw_of is body and body.get("model") == deployment.model:
+    if ctx.raw_of is body and body.get("model") == deployment.model and ctx.raw_body.count(b'"model"') == 1:
         return body, ctx.raw_body
     return upstream_body(ctx, deployment), None
 
