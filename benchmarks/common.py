@@ -9,6 +9,7 @@ Method (benchmarks/REFERENCE.md): the mock upstream, the proxy under test and Re
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import shutil
 import subprocess
@@ -87,6 +88,15 @@ def rss_mib(pid: int) -> float:
     except OSError:
         pass
     return float("nan")
+
+
+def cpu_s(pid: int) -> float:
+    """User plus system CPU seconds ``pid`` has used so far; NaN when it can't be read."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def post_lua(body: str, headers: dict[str, str]) -> str:

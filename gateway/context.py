@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from gateway.errors import GatewayError
     from gateway.observability.audit import Capture
     from gateway.observability.metered import StateCall
+    from gateway.plan import Plan
     from gateway.policy.model import ApiKey, Deployment, ModelSpec, Policy, Route, Tenant
     from gateway.providers.base import Endpoint
     from gateway.routing.rollout import RolloutState
@@ -57,10 +58,12 @@ class RequestContext:
     started_wall: float
     surface: Surface = OPENAI  # the inbound API the client speaks (OpenAI: the pipeline's own form)
     raw_body: bytes = b""
+    raw_of: dict[str, Any] | None = None  # the body ``raw_body`` is the client's bytes of, untranslated (check_input)
     body: dict[str, Any] = field(default_factory=dict)  # the request in the internal (OpenAI) form
     native_body: dict[str, Any] | None = None  # the request as the client's surface sent it, when translated
     dropped: tuple[str, ...] = ()  # features of the native request that could not be translated
     surface_state: Any = None  # private to ``surface``: its per-request translation state
+    plan: Plan | None = None  # the hooks this request runs (the runner's: the entry plan, then its own)
     # set by authenticate
     tenant: Tenant | None = None
     api_key: ApiKey | None = None

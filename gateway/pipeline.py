@@ -7,6 +7,13 @@ response (upstream answer, early answer or error) passes each stage's ``on_respo
 written to the client, and then ``complete(ctx, error)`` runs exactly once per request, whatever
 happened, including a client disconnect.
 
+Which hooks a request runs is compiled (``gateway.plan``). A request starts on the *entry* plan of
+its policy and surface (every stage that ``applies`` to some request of them); as soon as a hook
+has set ``ctx.tenant`` and ``ctx.public_model`` (the input stage's ``check_input``), it moves to its
+own plan, memoised per (tenant, model, surface, managed key) and rebuilt on reload, which runs the
+hooks of the stages after that one, the later phases, the filters and the completes. A stage that
+does not apply to a request costs it nothing.
+
 Adding a capability means adding a stage to the list built in ``gateway.stages.build_stages``;
 this runner never changes for it.
 """
@@ -16,12 +23,14 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
-from gateway.policy.model import Policy
+from gateway.plan import Hook, Plan, PlanCache, Scope, compile_plan
+from gateway.policy.model import Policy, Tenant
 from gateway.providers.base import UpstreamResponse
-from gateway.surfaces.base import OPENAI_FRAMING, Framing
+from gateway.surfaces.base import OPENAI_FRAMING, Framing, Surface
 
 log = logging.getLogger("gateway.pipeline")
 
@@ -37,6 +46,7 @@ PHASES = (
 # ``route`` runs before ``admit`` on purpose: token limits per tenant+model and budget reservations
 # need the concrete model (and its price) the router picked, and a budget's soft-limit downgrade
 # rewrites that choice during ``admit``. Both still run only on a cache miss.
+HOOKS = (*PHASES, "on_response", "complete")
 
 
 @dataclass(slots=True)
@@ -86,6 +96,23 @@ class Stage:
         Requests already running keep their own ``ctx.policy``.
         """
 
+    def applies(self, scope: Scope) -> bool | frozenset[str]:
+        """Does this stage run for requests of ``scope`` (True: all its hooks; False: none; a set: only
+        those hooks)? Asked once per plan, from the policy alone, never per request.
+
+        ``scope.tenant is None`` asks about the entry plan: could the stage matter to *any* request of
+        this policy and surface? A request's plan keeps a stage only if the entry plan has it too, so
+        say False only when the stage's hooks would do nothing for every request of the scope; in
+        particular a stage whose entry hooks (``authenticate``, ``check_input``) may leave state for its
+        ``complete`` must apply wherever they can.
+        """
+        return True
+
+    def prepare(self, scope: Scope) -> Any:
+        """What this stage precomputes for requests of ``scope`` (a request's plan only): read it with
+        ``ctx.plan.values[self]`` when ``ctx.plan`` is a request plan (``ctx.plan.scope.tenant``)."""
+        return None
+
     async def authenticate(self, ctx: RequestContext) -> Verdict:
         """Who is calling: set ``ctx.tenant``/``ctx.api_key`` or answer 401."""
         return None
@@ -124,9 +151,13 @@ class Stage:
     async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
         """Exactly once per request, in list order, after the answer was written (or the client left).
 
-        Runs for every stage whatever happened, including stages whose phases never ran; an exception
-        here is logged and the next stage's ``complete`` still runs. ``error`` is the error answered,
-        the stream failure, or the cancellation of a client that left; None on success.
+        Runs for every stage of the plan the request ended under, whatever happened, including stages
+        whose phases never ran: a request that ended before its plan was chosen (refused by
+        ``authenticate`` or ``check_input``, a client that left or a bug there) runs the ``complete``
+        of every stage in the entry plan, i.e. every stage that applies to some request of the policy
+        and surface; later, those of the request's plan. An exception here is logged and the next
+        stage's ``complete`` still runs. ``error`` is the error answered, the stream failure, or the
+        cancellation of a client that left; None on success.
         """
         return None
 
@@ -135,20 +166,38 @@ def _overrides(stage: Stage, name: str) -> bool:
     return getattr(type(stage), name) is not getattr(Stage, name)
 
 
+def overridden(stage: Stage) -> frozenset[str]:
+    """The hooks ``stage`` implements (the base class's do-nothing defaults are never run)."""
+    return frozenset(h for h in HOOKS if _overrides(stage, h))
+
+
 class Pipeline:
     """Runs stages over a request. Built once from the stage list; policy comes from the context."""
 
     def __init__(self, stages: list[Stage]) -> None:
         self.stages = stages
-        self._phases = [
-            (phase, [getattr(s, phase) for s in stages if _overrides(s, phase)]) for phase in PHASES
-        ]
-        self._filters = [s.on_response for s in stages if _overrides(s, "on_response")]
         self._completes = [s.complete for s in stages if _overrides(s, "complete")]
+        self.plans = PlanCache(None)
 
     def on_policy(self, policy: Policy) -> None:
         for s in self.stages:
             s.on_policy(policy)
+        self.plans = PlanCache(policy)  # after the stages: their ``applies`` reads what they rebuilt
+
+    def entry_plan(self, policy: Policy, surface: Surface) -> Plan:
+        """The plan a request of ``surface`` starts on: every stage that applies to some request."""
+        return self.plans.get(policy, (None, None, surface.name, False),
+                              lambda: compile_plan(self.stages, Scope(policy, surface), PHASES, overridden))
+
+    def plan_for(self, policy: Policy, surface: Surface, tenant: Tenant, model: str, managed: bool = False) -> Plan:
+        """The plan of requests of ``tenant`` for the public ``model`` on ``surface`` (memoised)."""
+
+        def build() -> Plan:
+            entry = self.entry_plan(policy, surface)
+            scope = Scope(policy, surface, tenant, policy.models.get(model), managed)
+            return compile_plan(self.stages, scope, PHASES, overridden, within=entry)
+
+        return self.plans.get(policy, (tenant.name, model, surface.name, managed), build)
 
     async def run(self, ctx: RequestContext) -> GatewayResponse:
         """Walk the phases, then the filters; return the response to write (never raises GatewayError
@@ -164,26 +213,50 @@ class Pipeline:
         return await self.filter(ctx, resp)
 
     async def _walk(self, ctx: RequestContext) -> GatewayResponse:
-        for phase, handlers in self._phases:
-            if ctx.phase_marks is not None:  # a traced request (the tracing stage's spans); None when off
-                ctx.phase_marks.append((phase, time.time()))
-            for handler in handlers:
-                verdict = await handler(ctx)
+        entry = ctx.plan = self.entry_plan(ctx.policy, ctx.surface)
+        marks = ctx.phase_marks  # a traced request (the tracing stage's spans); None when off
+        for n, hooks in enumerate(entry.phases):
+            if marks is not None:
+                marks.append((PHASES[n], time.time()))
+            for at, hook in hooks:
+                verdict = await hook(ctx)
+                if verdict is not None:
+                    ctx.outcome = verdict.reason
+                    return verdict.response
+                if ctx.public_model and ctx.tenant is not None:  # known: the rest runs the request's plan
+                    managed = ctx.api_key is not None and ctx.api_key.managed
+                    plan = ctx.plan = self.plan_for(ctx.policy, ctx.surface, ctx.tenant, ctx.public_model, managed)
+                    return await self._rest(ctx, plan.after(n, at), plan.hooks_by_phase[n + 1:], n + 1)
+        raise GatewayError(500, "no stage answered the request", code="no_upstream")
+
+    @staticmethod
+    async def _rest(ctx: RequestContext, now: tuple[Hook, ...], later: tuple[tuple[Hook, ...], ...],
+                    first: int) -> GatewayResponse:
+        """The rest of the current phase (``now``), then the later phases from ``PHASES[first]`` on."""
+        marks = ctx.phase_marks
+        for i, hooks in enumerate((now, *later)):
+            if i and marks is not None:
+                marks.append((PHASES[first + i - 1], time.time()))
+            for hook in hooks:
+                verdict = await hook(ctx)
                 if verdict is not None:
                     ctx.outcome = verdict.reason
                     return verdict.response
         raise GatewayError(500, "no stage answered the request", code="no_upstream")
 
     async def filter(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:
-        for f in self._filters:
+        plan = ctx.plan
+        for f in (plan.filters if plan is not None else [s.on_response for s in self.stages
+                                                        if _overrides(s, "on_response")]):
             resp = await f(ctx, resp)
         return resp
 
     async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
-        """Run every stage's ``complete``; one failing stage never stops the others."""
+        """Run the ``complete`` of every stage in the request's plan (every stage's, before one was
+        chosen); one failing stage never stops the others."""
         if ctx.phase_marks is not None:
             ctx.phase_marks.append(("complete", time.time()))
-        for fn in self._completes:
+        for fn in (ctx.plan.completes if ctx.plan is not None else self._completes):
             try:
                 await fn(ctx, error)
             except Exception:  # noqa: BLE001 - complete must reach every stage

@@ -23,7 +23,9 @@ from gateway.errors import GatewayError
 from gateway.http.drain import Drain
 from gateway.http.server import Handler
 from gateway.pipeline import PHASES, GatewayResponse, Pipeline, Respond, Stage
+from gateway.plan import Scope
 from gateway.policy.loader import load_policy_text
+from gateway.policy.model import Tenant
 
 POLICY = load_policy_text("version: 1\n", "contract.yaml", env={})
 Log = list[tuple[str, str]]
@@ -37,10 +39,11 @@ def make_ctx() -> RequestContext:
 
 def fake_stage(name: str, log: Log, phases: tuple[str, ...] = (), answers: dict[str, Any] | None = None,
                filters: bool = False, complete: bool = False,
-               complete_raises: bool = False) -> Stage:
+               complete_raises: bool = False, applies: Callable[[Scope], Any] | None = None) -> Stage:
     """A Stage subclass overriding only ``phases`` (plus ``on_response``/``complete`` when asked).
 
-    ``answers[phase]`` is what that phase returns (a ``Respond``) or raises (an exception).
+    ``answers[phase]`` is what that phase returns (a ``Respond``) or raises (an exception);
+    ``applies`` is its plan hook (default: every hook, always).
     """
     answers = answers or {}
 
@@ -55,6 +58,8 @@ def fake_stage(name: str, log: Log, phases: tuple[str, ...] = (), answers: dict[
         return hook
 
     namespace: dict[str, Any] = {"name": name, **{p: phase_hook(p) for p in phases}}
+    if applies is not None:
+        namespace["applies"] = lambda self, scope: applies(scope)
     if filters:
         async def on_response(self: Stage, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:
             log.append((name, f"on_response:{resp.status}"))
@@ -254,6 +259,93 @@ async def test_one_failing_complete_is_logged_and_the_others_still_run(caplog: p
     failures = [r for r in caplog.records if r.name == "gateway.pipeline"]
     assert len(failures) == 1 and "complete failed" in failures[0].getMessage()
     assert failures[0].exc_info is not None and "b failed to complete" in str(failures[0].exc_info[1])
+
+
+# -- the plan: which hooks a request runs ----------------------------------------------------------
+
+TENANTS = {name: Tenant(name=name, api_keys=(), models=("m",)) for name in ("with", "without")}
+
+
+def resolver(log: Log, name: str = "input") -> Stage:
+    """A fake input stage: its ``check_input`` names the tenant (from the request id) and the model."""
+
+    class Resolve(Stage):
+        async def check_input(self, ctx: RequestContext) -> None:
+            log.append((name, "check_input"))
+            ctx.tenant, ctx.public_model = TENANTS[ctx.request_id], "m"
+
+    return Resolve()
+
+
+def only_for(tenant: str) -> Callable[[Scope], bool]:
+    """A plan hook: the entry plan, and requests of ``tenant``."""
+    return lambda scope: scope.tenant is None or scope.tenant.name == tenant
+
+
+async def test_a_stage_that_does_not_apply_runs_no_hook_once_the_plan_is_chosen() -> None:
+    log: Log = []
+    feature = fake_stage("feature", log, ("check_input", "limit_requests", "admit"), filters=True, complete=True,
+                         applies=only_for("with"))
+    early = fake_stage("early", log, ("check_input",), applies=only_for("with"))  # before the resolver
+    answer = fake_stage("up", log, ("call_upstream",), answers={"call_upstream": Respond(OK)})
+    pipeline = Pipeline([early, resolver(log), feature, answer])
+    for tenant in ("without", "with"):
+        log.clear()
+        ctx = make_ctx()
+        ctx.request_id = tenant
+        await pipeline.run(ctx)
+        await pipeline.complete(ctx, None)
+        ran = [entry for entry in log if entry[0] == "feature"]
+        if tenant == "with":
+            assert ran == [("feature", "check_input"), ("feature", "limit_requests"), ("feature", "admit"),
+                           ("feature", "on_response:200"), ("feature", "complete:None")]
+        else:
+            assert ran == []
+        # a hook before the one that names the tenant ran under the entry plan, whoever asks
+        assert log[:2] == [("early", "check_input"), ("input", "check_input")]
+        assert ctx.plan is not None and ctx.plan.scope.tenant is TENANTS[tenant]
+
+
+async def test_a_hook_can_apply_alone() -> None:
+    log: Log = []
+    split = fake_stage("split", log, ("admit",), complete=True,
+                       applies=lambda scope: True if scope.tenant is None else frozenset({"complete"}))
+    answer = fake_stage("up", log, ("call_upstream",), answers={"call_upstream": Respond(OK)})
+    pipeline = Pipeline([resolver(log), split, answer])
+    ctx = make_ctx()
+    ctx.request_id = "with"
+    await pipeline.run(ctx)
+    await pipeline.complete(ctx, None)
+    assert log == [("input", "check_input"), ("up", "call_upstream"), ("split", "complete:None")]
+
+
+async def test_a_request_that_ends_before_its_plan_completes_every_stage_of_the_entry_plan() -> None:
+    log: Log = []
+    err = GatewayError(401, "who are you")
+    auth = fake_stage("auth", log, ("authenticate",), answers={"authenticate": err}, complete=True)
+    feature = fake_stage("feature", log, ("admit",), complete=True, applies=only_for("with"))
+    unused = fake_stage("unused", log, ("admit",), complete=True, applies=lambda scope: False)  # nobody's
+    pipeline = Pipeline([auth, resolver(log), feature, unused])
+    ctx = make_ctx()
+    await pipeline.run(ctx)
+    await pipeline.complete(ctx, ctx.error)
+    assert log == [("auth", "authenticate"), ("auth", "complete:GatewayError"), ("feature", "complete:GatewayError")]
+
+
+async def test_plans_are_memoised_per_policy_and_rebuilt_on_reload() -> None:
+    log: Log = []
+    pipeline = Pipeline([resolver(log), fake_stage("up", log, ("call_upstream",), answers={"call_upstream": Respond(OK)})])
+    pipeline.on_policy(POLICY)
+    first, second = make_ctx(), make_ctx()
+    first.request_id = second.request_id = "with"
+    await pipeline.run(first)
+    await pipeline.run(second)
+    assert first.plan is second.plan and len(pipeline.plans) == 2  # the entry plan and the tenant's
+    pipeline.on_policy(POLICY)
+    third = make_ctx()
+    third.request_id = "with"
+    await pipeline.run(third)
+    assert third.plan is not first.plan
 
 
 # -- through the handler: complete runs exactly once per request, whatever happened ------------------

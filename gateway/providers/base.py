@@ -34,6 +34,9 @@ class UpstreamRequest:
     # The client's own body, when it speaks this provider's wire format (``Provider.native_surface``):
     # sent as is (model set to the deployment's), so nothing the internal form lacks is lost.
     native: dict | None = None
+    # The client's bytes of ``body``, when they say exactly what it says (``model`` included): a provider
+    # that sends the OpenAI form as is may send them instead of encoding ``body`` again.
+    raw: bytes | None = None
 
 
 @dataclass(slots=True)

@@ -24,7 +24,7 @@ from gateway.policy.model import ProviderSpec
 from gateway.providers.base import NativeAnswer, Provider, UpstreamRequest, UpstreamResponse
 from gateway.providers.keys import KeySource
 from gateway.providers.openai_responses import EventsToChunks, StreamFailed, response_to_chat
-from gateway.providers.pool import PoolObserver, PoolTimer, pool_trace
+from gateway.providers.pool import HOOKED, PoolObserver, PoolTimer, TimedConnector, attempt, done, pool_trace
 
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 
@@ -150,6 +150,8 @@ class OpenAIProvider(HTTPProvider):
         body = req.body
         if self._drop or self._rename:
             body = compatible_body(body, self._drop, self._rename)
+        elif req.raw is not None:  # the client's own bytes, nothing to change in them
+            return req.raw
         return orjson.dumps(body)
 
     # --- the call ------------------------------------------------------------------------------------
@@ -248,14 +250,14 @@ def usage_moved(data: bytes, field: str) -> bytes:
 def new_session(spec: ProviderSpec) -> aiohttp.ClientSession:
     """A pooled keep-alive session; only connect has a session-wide timeout, the rest is per call."""
     t = spec.timeouts
-    connector = aiohttp.TCPConnector(
+    connector = (TimedConnector if HOOKED else aiohttp.TCPConnector)(
         limit=spec.max_connections, keepalive_timeout=30, enable_cleanup_closed=True
     )
     return aiohttp.ClientSession(
         connector=connector,
         # aiohttp's ``connect`` would include the pool wait: the attempt's PoolTimer bounds that instead
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s, connect=None),
-        trace_configs=[pool_trace()],
+        trace_configs=None if HOOKED else [pool_trace()],
         auto_decompress=True,
         skip_auto_headers=("User-Agent",),
     )
@@ -285,10 +287,15 @@ async def timed_post(
     """POST and wait for the response headers; transport failures become ``UpstreamError``. With a
     ``timer`` the wait for a pooled connection has its own bound and first byte counts from the connection."""
     try:
-        async with asyncio.timeout(min(first_byte, total)) as timeout:
-            if timer is not None:
-                timer.start(timeout)
-            return await session.post(url, data=data, headers=headers, trace_request_ctx=timer)
+        async with asyncio.timeout(min(first_byte, total) if timer is None else timer.first_s) as timeout:
+            if timer is None:
+                return await session.post(url, data=data, headers=headers)
+            timer.start(timeout)
+            token = attempt(timer)
+            try:
+                return await session.post(url, data=data, headers=headers, trace_request_ctx=timer)
+            finally:
+                done(token)
     except TimeoutError as exc:
         if timer is not None and timer.in_pool:
             timer.timed_out = True
@@ -300,11 +307,17 @@ async def timed_post(
 
 
 async def timed_read(resp: aiohttp.ClientResponse, name: str, deadline: float, total: float) -> bytes:
-    """Read a whole body before the attempt's deadline, then give the connection back to the pool."""
+    """Read a whole body before the attempt's deadline, then give the connection back to the pool.
+
+    A body that came whole with the headers (most answers) is read without a timer: nothing to wait
+    for, and a timer costs ~4 us of CPU per call."""
     loop = asyncio.get_running_loop()
     try:
-        async with asyncio.timeout(max(0.001, deadline - loop.time())):
+        if resp.content.is_eof():
             body = await resp.read()
+        else:
+            async with asyncio.timeout(max(0.001, deadline - loop.time())):
+                body = await resp.read()
     except TimeoutError as exc:
         resp.close()
         raise UpstreamError("timeout", f"{name} did not finish within {total:g}s") from exc

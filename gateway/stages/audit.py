@@ -16,6 +16,8 @@ from gateway.context import RequestContext
 from gateway.observability.audit import REVIEW_BODY_LIMIT, Capture, RedactorCache, sampled, stream_text
 from gateway.observability.redact import redact_request
 from gateway.pipeline import GatewayResponse, Stage, Verdict
+from gateway.plan import Scope
+from gateway.policy.model import Tenant
 
 INLINE_REDACT_BYTES = 65_536  # larger bodies are redacted for the upstream in a worker thread
 
@@ -27,6 +29,9 @@ class RedactUpstreamStage(Stage):
 
     def __init__(self, redactors: RedactorCache) -> None:
         self.redactors = redactors
+
+    def applies(self, scope: Scope) -> bool:
+        return any(t.redact_upstream for t in _tenants(scope))
 
     async def check_input(self, ctx: RequestContext) -> Verdict:
         if ctx.tenant is None or not ctx.tenant.redact_upstream or not ctx.body:
@@ -46,6 +51,9 @@ class AuditStage(Stage):
     """Decides per request whether bodies are captured (audit or review) and captures the answer."""
 
     name = "audit"
+
+    def applies(self, scope: Scope) -> bool:
+        return any(t.audit.bodies or t.audit.sample_rate > 0 for t in _tenants(scope))
 
     async def check_input(self, ctx: RequestContext) -> Verdict:
         tenant = ctx.tenant
@@ -74,3 +82,8 @@ class AuditStage(Stage):
             if not capture.truncated:
                 capture.add_text(stream_text(payload))
             yield payload
+
+
+def _tenants(scope: Scope) -> tuple[Tenant, ...] | list[Tenant]:
+    """The scope's tenant, or for the entry plan every tenant of the policy."""
+    return (scope.tenant,) if scope.tenant is not None else list(scope.policy.tenants.values())

@@ -35,6 +35,7 @@ from gateway.budget.service import BudgetSpec
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.pipeline import GatewayResponse, Respond, Stage, Verdict
+from gateway.plan import Scope
 from gateway.policy.model import ModelSpec
 from gateway.state.base import StateError
 from gateway.usage import Usage
@@ -76,6 +77,15 @@ class BudgetStage(Stage):
     def on_policy(self, policy: Any) -> None:
         self.service.on_policy(policy)
         self._day_keys, self._field_names = {}, {}
+
+    def applies(self, scope: Scope) -> bool | frozenset[str]:
+        """``admit`` only where a budget may apply (or a full settle journal may refuse); ``complete``
+        (the spend record and ``ctx.cost_usd``) always."""
+        t = scope.tenant
+        if t is None or scope.managed or self.services.backend.kind != "memory" or t.budget is not None \
+                or any(k.budget is not None for k in t.api_keys):
+            return True
+        return frozenset({"complete"})
 
     async def start(self) -> None:
         """Open the settle journal (read at start only: a reload does not move it)."""

@@ -36,6 +36,7 @@ from gateway.cache.restamp import STAMPED, ChunkStamper, fresh_id, restamp, rest
 from gateway.cache.store import BackendStore, CacheStore, MemoryStore
 from gateway.context import RequestContext
 from gateway.pipeline import GatewayResponse, Respond, Stage, Verdict
+from gateway.plan import Scope
 from gateway.policy.model import CachePolicy, ModelSpec, Policy
 from gateway.services import Services
 from gateway.state.base import StateError
@@ -142,6 +143,12 @@ class CacheStage(Stage):
             self.stats.misses += 1
         elif status == "BYPASS":
             self.stats.bypasses += 1
+
+    def applies(self, scope: Scope) -> bool:
+        """Only for a tenant with its cache on (the entry plan: if any tenant has one)."""
+        if scope.tenant is not None:
+            return scope.tenant.cache.enabled
+        return any(t.cache.enabled for t in scope.policy.tenants.values())
 
     async def cache_lookup(self, ctx: RequestContext) -> Verdict:
         tenant = ctx.tenant

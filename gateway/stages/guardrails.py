@@ -46,7 +46,8 @@ from gateway.guardrails.windows import Windows
 from gateway.observability.audit import RedactorCache, stream_text
 from gateway.observability.metrics import GatewayMetrics
 from gateway.pipeline import GatewayResponse, Respond, Stage, Verdict
-from gateway.policy.model import Guardrail
+from gateway.plan import Scope
+from gateway.policy.model import Guardrail, ModelSpec, Policy, Tenant
 from gateway.providers.live import LiveProviders
 
 OUTCOME = "guardrail_blocked"
@@ -63,10 +64,21 @@ def active(ctx: RequestContext, stage: str) -> list[Guardrail]:
     """The request's guardrails for ``stage``: the tenant's, then its model's, each once."""
     if ctx.tenant is None or not ctx.policy.guardrails:
         return []
-    spec = ctx.policy.model(ctx.public_model)
-    names = dict.fromkeys((*ctx.tenant.guardrails, *(spec.guardrails if spec is not None else ())))
-    found = (ctx.policy.guardrails.get(n) for n in names)
+    return _active(ctx.policy, ctx.tenant, ctx.policy.model(ctx.public_model), stage)
+
+
+def _active(policy: Policy, tenant: Tenant, spec: ModelSpec | None, stage: str) -> list[Guardrail]:
+    names = dict.fromkeys((*tenant.guardrails, *(spec.guardrails if spec is not None else ())))
+    found = (policy.guardrails.get(n) for n in names)
     return [g for g in found if g is not None and stage in g.on]
+
+
+def _planned(stage: Stage, ctx: RequestContext, which: str) -> list[Guardrail]:
+    """The plan's precomputed list (``prepare``), else worked out for this request."""
+    plan = ctx.plan
+    if plan is not None and plan.scope.tenant is not None and stage in plan.values:
+        return plan.values[stage][which]
+    return active(ctx, which)
 
 
 class GuardrailStage(Stage):
@@ -82,6 +94,20 @@ class GuardrailStage(Stage):
     async def stop(self) -> None:
         await self.webhooks.close()
 
+    def applies(self, scope: Scope) -> bool | frozenset[str]:
+        """``check_input`` when the request has pre guardrails, ``on_response`` when it has post ones."""
+        if not scope.policy.guardrails:
+            return False
+        if scope.tenant is None:
+            return True
+        lists = self.prepare(scope)
+        return frozenset(h for h, w in (("check_input", "pre"), ("on_response", "post")) if lists[w])
+
+    def prepare(self, scope: Scope) -> dict[str, list[Guardrail]]:
+        if scope.tenant is None or not scope.policy.guardrails:
+            return {"pre": [], "post": []}
+        return {w: _active(scope.policy, scope.tenant, scope.model, w) for w in ("pre", "post")}
+
     def _record(self, ctx: RequestContext, guard: Guardrail, stage: str, finding: Finding,
                 started: float) -> Finding:
         """Count and log the verdict; in shadow mode a verdict that would change something changes nothing."""
@@ -96,7 +122,7 @@ class GuardrailStage(Stage):
 
     # -- pre -----------------------------------------------------------------------------------------
     async def check_input(self, ctx: RequestContext) -> Verdict:
-        guards = active(ctx, "pre")
+        guards = _planned(self, ctx, "pre")
         for guard in guards:
             started = asyncio.get_running_loop().time()
             finding = self._record(ctx, guard, "pre", await self._pre(ctx, guard), started)
@@ -156,7 +182,7 @@ class GuardrailStage(Stage):
     async def on_response(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:
         if resp.status != 200 or ctx.endpoint == "embeddings":
             return resp
-        guards = active(ctx, "post")
+        guards = _planned(self, ctx, "post")
         if not guards:
             return resp
         if resp.events is not None:

@@ -242,6 +242,13 @@ async def read_body(request: web.Request, limit: int, idle_s: float = BODY_IDLE_
     ``idle_s + size / min_rate`` seconds, so a body trickling in a byte at a time cannot hold a request
     (and its connection) open forever.
     """
+    content = request.content
+    if content.is_eof() and content.total_bytes <= limit:  # arrived whole with the headers: no wait, no timer
+        try:
+            return content.read_nowait()
+        except web.RequestPayloadError:
+            raise GatewayError(400, "The request body could not be decoded; check its Content-Encoding.",
+                               code="invalid_body", outcome="rejected") from None
     chunks: list[bytes] = []
     size = 0
     loop = asyncio.get_running_loop()
@@ -306,6 +313,8 @@ class InputStage(Stage):
         _check_common(body)
         _check_endpoint(ctx.endpoint, body)
         ctx.raw_body, ctx.body = raw, body
+        if ctx.surface.name == "openai":  # the client's bytes say exactly ``body`` until a stage replaces it
+            ctx.raw_of = body
         ctx.public_model, ctx.model = model.name, model
         ctx.stream = bool(body.get("stream")) and ctx.endpoint != "embeddings"
         ctx.client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))

@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 from gateway.context import RequestContext
 from gateway.pipeline import GatewayResponse, Respond, Stage, Verdict
+from gateway.plan import Scope
 from gateway.policy.model import Policy
 from gateway.ratelimit.fallback import ALLOW, DENY, LOCAL, Guard
 from gateway.ratelimit.leases import Leases, PendingReleases
@@ -109,6 +110,16 @@ class RateLimitStage(Stage):
 
     def on_policy(self, policy: Policy) -> None:
         self.plans = Plans(policy)
+
+    def applies(self, scope: Scope) -> bool:
+        """Only for a tenant with a limit somewhere (its own, per key, per model, a key's) or a managed key."""
+        t = scope.tenant
+        if t is None or scope.managed:
+            return True
+        rl = t.rate_limit
+        return not (rl.tenant_limits.empty and (rl.per_key is None or rl.per_key.empty)
+                    and all(lim.empty for _, lim in rl.models)
+                    and all(k.rate_limit is None or k.rate_limit.empty for k in t.api_keys))
 
     async def start(self) -> None:
         self._renewer = asyncio.create_task(self.leases.run())

@@ -24,6 +24,7 @@ from gateway.context import RequestContext
 from gateway.observability.audit import RedactorCache
 from gateway.observability.recorder import settled_cost
 from gateway.pipeline import GatewayResponse, Stage, Verdict
+from gateway.plan import Scope
 from gateway.policy.model import Policy
 from gateway.routing.rollout import CANDIDATE, PRIMARY, RolloutState, in_share, sticky_value
 from gateway.routing.shadow import answer_text, collect_stream
@@ -56,6 +57,14 @@ class RolloutStage(Stage):
             self._sync.cancel()
             await asyncio.gather(self._sync, return_exceptions=True)
         await self.rollouts.stop()
+
+    def applies(self, scope: Scope) -> bool:
+        """Only for a model with a ``rollout`` block that takes the tenant's requests (the entry plan:
+        if any model has one)."""
+        if scope.model is None:
+            return any(m.rollout is not None for m in scope.policy.models.values())
+        block = scope.model.rollout
+        return block is not None and (not block.tenants or scope.tenant is None or scope.tenant.name in block.tenants)
 
     async def check_input(self, ctx: RequestContext) -> Verdict:
         model = ctx.model

@@ -17,6 +17,7 @@ import logging
 from gateway.context import RequestContext
 from gateway.errors import invalid
 from gateway.pipeline import Stage, Verdict
+from gateway.plan import Scope
 from gateway.policy.model import ModelSpec, Policy
 from gateway.routing.fit import Chains, build_chains, fits
 from gateway.routing.rules import RouteFacts, first_match
@@ -36,6 +37,14 @@ class RouterStage(Stage):
 
     def on_policy(self, policy: Policy) -> None:
         self._chains, self._policy = build_chains(policy), policy
+
+    def applies(self, scope: Scope) -> bool:
+        """Only for a model that routes or falls back (or whose rollout candidate may)."""
+        policy = scope.policy
+        models = list(policy.models.values()) if scope.model is None else [scope.model]
+        if scope.model is not None and scope.model.rollout is not None:
+            models.append(policy.models.get(scope.model.rollout.candidate))
+        return any(m is not None and (m.route is not None or m.context_fallback is not None) for m in models)
 
     def _chain(self, ctx: RequestContext, key: tuple[str, str | None]) -> tuple[ModelSpec, ...]:
         if ctx.policy is not self._policy:  # a request that started before a reload: its own policy

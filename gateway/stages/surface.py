@@ -6,13 +6,19 @@ import logging
 
 from gateway.context import RequestContext
 from gateway.pipeline import Stage
+from gateway.plan import Scope
 from gateway.state.base import StateError
+from gateway.surfaces.base import Surface
 
 log = logging.getLogger("gateway.surfaces")
 
 
 class SurfaceStage(Stage):
     name = "surface"
+
+    def applies(self, scope: Scope) -> bool:
+        """Only for a surface that keeps something (the OpenAI surface keeps nothing)."""
+        return type(scope.surface).complete is not Surface.complete
 
     async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
         if error is not None:

@@ -21,6 +21,7 @@ from gateway.observability.audit import RedactorCache
 from gateway.observability.metered import TRACED_CALLS, MeteredBackend
 from gateway.observability.tracing import Tracing
 from gateway.pipeline import Stage, Verdict
+from gateway.plan import Scope
 from gateway.policy.model import Policy
 from gateway.state.base import StateBackend
 
@@ -39,6 +40,9 @@ class TracingStage(Stage):
         self.tracing.configure(policy.tracing)
         if isinstance(self.backend, MeteredBackend):
             self.backend.traced = self.tracing.tracer is not None
+
+    def applies(self, scope: Scope) -> bool:
+        return scope.policy.tracing.enabled
 
     async def stop(self) -> None:
         await asyncio.get_running_loop().run_in_executor(None, self.tracing.shutdown)

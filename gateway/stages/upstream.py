@@ -60,6 +60,20 @@ def upstream_body(ctx: RequestContext, deployment: Deployment) -> dict:
     return body
 
 
+def _wire(ctx: RequestContext, deployment: Deployment) -> tuple[dict, bytes | None]:
+    """The body for ``deployment``, and the client's own bytes of it when nothing rewrote the request
+    (no redaction, no guardrail or surface rewrite, no injected ``stream_options``, the same model
+    name upstream): those go as they are, with no encoding.
+
+    Bytes naming ``"model"`` more than once (a duplicate key, or a nested one) are encoded again: a
+    parser that keeps the first duplicate could otherwise serve a model the gateway did not check.
+    """
+    body = ctx.body
+    if ctx.raw_of is body and body.get("model") == deployment.model and ctx.raw_body.count(b'"model"') == 1:
+        return body, ctx.raw_body
+    return upstream_body(ctx, deployment), None
+
+
 def _native_body(ctx: RequestContext, native_surface: str | None) -> dict | None:
     """The client's own body for a provider of its family, unless the policy rewrites what it says."""
     if native_surface is None or native_surface != ctx.surface.name or not ctx.surface.forwardable(ctx):
@@ -177,10 +191,11 @@ class UpstreamStage(Stage):
         ctx.deployment = dep
         native = _native_body(ctx, provider.native_surface)
         headers = {**ctx.upstream_headers, **ctx.surface.native_headers(ctx)} if native else ctx.upstream_headers
+        body, raw = _wire(ctx, dep)
         req = UpstreamRequest(
-            endpoint=ctx.endpoint, body=upstream_body(ctx, dep), stream=ctx.stream, request_id=ctx.request_id,
+            endpoint=ctx.endpoint, body=body, stream=ctx.stream, request_id=ctx.request_id,
             headers=headers, first_byte_timeout_s=min(timeouts.first_byte_s, remaining),
-            total_timeout_s=None if ctx.stream else min(timeouts.total_s, remaining), native=native)
+            total_timeout_s=None if ctx.stream else min(timeouts.total_s, remaining), native=native, raw=raw)
         lease = self.balancer.lease(dep.name)
         resp: UpstreamResponse | None = None
         outcome: Respond | Failure | None = None

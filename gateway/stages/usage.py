@@ -16,7 +16,7 @@ import orjson
 
 from gateway.context import RequestContext
 from gateway.pipeline import GatewayResponse, Stage, Verdict
-from gateway.usage import generated_len, usage_from
+from gateway.usage import generated_len, tail_usage, usage_from
 
 
 class UsageStage(Stage):
@@ -40,6 +40,10 @@ class UsageStage(Stage):
 
     @staticmethod
     def _read_body(ctx: RequestContext, body: bytes) -> None:
+        """The answer's usage, read without parsing (or re-encoding) the rest when it comes last."""
+        if (usage := tail_usage(body)) is not None:
+            ctx.usage = usage
+            return
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:

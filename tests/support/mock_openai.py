@@ -55,6 +55,7 @@ class MockOpenAI:
     def __init__(self, name: str = "mock") -> None:
         self.name = name
         self.requests: list[dict] = []
+        self.raw: list[bytes] = []  # each request body's bytes as they arrived
         self.headers: list[dict[str, str]] = []
         self.script: deque[Fault] = deque()
         self.default = Fault()
@@ -94,7 +95,9 @@ class MockOpenAI:
             self._runner = None
 
     async def _prelude(self, request: web.Request) -> tuple[dict, Fault]:
-        body = orjson.loads(await request.read())
+        raw = await request.read()
+        body = orjson.loads(raw)
+        self.raw.append(raw)
         self.requests.append(body)
         self.headers.append(dict(request.headers))
         fault = self.script.popleft() if self.script else self.default
