@@ -214,10 +214,9 @@ class Pipeline:
 
     async def _walk(self, ctx: RequestContext) -> GatewayResponse:
         entry = ctx.plan = self.entry_plan(ctx.policy, ctx.surface)
-        marks = ctx.phase_marks  # a traced request (the tracing stage's spans); None when off
         for n, hooks in enumerate(entry.phases):
-            if marks is not None:
-                marks.append((PHASES[n], time.time()))
+            if ctx.phase_marks is not None:  # a traced request (the tracing stage's spans); None when off
+                ctx.phase_marks.append((PHASES[n], time.time()))
             for at, hook in hooks:
                 verdict = await hook(ctx)
                 if verdict is not None:
@@ -233,10 +232,9 @@ class Pipeline:
     async def _rest(ctx: RequestContext, now: tuple[Hook, ...], later: tuple[tuple[Hook, ...], ...],
                     first: int) -> GatewayResponse:
         """The rest of the current phase (``now``), then the later phases from ``PHASES[first]`` on."""
-        marks = ctx.phase_marks
         for i, hooks in enumerate((now, *later)):
-            if i and marks is not None:
-                marks.append((PHASES[first + i - 1], time.time()))
+            if i and ctx.phase_marks is not None:
+                ctx.phase_marks.append((PHASES[first + i - 1], time.time()))
             for hook in hooks:
                 verdict = await hook(ctx)
                 if verdict is not None:
