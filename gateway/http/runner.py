@@ -17,6 +17,7 @@ from gateway.http.drain import RESERVE_MAX_S, shut_down
 from gateway.http.guard import GUARD
 from gateway.http.protocol import GatewayRunner
 from gateway.http.routes import PROBES
+from gateway.observability.applog import set_queue_limit
 from gateway.observability.metrics import prepare_multiproc_dir, release_multiproc_dir
 from gateway.policy.model import Policy
 
@@ -62,6 +63,7 @@ async def _serve_one(policy: Policy, path: str, host: str, port: int, reuse_port
     from gateway.http.server import DRAIN, create_app
 
     grace = policy.server.shutdown_grace_s
+    set_queue_limit(policy.logging.queue_lines)
     app = create_app(policy, path=path, watch=True)
     runner = await start_site(app, host, port, reuse_port, shutdown_timeout=min(RESERVE_MAX_S, grace / 5) / 4)
     # Everything built so far (modules, policy, metrics, sessions) lives as long as the process: move it

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import Metric
 
+from gateway.observability.logqueue import DROPPED as LOG_DROPPED
 from gateway.observability.metrics import BREAKER_STATES, NO_TENANT, ScrapeCollector, gauge
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ class LiveGauges:
         self._publish(self.metrics.ratelimit_events, counts)
         dlq = services.dlq
         self._publish(self.metrics.dlq_records, {"written": dlq.written, "dropped": dlq.dropped})
+        self._publish(self.metrics.log_dropped, {name: LOG_DROPPED[name] for name in ("access", "app")})
         pending = services.budget.pending
         oldest = pending.oldest()
         self.metrics.journal_depth.set(len(pending))

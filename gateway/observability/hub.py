@@ -30,6 +30,7 @@ FLUSH_INTERVAL_S = 0.2
 FLUSH_LINES = 512  # flush at once past this many buffered access-log lines
 PUBLISH_INTERVAL_S = 1.0  # multiprocess: how often each worker publishes its local gauges
 MAX_AUDIT_TASKS = 1_000
+RELOAD_CLOSE_WAIT_S = 0.2  # a reload that moves the access log waits this long for the old one's lines
 
 
 class Observability:
@@ -56,8 +57,9 @@ class Observability:
         wanted = (cfg.access_log, cfg.max_bytes, cfg.backups)
         if self.access is None or (self.access.target, self.access.max_bytes, self.access.backups) != wanted:
             if self.access is not None:
-                self.access.close()
-            self.access = LineSink(cfg.access_log, cfg.max_bytes, cfg.backups)
+                self.access.close(RELOAD_CLOSE_WAIT_S)  # on the event loop: a short wait only
+            self.access = LineSink(cfg.access_log, cfg.max_bytes, cfg.backups, cfg.queue_lines)
+        self.access.queue.max_lines = cfg.queue_lines
         self.redactors.for_policy(policy)
 
     def log_line(self, ctx: RequestContext, facts: dict[str, Any]) -> None:
@@ -115,5 +117,5 @@ class Observability:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         await self.records.drain()
         if self.access is not None:
-            self.access.close()
+            await asyncio.to_thread(self.access.close)  # a bounded wait for a slow stdout, off the loop
         self.audit.close()

@@ -342,6 +342,7 @@ class LoggingPolicy:
     audit_path: str = "gateway-audit.jsonl"
     max_bytes: int = 50 * 1024 * 1024
     backups: int = 5
+    queue_lines: int = 10_000  # lines (access log) or records (app log) waiting for a slow output; more are dropped
 
 
 @dataclass(frozen=True, slots=True)

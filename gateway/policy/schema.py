@@ -109,6 +109,7 @@ LOGGING = build(m.LoggingPolicy, {
     "audit_path": string(nonempty=True),
     "max_bytes": POSITIVE,
     "backups": integer(ge=0),
+    "queue_lines": POSITIVE,
 })
 
 # -- blocks a tenant may override key-wise: checked into dicts -----------------------------------
