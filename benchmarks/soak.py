@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -171,6 +172,14 @@ def report(tally: Tally, rss: list[tuple[float, float]], seconds: float) -> int:
     return 0 if lost == 0 else 1
 
 
+def print_bounds(url: str) -> None:
+    """The bounded tables' evictions and dropped log records, from the gateway's /metrics."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    wanted = ("llm_gateway_memory_evictions_total", "llm_gateway_log_records_dropped_total")
+    print("bounds: " + ", ".join(line for line in text.splitlines() if line.startswith(wanted)))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
@@ -206,6 +215,7 @@ def main() -> int:
             tally, rss = asyncio.run(soak(f"http://127.0.0.1:{port}", gw.pid, seconds, args.connections,
                                           args.every, args.store))
             code = report(tally, rss, seconds)
+            print_bounds(f"http://127.0.0.1:{port}")
             lines = log.read_text(errors="replace").splitlines()
             print(f"gateway log: {len(lines)} lines, {sum('Traceback' in x for x in lines)} tracebacks")
             return code

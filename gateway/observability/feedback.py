@@ -29,7 +29,7 @@ from gateway.state.base import StateBackend, StateError, hash_tag
 log = logging.getLogger("gateway.observability.feedback")
 
 RECORD_FIELDS = ("model", "served_model", "route", "deployment")  # stored as a list: ~60 bytes a record
-MAX_LOCAL = 200_000  # records the memory backend keeps (in-process, least recently used first out)
+MAX_LOCAL = 100_000  # records the memory backend keeps (~460 bytes each); past it the oldest go first, counted
 FEEDBACK_MAX = 1_000_000  # records the feedback log holds before new ones are refused
 MAX_COMMENT = 4_000
 MAX_PENDING = 10_000  # record writes in flight before new ones are dropped (a stalled backend)
@@ -45,18 +45,32 @@ def feedback_key(policy: Policy) -> str:
     return f"{policy.state.key_prefix}:feedback"
 
 
+class _LocalRecords(TLRUCache):
+    """The memory backend's records: a TLRU cache that counts what it drops for room (not expiry)."""
+
+    def __init__(self, maxsize: int) -> None:
+        super().__init__(maxsize=maxsize, ttu=lambda _k, v, now: now + v[0], timer=time.monotonic)
+        self.evicted = 0
+
+    def popitem(self) -> tuple:
+        item = super().popitem()
+        self.evicted += 1
+        return item
+
+
 class RequestRecords:
     """Which model, route and deployment answered each recent request, for feedback to refer to.
 
     Kept ``audit.feedback_ttl_s`` (per tenant). With Redis, one small key per answered request,
     written by a task after the answer (every replica can then find it); with the memory backend,
-    an in-process TLRU cache bounded to ``MAX_LOCAL`` records, since nothing else could read it.
+    an in-process TLRU cache bounded to ``MAX_LOCAL`` records, since nothing else could read it: when
+    full, the least recently used goes first, counted in ``evicted``
+    (``llm_gateway_memory_evictions_total{table="feedback_records"}``).
     """
 
     def __init__(self, backend: StateBackend) -> None:
         self.backend = backend
-        self.local: TLRUCache = TLRUCache(maxsize=MAX_LOCAL, ttu=lambda _k, v, now: now + v[0],
-                                          timer=time.monotonic)
+        self.local = _LocalRecords(MAX_LOCAL)
         self._pending: dict[str, asyncio.Task] = {}
         self.dropped = 0
 

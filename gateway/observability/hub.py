@@ -43,7 +43,7 @@ class Observability:
         self.redactors = RedactorCache()
         self.audit = AuditLog(self.redactors)
         self.records = RequestRecords(services.backend)
-        self.live = LiveGauges(services)
+        self.live = LiveGauges(services, self.records)
         self.recorder = Recorder(self.metrics)
         self.access: LineSink | None = None
         self._tasks: set[asyncio.Task] = set()

@@ -58,14 +58,15 @@ class LogQueue:
                     self._cond.wait()
                 if not self._items:
                     return  # closed and empty
-                batch = b"".join(data for data, _ in self._items)
+                batches = list(self._items)  # written one by one: a file rotates between two of them
                 count = self._queued
                 self._items.clear()
                 self._busy = True
-            try:
-                self._write(batch)
-            except Exception:  # noqa: BLE001 - a failing target loses its lines, never the thread
-                DROPPED[self.name] += count
+            for data, lines in batches:
+                try:
+                    self._write(data)
+                except Exception:  # noqa: BLE001 - a failing target loses its lines, never the thread
+                    DROPPED[self.name] += lines
             with self._cond:
                 self._queued -= count
                 self._busy = False
