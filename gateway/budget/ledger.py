@@ -191,7 +191,7 @@ return out
 
 
 LOCAL_IDS_TTL_MS = 300_000  # an in-process call never times out, so its settle ids need a short memory only
-LOCAL_IDS_MAX = 50_000  # settle ids per tenant kept in process (~200 bytes each); past it the oldest go first
+LOCAL_IDS_MAX = 20_000  # settle ids per tenant kept in process (~200 bytes each: ~4 MB); past it the oldest go first
 EVICTED: Counter[str] = Counter()  # in-process records dropped for room before their TTL, by table
 
 

@@ -29,7 +29,7 @@ from gateway.state.base import StateBackend, StateError, hash_tag
 log = logging.getLogger("gateway.observability.feedback")
 
 RECORD_FIELDS = ("model", "served_model", "route", "deployment")  # stored as a list: ~60 bytes a record
-MAX_LOCAL = 100_000  # records the memory backend keeps (~460 bytes each); past it the oldest go first, counted
+MAX_LOCAL = 50_000  # records the memory backend keeps (~460 bytes each: ~23 MB); past it the oldest go first, counted
 FEEDBACK_MAX = 1_000_000  # records the feedback log holds before new ones are refused
 MAX_COMMENT = 4_000
 MAX_PENDING = 10_000  # record writes in flight before new ones are dropped (a stalled backend)
