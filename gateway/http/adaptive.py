@@ -3,7 +3,8 @@ learnt from how long they take to get an answer.
 
 AIMD, as TCP's congestion window. A request's signal is the time from admission to its answer's head
 (a stream: its first event), what a client waits on and what a saturated upstream or event loop
-stretches first:
+stretches first; only requests that called an upstream give one (a cache hit or a refusal says
+nothing about capacity, and a flood of them would only push the limit up):
 
 * within ``target_s``, and the limit in use (at least half of it busy when the request was admitted):
   the limit grows by ``1 / limit``, so by 1 per ``limit`` such answers (a slow, linear probe upwards);

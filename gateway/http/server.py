@@ -115,7 +115,7 @@ class Handler:
                                 headers={"x-request-id": ctx.request_id})
         finally:
             if adaptive is not None:
-                adaptive.release(head_s, _congested(ctx), busy)
+                adaptive.release(head_s if ctx.attempts else None, _congested(ctx), busy)  # samples: upstream work only
             self.drain.completing(task)
             try:
                 await self._finish(ctx, resp, error)
