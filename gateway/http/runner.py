@@ -59,11 +59,36 @@ async def _start_probes(app: web.Application, probes: web.Application, host: str
     app.on_cleanup.append(stop)
 
 
+FD_RESERVE = 256  # descriptors besides client connections: listeners, upstream and Redis pools, log files
+
+
+def raise_fd_limit(max_connections: int) -> int:
+    """Raise the soft RLIMIT_NOFILE to the hard one; warn when ``server.max_connections`` does not fit.
+
+    Past the limit ``accept`` fails for every listener (the probe port too) and asyncio backs off,
+    so the cap, not the descriptor limit, must be what refuses connections. Returns the soft limit.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    if soft != resource.RLIM_INFINITY and max_connections + FD_RESERVE > soft:
+        log.warning("server.max_connections %d does not fit the open-file limit %d (with %d kept for upstreams "
+                    "and logs): past ~%d connections accept() fails for every listener, the probe port too; "
+                    "lower max_connections or raise the limit (ulimit -n)", max_connections, soft, FD_RESERVE,
+                    soft - FD_RESERVE)
+    return soft
+
+
 async def _serve_one(policy: Policy, path: str, host: str, port: int, reuse_port: bool) -> None:
     from gateway.http.server import DRAIN, create_app
 
     grace = policy.server.shutdown_grace_s
     set_queue_limit(policy.logging.queue_lines)
+    raise_fd_limit(policy.server.max_connections)
     app = create_app(policy, path=path, watch=True)
     runner = await start_site(app, host, port, reuse_port, shutdown_timeout=min(RESERVE_MAX_S, grace / 5) / 4)
     # Everything built so far (modules, policy, metrics, sessions) lives as long as the process: move it
