@@ -188,33 +188,51 @@ async def busy_phase(port: int, probe_port: int, pid: int, n: int, args: argpars
     print("  " + summary("/healthz probe port", probes["probe"]))
 
 
-async def partial_phase(port: int, probe_port: int, pid: int, n: int, args: argparse.Namespace) -> None:
-    rss0 = rss_mib(pid)
-    held: list[asyncio.StreamWriter] = []
+async def hold_partial(port: int, n: int) -> None:
+    """Holder mode (a child process, so the held sockets don't count against the prober's own descriptor
+    limit): open ``n`` connections, send half a head on each, report, hold them until stdin closes, then
+    report how many the gateway had closed meanwhile."""
+    held: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     failed: Counter[str] = Counter()
 
     async def open_one() -> None:
         try:
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(PARTIAL)
-            held.append(writer)
+            held.append((reader, writer))
         except OSError as exc:
             failed[type(exc).__name__] += 1
 
     for start in range(0, n, 500):
         await asyncio.gather(*(open_one() for _ in range(min(500, n - start))))
+    print(f"held {len(held)} failed {dict(failed)}", flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    closed = sum(1 for reader, _ in held if reader.at_eof())
+    print(f"closed_by_gateway {closed}", flush=True)
+    for _, writer in held:
+        writer.close()
+
+
+async def partial_phase(port: int, probe_port: int, pid: int, n: int, args: argparse.Namespace) -> None:
+    rss0 = rss_mib(pid)
+    holders = []
+    for share in (n // 2, n - n // 2):
+        holders.append(subprocess.Popen([sys.executable, __file__, "--hold", str(share), "--port", str(port)],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
+    loop = asyncio.get_running_loop()
+    opened = [await loop.run_in_executor(None, h.stdout.readline) for h in holders]
     await asyncio.sleep(args.settle_s)
     probes = await probe_both(port, probe_port, args.probes, 0.1)
     rss1 = rss_mib(pid)
-    open_now = sum(1 for w in held if not w.transport.is_closing() and not w.is_closing())
-    print(f"partial: {n} connections each sent half a request head ({len(held)} connected, "
-          f"{dict(failed) or 'no'} connect errors)")
-    print(f"  RSS {rss0:.1f} -> {rss1:.1f} MiB (+{rss1 - rss0:.1f} MiB, "
-          f"{(rss1 - rss0) * 1024 / max(len(held), 1):.1f} KiB a connection); {open_now} still open on our side")
+    closed = []
+    for h in holders:
+        out, _ = await loop.run_in_executor(None, h.communicate, "")
+        closed.append(out.strip())
+    print(f"partial: {n} connections each sent half a request head, from 2 processes: "
+          f"{[o.strip() for o in opened]}; when probing ended: {closed}")
+    print(f"  RSS {rss0:.1f} -> {rss1:.1f} MiB (+{rss1 - rss0:.1f} MiB)")
     print("  " + summary("/healthz main port", probes["main"]))
     print("  " + summary("/healthz probe port", probes["probe"]))
-    for writer in held:
-        writer.close()
     await asyncio.sleep(1.0)
 
 
@@ -237,8 +255,14 @@ def main() -> int:
     parser.add_argument("--upstream-ms", type=int, default=10000, help="mock upstream latency")
     parser.add_argument("--probes", type=int, default=50, help="probes per port per phase")
     parser.add_argument("--settle-s", type=float, default=5.0, help="wait after connecting before probing")
+    parser.add_argument("--hold", type=int, help=argparse.SUPPRESS)  # holder mode (a child of the partial phase)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    reason = raise_fd_limit(max(args.busy, args.partial) + FD_MARGIN)
+    if args.hold is not None:
+        raise_fd_limit(args.hold + FD_MARGIN)
+        asyncio.run(hold_partial(args.port, args.hold))
+        return 0
+    reason = raise_fd_limit(max(args.busy, args.partial // 2) + FD_MARGIN)
     if reason:
         print(f"skipped: {reason}")
         return 2

@@ -37,6 +37,7 @@ class ConnectionGuard:
                  now: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits
         self.metrics = metrics
+        self.max_connections = limits.max_connections  # lowered by the runner to what the open-file limit holds
         self.open = 0
         self.by_source: Counter[str] = Counter()
         self.counts: Counter[str] = Counter()
@@ -48,7 +49,7 @@ class ConnectionGuard:
     def admit(self, source: str) -> bool:
         """True (and counted open) if the caps allow another connection from ``source``."""
         cap = self.limits.max_connections_per_source
-        if self.open >= self.limits.max_connections:
+        if self.open >= self.max_connections:
             self.refused("max_connections")
             return False
         if cap is not None and self.by_source[source] >= cap:
@@ -91,7 +92,7 @@ class ConnectionGuard:
             return
         counts = ", ".join(f"{reason} {n}" for reason, n in sorted(self._unlogged.items()))
         log.warning("client connections refused or closed early (%s); %d open of max_connections %d",
-                    counts, self.open, self.limits.max_connections)
+                    counts, self.open, self.max_connections)
         self._unlogged.clear()
         self._logged_at = self._now()
 

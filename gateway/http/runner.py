@@ -32,6 +32,8 @@ async def start_site(app: web.Application, host: str, port: int, reuse_port: boo
     cancelling it); ``drain.shut_down`` has already ended the requests, so it only bounds stragglers.
     """
     guard = app.get(GUARD)
+    if guard is not None:
+        guard.max_connections = connection_cap(guard.limits.max_connections)
     extra = {} if guard is None else {"guard": guard, "keepalive_timeout": guard.limits.keepalive_timeout_s}
     runner = GatewayRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout,
                            **extra)
@@ -59,14 +61,15 @@ async def _start_probes(app: web.Application, probes: web.Application, host: str
     app.on_cleanup.append(stop)
 
 
-FD_RESERVE = 256  # descriptors besides client connections: listeners, upstream and Redis pools, log files
+FD_RESERVE = 512  # descriptors kept besides client connections: listeners, probes, upstream and Redis pools, logs
 
 
-def raise_fd_limit(max_connections: int) -> int:
-    """Raise the soft RLIMIT_NOFILE to the hard one; warn when ``server.max_connections`` does not fit.
+def connection_cap(max_connections: int) -> int:
+    """``server.max_connections``, lowered to what the open-file limit can hold (its soft value raised
+    to the hard one first), with a warning when lowered.
 
-    Past the limit ``accept`` fails for every listener (the probe port too) and asyncio backs off,
-    so the cap, not the descriptor limit, must be what refuses connections. Returns the soft limit.
+    Past that limit ``accept`` fails for every listener, the probe port included, and the event loop
+    backs off: the cap, which closes a surplus connection at once and counts it, must bind first.
     """
     import resource
 
@@ -75,12 +78,13 @@ def raise_fd_limit(max_connections: int) -> int:
         with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
             soft = hard
-    if soft != resource.RLIM_INFINITY and max_connections + FD_RESERVE > soft:
-        log.warning("server.max_connections %d does not fit the open-file limit %d (with %d kept for upstreams "
-                    "and logs): past ~%d connections accept() fails for every listener, the probe port too; "
-                    "lower max_connections or raise the limit (ulimit -n)", max_connections, soft, FD_RESERVE,
-                    soft - FD_RESERVE)
-    return soft
+    if soft == resource.RLIM_INFINITY or max_connections + FD_RESERVE <= soft:
+        return max_connections
+    cap = max(1, soft - FD_RESERVE)
+    log.warning("server.max_connections %d does not fit the open-file limit %d: capped at %d (%d kept for "
+                "listeners, upstream pools and logs); raise the limit (ulimit -n) to allow more",
+                max_connections, soft, cap, FD_RESERVE)
+    return cap
 
 
 async def _serve_one(policy: Policy, path: str, host: str, port: int, reuse_port: bool) -> None:
@@ -88,7 +92,6 @@ async def _serve_one(policy: Policy, path: str, host: str, port: int, reuse_port
 
     grace = policy.server.shutdown_grace_s
     set_queue_limit(policy.logging.queue_lines)
-    raise_fd_limit(policy.server.max_connections)
     app = create_app(policy, path=path, watch=True)
     runner = await start_site(app, host, port, reuse_port, shutdown_timeout=min(RESERVE_MAX_S, grace / 5) / 4)
     # Everything built so far (modules, policy, metrics, sessions) lives as long as the process: move it
