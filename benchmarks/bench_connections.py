@@ -7,7 +7,7 @@ Not a test. One gateway process (``python -m gateway serve``) on the built-in ``
   (``--upstream-ms``, mock latency), so that many requests are in flight at once; a 503 is retried
   after its ``retry-after``, as the SDKs do;
 * **partial**: ``--partial`` connections (19,990) that each send half a request head and then nothing,
-  as a slowloris client does (``server.header_timeout_s`` closes them; it is raised here so they stay
+  as a slowloris client does (``server.header_timeout_s`` closes them; it and ``keepalive_timeout_s`` are raised here so they stay
   open while measured).
 
 Meanwhile ``/healthz`` is asked ``--probes`` times on the main port and on the probe port, each on a
@@ -49,7 +49,7 @@ providers:
 models:
   m:
     deployments: [{{provider: mock, model: mock-small}}]
-server: {{max_connections: {max_connections}, max_in_flight: {max_in_flight}, header_timeout_s: 300,
+server: {{max_connections: {max_connections}, max_in_flight: {max_in_flight}, header_timeout_s: 600, keepalive_timeout_s: 600,
          probe_port: {probe_port}}}
 logging: {{access_log: "off", audit_path: {tmp}/audit.jsonl}}
 tenants:
