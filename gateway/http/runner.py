@@ -15,8 +15,9 @@ from aiohttp import web
 
 from gateway.http.drain import RESERVE_MAX_S, shut_down
 from gateway.http.guard import GUARD
+from gateway.http.probes import LoopWatch, ProbeRoutes, ProbeThread
 from gateway.http.protocol import GatewayRunner
-from gateway.http.routes import PROBES
+from gateway.http.routes import PROBES, InfoRoutes
 from gateway.observability.applog import set_queue_limit
 from gateway.observability.metrics import prepare_multiproc_dir, release_multiproc_dir
 from gateway.policy.model import Policy
@@ -46,17 +47,17 @@ async def start_site(app: web.Application, host: str, port: int, reuse_port: boo
     return runner
 
 
-async def _start_probes(app: web.Application, probes: web.Application, host: str, port: int,
-                        reuse_port: bool) -> None:
-    """The probe listener: up before the main one, closed only after it (``/readyz`` says draining)."""
-    runner = web.AppRunner(probes, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
-    await site.start()
-    app[PROBE_RUNNER] = runner
+async def _start_probes(app: web.Application, info: InfoRoutes, host: str, port: int, reuse_port: bool) -> None:
+    """The probe listener, on its own thread (``gateway.http.probes``): up before the main one, closed only
+    after it (``/readyz`` says draining meanwhile)."""
+    watch = LoopWatch(info)
+    beat = asyncio.create_task(watch.run())
+    probes = ProbeThread(ProbeRoutes(watch, asyncio.get_running_loop()))
+    app[PROBE_RUNNER] = await asyncio.to_thread(probes.start, host, port, reuse_port)
 
     async def stop(_: web.Application) -> None:
-        await runner.cleanup()
+        await asyncio.to_thread(probes.stop)
+        beat.cancel()
 
     app.on_cleanup.append(stop)
 
