@@ -8,7 +8,9 @@ metrics on. Every ``--every`` seconds it prints the gateway's RSS and the counts
 answers by kind, latency, RSS over the run, and lost requests (sent without any answer: must be 0).
 
 Usage: ``PYTHONPATH=$PWD python benchmarks/soak.py [--minutes 10] [--connections 16] [--redis]``
-(``--redis``: state in a private ``redis-server``; ``--store``: Responses stored, as by default in the API).
+(``--redis``: state in a private ``redis-server``; ``--store``: Responses stored, as by default in the API;
+``--dlq-max``: the dead-letter queue's bound, whose ~4 KB records are the one per-request table left
+growing once the others are full).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +43,7 @@ version: 1
 state:
   {state}
   dlq_path: {tmp}/dlq.jsonl
+  dlq_max: {dlq_max}
   journal_dir: {tmp}/journal
 providers:
   mock:
@@ -171,6 +175,14 @@ def report(tally: Tally, rss: list[tuple[float, float]], seconds: float) -> int:
     return 0 if lost == 0 else 1
 
 
+def print_bounds(url: str) -> None:
+    """The bounded tables' evictions and dropped log records, from the gateway's /metrics."""
+    with urllib.request.urlopen(url + "/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    wanted = ("llm_gateway_memory_evictions_total", "llm_gateway_log_records_dropped_total")
+    print("bounds: " + ", ".join(line for line in text.splitlines() if line.startswith(wanted)))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0)
@@ -178,6 +190,8 @@ def main() -> int:
     parser.add_argument("--every", type=float, default=10.0, help="seconds between RSS lines")
     parser.add_argument("--redis", action="store_true", help="state in a private redis-server")
     parser.add_argument("--store", action="store_true", help="store Responses (memory grows for their 24 h TTL)")
+    parser.add_argument("--dlq-max", type=int, default=100_000, help="state.dlq_max: the memory backend keeps "
+                        "each dead-lettered request (~4 KB) until this many")
     args = parser.parse_args()
     procs = []
     with tempfile.TemporaryDirectory(prefix="gw-soak-") as tmp:
@@ -191,7 +205,7 @@ def main() -> int:
             wait_port(rport)
             state = f"backend: redis\n  redis_url: redis://127.0.0.1:{rport}/0"
         policy = Path(tmp) / "soak.yaml"
-        policy.write_text(POLICY.format(state=state, tmp=tmp, failure_rate=FAILURE_RATE, key=KEY))
+        policy.write_text(POLICY.format(state=state, tmp=tmp, failure_rate=FAILURE_RATE, key=KEY, dlq_max=args.dlq_max))
         port = free_port()
         log = Path(tmp) / "gateway.log"
         with log.open("wb") as out:  # a file, not a pipe: a pipe nobody reads fills and stalls the gateway's logging
@@ -206,6 +220,7 @@ def main() -> int:
             tally, rss = asyncio.run(soak(f"http://127.0.0.1:{port}", gw.pid, seconds, args.connections,
                                           args.every, args.store))
             code = report(tally, rss, seconds)
+            print_bounds(f"http://127.0.0.1:{port}")
             lines = log.read_text(errors="replace").splitlines()
             print(f"gateway log: {len(lines)} lines, {sum('Traceback' in x for x in lines)} tracebacks")
             return code

@@ -12,6 +12,7 @@ import asyncio
 import time
 
 import httpx
+import openai
 import pytest
 
 from tests.support.mock_openai import Fault
@@ -77,3 +78,58 @@ def test_a_tenant_concurrency_limit_answers_429_with_retry_after_below_the_globa
     print(f"\ntenant concurrency 1, 2 at once: {[(r[0], round(r[1], 2)) for r in results]}")
     assert [r[0] for r in results] == [200, 429]
     assert results[1][1] < 1.0 and "retry-after" in results[1][2].headers
+
+
+ADAPTIVE = "server: {probe_port: 0, adaptive_limit: {target_s: 0.2, min: 2, max: 16, initial: 8, backoff: 0.5, " \
+           "window_s: 30}}"
+
+
+async def _wave(gw, n: int) -> list[tuple[int, float, str | None]]:
+    """``n`` chat completions at once through the SDK: (status, seconds, retry-after) each."""
+    client = gw.aclient("sk-acme")
+
+    async def one() -> tuple[int, float, str | None]:
+        start = time.monotonic()
+        try:
+            await client.chat.completions.create(model="small", messages=BODY["messages"])
+            return 200, time.monotonic() - start, None
+        except openai.APIStatusError as err:
+            return err.status_code, time.monotonic() - start, err.response.headers.get("retry-after")
+
+    try:
+        return await asyncio.gather(*(one() for _ in range(n)))
+    finally:
+        await client.close()
+
+
+def test_the_adaptive_limit_shrinks_on_slow_answers_and_sheds_fast_while_the_probe_port_answers(make_gateway,
+                                                                                                 upstream):
+    from gateway.http.runner import PROBE_RUNNER
+
+    upstream.default = Fault(delay_s=1.0)  # every answer 5x over target_s
+    gw = make_gateway(basic_policy(upstream.url, defaults=ADAPTIVE))
+    probe = f"http://127.0.0.1:{gw.app[PROBE_RUNNER].addresses[0][1]}"
+    assert scrape(probe).value("llm_gateway_adaptive_concurrency_limit") == 8
+    first = asyncio.run(_wave(gw, 8))  # all 8 admitted; all slow: the limit is halved once (one window)
+    assert [r[0] for r in first] == [200] * 8
+    assert scrape(probe).value("llm_gateway_adaptive_concurrency_limit") == 4
+
+    async def wave_and_probes() -> tuple[list, list[int]]:
+        wave = asyncio.create_task(_wave(gw, 8))
+        await asyncio.sleep(0.3)  # 4 working on the upstream, 4 already answered 503
+        async with httpx.AsyncClient(timeout=5) as client:
+            probes = [(await client.get(probe + path)).status_code for path in ("/healthz", "/readyz", "/metrics")]
+        return await wave, probes
+
+    second, probes = asyncio.run(wave_and_probes())
+    ok = [r for r in second if r[0] == 200]
+    shed = [r for r in second if r[0] == 503]
+    metrics = scrape(probe)
+    print(f"\nadaptive limit 8 -> 4 after 8 answers of 1 s (target 0.2 s); next 8 at once: {len(ok)} x 200, "
+          f"{len(shed)} x 503 within {max(r[1] for r in shed) * 1000:.1f} ms; probe port {probes}; "
+          f"limit now {metrics.value('llm_gateway_adaptive_concurrency_limit'):g}")
+    assert len(ok) == 4 and len(shed) == 4
+    assert all(r[1] < 1.0 and r[2] == "1" for r in shed)  # answered before any upstream could have
+    assert probes == [200, 200, 200]
+    assert metrics.value("llm_gateway_requests_shed_total", reason="adaptive_limit") == 4
+    assert upstream.calls == 12

@@ -60,6 +60,7 @@ EXPECTED = {
     "server_body_min_rate_negative.yaml": "{file}:3: server.body_min_rate: must not be negative, got -1",
     "server_max_connections_per_source_zero.yaml": "{file}:3: server.max_connections_per_source: "
                                                    "must be greater than 0, got 0",
+    "server_adaptive_limit_min_over_max.yaml": "{file}:4: server.adaptive_limit.min: must be at most max (10), got 50",
     "server_unknown_key.yaml": "{file}:3: server.header_timeout: unknown key 'header_timeout' "
                                "(did you mean 'header_timeout_s'?)",
     "circuit_breaker_zero.yaml": "{file}:2: circuit_breaker.failures: must be at least 1, got 0",

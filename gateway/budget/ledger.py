@@ -19,7 +19,7 @@ them as doubles (exact up to 2**53 pico-dollars, ~9,000 USD, and off by a few pi
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -191,10 +191,13 @@ return out
 
 
 LOCAL_IDS_TTL_MS = 300_000  # an in-process call never times out, so its settle ids need a short memory only
+LOCAL_IDS_MAX = 20_000  # settle ids per tenant kept in process (~200 bytes each: ~4 MB); past it the oldest go first
+EVICTED: Counter[str] = Counter()  # in-process records dropped for room before their TTL, by table
 
 
 def _settle_local(store: LocalStore, keys: list[str], args: list[Any], now: float) -> list[str]:
-    """Python twin of ``_SETTLE_LUA``; it keeps settle ids at most 5 minutes (``LOCAL_IDS_TTL_MS``).
+    """Python twin of ``_SETTLE_LUA``; it keeps settle ids at most 5 minutes (``LOCAL_IDS_TTL_MS``) and
+    ``LOCAL_IDS_MAX`` per tenant (the oldest dropped first, counted in ``EVICTED["settle_ids"]``).
 
     In-process calls are never "unknown", so only a repeat within one replay batch can reach it; a
     6-hour id set would cost a single-process gateway gigabytes at a few hundred requests a second.
@@ -212,6 +215,9 @@ def _settle_local(store: LocalStore, keys: list[str], args: list[Any], now: floa
         cutoff = now - ittl / 1000
         while ids and next(iter(ids.values())) <= cutoff:
             ids.popitem(last=False)
+        while len(ids) >= LOCAL_IDS_MAX:
+            ids.popitem(last=False)
+            EVICTED["settle_ids"] += 1
         for i in range(n):
             b, z = keys[2 * i], keys[2 * i + 1]
             bucket = _hash(store, b)

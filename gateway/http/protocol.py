@@ -102,9 +102,7 @@ class GatewayProtocol(RequestHandler):
         self._head_timer = None
         if self.transport is not None and self._current_request is None and not self._messages:
             assert self._guard is not None
-            self._guard.refused("header_timeout")
-            log.info("closed a connection from %s: no whole request head within %g s", self._source,
-                     self._guard.limits.header_timeout_s)
+            self._guard.refused("header_timeout")  # logged by the guard, in summary
             self.force_close()
 
     def _process_keepalive(self) -> None:

@@ -25,15 +25,13 @@ if TYPE_CHECKING:
     from gateway.http.server import Handler
     from gateway.services import Services
 
-PROBES = web.AppKey("probes", web.Application)
-
 
 def add_routes(app: web.Application, handler: Handler, services: Services, obs: Observability) -> None:
     """The route table: the pipeline's endpoints per surface, then health, metrics, feedback and admin."""
     store = ResponseStore(services.backend)
     messages, responses = MessagesSurface(), ResponsesSurface(store)
     info = InfoRoutes(services, obs, handler.drain)
-    app[PROBES] = probe_app(info)
+    app[PROBES] = info  # the probe listener's source (``gateway.http.probes``)
     admin = AdminRoutes(services, handler, {"messages": messages, "responses": responses})
     extra = SurfaceRoutes(services.holder, store, services.keys)
     app.router.add_post("/v1/chat/completions", handler.endpoint("chat"))
@@ -56,16 +54,6 @@ def add_routes(app: web.Application, handler: Handler, services: Services, obs: 
     app.router.add_post("/admin/replay/{endpoint}", admin.replay)
     add_rollout_routes(app, services)
     add_key_routes(app, KeyAdminRoutes(services))
-
-
-def probe_app(info: InfoRoutes) -> web.Application:
-    """What the probe listener (``server.probe_port``) serves: health, readiness and metrics only, on
-    connections no cap refuses and no request queue delays."""
-    app = web.Application()
-    app.router.add_get("/healthz", info.healthz)
-    app.router.add_get("/readyz", info.readyz)
-    app.router.add_get("/metrics", info.metrics)
-    return app
 
 
 class InfoRoutes:
@@ -110,6 +98,11 @@ class InfoRoutes:
         return json_reply({"status": "ok"})
 
     async def readyz(self, _: web.Request) -> web.Response:
+        body, status = await self.readiness()
+        return json_reply(body, status)
+
+    async def readiness(self) -> tuple[dict, int]:
+        """The ``/readyz`` answer: body and status (200 ready, 503 draining or not ready)."""
         services = self.services
         holder, stats = services.holder, services.holder.stats
         state = "ok"
@@ -129,8 +122,11 @@ class InfoRoutes:
         status = "draining" if draining else "ready" if ready else "not_ready"
         body = {"status": status, "policy": policy,
                 "state": {"backend": services.backend.kind, "status": state}}
-        return json_reply(body, 200 if ready else 503)
+        return body, 200 if ready else 503
 
     async def metrics(self, _: web.Request) -> web.Response:
         body, ctype = await self.obs.render()
         return web.Response(body=body, headers={"content-type": ctype})
+
+
+PROBES = web.AppKey("probes", InfoRoutes)  # what the probe listener (``server.probe_port``) reads

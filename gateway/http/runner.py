@@ -15,8 +15,10 @@ from aiohttp import web
 
 from gateway.http.drain import RESERVE_MAX_S, shut_down
 from gateway.http.guard import GUARD
+from gateway.http.probes import LoopWatch, ProbeRoutes, ProbeThread
 from gateway.http.protocol import GatewayRunner
-from gateway.http.routes import PROBES
+from gateway.http.routes import PROBES, InfoRoutes
+from gateway.observability.applog import set_queue_limit
 from gateway.observability.metrics import prepare_multiproc_dir, release_multiproc_dir
 from gateway.policy.model import Policy
 
@@ -31,6 +33,8 @@ async def start_site(app: web.Application, host: str, port: int, reuse_port: boo
     cancelling it); ``drain.shut_down`` has already ended the requests, so it only bounds stragglers.
     """
     guard = app.get(GUARD)
+    if guard is not None:
+        guard.max_connections = connection_cap(guard.limits.max_connections)
     extra = {} if guard is None else {"guard": guard, "keepalive_timeout": guard.limits.keepalive_timeout_s}
     runner = GatewayRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout,
                            **extra)
@@ -43,25 +47,52 @@ async def start_site(app: web.Application, host: str, port: int, reuse_port: boo
     return runner
 
 
-async def _start_probes(app: web.Application, probes: web.Application, host: str, port: int,
-                        reuse_port: bool) -> None:
-    """The probe listener: up before the main one, closed only after it (``/readyz`` says draining)."""
-    runner = web.AppRunner(probes, access_log=None, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port, reuse_port=reuse_port or None)
-    await site.start()
-    app[PROBE_RUNNER] = runner
+async def _start_probes(app: web.Application, info: InfoRoutes, host: str, port: int, reuse_port: bool) -> None:
+    """The probe listener, on its own thread (``gateway.http.probes``): up before the main one, closed only
+    after it (``/readyz`` says draining meanwhile)."""
+    watch = LoopWatch(info)
+    beat = asyncio.create_task(watch.run())
+    probes = ProbeThread(ProbeRoutes(watch, asyncio.get_running_loop()))
+    app[PROBE_RUNNER] = await asyncio.to_thread(probes.start, host, port, reuse_port)
 
     async def stop(_: web.Application) -> None:
-        await runner.cleanup()
+        await asyncio.to_thread(probes.stop)
+        beat.cancel()
 
     app.on_cleanup.append(stop)
+
+
+FD_RESERVE = 512  # descriptors kept besides client connections: listeners, probes, upstream and Redis pools, logs
+
+
+def connection_cap(max_connections: int) -> int:
+    """``server.max_connections``, lowered to what the open-file limit can hold (its soft value raised
+    to the hard one first), with a warning when lowered.
+
+    Past that limit ``accept`` fails for every listener, the probe port included, and the event loop
+    backs off: the cap, which closes a surplus connection at once and counts it, must bind first.
+    """
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+    if soft == resource.RLIM_INFINITY or max_connections + FD_RESERVE <= soft:
+        return max_connections
+    cap = max(1, soft - FD_RESERVE)
+    log.warning("server.max_connections %d does not fit the open-file limit %d: capped at %d (%d kept for "
+                "listeners, upstream pools and logs); raise the limit (ulimit -n) to allow more",
+                max_connections, soft, cap, FD_RESERVE)
+    return cap
 
 
 async def _serve_one(policy: Policy, path: str, host: str, port: int, reuse_port: bool) -> None:
     from gateway.http.server import DRAIN, create_app
 
     grace = policy.server.shutdown_grace_s
+    set_queue_limit(policy.logging.queue_lines)
     app = create_app(policy, path=path, watch=True)
     runner = await start_site(app, host, port, reuse_port, shutdown_timeout=min(RESERVE_MAX_S, grace / 5) / 4)
     # Everything built so far (modules, policy, metrics, sessions) lives as long as the process: move it

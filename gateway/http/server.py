@@ -13,6 +13,7 @@ from aiohttp import web
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, UpstreamError
+from gateway.http.adaptive import AdaptiveLimit
 from gateway.http.drain import Drain, overloaded, shutting_down
 from gateway.http.guard import GUARD, ConnectionGuard
 from gateway.http.lifecycle import add_lifecycle
@@ -31,6 +32,7 @@ log = logging.getLogger("gateway.server")
 SERVICES = web.AppKey("services", Services)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 DRAIN = web.AppKey("drain", Drain)
+_CONGESTION = frozenset({"timeout", "429"})  # upstream attempt error kinds that cut the adaptive limit
 _BODY_REFUSALS = {"request_timeout": "body_timeout", "request_too_slow": "body_too_slow"}  # error code -> reason
 
 
@@ -40,14 +42,17 @@ class Handler:
     Past ``server.max_in_flight`` pipeline requests at once, a new one is shed: a 503 ``overloaded``
     with ``retry-after`` before any stage runs (so no ``complete`` either), counted in
     ``llm_gateway_requests_shed_total``. Routes outside the pipeline (probes, metrics) are never shed.
+    With ``server.adaptive_limit``, ``adaptive`` is a second, lower bound learnt from latency
+    (``gateway.http.adaptive``), fed each request's time to its answer's head.
     """
 
     def __init__(self, services: Services, pipeline: Pipeline, drain: Drain, guard: ConnectionGuard | None = None,
-                 ) -> None:
+                 adaptive: AdaptiveLimit | None = None) -> None:
         self.services = services
         self.pipeline = pipeline
         self.drain = drain
         self.guard = guard
+        self.adaptive = adaptive
         self.max_in_flight = guard.limits.max_in_flight if guard is not None else None
 
     def endpoint(self, name: str, surface: Surface = OPENAI):  # noqa: ANN201 - aiohttp handler
@@ -75,11 +80,19 @@ class Handler:
             self.services.metrics.shed.labels("max_in_flight").inc()
             ctx.outcome = "shed"
             return await self.write(ctx, GatewayResponse.from_error(overloaded()))
+        adaptive = self.adaptive
+        if adaptive is not None and not adaptive.acquire():
+            self.services.metrics.shed.labels("adaptive_limit").inc()
+            ctx.outcome = "shed"
+            return await self.write(ctx, GatewayResponse.from_error(overloaded()))
         error: BaseException | None = None
         resp: GatewayResponse | None = None
+        head_s: float | None = None
         task = self.drain.enter()
+        busy = len(self.drain)
         try:
             resp = await self.pipeline.run(ctx)
+            head_s = loop.time() - ctx.started
             error = ctx.error
             return await self.write(ctx, resp)
         except asyncio.CancelledError as exc:
@@ -101,6 +114,8 @@ class Handler:
             return web.Response(status=answer.status, body=answer.body, content_type="application/json",
                                 headers={"x-request-id": ctx.request_id})
         finally:
+            if adaptive is not None:
+                adaptive.release(head_s if ctx.attempts else None, _congested(ctx), busy)  # samples: upstream work only
             self.drain.completing(task)
             try:
                 await self._finish(ctx, resp, error)
@@ -170,6 +185,11 @@ class Handler:
         return out
 
 
+def _congested(ctx: RequestContext) -> bool:
+    """An upstream timed out or throttled us: the adaptive limit's signal besides latency."""
+    return any(a.error_kind in _CONGESTION for a in ctx.attempts)
+
+
 def create_app(
     policy: Policy,
     *,
@@ -191,7 +211,7 @@ def create_app(
     services.holder.subscribe(services.providers.update)
     drain = Drain()
     guard = ConnectionGuard(policy.server, services.metrics)
-    handler = Handler(services, pipeline, drain, guard)
+    handler = Handler(services, pipeline, drain, guard, _adaptive_limit(policy, services, clock))
     app = web.Application(client_max_size=1024**3)
     app[SERVICES] = services
     app[PIPELINE] = pipeline
@@ -201,3 +221,10 @@ def create_app(
     add_fallbacks(app)  # last: JSON 404/405 for whatever no route above serves; x-request-id everywhere
     add_lifecycle(app, services, pipeline, watch)
     return app
+
+
+def _adaptive_limit(policy: Policy, services: Services, clock: Clock) -> AdaptiveLimit | None:
+    cfg = policy.server.adaptive_limit
+    if cfg is None:
+        return None
+    return AdaptiveLimit(cfg, clock.monotonic, policy.server.max_in_flight, services.metrics.adaptive_limit.set)

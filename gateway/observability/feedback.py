@@ -31,7 +31,7 @@ log = logging.getLogger("gateway.observability.feedback")
 
 # stored as a list: ~60 bytes a record; ``variant`` (the rollout arm) may be missing from older records
 RECORD_FIELDS = ("model", "served_model", "route", "deployment", "variant")
-MAX_LOCAL = 200_000  # records the memory backend keeps (in-process, oldest first out)
+MAX_LOCAL = 50_000  # records the memory backend keeps (~460 bytes each: ~23 MB); past it the oldest go first, counted
 FEEDBACK_MAX = 1_000_000  # records the feedback log holds before new ones are refused
 MAX_COMMENT = 4_000
 MAX_PENDING = 10_000  # record writes in flight before new ones are dropped (a stalled backend)
@@ -60,6 +60,7 @@ class LocalRecords:
         self.clock = clock
         self.maxsize = maxsize
         self._records: OrderedDict[tuple[str, str], tuple[float, list]] = OrderedDict()
+        self.evicted = 0  # dropped for room, not expiry (``llm_gateway_memory_evictions_total``)
 
     def __len__(self) -> int:
         return len(self._records)
@@ -69,6 +70,7 @@ class LocalRecords:
         records[key] = (now + ttl, record)
         if len(records) > self.maxsize:
             records.popitem(last=False)
+            self.evicted += 1
         for _ in range(2):
             oldest = next(iter(records.values()))
             if oldest[0] > now:
@@ -85,7 +87,8 @@ class RequestRecords:
 
     Kept ``audit.feedback_ttl_s`` (per tenant). With Redis, one small key per answered request,
     written by a task after the answer (every replica can then find it); with the memory backend,
-    in process (``LocalRecords``, at most ``MAX_LOCAL``), since nothing else could read it.
+    in process (``LocalRecords``, at most ``MAX_LOCAL``), since nothing else could read it: when full,
+    the oldest goes first, counted in ``evicted`` (``llm_gateway_memory_evictions_total{table="feedback_records"}``).
     """
 
     def __init__(self, backend: StateBackend, clock: Callable[[], float] = time.monotonic) -> None:

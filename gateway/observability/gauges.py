@@ -22,9 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import Metric
 
+from gateway.budget.ledger import EVICTED as LEDGER_EVICTED
+from gateway.observability.logqueue import DROPPED as LOG_DROPPED
 from gateway.observability.metrics import BREAKER_STATES, NO_TENANT, ScrapeCollector, gauge
 
 if TYPE_CHECKING:
+    from gateway.observability.feedback import RequestRecords
     from gateway.services import Services
 
 log = logging.getLogger("gateway.observability.metrics")
@@ -33,8 +36,9 @@ REFRESH_DEADLINE_S = 2.0
 
 
 class LiveGauges:
-    def __init__(self, services: Services) -> None:
+    def __init__(self, services: Services, records: RequestRecords | None = None) -> None:
         self.services = services
+        self.records = records  # the feedback records: their evictions are published
         self.metrics = metrics = services.metrics
         self.collector = ScrapeCollector()
         self.collector.sources += [self._policy_info, self._dlq, self._budgets, self._key_expiry]
@@ -67,6 +71,9 @@ class LiveGauges:
         self._publish(self.metrics.ratelimit_events, counts)
         dlq = services.dlq
         self._publish(self.metrics.dlq_records, {"written": dlq.written, "dropped": dlq.dropped})
+        self._publish(self.metrics.log_dropped, {name: LOG_DROPPED[name] for name in ("access", "app")})
+        self._publish(self.metrics.evicted, {"settle_ids": LEDGER_EVICTED["settle_ids"],
+                                             "feedback_records": self.records.local.evicted if self.records else 0})
         pending = services.budget.pending
         oldest = pending.oldest()
         self.metrics.journal_depth.set(len(pending))

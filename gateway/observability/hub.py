@@ -31,6 +31,7 @@ FLUSH_INTERVAL_S = 0.2
 FLUSH_LINES = 512  # flush at once past this many buffered access-log lines
 PUBLISH_INTERVAL_S = METRICS_FLUSH_S  # multiprocess: how often each worker writes its metrics to its files
 MAX_AUDIT_TASKS = 1_000
+RELOAD_CLOSE_WAIT_S = 0.2  # a reload that moves the access log waits this long for the old one's lines
 
 
 class Observability:
@@ -43,7 +44,7 @@ class Observability:
         self.redactors = RedactorCache(services.providers.secrets)
         self.audit = AuditLog(self.redactors)
         self.records = RequestRecords(services.backend, services.clock.monotonic)
-        self.live = LiveGauges(services)
+        self.live = LiveGauges(services, self.records)
         self.recorder = Recorder(self.metrics)
         self.access: LineSink | None = None
         self._tasks: set[asyncio.Task] = set()
@@ -57,8 +58,9 @@ class Observability:
         wanted = (cfg.access_log, cfg.max_bytes, cfg.backups)
         if self.access is None or (self.access.target, self.access.max_bytes, self.access.backups) != wanted:
             if self.access is not None:
-                self.access.close()
-            self.access = LineSink(cfg.access_log, cfg.max_bytes, cfg.backups)
+                self.access.close(RELOAD_CLOSE_WAIT_S)  # on the event loop: a short wait only
+            self.access = LineSink(cfg.access_log, cfg.max_bytes, cfg.backups, cfg.queue_lines)
+        self.access.queue.max_lines = cfg.queue_lines
         self.redactors.for_policy(policy)
 
     def log_line(self, ctx: RequestContext, facts: dict[str, Any]) -> None:
@@ -120,5 +122,5 @@ class Observability:
             self.live.publish_local()
             self.metrics.close()
         if self.access is not None:
-            self.access.close()
+            await asyncio.to_thread(self.access.close)  # a bounded wait for a slow stdout, off the loop
         self.audit.close()

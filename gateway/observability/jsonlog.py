@@ -1,7 +1,9 @@
 """JSON-lines sinks for the access and audit logs: stdout and/or size-rotated files.
 
 Lines are buffered and written in batches (one ``write`` per batch, whole lines only), so a busy
-event loop pays for a list append per request, not a syscall. Files are opened ``O_APPEND`` and
+event loop pays for a list append per request, not a syscall; the batches are written by a thread
+(``logqueue``), so a stdout pipe nobody reads or a slow disk never blocks the loop: past
+``logging.queue_lines`` waiting lines, new ones are dropped and counted. Files are opened ``O_APPEND`` and
 rotated under an ``flock`` on a sidecar lock file: with ``--workers N`` every worker appends to the
 same file, the first to see it past ``max_bytes`` renames it (``.1`` ... ``.<backups>``) and the
 others notice the new inode and reopen.
@@ -15,6 +17,8 @@ import logging
 import os
 import sys
 import threading
+
+from gateway.observability.logqueue import CLOSE_WAIT_S, DEFAULT_MAX_LINES, LogQueue
 
 log = logging.getLogger("gateway.observability.jsonlog")
 
@@ -85,10 +89,12 @@ class RotatingFile:
 class LineSink:
     """Where JSON lines go: ``stdout``, ``off``, a file path, or ``stdout,<path>`` for both.
 
-    ``add`` only buffers; ``flush`` writes. The owner flushes on a short timer and at shutdown.
+    ``add`` only buffers; ``flush`` hands the buffer to the writer thread. The owner flushes on a
+    short timer; ``close`` at shutdown writes what is left (a bounded wait).
     """
 
-    def __init__(self, target: str, max_bytes: int, backups: int) -> None:
+    def __init__(self, target: str, max_bytes: int, backups: int, max_lines: int = DEFAULT_MAX_LINES,
+                 name: str = "access") -> None:
         self.target = target
         self.max_bytes, self.backups = max_bytes, backups
         parts = [p.strip() for p in target.split(",") if p.strip()]
@@ -97,6 +103,7 @@ class LineSink:
         self.files = [RotatingFile(p, max_bytes, backups) for p in paths]
         self.enabled = self.stdout or bool(self.files)
         self._buffer: list[bytes] = []
+        self.queue = LogQueue(name, self.write, max_lines)
 
     def add(self, line: bytes) -> None:
         if self.enabled:
@@ -110,11 +117,13 @@ class LineSink:
         if not self._buffer:
             return
         data = b"\n".join(self._buffer) + b"\n"
+        lines = len(self._buffer)
         self._buffer.clear()
-        self.write(data)
+        self.queue.put(data, lines)
 
     def write(self, data: bytes) -> None:
-        """Write now (whole lines), to every target; a failing target is logged, never raised."""
+        """Write now (whole lines), to every target; a failing target is logged, never raised. The
+        writer thread's target (blocking is fine there)."""
         if self.stdout:
             try:
                 out = sys.stdout
@@ -128,7 +137,9 @@ class LineSink:
             except OSError as exc:
                 log.warning("log file %s: write failed: %s", f.path, exc)
 
-    def close(self) -> None:
+    def close(self, wait_s: float = CLOSE_WAIT_S) -> None:
+        """Write what is buffered, waiting at most ``wait_s`` for a slow output (then it is dropped, counted)."""
         self.flush()
+        self.queue.close(wait_s)
         for f in self.files:
             f.close()

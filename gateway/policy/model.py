@@ -299,6 +299,24 @@ class InputPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class AdaptiveLimitPolicy:
+    """``server.adaptive_limit``: a concurrency limit that follows latency (``gateway.http.adaptive``).
+
+    AIMD on the time a request takes to get its answer's head (a stream: its first event): while
+    that stays within ``target_s`` and the limit is in use, the limit grows by 1 per ``limit``
+    answers; an answer over ``target_s`` or an upstream timeout/overload cuts it by ``backoff``, at
+    most once per ``window_s``. Always within ``min``..``max``.
+    """
+
+    target_s: float = 5.0  # a head slower than this is a congestion signal
+    min: int = 4
+    max: int = 1024  # also capped by server.max_in_flight
+    initial: int = 64
+    backoff: float = 0.9  # the limit is multiplied by this on a congestion signal
+    window_s: float = 1.0  # at most one decrease per window
+
+
+@dataclass(frozen=True, slots=True)
 class ServerPolicy:
     """The HTTP server's own limits, read when the process starts (a reload keeps the running values)."""
 
@@ -311,6 +329,7 @@ class ServerPolicy:
     max_connections_per_source: int | None = None  # per client address (None: no cap; behind a proxy all share one)
     max_in_flight: int | None = 1024  # pipeline requests at once; more get a fast 503 (None: no bound)
     probe_port: int | None = None  # a second listener for /healthz, /readyz, /metrics only (0: any free port)
+    adaptive_limit: AdaptiveLimitPolicy | None = None  # a latency-driven bound below max_in_flight (None: off)
 
 
 @dataclass(frozen=True, slots=True)
@@ -330,6 +349,7 @@ class LoggingPolicy:
     audit_path: str = "gateway-audit.jsonl"
     max_bytes: int = 50 * 1024 * 1024
     backups: int = 5
+    queue_lines: int = 10_000  # lines (access log) or records (app log) waiting for a slow output; more are dropped
 
 
 @dataclass(frozen=True, slots=True)

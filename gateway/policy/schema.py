@@ -70,6 +70,27 @@ TIMEOUTS = build(m.Timeouts, {k: number(gt=0) for k in ("pool_s", "connect_s", "
 STATE = check_state  # the state block has its own module: URL parsing and cluster rules
 CIRCUIT_BREAKER = build(m.CircuitBreakerPolicy, {"failures": integer(ge=1), "cooldown_s": number(gt=0)})
 INPUT = build(m.InputPolicy, {"max_body_bytes": POSITIVE, "default_max_tokens": POSITIVE})
+
+
+def _adaptive_limit(value: Any, path: str, report: Report) -> Any:
+    """``server.adaptive_limit``: its keys, then ``min <= initial <= max``."""
+    limit = _ADAPTIVE_KEYS(value, path, report)
+    if limit is BAD:
+        return BAD
+    if limit.min > limit.max:
+        report.error(f"{path}.min", f"must be at most max ({limit.max}), got {limit.min}")
+        return BAD
+    if not limit.min <= limit.initial <= limit.max:
+        report.error(f"{path}.initial", f"must be between min and max ({limit.min}..{limit.max}), got {limit.initial}")
+        return BAD
+    return limit
+
+
+_ADAPTIVE_KEYS = build(m.AdaptiveLimitPolicy, {
+    "target_s": number(gt=0), "min": POSITIVE, "max": POSITIVE, "initial": POSITIVE,
+    "backoff": number(gt=0, le=0.99), "window_s": number(gt=0),
+})
+_adaptive_limit.keys = _ADAPTIVE_KEYS.keys  # type: ignore[attr-defined]
 SERVER = build(m.ServerPolicy, {
     **{key: number(gt=0) for key in ("shutdown_grace_s", "header_timeout_s", "keepalive_timeout_s", "body_timeout_s")},
     "body_min_rate": integer(ge=0),
@@ -77,6 +98,7 @@ SERVER = build(m.ServerPolicy, {
     "max_connections_per_source": nullable(POSITIVE),
     "max_in_flight": nullable(POSITIVE),
     "probe_port": nullable(integer(ge=0, le=65535)),
+    "adaptive_limit": nullable(_adaptive_limit),
 })
 ADMIN = build(m.AdminPolicy, {"api_keys": list_of(KEY_DIGEST), "key_expiry_warning_s": number(gt=0)})
 METRICS = build(m.MetricsPolicy, {"per_tenant": BOOLEAN})
@@ -87,6 +109,7 @@ LOGGING = build(m.LoggingPolicy, {
     "audit_path": string(nonempty=True),
     "max_bytes": POSITIVE,
     "backups": integer(ge=0),
+    "queue_lines": POSITIVE,
 })
 
 # -- blocks a tenant may override key-wise: checked into dicts -----------------------------------

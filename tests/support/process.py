@@ -17,9 +17,10 @@ ROOT = Path(__file__).resolve().parents[2]
 class GatewayProcess:
     """``start`` waits for ``/healthz``; ``stop`` sends SIGTERM and, past ``timeout``, SIGKILL."""
 
-    def __init__(self, policy: Path, workdir: Path) -> None:
+    def __init__(self, policy: Path, workdir: Path, pipes: bool = False) -> None:
         self.policy = policy
         self.workdir = workdir
+        self.pipes = pipes  # stdout and stderr to pipes nobody reads (a stuck log shipper), not the log file
         self.port = free_port()
         self.log_path = workdir / "gateway.log"
         self.proc: subprocess.Popen | None = None
@@ -31,9 +32,10 @@ class GatewayProcess:
     def start(self, timeout: float = 20.0) -> GatewayProcess:
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         with self.log_path.open("wb") as log:
+            out = subprocess.PIPE if self.pipes else log
             self.proc = subprocess.Popen([sys.executable, "-m", "gateway", "serve", "--quiet", "--port",
                                           str(self.port), "--policy", str(self.policy)],
-                                         cwd=self.workdir, env=env, stdout=log, stderr=log)
+                                         cwd=self.workdir, env=env, stdout=out, stderr=out)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.proc.poll() is None, f"the gateway exited early:\n{self.log()}"
