@@ -177,9 +177,8 @@ class GatewayMetrics:
                                  ("provider",), STATE_BUCKETS + (2.5, 5.0, 10.0, 30.0), reg)
         self.pool_timeouts = self._c("upstream_pool_timeouts", "Upstream attempts that found no free pooled "
                                      "connection within timeouts.pool_s.", ("provider",), reg)
-        self.adaptive_limit = Gauge(PREFIX + "adaptive_concurrency_limit", "The current limit of server."
-                                    "adaptive_limit (with several workers: their sum).", registry=reg,
-                                    multiprocess_mode="livesum")
+        self.adaptive_limit = self._g("adaptive_concurrency_limit", "The current limit of server."
+                                      "adaptive_limit (with several workers: their sum).", (), "livesum", reg)
         self.log_dropped = self._c("log_records_dropped", "Log records dropped because the writer fell behind "
                                    "(log: access, app).", ("log",), reg)
         self.evicted = self._c("memory_evictions", "Per-request records dropped from a full in-process "
