@@ -114,6 +114,17 @@ class MeteredBackend:
             if self.traced:
                 _trace(script.name, elapsed, failed)
 
+    async def run_fused(self, ops: list[Any]) -> list[Any]:
+        duration, errors = self._series("fused")
+        start = time.perf_counter()
+        try:
+            return await self.inner.run_fused(ops)
+        except StateError:
+            errors.inc()
+            raise
+        finally:
+            duration.observe(time.perf_counter() - start)
+
     async def log_append(self, key: str, record: dict[str, Any], max_len: int) -> str:
         return await self._timed("log_append", self.inner.log_append(key, record, max_len))
 
