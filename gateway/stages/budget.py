@@ -11,6 +11,9 @@ sends requests for a large or routed model to the route's small model (which is 
 refusing a request whose large-model reservation no longer fits). ``mode: shadow`` accounts and
 counts but never refuses, downgrades or adds headers.
 
+The reservation and the settle are ops of the phase's one fused call with the rate limits'
+(``gateway.stages.state_batch``): a refusal by the limits undoes the reservation in that call.
+
 With a shared (Redis) state, a settle that cannot reach it goes to this replica's journal
 (``gateway.budget.journal``) and is replayed when Redis answers; while the journal holds
 ``state.journal_max`` charges, ``admit`` refuses (503, ``retry-after``) rather than serve work it

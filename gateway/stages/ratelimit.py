@@ -14,6 +14,12 @@ refused, every attempt failed, a stale or static substitute); otherwise the rese
 — a cut stream may have cost up to ``max_tokens``, and keeping the upper bound is what makes
 ``tpm`` a ceiling rather than a guess.
 
+State calls (issue 15): ``admit``'s reservation and ``complete``'s release are ops of the phase's
+one fused call (``gateway.stages.state_batch``), next to the budget's: the reservation carries the
+entries of the served model and of the model a budget downgrade would pick, and the budget's answer
+in the same call picks one. For a tenant without a cache, ``limit_requests`` only builds the plan
+and its ``rpm``/``concurrency`` join that call too (no cache answer can come before ``admit``).
+
 Time: the scripts read Redis ``TIME`` (one clock for every replica). This stage never passes a
 time itself; when the gateway is built with a non-system clock (tests), the Redis backend hands
 that clock's time to every script and the memory backend always uses it (``gateway.state``).
