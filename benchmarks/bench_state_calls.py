@@ -22,7 +22,6 @@ import asyncio
 import re
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
@@ -30,10 +29,12 @@ import httpx
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.bench_proxy import BODY, POLICY  # noqa: E402
 from benchmarks.common import free_port, spawn_gateway, spawn_mock, start_redis, stop_all, wait_port  # noqa: E402
+from benchmarks.runner.policies import gateway_policy  # noqa: E402
 
-SCRAPE_OPS = ("budget_read", "log_len")  # the gauges a /metrics scrape reads, not the requests' work
+BODY = '{"model":"m","messages":[{"role":"user","content":"Say hello"}]}'
+
+SCRAPE_OPS = ("budget_read", "log_len", "keys_expiry_stats")  # the gauges a /metrics scrape reads
 _COUNT = re.compile(r'^llm_gateway_state_duration_seconds_count\{op="([^"]+)"\} ([\d.e+]+)$', re.M)
 
 
@@ -131,10 +132,8 @@ def main() -> int:
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp())
     up, rport, gw, gw_redis = free_port(), free_port(), free_port(), free_port()
-    policy = textwrap.dedent(POLICY.format(up=up)).replace("cache: {enabled: true, ttl_s: 60}\n", "")
-    (tmp / "memory.yaml").write_text(policy)
-    state = f'state: {{backend: redis, redis_url: "redis://127.0.0.1:{rport}/0", timeout_ms: 1000}}\n'
-    (tmp / "redis.yaml").write_text(state + policy)
+    (tmp / "memory.yaml").write_text(gateway_policy(up))
+    (tmp / "redis.yaml").write_text(gateway_policy(up, f"redis://127.0.0.1:{rport}/0"))
     procs = [spawn_mock(up), start_redis(rport, tmp)]
     try:
         for port in (up, rport):
