@@ -3,9 +3,9 @@
 A request is limited by up to three scopes: the tenant (``rate_limit``), its API key (the key's own
 ``rate_limit`` over the tenant's ``rate_limit.per_key``, field by field) and the tenant+public model
 (``rate_limit.models``). Each scope's ``rpm`` and ``concurrency`` are checked in ``limit_requests``
-and its ``tpm`` in ``admit`` (with the request limits too when no cache applies), each phase in
-one call (admit's and complete's fused with the budget's, ``gateway.ratelimit.fused``). Request limits are per public model (what
-was asked, before the cache); a model's ``tpm`` counts the tokens of the model that serves (after
+(in ``admit`` when no cache applies) and its ``tpm`` in ``admit``, each phase in one call (admit's
+and complete's fused with the budget's, ``gateway.ratelimit.fused``). Request limits are per public
+model (what was asked, before the cache); a model's ``tpm`` counts the tokens of the model that serves (after
 routing and a budget downgrade, ``build_token_plan``). Plans are built lazily and memoised per
 policy, so the request path never reads the policy's limit blocks, only these tuples.
 
