@@ -115,15 +115,21 @@ class MeteredBackend:
                 _trace(script.name, elapsed, failed)
 
     async def run_fused(self, ops: list[Any]) -> list[Any]:
+        # one call per phase for the rate-limit and budget stages (``gateway.state.fused``), as ``run``
         duration, errors = self._series("fused")
         start = time.perf_counter()
+        failed = False
         try:
             return await self.inner.run_fused(ops)
         except StateError:
             errors.inc()
+            failed = True
             raise
         finally:
-            duration.observe(time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            duration.observe(elapsed)
+            if self.traced:
+                _trace("fused", elapsed, failed)
 
     async def log_append(self, key: str, record: dict[str, Any], max_len: int) -> str:
         return await self._timed("log_append", self.inner.log_append(key, record, max_len))
