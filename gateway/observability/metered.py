@@ -128,8 +128,8 @@ class MeteredBackend:
         finally:
             elapsed = time.perf_counter() - start
             duration.observe(elapsed)
-            if self.traced:
-                _trace("fused", elapsed, failed)
+            if self.traced:  # the span names the concerns in the call, e.g. fused:budget_settle+ratelimit_release
+                _trace("fused:" + "+".join(op.fragment.name for op in ops), elapsed, failed)
 
     async def log_append(self, key: str, record: dict[str, Any], max_len: int) -> str:
         return await self._timed("log_append", self.inner.log_append(key, record, max_len))
