@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from gateway.stages.budget import Hold
     from gateway.stages.cache import CacheState
     from gateway.stages.ratelimit import LimitState
+    from gateway.stages.state_batch import StateBatch
 
 
 @dataclass(slots=True)
@@ -109,6 +110,9 @@ class RequestContext:
     cache_state: CacheState | None = None
     budget_hold: Hold | None = None
     limit_state: LimitState | None = None
+    # The state work of the current phase (admit, complete), sent as one call (``StateBatchStage``).
+    state_batch: StateBatch | None = None
+    downgrade_to: ModelSpec | None = None  # the model a budget downgrade would pick (budget -> rate limit, admit)
     in_flight: bool = False
     trace_span: Any = None  # the OpenTelemetry server span, when tracing is on (tracing stage)
     phase_marks: list[tuple[str, float]] | None = None  # traced: (phase, wall time it began), by the pipeline

@@ -16,9 +16,11 @@ from gateway.budget.service import BudgetService
 from gateway.cache.key import cache_key
 from gateway.clock import FakeClock
 from gateway.policy.loader import load_policy_text
+from gateway.ratelimit.fused import AdmitOp, ReleaseOp
 from gateway.ratelimit.plan import build_plan, build_token_plan
 from gateway.state import MemoryBackend
 from gateway.state.base import hash_tag
+from gateway.state.fused import redis_call as fused_call
 
 POLICY = """\
 version: 1
@@ -87,6 +89,26 @@ def test_budget_reserve_and_settle_keys_are_on_the_tenants_slot() -> None:
     settle = [*reserve, day, settled]
     assert settled == "prod.gw:{acme.eu}:settled"
     assert _one_slot(reserve) == _one_slot(settle) == key_slot(b"{acme.eu}")
+
+
+def test_each_fused_call_of_a_request_is_on_its_tenants_slot() -> None:
+    """admit's call (budget scopes, request limits, both token variants) and complete's (settle, release)."""
+    policy = load_policy_text(POLICY)
+    service = BudgetService(MemoryBackend())
+    service.on_policy(policy)
+    tenant = policy.tenants["acme.eu"]
+    ops = next(k for k in tenant.api_keys if k.name == "ops")
+    scopes = [service.scope_args(tenant.name, spec, 1_750_000_000.0) for spec in service.specs(tenant, ops)]
+    plan = build_plan(policy, tenant, ops, "auto")
+    variants = [[("T", lim.limit, 9, *lim.keys) for lim in build_token_plan(policy, tenant, ops, "auto", served).tokens]
+                for served in ("large", "small")]
+    requests = [(lim.kind, lim.limit, 1, lim.keys[0], "") for lim in plan.requests]
+    admit = [service.reserve_op(scopes, "r", 5, 1), AdmitOp("r", False, requests + variants[0], variants[1], False)]
+    charge = Charge("r", 3, tuple(s.key for s in scopes), (0, 0), day_key("prod.gw", tenant.name, "2025-06-15"), 0, ())
+    complete = [service.settle_op(charge), ReleaseOp("r", plan.slot_keys, [lim.keys for lim in plan.tokens], 3)]
+    for call in (admit, complete):
+        _, keys, _ = fused_call(call)
+        assert len(keys) > 4 and _one_slot(keys) == key_slot(b"{acme.eu}")
 
 
 def test_cache_keys_spread_by_namespace() -> None:

@@ -21,10 +21,11 @@ from gateway.stages.observe import InFlightStage, ObserveStage
 from gateway.stages.ratelimit import RateLimitStage
 from gateway.stages.rollout import RolloutStage
 from gateway.stages.router import RouterStage
+from gateway.stages.state_batch import StateBatchStage
 from gateway.stages.tracing import TracingStage
 from gateway.stages.usage import UsageStage
 
-RULE_TESTS = 10  # the tests below, one per numbered rule
+RULE_TESTS = 11  # the tests below, one per numbered rule
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +88,7 @@ def test_rule_9_tracing_right_before_observe(stages: list[Stage]) -> None:
 def test_rule_10_rollout_right_after_input(stages: list[Stage]) -> None:
     assert at(stages, RolloutStage) == at(stages, InputStage) + 1
     assert at(stages, RolloutStage) < min(at(stages, CacheStage), at(stages, RouterStage), at(stages, BudgetStage))
+
+
+def test_rule_11_state_batch_right_after_budget_and_rate_limit(stages: list[Stage]) -> None:
+    assert at(stages, StateBatchStage) == at(stages, RateLimitStage) + 1 == at(stages, BudgetStage) + 2

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.state.base import LocalStore, Script, StateBackend, hash_tag
+from gateway.state.fused import Fragment, FusedCtx
 
 MAX_PURGE = 100  # expired reservations released per scope per reserve, to bound one script's work
 SETTLED_TTL_S = 6 * 3600.0  # how long a settle id is remembered (state.settled_ids_ttl_s sets the shared one)
@@ -73,7 +74,8 @@ local refused = over(amount)
 if refused > 0 and may_alt and not use_alt and over(alt) == 0 then
   use_alt, amount, refused = true, alt, 0
 end
-if refused > 0 then return {'over', tostring(refused), unpack(out)} end
+if refused > 0 then --OVER--
+ return {'over', tostring(refused), unpack(out)} end
 for i = 1, n do
   local b, z = KEYS[2 * i - 1], KEYS[2 * i]
   redis.call('HINCRBY', b, 'held', amount)
@@ -87,8 +89,24 @@ for i = 1, n do
 end
 local verdict = 'main'
 if use_alt then verdict = 'alt' end
+--HELD--
 return {verdict, '0', unpack(out)}
 """.replace("MAX_PURGE", str(MAX_PURGE))
+
+# The fused-call form (``gateway.state.fused``): a refusal stops the ops after it; a hold tells them
+# which variant (main or alt) was reserved and how to undo it if a later op refuses.
+_RESERVE_FRAGMENT_LUA = _RESERVE_LUA.replace(
+    "--OVER--", "fx.refused = true for j = #fx.undo, 1, -1 do fx.undo[j]() end fx.undo = {}").replace("--HELD--", """
+fx.variant = verdict
+fx.undo[#fx.undo + 1] = function()
+  for i = 1, n do
+    local b, z = KEYS[2 * i - 1], KEYS[2 * i]
+    if redis.call('HDEL', b, 'r:' .. rid) == 1 and amount ~= '0' then redis.call('HINCRBY', b, 'held', '-' .. amount) end
+    redis.call('ZREM', z, rid)
+  end
+end
+""")
+_RESERVE_LUA = _RESERVE_LUA.replace("--OVER--", "").replace("--HELD--", "")
 
 
 def _hash(store: LocalStore, key: str) -> dict[str, Any]:
@@ -109,41 +127,71 @@ def _purge(store: LocalStore, b: str, z: str, now: float) -> None:
         del exp[rid]
 
 
-def _reserve_local(store: LocalStore, keys: list[str], args: list[Any], now: float) -> list[str]:
-    """Python twin of ``_RESERVE_LUA``."""
-    rid, hold_s, main, alt = str(args[0]), float(args[1]), int(args[2]), str(args[3])
+def _reserve_local(store: LocalStore, keys: list[str], args: list[Any], now: float) -> list[Any]:
+    """Python twin of ``_RESERVE_LUA``: its arguments parsed, then ``reserve_scopes``."""
     n = len(keys) // 2
-    scope = [args[4 + i * 5: 9 + i * 5] for i in range(n)]  # limit soft enforce downgrade ttl_ms
-    levels, out = [], []
+    scopes = []
     for i in range(n):
-        _purge(store, keys[2 * i], keys[2 * i + 1], now)
-        bucket = store.get(keys[2 * i]) or {}
+        limit, soft, enforce, downgrade, ttl_ms = args[4 + i * 5: 9 + i * 5]
+        scopes.append(ScopeArgs(keys[2 * i], int(limit), None if str(soft) == "" else int(soft),
+                                str(enforce) == "1", str(downgrade) == "1", int(ttl_ms)))
+    alt = None if str(args[3]) == "" else int(args[3])
+    reply = reserve_scopes(store, scopes, [keys[2 * i + 1] for i in range(n)], str(args[0]), float(args[1]),
+                           int(args[2]), alt, now)
+    return [reply[0], str(reply[1]), *map(str, reply[2:])]
+
+
+def reserve_scopes(store: LocalStore, scopes: list[ScopeArgs], exp_keys: list[str], rid: str, hold_s: float,
+                   main: int, alt: int | None, now: float, fx: FusedCtx | None = None) -> list[Any]:
+    """The reservation on typed scopes (the native form): ``[verdict, over, spent, held, ...]``.
+
+    In a fused call (``fx``) a refusal stops the later ops, and a hold registers its undo.
+    """
+    n = len(scopes)
+    levels: list[int] = []
+    out: list[Any] = []
+    for i, s in enumerate(scopes):
+        _purge(store, s.key, exp_keys[i], now)
+        bucket = store.get(s.key) or {}
         spent, held = bucket.get("spent", 0), bucket.get("held", 0)
-        out += [str(spent), str(held)]
+        out += (spent, held)
         levels.append(spent + held)
 
     def over(amount: int) -> int:
-        return next((i + 1 for i in range(n) if str(scope[i][2]) == "1" and levels[i] + amount > int(scope[i][0])), 0)
+        return next((i + 1 for i in range(n) if scopes[i].enforce and levels[i] + amount > scopes[i].limit), 0)
 
-    downgraders = [i for i in range(n) if str(scope[i][3]) == "1"] if alt != "" else []
-    use_alt = any(str(scope[i][1]) != "" and levels[i] >= int(scope[i][1]) for i in downgraders)
-    amount = int(alt) if use_alt else main
+    downgraders = [i for i in range(n) if scopes[i].downgrade] if alt is not None else []
+    use_alt = any(scopes[i].soft is not None and levels[i] >= scopes[i].soft for i in downgraders)  # type: ignore[operator]
+    amount = alt if use_alt and alt is not None else main
     refused = over(amount)
-    if refused and downgraders and not use_alt and over(int(alt)) == 0:
-        use_alt, amount, refused = True, int(alt), 0
+    if refused and downgraders and not use_alt and alt is not None and over(alt) == 0:
+        use_alt, amount, refused = True, alt, 0
     if refused:
-        return ["over", str(refused), *out]
-    for i in range(n):
-        b, z = keys[2 * i], keys[2 * i + 1]
-        bucket, exp = _hash(store, b), _hash(store, z)
+        if fx is not None:
+            fx.refuse()
+        return ["over", refused, *out]
+    buckets = []
+    for i, s in enumerate(scopes):
+        bucket, exp = _hash(store, s.key), _hash(store, exp_keys[i])
         bucket["held"] = bucket.get("held", 0) + amount
         bucket[f"r:{rid}"] = amount
         exp[rid] = now + hold_s
-        ttl_ms = int(scope[i][4])
-        if ttl_ms > 0:
-            store.expire(b, ttl_ms / 1000)
-            store.expire(z, ttl_ms / 1000)
-    return ["alt" if use_alt else "main", "0", *out]
+        buckets.append((bucket, exp))
+        if s.ttl_ms > 0:
+            store.expire(s.key, s.ttl_ms / 1000)
+            store.expire(exp_keys[i], s.ttl_ms / 1000)
+    verdict = "alt" if use_alt else "main"
+    if fx is not None:
+        fx.variant = verdict
+
+        def undo() -> None:
+            for bucket, exp in buckets:
+                if bucket.pop(f"r:{rid}", None) is not None:
+                    bucket["held"] = bucket.get("held", 0) - amount
+                exp.pop(rid, None)
+
+        fx.undo.append(undo)
+    return [verdict, 0, *out]
 
 
 RESERVE = Script(name="budget_reserve", lua=_RESERVE_LUA, local=_reserve_local)
@@ -202,13 +250,23 @@ def _settle_local(store: LocalStore, keys: list[str], args: list[Any], now: floa
     In-process calls are never "unknown", so only a repeat within one replay batch can reach it; a
     6-hour id set would cost a single-process gateway gigabytes at a few hundred requests a second.
     """
-    rid, cost, dttl = str(args[0]), int(args[1]), int(args[2])
-    ittl = min(int(args[3]), LOCAL_IDS_TTL_MS)
     n = (len(keys) - 2) // 2
-    ids = store.get(keys[-1])
+    pairs = args[4 + n:]
+    charge = Charge(str(args[0]), int(args[1]), tuple(keys[0:2 * n:2]), tuple(int(t) for t in args[4:4 + n]),
+                    keys[-2], int(args[2]), tuple((str(f), int(a)) for f, a in zip(pairs[::2], pairs[1::2], strict=True)))
+    reply = settle_charge(store, charge, [keys[2 * i + 1] for i in range(n)], keys[-1], int(args[3]), now)
+    return [reply[0], *map(str, reply[1:])]
+
+
+def settle_charge(store: LocalStore, charge: Charge, exp_keys: list[str], ids_key: str, ids_ttl_ms: int,
+                  now: float) -> list[Any]:
+    """The settle on a typed ``Charge`` (the native form): ``[ok|dup, spent, held, ...]`` per scope."""
+    rid, cost, dttl = charge.rid, charge.cost, charge.day_ttl_ms
+    ittl = min(ids_ttl_ms, LOCAL_IDS_TTL_MS)
+    ids = store.get(ids_key)
     if ids is None:
         ids = OrderedDict()  # settle id -> time, oldest first: expiry pops from the front, never scans
-        store.set(keys[-1], ids)
+        store.set(ids_key, ids)
     status = "dup"
     if rid not in ids:
         status = "ok"
@@ -218,29 +276,27 @@ def _settle_local(store: LocalStore, keys: list[str], args: list[Any], now: floa
         while len(ids) >= LOCAL_IDS_MAX:
             ids.popitem(last=False)
             EVICTED["settle_ids"] += 1
-        for i in range(n):
-            b, z = keys[2 * i], keys[2 * i + 1]
+        for i, b in enumerate(charge.scope_keys):
             bucket = _hash(store, b)
             if f"r:{rid}" in bucket:
                 bucket["held"] = bucket.get("held", 0) - bucket.pop(f"r:{rid}")
-            (store.get(z) or {}).pop(rid, None)
+            (store.get(exp_keys[i]) or {}).pop(rid, None)
             bucket["spent"] = bucket.get("spent", 0) + cost
-            ttl_ms = int(args[4 + i])
+            ttl_ms = charge.scope_ttls_ms[i]
             if ttl_ms > 0 and store.ttl(b) is None:
                 store.expire(b, ttl_ms / 1000)
         if dttl > 0:
-            day = _hash(store, keys[-2])
-            pairs = args[4 + n:]
-            for field, amount in zip(pairs[::2], pairs[1::2], strict=True):
-                day[str(field)] = day.get(str(field), 0) + int(amount)
-            if store.ttl(keys[-2]) is None:
-                store.expire(keys[-2], dttl / 1000)
+            day = _hash(store, charge.day_key)
+            for field, amount in charge.fields:
+                day[field] = day.get(field, 0) + amount
+            if store.ttl(charge.day_key) is None:
+                store.expire(charge.day_key, dttl / 1000)
         ids[rid] = now
-        store.expire(keys[-1], ittl / 1000)
-    out = [status]
-    for i in range(n):
-        bucket = store.get(keys[2 * i]) or {}
-        out += [str(bucket.get("spent", 0)), str(bucket.get("held", 0))]
+        store.expire(ids_key, ittl / 1000)
+    out: list[Any] = [status]
+    for b in charge.scope_keys:
+        bucket = store.get(b) or {}
+        out += (bucket.get("spent", 0), bucket.get("held", 0))
     return out
 
 
@@ -310,13 +366,8 @@ class Ledger:
 
     async def reserve(self, scopes: list[ScopeArgs], rid: str, hold_s: float, main: int,
                       alt: int | None) -> Reserved:
-        keys = [k for s in scopes for k in (s.key, s.key + ":exp")]
-        args: list[Any] = [rid, hold_s, main, "" if alt is None else alt]
-        for s in scopes:
-            args += s.argv()
-        reply = await self.backend.run(RESERVE, keys, args)
-        levels = tuple((int(reply[2 + 2 * i]), int(reply[3 + 2 * i])) for i in range(len(scopes)))
-        return Reserved(str(reply[0]), int(reply[1]), levels)
+        keys, args = reserve_call(scopes, rid, hold_s, main, alt)
+        return parse_reserved(await self.backend.run(RESERVE, keys, args), len(scopes))
 
     async def settle(self, charge: Charge) -> list[tuple[int, int]]:
         """Release ``charge.rid``'s hold, add its cost; returns (spent, held) per scope afterwards."""
@@ -324,12 +375,8 @@ class Ledger:
 
     async def settle_once(self, charge: Charge) -> tuple[bool, list[tuple[int, int]]]:
         """``settle``, and whether it applied now (False: this id was settled before, nothing changed)."""
-        keys = [k for key in charge.scope_keys for k in (key, key + ":exp")] + [charge.day_key, charge.settled_key]
-        args: list[Any] = [charge.rid, charge.cost, charge.day_ttl_ms, self.settled_ttl_ms, *charge.scope_ttls_ms]
-        for field, amount in charge.fields:
-            args += [field, amount]
-        reply = await self.backend.run(SETTLE, keys, args)
-        return reply[0] == "ok", [(int(reply[i]), int(reply[i + 1])) for i in range(1, len(reply) - 1, 2)]
+        keys, args = settle_call(charge, self.settled_ttl_ms)
+        return parse_settled(await self.backend.run(SETTLE, keys, args))
 
     async def read(self, keys: list[str]) -> list[dict[str, int]]:
         if not keys:
@@ -357,3 +404,72 @@ class Charge:
     def settled_key(self) -> str:
         """The tenant's settled-ids key, under the same hash tag as the day record."""
         return self.day_key.rpartition(":spend:")[0] + ":settled"
+
+
+# -- calls and replies ----------------------------------------------------------------------------
+def reserve_call(scopes: list[ScopeArgs], rid: str, hold_s: float, main: int,
+                 alt: int | None) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of ``RESERVE`` (and of its fused fragment)."""
+    keys = [k for s in scopes for k in (s.key, s.key + ":exp")]
+    args: list[Any] = [rid, hold_s, main, "" if alt is None else alt]
+    for s in scopes:
+        args += s.argv()
+    return keys, args
+
+
+def parse_reserved(reply: list[Any], n: int) -> Reserved:
+    levels = tuple((int(reply[2 + 2 * i]), int(reply[3 + 2 * i])) for i in range(n))
+    return Reserved(str(reply[0]), int(reply[1]), levels)
+
+
+def settle_call(charge: Charge, settled_ttl_ms: int) -> tuple[list[str], list[Any]]:
+    """KEYS and ARGV of ``SETTLE`` (and of its fused fragment)."""
+    keys = [k for key in charge.scope_keys for k in (key, key + ":exp")] + [charge.day_key, charge.settled_key]
+    args: list[Any] = [charge.rid, charge.cost, charge.day_ttl_ms, settled_ttl_ms, *charge.scope_ttls_ms]
+    for field, amount in charge.fields:
+        args += [field, amount]
+    return keys, args
+
+
+def parse_settled(reply: list[Any]) -> tuple[bool, list[tuple[int, int]]]:
+    return reply[0] == "ok", [(int(reply[i]), int(reply[i + 1])) for i in range(1, len(reply) - 1, 2)]
+
+
+# -- fused-call ops (``gateway.state.fused``) ----------------------------------------------------
+RESERVE_FRAGMENT = Fragment("budget_reserve", _RESERVE_FRAGMENT_LUA)
+SETTLE_FRAGMENT = Fragment("budget_settle", _SETTLE_LUA)
+
+
+class ReserveOp:
+    """A reservation as one op of the phase's fused call: it runs first, and a later refusal undoes it."""
+
+    fragment = RESERVE_FRAGMENT
+    __slots__ = ("alt", "hold_s", "main", "rid", "scopes")
+
+    def __init__(self, scopes: list[ScopeArgs], rid: str, hold_s: float, main: int, alt: int | None) -> None:
+        self.scopes, self.rid, self.hold_s, self.main, self.alt = scopes, rid, hold_s, main, alt
+
+    def redis_call(self) -> tuple[list[str], list[Any]]:
+        return reserve_call(self.scopes, self.rid, self.hold_s, self.main, self.alt)
+
+    def native(self, store: LocalStore, now: float, fx: FusedCtx) -> list[Any]:
+        return reserve_scopes(store, self.scopes, [s.key + ":exp" for s in self.scopes], self.rid, self.hold_s,
+                              self.main, self.alt, now, fx)
+
+
+class SettleOp:
+    """A settle as one op of the phase's fused call (idempotent by ``charge.rid``, as ``SETTLE``)."""
+
+    fragment = SETTLE_FRAGMENT
+    __slots__ = ("charge", "ids_ttl_ms")
+
+    def __init__(self, charge: Charge, ids_ttl_ms: int) -> None:
+        self.charge, self.ids_ttl_ms = charge, ids_ttl_ms
+
+    def redis_call(self) -> tuple[list[str], list[Any]]:
+        return settle_call(self.charge, self.ids_ttl_ms)
+
+    def native(self, store: LocalStore, now: float, fx: FusedCtx) -> list[Any]:
+        charge = self.charge
+        return settle_charge(store, charge, [k + ":exp" for k in charge.scope_keys], charge.settled_key,
+                             self.ids_ttl_ms, now)

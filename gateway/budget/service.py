@@ -25,7 +25,15 @@ from dataclasses import dataclass
 
 from gateway.budget.fallback import LocalFallback
 from gateway.budget.journal import MemoryPending, Pending, SettleJournal
-from gateway.budget.ledger import Charge, Ledger, Reserved, ScopeArgs, scope_key
+from gateway.budget.ledger import (
+    Charge,
+    Ledger,
+    Reserved,
+    ReserveOp,
+    ScopeArgs,
+    SettleOp,
+    scope_key,
+)
 from gateway.budget.periods import Window, key_ttl_s, window
 from gateway.budget.pricing import UNPRICED, Rates, pico, rates_for, usd
 from gateway.clock import SYSTEM_CLOCK, Clock
@@ -203,34 +211,67 @@ class BudgetService:
         try:
             reserved = await self.shared.reserve(scopes, rid, self.derived.hold_s, main, alt)
         except StateError as exc:
-            self.counts["backend_error"] += 1
-            mode = self.derived.on_error
-            log.warning("budget reserve failed (%s); on_backend_error=%s", exc, mode)
-            if mode == "deny":
-                self.counts["failure_mode_denied"] += 1
-                raise
-            if mode == "allow":
-                self.counts["failure_mode_allowed"] += 1
-                return None, None
-            self.counts["failure_mode_local"] += 1
-            local = await self.fallback.reserve(scopes, rid, self.derived.hold_s, main, alt, self.derived.replicas)
-            return local, self.local
+            return await self.reserve_failed(exc, scopes, rid, main, alt)
+        return self.reserved(scopes, reserved), self.shared
+
+    def reserve_op(self, scopes: list[ScopeArgs], rid: str, main: int, alt: int | None) -> ReserveOp:
+        """``reserve``'s shared part as an op of the phase's fused call (``gateway.state.fused``)."""
+        assert self.derived is not None
+        return ReserveOp(scopes, rid, self.derived.hold_s, main, alt)
+
+    def reserved(self, scopes: list[ScopeArgs], reserved: Reserved) -> Reserved:
+        """A reservation the shared ledger answered: its levels are what the local fallback starts from."""
         for scope, (spent, held) in zip(scopes, reserved.levels, strict=True):
             self.fallback.observe(scope.key, spent + held)
-        return reserved, self.shared
+        return reserved
+
+    async def reserve_failed(self, exc: StateError, scopes: list[ScopeArgs], rid: str, main: int,
+                             alt: int | None) -> tuple[Reserved | None, Ledger | None]:
+        """The shared reservation failed: as ``on_backend_error`` says (raises StateError for deny)."""
+        assert self.derived is not None
+        self.counts["backend_error"] += 1
+        mode = self.derived.on_error
+        log.warning("budget reserve failed (%s); on_backend_error=%s", exc, mode)
+        if mode == "deny":
+            self.counts["failure_mode_denied"] += 1
+            raise exc
+        if mode == "allow":
+            self.counts["failure_mode_allowed"] += 1
+            return None, None
+        self.counts["failure_mode_local"] += 1
+        local = await self.fallback.reserve(scopes, rid, self.derived.hold_s, main, alt, self.derived.replicas)
+        return local, self.local
 
     async def settle(self, charge: Charge, ledger: Ledger | None) -> None:
         """Settle on the ledger that holds the reservation; the shared ledger always gets the charge."""
-        if ledger is self.local:
-            # the same id on the shared ledger: it releases a hold only if a reserve that timed out applied
-            await self.local.settle(charge)
+        await self.settle_local(charge, ledger)
         try:
-            await self._settle_shared(charge)
+            answer = await self.shared.settle_once(charge)
         except StateError as exc:
+            await self.settled(charge, None, exc)
+            return
+        await self.settled(charge, answer, None)
+
+    def settle_op(self, charge: Charge) -> SettleOp:
+        """``settle``'s shared part as an op of the phase's fused call (after ``settle_local``)."""
+        return SettleOp(charge, self.shared.settled_ttl_ms)
+
+    async def settle_local(self, charge: Charge, ledger: Ledger | None) -> None:
+        """The local ledger's part of ``settle``: the same id on the shared ledger only releases a
+        hold there if a reserve that timed out applied."""
+        if ledger is self.local:
+            await self.local.settle(charge)
+
+    async def settled(self, charge: Charge, answer: tuple[bool, list[tuple[int, int]]] | None,
+                      error: StateError | None) -> None:
+        """The shared settle's answer (applied now, levels), or its failure: then kept for replay."""
+        if error is not None:
             self.counts["settle_failed"] += 1
             self.keep(charge)
-            log.warning("budget settle failed (%s); kept for replay (%d pending)", exc, len(self.pending))
+            log.warning("budget settle failed (%s); kept for replay (%d pending)", error, len(self.pending))
             return
+        assert answer is not None
+        self._observe_settled(charge, *answer)
         if len(self.pending):  # the backend answers again: a batch now, the replayer does the rest
             await self.replay(batches=1)
             self._wake.set()
@@ -266,7 +307,9 @@ class BudgetService:
             self._replaying = False
 
     async def _settle_shared(self, charge: Charge) -> None:
-        applied, levels = await self.shared.settle_once(charge)
+        self._observe_settled(charge, *await self.shared.settle_once(charge))
+
+    def _observe_settled(self, charge: Charge, applied: bool, levels: list[tuple[int, int]]) -> None:
         for key, (spent, held) in zip(charge.scope_keys, levels, strict=True):
             self.fallback.observe(key, spent + held)
         if not applied:  # its earlier attempt applied although its answer never came: nothing to do

@@ -114,6 +114,23 @@ class MeteredBackend:
             if self.traced:
                 _trace(script.name, elapsed, failed)
 
+    async def run_fused(self, ops: list[Any]) -> list[Any]:
+        # one call per phase for the rate-limit and budget stages (``gateway.state.fused``), as ``run``
+        duration, errors = self._series("fused")
+        start = time.perf_counter()
+        failed = False
+        try:
+            return await self.inner.run_fused(ops)
+        except StateError:
+            errors.inc()
+            failed = True
+            raise
+        finally:
+            elapsed = time.perf_counter() - start
+            duration.observe(elapsed)
+            if self.traced:  # the span names the concerns in the call, e.g. fused:budget_settle+ratelimit_release
+                _trace("fused:" + "+".join(op.fragment.name for op in ops), elapsed, failed)
+
     async def log_append(self, key: str, record: dict[str, Any], max_len: int) -> str:
         return await self._timed("log_append", self.inner.log_append(key, record, max_len))
 

@@ -69,12 +69,22 @@ class Guard:
             except StateError as exc:
                 self.failed(exc)
             else:
-                if self._down_until:
-                    self._down_until = 0.0
-                    log.warning("rate limiting: state backend answers again")
+                self.answered()
                 if script is ACQUIRE:
                     self.seeds.observe(keys, args, reply, self.local_clock.time())
                 return SHARED, reply, self.shared
+        return await self.fallback(script, keys, local_args, mode, on_try, replicas)
+
+    def answered(self) -> None:
+        """The shared backend answered: it is up again if it was held down."""
+        if self._down_until:
+            self._down_until = 0.0
+            log.warning("rate limiting: state backend answers again")
+
+    async def fallback(self, script: Script, keys: list[str], local_args: Callable[[], list[Any]], mode: str,
+                       on_try: Callable[[StateBackend], None],
+                       replicas: int = 1) -> tuple[str, Any, StateBackend | None]:
+        """What ``mode`` decides once the shared backend failed (see ``run``)."""
         self.stats.failure_decisions[mode] = self.stats.failure_decisions.get(mode, 0) + 1
         if mode in (ALLOW, DENY):
             return mode, None, None

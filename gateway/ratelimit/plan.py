@@ -3,8 +3,9 @@
 A request is limited by up to three scopes: the tenant (``rate_limit``), its API key (the key's own
 ``rate_limit`` over the tenant's ``rate_limit.per_key``, field by field) and the tenant+public model
 (``rate_limit.models``). Each scope's ``rpm`` and ``concurrency`` are checked in ``limit_requests``
-and its ``tpm`` in ``admit``, each phase in one script call. Request limits are per public model (what
-was asked, before the cache); a model's ``tpm`` counts the tokens of the model that serves (after
+(in ``admit`` when no cache applies) and its ``tpm`` in ``admit``, each phase in one call (admit's
+and complete's fused with the budget's, ``gateway.ratelimit.fused``). Request limits are per public
+model (what was asked, before the cache); a model's ``tpm`` counts the tokens of the model that serves (after
 routing and a budget downgrade, ``build_token_plan``). Plans are built lazily and memoised per
 policy, so the request path never reads the policy's limit blocks, only these tuples.
 
@@ -71,12 +72,6 @@ class Plan:
     def acquire_args(self, token: str, local: bool) -> list[Any]:
         spec = self.acquire_local_spec if local else self.acquire_spec
         return [token, self.force, WINDOW_US, LEASE_US, *spec]
-
-    def reserve_args(self, token: str, cost: int, local: bool) -> list[Any]:
-        args: list[Any] = [token, self.force, WINDOW_US, LEASE_US]
-        for lim in self.tokens:
-            args += ["T", lim.local_limit if local else lim.limit, cost]
-        return args
 
     def acquire_limits(self) -> tuple[tuple[str, Limit], ...]:
         """(kind in the acquire call, limit) in result order: request limits, then token peeks."""

@@ -227,23 +227,31 @@ def acquire(store: LocalStore, keys: list[str], args: list[Any], now: float) -> 
     status is 1 admitted, 0 rejected (nothing written), 2 over a limit but committed (force);
     retry_ms is exact to the next admission, -1 when the request can never fit.
     """
-    token, force = str(args[0]), str(args[1]) == "1"
-    window, lease, t = int(args[2]), int(args[3]), now_us(now)
+    specs: list[tuple[str, int, int, str, str]] = []
+    ki = 0
+    for i in range(4, len(args), 3):
+        kind = str(args[i])
+        hkey = keys[ki + 1] if kind in ("T", "P") else ""
+        specs.append((kind, int(args[i + 1]), int(args[i + 2]), keys[ki], hkey))
+        ki += 2 if hkey else 1
+    return acquire_entries(store, str(args[0]), str(args[1]) == "1", int(args[2]), int(args[3]), specs, now)
+
+
+def acquire_entries(store: LocalStore, token: str, force: bool, window: int, lease: int,
+                    specs: list[tuple[str, int, int, str, str]], now: float) -> list[int]:
+    """``acquire`` on typed entries ``(kind, limit, weight, key, weights key or "")``: the native form."""
+    t = now_us(now)
     entries: list[_Entry] = []
     # Each key's log is read from the store once per call and shared by its entries: the store then
     # holds that very object, or nothing when it emptied (and an empty log is as good as a new one).
     logs: dict[str, ZSet] = {}
-    ki, ok, retry = 0, True, 0
-    for i in range(4, len(args), 3):
-        e = _Entry(str(args[i]), int(args[i + 1]), int(args[i + 2]), keys[ki])
-        zs = logs.get(e.key)
+    ok, retry = True, 0
+    for kind, limit, weight, key, hkey in specs:
+        e = _Entry(kind, limit, weight, key, hkey)
+        zs = logs.get(key)
         if zs is None:
-            zs = logs[e.key] = _zset(store, e.key)
+            zs = logs[key] = _zset(store, key)
         e.zs = zs
-        ki += 1
-        if e.kind in ("T", "P"):
-            e.hkey = keys[ki]
-            ki += 1
         _check(store, e, window, t)
         if e.over:
             ok = False
@@ -267,21 +275,30 @@ def release(store: LocalStore, keys: list[str], args: list[Any], now: float) -> 
     """
     token, ki = str(args[0]), 0
     for i in range(1, len(args), 2):
-        kind = str(args[i])
-        if kind == "C":
-            zs = _zset(store, keys[ki])
-            if zs.remove(token):
-                _save(store, keys[ki], zs)
+        if str(args[i]) == "C":
+            release_slot(store, keys[ki], token)
             ki += 1
-            continue
-        weights = store.get(keys[ki + 1])
-        ki += 2
-        if isinstance(weights, dict) and token in weights:
-            delta = int(args[i + 1]) - int(weights[token])
-            weights[token] = int(args[i + 1])
-            if delta:
-                weights[SUM_FIELD] = int(weights.get(SUM_FIELD, 0)) + delta
+        else:
+            settle_tokens(store, keys[ki + 1], token, int(args[i + 1]))
+            ki += 2
     return 1
+
+
+def release_slot(store: LocalStore, key: str, token: str) -> None:
+    """Free one concurrency slot (ZREM)."""
+    zs = _zset(store, key)
+    if zs.remove(token):
+        _save(store, key, zs)
+
+
+def settle_tokens(store: LocalStore, hkey: str, token: str, actual: int) -> None:
+    """Set a token reservation to its real use; one that already left the window stays gone."""
+    weights = store.get(hkey)
+    if isinstance(weights, dict) and token in weights:
+        delta = actual - int(weights[token])
+        weights[token] = actual
+        if delta:
+            weights[SUM_FIELD] = int(weights.get(SUM_FIELD, 0)) + delta
 
 
 def renew(store: LocalStore, keys: list[str], args: list[Any], now: float) -> int:

@@ -27,6 +27,10 @@ tests/test_stage_order.py):
 10. ``RolloutStage`` right after ``InputStage``: it needs the requested model, and the cache, the
     router and admission must see the arm it chose (a candidate request is keyed, routed and
     admitted as the candidate).
+11. ``StateBatchStage`` right after ``BudgetStage`` and ``RateLimitStage``: its ``admit`` and
+    ``complete`` send the state work those two queued in ``ctx.state_batch`` as one call (issue 15),
+    then hand each its reply in list order (the budget's first: a downgrade decides the token limits).
+    A plan that runs either of them must run it too.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from gateway.stages.observe import InFlightStage, ObserveStage
 from gateway.stages.ratelimit import RateLimitStage
 from gateway.stages.rollout import RolloutStage
 from gateway.stages.router import RouterStage
+from gateway.stages.state_batch import StateBatchStage
 from gateway.stages.surface import SurfaceStage
 from gateway.stages.tracing import TracingStage
 from gateway.stages.upstream import UpstreamStage
@@ -68,6 +73,7 @@ def build_stages(services: Services, obs: Observability) -> list[Stage]:
         RouterStage(services),
         BudgetStage(services),
         RateLimitStage(services),
+        StateBatchStage(services.backend),
         DeadLetterStage(services.dlq),
         UpstreamStage(services, stale=cache.stale),
         SurfaceStage(),

@@ -11,6 +11,9 @@ sends requests for a large or routed model to the route's small model (which is 
 refusing a request whose large-model reservation no longer fits). ``mode: shadow`` accounts and
 counts but never refuses, downgrades or adds headers.
 
+The reservation and the settle are ops of the phase's one fused call with the rate limits'
+(``gateway.stages.state_batch``): a refusal by the limits undoes the reservation in that call.
+
 With a shared (Redis) state, a settle that cannot reach it goes to this replica's journal
 (``gateway.budget.journal``) and is replayed when Redis answers; while the journal holds
 ``state.journal_max`` charges, ``admit`` refuses (503, ``retry-after``) rather than serve work it
@@ -23,12 +26,13 @@ no model answered.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import secrets
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gateway.budget.ledger import Charge, Ledger, Reserved, ScopeArgs, day_key
+from gateway.budget.ledger import Charge, Ledger, Reserved, ScopeArgs, day_key, parse_reserved, parse_settled
 from gateway.budget.periods import DAY_RECORD_TTL_S
 from gateway.budget.pricing import cost, estimate_usage, usd, worst_case
 from gateway.budget.service import BudgetSpec
@@ -114,11 +118,38 @@ class BudgetStage(Stage):
         now = self.services.clock.time()
         hold = Hold(f"{self._rid_prefix}{next(self._seq)}", [self.service.scope_args(tenant.name, s, now) for s in specs])
         ctx.budget_hold = hold  # before the await: a cancelled reserve is still released
+        batch = ctx.state_batch
+        if batch is not None:  # in admit's one call, before the token limits (which learn the downgrade)
+            ctx.downgrade_to = small
+            finish = functools.partial(self._reserved, ctx, specs, hold, model, small, main, alt, now)
+            batch.add("admit", self.service.reserve_op(hold.scopes, hold.rid, main, alt), finish)
+            return None
         try:
             reserved, hold.ledger = await self.service.reserve(hold.scopes, hold.rid, main, alt)
         except StateError:
             hold.state = "none"
             return self._deny(ctx)
+        return self._held(ctx, specs, hold, reserved, model, small, main, alt, now)
+
+    async def _reserved(self, ctx: RequestContext, specs: list[BudgetSpec], hold: Hold, model: ModelSpec,
+                        small: ModelSpec | None, main: int, alt: int | None, now: float, reply: list | None,
+                        error: StateError | None) -> Verdict:
+        """Admit's verdict from the fused call's reply, or from ``on_backend_error`` when it failed."""
+        if error is None:
+            assert reply is not None
+            reserved: Reserved | None = self.service.reserved(hold.scopes, parse_reserved(reply, len(hold.scopes)))
+            hold.ledger = self.service.shared
+        else:
+            try:
+                reserved, hold.ledger = await self.service.reserve_failed(error, hold.scopes, hold.rid, main, alt)
+            except StateError:
+                hold.state = "none"
+                return self._deny(ctx)
+        return self._held(ctx, specs, hold, reserved, model, small, main, alt, now)
+
+    def _held(self, ctx: RequestContext, specs: list[BudgetSpec], hold: Hold, reserved: Reserved | None,
+              model: ModelSpec, small: ModelSpec | None, main: int, alt: int | None, now: float) -> Verdict:
+        """What a reservation (``None``: not reserved, allowed by ``on_backend_error``) means for the request."""
         if reserved is None:
             hold.state = "none"
             ctx.budget_outcome = "failure_mode_allowed"
@@ -256,7 +287,16 @@ class BudgetStage(Stage):
             day_ttl_ms=int(DAY_RECORD_TTL_S * 1000) if fields else 0,
             fields=fields,
         )
-        await self.service.settle(charge, hold.ledger if hold is not None else None)
+        ledger = hold.ledger if hold is not None else None
+        batch = ctx.state_batch
+        if batch is None:
+            await self.service.settle(charge, ledger)
+            return
+        await self.service.settle_local(charge, ledger)  # the shared settle goes in complete's one call
+        batch.add("complete", self.service.settle_op(charge), functools.partial(self._settled, charge))
+
+    async def _settled(self, charge: Charge, reply: list | None, error: StateError | None) -> None:
+        await self.service.settled(charge, None if reply is None else parse_settled(reply), error)
 
     def _charge(self, ctx: RequestContext) -> tuple[Usage | None, int]:
         """The usage to charge (estimated when the provider reported none) and its cost."""

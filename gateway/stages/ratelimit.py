@@ -14,6 +14,12 @@ refused, every attempt failed, a stale or static substitute); otherwise the rese
 — a cut stream may have cost up to ``max_tokens``, and keeping the upper bound is what makes
 ``tpm`` a ceiling rather than a guess.
 
+State calls (issue 15): ``admit``'s reservation and ``complete``'s release are ops of the phase's
+one fused call (``gateway.stages.state_batch``), next to the budget's: the reservation carries the
+entries of the served model and of the model a budget downgrade would pick, and the budget's answer
+in the same call picks one. For a tenant without a cache, ``limit_requests`` only builds the plan
+and its ``rpm``/``concurrency`` join that call too (no cache answer can come before ``admit``).
+
 Time: the scripts read Redis ``TIME`` (one clock for every replica). This stage never passes a
 time itself; when the gateway is built with a non-system clock (tests), the Redis backend hands
 that clock's time to every script and the memory backend always uses it (``gateway.state``).
@@ -29,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -41,9 +48,10 @@ from gateway.pipeline import GatewayResponse, Respond, Stage, Verdict
 from gateway.plan import Scope
 from gateway.policy.model import Policy
 from gateway.ratelimit.fallback import ALLOW, DENY, LOCAL, Guard
+from gateway.ratelimit.fused import AdmitOp, Entry, ReleaseOp, acquire_call
 from gateway.ratelimit.leases import Leases, PendingReleases
 from gateway.ratelimit.plan import Plan, Plans
-from gateway.ratelimit.queue import Lines, wait_turn
+from gateway.ratelimit.queue import Line, Lines, wait_turn
 from gateway.ratelimit.result import (
     OVER_COMMITTED,
     REJECTED,
@@ -76,6 +84,7 @@ class LimitState:
     requests: Result | None = None
     tokens: Result | None = None
     reserved: int = 0  # tokens committed in admit
+    deferred: bool = False  # request limits left to admit's call (no cache answers this request)
     slots_on: list[StateBackend] = field(default_factory=list)  # backends that may hold our slots
     tokens_on: list[StateBackend] = field(default_factory=list)  # ... and our token reservation
 
@@ -160,6 +169,9 @@ class RateLimitStage(Stage):
             await self._replay_releases()
         st = LimitState(f"{self._prefix}{next(self._seq)}", plan)
         ctx.limit_state = st
+        if ctx.state_batch is not None and not ctx.tenant.cache.enabled:
+            st.deferred = True  # no cache answer can come first: checked in admit's one call
+            return None
         pairs = plan.acquire_pairs
         args = plan.acquire_args(st.token, False)
 
@@ -167,7 +179,7 @@ class RateLimitStage(Stage):
             return plan.acquire_args(st.token, True)
 
         async def attempt() -> Decision:
-            return await self._call(ctx, st, plan.acquire_keys, args, local_args, pairs, st.slots_on)
+            return await self._call(ctx, plan.acquire_keys, args, local_args, pairs, (st.slots_on,))
 
         decision = await self._decide(st, attempt)
         if isinstance(decision, Result):
@@ -178,29 +190,120 @@ class RateLimitStage(Stage):
 
     async def admit(self, ctx: RequestContext) -> Verdict:
         st = ctx.limit_state
-        plan = self._token_plan(ctx, st)
-        if plan is None or not plan.tokens:
+        plan = self._token_plan(ctx, st, None)
+        if plan is None:
+            return None
+        small = ctx.downgrade_to
+        alt = self._token_plan(ctx, st, small.name) if small is not None else None
+        deferred = st is not None and st.deferred
+        if not (deferred or plan.tokens or (alt is not None and alt.tokens)):
             return None
         if st is None:  # no request limits, only the served model's tpm
             st = ctx.limit_state = LimitState(f"{self._prefix}{next(self._seq)}", plan)
         st.token_plan = plan
         completion = 0 if ctx.endpoint == "embeddings" else ctx.policy.input.default_max_tokens
         cost = ctx.prompt_tokens_est + (ctx.max_tokens or completion) * ctx.choices
-        args = plan.reserve_args(st.token, cost, False)
-        pairs = plan.token_pairs
+        batch = ctx.state_batch
+        if batch is None:
+            return await self._admit_alone(ctx, st, cost)
+        op = self._admit_op(st, plan, alt, cost)
+        if op is not None:  # before the call: a call whose answer never comes may still have taken them
+            _keep(st.tokens_on, self.guard.shared)
+            if deferred:
+                _keep(st.slots_on, self.guard.shared)
+        batch.add("admit", op, functools.partial(self._admit_finish, ctx, st, op, plan, alt, cost))
+        return None
 
-        def local_args() -> list:
-            return plan.reserve_args(st.token, cost, True)
+    def _admit_op(self, st: LimitState, plan: Plan, alt: Plan | None, cost: int) -> AdmitOp | None:
+        """The limits' part of admit's fused call; None when they must be checked alone, after it
+        (the shared backend is held down, or the tenant's queue already has requests waiting)."""
+        if self.guard.down:
+            return None
+        queued = st.plan.queue_s > 0
+        if queued and self.lines.get(st.plan.tenant).busy:
+            return None
+        return AdmitOp(st.token, st.plan.shadow, self._entries(st, plan, cost, False),
+                       None if alt is None else self._entries(st, alt, cost, False), keep=queued)
+
+    async def _admit_finish(self, ctx: RequestContext, st: LimitState, op: AdmitOp | None, plan: Plan,
+                            alt: Plan | None, cost: int, reply: list | None, error: StateError | None) -> Verdict:
+        """Admit's verdict from the fused call's reply (the budget's finisher has run: ``ctx.model`` is
+        final), or from a call of its own when the limits could not join it."""
+        if op is None:
+            return await self._admit_alone(ctx, st, cost)
+        holds = (st.tokens_on, st.slots_on) if st.deferred else (st.tokens_on,)
+        if error is not None:  # the fused call failed: decide as on_backend_error says, for the model that serves
+            self.guard.failed(error)
+            tplan = self._token_plan(ctx, st, None) or plan
+            keys, args = acquire_call(st.token, st.plan.shadow, self._entries(st, tplan, cost, False))
+            decision = await self._call(ctx, keys, args, lambda: self._local_args(st, tplan, cost),
+                                        self._pairs(st, tplan), holds, shared=False)
+            return self._admitted(ctx, st, tplan, decision, cost)
+        if not reply:  # an earlier op refused: this one wrote nothing
+            _drop(holds, self.guard.shared)
+            return None
+        self.guard.answered()
+        tplan = alt if reply[0] == 1 and alt is not None else plan
+        raw = reply[1:]
+        if self.guard.shared.kind != "memory":  # what the local fallback starts from (never used in memory)
+            keys, args = acquire_call(st.token, st.plan.shadow, op.alt if tplan is alt else op.main)  # type: ignore[arg-type]
+            self.guard.seeds.observe(keys, args, raw, self.services.clock.time())
+        decision: Decision = parse(raw, self._pairs(st, tplan), False)
+        if _rejected(decision):
+            _drop(holds, self.guard.shared)
+            if st.plan.queue_s > 0 and decision.retry_ms >= 0:  # type: ignore[union-attr]
+                decision = await self._wait(st, self.lines.get(st.plan.tenant), self._attempt(ctx, st, tplan, cost))
+        return self._admitted(ctx, st, tplan, decision, cost)
+
+    async def _admit_alone(self, ctx: RequestContext, st: LimitState, cost: int) -> Verdict:
+        """Admit's limits in a call of their own, for the model that serves now."""
+        tplan = self._token_plan(ctx, st, None) or st.plan
+        if not (st.deferred or tplan.tokens):
+            return None
+        return self._admitted(ctx, st, tplan, await self._decide(st, self._attempt(ctx, st, tplan, cost)), cost)
+
+    def _attempt(self, ctx: RequestContext, st: LimitState, tplan: Plan,
+                 cost: int) -> Callable[[], Awaitable[Decision]]:
+        keys, args = acquire_call(st.token, st.plan.shadow, self._entries(st, tplan, cost, False))
+        holds = (st.tokens_on, st.slots_on) if st.deferred else (st.tokens_on,)
+        pairs = self._pairs(st, tplan)
 
         async def attempt() -> Decision:
-            return await self._call(ctx, st, plan.token_keys, args, local_args, pairs, st.tokens_on)
+            return await self._call(ctx, keys, args, lambda: self._local_args(st, tplan, cost), pairs, holds)
 
-        decision = await self._decide(st, attempt)
+        return attempt
+
+    def _admitted(self, ctx: RequestContext, st: LimitState, tplan: Plan, decision: Decision, cost: int) -> Verdict:
+        """Record admit's decision (results for the headers, leases, the reservation) and answer."""
+        st.token_plan = tplan
         if isinstance(decision, Result):
-            st.tokens = decision
-            if decision.admitted:
-                st.reserved = cost
+            if st.deferred:
+                st.requests = decision
+                if decision.admitted and st.plan.slot_keys:
+                    self.leases.add(self._holder(decision), st.plan.tenant, st.token, st.plan.slot_keys)
+            if tplan.tokens:
+                st.tokens = decision
+                if decision.admitted:
+                    st.reserved = cost
+        st.deferred = False
         return self._verdict(ctx, decision, cost)
+
+    @staticmethod
+    def _entries(st: LimitState, tplan: Plan, cost: int, local: bool) -> list[Entry]:
+        """Admit's entries: the deferred request limits, then the served model's token limits."""
+        out: list[Entry] = []
+        if st.deferred:
+            out += [(lim.kind, lim.local_limit if local else lim.limit, 1, lim.keys[0], "") for lim in st.plan.requests]
+        out += [("T", lim.local_limit if local else lim.limit, cost, lim.keys[0], lim.keys[1]) for lim in tplan.tokens]
+        return out
+
+    def _local_args(self, st: LimitState, tplan: Plan, cost: int) -> list:
+        return acquire_call(st.token, st.plan.shadow, self._entries(st, tplan, cost, True))[1]
+
+    @staticmethod
+    def _pairs(st: LimitState, tplan: Plan) -> tuple:
+        pairs = tplan.token_pairs
+        return tuple((lim.kind, lim) for lim in st.plan.requests) + pairs if st.deferred else pairs
 
     async def on_response(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:
         st = ctx.limit_state
@@ -218,35 +321,45 @@ class RateLimitStage(Stage):
         backends = list(st.slots_on)  # each backend once: slots first, then token-only ones
         for b in st.tokens_on:
             _keep(backends, b)
+        batched = False
         for backend in backends:
-            await self._release(st, backend, actual)
-        if st.plan.slot_keys:
+            batched = await self._release(ctx, st, backend, actual) or batched
+        if st.plan.slot_keys and not batched:  # else once the fused call answered (``_released``)
             self.lines.freed(st.plan.tenant)
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def _token_plan(self, ctx: RequestContext, st: LimitState | None) -> Plan | None:
-        """The tpm limits of the model that serves: it differs from the one asked for after routing,
-        a context-window fallback or a budget downgrade (all decided before this ``admit``)."""
+    def _token_plan(self, ctx: RequestContext, st: LimitState | None, served: str | None) -> Plan | None:
+        """The tpm limits of the model that serves (``served``, else ``ctx.model``): it differs from the
+        one asked for after routing, a context-window fallback or a budget downgrade."""
         if ctx.tenant is None:
             return None
-        served = ctx.model.name if ctx.model is not None else ctx.public_model
+        if served is None:
+            served = ctx.model.name if ctx.model is not None else ctx.public_model
         if st is not None and served == ctx.public_model:
             return st.plan
         return self.plans.tokens(ctx.policy, ctx.tenant, ctx.api_key, ctx.public_model, served)
 
-    async def _call(self, ctx: RequestContext, st: LimitState, keys: list[str], args: list,
-                    local_args: Callable[[], list],
-                    pairs: tuple, holds: list[StateBackend]) -> Decision:
-        """One script call (shared backend, or the failure mode); ``holds`` learns where it may write."""
+    async def _call(self, ctx: RequestContext, keys: list[str], args: list, local_args: Callable[[], list],
+                    pairs: tuple, holds: tuple[list[StateBackend], ...], shared: bool = True) -> Decision:
+        """One script call (shared backend, or the failure mode; only the latter when ``shared`` is off,
+        the shared call having failed already); ``holds`` learn where it may write."""
         mode = ctx.policy.state.on_backend_error
-        how, reply, backend = await self.guard.run(ACQUIRE, keys, args, local_args, mode,
-                                                   lambda b: _keep(holds, b), max(1, ctx.policy.state.replicas))
+
+        def on_try(b: StateBackend) -> None:
+            for found in holds:
+                _keep(found, b)
+
+        replicas = max(1, ctx.policy.state.replicas)
+        if shared:
+            how, reply, backend = await self.guard.run(ACQUIRE, keys, args, local_args, mode, on_try, replicas)
+        else:
+            how, reply, backend = await self.guard.fallback(ACQUIRE, keys, local_args, mode, on_try, replicas)
         if how in (ALLOW, DENY):
             return how
         result = parse(reply, pairs, how == LOCAL)
-        if result.status == REJECTED:  # a clear "no" wrote nothing: nothing to undo there
-            holds[:] = [b for b in holds if b is not backend]
+        if result.status == REJECTED and backend is not None:  # a clear "no" wrote nothing: nothing to undo
+            _drop(holds, backend)
         return result
 
     def _holder(self, result: Result) -> StateBackend:
@@ -260,8 +373,12 @@ class RateLimitStage(Stage):
             first = await attempt()
             if line is None or not _rejected(first) or first.retry_ms < 0:  # type: ignore[union-attr]
                 return first
+        return await self._wait(st, line, attempt)
+
+    async def _wait(self, st: LimitState, line: Line, attempt: Callable[[], Awaitable[Decision]]) -> Decision:
+        """Wait in the tenant's line, attempting again at each turn, until admitted or the queue times out."""
         self.stats.queued += 1
-        deadline = asyncio.get_running_loop().time() + plan.queue_s
+        deadline = asyncio.get_running_loop().time() + st.plan.queue_s
         last = await wait_turn(line, deadline, attempt, lambda d: not _rejected(d),
                                lambda d: d.wait_ms / 1000 if isinstance(d, Result) else 0.0)
         if _rejected(last):
@@ -304,33 +421,46 @@ class RateLimitStage(Stage):
             return usage.total_tokens
         return st.reserved if ctx.model_reached() else 0
 
-    async def _release(self, st: LimitState, backend: StateBackend, actual: int) -> None:
-        """Free the slots and settle the reservation held on ``backend`` (one call)."""
+    async def _release(self, ctx: RequestContext, st: LimitState, backend: StateBackend, actual: int) -> bool:
+        """Free the slots and settle the reservation held on ``backend``: in ``complete``'s fused call
+        when it is the shared backend and the request has a batch (True), else in a call of its own."""
         plan = st.plan
-        keys: list[str] = []
-        args: list = [st.token]
-        if _holds(st.slots_on, backend):
-            keys += plan.slot_keys
-            args += ["C", 0] * len(plan.slot_keys)
-        if _holds(st.tokens_on, backend):
-            for lim in (st.token_plan or plan).tokens:
-                keys += lim.keys
-                args += ["T", actual]
+        slots = plan.slot_keys if _holds(st.slots_on, backend) else ()
+        tokens = [(lim.keys[0], lim.keys[1]) for lim in (st.token_plan or plan).tokens] \
+            if _holds(st.tokens_on, backend) else []
         self.leases.remove(backend, plan.tenant, st.token)
-        if not keys:
-            return
+        if not slots and not tokens:
+            return False
+        op = ReleaseOp(st.token, slots, tokens, actual)
         if backend is self.guard.shared and self.guard.down:
-            self._keep_release(keys, args)  # replayed when the backend answers again
-            return
+            self._keep_release(*op.redis_call())  # replayed when the backend answers again
+            return False
+        if backend is self.guard.shared and ctx.state_batch is not None:
+            ctx.state_batch.add("complete", op, functools.partial(self._released, st, op))
+            return True
         try:
-            await backend.run(RELEASE, keys, args)
+            await backend.run(RELEASE, *op.redis_call())
         except StateError as exc:
             self.guard.failed(exc)
-            self._keep_release(keys, args)  # its outcome is unknown: a replay is harmless
+            self._keep_release(*op.redis_call())  # its outcome is unknown: a replay is harmless
+        return False
+
+    async def _released(self, st: LimitState, op: ReleaseOp, reply: object, error: StateError | None) -> None:
+        """The fused release answered (or failed: kept for replay); queued requests may try again."""
+        if error is not None:
+            self.guard.failed(error)
+            self._keep_release(*op.redis_call())
+        if st.plan.slot_keys:
+            self.lines.freed(st.plan.tenant)
 
     def _keep_release(self, keys: list[str], args: list) -> None:
         self.releases.add(keys, args)
         self.stats.releases_kept += 1
+
+
+def _drop(holds: tuple[list[StateBackend], ...], backend: StateBackend) -> None:
+    for found in holds:
+        found[:] = [b for b in found if b is not backend]
 
 
 def _rejected(decision: Decision) -> bool:

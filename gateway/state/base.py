@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from gateway.state.fused import FusedOp
 
 
 class StateError(Exception):
@@ -68,6 +71,8 @@ class StateBackend(Protocol):
 
     # atomic scripts (rate limits, budgets)
     async def run(self, script: Script, keys: list[str], args: list[Any]) -> Any: ...
+    # several stages' work of one phase as one atomic call, one reply per op (``gateway.state.fused``)
+    async def run_fused(self, ops: list[FusedOp]) -> list[Any]: ...
 
     # append-only logs (dead-letter queue, feedback, review): bounded, ordered, ids are strings
     async def log_append(self, key: str, record: dict[str, Any], max_len: int) -> str: ...

@@ -16,6 +16,7 @@ from typing import Any
 
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.state.base import Script, StateError
+from gateway.state.fused import FusedOp, run_native
 from gateway.state.journal import LOG_FULL, Logs, format_id, parse_id
 
 __all__ = [
@@ -228,6 +229,16 @@ class MemoryBackend:
             raise
         except Exception as exc:
             raise StateError(f"script {script.name} failed: {exc!r}") from exc
+
+    async def run_fused(self, ops: list[FusedOp]) -> list[Any]:
+        """The ops' natives at ``clock.time()``, in order, with nothing awaited between (atomic)."""
+        self.store.sweep()
+        try:
+            return run_native(self.store, ops, self.clock.time())
+        except StateError:
+            raise
+        except Exception as exc:
+            raise StateError(f"fused call {'+'.join(op.fragment.name for op in ops)} failed: {exc!r}") from exc
 
     async def log_append(self, key: str, record: dict[str, Any], max_len: int) -> str:
         return self._logs.append(key, record, max_len)

@@ -29,6 +29,8 @@ from redis.backoff import NoBackoff
 from gateway.clock import Clock
 from gateway.policy.redis_url import RedisTarget, parse_redis_url
 from gateway.state.base import Script, StateError
+from gateway.state.fused import FusedOp
+from gateway.state.fused import redis_call as fused_call
 from gateway.state.memory import check_script_args
 from gateway.state.redis_pipeline import AutoPipeline
 
@@ -185,6 +187,11 @@ class RedisBackend:
         reply = await self._submit(script.name, "evalsha", (sha, len(keys), *keys, *args, now), lua=lua,
                                    key=keys[0] if keys else None)
         return _decode(reply)
+
+    async def run_fused(self, ops: list[FusedOp]) -> list[Any]:
+        """One EVALSHA of the script composed from the ops' fragments; one reply per op."""
+        script, keys, args = fused_call(ops)
+        return await self.run(script, keys, args)
 
     async def log_append(self, key: str, record: dict[str, Any], max_len: int) -> str:
         """Raises ``StateError("log full")`` at ``max_len`` records: nothing is trimmed away."""

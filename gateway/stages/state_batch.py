@@ -1,0 +1,102 @@
+"""One state call per phase: the stages' state work of ``admit`` and of ``complete``, sent together.
+
+The budget and rate-limit stages keep their concerns: each builds its own op (``gateway.state.fused``)
+and a ``finish`` that turns the op's reply, or the call's ``StateError``, into its verdict and
+bookkeeping (fallback modes, journals, leases). Instead of calling the backend, they add both to
+``ctx.state_batch``; this stage, listed after them, sends the ops of the phase as one
+``backend.run_fused`` call (one Redis round trip, pipelined with other requests') and then runs the
+finishers in the order the ops were added. In ``admit`` the first refusal answers the request and
+the finishers after it are skipped (their ops did nothing after the refusal); in ``complete`` every
+finisher runs. An op may be ``None``: a stage that must work alone (its backend is known to be down,
+it waits in a queue) still gets its turn, in order, after the call.
+
+The batch exists from ``check_input`` on; a stage that finds no batch (a request that ended earlier,
+a pipeline built without this stage) calls the backend itself, as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from gateway.context import RequestContext
+from gateway.pipeline import Stage, Verdict
+from gateway.state import StateBackend, StateError
+from gateway.state.fused import FusedOp
+
+Finish = Callable[[Any, StateError | None], Awaitable[Verdict]]
+
+
+class StateBatch:
+    """The ops of the current phase and their finishers, in the order the stages added them."""
+
+    __slots__ = ("finishers", "ops", "phases")
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def add(self, phase: str, op: FusedOp | None, finish: Finish) -> None:
+        """Queue ``op`` (``None``: no part in the call) for ``phase`` (``admit`` | ``complete``)."""
+        self.phases.append(phase)
+        self.ops.append(op)
+        self.finishers.append(finish)
+
+    def clear(self) -> None:
+        self.phases: list[str] = []
+        self.ops: list[FusedOp | None] = []
+        self.finishers: list[Finish] = []
+
+    async def flush(self, backend: StateBackend, phase: str) -> Verdict:
+        """One call for the ops of ``phase``, then each finisher with its reply (or the call's error).
+
+        Ops of another phase (an ``admit`` the request never finished) are dropped unsent. In
+        ``admit`` the first answer stops the finishers after it.
+        """
+        queued = [(op, finish) for p, op, finish in zip(self.phases, self.ops, self.finishers, strict=True)
+                  if p == phase]
+        self.clear()
+        if not queued:
+            return None
+        sent = [op for op, _ in queued if op is not None]
+        replies: list[Any] = []
+        error: StateError | None = None
+        if sent:
+            try:
+                replies = await backend.run_fused(sent)
+            except StateError as exc:
+                error = exc
+        answer: Verdict = None
+        i = 0
+        for op, finish in queued:
+            if op is None:
+                verdict = await finish(None, None)
+            else:
+                verdict = await finish(replies[i] if error is None else None, error)
+                i += 1
+            if verdict is not None and answer is None:
+                answer = verdict
+                if phase == "admit":
+                    break
+        return answer
+
+
+class StateBatchStage(Stage):
+    """Flushes ``ctx.state_batch`` in ``admit`` and ``complete``; listed after the stages that fill it."""
+
+    name = "state_batch"
+
+    def __init__(self, backend: StateBackend) -> None:
+        self.backend = backend
+
+    async def check_input(self, ctx: RequestContext) -> Verdict:
+        ctx.state_batch = StateBatch()
+        return None
+
+    async def admit(self, ctx: RequestContext) -> Verdict:
+        batch = ctx.state_batch
+        return None if batch is None else await batch.flush(self.backend, "admit")
+
+    async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
+        batch = ctx.state_batch
+        if batch is not None:
+            await batch.flush(self.backend, "complete")
