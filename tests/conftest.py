@@ -10,6 +10,7 @@ import pytest
 from tests.support.harness import Gateway, ServerThread
 from tests.support.mock_anthropic import MockAnthropic, mock_anthropic  # noqa: F401
 from tests.support.mock_openai import MockOpenAI
+from tests.support.policy_hook import PolicyHook
 from tests.support.redis_server import redis_server, redis_url  # noqa: F401
 from tests.support.scripted_openai import ScriptedOpenAI
 
@@ -49,6 +50,22 @@ def oai(servers: ServerThread) -> Iterator[ScriptedOpenAI]:
     mock = servers.call(ScriptedOpenAI("primary").start())
     yield mock
     servers.call(mock.stop())
+
+
+@pytest.fixture
+def judge(servers: ServerThread) -> Iterator[ScriptedOpenAI]:
+    """A second scripted upstream: the model an ``llm_judge`` guardrail asks."""
+    mock = servers.call(ScriptedOpenAI("judge").start())
+    yield mock
+    servers.call(mock.stop())
+
+
+@pytest.fixture
+def hook(servers: ServerThread) -> Iterator[PolicyHook]:
+    """A guardrail webhook on loopback whose verdicts a test can script."""
+    server = servers.call(PolicyHook().start())
+    yield server
+    servers.call(server.stop())
 
 
 @pytest.fixture

@@ -10,18 +10,11 @@ import pytest
 
 from tests.support.mock_openai import Fault
 from tests.support.prom import scrape
-from tests.support.scripted_openai import Said, ScriptedOpenAI
+from tests.support.scripted_openai import Said
 
 TIMEOUTS = "{connect_s: 1, first_byte_s: 2, total_s: 10}"
 VERDICTS = "llm_gateway_guardrail_verdicts_total"
 
-
-
-@pytest.fixture
-def judge(servers):
-    mock = servers.call(ScriptedOpenAI("judge").start())
-    yield mock
-    servers.call(mock.stop())
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from gateway.policy.model import Guardrail, ModelSpec, Price
 from gateway.state import MemoryBackend, RedisBackend
 from gateway.usage import Usage
 from tests.support.prom import scrape
-from tests.support.scripted_openai import Said, ScriptedOpenAI
+from tests.support.scripted_openai import Said
 from tests.test_settle_idempotent import LostAnswer
 
 TIMEOUTS = "{connect_s: 1, first_byte_s: 2, total_s: 10}"
@@ -59,13 +59,6 @@ async def test_a_charge_whose_answer_was_lost_is_sent_again_and_counts_once(back
     assert not await reader.spent("gw", GUARD)  # 4e-5: the lost charge did not count twice
     await budget.charge("gw", GUARD, SPEC, USAGE, (0, 0), "r3")
     assert await reader.spent("gw", GUARD)
-
-
-@pytest.fixture
-def judge(servers):
-    mock = servers.call(ScriptedOpenAI("judge").start())
-    yield mock
-    servers.call(mock.stop())
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import pytest
 from tests.support.harness import eventually
 from tests.support.mock_anthropic import Reply
 from tests.support.mock_responses import Fault, MockResponses
-from tests.support.policy_hook import PolicyHook
 from tests.support.prom import scrape
 from tests.support.scripted_openai import Said
 
@@ -31,13 +30,6 @@ CLEAN = "The weather is sunny an"  # 23 characters
 TEXT = CLEAN + "d warm all day long. " + SECRET + " is the code; the rest must never reach the client."
 assert TEXT.index(SECRET) == 48 - 4
 HELLO = [{"role": "user", "content": "tell"}]
-
-
-@pytest.fixture
-def hook(servers):
-    server = servers.call(PolicyHook().start())
-    yield server
-    servers.call(server.stop())
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import anthropic
 import openai
 import pytest
 
-from tests.support.policy_hook import PolicyHook, Slow, Status
+from tests.support.policy_hook import Slow, Status
 from tests.support.prom import scrape
 from tests.support.scripted_openai import Said
 
@@ -18,13 +18,6 @@ TIMEOUTS = "{connect_s: 1, first_byte_s: 2, total_s: 10}"
 VERDICTS = "llm_gateway_guardrail_verdicts_total"
 HELLO = [{"role": "user", "content": "hello"}]
 
-
-
-@pytest.fixture
-def hook(servers):
-    server = servers.call(PolicyHook().start())
-    yield server
-    servers.call(server.stop())
 
 
 @pytest.fixture

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from gateway.surfaces.anthropic_errors import CHARS_PER_TOKEN
+from gateway.surfaces.base import rewrite_frames
 
 USAGE_FIELDS = ("input_tokens", "output_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
 # The delta fields that carry generated text, by delta type.
@@ -89,19 +88,15 @@ class NativeStreamUsage:
 def replace_text(frames: list[bytes], text: str) -> list[bytes]:
     """Anthropic stream frames with their text replaced: the first ``text_delta`` carries ``text``, the
     others none (a held answer a guardrail redacted). Every other frame is kept byte for byte."""
-    out: list[bytes] = []
     placed = False
-    for raw in frames:
-        head, sep, data = raw.partition(b"data: ")
-        try:
-            event = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            out.append(raw)
-            continue
+
+    def edit(event: Any) -> bool:
+        nonlocal placed
         delta = event.get("delta") if isinstance(event, dict) and event.get("type") == "content_block_delta" else None
-        if isinstance(delta, dict) and delta.get("type") == "text_delta":
-            delta["text"] = "" if placed else text
-            placed = True
-            raw = head + sep + orjson.dumps(event) + b"\n\n"
-        out.append(raw)
-    return out
+        if not (isinstance(delta, dict) and delta.get("type") == "text_delta"):
+            return False
+        delta["text"] = "" if placed else text
+        placed = True
+        return True
+
+    return rewrite_frames(frames, edit)

@@ -8,6 +8,7 @@ surface stage: the Responses store). The OpenAI surface is the identity.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -21,6 +22,21 @@ if TYPE_CHECKING:
 
 DONE_FRAME = b"data: [DONE]\n\n"
 DROPPED_HEADER = "x-gateway-dropped"
+
+
+def rewrite_frames(frames: list[bytes], edit: Callable[[Any], bool]) -> list[bytes]:
+    """SSE frames with each parsed ``data:`` event offered to ``edit``, which changes it in place and
+    says so; a frame it leaves alone (or that is not JSON) is kept byte for byte."""
+    out: list[bytes] = []
+    for raw in frames:
+        head, sep, data = raw.partition(b"data: ")
+        try:
+            event = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            out.append(raw)
+            continue
+        out.append(head + sep + orjson.dumps(event) + b"\n\n" if edit(event) else raw)
+    return out
 
 
 def data_frame(payload: bytes) -> bytes:

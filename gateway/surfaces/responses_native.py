@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
+from gateway.surfaces.base import rewrite_frames
 
 _TERMINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 # Deltas of generated text: the answer and tool-call arguments, what the chat path counts too.
@@ -119,15 +119,5 @@ def place_text(response: dict, text: str) -> None:
 def replace_text(frames: list[bytes], text: str) -> list[bytes]:
     """Responses stream frames with their text replaced (a held answer a guardrail redacted): deltas,
     ``done`` events and the final Response alike. Every other frame is kept byte for byte."""
-    out: list[bytes] = []
     placed: set[str] = set()
-    for raw in frames:
-        head, sep, data = raw.partition(b"data: ")
-        try:
-            event = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            out.append(raw)
-            continue
-        touched = isinstance(event, dict) and _rewrite_event(event, text, placed)
-        out.append(head + sep + orjson.dumps(event) + b"\n\n" if touched else raw)
-    return out
+    return rewrite_frames(frames, lambda event: isinstance(event, dict) and _rewrite_event(event, text, placed))
