@@ -35,13 +35,18 @@ def namespace(tenant: str, shared: bool) -> str:
     return SHARED_NAMESPACE if shared else f"t.{tenant}"
 
 
+def key_head(prefix: str, tenant: str, shared: bool) -> str:
+    """What every key of a tenant's namespace starts with: ``<prefix>:{<namespace>}:cache:``."""
+    return f"{hash_tag(prefix, namespace(tenant, shared))}:cache:"
+
+
 def cache_key(prefix: str, tenant: str, shared: bool, endpoint: str, public_model: str,
               body: dict[str, Any]) -> str:
     """``<prefix>:{<namespace>}:cache:<sha256>``; the hash tag keeps a namespace on one cluster slot.
 
     Tenant namespaces carry a ``t.`` prefix so a tenant called ``shared`` can't read shared entries.
     """
-    return f"{hash_tag(prefix, namespace(tenant, shared))}:cache:{digest(endpoint, public_model, body)}"
+    return key_head(prefix, tenant, shared) + digest(endpoint, public_model, body)
 
 
 UNSAMPLED = frozenset({"embeddings"})  # endpoints whose answer does not depend on sampling

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 from gateway.errors import GatewayError
 from gateway.ratelimit.plan import NEAR_FRACTION, Limit
@@ -66,6 +67,7 @@ def parse(raw: list[int], pairs: tuple[tuple[str, Limit], ...], local: bool) -> 
     return Result(int(raw[0]), int(raw[1]), usages, local)
 
 
+@lru_cache(maxsize=4096)  # a window's reset repeats (a minute's is "1m0s" on every answer)
 def duration(ms: int) -> str:
     """OpenAI's reset format: ``20ms``, ``1.5s``, ``6m0s``."""
     if ms < 1000:

@@ -31,7 +31,9 @@ from gateway.cache.controls import Controls, parse_controls
 from gateway.cache.convert import assemble, replay
 from gateway.cache.entry import Entry, entry_from_answer, entry_from_body
 from gateway.cache.flight import Flight, FlightTable
-from gateway.cache.key import cache_key, is_deterministic
+from gateway.cache.key import digest, is_deterministic, key_head
+from gateway.cache.ready import MAX_BYTES as READY_BYTES
+from gateway.cache.ready import Ready, ReadyEntries
 from gateway.cache.restamp import STAMPED, ChunkStamper, fresh_id, restamp, restamp_body
 from gateway.cache.store import BackendStore, CacheStore, MemoryStore
 from gateway.context import RequestContext
@@ -58,6 +60,16 @@ class CacheState:
     role: Role = "miss"
     flight: Flight | None = None
     joined: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPlan:
+    """What a request plan fixes of the cache key (``CacheStage.prepare``)."""
+
+    head: str  # ``<prefix>:{<namespace>}:cache:``
+    model: str  # the public model the plan is for
+    openai: bool  # the OpenAI surface: the endpoint alone names the key's kind
+    extras: tuple[tuple[str, ...], bool] | None  # a routed model's steering headers and tenant flag
 
 
 def saved_usd(model: ModelSpec | None, usage: Usage | None) -> float:
@@ -93,6 +105,7 @@ class CacheStage(Stage):
         self.clock = services.clock
         self.stats = services.cache_stats
         self.flights = FlightTable()
+        self.ready = ReadyEntries()  # stored entries decoded once, reused by every hit on them
         self.memory: MemoryStore | None = None
         self.store: CacheStore = BackendStore(services.backend)
         if services.backend.kind != "redis":
@@ -108,6 +121,7 @@ class CacheStage(Stage):
         if self.memory is not None:
             sizes = [t.cache.max_bytes for t in policy.tenants.values() if t.cache.enabled]
             self.memory.resize(max(sizes, default=CachePolicy().max_bytes))
+            self.ready.max_bytes = min(READY_BYTES, self.memory.max_bytes)  # no more than the store holds
 
     @property
     def pending_writes(self) -> int:
@@ -121,20 +135,32 @@ class CacheStage(Stage):
         await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- lookup ---------------------------------------------------------------------------------------
+    def prepare(self, scope: Scope) -> KeyPlan | None:
+        """The key's parts fixed for requests of ``scope``: its namespace and the route's extras."""
+        tenant, model = scope.tenant, scope.model
+        if tenant is None or model is None:
+            return None
+        return KeyPlan(key_head(self._prefix, tenant.name, tenant.cache.shared), model.name,
+                       scope.surface is OPENAI, self._route_extras.get(model.name))
+
     def _key(self, ctx: RequestContext, cp: CachePolicy) -> str:
+        plan = ctx.plan.values.get(self) if ctx.plan is not None else None
+        if plan is None or plan.model != ctx.public_model:  # not the request's own plan: from scratch
+            plan = KeyPlan(key_head(self._prefix, ctx.tenant_name, cp.shared), ctx.public_model,
+                           ctx.surface is OPENAI, self._route_extras.get(ctx.public_model))
         body = ctx.body
-        extras = self._route_extras.get(ctx.public_model)
+        extras = plan.extras
         if extras is not None:
             headers, by_tenant = extras
             steer = [ctx.request.headers.get(h, "") for h in headers]
             if by_tenant:
                 steer.append(ctx.tenant_name)
             body = {**body, "\x00route": steer}  # can't collide with a real field name
-        endpoint = ctx.endpoint if ctx.surface is OPENAI else f"{ctx.surface.name}:{ctx.endpoint}"
+        endpoint = ctx.endpoint if plan.openai else f"{ctx.surface.name}:{ctx.endpoint}"
         # A canary's candidate arm is keyed as its own model: one arm never serves the other's answers.
         rollout = ctx.rollout
         public = rollout.candidate if rollout is not None and rollout.variant == "candidate" else ctx.public_model
-        return cache_key(self._prefix, ctx.tenant_name, cp.shared, endpoint, public, body)
+        return plan.head + digest(endpoint, public, body)
 
     def _mark(self, ctx: RequestContext, status: str) -> None:
         ctx.cache_status = status
@@ -167,9 +193,9 @@ class CacheStage(Stage):
             return None
         flight, ok = self._joinable(st), True  # an identical request in flight: no round trip needed
         if flight is None:
-            entry, ok = await self._read(st.key)
-            if entry is not None and entry.fresh(self.clock.time(), controls.max_age_s):
-                return self._hit(ctx, st, entry, "HIT")
+            found, ok = await self._read(st.key, ctx.endpoint)
+            if found is not None and found.entry.fresh(self.clock.time(), controls.max_age_s):
+                return self._hit(ctx, st, found.entry, "HIT", ready=found)
             st.store = st.store and ok
             flight = self._joinable(st)  # one may have started while we read
         if flight is None:
@@ -192,14 +218,14 @@ class CacheStage(Stage):
             return None
         return flight if flight.join() else None
 
-    async def _read(self, key: str) -> tuple[Entry | None, bool]:
-        """The stored entry (None if absent or unreadable) and whether the backend answered."""
+    async def _read(self, key: str, endpoint: str) -> tuple[Ready | None, bool]:
+        """The stored entry, ready to serve (None if absent or unreadable), and whether the backend answered."""
         try:
             raw = await self.store.get(key)
         except StateError:
             self.stats.backend_errors += 1
             return None, False
-        return (Entry.decode(raw) if raw else None), True
+        return (self.ready.get(key, raw, endpoint) if raw else None), True
 
     def _own(self, st: CacheState, ctx: RequestContext, lead: bool) -> None:
         st.role = "miss"
@@ -207,15 +233,22 @@ class CacheStage(Stage):
         st.joined = True
 
     def _hit(self, ctx: RequestContext, st: CacheState, entry: Entry, status: str, coalesced: bool = False,
-             ) -> Respond:
-        """Answer from ``entry``: its body as stored, or replayed as a stream."""
+             ready: Ready | None = None) -> Respond:
+        """Answer from ``entry`` (``ready``: its decoded, stored form): its body as stored, or replayed as a stream."""
         st.role = "hit"
         ctx.cache_status = status
         ctx.usage = entry.usage
-        served = ctx.policy.models.get(entry.model)
+        models = ctx.policy.models
+        if ready is not None and ready.models is models:  # priced once per entry and policy
+            served, saved = ready.served, ready.saved
+        else:
+            served = models.get(entry.model)
+            saved = saved_usd(served, entry.usage)
+            if ready is not None:
+                ready.models, ready.served, ready.saved = models, served, saved
         if served is not None:
             ctx.model = served
-        ctx.cost_saved_usd = saved_usd(served, entry.usage)
+        ctx.cost_saved_usd = saved
         if coalesced:
             self.stats.coalesced += 1
         elif status == "HIT":
@@ -231,7 +264,8 @@ class CacheStage(Stage):
             events = _chunks(replay(data, ctx.endpoint, ctx.client_wants_usage))
             resp = GatewayResponse(status=200, headers=headers, events=events, content_type="text/event-stream")
         else:
-            resp = GatewayResponse(status=200, headers=headers, body=restamp_body(entry.body, ctx.endpoint, int(now)))
+            body = restamp_body(entry.body, ctx.endpoint, int(now)) if ready is None else ready.body(int(now))
+            resp = GatewayResponse(status=200, headers=headers, body=body)
         return Respond(resp, "cache_hit")
 
     # -- single-flight followers ----------------------------------------------------------------------
@@ -365,9 +399,9 @@ class CacheStage(Stage):
         st = ctx.cache_state
         if st is None:
             return None
-        entry, _ = await self._read(st.key)
-        if entry is None or entry.age(self.clock.time()) >= entry.ttl_s * STALE_FACTOR:
+        found, _ = await self._read(st.key, ctx.endpoint)
+        if found is None or found.entry.age(self.clock.time()) >= found.entry.ttl_s * STALE_FACTOR:
             return None
         if st.flight is not None and st.role == "miss":
             st.flight.fail()  # followers try for themselves rather than wait on a stale answer
-        return self._hit(ctx, st, entry, "STALE").response
+        return self._hit(ctx, st, found.entry, "STALE", ready=found).response
