@@ -213,7 +213,14 @@ class Pipeline:
         return await self.filter(ctx, resp)
 
     async def _walk(self, ctx: RequestContext) -> GatewayResponse:
+        """The entry plan's hooks until the request's plan is known, then the rest from that plan.
+
+        One coroutine for both (no nested ``await`` per switch): every resume of a request's task
+        passes through each coroutine it is awaiting in, so each level costs on every upstream wait.
+        """
         entry = ctx.plan = self.entry_plan(ctx.policy, ctx.surface)
+        rest: tuple[tuple[Hook, ...], ...] | None = None
+        first = 0
         for n, hooks in enumerate(entry.phases):
             if ctx.phase_marks is not None:  # a traced request (the tracing stage's spans); None when off
                 ctx.phase_marks.append((PHASES[n], time.time()))
@@ -225,14 +232,12 @@ class Pipeline:
                 if ctx.public_model and ctx.tenant is not None:  # known: the rest runs the request's plan
                     managed = ctx.api_key is not None and ctx.api_key.managed
                     plan = ctx.plan = self.plan_for(ctx.policy, ctx.surface, ctx.tenant, ctx.public_model, managed)
-                    return await self._rest(ctx, plan.after(n, at), plan.hooks_by_phase[n + 1:], n + 1)
-        raise GatewayError(500, "no stage answered the request", code="no_upstream")
-
-    @staticmethod
-    async def _rest(ctx: RequestContext, now: tuple[Hook, ...], later: tuple[tuple[Hook, ...], ...],
-                    first: int) -> GatewayResponse:
-        """The rest of the current phase (``now``), then the later phases from ``PHASES[first]`` on."""
-        for i, hooks in enumerate((now, *later)):
+                    rest, first = (plan.after(n, at), *plan.hooks_by_phase[n + 1:]), n + 1
+                    break
+            if rest is not None:
+                break
+        # The rest of the current phase, then the later phases from ``PHASES[first]`` on.
+        for i, hooks in enumerate(rest or ()):
             if i and ctx.phase_marks is not None:
                 ctx.phase_marks.append((PHASES[first + i - 1], time.time()))
             for hook in hooks:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -55,11 +56,10 @@ class Handler:
         self.adaptive = adaptive
         self.max_in_flight = guard.limits.max_in_flight if guard is not None else None
 
-    def endpoint(self, name: str, surface: Surface = OPENAI):  # noqa: ANN201 - aiohttp handler
-        async def handle(request: web.Request) -> web.StreamResponse:
-            return await self.handle(request, name, surface)
-
-        return handle
+    def endpoint(self, name: str, surface: Surface = OPENAI) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """The aiohttp handler of ``name`` on ``surface``: ``handle`` itself with both bound (a partial of
+        a coroutine function is one for aiohttp), not a coroutine awaiting it on every request."""
+        return functools.partial(self.handle, endpoint=name, surface=surface)
 
     async def handle(self, request: web.Request, endpoint: str, surface: Surface = OPENAI,
                      prepare: Callable[[RequestContext], None] | None = None) -> web.StreamResponse:
