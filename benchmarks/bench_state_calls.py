@@ -3,8 +3,8 @@
 Sequential requests (so no two requests share a Redis pipeline) through ``gateway serve`` with
 auth, input checks, rpm/tpm/concurrency limits, a budget, routing and metrics, cache off. Backend
 calls are read from ``llm_gateway_state_duration_seconds_count`` (every call of every stage, by
-op); the ``set`` on Redis is the feedback record (``audit.feedback_ttl_s``), written
-in the background, not awaited by the request. On Redis, ``INFO commandstats`` counts the commands the server ran, and with one request at a
+op); on Redis, ``set_many`` writes a batch of feedback records (``audit.feedback_ttl_s``) in the
+background, one call per tenant every 50 ms, not awaited by any request (``set`` before the batches). On Redis, ``INFO commandstats`` counts the commands the server ran, and with one request at a
 time each command is one round trip.
 
 Then the state layer alone (``--micro``, this tree only): the state work of one request as the

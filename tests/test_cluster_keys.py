@@ -15,6 +15,7 @@ from gateway.budget.ledger import Charge, day_key
 from gateway.budget.service import BudgetService
 from gateway.cache.key import cache_key
 from gateway.clock import FakeClock
+from gateway.observability.feedback import record_key
 from gateway.policy.loader import load_policy_text
 from gateway.ratelimit.fused import AdmitOp, ReleaseOp
 from gateway.ratelimit.plan import build_plan, build_token_plan
@@ -117,3 +118,11 @@ def test_cache_keys_spread_by_namespace() -> None:
     shared = cache_key("prod.gw", "acme.eu", True, "chat", "small", body)
     assert own.startswith("prod.gw:{t.acme.eu}:cache:") and shared.startswith("prod.gw:{shared}:cache:")
     assert key_slot(own.encode()) == key_slot(b"t.acme.eu") != key_slot(shared.encode())
+
+
+def test_feedback_records_of_a_tenant_are_on_its_slot() -> None:
+    """A tenant's records go out together, one ``set_many`` (one script) per batch."""
+    policy = load_policy_text(POLICY)
+    for tenant in policy.tenants:
+        keys = [record_key(policy, tenant, f"req-{i}") for i in range(50)]
+        assert _one_slot(keys) == key_slot(hash_tag("prod.gw", tenant).encode())

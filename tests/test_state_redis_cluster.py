@@ -158,6 +158,17 @@ async def test_cache_entries_live_on_the_owner_of_their_tenant(cluster, backend)
     assert await asyncio.gather(*(backend.get(keys[t]) for t in tenants)) == [None] * len(tenants)
 
 
+async def test_set_many_writes_each_slots_keys_on_its_owner(cluster, backend) -> None:
+    """Feedback records are batched per tenant; a batch spanning slots is split, one call per slot."""
+    tenants = spread_tenants(cluster)
+    items = [(f"{hash_tag('gw', t)}:req:{i}", f"{t}.{i}".encode(), 60.0) for t in tenants for i in range(3)]
+    await backend.set_many(items[:3])  # one tenant: one script on its owner
+    await backend.set_many(items)  # every master
+    for key, value, _ in items:
+        owner = cluster.owner(key)
+        assert owner.call("GET", key) == value.decode() and 0 < owner.call("PTTL", key) <= 60_000
+
+
 async def test_dead_letter_log_push_read_remove(cluster, backend) -> None:
     logs = ["gw:dlq", "gw:review", *(f"{hash_tag('gw', t)}:log" for t in spread_tenants(cluster, 1))]
     ids = await asyncio.gather(*(backend.log_append(k, {"n": i, "k": k}, 100) for k in logs for i in range(3)))

@@ -1,8 +1,8 @@
 """The feedback loop's records: ``POST /v1/feedback`` (``gateway.http.feedback``) rates an answer by request id.
 
 Every answered request leaves a small record in the state backend (a tenant-scoped key kept
-``audit.feedback_ttl_s``, 1 h by default), so feedback sent to any replica finds which model, route
-and deployment produced the answer. Feedback
+``audit.feedback_ttl_s``, 1 h by default; on Redis written in batches, ``record_batch``), so feedback
+sent to any replica finds which model, route and deployment produced the answer. Feedback
 is appended to the ``<prefix>:feedback`` log (and to the audit file for tenants with
 ``audit.bodies``) and counted in ``llm_gateway_feedback_total`` / ``llm_gateway_feedback_score`` by
 model, route and category, so a team sees answer quality per input type and per route (is the
@@ -12,8 +12,6 @@ small model good enough?). Categories are metric labels only when the tenant's p
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -24,17 +22,15 @@ import orjson
 from gateway.context import RequestContext
 from gateway.errors import invalid
 from gateway.observability.metrics import OTHER
+from gateway.observability.record_batch import BatchWriter
 from gateway.policy.model import Policy, Tenant
-from gateway.state.base import StateBackend, StateError, hash_tag
-
-log = logging.getLogger("gateway.observability.feedback")
+from gateway.state.base import StateBackend, hash_tag
 
 # stored as a list: ~60 bytes a record; ``variant`` (the rollout arm) may be missing from older records
 RECORD_FIELDS = ("model", "served_model", "route", "deployment", "variant")
 MAX_LOCAL = 50_000  # records the memory backend keeps (~460 bytes each: ~23 MB); past it the oldest go first, counted
 FEEDBACK_MAX = 1_000_000  # records the feedback log holds before new ones are refused
 MAX_COMMENT = 4_000
-MAX_PENDING = 10_000  # record writes in flight before new ones are dropped (a stalled backend)
 LABELS = {"good": 1.0, "positive": 1.0, "thumbs_up": 1.0, "neutral": 0.5, "bad": 0.0, "negative": 0.0,
           "thumbs_down": 0.0}
 
@@ -85,17 +81,22 @@ class LocalRecords:
 class RequestRecords:
     """Which model, route and deployment answered each recent request, for feedback to refer to.
 
-    Kept ``audit.feedback_ttl_s`` (per tenant). With Redis, one small key per answered request,
-    written by a task after the answer (every replica can then find it); with the memory backend,
-    in process (``LocalRecords``, at most ``MAX_LOCAL``), since nothing else could read it: when full,
-    the oldest goes first, counted in ``evicted`` (``llm_gateway_memory_evictions_total{table="feedback_records"}``).
+    Kept ``audit.feedback_ttl_s`` (per tenant). With Redis, one small key per answered request
+    (every replica can then find it), buffered and written a tenant's batch at a time by
+    ``record_batch.BatchWriter`` (one state call per batch, not per request); with the memory
+    backend, in process (``LocalRecords``, at most ``MAX_LOCAL``), since nothing else could read it:
+    when full, the oldest goes first, counted in ``evicted`` (``llm_gateway_memory_evictions_total{table="feedback_records"}``).
     """
 
     def __init__(self, backend: StateBackend, clock: Callable[[], float] = time.monotonic) -> None:
         self.backend = backend
         self.local = LocalRecords(clock)
-        self._pending: dict[str, asyncio.Task] = {}
-        self.dropped = 0
+        self.writer = BatchWriter(backend)
+
+    @property
+    def dropped(self) -> int:
+        """Records not stored: refused past ``record_batch.MAX_PENDING`` or lost with a failed batch."""
+        return self.writer.dropped
 
     def remember(self, ctx: RequestContext) -> None:
         tenant, model = ctx.tenant, ctx.model
@@ -112,34 +113,20 @@ class RequestRecords:
             self.local.put((tenant.name, ctx.request_id), ttl, record)
             return
         key = record_key(ctx.policy, tenant.name, ctx.request_id)
-        if len(self._pending) >= MAX_PENDING:
-            self.dropped += 1
-            return
-        task = asyncio.create_task(self._write(key, orjson.dumps(record), ttl))
-        self._pending[key] = task
-        task.add_done_callback(lambda _t, k=key: self._pending.pop(k, None))
-
-    async def _write(self, key: str, data: bytes, ttl: float) -> None:
-        try:
-            await self.backend.set(key, data, ttl)
-        except StateError as exc:
-            self.dropped += 1
-            log.warning("request record %s not stored: %s", key, exc)
+        self.writer.add(tenant.name, key, orjson.dumps(record), ttl)
 
     async def lookup(self, policy: Policy, tenant: str, request_id: str) -> dict[str, Any] | None:
         if self.backend.kind == "memory":
             found = self.local.get((tenant, request_id))
             return dict(zip(RECORD_FIELDS, found, strict=False)) if found is not None else None
         key = record_key(policy, tenant, request_id)
-        pending = self._pending.get(key)
-        if pending is not None:
-            await asyncio.shield(pending)
-        raw = await self.backend.get(key)
+        raw = self.writer.get(tenant, key)  # not written yet: this replica has it at hand
+        if raw is None:
+            raw = await self.backend.get(key)
         return dict(zip(RECORD_FIELDS, orjson.loads(raw), strict=False)) if raw else None
 
     async def drain(self) -> None:
-        if self._pending:
-            await asyncio.gather(*list(self._pending.values()), return_exceptions=True)
+        await self.writer.drain()
 
 
 def _optional_str(body: dict, name: str, limit: int) -> str | None:

@@ -91,6 +91,9 @@ class MeteredBackend:
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
         await self._timed("set", self.inner.set(key, value, ttl_s))
 
+    async def set_many(self, items: list[tuple[str, bytes, float | None]]) -> None:
+        await self._timed("set_many", self.inner.set_many(items))
+
     async def delete(self, *keys: str) -> int:
         return await self._timed("delete", self.inner.delete(*keys))
 

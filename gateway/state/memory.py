@@ -195,6 +195,12 @@ class MemoryBackend:
         self.store.delete(key)  # SET replaces the value and its expiry
         self.store.set(key, value, ttl_s)
 
+    async def set_many(self, items: list[tuple[str, bytes, float | None]]) -> None:
+        self.store.sweep()
+        for key, value, ttl_s in items:
+            self.store.delete(key)
+            self.store.set(key, value, ttl_s)
+
     async def delete(self, *keys: str) -> int:
         self.store.sweep()
         removed = 0

@@ -60,6 +60,16 @@ _LOG_APPEND = Script(
     local=_server_only,
 )
 
+# SET of each KEYS[i] to ARGV[2i-1] with ARGV[2i] ms to live (0: no expiry; -1: already expired, DEL): ``set_many``
+_SET_MANY = Script(
+    name="set_many",
+    lua="for i, key in ipairs(KEYS) do local ms = tonumber(ARGV[2 * i]) "
+    "if ms > 0 then redis.call('SET', key, ARGV[2 * i - 1], 'PX', ms) "
+    "elseif ms == 0 then redis.call('SET', key, ARGV[2 * i - 1]) else redis.call('DEL', key) end end "
+    "return #KEYS",
+    local=_server_only,
+)
+
 
 def with_prelude(lua: str) -> str:
     """The Lua actually sent: ``NOW_PRELUDE`` on the first line (after a ``#!lua`` shebang if any)."""
@@ -165,6 +175,15 @@ class RedisBackend:
             await self._submit("set", "set", (key, value), key=key)
         else:
             await self._submit("set", "set", (key, value), {"px": _ms(ttl_s)}, key=key)
+
+    async def set_many(self, items: list[tuple[str, bytes, float | None]]) -> None:
+        """One script call for every SET (keys on one slot: a cluster refuses others, see the subclass)."""
+        if not items:
+            return
+        args: list[Any] = []
+        for _, value, ttl_s in items:
+            args += (value, 0 if ttl_s is None else _ms(ttl_s) if ttl_s > 0 else -1)
+        await self.run(_SET_MANY, [key for key, _, _ in items], args)
 
     async def delete(self, *keys: str) -> int:
         return await self._submit("delete", "delete", keys, key=keys[0]) if keys else 0

@@ -130,6 +130,17 @@ class RedisClusterBackend(RedisBackend):
             self._submit("delete", "delete", tuple(group), key=group[0]) for group in by_slot.values()))
         return sum(counts)
 
+    async def set_many(self, items: list[tuple[str, bytes, float | None]]) -> None:
+        """One call per hash slot (callers group keys by hash tag, so usually one call)."""
+        by_slot: dict[int, list[tuple[str, bytes, float | None]]] = {}
+        for item in items:
+            by_slot.setdefault(self._client.keyslot(item[0]), []).append(item)
+        write = super().set_many
+        if len(by_slot) == 1:
+            await write(items)
+        elif by_slot:
+            await asyncio.gather(*(write(group) for group in by_slot.values()))
+
     async def run(self, script: Script, keys: list[str], args: list[Any]) -> Any:
         """As on one Redis, once every key is known to be on one slot."""
         if len(keys) > 1 and len({self._client.keyslot(key) for key in keys}) > 1:
