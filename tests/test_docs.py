@@ -9,7 +9,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 LINK = re.compile(r"\]\(([^)\s]+)\)")
-DOCS = ["README.md", "CHANGELOG.md", "docs/policy.md", "docs/observability.md", "benchmarks/README.md",
+DOCS = ["README.md", "CHANGELOG.md", "docs/policy.md", "docs/observability.md", "docs/guardrails.md", "docs/tracing.md", "benchmarks/README.md",
         "benchmarks/REFERENCE.md", "deploy/README.md"]
 
 

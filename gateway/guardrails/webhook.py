@@ -1,6 +1,6 @@
 """The webhook guardrail: POST the request (and the answer, post) to a policy hook, honour its verdict.
 
-Protocol (docs/policy.md#guardrails): the hook receives ``{"stage", "tenant", "model", "surface",
+Protocol (docs/guardrails.md): the hook receives ``{"stage", "tenant", "model", "surface",
 "request", "response"?}`` and answers ``{"verdict": "allow"}``, ``{"verdict": "block", "message"}``
 or ``{"verdict": "modify", "body": {...}}``. A timeout, a transport error, a non-2xx status or an
 answer outside the protocol is an error, settled by ``on_error``: ``allow`` (fail open) or
