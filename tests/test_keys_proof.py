@@ -46,11 +46,13 @@ def replicas(upstream: MockOpenAI, redis_url: str, tmp_path: Path) -> Iterator[l
     for i in range(3):
         (tmp_path / f"r{i}").mkdir()
         procs.append(GatewayProcess(policy, tmp_path / f"r{i}"))
-    with ThreadPoolExecutor(3) as pool:  # the three start side by side
-        list(pool.map(lambda p: p.start(), procs))
-    yield procs
-    for proc in procs:
-        proc.stop(10)
+    try:
+        with ThreadPoolExecutor(3) as pool:  # the three start side by side
+            list(pool.map(lambda p: p.start(), procs))
+        yield procs
+    finally:  # also when one failed to start: the others must not outlive the test
+        for proc in procs:
+            proc.stop(10)
 
 
 def _cost(body: dict) -> float:

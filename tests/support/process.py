@@ -38,13 +38,15 @@ class GatewayProcess:
                                          cwd=self.workdir, env=env, stdout=out, stderr=out)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"the gateway exited early:\n{self.log()}"
+            if self.proc.poll() is not None:
+                raise AssertionError(f"the gateway exited early:\n{self.log()}")
             try:
                 with urllib.request.urlopen(self.url + "/healthz", timeout=2) as resp:
                     if resp.status == 200:
                         return self
             except OSError:
                 time.sleep(0.1)
+        self.stop(5)  # a gateway that never came up must not outlive the test
         raise AssertionError(f"the gateway did not come up:\n{self.log()}")
 
     def log(self) -> str:
