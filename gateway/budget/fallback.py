@@ -16,14 +16,14 @@ import itertools
 from dataclasses import replace
 from typing import Any
 
-from gateway.budget.ledger import Ledger, Reserved, ScopeArgs, _hash
-from gateway.state.base import LocalStore, Script
+from gateway.budget.ledger import Ledger, Reserved, ScopeArgs
+from gateway.state.base import LocalStore, Script, local_hash
 
 _SEED_LUA = "redis.call('HSET', KEYS[1], 'spent', ARGV[1]) return 1"
 
 
 def _seed_local(store: LocalStore, keys: list[str], args: list[Any], now: float) -> int:
-    _hash(store, keys[0])["spent"] = int(args[0])
+    local_hash(store, keys[0])["spent"] = int(args[0])
     return 1
 
 

@@ -23,7 +23,7 @@ from collections import Counter, OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.state.base import LocalStore, Script, StateBackend, hash_tag
+from gateway.state.base import LocalStore, Script, StateBackend, hash_tag, local_hash
 from gateway.state.fused import Fragment, FusedCtx
 
 MAX_PURGE = 100  # expired reservations released per scope per reserve, to bound one script's work
@@ -109,13 +109,6 @@ end
 _RESERVE_LUA = _RESERVE_LUA.replace("--OVER--", "").replace("--HELD--", "")
 
 
-def _hash(store: LocalStore, key: str) -> dict[str, Any]:
-    value = store.get(key)
-    if value is None:
-        value = {}
-        store.set(key, value)
-    return value
-
 
 def _purge(store: LocalStore, b: str, z: str, now: float) -> None:
     exp = store.get(z) or {}
@@ -172,7 +165,7 @@ def reserve_scopes(store: LocalStore, scopes: list[ScopeArgs], exp_keys: list[st
         return ["over", refused, *out]
     buckets = []
     for i, s in enumerate(scopes):
-        bucket, exp = _hash(store, s.key), _hash(store, exp_keys[i])
+        bucket, exp = local_hash(store, s.key), local_hash(store, exp_keys[i])
         bucket["held"] = bucket.get("held", 0) + amount
         bucket[f"r:{rid}"] = amount
         exp[rid] = now + hold_s
@@ -277,7 +270,7 @@ def settle_charge(store: LocalStore, charge: Charge, exp_keys: list[str], ids_ke
             ids.popitem(last=False)
             EVICTED["settle_ids"] += 1
         for i, b in enumerate(charge.scope_keys):
-            bucket = _hash(store, b)
+            bucket = local_hash(store, b)
             if f"r:{rid}" in bucket:
                 bucket["held"] = bucket.get("held", 0) - bucket.pop(f"r:{rid}")
             (store.get(exp_keys[i]) or {}).pop(rid, None)
@@ -286,7 +279,7 @@ def settle_charge(store: LocalStore, charge: Charge, exp_keys: list[str], ids_ke
             if ttl_ms > 0 and store.ttl(b) is None:
                 store.expire(b, ttl_ms / 1000)
         if dttl > 0:
-            day = _hash(store, charge.day_key)
+            day = local_hash(store, charge.day_key)
             for field, amount in charge.fields:
                 day[field] = day.get(field, 0) + amount
             if store.ttl(charge.day_key) is None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from gateway.state.base import LocalStore, Script, StateBackend, hash_tag
+from gateway.state.base import LocalStore, Script, StateBackend, hash_tag, local_hash
 
 PAIRS_MAX = 200  # shadow pairs kept per model for review
 PAIRS_TTL_S = 7 * 86400.0  # ... for a week after the last one
@@ -37,13 +37,6 @@ local function out(s)
 end
 """
 
-
-def _hash(store: LocalStore, key: str) -> dict[str, int]:
-    found = store.get(key)
-    if found is None:
-        found = {}
-        store.set(key, found)
-    return found
 
 
 def _out(state: dict[str, Any]) -> list[int]:
@@ -63,7 +56,7 @@ return out(s)
 
 
 def _sync_local(store: LocalStore, keys: list[str], args: list[Any], now: float) -> list[int]:
-    state = _hash(store, keys[0])
+    state = local_hash(store, keys[0])
     if state.get("fp") != args[0]:
         for key in keys[1:]:
             store.delete(key)
@@ -93,7 +86,7 @@ return out(KEYS[1])
 
 
 def _trip_local(store: LocalStore, keys: list[str], args: list[Any], now: float) -> list[int]:
-    state = _hash(store, keys[0])
+    state = local_hash(store, keys[0])
     if int(state.get("epoch", 0)) == int(args[0]):
         state["tripped"] = 1
     return _out(state)
@@ -110,7 +103,7 @@ return out(KEYS[1])
 
 
 def _reset_local(store: LocalStore, keys: list[str], args: list[Any], now: float) -> list[int]:
-    state = _hash(store, keys[0])
+    state = local_hash(store, keys[0])
     state.update(epoch=int(state.get("epoch", 0)) + 1, tripped=0, spent=0)
     return _out(state)
 
@@ -131,7 +124,7 @@ return out(KEYS[1])
 
 
 def _charge_local(store: LocalStore, keys: list[str], args: list[Any], now: float) -> list[int]:
-    state = _hash(store, keys[0])
+    state = local_hash(store, keys[0])
     ids: dict[str, float] | None = store.get(keys[1])
     if ids is None:
         ids = {}
@@ -156,7 +149,7 @@ return redis.call('HGETALL', KEYS[1])
 
 
 def _add_local(store: LocalStore, keys: list[str], args: list[Any], now: float) -> list[str]:
-    sums = _hash(store, keys[0])
+    sums = local_hash(store, keys[0])
     for i in range(0, len(args), 2):
         sums[args[i]] = sums.get(args[i], 0) + int(args[i + 1])
     return [str(x) for item in sums.items() for x in item]

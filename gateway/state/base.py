@@ -83,6 +83,15 @@ class StateBackend(Protocol):
     async def log_len(self, key: str) -> int: ...
 
 
+def local_hash(store: LocalStore, key: str) -> dict[str, Any]:
+    """A Python twin's Redis hash at ``key``: the dict kept there, created empty (and stored) when absent."""
+    found = store.get(key)
+    if found is None:
+        found = {}
+        store.set(key, found)
+    return found
+
+
 def hash_tag(prefix: str, tenant: str) -> str:
     """Key prefix whose ``{...}`` tag puts all of one tenant's keys on one Redis Cluster slot."""
     return f"{prefix}:{{{tenant}}}"
