@@ -22,20 +22,17 @@ def _rate_limit(limits: Limits) -> dict[str, int | None] | None:
 
 async def managed_budgets(service: BudgetService, store: KeyStore, tenant: str, after: str, limit: int,
                           now: float) -> dict[str, Any]:
-    """``{"teams", "managed_keys", "managed_keys_next"}`` of one tenant (two ledger reads at most)."""
+    """``{"teams", "managed_keys", "managed_keys_next"}`` of one tenant (one ledger read)."""
     teams = await store.teams(tenant)
     keys, more = await store.keys_page(tenant, None, after, limit)
     live = [k for k in keys if k.revoked_at is None]
-    owned = [(f"g|{t.id}", t.limits.budget) for t in teams if t.limits.budget is not None]
-    team_entries = dict(zip([s for s, _ in owned], await report.scope_budgets(service, tenant, owned, now),
-                            strict=True))
-    charged = [(f"k|{k.id}", k.limits.budget) for k in live if k.limits.budget is not None]
-    key_entries = dict(zip([s for s, _ in charged], await report.scope_budgets(service, tenant, charged, now),
-                           strict=True))
+    scopes = [(f"g|{t.id}", t.limits.budget) for t in teams if t.limits.budget is not None]
+    scopes += [(f"k|{k.id}", k.limits.budget) for k in live if k.limits.budget is not None]
+    entries = dict(zip([s for s, _ in scopes], await report.scope_budgets(service, tenant, scopes, now), strict=True))
     return {
-        "teams": {t.id: {"name": t.name, "budget": team_entries.get(f"g|{t.id}"),
+        "teams": {t.id: {"name": t.name, "budget": entries.get(f"g|{t.id}"),
                          "rate_limit": _rate_limit(t.limits)} for t in teams},
-        "managed_keys": {k.id: {"name": k.name, "team": k.team, "budget": key_entries.get(f"k|{k.id}"),
+        "managed_keys": {k.id: {"name": k.name, "team": k.team, "budget": entries.get(f"k|{k.id}"),
                                 "rate_limit": _rate_limit(k.limits)} for k in live},
         "managed_keys_next": keys[-1].id if more and keys else None,
     }
