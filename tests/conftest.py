@@ -10,6 +10,7 @@ import pytest
 from tests.support.harness import Gateway, ServerThread
 from tests.support.mock_anthropic import MockAnthropic, mock_anthropic  # noqa: F401
 from tests.support.mock_openai import MockOpenAI
+from tests.support.mock_responses import MockResponses
 from tests.support.policy_hook import PolicyHook
 from tests.support.redis_server import redis_server, redis_url  # noqa: F401
 from tests.support.scripted_openai import ScriptedOpenAI
@@ -58,6 +59,14 @@ def judge(servers: ServerThread) -> Iterator[ScriptedOpenAI]:
     mock = servers.call(ScriptedOpenAI("judge").start())
     yield mock
     servers.call(mock.stop())
+
+
+@pytest.fixture
+def native(servers: ServerThread) -> Iterator[MockResponses]:
+    """An upstream serving OpenAI's own ``/v1/responses`` (the lossless Responses path)."""
+    server = servers.call(MockResponses().start())
+    yield server
+    servers.call(server.stop())
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.harness import eventually
 from tests.support.mock_anthropic import Reply
-from tests.support.mock_responses import Fault, MockResponses
+from tests.support.mock_responses import Fault
 from tests.support.prom import scrape
 from tests.support.scripted_openai import Said
 
@@ -30,13 +30,6 @@ CLEAN = "The weather is sunny an"  # 23 characters
 TEXT = CLEAN + "d warm all day long. " + SECRET + " is the code; the rest must never reach the client."
 assert TEXT.index(SECRET) == 48 - 4
 HELLO = [{"role": "user", "content": "tell"}]
-
-
-@pytest.fixture
-def native(servers):
-    server = servers.call(MockResponses().start())
-    yield server
-    servers.call(server.stop())
 
 
 @pytest.fixture

@@ -8,17 +8,10 @@ import textwrap
 import openai
 import pytest
 
-from tests.support.mock_responses import Fault, MockResponses
+from tests.support.mock_responses import Fault
 from tests.support.prom import scrape
 
 HOSTED = [{"type": "web_search"}, {"type": "function", "name": "lookup", "parameters": {"type": "object"}}]
-
-
-@pytest.fixture
-def native(servers):
-    server = servers.call(MockResponses().start())
-    yield server
-    servers.call(server.stop())
 
 
 @pytest.fixture
