@@ -176,6 +176,7 @@ class Pipeline:
 
     def __init__(self, stages: list[Stage]) -> None:
         self.stages = stages
+        self._filters = [s.on_response for s in stages if _overrides(s, "on_response")]
         self._completes = [s.complete for s in stages if _overrides(s, "complete")]
         self.plans = PlanCache(None)
 
@@ -248,9 +249,7 @@ class Pipeline:
         raise GatewayError(500, "no stage answered the request", code="no_upstream")
 
     async def filter(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:
-        plan = ctx.plan
-        for f in (plan.filters if plan is not None else [s.on_response for s in self.stages
-                                                        if _overrides(s, "on_response")]):
+        for f in (ctx.plan.filters if ctx.plan is not None else self._filters):
             resp = await f(ctx, resp)
         return resp
 
