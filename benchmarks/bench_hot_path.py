@@ -3,11 +3,12 @@
 Steadier than whole-process figures on a busy machine: the gateway runs in a thread of its own
 (its event loop, uvloop), the mock upstream in another process, and the client (aiohttp, 16
 concurrent callers) in the main thread; the figure is the gateway thread's CPU time
-(``time.thread_time``) over the requests. The policy is ``bench_proxy.py``'s (auth, input checks,
-rpm/tpm/concurrency limits, cache with ``no-store``, budget, metrics; memory backend).
+(``time.thread_time``) over the requests. The policy is ``python -m benchmarks run full-memory``'s (auth, input checks,
+rpm/tpm/concurrency limits, budget, routing, metrics; cache off; memory backend); ``--hits`` turns the
+cache on and measures cache hits.
 
 Compare two trees by running this script under each, alternated (each ``--tree`` is measured in
-child processes that import the gateway, and ``bench_proxy``'s policy, from it)::
+child processes that import the gateway, and the runner's policy, from it)::
 
     python benchmarks/bench_hot_path.py --tree /tmp/before --tree . --rounds 6
 """
@@ -23,21 +24,22 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import textwrap
 import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, os.environ.get("BENCH_TREE") or str(ROOT))  # the tree under test (a child's)
-from benchmarks.bench_proxy import BODY, HEADERS, POLICY  # noqa: E402
 from benchmarks.common import free_port, spawn_mock, stop_all, wait_port  # noqa: E402
+from benchmarks.runner.policies import gateway_policy  # noqa: E402
+from benchmarks.runner.scenarios import AUTH as HEADERS  # noqa: E402
+from benchmarks.runner.scenarios import CACHEABLE, CHAT  # noqa: E402
 
 
 async def _drive(url: str, requests: int, callers: int) -> None:
     import aiohttp
 
-    data = BODY.encode()
+    data = (CACHEABLE if HITS else CHAT).encode()
     headers = {**HEADERS, "content-type": "application/json"}
     left = requests
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=callers)) as session:
@@ -63,7 +65,7 @@ def measure(upstream_port: int, requests: int, callers: int) -> tuple[float, flo
     from gateway.http.server import create_app
     from gateway.policy.loader import load_policy_text
 
-    policy = load_policy_text(textwrap.dedent(POLICY.format(up=upstream_port)), "bench.yaml", env={})
+    policy = load_policy_text(gateway_policy(upstream_port, cache=HITS), "bench.yaml", env={})
     loop = uvloop.new_event_loop()
     ready = threading.Event()
     box: dict = {}
@@ -105,6 +107,7 @@ def measure(upstream_port: int, requests: int, callers: int) -> tuple[float, flo
 
 
 CALLS_SAMPLE = 500
+HITS = False  # ``--hits``: the cache-hit path instead of the miss path
 
 
 async def _thread_time() -> float:
@@ -121,8 +124,11 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--callers", type=int, default=16)
+    ap.add_argument("--hits", action="store_true", help="cache on, every request a hit (warmed by the warm-up)")
     ap.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global HITS
+    HITS = args.hits
     if args.child:
         print(*measure(args.child, args.requests, args.callers))
         return 0
@@ -138,7 +144,8 @@ def main() -> int:
                 env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
                 env["BENCH_TREE"] = str(Path(tree).resolve())
                 cmd = ["taskset", "-c", "0", sys.executable, __file__, "--child", str(up),
-                       "--requests", str(args.requests), "--callers", str(args.callers)]
+                       "--requests", str(args.requests), "--callers", str(args.callers),
+                       *(["--hits"] if args.hits else [])]
                 out = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir(), env=env)
                 if out.returncode != 0:
                     print(out.stderr[-2000:])

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gateway.clock import Clock
+from gateway.ratelimit.fused import AdmitOp
 from gateway.ratelimit.scripts import ACQUIRE
 from gateway.ratelimit.seed import Seeds
 from gateway.ratelimit.stats import RateLimitStats
@@ -74,6 +75,26 @@ class Guard:
                     self.seeds.observe(keys, args, reply, self.local_clock.time())
                 return SHARED, reply, self.shared
         return await self.fallback(script, keys, local_args, mode, on_try, replicas)
+
+    async def run_op(self, op: AdmitOp, keys: list[str], args: list[Any], local_args: Callable[[], list[Any]],
+                     mode: str, on_try: Callable[[StateBackend], None],
+                     replicas: int = 1) -> tuple[str, Any, StateBackend | None]:
+        """``run(ACQUIRE, keys, args, ...)`` with the shared backend's call made as the fused ``op``
+        (the same entries, typed): the memory backend runs its native without parsing ``args``;
+        Redis runs it in one call as before. ``keys``/``args`` are the same call, Redis-shaped, for the
+        seeds and the local stand-in."""
+        if not self.down:
+            on_try(self.shared)
+            try:
+                reply = (await self.shared.run_fused([op]))[0][1:]
+            except StateError as exc:
+                self.failed(exc)
+            else:
+                self.answered()
+                if self.shared.kind != "memory":  # what the local stand-in starts from (never used in memory)
+                    self.seeds.observe(keys, args, reply, self.local_clock.time())
+                return SHARED, reply, self.shared
+        return await self.fallback(ACQUIRE, keys, local_args, mode, on_try, replicas)
 
     def answered(self) -> None:
         """The shared backend answered: it is up again if it was held down."""

@@ -60,6 +60,7 @@ class Plan:
     slot_keys: tuple[str, ...] = ()  # concurrency keys, released at completion
     acquire_pairs: tuple[tuple[str, Limit], ...] = ()  # ``acquire_limits()``, computed once
     token_pairs: tuple[tuple[str, Limit], ...] = ()  # ("T", limit) per token limit, in reserve order
+    acquire_entries: tuple[tuple[str, int, int, str, str], ...] = ()  # the same call as typed entries (natives)
 
     @property
     def empty(self) -> bool:
@@ -125,6 +126,8 @@ def build_plan(policy: Policy, tenant: Tenant, key: ApiKey | None, model: str) -
         slot_keys=tuple(lim.keys[0] for lim in requests if lim.kind == "C"),
         acquire_pairs=pairs,
         token_pairs=tuple(("T", lim) for lim in tokens),
+        acquire_entries=tuple((kind, lim.limit, 1, lim.keys[0], lim.keys[1] if kind in ("T", "P") else "")
+                              for kind, lim in pairs),
     )
 
 

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import bisect
 import math
-from dataclasses import dataclass
 from typing import Any
 
 from gateway.state.base import LocalStore
@@ -106,19 +105,6 @@ class ZSet:
         return gone
 
 
-@dataclass(slots=True)
-class _Entry:
-    kind: str
-    limit: int
-    weight: int
-    key: str
-    hkey: str = ""
-    used: int = 0
-    over: bool = False
-    retry_us: int = 0
-    zs: ZSet = None  # type: ignore[assignment]  # the key's log, read once per call (see ``acquire``)
-
-
 def _zset(store: LocalStore, key: str) -> ZSet:
     found = store.get(key)
     return found if isinstance(found, ZSet) else ZSet()
@@ -135,88 +121,14 @@ def _save(store: LocalStore, key: str, zs: ZSet, ttl_ms: int | None = None) -> N
         store.expire(key, ttl_ms / 1000)
 
 
-def _trim_tokens(store: LocalStore, e: _Entry, cutoff: int) -> int:
-    zs = e.zs
-    weights = store.get(e.hkey)
-    old = zs.pop_through(cutoff)
-    _save(store, e.key, zs)
-    if not zs:
-        store.delete(e.hkey)
-        return 0
-    if not isinstance(weights, dict):
-        return 0
-    freed = sum(int(weights.pop(member, 0)) for member in old)
-    if freed:
-        weights[SUM_FIELD] = int(weights.get(SUM_FIELD, 0)) - freed
-    return int(weights.get(SUM_FIELD, 0))
-
-
-def _token_retry(store: LocalStore, e: _Entry, need: int, window: int, now: int) -> int:
-    weights = store.get(e.hkey) or {}
+def _token_retry(store: LocalStore, zs: ZSet, hkey: str, need: int, window: int, now: int) -> int:
+    weights = store.get(hkey) or {}
     acc = 0
-    for score, member in e.zs.items:
+    for score, member in zs.items:
         acc += int(weights.get(member, 0))
         if acc >= need:
             return score + window - now
     return 0
-
-
-def _check(store: LocalStore, e: _Entry, window: int, now: int) -> None:
-    """Trim the entry's key to the window (or live leases) and decide whether ``weight`` fits."""
-    if e.kind == "C":
-        zs = e.zs
-        zs.pop_through(now)
-        _save(store, e.key, zs)
-        e.used = len(zs)
-    elif e.kind == "R":
-        zs = e.zs
-        zs.pop_through(now - window)
-        _save(store, e.key, zs)
-        e.used = len(zs)
-    else:
-        e.used = _trim_tokens(store, e, now - window)
-    e.over = e.kind != "P" and e.used + e.weight > e.limit
-    if not e.over or e.kind == "C":
-        return  # a slot frees on a completion: no time can be promised
-    if e.weight > e.limit:
-        e.retry_us = -1
-    elif e.kind == "R":
-        score, _ = e.zs.at(e.used + e.weight - e.limit - 1)
-        e.retry_us = score + window - now
-    else:
-        e.retry_us = _token_retry(store, e, e.used + e.weight - e.limit, window, now)
-
-
-def _commit(store: LocalStore, e: _Entry, token: str, window: int, lease: int, now: int) -> None:
-    if e.kind == "P":
-        return
-    zs = e.zs
-    if e.kind == "C":
-        zs.add(token, now + lease)
-        _save(store, e.key, zs, lease // 1000 + TTL_PAD_MS)
-        e.used += 1
-        return
-    zs.add(token, now)
-    ttl_ms = window // 1000 + TTL_PAD_MS
-    _save(store, e.key, zs, ttl_ms)
-    if e.kind == "R":
-        e.used += 1
-        return
-    weights = store.get(e.hkey)
-    if not isinstance(weights, dict):
-        weights = {}
-        store.set(e.hkey, weights)
-    weights[token] = e.weight
-    weights[SUM_FIELD] = e.used = int(weights.get(SUM_FIELD, 0)) + e.weight
-    store.expire(e.hkey, ttl_ms / 1000)
-
-
-def _reset_us(store: LocalStore, e: _Entry, window: int, now: int) -> int:
-    """Time until the log is empty again (OpenAI's "reset to its initial state")."""
-    if e.kind == "C":
-        return 0
-    zs = e.zs
-    return zs.at(-1)[0] + window - now if zs else 0
 
 
 def acquire(store: LocalStore, keys: list[str], args: list[Any], now: float) -> list[int]:
@@ -239,32 +151,99 @@ def acquire(store: LocalStore, keys: list[str], args: list[Any], now: float) -> 
 
 def acquire_entries(store: LocalStore, token: str, force: bool, window: int, lease: int,
                     specs: list[tuple[str, int, int, str, str]], now: float) -> list[int]:
-    """``acquire`` on typed entries ``(kind, limit, weight, key, weights key or "")``: the native form."""
+    """``acquire`` on typed entries ``(kind, limit, weight, key, weights key or "")``: the native form.
+
+    The same steps as ``_check``/``_commit`` per entry, written out flat: this runs on every request
+    (twice on a miss), so no per-entry objects and no store round trips that cannot change anything.
+    """
     t = now_us(now)
-    entries: list[_Entry] = []
     # Each key's log is read from the store once per call and shared by its entries: the store then
     # holds that very object, or nothing when it emptied (and an empty log is as good as a new one).
     logs: dict[str, ZSet] = {}
+    used: list[int] = []
+    over: list[bool] = []
     ok, retry = True, 0
     for kind, limit, weight, key, hkey in specs:
-        e = _Entry(kind, limit, weight, key, hkey)
         zs = logs.get(key)
         if zs is None:
-            zs = logs[key] = _zset(store, key)
-        e.zs = zs
-        _check(store, e, window, t)
-        if e.over:
+            found = store.get(key)
+            zs = logs[key] = found if isinstance(found, ZSet) else ZSet()
+        if kind == "C":
+            zs.pop_through(t)
+            n = len(zs)
+        elif kind == "R":
+            zs.pop_through(t - window)
+            n = len(zs)
+        else:
+            n = _trim_log(store, zs, key, hkey, t - window)
+        if not zs:
+            store.delete(key)  # emptied (or never there): Redis has no empty set
+        hit = kind != "P" and n + weight > limit
+        used.append(n)
+        over.append(hit)
+        if hit:
             ok = False
-            retry = -1 if e.retry_us < 0 or retry < 0 else max(retry, e.retry_us)
-        entries.append(e)
+            if kind != "C":  # a slot frees on a completion: no time can be promised
+                if weight > limit:
+                    wait = -1
+                elif kind == "R":
+                    wait = zs.at(n + weight - limit - 1)[0] + window - t
+                else:
+                    wait = _token_retry(store, zs, hkey, n + weight - limit, window, t)
+                retry = -1 if wait < 0 or retry < 0 else max(retry, wait)
     status = 1 if ok else 2 if force else 0
     if status:
-        for e in entries:
-            _commit(store, e, token, window, lease, t)
+        window_ttl_s = (window // 1000 + TTL_PAD_MS) / 1000
+        for i, (kind, _limit, weight, key, hkey) in enumerate(specs):
+            if kind == "P":
+                continue
+            zs = logs[key]
+            if kind == "C":
+                zs.add(token, t + lease)
+                _stored(store, key, zs, (lease // 1000 + TTL_PAD_MS) / 1000)
+                used[i] += 1
+                continue
+            zs.add(token, t)
+            _stored(store, key, zs, window_ttl_s)
+            if kind == "R":
+                used[i] += 1
+                continue
+            weights = store.get(hkey)
+            if not isinstance(weights, dict):
+                weights = {}
+                store.set(hkey, weights)
+            weights[token] = weight
+            weights[SUM_FIELD] = used[i] = int(weights.get(SUM_FIELD, 0)) + weight
+            store.expire(hkey, window_ttl_s)
     out = [status, -1 if retry < 0 else ceil_ms(retry)]
-    for e in entries:
-        out += [e.used, ceil_ms(_reset_us(store, e, window, t)), int(e.over)]
+    for i, (kind, _limit, _weight, key, _hkey) in enumerate(specs):
+        zs = logs[key]
+        reset = zs.at(-1)[0] + window - t if kind != "C" and zs else 0
+        out += (used[i], ceil_ms(reset), 1 if over[i] else 0)
     return out
+
+
+def _stored(store: LocalStore, key: str, zs: ZSet, ttl_s: float) -> None:
+    """A log that just took an entry: in the store (once), its expiry pushed to ``ttl_s`` from now."""
+    if store.get(key) is not zs:
+        store.set(key, zs)
+    store.expire(key, ttl_s)
+
+
+def _trim_log(store: LocalStore, zs: ZSet, key: str, hkey: str, cutoff: int) -> int:
+    """``_trim_tokens`` for the flat form: the token log trimmed to the window, its weight in it."""
+    old = zs.pop_through(cutoff)
+    if not zs:
+        store.delete(hkey)
+        return 0
+    weights = store.get(hkey)
+    if not isinstance(weights, dict):
+        return 0
+    if old:
+        freed = sum(int(weights.pop(member, 0)) for member in old)
+        if freed:
+            weights[SUM_FIELD] = int(weights.get(SUM_FIELD, 0)) - freed
+    return int(weights.get(SUM_FIELD, 0))
 
 
 def release(store: LocalStore, keys: list[str], args: list[Any], now: float) -> int:

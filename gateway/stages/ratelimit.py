@@ -178,8 +178,11 @@ class RateLimitStage(Stage):
         def local_args() -> list:  # only when the shared backend failed and on_backend_error is local
             return plan.acquire_args(st.token, True)
 
+        entries = list(plan.acquire_entries)
+
         async def attempt() -> Decision:
-            return await self._call(ctx, plan.acquire_keys, args, local_args, pairs, (st.slots_on,))
+            op = AdmitOp(st.token, plan.shadow, entries, None, keep=False)
+            return await self._call(ctx, plan.acquire_keys, args, local_args, pairs, (st.slots_on,), op=op)
 
         decision = await self._decide(st, attempt)
         if isinstance(decision, Result):
@@ -341,9 +344,11 @@ class RateLimitStage(Stage):
         return self.plans.tokens(ctx.policy, ctx.tenant, ctx.api_key, ctx.public_model, served)
 
     async def _call(self, ctx: RequestContext, keys: list[str], args: list, local_args: Callable[[], list],
-                    pairs: tuple, holds: tuple[list[StateBackend], ...], shared: bool = True) -> Decision:
+                    pairs: tuple, holds: tuple[list[StateBackend], ...], shared: bool = True,
+                    op: AdmitOp | None = None) -> Decision:
         """One script call (shared backend, or the failure mode; only the latter when ``shared`` is off,
-        the shared call having failed already); ``holds`` learn where it may write."""
+        the shared call having failed already); ``holds`` learn where it may write. ``op``: the same
+        call as a fused op, which the shared backend runs instead (natively in memory)."""
         mode = ctx.policy.state.on_backend_error
 
         def on_try(b: StateBackend) -> None:
@@ -351,7 +356,9 @@ class RateLimitStage(Stage):
                 _keep(found, b)
 
         replicas = max(1, ctx.policy.state.replicas)
-        if shared:
+        if shared and op is not None:
+            how, reply, backend = await self.guard.run_op(op, keys, args, local_args, mode, on_try, replicas)
+        elif shared:
             how, reply, backend = await self.guard.run(ACQUIRE, keys, args, local_args, mode, on_try, replicas)
         else:
             how, reply, backend = await self.guard.fallback(ACQUIRE, keys, local_args, mode, on_try, replicas)
