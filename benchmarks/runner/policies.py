@@ -17,13 +17,19 @@ tenants:
   bench:
     api_keys: [sk-bench]
     models: [m]
-    rate_limit: {{rpm: 100000000, tpm: 100000000000, concurrency: 1000000}}
-    budget: {{usd: 1000000000, period: total}}
+{limits}"""
+LIMITS = """\
+    rate_limit: {rpm: 100000000, tpm: 100000000000, concurrency: 1000000}
+    budget: {usd: 1000000000, period: total}
 """
 
 
-def gateway_policy(up: int, redis_url: str | None = None, cache: bool = False, streams: int = 0) -> str:
+def gateway_policy(up: int, redis_url: str | None = None, cache: bool = False, streams: int = 0,
+                   limits: bool = True) -> str:
     """The full policy: auth, input checks, rpm/tpm/concurrency limits, budget, routing, metrics.
+
+    ``limits`` off leaves the tenant without rate limits and budget (the ``floor`` scenarios: the
+    plumbing every request pays, to tell it from what the limits and the budget add).
 
     ``cache`` turns the response cache on; ``streams`` raises the server's and the upstream pool's
     connection caps above that many concurrent streams (the keys are left out otherwise, so older
@@ -35,7 +41,8 @@ def gateway_policy(up: int, redis_url: str | None = None, cache: bool = False, s
         cap = streams * 2 + 100
         server = f"server: {{max_connections: {cap}, max_in_flight: null}}\n"
         pool = f", max_connections: {cap}"
-    return FULL.format(state=state, server=server, up=up, pool=pool, cache="true" if cache else "false")
+    return FULL.format(state=state, server=server, up=up, pool=pool, cache="true" if cache else "false",
+                       limits=LIMITS if limits else "")
 
 
 LITELLM = """\

@@ -47,6 +47,7 @@ class Setup:
     cache: bool = False
     workers: int = 1
     streams: int = 0
+    limits: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +107,7 @@ def _litellm(proxy: Proxy, setup: Setup, port: int, progress: Callable[[str], No
 
 def _gateway(proxy: Proxy, setup: Setup, port: int, progress: Callable[[str], None]) -> Command:
     policy = setup.folder / f"policy-{proxy.name}.yaml"
-    policy.write_text(gateway_policy(setup.up, setup.redis_url, setup.cache, setup.streams))
+    policy.write_text(gateway_policy(setup.up, setup.redis_url, setup.cache, setup.streams, setup.limits))
     args = [sys.executable, "-m", "gateway", "serve", "--policy", str(policy), "--port", str(port), "--quiet"]
     if setup.workers > 1:
         args += ["--workers", str(setup.workers)]

@@ -103,7 +103,7 @@ class Runner:
             redis_url = f"redis://127.0.0.1:{rport}/0"
         workers = scn.workers or self.options.workers
         setup = Setup(procs, folder, up, self.server_cpus, redis_url, redis_proc.pid if redis_proc else None,
-                      scn.cache, workers, scn.streams)
+                      scn.cache, workers, scn.streams, scn.limits)
         baselines = () if scn.kind == "idle" else ("direct", *self.options.compare)
         known = self.shared.setdefault(scn.baseline_key, {})
         fresh = [kind for kind in baselines if kind not in known]

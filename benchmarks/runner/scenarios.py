@@ -83,6 +83,7 @@ class Scenario:
     workers: int | None = None  # None: the run's --workers
     streams: int = 0  # idle: concurrent streams to hold open
     rate: int = 0  # rate: requests per second
+    limits: bool = True  # off: the tenant has no rate limits and no budget (the floor scenarios)
     checks: tuple[Check, ...] = ()
 
     @property
@@ -98,6 +99,10 @@ SCENARIOS = {s.name: s for s in (
              redis=True, checks=(_cpu_vs_bare(2.5), _redis_trips, _vs_litellm)),
     Scenario("cache-hit", "cache on, every request a HIT (warmed once; temperature 0)", body=CACHEABLE,
              cache=True, checks=(_throughput_vs_bare,)),
+    Scenario("floor", "auth, input checks, routing and metrics only (no limits, no budget, cache off), memory "
+             "state: the plumbing every request pays", limits=False),
+    Scenario("cache-hit-floor", "cache hits of a tenant without limits or budget (what the limits add to a hit)",
+             body=CACHEABLE, cache=True, limits=False, checks=(_throughput_vs_bare,)),
     Scenario("latency-500", "full policy, memory state, paced at 500 req/s (wrk, 8 connections, 16 ms apart)",
              kind="rate", rate=500, checks=(_added(0.3, 1.5),)),
     Scenario("stream", "time to first token of a streamed chat answer, one client, back to back",
