@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import Counter, OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from gateway.state.base import LocalStore, Script, StateBackend, hash_tag, local_hash
 from gateway.state.fused import Fragment, FusedCtx
@@ -378,11 +378,11 @@ class Ledger:
         return [_pairs(flat) for flat in reply]
 
 
-@dataclass(frozen=True, slots=True)
-class Charge:
+class Charge(NamedTuple):
     """Everything one settle needs, so a failed settle can be replayed later as is.
 
-    ``rid`` is unique per request (the reservation id when there is one): the settle's id.
+    ``rid`` is unique per request (the reservation id when there is one): the settle's id. A named
+    tuple: one is built per request, at a third of a frozen dataclass's cost.
     """
 
     rid: str

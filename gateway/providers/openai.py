@@ -26,6 +26,9 @@ from gateway.providers.keys import KeySource
 from gateway.providers.openai_responses import EventsToChunks, StreamFailed, response_to_chat
 from gateway.providers.pool import HOOKED, PoolObserver, PoolTimer, TimedConnector, attempt, done, pool_trace
 
+# Ours instead of aiohttp's (which names Python and aiohttp): given, aiohttp adds none, without the
+# per-call header work its ``skip_auto_headers`` costs. A provider's configured ``headers`` may replace it.
+USER_AGENT = f"llm-gateway/{__version__}"
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 
 
@@ -111,7 +114,8 @@ class HTTPProvider(Provider):
             await self.start()
         assert self._session is not None
         first_byte, total = attempt_timeouts(self.spec, req)
-        headers = {**self._static_headers, **self.key_headers(), **req.headers, "x-request-id": req.request_id}
+        headers = {"user-agent": USER_AGENT, **self._static_headers, **self.key_headers(), **req.headers,
+                   "x-request-id": req.request_id}
         t = self.spec.timeouts
         timer = PoolTimer(t.pool_s, t.connect_s, min(first_byte, total))
         try:
@@ -259,7 +263,6 @@ def new_session(spec: ProviderSpec) -> aiohttp.ClientSession:
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s, connect=None),
         trace_configs=None if HOOKED else [pool_trace()],
         auto_decompress=True,
-        skip_auto_headers=("User-Agent",),
     )
 
 
