@@ -6,6 +6,8 @@ trip, every ``FLUSH_INTERVAL_S`` or as soon as a group holds ``FLUSH_RECORDS``. 
 records buffered or being written (a stalled backend), new ones are dropped and counted, as is a
 batch the backend refused. ``get`` finds a record still buffered or in flight, so a reader on this
 process never waits for the write; ``drain`` (shutdown) writes what is buffered and waits for it.
+A record another call writes (a request's own ``complete`` state call) is in flight from
+``sending`` to ``sent``, and counted in ``dropped`` if that call fails, as a failed batch's are.
 """
 
 from __future__ import annotations
@@ -70,6 +72,17 @@ class BatchWriter:
         found = records.get(key) if records is not None else None
         return found[0] if found is not None else self._inflight.get(key)
 
+    def sending(self, key: str, value: bytes) -> None:
+        """``value`` is being written by another call: ``get`` finds it until ``sent``."""
+        self._inflight[key] = value
+
+    def sent(self, key: str, value: bytes, error: StateError | None) -> None:
+        """The call writing ``value`` answered; if it failed, the record is lost and counted."""
+        if self._inflight.get(key) is value:  # not a newer record of the same key
+            del self._inflight[key]
+        if error is not None:
+            self._lost(1, error)
+
     def flush(self) -> None:
         """Send every group's buffered records now, one call each."""
         if self._timer is not None:
@@ -95,10 +108,13 @@ class BatchWriter:
         try:
             await self.backend.set_many([(key, value, ttl) for key, (value, ttl) in records.items()])
         except StateError as exc:
-            self.dropped += len(records)
-            log.warning("%d request records not stored: %s", len(records), exc)
+            self._lost(len(records), exc)
         finally:
             inflight = self._inflight
             for key, (value, _) in records.items():
                 if inflight.get(key) is value:  # not a newer record of the same key
                     del inflight[key]
+
+    def _lost(self, n: int, exc: StateError) -> None:
+        self.dropped += n
+        log.warning("%d request records not stored: %s", n, exc)
