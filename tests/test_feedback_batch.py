@@ -114,6 +114,22 @@ async def test_a_failed_complete_call_loses_the_record_counted_as_dropped() -> N
     assert backend.calls == []  # not retried in a batch: lost like a failed batch's records
 
 
+async def test_records_of_calls_that_never_report_are_bounded() -> None:
+    """A request cancelled during its ``complete`` call never runs its finishers: its record is
+    forgotten once ``cap`` newer ones are riding, and no batch writer room is taken."""
+    writer = BatchWriter(Shared(), interval_s=60, cap=2)
+    for i in range(3):
+        writer.sending(f"k{i}", b"v%d" % i)
+    assert writer.get("acme", "k0") is None and writer.get("acme", "k2") == b"v2" and len(writer) == 0
+    writer.add("acme", "b", b"v", 10)
+    writer.add("acme", "c", b"v", 10)
+    assert writer.dropped == 0
+    writer.sent("k1", b"other", None)  # an older call of the same key: the newer record stays
+    assert writer.get("acme", "k1") == b"v1"
+    writer.flush()
+    await writer.drain()
+
+
 @pytest.mark.parametrize("case", ["no batch", "no complete work", "only a local op"])
 async def test_a_request_without_a_complete_call_leaves_its_record_to_a_batch(case: str) -> None:
     backend = Shared()
