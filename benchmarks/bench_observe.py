@@ -2,7 +2,8 @@
 
 Runs the real code on synthetic finished requests (no network): ``ObserveStage.complete`` with the
 access log off (as in the full-policy benchmark) and on (the JSON line into a buffered file sink),
-its parts alone (the metrics ``Recorder``, the feedback record), ``Redactor`` on a realistic prompt,
+the metrics ``Recorder`` alone, the feedback record (``RequestRecords.remember``: kept by its own
+stage, not in that ``complete``, since issue 15), ``Redactor`` on a realistic prompt,
 the audit record build, rendering ``/metrics`` with many series and, with several workers, one
 worker's flush of its metrics into its multiprocess files. Each figure is the best of ``--rounds``
 rounds, in CPU time (``time.process_time``: the machine is shared, and the best round of CPU time is
@@ -166,7 +167,7 @@ async def main(n: int, rounds: int) -> None:
         size = len(orjson.dumps(access_facts(ctxs[0], 0.25, 1e-4))) + 1
     print(f"observe complete, access log off, 50 tenants x 10 models:   {off_us:.1f} us/request")
     print(f"  of which the metrics (Recorder.record):                  {record_us:.1f} us")
-    print(f"  of which the feedback record (memory backend):          {remember_us:.1f} us")
+    print(f"feedback record (its own stage, memory backend):           {remember_us:.1f} us")
     print(f"observe complete, access log to a file:                    {per_request:.1f} us/request")
     print(f"  of which the access-log facts dict:                      {facts_us:.1f} us")
     print(f"redaction of a {len(PROMPT)}-char prompt with PII:               {redact_us:.1f} us "

@@ -1,8 +1,11 @@
-"""Feedback records on a shared backend go out in batches (issue 15): one state call per tenant per flush.
+"""Feedback records on a shared backend: in the request's ``complete`` call, else in batches (issue 15).
 
-A record is buffered when the answer is sent; ``POST /v1/feedback`` on the same replica finds it
-while it is buffered or being written; a batch is one ``set_many`` call (one script on a real
-redis-server); shutdown writes what is left; past the cap records are dropped and counted.
+A request whose ``complete`` makes a state call anyway (settle, release) adds its record to that call
+(``FeedbackRecordStage``): no call of its own, found on this replica while the call runs, counted as
+dropped if it fails. Other records are buffered when the answer is sent; ``POST /v1/feedback`` on the
+same replica finds one while it is buffered or being written; a batch is one ``set_many`` call (one
+script on a real redis-server); shutdown writes what is left; past the cap records are dropped and
+counted. The memory backend keeps records in process.
 """
 
 from __future__ import annotations
@@ -18,8 +21,11 @@ from redis.crc import key_slot
 from gateway.observability.feedback import RequestRecords, record_key
 from gateway.observability.metered import TRACED_CALLS
 from gateway.observability.record_batch import BatchWriter
+from gateway.stages.feedback_record import FeedbackRecordStage
+from gateway.stages.state_batch import StateBatch
 from gateway.state import MemoryBackend, RedisBackend, StateError
 from gateway.state.base import hash_tag
+from gateway.state.fused import SetOp
 
 POLICY: Any = SimpleNamespace(state=SimpleNamespace(key_prefix="gw"))
 
@@ -35,6 +41,7 @@ class Shared(MemoryBackend):
         self.gate: asyncio.Event | None = None  # set: writes wait for it
         self.fail = False
         self.traced: list[Any] = []  # the traced request's call list each write ran under
+        self.fused: list[list[str]] = []  # the fragments of each fused call
 
     async def set_many(self, items: list[tuple[str, bytes, float | None]]) -> None:
         self.calls.append(list(items))
@@ -45,13 +52,119 @@ class Shared(MemoryBackend):
             raise StateError("connection refused")
         await super().set_many(items)
 
+    async def run_fused(self, ops: list[Any]) -> list[Any]:
+        self.fused.append([op.fragment.name for op in ops])
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail:
+            raise StateError("connection refused")
+        return await super().run_fused(ops)
 
-def answered(request_id: str, tenant: str = "acme", ttl: float = 60.0) -> Any:
-    """The context fields ``remember`` reads, of a request answered 200."""
+
+def answered(request_id: str, tenant: str = "acme", ttl: float = 60.0, batch: StateBatch | None = None) -> Any:
+    """The context fields ``remember`` reads, of a request answered 200 (``batch``: its state batch)."""
     return SimpleNamespace(
         tenant=SimpleNamespace(name=tenant, audit=SimpleNamespace(feedback_ttl_s=ttl)),
         model=SimpleNamespace(name="small-a"), status=200, public_model="small", route="small",
-        deployment=SimpleNamespace(name="up/small-a"), rollout=None, policy=POLICY, request_id=request_id)
+        deployment=SimpleNamespace(name="up/small-a"), rollout=None, policy=POLICY, request_id=request_id,
+        state_batch=batch)
+
+
+async def _settled(reply: Any, error: StateError | None) -> None:
+    return None
+
+
+def settling() -> StateBatch:
+    """A batch whose ``complete`` makes a call anyway (a settle's stand-in: any op)."""
+    batch = StateBatch()
+    batch.add("complete", SetOp(f"{hash_tag('gw', 'acme')}:settle", b"1", 60.0), _settled)
+    return batch
+
+
+async def test_a_record_rides_completes_call_and_is_found_while_it_runs() -> None:
+    backend = Shared()
+    backend.gate = asyncio.Event()
+    records = RequestRecords(backend)
+    batch = settling()
+    await FeedbackRecordStage(records).complete(answered("r1", batch=batch), None)
+    flush = asyncio.create_task(batch.flush(backend, "complete"))
+    await asyncio.sleep(0)
+    key = record_key(POLICY, "acme", "r1")
+    assert backend.fused == [["set", "set"]] and await backend.get(key) is None  # one call, under way
+    assert (await records.lookup(POLICY, "acme", "r1") or {})["served_model"] == "small-a"  # in flight
+    backend.gate.set()
+    await flush
+    assert backend.store.ttl(key) == pytest.approx(60, abs=1) and len(records.writer) == 0
+    assert (await records.lookup(POLICY, "acme", "r1") or {})["route"] == "small"  # from the backend
+    await records.drain()
+    assert backend.calls == [] and records.dropped == 0  # no batch of its own
+
+
+async def test_a_failed_complete_call_loses_the_record_counted_as_dropped() -> None:
+    backend = Shared()
+    backend.fail = True
+    records = RequestRecords(backend)
+    batch = settling()
+    await FeedbackRecordStage(records).complete(answered("r1", batch=batch), None)
+    await batch.flush(backend, "complete")
+    assert records.dropped == 1 and len(records.writer) == 0
+    backend.fail = False
+    assert await records.lookup(POLICY, "acme", "r1") is None
+    await records.drain()
+    assert backend.calls == []  # not retried in a batch: lost like a failed batch's records
+
+
+async def test_records_of_calls_that_never_report_are_bounded() -> None:
+    """A request cancelled during its ``complete`` call never runs its finishers: its record is
+    forgotten once ``cap`` newer ones are riding, and no batch writer room is taken."""
+    writer = BatchWriter(Shared(), interval_s=60, cap=2)
+    for i in range(3):
+        writer.sending(f"k{i}", b"v%d" % i)
+    assert writer.get("acme", "k0") is None and writer.get("acme", "k2") == b"v2" and len(writer) == 0
+    writer.add("acme", "b", b"v", 10)
+    writer.add("acme", "c", b"v", 10)
+    assert writer.dropped == 0
+    writer.sent("k1", b"other", None)  # an older call of the same key: the newer record stays
+    assert writer.get("acme", "k1") == b"v1"
+    writer.flush()
+    await writer.drain()
+
+
+@pytest.mark.parametrize("case", ["no batch", "no complete work", "only a local op"])
+async def test_a_request_without_a_complete_call_leaves_its_record_to_a_batch(case: str) -> None:
+    backend = Shared()
+    records = RequestRecords(backend)
+    batch = None if case == "no batch" else StateBatch()
+    if case == "only a local op":  # e.g. a release kept for replay while the backend is down
+        batch.add("complete", None, _settled)  # type: ignore[union-attr]
+    if batch is not None:
+        batch.add("admit", SetOp("k", b"", 1.0), _settled)
+    await FeedbackRecordStage(records).complete(answered("r1", batch=batch), None)
+    assert records.writer.get("acme", record_key(POLICY, "acme", "r1")) is not None  # buffered
+    if batch is not None:
+        await batch.flush(backend, "complete")
+    assert backend.fused == []  # no call made for the record
+    await records.drain()
+    assert len(backend.calls) == 1
+
+
+async def test_on_the_memory_backend_records_stay_in_process() -> None:
+    backend = MemoryBackend()
+    records = RequestRecords(backend)
+    batch = settling()
+    await FeedbackRecordStage(records).complete(answered("r1", batch=batch), None)
+    assert len(batch.ops) == 1 and len(records.local) == 1
+    assert await backend.get(record_key(POLICY, "acme", "r1")) is None
+    assert (await records.lookup(POLICY, "acme", "r1") or {})["deployment"] == "up/small-a"
+
+
+def test_the_record_stage_applies_only_to_tenants_that_keep_records() -> None:
+    stage = FeedbackRecordStage(RequestRecords(MemoryBackend()))
+    keeps = SimpleNamespace(audit=SimpleNamespace(feedback_ttl_s=60.0))
+    off = SimpleNamespace(audit=SimpleNamespace(feedback_ttl_s=0.0))
+    assert stage.applies(SimpleNamespace(tenant=None)) is True  # type: ignore[arg-type]
+    assert stage.applies(SimpleNamespace(tenant=keeps)) is True  # type: ignore[arg-type]
+    assert stage.applies(SimpleNamespace(tenant=off)) is False  # type: ignore[arg-type]
 
 
 async def test_records_of_a_tenant_are_one_call_and_readable_once_written() -> None:

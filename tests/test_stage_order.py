@@ -15,6 +15,7 @@ from gateway.stages import build_stages
 from gateway.stages.audit import AuditStage, RedactUpstreamStage
 from gateway.stages.budget import BudgetStage
 from gateway.stages.cache import CacheStage
+from gateway.stages.feedback_record import FeedbackRecordStage
 from gateway.stages.guardrails import GuardrailStage
 from gateway.stages.input_check import InputStage
 from gateway.stages.observe import InFlightStage, ObserveStage
@@ -25,7 +26,7 @@ from gateway.stages.state_batch import StateBatchStage
 from gateway.stages.tracing import TracingStage
 from gateway.stages.usage import UsageStage
 
-RULE_TESTS = 11  # the tests below, one per numbered rule
+RULE_TESTS = 12  # the tests below, one per numbered rule
 
 
 @pytest.fixture(scope="module")
@@ -90,5 +91,12 @@ def test_rule_10_rollout_right_after_input(stages: list[Stage]) -> None:
     assert at(stages, RolloutStage) < min(at(stages, CacheStage), at(stages, RouterStage), at(stages, BudgetStage))
 
 
-def test_rule_11_state_batch_right_after_budget_and_rate_limit(stages: list[Stage]) -> None:
-    assert at(stages, StateBatchStage) == at(stages, RateLimitStage) + 1 == at(stages, BudgetStage) + 2
+def test_rule_11_state_batch_right_after_budget_rate_limit_and_feedback_record(stages: list[Stage]) -> None:
+    assert at(stages, StateBatchStage) - 3 == at(stages, BudgetStage)
+    assert at(stages, StateBatchStage) - 2 == at(stages, RateLimitStage)
+    assert at(stages, StateBatchStage) - 1 == at(stages, FeedbackRecordStage)
+
+
+def test_rule_12_feedback_record_after_budget_and_rate_limit(stages: list[Stage]) -> None:
+    assert at(stages, BudgetStage) < at(stages, FeedbackRecordStage)
+    assert at(stages, RateLimitStage) < at(stages, FeedbackRecordStage)

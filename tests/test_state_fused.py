@@ -1,7 +1,8 @@
 """One state call per phase (issue 15): the round trips of a request, and the fused calls' semantics.
 
-The end-to-end test counts the state backend calls of full-policy requests on the miss path through
-the gateway's own metrics (and, on a real Redis, the scripts the server ran). The op-level tests run
+The end-to-end tests count the state backend calls of full-policy requests on the miss path through
+the gateway's own metrics (and, on a real Redis, the scripts the server ran); the feedback record
+rides ``complete``'s call, so it is stored with no call of its own. The op-level tests run
 the fused calls on both backends: the memory backend's natives and the Lua composed for Redis must
 answer alike, a refusal by either concern leaves nothing reserved by the other, and a settle sent
 twice charges once.
@@ -14,6 +15,7 @@ import textwrap
 import urllib.request
 from collections.abc import AsyncIterator
 
+import orjson
 import pytest
 import redis
 
@@ -22,6 +24,8 @@ from gateway.clock import FakeClock
 from gateway.ratelimit.fused import AdmitOp, ReleaseOp
 from gateway.state import MemoryBackend, RedisBackend, StateBackend
 from gateway.state.base import hash_tag
+from gateway.state.fused import SetOp
+from tests.support.harness import eventually
 
 N = 12
 _COUNT = re.compile(r'^llm_gateway_state_duration_seconds_count\{op="([^"]+)"\} ([\d.e+]+)$', re.M)
@@ -42,7 +46,7 @@ def policy(upstream: str, state: str) -> str:
           acme:
             api_keys: [{{key: sk-acme, name: main, budget: {{usd: 100}}}}]
             models: "*"
-            audit: {{feedback_ttl_s: 0}}  # its record is a background write, not this request's state work
+            audit: {{feedback_ttl_s: 600}}  # its record rides complete's call
             rate_limit:
               rpm: 1000
               tpm: 1000000
@@ -53,9 +57,14 @@ def policy(upstream: str, state: str) -> str:
         """)
 
 
-def state_calls(base: str) -> float:
+def state_counts(base: str) -> dict[str, float]:
+    """The gateway's state calls so far by op (``fused``, ``set_many``...), this scrape's own included."""
     with urllib.request.urlopen(base + "/metrics", timeout=10) as resp:
-        return sum(float(n) for _, n in _COUNT.findall(resp.read().decode()))
+        return {op: float(n) for op, n in _COUNT.findall(resp.read().decode())}
+
+
+def state_calls(base: str) -> float:
+    return sum(state_counts(base).values())
 
 
 def script_calls(r: redis.Redis) -> int:
@@ -86,6 +95,38 @@ def test_a_miss_costs_at_most_two_state_calls(kind, make_gateway, upstream, requ
     assert per_request <= 2, f"{per_request} state calls per request"
     if r is not None:  # one call at a time: each call is one round trip; each runs one script
         assert ran / N <= 2
+
+
+def test_on_redis_a_request_is_two_calls_and_its_record_is_stored_by_the_second(make_gateway, upstream,
+                                                                                 redis_url) -> None:
+    """Admit and complete are the only calls; the record is in Redis with no batch (``set_many``)
+    sent, and another replica's ``/v1/feedback`` finds it."""
+    state = f'{{backend: redis, redis_url: "{redis_url}", timeout_ms: 5000}}'
+    gw = make_gateway(policy(upstream.url, state))
+    other = make_gateway(policy(upstream.url, state), name="other.yaml")
+    r = redis.Redis.from_url(redis_url)
+    client = gw.client("sk-acme")
+    ask = {"model": "auto", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 20}
+    client.chat.completions.create(**ask)  # scripts loaded, plans built
+    before = state_counts(gw.url)
+    ids = [f"rides-{i}" for i in range(N)]
+    for request_id in ids:
+        client.chat.completions.create(**ask, extra_headers={"x-request-id": request_id})
+    try:  # ``complete`` runs just after the answer was written: its call stores the record
+        assert eventually(lambda: all(r.exists(f"gw:{{acme}}:req:{i}") for i in ids))
+        assert 0 < r.pttl(f"gw:{{acme}}:req:{ids[-1]}") <= 600_000
+    finally:
+        r.close()
+    after = state_counts(gw.url)
+    scrape = state_calls(gw.url) - sum(after.values())  # what one scrape itself reads (the gauges)
+    assert (sum(after.values()) - sum(before.values()) - scrape) / N == 2
+    assert after["fused"] - before["fused"] == 2 * N
+    assert after.get("set_many", 0) == 0  # no record went through the batch writer
+    req = urllib.request.Request(other.base_url + "/feedback", method="POST", data=orjson.dumps(
+        {"request_id": ids[-1], "score": 1}), headers={"Authorization": "Bearer sk-acme",
+                                                      "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 201 and orjson.loads(resp.read())["route"] == "small"
 
 
 # -- the fused calls on both backends -------------------------------------------------------------
@@ -154,3 +195,18 @@ async def test_a_fused_settle_sent_twice_charges_once(backend) -> None:
     again = await backend.run_fused([SettleOp(charge, 60_000), release])  # a replay of an unknown outcome
     assert [str(x) for x in first[0]] == ["ok", "120", "0"] and first[1] == 1
     assert [str(x) for x in again[0]] == ["dup", "120", "0"]
+
+
+async def test_a_fused_set_replaces_value_and_expiry(backend, request) -> None:
+    key = f"{TAG}:req:r1"
+    await backend.set(key, b"old")  # no expiry
+    assert await backend.run_fused([SetOp(key, b'["small"]', 30.0)]) == [1]
+    assert await backend.get(key) == b'["small"]'
+    if isinstance(backend, MemoryBackend):
+        assert backend.store.ttl(key) == pytest.approx(30, abs=1)
+        return
+    r = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+    try:
+        assert 29_000 < r.pttl(key) <= 30_000
+    finally:
+        r.close()

@@ -1,7 +1,8 @@
 """The feedback loop's records: ``POST /v1/feedback`` (``gateway.http.feedback``) rates an answer by request id.
 
 Every answered request leaves a small record in the state backend (a tenant-scoped key kept
-``audit.feedback_ttl_s``, 1 h by default; on Redis written in batches, ``record_batch``), so feedback
+``audit.feedback_ttl_s``, 1 h by default; on Redis in the request's own ``complete`` state call when it
+makes one, else written in batches, ``record_batch``), so feedback
 sent to any replica finds which model, route and deployment produced the answer. Feedback
 is appended to the ``<prefix>:feedback`` log (and to the audit file for tenants with
 ``audit.bodies``) and counted in ``llm_gateway_feedback_total`` / ``llm_gateway_feedback_score`` by
@@ -24,7 +25,8 @@ from gateway.errors import invalid
 from gateway.observability.metrics import OTHER
 from gateway.observability.record_batch import BatchWriter
 from gateway.policy.model import Policy, Tenant
-from gateway.state.base import StateBackend, hash_tag
+from gateway.state.base import StateBackend, StateError, hash_tag
+from gateway.state.fused import SetOp
 
 # stored as a list: ~60 bytes a record; ``variant`` (the rollout arm) may be missing from older records
 RECORD_FIELDS = ("model", "served_model", "route", "deployment", "variant")
@@ -82,7 +84,8 @@ class RequestRecords:
     """Which model, route and deployment answered each recent request, for feedback to refer to.
 
     Kept ``audit.feedback_ttl_s`` (per tenant). With Redis, one small key per answered request
-    (every replica can then find it), buffered and written a tenant's batch at a time by
+    (every replica can then find it): a ``SetOp`` in the request's ``complete`` call when it makes
+    one (``write_op``), else buffered and written a tenant's batch at a time by
     ``record_batch.BatchWriter`` (one state call per batch, not per request); with the memory
     backend, in process (``LocalRecords``, at most ``MAX_LOCAL``), since nothing else could read it:
     when full, the oldest goes first, counted in ``evicted`` (``llm_gateway_memory_evictions_total{table="feedback_records"}``).
@@ -95,25 +98,35 @@ class RequestRecords:
 
     @property
     def dropped(self) -> int:
-        """Records not stored: refused past ``record_batch.MAX_PENDING`` or lost with a failed batch."""
+        """Records not stored: refused past ``record_batch.MAX_PENDING``, or lost with a failed batch
+        or a failed ``complete`` call they rode."""
         return self.writer.dropped
 
     def remember(self, ctx: RequestContext) -> None:
-        tenant, model = ctx.tenant, ctx.model
-        if tenant is None or model is None or ctx.status != 200:
+        """Keep the record of an answered request: in process (memory backend), else in a batch."""
+        found = _record(ctx)
+        if found is None:
             return
-        ttl = tenant.audit.feedback_ttl_s
-        if ttl <= 0:
-            return
-        dep = ctx.deployment
-        # RECORD_FIELDS, as the access log states them (``access_facts``)
-        record = [ctx.public_model or None, model.name, ctx.route, dep.name if dep is not None else None,
-                  ctx.rollout.variant if ctx.rollout is not None else None]
+        tenant, ttl, record = found
         if self.backend.kind == "memory":
-            self.local.put((tenant.name, ctx.request_id), ttl, record)
+            self.local.put((tenant, ctx.request_id), ttl, record)
             return
-        key = record_key(ctx.policy, tenant.name, ctx.request_id)
-        self.writer.add(tenant.name, key, orjson.dumps(record), ttl)
+        self.writer.add(tenant, record_key(ctx.policy, tenant, ctx.request_id), orjson.dumps(record), ttl)
+
+    def write_op(self, ctx: RequestContext) -> SetOp | None:
+        """The record as an op of a state call the request makes anyway (shared backend only), or None
+        when it keeps none; ``lookup`` here finds it until ``written`` hears the call's outcome."""
+        found = _record(ctx)
+        if found is None:
+            return None
+        tenant, ttl, record = found
+        op = SetOp(record_key(ctx.policy, tenant, ctx.request_id), orjson.dumps(record), ttl)
+        self.writer.sending(op.key, op.value)
+        return op
+
+    async def written(self, op: SetOp, reply: Any, error: StateError | None) -> None:
+        """The call carrying ``op`` answered (a ``StateBatch`` finisher); a failure loses the record, counted."""
+        self.writer.sent(op.key, op.value, error)
 
     async def lookup(self, policy: Policy, tenant: str, request_id: str) -> dict[str, Any] | None:
         if self.backend.kind == "memory":
@@ -127,6 +140,21 @@ class RequestRecords:
 
     async def drain(self) -> None:
         await self.writer.drain()
+
+
+def _record(ctx: RequestContext) -> tuple[str, float, list] | None:
+    """(tenant, ttl, record) of an answered request whose tenant keeps records, else None."""
+    tenant, model = ctx.tenant, ctx.model
+    if tenant is None or model is None or ctx.status != 200:
+        return None
+    ttl = tenant.audit.feedback_ttl_s
+    if ttl <= 0:
+        return None
+    dep = ctx.deployment
+    # RECORD_FIELDS, as the access log states them (``access_facts``)
+    record = [ctx.public_model or None, model.name, ctx.route, dep.name if dep is not None else None,
+              ctx.rollout.variant if ctx.rollout is not None else None]
+    return tenant.name, ttl, record
 
 
 def _optional_str(body: dict, name: str, limit: int) -> str | None:

@@ -6,6 +6,9 @@ trip, every ``FLUSH_INTERVAL_S`` or as soon as a group holds ``FLUSH_RECORDS``. 
 records buffered or being written (a stalled backend), new ones are dropped and counted, as is a
 batch the backend refused. ``get`` finds a record still buffered or in flight, so a reader on this
 process never waits for the write; ``drain`` (shutdown) writes what is buffered and waits for it.
+A record another call writes (a request's own ``complete`` state call) is found from ``sending``
+to ``sent``, and counted in ``dropped`` if that call fails, as a failed batch's are; at most ``cap``
+are kept so (a call cancelled with its request never reports: the oldest go first).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class BatchWriter:
         self._buffer: dict[str, Batch] = {}  # group -> its records not sent yet
         self._buffered = 0
         self._inflight: dict[str, bytes] = {}  # key -> value, of batches being written
+        self._riding: dict[str, bytes] = {}  # key -> value, of records other calls are writing (oldest first)
         self._tasks: set[asyncio.Task] = set()
         self._timer: asyncio.TimerHandle | None = None
 
@@ -68,7 +72,23 @@ class BatchWriter:
         """The value of a record not yet written (buffered or in flight), else ``None``."""
         records = self._buffer.get(group)
         found = records.get(key) if records is not None else None
-        return found[0] if found is not None else self._inflight.get(key)
+        return found[0] if found is not None else self._inflight.get(key) or self._riding.get(key)
+
+    def sending(self, key: str, value: bytes) -> None:
+        """``value`` is being written by another call: ``get`` finds it until ``sent``."""
+        riding = self._riding
+        riding.pop(key, None)
+        riding[key] = value
+        if len(riding) > self.cap:  # calls that never reported (cancelled with their request)
+            del riding[next(iter(riding))]
+
+    def sent(self, key: str, value: bytes, error: StateError | None) -> None:
+        """The call writing ``value`` answered; if it failed, the record is lost and counted (not
+        logged: one line per request in an outage; ``state_errors_total{op="fused"}`` shows the call)."""
+        if self._riding.get(key) is value:  # not a newer record of the same key
+            del self._riding[key]
+        if error is not None:
+            self.dropped += 1
 
     def flush(self) -> None:
         """Send every group's buffered records now, one call each."""
@@ -95,10 +115,13 @@ class BatchWriter:
         try:
             await self.backend.set_many([(key, value, ttl) for key, (value, ttl) in records.items()])
         except StateError as exc:
-            self.dropped += len(records)
-            log.warning("%d request records not stored: %s", len(records), exc)
+            self._lost(len(records), exc)
         finally:
             inflight = self._inflight
             for key, (value, _) in records.items():
                 if inflight.get(key) is value:  # not a newer record of the same key
                     del inflight[key]
+
+    def _lost(self, n: int, exc: StateError) -> None:
+        self.dropped += n
+        log.warning("%d request records not stored: %s", n, exc)

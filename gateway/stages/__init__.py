@@ -27,10 +27,13 @@ tests/test_stage_order.py):
 10. ``RolloutStage`` right after ``InputStage``: it needs the requested model, and the cache, the
     router and admission must see the arm it chose (a candidate request is keyed, routed and
     admitted as the candidate).
-11. ``StateBatchStage`` right after ``BudgetStage`` and ``RateLimitStage``: its ``admit`` and
-    ``complete`` send the state work those two queued in ``ctx.state_batch`` as one call (issue 15),
-    then hand each its reply in list order (the budget's first: a downgrade decides the token limits).
-    A plan that runs either of them must run it too.
+11. ``StateBatchStage`` right after ``BudgetStage``, ``RateLimitStage`` and ``FeedbackRecordStage``:
+    its ``admit`` and ``complete`` send the state work those queued in ``ctx.state_batch`` as one call
+    (issue 15), then hand each its reply in list order (the budget's first: a downgrade decides the
+    token limits). A plan that runs any of them must run it too.
+12. ``FeedbackRecordStage`` after ``BudgetStage`` and ``RateLimitStage``: its ``complete`` adds the
+    feedback record to ``complete``'s call only when their settle or release already makes that call
+    (else the record goes to the batch writer: no round trip of the request's own).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from gateway.stages.auth import AuthStage
 from gateway.stages.budget import BudgetStage
 from gateway.stages.cache import CacheStage
 from gateway.stages.dead_letter import DeadLetterStage
+from gateway.stages.feedback_record import FeedbackRecordStage
 from gateway.stages.guardrails import GuardrailStage
 from gateway.stages.input_check import InputStage
 from gateway.stages.observe import InFlightStage, ObserveStage
@@ -73,6 +77,7 @@ def build_stages(services: Services, obs: Observability) -> list[Stage]:
         RouterStage(services),
         BudgetStage(services),
         RateLimitStage(services),
+        FeedbackRecordStage(obs.records),
         StateBatchStage(services.backend),
         DeadLetterStage(services.dlq),
         UpstreamStage(services, stale=cache.stale),

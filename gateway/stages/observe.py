@@ -3,7 +3,9 @@
 ``InFlightStage`` (first in the stage list) counts a request in flight from its first phase;
 ``ObserveStage`` (last, so every other stage's ``complete`` has settled cost and outcome before it
 reads them) records everything once per request through the shared ``Observability``: counters and
-histograms, one JSON access-log line, the audit/review record and the small record feedback needs.
+histograms, one JSON access-log line and the audit/review record. The small record feedback needs is
+kept by ``FeedbackRecordStage`` (``gateway.stages.feedback_record``), before the state call of
+``complete`` it may ride.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ class InFlightStage(Stage):
 
 
 class ObserveStage(Stage):
-    """Last stage: records every finished request once (metrics, access log, audit, records)."""
+    """Last stage: records every finished request once (metrics, access log, audit)."""
 
     name = "observe"
 
@@ -65,11 +67,9 @@ class ObserveStage(Stage):
         self.obs.recorder.record(ctx, total, cost_usd)
         capture = ctx.audit
         sink = self.obs.access
-        # The ~30-field access-log line only when something reads it (the log, an audit record);
-        # the feedback record reads its four facts from the context itself.
+        # The ~30-field access-log line only when something reads it (the log, an audit record).
         if capture is not None or (sink is not None and sink.enabled):
             facts = access_facts(ctx, total, cost_usd)
             self.obs.log_line(ctx, facts)
             if capture is not None and not self.obs.spawn(self.obs.audit_record(ctx, capture, facts)):
                 self.obs.metrics.audit_records.labels("dropped").inc()
-        self.obs.records.remember(ctx)

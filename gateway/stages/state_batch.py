@@ -10,6 +10,9 @@ the finishers after it are skipped (their ops did nothing after the refusal); in
 finisher runs. An op may be ``None``: a stage that must work alone (its backend is known to be down,
 it waits in a queue) still gets its turn, in order, after the call.
 
+A stage may also add an op only when the phase makes a call anyway (``sends``): the feedback
+record's ``SetOp`` rides ``complete``'s call that way (``gateway.stages.feedback_record``).
+
 The batch exists from ``check_input`` on; a stage that finds no batch (a request that ended earlier,
 a pipeline built without this stage) calls the backend itself, as before.
 """
@@ -40,6 +43,11 @@ class StateBatch:
         self.phases.append(phase)
         self.ops.append(op)
         self.finishers.append(finish)
+
+    def sends(self, phase: str) -> bool:
+        """Will ``phase``'s flush make a call (some op of it is not ``None``)? Read by a stage whose
+        small write may ride that call but must not cost one of its own (the feedback record)."""
+        return any(op is not None and p == phase for p, op in zip(self.phases, self.ops, strict=True))
 
     def clear(self) -> None:
         self.phases: list[str] = []

@@ -12,7 +12,8 @@ Ops of one call share a ``FusedCtx``: an op that refuses the request sets ``refu
 skip, so a refusal writes nothing more) and runs the ``undo`` steps earlier ops registered, so a
 refusal by one concern never leaves another concern's reservation behind; ``variant`` lets an
 earlier op (a budget downgrade) pick which of its prepared variants a later op (token limits) uses.
-Every key of one call must share the tenant's hash tag (one Redis Cluster slot).
+Every key of one call must share the tenant's hash tag (one Redis Cluster slot). ``SetOp`` is the
+plainest op: a SET with a TTL riding a call the request makes anyway (its feedback record).
 """
 
 from __future__ import annotations
@@ -70,6 +71,30 @@ class FusedOp(Protocol):
     def native(self, store: MemoryStore, now: float, fx: FusedCtx) -> Any:
         """The same work on the memory backend, with the op's typed fields; returns the reply."""
         ...
+
+
+SET_FRAGMENT = Fragment("set", "redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])\nreturn 1")
+
+
+class SetOp:
+    """SET ``key`` to ``value`` for ``ttl_s`` seconds (> 0), replacing value and expiry; replies 1.
+
+    It writes whatever an earlier op refused: a refusal undoes reservations, not a record.
+    """
+
+    fragment = SET_FRAGMENT
+    __slots__ = ("key", "ttl_s", "value")
+
+    def __init__(self, key: str, value: bytes, ttl_s: float) -> None:
+        self.key, self.value, self.ttl_s = key, value, ttl_s
+
+    def redis_call(self) -> tuple[list[str], list[Any]]:
+        return [self.key], [self.value, max(1, round(self.ttl_s * 1000))]
+
+    def native(self, store: MemoryStore, now: float, fx: FusedCtx) -> int:
+        store.delete(self.key)  # SET drops the old expiry too
+        store.set(self.key, self.value, self.ttl_s)
+        return 1
 
 
 _DISPATCH = """
