@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import aiohttp
 import orjson
 
+from gateway import __version__
 from gateway.errors import UpstreamError
 from gateway.http.sse import DONE, iter_sse
 from gateway.policy.checkers import BOOLEAN, string
