@@ -123,7 +123,13 @@ class Handler:
                 self.drain.leave(task)
 
     async def _finish(self, ctx: RequestContext, resp: GatewayResponse | None, error: BaseException | None) -> None:
-        """Release the upstream and run ``complete`` once; shielded only when the client left."""
+        """Release the upstream and run ``complete`` once, to its end.
+
+        ``complete`` is shielded when the client left, and always when the state backend is shared: a
+        client that leaves while ``complete`` waits for its state call (the settle, the release, the
+        feedback record) cancels this handler, and the call and its finishers must still run. The
+        memory backend's ``complete`` never waits, so nothing can cancel it half-way: no extra task.
+        """
         if error is None:
             error = ctx.stream_error
         if self.guard is not None and isinstance(error, GatewayError) and error.code in _BODY_REFUSALS:
@@ -137,7 +143,10 @@ class Handler:
         if resp is not None and resp.close is not None:
             with contextlib.suppress(Exception):
                 await resp.aclose()
-        await self.pipeline.complete(ctx, error)
+        if self.services.backend.kind == "memory":
+            await self.pipeline.complete(ctx, error)
+        else:
+            await asyncio.shield(self.pipeline.complete(ctx, error))
 
     async def write(self, ctx: RequestContext, resp: GatewayResponse) -> web.StreamResponse:
         """Send ``resp``; a broken stream or a departed client is recorded in ``ctx.stream_error``."""
