@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.budget.ledger import Charge, Ledger, ScopeArgs
+from gateway.budget.ledger import MAX_PURGE, Charge, Ledger, ScopeArgs
 from gateway.clock import FakeClock
 from gateway.state import MemoryBackend, RedisBackend
 
@@ -80,6 +80,22 @@ async def test_a_crashed_replicas_reservation_expires(ledger: Ledger, clock: Fak
     r = await ledger.reserve([s], "next", 30, 200, None)
     assert r.verdict == "main" and r.levels == ((0, 0),)
     assert await ledger.settle(charge("lost", 50, s)) == [(50, 200)]  # a late settle still charges, releases nothing
+
+
+async def test_expired_reservations_go_oldest_first_at_most_max_purge_per_reserve(ledger: Ledger, clock: FakeClock):
+    """Both backends release the same expired holds, in expiry order, ``MAX_PURGE`` per scope per call
+    (the memory twin keeps them in a sorted set: no scan of the live ones)."""
+    s = scope(limit=10**9)
+    for i in range(MAX_PURGE + 5):  # each expires one second after the one before; 10 of each
+        await ledger.reserve([s], f"lost{i:03}", 30 + i, 10, None)
+    live = await ledger.reserve([s], "live", 3600, 1, None)
+    assert live.levels == ((0, 10 * (MAX_PURGE + 5)),)
+    clock.advance(30 + MAX_PURGE + 10)  # every lost one has expired, "live" has not
+    first = await ledger.reserve([s], "a", 3600, 0, None)
+    assert first.levels == ((0, 10 * 5 + 1),)  # the oldest MAX_PURGE went, 5 are left
+    second = await ledger.reserve([s], "b", 3600, 0, None)
+    assert second.levels == ((0, 1),)  # the rest went next; the live hold stays
+    assert await ledger.settle(charge("live", 1, s)) == [(1, 0)]
 
 
 async def test_downgrade_past_soft_and_instead_of_refusing(ledger: Ledger):

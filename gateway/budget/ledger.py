@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 from gateway.state.base import LocalStore, Script, StateBackend, hash_tag, local_hash
 from gateway.state.fused import Fragment, FusedCtx
+from gateway.state.zset import ZSet
 
 MAX_PURGE = 100  # expired reservations released per scope per reserve, to bound one script's work
 SETTLED_TTL_S = 6 * 3600.0  # how long a settle id is remembered (state.settled_ids_ttl_s sets the shared one)
@@ -111,13 +112,36 @@ _RESERVE_LUA = _RESERVE_LUA.replace("--OVER--", "").replace("--HELD--", "")
 
 
 def _purge(store: LocalStore, b: str, z: str, now: float) -> None:
-    exp = store.get(z) or {}
-    expired = sorted((score, rid) for rid, score in exp.items() if score <= now)[:MAX_PURGE]
+    """Release up to ``MAX_PURGE`` expired reservations, oldest first: O(released), never a scan of the
+    held ones (a gateway holding thousands of long streams reserves on every request)."""
+    exp = store.get(z)
+    if not isinstance(exp, ZSet):
+        return
+    expired = exp.pop_through(now, MAX_PURGE)
+    if not expired:
+        return
     bucket = store.get(b)
-    for _, rid in expired:
+    for rid in expired:
         if bucket is not None and f"r:{rid}" in bucket:
             bucket["held"] = bucket.get("held", 0) - bucket.pop(f"r:{rid}")
-        del exp[rid]
+    if not exp:
+        store.delete(z)
+
+
+def _expiries(store: LocalStore, z: str) -> ZSet:
+    """The scope's reservation expiries (a sorted set, as on Redis), created on first use."""
+    exp = store.get(z)
+    if not isinstance(exp, ZSet):
+        exp = ZSet()
+        store.set(z, exp)
+    return exp
+
+
+def _unhold(store: LocalStore, z: str, rid: str) -> None:
+    """ZREM a reservation's expiry; an emptied set goes, as on Redis."""
+    exp = store.get(z)
+    if isinstance(exp, ZSet) and exp.remove(rid) and not exp:
+        store.delete(z)
 
 
 def _reserve_local(store: LocalStore, keys: list[str], args: list[Any], now: float) -> list[Any]:
@@ -165,11 +189,11 @@ def reserve_scopes(store: LocalStore, scopes: list[ScopeArgs], exp_keys: list[st
         return ["over", refused, *out]
     buckets = []
     for i, s in enumerate(scopes):
-        bucket, exp = local_hash(store, s.key), local_hash(store, exp_keys[i])
+        bucket = local_hash(store, s.key)
         bucket["held"] = bucket.get("held", 0) + amount
         bucket[f"r:{rid}"] = amount
-        exp[rid] = now + hold_s
-        buckets.append((bucket, exp))
+        _expiries(store, exp_keys[i]).add(rid, now + hold_s)
+        buckets.append((bucket, exp_keys[i]))
         if s.ttl_ms > 0:
             store.expire(s.key, s.ttl_ms / 1000)
             store.expire(exp_keys[i], s.ttl_ms / 1000)
@@ -178,10 +202,10 @@ def reserve_scopes(store: LocalStore, scopes: list[ScopeArgs], exp_keys: list[st
         fx.variant = verdict
 
         def undo() -> None:
-            for bucket, exp in buckets:
+            for bucket, z in buckets:
                 if bucket.pop(f"r:{rid}", None) is not None:
                     bucket["held"] = bucket.get("held", 0) - amount
-                exp.pop(rid, None)
+                _unhold(store, z, rid)
 
         fx.undo.append(undo)
     return [verdict, 0, *out]
@@ -273,7 +297,7 @@ def settle_charge(store: LocalStore, charge: Charge, exp_keys: list[str], ids_ke
             bucket = local_hash(store, b)
             if f"r:{rid}" in bucket:
                 bucket["held"] = bucket.get("held", 0) - bucket.pop(f"r:{rid}")
-            (store.get(exp_keys[i]) or {}).pop(rid, None)
+            _unhold(store, exp_keys[i], rid)
             bucket["spent"] = bucket.get("spent", 0) + cost
             ttl_ms = charge.scope_ttls_ms[i]
             if ttl_ms > 0 and store.ttl(b) is None:

@@ -23,11 +23,11 @@ reservation (weight = tokens; keys: log, weights hash), ``P`` token peek (read o
 
 from __future__ import annotations
 
-import bisect
 import math
 from typing import Any
 
 from gateway.state.base import LocalStore
+from gateway.state.zset import ZSet
 
 WINDOW_US = 60_000_000  # rpm and tpm are per minute
 LEASE_US = 30_000_000  # a concurrency slot lives this long unless renewed
@@ -45,64 +45,6 @@ def ceil_ms(us: int | float) -> int:
     return 0 if us <= 0 else math.ceil(us / 1000)
 
 
-class ZSet:
-    """The sorted-set operations the twins need, ordered as Redis orders them (score, then member).
-
-    A window log loses its oldest entries on nearly every call, so ``pop_through`` only moves a start
-    index (``_head``) over the dead prefix and compacts the list once that prefix is half of it:
-    trimming costs O(removed) amortised instead of shifting a list of up to a minute's entries.
-    """
-
-    __slots__ = ("_head", "_items", "scores")
-
-    def __init__(self) -> None:
-        self._items: list[tuple[int, str]] = []  # sorted from ``_head`` on; before it: already removed
-        self._head = 0
-        self.scores: dict[str, int] = {}
-
-    def __len__(self) -> int:
-        return len(self._items) - self._head
-
-    @property
-    def items(self) -> list[tuple[int, str]]:
-        """The live ``(score, member)`` pairs in order (a copy: for the rare paths and tests)."""
-        return self._items[self._head:]
-
-    def at(self, index: int) -> tuple[int, str]:
-        """The ``index``-th live pair in order (``-1``: the newest)."""
-        return self._items[self._head + index if index >= 0 else index]
-
-    def add(self, member: str, score: int, only_existing: bool = False) -> bool:
-        old = self.scores.get(member)
-        if old is None and only_existing:
-            return False
-        if old is not None:
-            self._items.pop(bisect.bisect_left(self._items, (old, member), self._head))
-        bisect.insort(self._items, (score, member), self._head)
-        self.scores[member] = score
-        return True
-
-    def remove(self, member: str) -> bool:
-        score = self.scores.pop(member, None)
-        if score is None:
-            return False
-        self._items.pop(bisect.bisect_left(self._items, (score, member), self._head))
-        return True
-
-    def pop_through(self, max_score: int) -> list[str]:
-        """ZRANGEBYSCORE -inf max + ZREMRANGEBYSCORE -inf max: the members removed, oldest first."""
-        items, head = self._items, self._head
-        cut = bisect.bisect_right(items, (max_score, "\U0010ffff"), head)
-        if cut == head:
-            return []
-        gone = [member for _, member in items[head:cut]]
-        for member in gone:
-            del self.scores[member]
-        if 2 * cut >= len(items):  # the dead prefix is half the list or more: drop it for real
-            del items[:cut]
-            cut = 0
-        self._head = cut
-        return gone
 
 
 def _zset(store: LocalStore, key: str) -> ZSet:
