@@ -22,19 +22,18 @@ tenants:
 """
 
 
-def gateway_policy(up: int, redis_url: str | None = None, cache: bool = False, streams: int = 0) -> str:
+def gateway_policy(up: int, redis_url: str | None = None, cache: bool = False, connections: int = 0) -> str:
     """The full policy: auth, input checks, rpm/tpm/concurrency limits, budget, routing, metrics.
 
-    ``cache`` turns the response cache on; ``streams`` raises the server's and the upstream pool's
-    connection caps above that many concurrent streams (the keys are left out otherwise, so older
+    ``cache`` turns the response cache on; ``connections`` sets each worker's server and upstream pool
+    connection caps (idle streams: ``IdleSplit.worker_cap``; the keys are left out otherwise, so older
     trees given with ``--gateway-src`` load the same file).
     """
     state = f'state: {{backend: redis, redis_url: "{redis_url}", timeout_ms: 1000}}\n' if redis_url else ""
     server = pool = ""
-    if streams:
-        cap = streams * 2 + 100
-        server = f"server: {{max_connections: {cap}, max_in_flight: null}}\n"
-        pool = f", max_connections: {cap}"
+    if connections:
+        server = f"server: {{max_connections: {connections}, max_in_flight: null}}\n"
+        pool = f", max_connections: {connections}"
     return FULL.format(state=state, server=server, up=up, pool=pool, cache="true" if cache else "false")
 
 

@@ -46,7 +46,7 @@ class Setup:
     redis_pid: int | None = None  # its process group, for Redis's own CPU
     cache: bool = False
     workers: int = 1
-    streams: int = 0
+    connections: int = 0  # idle streams: each worker's server and upstream pool connection caps
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,7 +106,7 @@ def _litellm(proxy: Proxy, setup: Setup, port: int, progress: Callable[[str], No
 
 def _gateway(proxy: Proxy, setup: Setup, port: int, progress: Callable[[str], None]) -> Command:
     policy = setup.folder / f"policy-{proxy.name}.yaml"
-    policy.write_text(gateway_policy(setup.up, setup.redis_url, setup.cache, setup.streams))
+    policy.write_text(gateway_policy(setup.up, setup.redis_url, setup.cache, setup.connections))
     args = [sys.executable, "-m", "gateway", "serve", "--policy", str(policy), "--port", str(port), "--quiet"]
     if setup.workers > 1:
         args += ["--workers", str(setup.workers)]
