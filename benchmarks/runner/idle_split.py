@@ -35,11 +35,14 @@ class IdleSplit:
 
     def note(self) -> str:
         """What ran, and why, for the table's notes."""
-        limit = "no open-file limit" if self.fd_limit is None else f"open-file limit {self.fd_limit:,}"
-        per = "" if self.fd_limit is None else f" (2 sockets per stream: <= {per_worker(self.fd_limit):,} a worker)"
-        return (f"{self.workers} worker{'s' * (self.workers > 1)}, {len(self.holders)} client "
-                f"process{'es' * (len(self.holders) > 1)}, {self.mocks} mock process{'es' * (self.mocks > 1)}: "
-                f"{limit}{per}")
+        ran = (f"{_count(self.workers, 'gateway worker', 'gateway workers')}, "
+               f"{_count(len(self.holders), 'client process', 'client processes')}, "
+               f"{_count(self.mocks, 'mock process', 'mock processes')}")
+        if self.fd_limit is None:
+            return f"{ran}: no open-file limit"
+        return (f"{ran}: the open-file limit is {self.fd_limit:,} a process and a worker holds 2 sockets a stream "
+                f"(<= {per_worker(self.fd_limit):,} streams a worker, its even share <= "
+                f"{1 / SHARE_HEADROOM:.0%} of that)")
 
 
 def per_worker(fd_limit: int) -> int:
@@ -50,6 +53,10 @@ def per_worker(fd_limit: int) -> int:
 def per_process(fd_limit: int) -> int:
     """Streams one client or mock process can hold: one socket each, besides ``FD_OVERHEAD``."""
     return fd_limit - FD_OVERHEAD
+
+
+def _count(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
 
 
 def _spread(total: int, parts: int) -> tuple[int, ...]:
