@@ -69,12 +69,8 @@ def make_app(hold_s: float) -> web.Application:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         await resp.write(FIRST)
-        if b'"hold"' in body:
-            until = asyncio.get_running_loop().time() + hold_s
-            while asyncio.get_running_loop().time() < until:
-                if request.transport is None or request.transport.is_closing():
-                    return resp
-                await asyncio.sleep(1.0)
+        if b'"hold"' in body:  # the server cancels this handler when the client leaves (no polling per stream)
+            await asyncio.sleep(hold_s)
         await resp.write(REST)
         await resp.write_eof()
         return resp
@@ -92,7 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     uvloop.install()
     web.run_app(make_app(args.hold_s), host="127.0.0.1", port=args.port, access_log=None, print=None,
-                backlog=4096, reuse_port=args.reuse_port or None)
+                backlog=4096, reuse_port=args.reuse_port or None, handler_cancellation=True)
 
 
 if __name__ == "__main__":

@@ -37,11 +37,11 @@ from benchmarks.runner.procs import (
 from benchmarks.runner.proxies import Proxy, Running, Setup, Unavailable
 from benchmarks.runner.redis_stats import RedisWatch
 from benchmarks.runner.scenarios import CHAT, Scenario
-from benchmarks.runner.streams import OPEN_WITHIN_S
+from benchmarks.runner.streams import open_within_s
 from benchmarks.runner.table import Row, merge
 
 RATE_CONNECTIONS = 8
-HOLD_S = OPEN_WITHIN_S + 60  # idle streams: the mock and the clients hold them this long at most
+HOLD_MARGIN_S = 60.0  # idle streams: held at most this long past the time allowed to open them
 IDLE_WATCH_S = 2.0  # idle streams: once all are open, the proxy's CPU is read over this before its memory
 
 
@@ -100,7 +100,7 @@ class Runner:
 
     def _scenario(self, scn: Scenario, folder: Path, procs: Procs, split: IdleSplit | None) -> list[Row]:
         up = free_port()
-        mock = self._mocks(procs, up, split.mocks if split else 1)
+        mock = self._mocks(procs, up, split.mocks if split else 1, open_within_s(scn.streams) + HOLD_MARGIN_S)
         redis_url = redis_proc = None
         if scn.redis:
             rport = free_port()
@@ -130,9 +130,9 @@ class Runner:
         self._compare(scn, rows)
         return list(rows.values())
 
-    def _mocks(self, procs: Procs, port: int, count: int) -> subprocess.Popen:
+    def _mocks(self, procs: Procs, port: int, count: int, hold_s: float) -> subprocess.Popen:
         """Start ``count`` mock processes on ``port`` (sharing it past one); return the first."""
-        args = [sys.executable, "-m", "benchmarks.runner.mock_upstream", str(port), "--hold-s", str(HOLD_S)]
+        args = [sys.executable, "-m", "benchmarks.runner.mock_upstream", str(port), "--hold-s", str(hold_s)]
         started = []
         for i in range(count):
             started.append(procs.start(f"mock-{i}" if i else "mock", args + ["--reuse-port"] * (count > 1),
@@ -200,14 +200,15 @@ class Runner:
         """Hold ``scn.streams`` streams open from ``split.holders`` client processes, read the proxy's RSS
         while they are, then close them."""
         before = group_rss_mib(running.proc.pid, peak=False)
+        open_s = open_within_s(scn.streams)  # every client is given the whole run's time
         base = [sys.executable, "-m", "benchmarks.runner.streams", "idle", url, "--body", scn.body, *headers,
-                "--hold-s", str(HOLD_S)]
+                "--open-within-s", str(open_s), "--hold-s", str(open_s + HOLD_MARGIN_S)]
         clients: list[subprocess.Popen] = []
         try:
             for share in split.holders:
                 clients.append(subprocess.Popen(pinned([*base, "--streams", str(share)], self.load_cpus),
                                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True))
-            opened = [_opened(client) for client in clients]  # each opens within OPEN_WITHIN_S
+            opened = [_opened(client) for client in clients]  # each within open_s
             cpu0, began = group_cpu_s(running.proc.pid), time.monotonic()
             time.sleep(IDLE_WATCH_S)  # the last streams settle; the proxy's CPU while it only holds them
             idle_cpu = (group_cpu_s(running.proc.pid) - cpu0) / (time.monotonic() - began)

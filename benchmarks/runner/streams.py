@@ -5,7 +5,8 @@ the first SSE ``data:`` line, bounded by ``--count`` and ``--duration``; prints 
 
 ``idle``: opens ``--streams`` streams the mock holds open after their first chunk (raw sockets, so the
 client stays small), prints ``READY`` and a JSON line once all are open (or failed), then holds them until
-a line arrives on stdin or ``--hold-s`` passes, and closes them. Opening is bounded too (``OPEN_WITHIN_S``).
+a line arrives on stdin or ``--hold-s`` passes, and closes them. Opening is bounded too (``--open-within-s``,
+by default ``open_within_s`` of its streams).
 """
 
 from __future__ import annotations
@@ -21,7 +22,15 @@ from urllib.parse import urlsplit
 import aiohttp
 import uvloop
 
-OPEN_WITHIN_S = 120.0  # the idle client gives up opening streams after this
+OPEN_WITHIN_S = 120.0  # the idle client gives up opening streams after this...
+# ... or after this per stream when longer: 10,000 take ~45 s on a quiet 2-core machine (the gateway, the mock
+# and the kernel's loopback on one CPU) and more than 120 s while another load shares it.
+OPEN_S_PER_STREAM = 0.025
+
+
+def open_within_s(streams: int) -> float:
+    """How long opening ``streams`` streams (from all clients of a run) may take."""
+    return max(OPEN_WITHIN_S, streams * OPEN_S_PER_STREAM)
 
 
 def _pct(sorted_ms: list[float], p: float) -> float:
@@ -85,7 +94,8 @@ async def _open(host: str, port: int, raw: bytes, sem: asyncio.Semaphore,
         return True
 
 
-async def idle(url: str, body: bytes, headers: dict[str, str], streams: int, hold_s: float) -> dict:
+async def idle(url: str, body: bytes, headers: dict[str, str], streams: int, hold_s: float,
+               open_s: float) -> dict:
     parts = urlsplit(url)
     head = "".join(f"{k}: {v}\r\n" for k, v in {**headers, "Host": parts.netloc,
                                                  "Content-Length": str(len(body))}.items())
@@ -95,7 +105,7 @@ async def idle(url: str, body: bytes, headers: dict[str, str], streams: int, hol
     sem = asyncio.Semaphore(256)  # connections being opened at once
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     tasks = [asyncio.create_task(_open(host, port, raw, sem, held)) for _ in range(streams)]
-    _, late = await asyncio.wait(tasks, timeout=OPEN_WITHIN_S)
+    _, late = await asyncio.wait(tasks, timeout=open_s)
     for task in late:  # bounded in time: what did not open by then counts as failed
         task.cancel()
     await asyncio.gather(*late, return_exceptions=True)
@@ -122,6 +132,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--hold-s", type=float, default=30.0)
+    parser.add_argument("--open-within-s", type=float, help="default: open_within_s(--streams)")
     args = parser.parse_args()
     headers = dict(h.split(":", 1) for h in args.header)
     headers["Content-Type"] = "application/json"
@@ -130,7 +141,8 @@ def main() -> None:
     if args.mode == "ttft":
         result = asyncio.run(ttft(args.url, body, headers, args.clients, args.count, args.duration))
     else:
-        result = asyncio.run(idle(args.url, body, headers, args.streams, args.hold_s))
+        open_s = args.open_within_s or open_within_s(args.streams)
+        result = asyncio.run(idle(args.url, body, headers, args.streams, args.hold_s, open_s))
     print(json.dumps(result), flush=True)
 
 
