@@ -103,11 +103,11 @@ def test_a_limit_without_room_for_a_stream_is_refused():
         split_idle(10, FD_OVERHEAD + 1)
 
 
-def test_the_policy_sets_each_workers_connection_caps():
-    policy = gateway_policy(9000, connections=9_500)
+def test_the_policy_sets_each_workers_connection_caps_and_lets_held_streams_idle():
+    policy = gateway_policy(9000, connections=9_500, hold_s=310)
     assert "server: {max_connections: 9500, max_in_flight: null}" in policy
-    assert "api_key: sk-up, max_connections: 9500}" in policy
-    assert "max_connections" not in gateway_policy(9000)
+    assert "api_key: sk-up, max_connections: 9500, timeouts: {first_byte_s: 310, total_s: 600}}" in policy
+    assert "max_connections" not in gateway_policy(9000) and "timeouts" not in gateway_policy(9000)
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk)")

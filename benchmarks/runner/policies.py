@@ -22,18 +22,23 @@ tenants:
 """
 
 
-def gateway_policy(up: int, redis_url: str | None = None, cache: bool = False, connections: int = 0) -> str:
+def gateway_policy(up: int, redis_url: str | None = None, cache: bool = False, connections: int = 0,
+                   hold_s: float = 0.0) -> str:
     """The full policy: auth, input checks, rpm/tpm/concurrency limits, budget, routing, metrics.
 
     ``cache`` turns the response cache on; ``connections`` sets each worker's server and upstream pool
-    connection caps (idle streams: ``IdleSplit.worker_cap``; the keys are left out otherwise, so older
-    trees given with ``--gateway-src`` load the same file).
+    connection caps (idle streams: ``IdleSplit.worker_cap``); ``hold_s`` raises the provider's
+    ``first_byte_s``, also its bound on silence between chunks, so held streams are not cut as stalled
+    (60 s by default). The keys are left out otherwise, so older trees given with ``--gateway-src`` load
+    the same file.
     """
     state = f'state: {{backend: redis, redis_url: "{redis_url}", timeout_ms: 1000}}\n' if redis_url else ""
     server = pool = ""
     if connections:
         server = f"server: {{max_connections: {connections}, max_in_flight: null}}\n"
         pool = f", max_connections: {connections}"
+    if hold_s:
+        pool += f", timeouts: {{first_byte_s: {hold_s:g}, total_s: {max(600.0, hold_s):g}}}"
     return FULL.format(state=state, server=server, up=up, pool=pool, cache="true" if cache else "false")
 
 

@@ -100,7 +100,8 @@ class Runner:
 
     def _scenario(self, scn: Scenario, folder: Path, procs: Procs, split: IdleSplit | None) -> list[Row]:
         up = free_port()
-        mock = self._mocks(procs, up, split.mocks if split else 1, open_within_s(scn.streams) + HOLD_MARGIN_S)
+        hold_s = open_within_s(scn.streams) + HOLD_MARGIN_S
+        mock = self._mocks(procs, up, split.mocks if split else 1, hold_s)
         redis_url = redis_proc = None
         if scn.redis:
             rport = free_port()
@@ -110,7 +111,7 @@ class Runner:
             redis_url = f"redis://127.0.0.1:{rport}/0"
         workers = split.workers if split else scn.workers or self.options.workers
         setup = Setup(procs, folder, up, self.server_cpus, redis_url, redis_proc.pid if redis_proc else None,
-                      scn.cache, workers, split.worker_cap if split else 0)
+                      scn.cache, workers, split.worker_cap if split else 0, hold_s if split else 0.0)
         baselines = () if scn.kind == "idle" else ("direct", *self.options.compare)
         known = self.shared.setdefault(scn.baseline_key, {})
         fresh = [kind for kind in baselines if kind not in known]
@@ -216,22 +217,18 @@ class Runner:
             for client in clients:
                 client.stdin.write("\n")
                 client.stdin.flush()
-            for client in clients:
-                client.communicate(timeout=30)
+            held = sum(orjson.loads(client.communicate(timeout=30)[0].splitlines()[-1])["held"]
+                       for client in clients)
         finally:
             for client in clients:
                 if client.poll() is None:
                     client.kill()
                     client.wait()
-        count = sum(o["opened"] for o in opened)
-        seconds = max(o["seconds"] for o in opened)
+        count, seconds = sum(o["opened"] for o in opened), max(o["seconds"] for o in opened)
         rss_now = sum(rss for _, rss, _ in each)
-        note = (f"{count}/{scn.streams} streams open after {seconds:.1f} s; RSS {rss_now:.0f} MiB while open "
-                f"= {rss_now * 1024 / max(count, 1):.1f} KiB a stream ({before:.0f} MiB before the streams: "
-                f"+{(rss_now - before) * 1024 / max(count, 1):.1f} KiB a stream); "
-                f"CPU while holding them {idle_cpu:.0%} of a core; "
-                f"by process, MiB/fds: {', '.join(f'{rss:.0f}/{fds}' for _, rss, fds in each)}")
-        return Load(count, seconds, 0.0, 0.0, 0.0, scn.streams - count, note, timed=False), rss_now
+        note = (f"{count}/{scn.streams} streams open after {seconds:.1f} s, {held} still open when measured; "
+                f"{_idle_note(held, before, idle_cpu, each)}")
+        return Load(count, seconds, 0.0, 0.0, 0.0, scn.streams - held, note, timed=False), rss_now
 
     def _idle_split(self, scn: Scenario) -> IdleSplit | str:
         """The processes ``scn``'s streams are spread over under the open-file limit, or why it can't run."""
@@ -268,3 +265,12 @@ def _opened(client: subprocess.Popen) -> dict:
     if ready.strip() != "READY":
         raise RuntimeError(f"idle-stream client: {ready.strip() or 'no answer'}")
     return orjson.loads(client.stdout.readline())
+
+
+def _idle_note(held: int, before: float, cpu: float, each: list[tuple[int, float, int]]) -> str:
+    """RSS in all, a stream and by process while ``held`` streams are open; CPU while they idle."""
+    rss = sum(mib for _, mib, _ in each)
+    per = 1024 / max(held, 1)
+    return (f"RSS {rss:.0f} MiB while open = {rss * per:.1f} KiB a stream ({before:.0f} MiB before the streams: "
+            f"+{(rss - before) * per:.1f} KiB a stream); CPU while holding them {cpu:.0%} of a core; "
+            f"by process, MiB/fds: {', '.join(f'{mib:.0f}/{fds}' for _, mib, fds in each)}")

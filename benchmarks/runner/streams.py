@@ -5,8 +5,10 @@ the first SSE ``data:`` line, bounded by ``--count`` and ``--duration``; prints 
 
 ``idle``: opens ``--streams`` streams the mock holds open after their first chunk (raw sockets, so the
 client stays small), prints ``READY`` and a JSON line once all are open (or failed), then holds them until
-a line arrives on stdin or ``--hold-s`` passes, and closes them. Opening is bounded too (``--open-within-s``,
-by default ``open_within_s`` of its streams).
+a line arrives on stdin or ``--hold-s`` passes, and closes them; its last JSON line also says how many were
+still held when that line came (``held``: neither closed nor sent anything past their first event, which
+a stream the gateway cuts or ends would be). Opening is bounded too
+(``--open-within-s``, by default ``open_within_s`` of its streams).
 """
 
 from __future__ import annotations
@@ -70,8 +72,15 @@ async def ttft(url: str, body: bytes, headers: dict[str, str], clients: int, cou
             "p50": _pct(firsts, 50), "p99": _pct(firsts, 99), "p999": _pct(firsts, 99.9)}
 
 
+async def _until_ended(reader: asyncio.StreamReader) -> None:
+    """Return when a held stream ends: closed, or anything but chunk framing sent past its first event."""
+    with contextlib.suppress(OSError):
+        while (part := await reader.read(65536)) and not part.strip():
+            pass
+
+
 async def _open(host: str, port: int, raw: bytes, sem: asyncio.Semaphore,
-                held: list[asyncio.StreamWriter]) -> bool:
+                held: list[tuple[asyncio.StreamWriter, asyncio.Task]]) -> bool:
     async with sem:
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 30)
@@ -80,7 +89,7 @@ async def _open(host: str, port: int, raw: bytes, sem: asyncio.Semaphore,
         try:
             writer.write(raw)
             seen = b""
-            while b"data:" not in seen:
+            while b"\n\n" not in seen.partition(b"data:")[2]:  # the whole first event
                 part = await asyncio.wait_for(reader.read(4096), 30)
                 if not part:
                     raise ConnectionError("closed before the first chunk")
@@ -90,7 +99,7 @@ async def _open(host: str, port: int, raw: bytes, sem: asyncio.Semaphore,
         except (TimeoutError, OSError):
             writer.close()
             return False
-        held.append(writer)
+        held.append((writer, asyncio.create_task(_until_ended(reader))))
         return True
 
 
@@ -100,7 +109,7 @@ async def idle(url: str, body: bytes, headers: dict[str, str], streams: int, hol
     head = "".join(f"{k}: {v}\r\n" for k, v in {**headers, "Host": parts.netloc,
                                                  "Content-Length": str(len(body))}.items())
     raw = f"POST {parts.path} HTTP/1.1\r\n{head}\r\n".encode() + body
-    held: list[asyncio.StreamWriter] = []
+    held: list[tuple[asyncio.StreamWriter, asyncio.Task]] = []  # each with the task that sees it end
     began = time.perf_counter()
     sem = asyncio.Semaphore(256)  # connections being opened at once
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
@@ -116,9 +125,11 @@ async def idle(url: str, body: bytes, headers: dict[str, str], streams: int, hol
     loop = asyncio.get_running_loop()
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(loop.run_in_executor(None, sys.stdin.readline), hold_s)
-    for writer in held:
+    still = sum(not watch.done() for _, watch in held)
+    for writer, watch in held:
+        watch.cancel()
         writer.close()
-    return {"opened": opened, "failed": streams - opened, "seconds": time.perf_counter() - began}
+    return {"opened": opened, "failed": streams - opened, "seconds": time.perf_counter() - began, "held": still}
 
 
 def main() -> None:
