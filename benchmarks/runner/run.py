@@ -217,8 +217,7 @@ class Runner:
             for client in clients:
                 client.stdin.write("\n")
                 client.stdin.flush()
-            held = sum(orjson.loads(client.communicate(timeout=30)[0].splitlines()[-1])["held"]
-                       for client in clients)
+            held = sum(_last_json(client.communicate(timeout=30)[0])["held"] for client in clients)
         finally:
             for client in clients:
                 if client.poll() is None:
@@ -264,7 +263,16 @@ def _opened(client: subprocess.Popen) -> dict:
     ready = client.stdout.readline()
     if ready.strip() != "READY":
         raise RuntimeError(f"idle-stream client: {ready.strip() or 'no answer'}")
-    return orjson.loads(client.stdout.readline())
+    return _last_json(client.stdout.readline())
+
+
+def _last_json(out: str) -> dict:
+    """The last line of an idle-stream client's output, a JSON object (RuntimeError if it is not)."""
+    lines = out.strip().splitlines()
+    try:
+        return orjson.loads(lines[-1])
+    except (IndexError, orjson.JSONDecodeError) as exc:
+        raise RuntimeError(f"idle-stream client: no result line in {out[-200:]!r}") from exc
 
 
 def _idle_note(held: int, before: float, cpu: float, each: list[tuple[int, float, int]]) -> str:
