@@ -11,7 +11,9 @@ from pathlib import Path
 import pytest
 
 from benchmarks.__main__ import _gateways, main
+from benchmarks.runner.idle_split import FD_OVERHEAD, SHARE_HEADROOM, DoesNotFit, split_idle
 from benchmarks.runner.load import Load
+from benchmarks.runner.policies import gateway_policy
 from benchmarks.runner.scenarios import SCENARIOS
 from benchmarks.runner.table import Row, merge
 
@@ -67,6 +69,45 @@ def test_rounds_merge_into_medians_and_totals():
     assert (row.load.requests, row.load.rps, row.load.p50, row.load.p99, row.load.errors) == (300, 100.0, 2.0, 4.0, 3)
     assert (row.cpu_us, row.rss_mib) == (700.0, 60.0) and row.note.startswith("median of 3 rounds, 1 failed")
     assert merge(rounds[:1]) is rounds[0]
+
+
+def test_ten_thousand_idle_streams_take_two_workers_under_a_20000_open_file_limit():
+    split = split_idle(10_000, 20_000)
+    assert (split.workers, split.worker_cap, split.holders, split.mocks) == (2, 9_500, (10_000,), 1)
+    assert "2 gateway workers" in split.note() and "open-file limit is 20,000" in split.note()
+
+
+def test_one_thousand_idle_streams_keep_one_worker_and_the_old_caps():
+    split = split_idle(1_000, 20_000)
+    assert (split.workers, split.worker_cap, split.holders, split.mocks) == (1, 2_100, (1_000,), 1)
+    assert split_idle(1_000, 20_000, min_workers=2).workers == 2  # --workers is a floor
+    assert split_idle(10_000, None).workers == 1 and "no open-file limit" in split_idle(10_000, None).note()
+
+
+@pytest.mark.parametrize("streams", [1, 999, 1_000, 10_000, 30_000, 100_000])
+@pytest.mark.parametrize("limit", [1_100, 1_600, 4_096, 20_000, 65_536])
+def test_every_process_of_an_idle_split_fits_the_open_file_limit(streams: int, limit: int):
+    split = split_idle(streams, limit)
+    even = -(-streams // split.workers)
+    assert even * SHARE_HEADROOM * 2 + FD_OVERHEAD <= limit  # room for an uneven SO_REUSEPORT share
+    assert even <= split.worker_cap and split.worker_cap * 2 + FD_OVERHEAD <= limit
+    assert sum(split.holders) == streams and max(split.holders) - min(split.holders) <= 1
+    assert max(split.holders) + FD_OVERHEAD <= limit
+    assert streams / split.mocks * SHARE_HEADROOM + FD_OVERHEAD <= limit
+    if split.workers > 1:  # the fewest: one worker less would not leave the headroom
+        assert -(-streams // (split.workers - 1)) * SHARE_HEADROOM * 2 + FD_OVERHEAD > limit
+
+
+def test_a_limit_without_room_for_a_stream_is_refused():
+    with pytest.raises(DoesNotFit, match="open-file limit 1001 leaves no room"):
+        split_idle(10, FD_OVERHEAD + 1)
+
+
+def test_the_policy_sets_each_workers_connection_caps_and_lets_held_streams_idle():
+    policy = gateway_policy(9000, connections=9_500, hold_s=310)
+    assert "server: {max_connections: 9500, max_in_flight: null}" in policy
+    assert "api_key: sk-up, max_connections: 9500, timeouts: {first_byte_s: 310, total_s: 600}}" in policy
+    assert "max_connections" not in gateway_policy(9000) and "timeouts" not in gateway_policy(9000)
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="needs wrk (apt-get install wrk)")

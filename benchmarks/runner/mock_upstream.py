@@ -4,7 +4,8 @@ Any POST gets the same ~300-byte chat completion, no delay (``/v1/messages`` and
 same answer in those APIs' shapes). A request with ``"stream": true`` gets an
 SSE answer instead: a first chunk at once, then 20 text chunks, a usage chunk and ``[DONE]``. A streamed
 request whose body holds the string ``"hold"`` gets its first chunk and then nothing until the client
-leaves or ``--hold-s`` passes (the idle-streams scenarios).
+leaves or ``--hold-s`` passes (the idle-streams scenarios). With ``--reuse-port`` several mock processes
+share the port (SO_REUSEPORT), so more streams are held than one process's open-file limit allows.
 """
 
 from __future__ import annotations
@@ -68,12 +69,8 @@ def make_app(hold_s: float) -> web.Application:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await resp.prepare(request)
         await resp.write(FIRST)
-        if b'"hold"' in body:
-            until = asyncio.get_running_loop().time() + hold_s
-            while asyncio.get_running_loop().time() < until:
-                if request.transport is None or request.transport.is_closing():
-                    return resp
-                await asyncio.sleep(1.0)
+        if b'"hold"' in body:  # the server cancels this handler when the client leaves (no polling per stream)
+            await asyncio.sleep(hold_s)
         await resp.write(REST)
         await resp.write_eof()
         return resp
@@ -87,10 +84,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("port", type=int)
     parser.add_argument("--hold-s", type=float, default=60.0)
+    parser.add_argument("--reuse-port", action="store_true", help="share the port with other mock processes")
     args = parser.parse_args()
     uvloop.install()
     web.run_app(make_app(args.hold_s), host="127.0.0.1", port=args.port, access_log=None, print=None,
-                backlog=4096)
+                backlog=4096, reuse_port=args.reuse_port or None, handler_cancellation=True)
 
 
 if __name__ == "__main__":

@@ -24,23 +24,26 @@ LIMITS = """\
 """
 
 
-def gateway_policy(up: int, redis_url: str | None = None, cache: bool = False, streams: int = 0,
-                   limits: bool = True) -> str:
+def gateway_policy(up: int, redis_url: str | None = None, cache: bool = False, connections: int = 0,
+                   hold_s: float = 0.0, limits: bool = True) -> str:
     """The full policy: auth, input checks, rpm/tpm/concurrency limits, budget, routing, metrics.
 
     ``limits`` off leaves the tenant without rate limits and budget (the ``floor`` scenarios: the
     plumbing every request pays, to tell it from what the limits and the budget add).
 
-    ``cache`` turns the response cache on; ``streams`` raises the server's and the upstream pool's
-    connection caps above that many concurrent streams (the keys are left out otherwise, so older
-    trees given with ``--gateway-src`` load the same file).
+    ``cache`` turns the response cache on; ``connections`` sets each worker's server and upstream pool
+    connection caps (idle streams: ``IdleSplit.worker_cap``); ``hold_s`` raises the provider's
+    ``first_byte_s``, also its bound on silence between chunks, so held streams are not cut as stalled
+    (60 s by default). The keys are left out otherwise, so older trees given with ``--gateway-src`` load
+    the same file.
     """
     state = f'state: {{backend: redis, redis_url: "{redis_url}", timeout_ms: 1000}}\n' if redis_url else ""
     server = pool = ""
-    if streams:
-        cap = streams * 2 + 100
-        server = f"server: {{max_connections: {cap}, max_in_flight: null}}\n"
-        pool = f", max_connections: {cap}"
+    if connections:
+        server = f"server: {{max_connections: {connections}, max_in_flight: null}}\n"
+        pool = f", max_connections: {connections}"
+    if hold_s:
+        pool += f", timeouts: {{first_byte_s: {hold_s:g}, total_s: {max(600.0, hold_s):g}}}"
     return FULL.format(state=state, server=server, up=up, pool=pool, cache="true" if cache else "false",
                        limits=LIMITS if limits else "")
 

@@ -101,6 +101,18 @@ def group_rss_mib(pgid: int, peak: bool = True) -> float:
     return sum(_status_kib(pid, key) for pid in group_pids(pgid)) / 1024
 
 
+def group_each(pgid: int) -> list[tuple[int, float, int]]:
+    """(pid, current RSS MiB, open descriptors) of each process in the group, by pid (a leader first)."""
+    each = []
+    for pid in sorted(group_pids(pgid)):
+        try:
+            fds = len(os.listdir(f"/proc/{pid}/fd"))
+        except OSError:
+            fds = 0
+        each.append((pid, _status_kib(pid, "VmRSS:") / 1024, fds))
+    return each
+
+
 class Procs:
     """The processes one scenario started; ``close`` (also on Ctrl-C) ends each group it leads."""
 

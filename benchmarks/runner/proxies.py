@@ -46,7 +46,8 @@ class Setup:
     redis_pid: int | None = None  # its process group, for Redis's own CPU
     cache: bool = False
     workers: int = 1
-    streams: int = 0
+    connections: int = 0  # idle streams: each worker's server and upstream pool connection caps
+    hold_s: float = 0.0  # idle streams: how long they are held (no stall timeout before)
     limits: bool = True
 
 
@@ -107,7 +108,8 @@ def _litellm(proxy: Proxy, setup: Setup, port: int, progress: Callable[[str], No
 
 def _gateway(proxy: Proxy, setup: Setup, port: int, progress: Callable[[str], None]) -> Command:
     policy = setup.folder / f"policy-{proxy.name}.yaml"
-    policy.write_text(gateway_policy(setup.up, setup.redis_url, setup.cache, setup.streams, setup.limits))
+    policy.write_text(gateway_policy(setup.up, setup.redis_url, setup.cache, setup.connections,
+                                    setup.hold_s, setup.limits))
     args = [sys.executable, "-m", "gateway", "serve", "--policy", str(policy), "--port", str(port), "--quiet"]
     if setup.workers > 1:
         args += ["--workers", str(setup.workers)]

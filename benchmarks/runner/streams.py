@@ -5,7 +5,10 @@ the first SSE ``data:`` line, bounded by ``--count`` and ``--duration``; prints 
 
 ``idle``: opens ``--streams`` streams the mock holds open after their first chunk (raw sockets, so the
 client stays small), prints ``READY`` and a JSON line once all are open (or failed), then holds them until
-a line arrives on stdin or ``--hold-s`` passes, and closes them. Opening is bounded too (``OPEN_WITHIN_S``).
+a line arrives on stdin or ``--hold-s`` passes, and closes them; its last JSON line also says how many were
+still held when that line came (``held``: neither closed nor sent anything past their first event, which
+a stream the gateway cuts or ends would be). Opening is bounded too
+(``--open-within-s``, by default ``open_within_s`` of its streams).
 """
 
 from __future__ import annotations
@@ -21,7 +24,15 @@ from urllib.parse import urlsplit
 import aiohttp
 import uvloop
 
-OPEN_WITHIN_S = 120.0  # the idle client gives up opening streams after this
+OPEN_WITHIN_S = 120.0  # the idle client gives up opening streams after this...
+# ... or after this per stream when longer: 10,000 take ~45 s on a quiet 2-core machine (the gateway, the mock
+# and the kernel's loopback on one CPU) and more than 120 s while another load shares it.
+OPEN_S_PER_STREAM = 0.025
+
+
+def open_within_s(streams: int) -> float:
+    """How long opening ``streams`` streams (from all clients of a run) may take."""
+    return max(OPEN_WITHIN_S, streams * OPEN_S_PER_STREAM)
 
 
 def _pct(sorted_ms: list[float], p: float) -> float:
@@ -61,8 +72,15 @@ async def ttft(url: str, body: bytes, headers: dict[str, str], clients: int, cou
             "p50": _pct(firsts, 50), "p99": _pct(firsts, 99), "p999": _pct(firsts, 99.9)}
 
 
+async def _until_ended(reader: asyncio.StreamReader) -> None:
+    """Return when a held stream ends: closed, or anything but chunk framing sent past its first event."""
+    with contextlib.suppress(OSError):
+        while (part := await reader.read(65536)) and not part.strip():
+            pass
+
+
 async def _open(host: str, port: int, raw: bytes, sem: asyncio.Semaphore,
-                held: list[asyncio.StreamWriter]) -> bool:
+                held: list[tuple[asyncio.StreamWriter, asyncio.Task]]) -> bool:
     async with sem:
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 30)
@@ -71,7 +89,7 @@ async def _open(host: str, port: int, raw: bytes, sem: asyncio.Semaphore,
         try:
             writer.write(raw)
             seen = b""
-            while b"data:" not in seen:
+            while b"\n\n" not in seen.partition(b"data:")[2]:  # the whole first event
                 part = await asyncio.wait_for(reader.read(4096), 30)
                 if not part:
                     raise ConnectionError("closed before the first chunk")
@@ -81,21 +99,22 @@ async def _open(host: str, port: int, raw: bytes, sem: asyncio.Semaphore,
         except (TimeoutError, OSError):
             writer.close()
             return False
-        held.append(writer)
+        held.append((writer, asyncio.create_task(_until_ended(reader))))
         return True
 
 
-async def idle(url: str, body: bytes, headers: dict[str, str], streams: int, hold_s: float) -> dict:
+async def idle(url: str, body: bytes, headers: dict[str, str], streams: int, hold_s: float,
+               open_s: float) -> dict:
     parts = urlsplit(url)
     head = "".join(f"{k}: {v}\r\n" for k, v in {**headers, "Host": parts.netloc,
                                                  "Content-Length": str(len(body))}.items())
     raw = f"POST {parts.path} HTTP/1.1\r\n{head}\r\n".encode() + body
-    held: list[asyncio.StreamWriter] = []
+    held: list[tuple[asyncio.StreamWriter, asyncio.Task]] = []  # each with the task that sees it end
     began = time.perf_counter()
     sem = asyncio.Semaphore(256)  # connections being opened at once
     host, port = parts.hostname or "127.0.0.1", parts.port or 80
     tasks = [asyncio.create_task(_open(host, port, raw, sem, held)) for _ in range(streams)]
-    _, late = await asyncio.wait(tasks, timeout=OPEN_WITHIN_S)
+    _, late = await asyncio.wait(tasks, timeout=open_s)
     for task in late:  # bounded in time: what did not open by then counts as failed
         task.cancel()
     await asyncio.gather(*late, return_exceptions=True)
@@ -106,9 +125,11 @@ async def idle(url: str, body: bytes, headers: dict[str, str], streams: int, hol
     loop = asyncio.get_running_loop()
     with contextlib.suppress(asyncio.TimeoutError):
         await asyncio.wait_for(loop.run_in_executor(None, sys.stdin.readline), hold_s)
-    for writer in held:
+    still = sum(not watch.done() for _, watch in held)
+    for writer, watch in held:
+        watch.cancel()
         writer.close()
-    return {"opened": opened, "failed": streams - opened, "seconds": time.perf_counter() - began}
+    return {"opened": opened, "failed": streams - opened, "seconds": time.perf_counter() - began, "held": still}
 
 
 def main() -> None:
@@ -122,6 +143,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--hold-s", type=float, default=30.0)
+    parser.add_argument("--open-within-s", type=float, help="default: open_within_s(--streams)")
     args = parser.parse_args()
     headers = dict(h.split(":", 1) for h in args.header)
     headers["Content-Type"] = "application/json"
@@ -130,7 +152,8 @@ def main() -> None:
     if args.mode == "ttft":
         result = asyncio.run(ttft(args.url, body, headers, args.clients, args.count, args.duration))
     else:
-        result = asyncio.run(idle(args.url, body, headers, args.streams, args.hold_s))
+        open_s = args.open_within_s or open_within_s(args.streams)
+        result = asyncio.run(idle(args.url, body, headers, args.streams, args.hold_s, open_s))
     print(json.dumps(result), flush=True)
 
 
