@@ -289,6 +289,26 @@ async def test_memory_sweeps_expired_keys_nobody_reads() -> None:
     assert len(backend.store) == 1
 
 
+async def test_memory_expiry_pushed_forward_is_swept_at_its_last_deadline_and_queued_once() -> None:
+    """Twins push a hot key's expiry forward on every call: the heap keeps one entry for it, and the
+    sweep drops the key only once its latest deadline has passed."""
+    clock = FakeClock()
+    backend = MemoryBackend(clock=clock)
+    store = backend.store
+    store.set("hot", {"n": 1})
+    for _ in range(1000):
+        store.expire("hot", 10)
+        clock.advance(0.01)  # 10 s of calls, each pushing the deadline 10 s ahead
+    assert len(store._heap) == 1  # one live entry, not one per call
+    clock.advance(9)  # past its first deadline, not its last one
+    await backend.get("other")  # an operation sweeps
+    assert store.get("hot") == {"n": 1} and store.ttl("hot") == pytest.approx(1, abs=0.02)
+    store.expire("hot", 0.5)  # an earlier deadline is queued at once
+    clock.advance(0.6)
+    await backend.get("other")
+    assert len(store) == 0
+
+
 async def test_memory_store_set_keeps_expiry_like_incrby() -> None:
     clock = FakeClock()
     backend = MemoryBackend(clock=clock)

@@ -91,6 +91,9 @@ class MemoryStore:
         self._data: dict[str, Any] = {}
         self._deadline: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []  # (deadline, key); stale entries are skipped
+        # key -> the deadline of its one live heap entry. A later deadline (an expiry pushed forward, what
+        # twins do on every call) pushes nothing: the sweep finds the key still alive and queues it again.
+        self._queued: dict[str, float] = {}
 
     def __len__(self) -> int:
         """Keys held, expired but not yet swept included: what the sweep keeps bounded."""
@@ -120,17 +123,25 @@ class MemoryStore:
             self.expire(key, ttl_s)
 
     def expire(self, key: str, ttl_s: float) -> None:
-        if not self._alive(key):
+        now = self._monotonic()
+        deadline = self._deadline.get(key)  # ``_alive`` inlined, on the same reading of the clock
+        if deadline is not None and deadline <= now:
+            self.delete(key)
+            return
+        if key not in self._data:
             return
         if ttl_s <= 0:
             self.delete(key)
             return
-        deadline = self._monotonic() + ttl_s
-        self._deadline[key] = deadline
-        heapq.heappush(self._heap, (deadline, key))
-        if len(self._heap) > 2 * len(self._deadline) + _MIN_STALE:  # mostly stale: rebuild
-            self._heap = [(d, k) for k, d in self._deadline.items()]
-            heapq.heapify(self._heap)
+        deadline = self._deadline[key] = now + ttl_s
+        queued = self._queued.get(key)
+        if queued is None or deadline < queued:
+            self._queued[key] = deadline
+            heapq.heappush(self._heap, (deadline, key))
+            if len(self._heap) > 2 * len(self._deadline) + _MIN_STALE:  # mostly stale: rebuild
+                self._heap = [(d, k) for k, d in self._deadline.items()]
+                heapq.heapify(self._heap)
+                self._queued = dict(self._deadline)
 
     def delete(self, key: str) -> None:
         self._data.pop(key, None)
@@ -153,8 +164,17 @@ class MemoryStore:
             if not heap or heap[0][0] > now:
                 return
             deadline, key = heapq.heappop(heap)
-            if self._deadline.get(key) == deadline:
+            if self._queued.get(key) != deadline:
+                continue  # superseded by an earlier deadline pushed later
+            del self._queued[key]
+            current = self._deadline.get(key)
+            if current is None:
+                continue  # deleted, or made persistent
+            if current <= now:
                 self.delete(key)
+            else:  # pushed forward since it was queued: look again then
+                self._queued[key] = current
+                heapq.heappush(heap, (current, key))
 
 
 class MemoryBackend:
