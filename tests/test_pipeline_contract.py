@@ -351,7 +351,7 @@ async def test_plans_are_memoised_per_policy_and_rebuilt_on_reload() -> None:
 # -- through the handler: complete runs exactly once per request, whatever happened ------------------
 
 def make_handler(stages: list[Stage]) -> Handler:
-    services = SimpleNamespace(holder=SimpleNamespace(current=POLICY))
+    services = SimpleNamespace(holder=SimpleNamespace(current=POLICY), backend=SimpleNamespace(kind="memory"))
     return Handler(services, Pipeline(stages), Drain())  # type: ignore[arg-type]
 
 

@@ -55,6 +55,7 @@ class Handler:
         self.guard = guard
         self.adaptive = adaptive
         self.max_in_flight = guard.limits.max_in_flight if guard is not None else None
+        self.shared_state = services.backend.kind != "memory"  # complete may wait for it: shielded (``_finish``)
 
     def endpoint(self, name: str, surface: Surface = OPENAI) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
         """The aiohttp handler of ``name`` on ``surface``: ``handle`` itself with both bound (a partial of
@@ -143,10 +144,10 @@ class Handler:
         if resp is not None and resp.close is not None:
             with contextlib.suppress(Exception):
                 await resp.aclose()
-        if self.services.backend.kind == "memory":
-            await self.pipeline.complete(ctx, error)
-        else:
+        if self.shared_state:
             await asyncio.shield(self.pipeline.complete(ctx, error))
+        else:
+            await self.pipeline.complete(ctx, error)
 
     async def write(self, ctx: RequestContext, resp: GatewayResponse) -> web.StreamResponse:
         """Send ``resp``; a broken stream or a departed client is recorded in ``ctx.stream_error``."""
