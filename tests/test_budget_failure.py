@@ -20,10 +20,12 @@ def test_allow_admits_while_redis_is_down_and_replays_the_charges(make_gateway, 
     client, counts = gw.client("sk-acme"), gw.services.budget.counts
     redis_server.stop()
     client.chat.completions.create(model="small", messages=MSG, max_tokens=3)
+    gw.idle()  # its complete (the settle) runs after the answer
     assert counts["failure_mode_allowed"] == 1 and counts["settle_failed"] == 1
     assert len(gw.services.budget.pending) == 1
     redis_server.start()  # an empty Redis: what it learns below comes from this replica
     client.chat.completions.create(model="small", messages=MSG, max_tokens=3)
+    gw.idle()
     assert counts["settle_replayed"] == 1 and not gw.services.budget.pending
     s = spend(gw.url)
     assert s["requests"] == 2
@@ -45,11 +47,14 @@ def test_local_enforces_a_per_replica_share_while_redis_is_down(make_gateway, up
     client = gw.client("sk-acme")
     redis_server.stop()
     client.chat.completions.create(model="small", messages=MSG, max_tokens=1)  # reserves ~0.0026
+    gw.idle()
     client.chat.completions.create(model="small", messages=MSG, max_tokens=1)  # 0.0013 spent + 0.0026
+    gw.idle()
     with pytest.raises(openai.RateLimitError):
         client.chat.completions.create(model="small", messages=MSG, max_tokens=1)  # 0.0026 + 0.0026 > 0.005
     counts = gw.services.budget.counts
     assert counts["failure_mode_local"] == 3 and upstream.calls == 2
     redis_server.start()
     client.chat.completions.create(model="small", messages=MSG, max_tokens=1)
+    gw.idle()
     assert spend(gw.url)["requests"] == 3 and counts["settle_replayed"] == 2

@@ -49,12 +49,14 @@ def test_slots_come_back_as_soon_as_redis_does(make_gateway, upstream, redis_ser
     redis_server.pause()
     upstream.push(Fault(delay_s=0.5), Fault(delay_s=0.5))
     during = pair(client)  # acquires time out (applied later), the local fallback serves
+    gw.idle(10)  # their releases (in complete, after the answers) time out too, and are kept
     redis_server.resume()
     resumed = time.monotonic()
     stale = slots()  # the slots the timed-out acquires took once Redis ran again
     time.sleep(1.2)  # the limiter leaves a failed backend alone for 1 s
     after = pair(client)
     waited = time.monotonic() - resumed
+    gw.idle(10)
     print(f"\nduring the stall {during}; slots in Redis on resume {stale}; after {waited:.1f} s {after}; "
           f"releases kept {stats.releases_kept}, replayed {stats.releases_replayed}; slots now {slots()}")
     assert during == [200, 200] and stats.releases_kept >= 2

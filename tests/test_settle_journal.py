@@ -140,9 +140,13 @@ def policy(upstream: str, url: str, extra: str = "", mode: str = "local") -> str
 
 
 def send(gw, n: int) -> None:
+    """``n`` requests one after the other, each one's ``complete`` (its settle) done before the next."""
     client = gw.client("sk-acme")
     for _ in range(n):
-        client.chat.completions.create(model="small", messages=MSG, max_tokens=5)
+        try:
+            client.chat.completions.create(model="small", messages=MSG, max_tokens=5)
+        finally:
+            gw.idle(10)
 
 
 def test_an_outage_with_a_restart_loses_and_doubles_nothing(make_gateway, upstream, durable_redis, monkeypatch):

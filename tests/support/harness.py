@@ -99,6 +99,17 @@ class Gateway:
 
         return self.app[SERVICES]
 
+    def idle(self, within_s: float = 5.0) -> None:
+        """Wait (bounded) until no request is in flight: each answered request's ``complete`` has run.
+
+        A whole answer is sent before its request's ``complete`` (metrics, the settle, the release), so a
+        test that reads what ``complete`` records right after an answer waits for this first.
+        """
+        from gateway.http.server import DRAIN
+
+        drain = self.app[DRAIN]
+        assert eventually(lambda: len(drain) == 0, within_s), f"{len(drain)} request(s) still in flight"
+
     def stage(self, cls: type) -> Any:
         """The app's stage of type ``cls``."""
         from gateway.http.server import PIPELINE
