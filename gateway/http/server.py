@@ -158,16 +158,7 @@ class Handler:
             out = web.Response(status=resp.status, body=resp.body, headers=headers, content_type=resp.content_type)
             if ctx.request.body_exists and not ctx.request.content.is_eof():
                 out.force_close()  # a body not (fully) received or undecodable: don't reuse the connection
-            # Sent here, not by aiohttp once the handler returns: ``complete`` (metrics, the settle, on a
-            # shared backend a state round trip) then runs after the client has its answer, as after a stream.
-            try:
-                await out.prepare(ctx.request)
-                await out.write_eof()
-            except ConnectionError as err:
-                ctx.client_disconnected = True
-                ctx.outcome = "client_disconnected"
-                ctx.stream_error = err
-            return out
+            return out  # aiohttp sends it once the handler returns: after ``complete`` (see ``_finish``)
         out = web.StreamResponse(status=resp.status, headers=headers)
         out.content_type = "text/event-stream"
         out.headers["cache-control"] = "no-cache"
