@@ -102,8 +102,9 @@ class Gateway:
     def idle(self, within_s: float = 5.0) -> None:
         """Wait (bounded) until no request is in flight: each answered request's ``complete`` has run.
 
-        A whole answer is sent before its request's ``complete`` (metrics, the settle, the release), so a
-        test that reads what ``complete`` records right after an answer waits for this first.
+        A stream's ``complete`` (metrics, the settle, the release) runs after its last byte was sent, and a
+        shielded ``complete`` may outlive a client that left; a test that reads what ``complete`` records
+        right after such an answer waits for this first.
         """
         from gateway.http.server import DRAIN
 
