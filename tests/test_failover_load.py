@@ -26,7 +26,8 @@ async def test_two_thousand_requests_with_ten_percent_failures(make_gateway, ups
     backup.push(*faulty_script(2, TOTAL * 2))
     gw = make_gateway(failover_policy(upstream.url, backup.url, dlq_path=str(tmp_path / "dlq.jsonl"),
                                       strategy="weighted", retry="{attempts: 1, backoff_ms: 0}",
-                                      breaker="{failures: 5, cooldown_s: 30}", dlq_max=TOTAL))
+                                      breaker="{failures: 5, cooldown_s: 30}", dlq_max=TOTAL,
+                                      first_byte_s=10.0))  # injected faults fail over, not a slow machine's start
     client = gw.aclient("sk-acme", timeout=30.0)
     gate = asyncio.Semaphore(CONCURRENCY)
     outcomes = {"ok": 0, "failed": 0, "other": 0}
