@@ -45,8 +45,6 @@ def ceil_ms(us: int | float) -> int:
     return 0 if us <= 0 else math.ceil(us / 1000)
 
 
-
-
 def _zset(store: LocalStore, key: str) -> ZSet:
     found = store.get(key)
     return found if isinstance(found, ZSet) else ZSet()
@@ -95,8 +93,9 @@ def acquire_entries(store: LocalStore, token: str, force: bool, window: int, lea
                     specs: list[tuple[str, int, int, str, str]], now: float) -> list[int]:
     """``acquire`` on typed entries ``(kind, limit, weight, key, weights key or "")``: the native form.
 
-    The same steps as ``_check``/``_commit`` per entry, written out flat: this runs on every request
-    (twice on a miss), so no per-entry objects and no store round trips that cannot change anything.
+    Each entry is trimmed and checked, then (only if all fit, or ``force``) committed; written out flat:
+    this runs on every request (twice on a miss), so no per-entry objects and no store round trips that
+    cannot change anything.
     """
     t = now_us(now)
     # Each key's log is read from the store once per call and shared by its entries: the store then
@@ -108,8 +107,7 @@ def acquire_entries(store: LocalStore, token: str, force: bool, window: int, lea
     for kind, limit, weight, key, hkey in specs:
         zs = logs.get(key)
         if zs is None:
-            found = store.get(key)
-            zs = logs[key] = found if isinstance(found, ZSet) else ZSet()
+            zs = logs[key] = _zset(store, key)
         if kind == "C":
             zs.pop_through(t)
             n = len(zs)
@@ -117,7 +115,7 @@ def acquire_entries(store: LocalStore, token: str, force: bool, window: int, lea
             zs.pop_through(t - window)
             n = len(zs)
         else:
-            n = _trim_log(store, zs, key, hkey, t - window)
+            n = _trim_log(store, zs, hkey, t - window)
         if not zs:
             store.delete(key)  # emptied (or never there): Redis has no empty set
         hit = kind != "P" and n + weight > limit
@@ -135,18 +133,18 @@ def acquire_entries(store: LocalStore, token: str, force: bool, window: int, lea
                 retry = -1 if wait < 0 or retry < 0 else max(retry, wait)
     status = 1 if ok else 2 if force else 0
     if status:
-        window_ttl_s = (window // 1000 + TTL_PAD_MS) / 1000
+        window_ttl_ms = window // 1000 + TTL_PAD_MS
         for i, (kind, _limit, weight, key, hkey) in enumerate(specs):
             if kind == "P":
                 continue
             zs = logs[key]
             if kind == "C":
                 zs.add(token, t + lease)
-                _stored(store, key, zs, (lease // 1000 + TTL_PAD_MS) / 1000)
+                _save(store, key, zs, lease // 1000 + TTL_PAD_MS)
                 used[i] += 1
                 continue
             zs.add(token, t)
-            _stored(store, key, zs, window_ttl_s)
+            _save(store, key, zs, window_ttl_ms)
             if kind == "R":
                 used[i] += 1
                 continue
@@ -156,7 +154,7 @@ def acquire_entries(store: LocalStore, token: str, force: bool, window: int, lea
                 store.set(hkey, weights)
             weights[token] = weight
             weights[SUM_FIELD] = used[i] = int(weights.get(SUM_FIELD, 0)) + weight
-            store.expire(hkey, window_ttl_s)
+            store.expire(hkey, window_ttl_ms / 1000)
     out = [status, -1 if retry < 0 else ceil_ms(retry)]
     for i, (kind, _limit, _weight, key, _hkey) in enumerate(specs):
         zs = logs[key]
@@ -165,15 +163,8 @@ def acquire_entries(store: LocalStore, token: str, force: bool, window: int, lea
     return out
 
 
-def _stored(store: LocalStore, key: str, zs: ZSet, ttl_s: float) -> None:
-    """A log that just took an entry: in the store (once), its expiry pushed to ``ttl_s`` from now."""
-    if store.get(key) is not zs:
-        store.set(key, zs)
-    store.expire(key, ttl_s)
-
-
-def _trim_log(store: LocalStore, zs: ZSet, key: str, hkey: str, cutoff: int) -> int:
-    """``_trim_tokens`` for the flat form: the token log trimmed to the window, its weight in it."""
+def _trim_log(store: LocalStore, zs: ZSet, hkey: str, cutoff: int) -> int:
+    """A token log trimmed to the window (its weights hash with it): the weight left in the window."""
     old = zs.pop_through(cutoff)
     if not zs:
         store.delete(hkey)
