@@ -115,13 +115,10 @@ class BatchWriter:
         try:
             await self.backend.set_many([(key, value, ttl) for key, (value, ttl) in records.items()])
         except StateError as exc:
-            self._lost(len(records), exc)
+            self.dropped += len(records)
+            log.warning("%d request records not stored: %s", len(records), exc)
         finally:
             inflight = self._inflight
             for key, (value, _) in records.items():
                 if inflight.get(key) is value:  # not a newer record of the same key
                     del inflight[key]
-
-    def _lost(self, n: int, exc: StateError) -> None:
-        self.dropped += n
-        log.warning("%d request records not stored: %s", n, exc)

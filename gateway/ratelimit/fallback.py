@@ -54,47 +54,33 @@ class Guard:
         self._down_until = time.monotonic() + self.hold_s
 
     async def run(self, script: Script, keys: list[str], args: list[Any], local_args: Callable[[], list[Any]],
-                  mode: str, on_try: Callable[[StateBackend], None],
-                  replicas: int = 1) -> tuple[str, Any, StateBackend | None]:
+                  mode: str, on_try: Callable[[StateBackend], None], replicas: int = 1,
+                  op: AdmitOp | None = None) -> tuple[str, Any, StateBackend | None]:
         """``(how, reply, backend)``: how is SHARED or LOCAL with the script's reply, or ALLOW/DENY.
 
         ``local_args()`` builds the arguments for the local stand-in, only when it is used.
 
         ``on_try(backend)`` is called before each attempt, so a caller can undo what a call whose
         answer never arrived (timeout, cancellation) may have written.
+
+        ``op``: the same ``ACQUIRE`` call as a fused op (typed entries), which the shared backend runs
+        instead: the memory backend's native parses no arguments; Redis makes the one call as before.
         """
         if not self.down:
             on_try(self.shared)
             try:
-                reply = await self.shared.run(script, keys, args)
+                if op is not None:
+                    reply = (await self.shared.run_fused([op]))[0][1:]
+                else:
+                    reply = await self.shared.run(script, keys, args)
             except StateError as exc:
                 self.failed(exc)
             else:
                 self.answered()
-                if script is ACQUIRE:
+                if script is ACQUIRE and self.shared.kind != "memory":  # the local stand-in's start (never in memory)
                     self.seeds.observe(keys, args, reply, self.local_clock.time())
                 return SHARED, reply, self.shared
         return await self.fallback(script, keys, local_args, mode, on_try, replicas)
-
-    async def run_op(self, op: AdmitOp, keys: list[str], args: list[Any], local_args: Callable[[], list[Any]],
-                     mode: str, on_try: Callable[[StateBackend], None],
-                     replicas: int = 1) -> tuple[str, Any, StateBackend | None]:
-        """``run(ACQUIRE, keys, args, ...)`` with the shared backend's call made as the fused ``op``
-        (the same entries, typed): the memory backend runs its native without parsing ``args``;
-        Redis runs it in one call as before. ``keys``/``args`` are the same call, Redis-shaped, for the
-        seeds and the local stand-in."""
-        if not self.down:
-            on_try(self.shared)
-            try:
-                reply = (await self.shared.run_fused([op]))[0][1:]
-            except StateError as exc:
-                self.failed(exc)
-            else:
-                self.answered()
-                if self.shared.kind != "memory":  # what the local stand-in starts from (never used in memory)
-                    self.seeds.observe(keys, args, reply, self.local_clock.time())
-                return SHARED, reply, self.shared
-        return await self.fallback(ACQUIRE, keys, local_args, mode, on_try, replicas)
 
     def answered(self) -> None:
         """The shared backend answered: it is up again if it was held down."""

@@ -11,6 +11,7 @@ queue, which retries the limits alone); after a budget refusal it does nothing a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from gateway.ratelimit.scripts import _ACQUIRE, _RELEASE
@@ -48,7 +49,7 @@ ADMIT_FRAGMENT = Fragment("ratelimit_admit", _ADMIT_LUA)
 RELEASE_FRAGMENT = Fragment("ratelimit_release", _RELEASE)
 
 
-def acquire_call(token: str, force: bool, entries: list[Entry]) -> tuple[list[str], list[Any]]:
+def acquire_call(token: str, force: bool, entries: Sequence[Entry]) -> tuple[list[str], list[Any]]:
     """KEYS and ARGV of ``ACQUIRE`` for typed entries."""
     keys: list[str] = []
     args: list[Any] = [token, "1" if force else "0", WINDOW_US, LEASE_US]
@@ -67,7 +68,8 @@ class AdmitOp:
     fragment = ADMIT_FRAGMENT
     __slots__ = ("alt", "force", "keep", "main", "token")
 
-    def __init__(self, token: str, force: bool, main: list[Entry], alt: list[Entry] | None, keep: bool) -> None:
+    def __init__(self, token: str, force: bool, main: Sequence[Entry], alt: Sequence[Entry] | None,
+                 keep: bool) -> None:
         self.token, self.force, self.main, self.alt, self.keep = token, force, main, alt, keep
 
     def redis_call(self) -> tuple[list[str], list[Any]]:

@@ -24,6 +24,7 @@ reservation (weight = tokens; keys: log, weights hash), ``P`` token peek (read o
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 from gateway.state.base import LocalStore
@@ -90,7 +91,7 @@ def acquire(store: LocalStore, keys: list[str], args: list[Any], now: float) -> 
 
 
 def acquire_entries(store: LocalStore, token: str, force: bool, window: int, lease: int,
-                    specs: list[tuple[str, int, int, str, str]], now: float) -> list[int]:
+                    specs: Sequence[tuple[str, int, int, str, str]], now: float) -> list[int]:
     """``acquire`` on typed entries ``(kind, limit, weight, key, weights key or "")``: the native form.
 
     Each entry is trimmed and checked, then (only if all fit, or ``force``) committed; written out flat:

@@ -178,10 +178,8 @@ class RateLimitStage(Stage):
         def local_args() -> list:  # only when the shared backend failed and on_backend_error is local
             return plan.acquire_args(st.token, True)
 
-        entries = list(plan.acquire_entries)
-
         async def attempt() -> Decision:
-            op = AdmitOp(st.token, plan.shadow, entries, None, keep=False)
+            op = AdmitOp(st.token, plan.shadow, plan.acquire_entries, None, keep=False)
             return await self._call(ctx, plan.acquire_keys, args, local_args, pairs, (st.slots_on,), op=op)
 
         decision = await self._decide(st, attempt)
@@ -356,10 +354,8 @@ class RateLimitStage(Stage):
                 _keep(found, b)
 
         replicas = max(1, ctx.policy.state.replicas)
-        if shared and op is not None:
-            how, reply, backend = await self.guard.run_op(op, keys, args, local_args, mode, on_try, replicas)
-        elif shared:
-            how, reply, backend = await self.guard.run(ACQUIRE, keys, args, local_args, mode, on_try, replicas)
+        if shared:
+            how, reply, backend = await self.guard.run(ACQUIRE, keys, args, local_args, mode, on_try, replicas, op)
         else:
             how, reply, backend = await self.guard.fallback(ACQUIRE, keys, local_args, mode, on_try, replicas)
         if how in (ALLOW, DENY):
