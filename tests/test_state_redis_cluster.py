@@ -26,6 +26,7 @@ from gateway.ratelimit.scripts import ACQUIRE, RELEASE
 from gateway.routing.rollout_store import RolloutStore
 from gateway.state import RedisClusterBackend, Script, StateError, build_backend
 from gateway.state.base import hash_tag
+from gateway.state.redis_pack import PackedConnection
 from tests.support.redis_cluster import LocalCluster, Node, started_cluster, tenants_on_every_master
 
 INCR_ALL = Script(
@@ -261,6 +262,13 @@ async def test_build_backend_picks_the_cluster_client(cluster) -> None:
         assert await backend.get("gw:{x}:k") == b"v"
     finally:
         await backend.close()
+
+
+async def test_every_node_packs_commands_with_hiredis(cluster, backend) -> None:
+    for tenant in spread_tenants(cluster, per_master=1):
+        await backend.set(f"gw:{{{tenant}}}:k", b"v")
+    nodes = backend._client.nodes_manager.nodes_cache.values()
+    assert nodes and all(issubclass(n.connection_class, PackedConnection) for n in nodes)
 
 
 # -- a cluster of its own: these tests kill nodes ------------------------------------------------

@@ -22,7 +22,6 @@ from typing import Any
 
 import orjson
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.connection import Connection, SSLConnection, UnixDomainSocketConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
@@ -32,6 +31,7 @@ from gateway.state.base import Script, StateError
 from gateway.state.fused import FusedOp
 from gateway.state.fused import redis_call as fused_call
 from gateway.state.memory import check_script_args
+from gateway.state.redis_pack import PackedConnection, PackedSSLConnection, PackedUnixConnection
 from gateway.state.redis_pipeline import AutoPipeline
 
 NOW_PRELUDE = (
@@ -126,11 +126,12 @@ class RedisBackend:
         self._compiled: dict[Script, tuple[str, str]] = {}  # script -> (lua sent, sha1)
 
     def _connect(self, target: RedisTarget, max_connections: int, options: dict[str, Any]) -> Any:
-        """The redis-py client: one blocking pool, no retries (the caller's ``on_backend_error`` decides)."""
+        """The redis-py client: one blocking pool, no retries (the caller's ``on_backend_error`` decides),
+        commands packed by hiredis (``redis_pack``)."""
         if target.scheme == "unix":
-            address: dict[str, Any] = {"connection_class": UnixDomainSocketConnection, "path": target.path}
+            address: dict[str, Any] = {"connection_class": PackedUnixConnection, "path": target.path}
         else:
-            address = {"connection_class": SSLConnection if target.tls else Connection,
+            address = {"connection_class": PackedSSLConnection if target.tls else PackedConnection,
                        "host": target.host, "port": target.port}
         self._pool = BlockingConnectionPool(
             **address,

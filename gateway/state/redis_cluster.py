@@ -30,6 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeout
 from gateway.policy.redis_url import RedisTarget
 from gateway.state.base import Script, StateError
 from gateway.state.redis import RedisBackend
+from gateway.state.redis_pack import packed
 from gateway.state.redis_pipeline import FAILURES
 
 log = logging.getLogger("gateway.state.redis")
@@ -47,7 +48,7 @@ class RedisClusterBackend(RedisBackend):
         super().__init__(url, timeout_ms, **kwargs)
 
     def _connect(self, target: RedisTarget, max_connections: int, options: dict[str, Any]) -> Any:
-        return RedisCluster(
+        client = RedisCluster(
             host=target.host,
             port=target.port,
             ssl=target.tls,
@@ -57,6 +58,12 @@ class RedisClusterBackend(RedisBackend):
             protocol=2,
             **options,
         )
+        # RedisCluster takes no connection class: give the nodes it will make, and the one it made, hiredis packing
+        kwargs = client.connection_kwargs
+        kwargs["connection_class"] = packed(kwargs["connection_class"])
+        for node in client.nodes_manager.startup_nodes.values():
+            node.connection_class = packed(node.connection_class)
+        return client
 
     def _route(self, key: str | None) -> str:
         """The node that owns ``key``'s slot, as last known (MOVED corrects a stale answer)."""
