@@ -5,7 +5,7 @@ Steadier than whole-process figures on a busy machine: the gateway runs in a thr
 concurrent callers) in the main thread; the figure is the gateway thread's CPU time
 (``time.thread_time``) over the requests. The policy is ``python -m benchmarks run full-memory``'s (auth, input checks,
 rpm/tpm/concurrency limits, budget, routing, metrics; cache off; memory backend); ``--hits`` turns the
-cache on and measures cache hits.
+cache on and measures cache hits; ``--floor`` takes the limits and the budget away (``floor``).
 
 Compare two trees by running this script under each, alternated (each ``--tree`` is measured in
 child processes that import the gateway, and the runner's policy, from it)::
@@ -65,7 +65,7 @@ def measure(upstream_port: int, requests: int, callers: int) -> tuple[float, flo
     from gateway.http.server import create_app
     from gateway.policy.loader import load_policy_text
 
-    policy = load_policy_text(gateway_policy(upstream_port, cache=HITS), "bench.yaml", env={})
+    policy = load_policy_text(gateway_policy(upstream_port, cache=HITS, limits=LIMITS), "bench.yaml", env={})
     loop = uvloop.new_event_loop()
     ready = threading.Event()
     box: dict = {}
@@ -108,6 +108,7 @@ def measure(upstream_port: int, requests: int, callers: int) -> tuple[float, flo
 
 CALLS_SAMPLE = 500
 HITS = False  # ``--hits``: the cache-hit path instead of the miss path
+LIMITS = True  # ``--floor``: a tenant without rate limits or budget (the ``floor`` scenario's policy)
 
 
 async def _thread_time() -> float:
@@ -125,10 +126,11 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=3000)
     ap.add_argument("--callers", type=int, default=16)
     ap.add_argument("--hits", action="store_true", help="cache on, every request a hit (warmed by the warm-up)")
+    ap.add_argument("--floor", action="store_true", help="a tenant without rate limits or budget")
     ap.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    global HITS
-    HITS = args.hits
+    global HITS, LIMITS
+    HITS, LIMITS = args.hits, not args.floor
     if args.child:
         print(*measure(args.child, args.requests, args.callers))
         return 0
@@ -145,7 +147,7 @@ def main() -> int:
                 env["BENCH_TREE"] = str(Path(tree).resolve())
                 cmd = ["taskset", "-c", "0", sys.executable, __file__, "--child", str(up),
                        "--requests", str(args.requests), "--callers", str(args.callers),
-                       *(["--hits"] if args.hits else [])]
+                       *(["--hits"] if args.hits else []), *(["--floor"] if args.floor else [])]
                 out = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir(), env=env)
                 if out.returncode != 0:
                     print(out.stderr[-2000:])
