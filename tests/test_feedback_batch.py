@@ -153,7 +153,7 @@ async def test_on_the_memory_backend_records_stay_in_process() -> None:
     records = RequestRecords(backend)
     batch = settling()
     await FeedbackRecordStage(records).complete(answered("r1", batch=batch), None)
-    assert len(batch.ops) == 1 and len(records.local) == 1
+    assert batch.queued() == 1 and len(records.local) == 1
     assert await backend.get(record_key(POLICY, "acme", "r1")) is None
     assert (await records.lookup(POLICY, "acme", "r1") or {})["deployment"] == "up/small-a"
 

@@ -33,26 +33,30 @@ Finish = Callable[[Any, StateError | None], Awaitable[Verdict]]
 class StateBatch:
     """The ops of the current phase and their finishers, in the order the stages added them."""
 
-    __slots__ = ("finishers", "ops", "phases")
+    __slots__ = ("_queued",)
 
     def __init__(self) -> None:
-        self.clear()
+        self._queued: dict[str, list[tuple[FusedOp | None, Finish]]] = {}
 
     def add(self, phase: str, op: FusedOp | None, finish: Finish) -> None:
         """Queue ``op`` (``None``: no part in the call) for ``phase`` (``admit`` | ``complete``)."""
-        self.phases.append(phase)
-        self.ops.append(op)
-        self.finishers.append(finish)
+        queued = self._queued.get(phase)
+        if queued is None:
+            self._queued[phase] = [(op, finish)]
+        else:
+            queued.append((op, finish))
+
+    def queued(self) -> int:
+        """Entries queued, every phase together."""
+        return sum(len(queued) for queued in self._queued.values())
 
     def sends(self, phase: str) -> bool:
         """Will ``phase``'s flush make a call (some op of it is not ``None``)? Read by a stage whose
         small write may ride that call but must not cost one of its own (the feedback record)."""
-        return any(op is not None and p == phase for p, op in zip(self.phases, self.ops, strict=True))
+        return any(op is not None for op, _ in self._queued.get(phase, ()))
 
     def clear(self) -> None:
-        self.phases: list[str] = []
-        self.ops: list[FusedOp | None] = []
-        self.finishers: list[Finish] = []
+        self._queued.clear()
 
     async def flush(self, backend: StateBackend, phase: str) -> Verdict:
         """One call for the ops of ``phase``, then each finisher with its reply (or the call's error).
@@ -60,9 +64,9 @@ class StateBatch:
         Ops of another phase (an ``admit`` the request never finished) are dropped unsent. In
         ``admit`` the first answer stops the finishers after it.
         """
-        queued = [(op, finish) for p, op, finish in zip(self.phases, self.ops, self.finishers, strict=True)
-                  if p == phase]
-        self.clear()
+        queued = self._queued.pop(phase, None)
+        if self._queued:
+            self._queued.clear()
         if not queued:
             return None
         sent = [op for op, _ in queued if op is not None]
