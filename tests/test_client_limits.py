@@ -98,6 +98,18 @@ def test_partial_headers_silence_and_idle_keepalive_are_closed(gw):
         sock.close()
 
 
+def test_a_partial_head_on_a_kept_alive_connection_is_closed_by_the_header_timeout(gw):
+    sock = _connect(gw.port)
+    sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+    before = _refused(gw).get("header_timeout", 0)
+    sock.sendall(HEAD)  # the next request's head, never finished
+    closed_s = _closed_after(sock)
+    assert closed_s is not None and closed_s < 1.4  # the header timeout (1 s), not the keep-alive one (1.5 s)
+    assert _refused(gw)["header_timeout"] == before + 1
+    sock.close()
+
+
 def test_a_body_trickling_at_one_byte_a_second_is_a_408(gw):
     sock = _connect(gw.port)
     sock.sendall(HEAD + b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n")

@@ -87,12 +87,15 @@ class GatewayProtocol(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._head_timer is None and data and self._current_request is None and not self._messages:
-            self._arm_head_timer()  # the first byte of the next request head on a kept-alive connection
+        idle = self._head_timer is None and self._current_request is None and not self._messages
         super().data_received(data)
-        if self._head_timer is not None and (self._messages or self._current_request is not None):
-            self._head_timer.cancel()  # a whole head arrived
-            self._head_timer = None
+        whole = self._messages or self._current_request is not None
+        if self._head_timer is not None:
+            if whole:
+                self._head_timer.cancel()  # a whole head arrived
+                self._head_timer = None
+        elif idle and data and not whole:
+            self._arm_head_timer()  # the next head on a kept-alive connection began but is not whole yet
 
     def _arm_head_timer(self) -> None:
         if self._guard is not None:
