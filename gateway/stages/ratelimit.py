@@ -40,7 +40,7 @@ import itertools
 import logging
 import math
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from gateway.context import RequestContext
@@ -108,6 +108,7 @@ class RateLimitStage(Stage):
         self.services = services
         self.stats: RateLimitStats = services.ratelimit_stats
         self.guard = Guard(services.backend, services.clock, self.stats)
+        self.memory = services.backend.kind == "memory"  # one process: no seeds, no replays, unleased slots
         self.plans = Plans(None)
         self.lines = Lines()
         self.leases = Leases(self.stats)
@@ -172,7 +173,19 @@ class RateLimitStage(Stage):
         if ctx.state_batch is not None and not ctx.tenant.cache.enabled:
             st.deferred = True  # no cache answer can come first: checked in admit's one call
             return None
-        pairs = plan.acquire_pairs
+        if self.memory:
+            attempt = functools.partial(self._native, ctx, st, plan.acquire_entries, plan.acquire_pairs,
+                                        (st.slots_on,))
+        else:
+            attempt = self._request_attempt(ctx, st, plan)
+        decision = await self._decide(st, attempt)
+        if isinstance(decision, Result):
+            st.requests = decision
+            self._lease(st, decision)
+        return self._verdict(ctx, decision, 1)
+
+    def _request_attempt(self, ctx: RequestContext, st: LimitState, plan: Plan) -> Callable[[], Awaitable[Decision]]:
+        """``limit_requests``' call on Redis, with what its failure modes and seeds read."""
         args = plan.acquire_args(st.token, False)
 
         def local_args() -> list:  # only when the shared backend failed and on_backend_error is local
@@ -180,14 +193,10 @@ class RateLimitStage(Stage):
 
         async def attempt() -> Decision:
             op = AdmitOp(st.token, plan.shadow, plan.acquire_entries, None, keep=False)
-            return await self._call(ctx, plan.acquire_keys, args, local_args, pairs, (st.slots_on,), op=op)
+            return await self._call(ctx, plan.acquire_keys, args, local_args, plan.acquire_pairs, (st.slots_on,),
+                                    op=op)
 
-        decision = await self._decide(st, attempt)
-        if isinstance(decision, Result):
-            st.requests = decision
-            if decision.admitted and plan.slot_keys:
-                self.leases.add(self._holder(decision), plan.tenant, st.token, plan.slot_keys)
-        return self._verdict(ctx, decision, 1)
+        return attempt
 
     async def admit(self, ctx: RequestContext) -> Verdict:
         st = ctx.limit_state
@@ -224,7 +233,8 @@ class RateLimitStage(Stage):
         if queued and self.lines.get(st.plan.tenant).busy:
             return None
         return AdmitOp(st.token, st.plan.shadow, self._entries(st, plan, cost, False),
-                       None if alt is None else self._entries(st, alt, cost, False), keep=queued)
+                       None if alt is None else self._entries(st, alt, cost, False), keep=queued,
+                       leased=not self.memory)
 
     async def _admit_finish(self, ctx: RequestContext, st: LimitState, op: AdmitOp | None, plan: Plan,
                             alt: Plan | None, cost: int, reply: list | None, error: StateError | None) -> Verdict:
@@ -265,9 +275,12 @@ class RateLimitStage(Stage):
 
     def _attempt(self, ctx: RequestContext, st: LimitState, tplan: Plan,
                  cost: int) -> Callable[[], Awaitable[Decision]]:
-        keys, args = acquire_call(st.token, st.plan.shadow, self._entries(st, tplan, cost, False))
+        entries = self._entries(st, tplan, cost, False)
         holds = (st.tokens_on, st.slots_on) if st.deferred else (st.tokens_on,)
         pairs = self._pairs(st, tplan)
+        if self.memory:
+            return functools.partial(self._native, ctx, st, entries, pairs, holds)
+        keys, args = acquire_call(st.token, st.plan.shadow, entries)
 
         async def attempt() -> Decision:
             return await self._call(ctx, keys, args, lambda: self._local_args(st, tplan, cost), pairs, holds)
@@ -280,8 +293,7 @@ class RateLimitStage(Stage):
         if isinstance(decision, Result):
             if st.deferred:
                 st.requests = decision
-                if decision.admitted and st.plan.slot_keys:
-                    self.leases.add(self._holder(decision), st.plan.tenant, st.token, st.plan.slot_keys)
+                self._lease(st, decision)
             if tplan.tokens:
                 st.tokens = decision
                 if decision.admitted:
@@ -365,8 +377,35 @@ class RateLimitStage(Stage):
             _drop(holds, backend)
         return result
 
+    async def _native(self, ctx: RequestContext, st: LimitState, entries: Sequence[Entry], pairs: tuple,
+                      holds: tuple[list[StateBackend], ...]) -> Decision:
+        """``_call`` on the memory backend: its native takes unleased slots, and there are no Redis
+        arguments, seeds or leases to prepare. It fails only on a bug: then ``on_backend_error`` decides."""
+        shared = self.guard.shared
+        for found in holds:
+            _keep(found, shared)
+        op = AdmitOp(st.token, st.plan.shadow, entries, None, keep=False, leased=False)
+        try:
+            reply = (await shared.run_fused([op]))[0]
+        except StateError as exc:
+            self.guard.failed(exc)
+            local = [(e[0], lim.local_limit, *e[2:]) for e, (_, lim) in zip(entries, pairs, strict=True)]
+            keys, args = acquire_call(st.token, st.plan.shadow, local)
+            return await self._call(ctx, keys, args, lambda: args, pairs, holds, shared=False)
+        self.guard.answered()
+        result = parse(reply[1:], pairs, False)
+        if result.status == REJECTED:  # a clear "no" wrote nothing: nothing to undo
+            _drop(holds, shared)
+        return result
+
     def _holder(self, result: Result) -> StateBackend:
         return self.guard.local if result.local else self.guard.shared
+
+    def _lease(self, st: LimitState, decision: Result) -> None:
+        """Have the admitted request's slots renewed while it runs, where they have a lease (all but the
+        memory backend's own, held until released: a lease there would only outlive the process)."""
+        if decision.admitted and st.plan.slot_keys and (decision.local or not self.memory):
+            self.leases.add(self._holder(decision), st.plan.tenant, st.token, st.plan.slot_keys)
 
     async def _decide(self, st: LimitState, attempt: Callable[[], Awaitable[Decision]]) -> Decision:
         """Attempt now; over the limit with a queue, wait in the tenant's line instead of refusing."""
