@@ -101,7 +101,7 @@ class ReleaseOp:
     fragment = RELEASE_FRAGMENT
     __slots__ = ("actual", "slots", "token", "tokens")
 
-    def __init__(self, token: str, slots: tuple[str, ...], tokens: list[tuple[str, str]], actual: int) -> None:
+    def __init__(self, token: str, slots: tuple[str, ...], tokens: Sequence[tuple[str, str]], actual: int) -> None:
         self.token, self.slots, self.tokens, self.actual = token, slots, tokens, actual
 
     def redis_call(self) -> tuple[list[str], list[Any]]:

@@ -114,14 +114,15 @@ def acquire_entries(store: LocalStore, token: str, force: bool, window: int, lea
             found = store.get(key)
             zs = logs[key] = found if isinstance(found, ZSet) else ZSet()
         if kind == "C":
-            zs.pop_through(t)
-            n = len(zs)
+            n = zs.trim(t)
+            held = n > 0
         elif kind == "R":
-            zs.pop_through(t - window)
-            n = len(zs)
+            n = zs.trim(t - window)
+            held = n > 0
         else:
             n = _trim_log(store, zs, hkey, t - window)
-        held = stored[key] = bool(zs)
+            held = bool(zs)
+        stored[key] = held
         if not held:
             store.delete(key)  # emptied (or never there): Redis has no empty set
         hit = kind != "P" and n + weight > limit

@@ -306,7 +306,8 @@ class RateLimitStage(Stage):
         """Admit's entries: the deferred request limits, then the served model's token limits."""
         out: list[Entry] = []
         if st.deferred:
-            out += [(lim.kind, lim.local_limit if local else lim.limit, 1, lim.keys[0], "") for lim in st.plan.requests]
+            out += [(lim.kind, lim.local_limit, 1, lim.keys[0], "") for lim in st.plan.requests] if local \
+                else st.plan.request_entries
         out += [("T", lim.local_limit if local else lim.limit, cost, lim.keys[0], lim.keys[1]) for lim in tplan.tokens]
         return out
 
@@ -315,8 +316,7 @@ class RateLimitStage(Stage):
 
     @staticmethod
     def _pairs(st: LimitState, tplan: Plan) -> tuple:
-        pairs = tplan.token_pairs
-        return tuple((lim.kind, lim) for lim in st.plan.requests) + pairs if st.deferred else pairs
+        return st.plan.request_pairs + tplan.token_pairs if st.deferred else tplan.token_pairs
 
     async def on_response(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:
         st = ctx.limit_state
@@ -468,9 +468,9 @@ class RateLimitStage(Stage):
         when it is the shared backend and the request has a batch (True), else in a call of its own."""
         plan = st.plan
         slots = plan.slot_keys if _holds(st.slots_on, backend) else ()
-        tokens = [(lim.keys[0], lim.keys[1]) for lim in (st.token_plan or plan).tokens] \
-            if _holds(st.tokens_on, backend) else []
-        self.leases.remove(backend, plan.tenant, st.token)
+        tokens = (st.token_plan or plan).token_logs if _holds(st.tokens_on, backend) else ()
+        if not (self.memory and backend is self.guard.shared):  # its slots have no lease (``_lease``)
+            self.leases.remove(backend, plan.tenant, st.token)
         if not slots and not tokens:
             return False
         op = ReleaseOp(st.token, slots, tokens, actual)
