@@ -165,11 +165,10 @@ def acquire_entries(store: LocalStore, token: str, force: bool, window: int, lea
             weights[token] = weight
             weights[SUM_FIELD] = used[i] = int(weights.get(SUM_FIELD, 0)) + weight
             store.expire(hkey, window_ttl_s)
-    out = [status, -1 if retry < 0 else ceil_ms(retry)]
+    out = [status, -1 if retry < 0 else ceil_ms(retry) if retry else 0]
     for i, (kind, _limit, _weight, key, _hkey) in enumerate(specs):
-        zs = logs[key]
-        reset = zs.at(-1)[0] + window - t if kind != "C" and stored[key] else 0
-        out += (used[i], ceil_ms(reset), 1 if over[i] else 0)
+        reset = ceil_ms(logs[key].at(-1)[0] + window - t) if kind != "C" and stored[key] else 0
+        out += (used[i], reset, 1 if over[i] else 0)
     return out
 
 
