@@ -19,6 +19,9 @@ one fused call (``gateway.stages.state_batch``), next to the budget's: the reser
 entries of the served model and of the model a budget downgrade would pick, and the budget's answer
 in the same call picks one. For a tenant without a cache, ``limit_requests`` only builds the plan
 and its ``rpm``/``concurrency`` join that call too (no cache answer can come before ``admit``).
+On the memory backend (one process) a call of the limiter's own runs the native directly, with no
+Redis arguments, fallback closures or seeds to prepare, and slots take no lease (held until
+released: they cannot outlive their holder), so nothing is renewed.
 
 Time: the scripts read Redis ``TIME`` (one clock for every replica). This stage never passes a
 time itself; when the gateway is built with a non-system clock (tests), the Redis backend hands
@@ -173,19 +176,17 @@ class RateLimitStage(Stage):
         if ctx.state_batch is not None and not ctx.tenant.cache.enabled:
             st.deferred = True  # no cache answer can come first: checked in admit's one call
             return None
-        if self.memory:
-            attempt = functools.partial(self._native, ctx, st, plan.acquire_entries, plan.acquire_pairs,
-                                        (st.slots_on,))
-        else:
-            attempt = self._request_attempt(ctx, st, plan)
-        decision = await self._decide(st, attempt)
+        attempt = self._request_attempt(ctx, st, plan)
+        decision = await (attempt() if plan.queue_s <= 0 else self._decide(st, attempt))
         if isinstance(decision, Result):
             st.requests = decision
             self._lease(st, decision)
         return self._verdict(ctx, decision, 1)
 
     def _request_attempt(self, ctx: RequestContext, st: LimitState, plan: Plan) -> Callable[[], Awaitable[Decision]]:
-        """``limit_requests``' call on Redis, with what its failure modes and seeds read."""
+        """``limit_requests``' call: the native on memory; on Redis, with what its failure modes and seeds read."""
+        if self.memory:
+            return functools.partial(self._native, ctx, st, plan.acquire_entries, plan.acquire_pairs, (st.slots_on,))
         args = plan.acquire_args(st.token, False)
 
         def local_args() -> list:  # only when the shared backend failed and on_backend_error is local
