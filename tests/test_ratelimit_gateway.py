@@ -10,6 +10,7 @@ import openai
 import pytest
 
 from gateway.clock import FakeClock
+from gateway.ratelimit.fused import AdmitOp
 from gateway.ratelimit.window import LEASE_US
 from gateway.stages.ratelimit import RateLimitStage
 from tests.support.harness import eventually
@@ -145,6 +146,30 @@ def test_a_long_request_holds_its_concurrency_slot_for_its_whole_life(make_gatew
     slow.join()
     _chat(gw, messages=[{"role": "user", "content": "another"}])  # freed on completion
     assert len(gw.stage(RateLimitStage).leases) == 0
+
+
+def test_a_failing_memory_call_falls_back_to_local_limits(make_gateway, upstream, monkeypatch):
+    """The memory backend fails only on a bug; its limiter call then decides as ``on_backend_error``
+    says, like Redis's: here ``local`` (the default), whose slots are leased and renewed."""
+    def broken(*_):
+        raise RuntimeError("a bug")
+
+    policy = limited_policy(upstream.url, "{concurrency: 1}").replace(
+        "rate_limit: {concurrency: 1}\n", "rate_limit: {concurrency: 1}\n    cache: {enabled: true}\n")
+    gw = make_gateway(policy)
+    monkeypatch.setattr(AdmitOp, "native", broken)
+    leases = gw.stage(RateLimitStage).leases
+    upstream.push(Fault(delay_s=0.6))
+    slow = threading.Thread(target=lambda: _chat(gw))
+    slow.start()
+    assert eventually(lambda: upstream.in_flight == 1, 5)
+    assert len(leases) == 1  # the local stand-in's slot
+    with pytest.raises(openai.RateLimitError):
+        _chat(gw, messages=[{"role": "user", "content": "another"}])
+    slow.join()
+    _chat(gw, messages=[{"role": "user", "content": "another"}])
+    assert eventually(lambda: len(leases) == 0 and _stats(gw).outcomes.get("failure_mode_allowed") == 2, 5)
+    assert _stats(gw).failure_decisions["local"] == 3 and _stats(gw).backend_errors == 3
 
 
 def test_tokens_are_reserved_then_reconciled_with_real_usage(make_gateway, upstream):
