@@ -405,8 +405,8 @@ class RateLimitStage(Stage):
         return self.guard.local if result.local else self.guard.shared
 
     def _lease(self, st: LimitState, decision: Result) -> None:
-        """Have the admitted request's slots renewed while it runs, where they have a lease (all but the
-        memory backend's own, held until released: a lease there would only outlive the process)."""
+        """Have the admitted request's slots renewed while it runs, where they have a lease: all but the
+        memory backend's own, held until released (they cannot outlive the one process holding them)."""
         if decision.admitted and st.plan.slot_keys and (decision.local or not self.memory):
             self.leases.add(self._holder(decision), st.plan.tenant, st.token, st.plan.slot_keys)
 
