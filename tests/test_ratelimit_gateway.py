@@ -10,6 +10,9 @@ import openai
 import pytest
 
 from gateway.clock import FakeClock
+from gateway.ratelimit.fused import AdmitOp
+from gateway.ratelimit.window import LEASE_US
+from gateway.stages.ratelimit import RateLimitStage
 from tests.support.harness import eventually
 from tests.support.mock_openai import Fault
 from tests.support.ratelimit import BATCH_KEY, KEY, MSG, ShiftedClock, limited_policy
@@ -122,6 +125,51 @@ def test_concurrency_slots_free_on_success_error_and_disconnect(make_gateway, up
     while upstream.in_flight and time.monotonic() < deadline:
         time.sleep(0.05)
     _chat(gw)  # freed on client disconnect
+
+
+@pytest.mark.parametrize("cache", [False, True])  # the slot taken in admit's call, or in limit_requests' own
+def test_a_long_request_holds_its_concurrency_slot_for_its_whole_life(make_gateway, upstream, cache):
+    """On the memory backend a slot has no lease to run out: however long its request runs (here far
+    past the lease, with no renewal in between), it is held until the request completes."""
+    clock = FakeClock()
+    policy = limited_policy(upstream.url, "{concurrency: 1}")
+    if cache:
+        policy = policy.replace("rate_limit: {concurrency: 1}\n", "rate_limit: {concurrency: 1}\n    cache: {enabled: true}\n")
+    gw = make_gateway(policy, clock=clock)
+    upstream.push(Fault(delay_s=0.8))
+    slow = threading.Thread(target=lambda: _chat(gw))
+    slow.start()
+    assert eventually(lambda: upstream.in_flight == 1, 5)
+    clock.advance(10 * LEASE_US / 1e6)
+    with pytest.raises(openai.RateLimitError):
+        _chat(gw, messages=[{"role": "user", "content": "another"}])
+    slow.join()
+    _chat(gw, messages=[{"role": "user", "content": "another"}])  # freed on completion
+    assert len(gw.stage(RateLimitStage).leases) == 0
+
+
+def test_a_failing_memory_call_falls_back_to_local_limits(make_gateway, upstream, monkeypatch):
+    """The memory backend fails only on a bug; its limiter call then decides as ``on_backend_error``
+    says, like Redis's: here ``local`` (the default), whose slots are leased and renewed."""
+    def broken(*_):
+        raise RuntimeError("a bug")
+
+    policy = limited_policy(upstream.url, "{concurrency: 1}").replace(
+        "rate_limit: {concurrency: 1}\n", "rate_limit: {concurrency: 1}\n    cache: {enabled: true}\n")
+    gw = make_gateway(policy)
+    monkeypatch.setattr(AdmitOp, "native", broken)
+    leases = gw.stage(RateLimitStage).leases
+    upstream.push(Fault(delay_s=0.6))
+    slow = threading.Thread(target=lambda: _chat(gw))
+    slow.start()
+    assert eventually(lambda: upstream.in_flight == 1, 5)
+    assert len(leases) == 1  # the local stand-in's slot
+    with pytest.raises(openai.RateLimitError):
+        _chat(gw, messages=[{"role": "user", "content": "another"}])
+    slow.join()
+    _chat(gw, messages=[{"role": "user", "content": "another"}])
+    assert eventually(lambda: len(leases) == 0 and _stats(gw).outcomes.get("failure_mode_allowed") == 2, 5)
+    assert _stats(gw).failure_decisions["local"] == 3 and _stats(gw).backend_errors == 3
 
 
 def test_tokens_are_reserved_then_reconciled_with_real_usage(make_gateway, upstream):

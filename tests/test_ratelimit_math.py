@@ -35,6 +35,24 @@ def test_zset_orders_like_redis_and_pops_through_a_score():
     assert not zs.add("zz", 1, only_existing=True) and zs.remove("d") and not zs.remove("d")
 
 
+def test_zset_trim_drops_what_pop_through_would_and_counts_the_rest():
+    def filled() -> ZSet:
+        zs = ZSet()
+        for i in range(10):
+            zs.add(f"m{i}", i)
+        return zs
+
+    for cut in (-1, 0, 3, 4, 9, 12):
+        trimmed, popped = filled(), filled()
+        popped.pop_through(cut)
+        assert trimmed.trim(cut) == len(popped) and trimmed.items == popped.items
+        assert trimmed.scores == popped.scores
+    zs = filled()
+    assert zs.trim(2) == 7 and zs.trim(3) == 6 and zs.trim(3) == 6  # a short dead prefix, kept then compacted
+    zs.add("m1", 20)  # a member trimmed before comes back
+    assert zs.items == [(4, "m4"), (5, "m5"), (6, "m6"), (7, "m7"), (8, "m8"), (9, "m9"), (20, "m1")]
+
+
 def test_time_is_integer_microseconds_and_waits_round_up():
     assert now_us(1_700_000_000.000001) == 1_700_000_000_000_001
     assert ceil_ms(1) == 1 and ceil_ms(1000) == 1 and ceil_ms(1001) == 2 and ceil_ms(-5) == 0

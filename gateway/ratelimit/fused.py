@@ -63,14 +63,18 @@ def acquire_call(token: str, force: bool, entries: Sequence[Entry]) -> tuple[lis
 
 class AdmitOp:
     """The limits of ``admit`` in the fused call; its reply is ``[alt used (0|1), *ACQUIRE's reply]``
-    (``[]`` when an earlier op refused and it did nothing)."""
+    (``[]`` when an earlier op refused and it did nothing).
+
+    ``leased`` off (the memory backend only, where the store lives and dies with the one process
+    holding its slots): the native takes slots with no lease, held until released and never renewed.
+    """
 
     fragment = ADMIT_FRAGMENT
-    __slots__ = ("alt", "force", "keep", "main", "token")
+    __slots__ = ("alt", "force", "keep", "leased", "main", "token")
 
     def __init__(self, token: str, force: bool, main: Sequence[Entry], alt: Sequence[Entry] | None,
-                 keep: bool) -> None:
-        self.token, self.force, self.main, self.alt, self.keep = token, force, main, alt, keep
+                 keep: bool, leased: bool = True) -> None:
+        self.token, self.force, self.main, self.alt, self.keep, self.leased = token, force, main, alt, keep, leased
 
     def redis_call(self) -> tuple[list[str], list[Any]]:
         keys, args = acquire_call(self.token, self.force, self.main)
@@ -84,7 +88,7 @@ class AdmitOp:
         if fx.refused:
             return []
         alt = fx.variant == "alt" and self.alt is not None
-        out = acquire_entries(store, self.token, self.force, WINDOW_US, LEASE_US,
+        out = acquire_entries(store, self.token, self.force, WINDOW_US, LEASE_US if self.leased else None,
                               self.alt if alt else self.main, now)  # type: ignore[arg-type]
         if out[0] == 0:
             fx.refuse(undo=not self.keep)
@@ -97,7 +101,7 @@ class ReleaseOp:
     fragment = RELEASE_FRAGMENT
     __slots__ = ("actual", "slots", "token", "tokens")
 
-    def __init__(self, token: str, slots: tuple[str, ...], tokens: list[tuple[str, str]], actual: int) -> None:
+    def __init__(self, token: str, slots: tuple[str, ...], tokens: Sequence[tuple[str, str]], actual: int) -> None:
         self.token, self.slots, self.tokens, self.actual = token, slots, tokens, actual
 
     def redis_call(self) -> tuple[list[str], list[Any]]:

@@ -3,7 +3,8 @@
 A slot is a lease of ``LEASE_US``; while its request runs, this replica pushes the lease forward
 every third of it (one script call per tenant and backend). A replica that dies stops renewing, and
 its slots leave the count within one lease. A renewal that fails (backend down) is simply retried at
-the next tick; a slot whose lease ran out meanwhile is not recreated.
+the next tick; a slot whose lease ran out meanwhile is not recreated. The shared memory backend's slots
+have no lease (one process: they cannot outlive their holder), so they are never held here.
 """
 
 from __future__ import annotations

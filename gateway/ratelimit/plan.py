@@ -61,6 +61,9 @@ class Plan:
     acquire_pairs: tuple[tuple[str, Limit], ...] = ()  # ``acquire_limits()``, computed once
     token_pairs: tuple[tuple[str, Limit], ...] = ()  # ("T", limit) per token limit, in reserve order
     acquire_entries: tuple[tuple[str, int, int, str, str], ...] = ()  # the same call as typed entries (natives)
+    request_pairs: tuple[tuple[str, Limit], ...] = ()  # the request limits' part of ``acquire_pairs``
+    request_entries: tuple[tuple[str, int, int, str, str], ...] = ()  # ... and of ``acquire_entries``
+    token_logs: tuple[tuple[str, str], ...] = ()  # (log, weights) keys per token limit, released at completion
 
     @property
     def empty(self) -> bool:
@@ -117,6 +120,8 @@ def build_plan(policy: Policy, tenant: Tenant, key: ApiKey | None, model: str) -
     queue = tenant.queue.max_wait_ms / 1000 if tenant.queue is not None else 0.0
     plan = Plan(tenant.name, rl.mode == "shadow", queue, requests, tokens)
     pairs = plan.acquire_limits()
+    entries = tuple((kind, lim.limit, 1, lim.keys[0], lim.keys[1] if kind in ("T", "P") else "")
+                    for kind, lim in pairs)
     return Plan(
         plan.tenant, plan.shadow, plan.queue_s, requests, tokens,
         acquire_keys=[k for _, lim in pairs for k in lim.keys],
@@ -126,8 +131,10 @@ def build_plan(policy: Policy, tenant: Tenant, key: ApiKey | None, model: str) -
         slot_keys=tuple(lim.keys[0] for lim in requests if lim.kind == "C"),
         acquire_pairs=pairs,
         token_pairs=tuple(("T", lim) for lim in tokens),
-        acquire_entries=tuple((kind, lim.limit, 1, lim.keys[0], lim.keys[1] if kind in ("T", "P") else "")
-                              for kind, lim in pairs),
+        acquire_entries=entries,
+        request_pairs=pairs[:len(requests)],
+        request_entries=entries[:len(requests)],
+        token_logs=tuple((lim.keys[0], lim.keys[1]) for lim in tokens),
     )
 
 
@@ -142,7 +149,8 @@ def build_token_plan(policy: Policy, tenant: Tenant, key: ApiKey | None, public:
         tokens += tuple(lim for lim in base.tokens if lim.scope == "model")
     return Plan(base.tenant, base.shadow, base.queue_s, (), tokens,
                 token_keys=[k for lim in tokens for k in lim.keys],
-                token_pairs=tuple(("T", lim) for lim in tokens))
+                token_pairs=tuple(("T", lim) for lim in tokens),
+                token_logs=tuple((lim.keys[0], lim.keys[1]) for lim in tokens))
 
 
 def _memo_name(key: ApiKey | None) -> Any:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import functools
 import math
-from functools import lru_cache
 from typing import NamedTuple
 
 from gateway.errors import GatewayError
@@ -36,6 +36,7 @@ class Result(NamedTuple):
     retry_ms: int  # exact to the next admission; -1 never; 0 unknown (concurrency)
     usages: tuple[Usage, ...]
     local: bool = False  # decided by the in-process fallback
+    near: bool = False  # a limit (not a peek) has under ``NEAR_FRACTION`` of it left: set by ``parse``
 
     @property
     def admitted(self) -> bool:
@@ -46,10 +47,6 @@ class Result(NamedTuple):
         return self.status != ADMITTED
 
     @property
-    def near(self) -> bool:
-        return any(u.kind != "P" and u.remaining < u.limit * NEAR_FRACTION for u in self.usages)
-
-    @property
     def wait_ms(self) -> int:
         """What to tell a rejected client: the exact time, or the concurrency hint."""
         if self.retry_ms < 0:
@@ -58,17 +55,24 @@ class Result(NamedTuple):
         return max(self.retry_ms, CONCURRENCY_RETRY_MS if concurrency else 0)
 
 
+_new_usage = functools.partial(tuple.__new__, Usage)  # ``Usage(...)`` without its Python-level ``__new__``
+
+
 def parse(raw: list[int], pairs: tuple[tuple[str, Limit], ...], local: bool) -> Result:
-    """The script's flat reply, zipped with the limits it was called with."""
-    usages = tuple(
-        Usage(kind, lim, lim.local_limit if local else lim.limit, int(raw[2 + 3 * i]), int(raw[3 + 3 * i]),
-              bool(raw[4 + 3 * i]))
-        for i, (kind, lim) in enumerate(pairs)
-    )
-    return Result(int(raw[0]), int(raw[1]), usages, local)
+    """The script's flat reply, zipped with the limits it was called with (a loop: every request)."""
+    usages = []
+    near = False
+    i = 2
+    for kind, lim in pairs:
+        limit, used = lim.local_limit if local else lim.limit, int(raw[i])
+        usages.append(_new_usage((kind, lim, limit, used, int(raw[i + 1]), bool(raw[i + 2]))))
+        if kind != "P" and max(0, limit - used) < limit * NEAR_FRACTION:
+            near = True
+        i += 3
+    return Result(int(raw[0]), int(raw[1]), tuple(usages), local, near)
 
 
-@lru_cache(maxsize=4096)  # a window's reset repeats (a minute's is "1m0s" on every answer)
+@functools.lru_cache(maxsize=4096)  # a window's reset repeats (a minute's is "1m0s" on every answer)
 def duration(ms: int) -> str:
     """OpenAI's reset format: ``20ms``, ``1.5s``, ``6m0s``."""
     if ms < 1000:
@@ -86,8 +90,10 @@ def headers(requests: Result | None, tokens: Result | None) -> dict[str, str]:
             continue
         u, best = None, (0, 0)
         for x in result.usages:  # the first with the least (remaining, limit), as ``min`` picks it
-            if x.kind in kinds and (u is None or (x.remaining, x.limit) < best):
-                u, best = x, (x.remaining, x.limit)
+            if x.kind in kinds:
+                key = (max(0, x.limit - x.used), x.limit)  # ``remaining``, inlined
+                if u is None or key < best:
+                    u, best = x, key
         if u is None:
             continue
         out[names[0]] = str(u.limit)

@@ -10,7 +10,8 @@ ever incremented, keys from fixed vocabularies):
   ``shadow_over_limit``, ``failure_mode_allowed``, ``failure_mode_denied``), counted at completion.
 - ``queued``: requests that waited in a tenant's FIFO queue; ``queue_timeouts``: of those, the ones
   answered 429 because ``queue.max_wait_ms`` ran out.
-- ``lease_renewals``: concurrency slots whose lease was pushed forward (long requests).
+- ``lease_renewals``: concurrency slots whose lease was pushed forward (long requests; never on the
+  memory backend, whose slots have no lease).
 - ``releases_kept``: releases the shared backend did not confirm, kept for replay;
   ``releases_replayed``: of those, the ones sent again once it answered.
 """

@@ -11,7 +11,8 @@ O(admissions in the last minute) per limited key (at most ``rpm`` entries for a 
 and a rejection that needs many token entries to expire walks them (only on the reject path).
 
 Concurrency is a sorted set of request tokens scored by lease expiry: released on completion, and a
-crashed replica's slots simply expire (the live replica renews its leases, ``renew``).
+crashed replica's slots simply expire (the live replica renews its leases, ``renew``). On the memory
+backend (one process: the store dies with the holder) the natives take slots with no lease at all.
 
 Each function here mirrors a Lua body in ``scripts.py`` operation for operation, on a ``LocalStore``
 holding ``ZSet`` and ``dict`` values, and returns what the Lua returns (lists of ints). Redis deletes
@@ -90,34 +91,39 @@ def acquire(store: LocalStore, keys: list[str], args: list[Any], now: float) -> 
     return acquire_entries(store, str(args[0]), str(args[1]) == "1", int(args[2]), int(args[3]), specs, now)
 
 
-def acquire_entries(store: LocalStore, token: str, force: bool, window: int, lease: int,
+def acquire_entries(store: LocalStore, token: str, force: bool, window: int, lease: int | None,
                     specs: Sequence[tuple[str, int, int, str, str]], now: float) -> list[int]:
     """``acquire`` on typed entries ``(kind, limit, weight, key, weights key or "")``: the native form.
 
     Each entry is trimmed and checked, then (only if all fit, or ``force``) committed; written out flat:
     this runs on every request (twice on a miss), so no per-entry objects and no store round trips that
-    cannot change anything.
+    cannot change anything. ``lease`` ``None`` (the memory backend's natives only: one process, where
+    a slot cannot outlive its holder) takes slots with no lease: held until released, never renewed.
     """
     t = now_us(now)
-    # Each key's log is read from the store once per call and shared by its entries: the store then
-    # holds that very object, or nothing when it emptied (and an empty log is as good as a new one).
+    # Each key's log is read from the store once per call and shared by its entries; ``stored`` says
+    # whether the store holds that very object (it holds nothing for a new log or one that emptied).
     logs: dict[str, ZSet] = {}
+    stored: dict[str, bool] = {}
     used: list[int] = []
     over: list[bool] = []
     ok, retry = True, 0
     for kind, limit, weight, key, hkey in specs:
         zs = logs.get(key)
         if zs is None:
-            zs = logs[key] = _zset(store, key)
+            found = store.get(key)
+            zs = logs[key] = found if isinstance(found, ZSet) else ZSet()
         if kind == "C":
-            zs.pop_through(t)
-            n = len(zs)
+            n = zs.trim(t)
+            held = n > 0
         elif kind == "R":
-            zs.pop_through(t - window)
-            n = len(zs)
+            n = zs.trim(t - window)
+            held = n > 0
         else:
             n = _trim_log(store, zs, hkey, t - window)
-        if not zs:
+            held = bool(zs)
+        stored[key] = held
+        if not held:
             store.delete(key)  # emptied (or never there): Redis has no empty set
         hit = kind != "P" and n + weight > limit
         used.append(n)
@@ -134,18 +140,21 @@ def acquire_entries(store: LocalStore, token: str, force: bool, window: int, lea
                 retry = -1 if wait < 0 or retry < 0 else max(retry, wait)
     status = 1 if ok else 2 if force else 0
     if status:
-        window_ttl_ms = window // 1000 + TTL_PAD_MS
+        window_ttl_s = (window // 1000 + TTL_PAD_MS) / 1000
         for i, (kind, _limit, weight, key, hkey) in enumerate(specs):
             if kind == "P":
                 continue
             zs = logs[key]
+            zs.add(token, t if kind != "C" else t + lease if lease is not None else math.inf)
+            if not stored[key]:
+                store.set(key, zs)
+                stored[key] = True
             if kind == "C":
-                zs.add(token, t + lease)
-                _save(store, key, zs, lease // 1000 + TTL_PAD_MS)
+                if lease is not None:
+                    store.expire(key, (lease // 1000 + TTL_PAD_MS) / 1000)
                 used[i] += 1
                 continue
-            zs.add(token, t)
-            _save(store, key, zs, window_ttl_ms)
+            store.expire(key, window_ttl_s)
             if kind == "R":
                 used[i] += 1
                 continue
@@ -155,12 +164,11 @@ def acquire_entries(store: LocalStore, token: str, force: bool, window: int, lea
                 store.set(hkey, weights)
             weights[token] = weight
             weights[SUM_FIELD] = used[i] = int(weights.get(SUM_FIELD, 0)) + weight
-            store.expire(hkey, window_ttl_ms / 1000)
-    out = [status, -1 if retry < 0 else ceil_ms(retry)]
+            store.expire(hkey, window_ttl_s)
+    out = [status, -1 if retry < 0 else ceil_ms(retry) if retry else 0]
     for i, (kind, _limit, _weight, key, _hkey) in enumerate(specs):
-        zs = logs[key]
-        reset = zs.at(-1)[0] + window - t if kind != "C" and zs else 0
-        out += (used[i], ceil_ms(reset), 1 if over[i] else 0)
+        reset = ceil_ms(logs[key].at(-1)[0] + window - t) if kind != "C" and stored[key] else 0
+        out += (used[i], reset, 1 if over[i] else 0)
     return out
 
 
@@ -198,10 +206,10 @@ def release(store: LocalStore, keys: list[str], args: list[Any], now: float) -> 
 
 
 def release_slot(store: LocalStore, key: str, token: str) -> None:
-    """Free one concurrency slot (ZREM)."""
-    zs = _zset(store, key)
-    if zs.remove(token):
-        _save(store, key, zs)
+    """Free one concurrency slot (ZREM; the emptied set goes, as in Redis)."""
+    zs = store.get(key)
+    if isinstance(zs, ZSet) and zs.remove(token) and not zs:
+        store.delete(key)
 
 
 def settle_tokens(store: LocalStore, hkey: str, token: str, actual: int) -> None:

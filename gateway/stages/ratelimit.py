@@ -19,6 +19,9 @@ one fused call (``gateway.stages.state_batch``), next to the budget's: the reser
 entries of the served model and of the model a budget downgrade would pick, and the budget's answer
 in the same call picks one. For a tenant without a cache, ``limit_requests`` only builds the plan
 and its ``rpm``/``concurrency`` join that call too (no cache answer can come before ``admit``).
+On the memory backend (one process) a call of the limiter's own runs the native directly, with no
+Redis arguments, fallback closures or seeds to prepare, and slots take no lease (held until
+released: they cannot outlive their holder), so nothing is renewed.
 
 Time: the scripts read Redis ``TIME`` (one clock for every replica). This stage never passes a
 time itself; when the gateway is built with a non-system clock (tests), the Redis backend hands
@@ -40,7 +43,7 @@ import itertools
 import logging
 import math
 import secrets
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from gateway.context import RequestContext
@@ -97,8 +100,10 @@ def _holds(found: list[StateBackend], backend: StateBackend) -> bool:
 
 
 def _keep(found: list[StateBackend], backend: StateBackend) -> None:
-    if not _holds(found, backend):
-        found.append(backend)
+    for b in found:  # ``_holds``, inlined: a few calls every request
+        if b is backend:
+            return
+    found.append(backend)
 
 
 class RateLimitStage(Stage):
@@ -108,6 +113,7 @@ class RateLimitStage(Stage):
         self.services = services
         self.stats: RateLimitStats = services.ratelimit_stats
         self.guard = Guard(services.backend, services.clock, self.stats)
+        self.memory = services.backend.kind == "memory"  # one process: no seeds, no replays, unleased slots
         self.plans = Plans(None)
         self.lines = Lines()
         self.leases = Leases(self.stats)
@@ -172,7 +178,17 @@ class RateLimitStage(Stage):
         if ctx.state_batch is not None and not ctx.tenant.cache.enabled:
             st.deferred = True  # no cache answer can come first: checked in admit's one call
             return None
-        pairs = plan.acquire_pairs
+        attempt = self._request_attempt(ctx, st, plan)
+        decision = await (attempt() if plan.queue_s <= 0 else self._decide(st, attempt))
+        if isinstance(decision, Result):
+            st.requests = decision
+            self._lease(st, decision)
+        return self._verdict(ctx, decision, 1)
+
+    def _request_attempt(self, ctx: RequestContext, st: LimitState, plan: Plan) -> Callable[[], Awaitable[Decision]]:
+        """``limit_requests``' call: the native on memory; on Redis, with what its failure modes and seeds read."""
+        if self.memory:
+            return functools.partial(self._native, ctx, st, plan.acquire_entries, plan.acquire_pairs, (st.slots_on,))
         args = plan.acquire_args(st.token, False)
 
         def local_args() -> list:  # only when the shared backend failed and on_backend_error is local
@@ -180,14 +196,10 @@ class RateLimitStage(Stage):
 
         async def attempt() -> Decision:
             op = AdmitOp(st.token, plan.shadow, plan.acquire_entries, None, keep=False)
-            return await self._call(ctx, plan.acquire_keys, args, local_args, pairs, (st.slots_on,), op=op)
+            return await self._call(ctx, plan.acquire_keys, args, local_args, plan.acquire_pairs, (st.slots_on,),
+                                    op=op)
 
-        decision = await self._decide(st, attempt)
-        if isinstance(decision, Result):
-            st.requests = decision
-            if decision.admitted and plan.slot_keys:
-                self.leases.add(self._holder(decision), plan.tenant, st.token, plan.slot_keys)
-        return self._verdict(ctx, decision, 1)
+        return attempt
 
     async def admit(self, ctx: RequestContext) -> Verdict:
         st = ctx.limit_state
@@ -224,7 +236,8 @@ class RateLimitStage(Stage):
         if queued and self.lines.get(st.plan.tenant).busy:
             return None
         return AdmitOp(st.token, st.plan.shadow, self._entries(st, plan, cost, False),
-                       None if alt is None else self._entries(st, alt, cost, False), keep=queued)
+                       None if alt is None else self._entries(st, alt, cost, False), keep=queued,
+                       leased=not self.memory)
 
     async def _admit_finish(self, ctx: RequestContext, st: LimitState, op: AdmitOp | None, plan: Plan,
                             alt: Plan | None, cost: int, reply: list | None, error: StateError | None) -> Verdict:
@@ -265,9 +278,12 @@ class RateLimitStage(Stage):
 
     def _attempt(self, ctx: RequestContext, st: LimitState, tplan: Plan,
                  cost: int) -> Callable[[], Awaitable[Decision]]:
-        keys, args = acquire_call(st.token, st.plan.shadow, self._entries(st, tplan, cost, False))
+        entries = self._entries(st, tplan, cost, False)
         holds = (st.tokens_on, st.slots_on) if st.deferred else (st.tokens_on,)
         pairs = self._pairs(st, tplan)
+        if self.memory:
+            return functools.partial(self._native, ctx, st, entries, pairs, holds)
+        keys, args = acquire_call(st.token, st.plan.shadow, entries)
 
         async def attempt() -> Decision:
             return await self._call(ctx, keys, args, lambda: self._local_args(st, tplan, cost), pairs, holds)
@@ -280,8 +296,7 @@ class RateLimitStage(Stage):
         if isinstance(decision, Result):
             if st.deferred:
                 st.requests = decision
-                if decision.admitted and st.plan.slot_keys:
-                    self.leases.add(self._holder(decision), st.plan.tenant, st.token, st.plan.slot_keys)
+                self._lease(st, decision)
             if tplan.tokens:
                 st.tokens = decision
                 if decision.admitted:
@@ -294,7 +309,8 @@ class RateLimitStage(Stage):
         """Admit's entries: the deferred request limits, then the served model's token limits."""
         out: list[Entry] = []
         if st.deferred:
-            out += [(lim.kind, lim.local_limit if local else lim.limit, 1, lim.keys[0], "") for lim in st.plan.requests]
+            out += [(lim.kind, lim.local_limit, 1, lim.keys[0], "") for lim in st.plan.requests] if local \
+                else st.plan.request_entries
         out += [("T", lim.local_limit if local else lim.limit, cost, lim.keys[0], lim.keys[1]) for lim in tplan.tokens]
         return out
 
@@ -303,8 +319,7 @@ class RateLimitStage(Stage):
 
     @staticmethod
     def _pairs(st: LimitState, tplan: Plan) -> tuple:
-        pairs = tplan.token_pairs
-        return tuple((lim.kind, lim) for lim in st.plan.requests) + pairs if st.deferred else pairs
+        return st.plan.request_pairs + tplan.token_pairs if st.deferred else tplan.token_pairs
 
     async def on_response(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:
         st = ctx.limit_state
@@ -365,8 +380,35 @@ class RateLimitStage(Stage):
             _drop(holds, backend)
         return result
 
+    async def _native(self, ctx: RequestContext, st: LimitState, entries: Sequence[Entry], pairs: tuple,
+                      holds: tuple[list[StateBackend], ...]) -> Decision:
+        """``_call`` on the memory backend: its native takes unleased slots, and there are no Redis
+        arguments, seeds or leases to prepare. It fails only on a bug: then ``on_backend_error`` decides."""
+        shared = self.guard.shared
+        for found in holds:
+            _keep(found, shared)
+        op = AdmitOp(st.token, st.plan.shadow, entries, None, keep=False, leased=False)
+        try:
+            reply = (await shared.run_fused([op]))[0]
+        except StateError as exc:
+            self.guard.failed(exc)
+            local = [(e[0], lim.local_limit, *e[2:]) for e, (_, lim) in zip(entries, pairs, strict=True)]
+            keys, args = acquire_call(st.token, st.plan.shadow, local)
+            return await self._call(ctx, keys, args, lambda: args, pairs, holds, shared=False)
+        self.guard.answered()
+        result = parse(reply[1:], pairs, False)
+        if result.status == REJECTED:  # a clear "no" wrote nothing: nothing to undo
+            _drop(holds, shared)
+        return result
+
     def _holder(self, result: Result) -> StateBackend:
         return self.guard.local if result.local else self.guard.shared
+
+    def _lease(self, st: LimitState, decision: Result) -> None:
+        """Have the admitted request's slots renewed while it runs, where they have a lease: all but the
+        memory backend's own, held until released (they cannot outlive the one process holding them)."""
+        if decision.admitted and st.plan.slot_keys and (decision.local or not self.memory):
+            self.leases.add(self._holder(decision), st.plan.tenant, st.token, st.plan.slot_keys)
 
     async def _decide(self, st: LimitState, attempt: Callable[[], Awaitable[Decision]]) -> Decision:
         """Attempt now; over the limit with a queue, wait in the tenant's line instead of refusing."""
@@ -429,9 +471,9 @@ class RateLimitStage(Stage):
         when it is the shared backend and the request has a batch (True), else in a call of its own."""
         plan = st.plan
         slots = plan.slot_keys if _holds(st.slots_on, backend) else ()
-        tokens = [(lim.keys[0], lim.keys[1]) for lim in (st.token_plan or plan).tokens] \
-            if _holds(st.tokens_on, backend) else []
-        self.leases.remove(backend, plan.tenant, st.token)
+        tokens = (st.token_plan or plan).token_logs if _holds(st.tokens_on, backend) else ()
+        if not (self.memory and backend is self.guard.shared):  # its slots have no lease (``_lease``)
+            self.leases.remove(backend, plan.tenant, st.token)
         if not slots and not tokens:
             return False
         op = ReleaseOp(st.token, slots, tokens, actual)

@@ -53,6 +53,21 @@ class ZSet:
         self._items.pop(bisect.bisect_left(self._items, (score, member), self._head))
         return True
 
+    def trim(self, max_score: float) -> int:
+        """ZREMRANGEBYSCORE -inf max, then ZCARD: ``pop_through`` for a caller that needs only the count
+        left (a window log's check, every request), without listing what went."""
+        items, head = self._items, self._head
+        cut = bisect.bisect_right(items, (max_score, "\U0010ffff"), head)
+        if cut > head:
+            scores = self.scores
+            for i in range(head, cut):
+                del scores[items[i][1]]
+            if 2 * cut >= len(items):  # as in ``pop_through``
+                del items[:cut]
+                cut = 0
+            self._head = cut
+        return len(items) - self._head
+
     def pop_through(self, max_score: float, limit: int | None = None) -> list[str]:
         """ZRANGEBYSCORE -inf max [LIMIT 0 limit] + ZREM of those: the members removed, oldest first."""
         items, head = self._items, self._head
