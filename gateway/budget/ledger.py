@@ -299,12 +299,8 @@ def settle_charge(store: LocalStore, charge: Charge, exp_keys: Sequence[str], id
         store.set(ids_key, ids)
     if rid in ids:
         return _levels(store, charge.scope_keys, "dup")
-    cutoff, stale = now - ittl / 1000, 0
-    for applied in ids.values():  # oldest first
-        if applied > cutoff:
-            break
-        stale += 1
-    for _ in range(stale):
+    cutoff = now - ittl / 1000
+    while ids and next(iter(ids.values())) <= cutoff:
         ids.popitem(last=False)
     while len(ids) >= LOCAL_IDS_MAX:
         ids.popitem(last=False)
@@ -396,8 +392,9 @@ class ScopeArgs:
                 self.ttl_ms]
 
 
-@dataclass(frozen=True, slots=True)
-class Reserved:
+class Reserved(NamedTuple):
+    """A reservation's answer (a named tuple: one is built per request, cheaper than a frozen dataclass)."""
+
     verdict: str  # main | alt | over
     over: int  # 1-based index of the scope that refused, 0 when admitted
     levels: tuple[tuple[int, int], ...]  # (spent, held) per scope, before this reservation
@@ -475,7 +472,7 @@ def reserve_call(scopes: list[ScopeArgs], rid: str, hold_s: float, main: int,
 
 
 def parse_reserved(reply: list[Any]) -> Reserved:
-    levels = tuple(zip(map(int, reply[2::2]), map(int, reply[3::2]), strict=True))
+    levels = tuple([(int(reply[i]), int(reply[i + 1])) for i in range(2, len(reply), 2)])
     return Reserved(str(reply[0]), int(reply[1]), levels)
 
 
@@ -489,7 +486,7 @@ def settle_call(charge: Charge, settled_ttl_ms: int) -> tuple[list[str], list[An
 
 
 def parse_settled(reply: list[Any]) -> tuple[bool, list[tuple[int, int]]]:
-    return reply[0] == "ok", list(zip(map(int, reply[1::2]), map(int, reply[2::2]), strict=True))
+    return reply[0] == "ok", [(int(reply[i]), int(reply[i + 1])) for i in range(1, len(reply) - 1, 2)]
 
 
 # -- fused-call ops (``gateway.state.fused``) ----------------------------------------------------
