@@ -128,6 +128,16 @@ async def test_the_tightest_of_two_scopes_refuses(ledger: Ledger):
     assert await ledger.settle(charge("a", 10, tenant, key)) == [(10, 0), (10, 0)]
 
 
+async def test_two_scopes_on_one_key_hold_and_settle_twice_there(ledger: Ledger):
+    """Not a shape the gateway sends, but the twin must still do what the script does, key by key."""
+    s = scope()
+    r = await ledger.reserve([s, s], "a", 60, 100, None)
+    assert r.verdict == "main" and r.levels == ((0, 0), (0, 0))
+    [bucket] = await ledger.read([s.key])
+    assert (bucket["held"], bucket["r:a"]) == (200, 100)
+    assert await ledger.settle(charge("a", 7, s, s)) == [(14, 100), (14, 100)]
+
+
 async def test_twins_agree_on_a_random_history(redis_url: str, clock: FakeClock):
     """The Lua script and its Python twin give identical replies to the same operations."""
     memory, redis = Ledger(MemoryBackend(clock=clock)), Ledger(RedisBackend(redis_url, clock=clock))

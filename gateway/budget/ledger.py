@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from gateway.state.base import LocalStore, Script, StateBackend, hash_tag
+from gateway.state.base import LocalStore, Script, StateBackend, hash_tag, local_hash
 from gateway.state.fused import Fragment, FusedCtx
 from gateway.state.zset import ZSet
 
@@ -132,6 +132,15 @@ def _purged(store: LocalStore, bucket: dict[str, int] | None, z: str, now: float
     return exp
 
 
+def _expiries(store: LocalStore, z: str) -> ZSet:
+    """The scope's reservation expiries (a sorted set, as on Redis), created on first use."""
+    exp = store.get(z)
+    if not isinstance(exp, ZSet):
+        exp = ZSet()
+        store.set(z, exp)
+    return exp
+
+
 def _unhold(store: LocalStore, z: str, rid: str) -> None:
     """ZREM a reservation's expiry; an emptied set goes, as on Redis."""
     exp = store.get(z)
@@ -194,14 +203,12 @@ def reserve_scopes(store: LocalStore, scopes: Sequence[ScopeArgs], exp_keys: Seq
     field = "r:" + rid
     for i, s in enumerate(scopes):
         bucket, exp = found[i]
-        if bucket is None:
-            bucket = {}
-            store.set(s.key, bucket)
+        if bucket is None:  # created now (by an earlier scope too, if two share a key)
+            bucket = local_hash(store, s.key)
         bucket["held"] = bucket.get("held", 0) + amount
         bucket[field] = amount
         if exp is None:
-            exp = ZSet()
-            store.set(exp_keys[i], exp)
+            exp = _expiries(store, exp_keys[i])
         exp.add(rid, now + hold_s)
         if s.ttl_ms > 0:
             store.expire(s.key, s.ttl_ms / 1000)
