@@ -120,9 +120,9 @@ def _purged(store: LocalStore, bucket: dict[str, int] | None, z: str, now: float
     exp = store.get(z)
     if not isinstance(exp, ZSet):
         return None
-    expired = exp.pop_through(now, MAX_PURGE)
-    if not expired:
+    if not exp.scores or exp.at(0)[0] > now:  # the oldest is live: nothing to release (nearly always)
         return exp
+    expired = exp.pop_through(now, MAX_PURGE)
     for rid in expired:
         if bucket is not None and f"r:{rid}" in bucket:
             bucket["held"] = bucket.get("held", 0) - bucket.pop(f"r:{rid}")

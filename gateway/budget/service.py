@@ -3,7 +3,7 @@
 Shared by the budget stage (reserve in ``admit``, settle in ``complete``), the admin API and the
 metrics stage (``services.extras["budget"].snapshot()``). Everything derived from the policy
 (pico-dollar limits, per-model rates, downgrade targets) is computed in ``on_policy``, never per
-request.
+request; what a (tenant, key) reserves against (``plan``: scopes, keys, TTLs) once per period.
 
 On a state backend failure, ``state.on_backend_error`` decides: ``allow`` admits without a
 reservation, ``deny`` refuses, ``local`` reserves on this replica's own in-memory ledger, started
