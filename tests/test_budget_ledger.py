@@ -82,6 +82,15 @@ async def test_a_crashed_replicas_reservation_expires(ledger: Ledger, clock: Fak
     assert await ledger.settle(charge("lost", 50, s)) == [(50, 200)]  # a late settle still charges, releases nothing
 
 
+async def test_a_reservation_is_released_at_its_expiry_not_after(ledger: Ledger, clock: FakeClock):
+    s = scope()
+    await ledger.reserve([s], "lost", 30, 900, None)
+    clock.advance(29)
+    assert (await ledger.reserve([s], "early", 30, 0, None)).levels == ((0, 900),)
+    clock.advance(1)  # now == its expiry: released, as ZRANGEBYSCORE -inf now includes it
+    assert (await ledger.reserve([s], "due", 30, 0, None)).levels == ((0, 0),)
+
+
 async def test_expired_reservations_go_oldest_first_at_most_max_purge_per_reserve(ledger: Ledger, clock: FakeClock):
     """Both backends release the same expired holds, in expiry order, ``MAX_PURGE`` per scope per call
     (the memory twin keeps them in a sorted set: no scan of the live ones)."""
@@ -126,6 +135,16 @@ async def test_the_tightest_of_two_scopes_refuses(ledger: Ledger):
     r = await ledger.reserve([tenant, key], "b", 60, 100, None)
     assert (r.verdict, r.over, r.levels) == ("over", 2, ((0, 250), (0, 250)))
     assert await ledger.settle(charge("a", 10, tenant, key)) == [(10, 0), (10, 0)]
+
+
+async def test_two_scopes_on_one_key_hold_and_settle_twice_there(ledger: Ledger):
+    """Not a shape the gateway sends, but the twin must still do what the script does, key by key."""
+    s = scope()
+    r = await ledger.reserve([s, s], "a", 60, 100, None)
+    assert r.verdict == "main" and r.levels == ((0, 0), (0, 0))
+    [bucket] = await ledger.read([s.key])
+    assert (bucket["held"], bucket["r:a"]) == (200, 100)
+    assert await ledger.settle(charge("a", 7, s, s)) == [(14, 100), (14, 100)]
 
 
 async def test_twins_agree_on_a_random_history(redis_url: str, clock: FakeClock):

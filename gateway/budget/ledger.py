@@ -19,7 +19,9 @@ them as doubles (exact up to 2**53 pico-dollars, ~9,000 USD, and off by a few pi
 
 from __future__ import annotations
 
+import functools
 from collections import Counter, OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -111,21 +113,23 @@ _RESERVE_LUA = _RESERVE_LUA.replace("--OVER--", "").replace("--HELD--", "")
 
 
 
-def _purge(store: LocalStore, b: str, z: str, now: float) -> None:
+def _purged(store: LocalStore, bucket: dict[str, int] | None, z: str, now: float) -> ZSet | None:
     """Release up to ``MAX_PURGE`` expired reservations, oldest first: O(released), never a scan of the
-    held ones (a gateway holding thousands of long streams reserves on every request)."""
+    held ones (a gateway holding thousands of long streams reserves on every request). Returns the
+    scope's expiries left, ``None`` when there are none (an emptied set goes, as on Redis)."""
     exp = store.get(z)
     if not isinstance(exp, ZSet):
-        return
+        return None
+    if not exp.scores or exp.at(0)[0] > now:  # the oldest is live: nothing to release (nearly always)
+        return exp
     expired = exp.pop_through(now, MAX_PURGE)
-    if not expired:
-        return
-    bucket = store.get(b)
     for rid in expired:
         if bucket is not None and f"r:{rid}" in bucket:
             bucket["held"] = bucket.get("held", 0) - bucket.pop(f"r:{rid}")
     if not exp:
         store.delete(z)
+        return None
+    return exp
 
 
 def _expiries(store: LocalStore, z: str) -> ZSet:
@@ -144,6 +148,14 @@ def _unhold(store: LocalStore, z: str, rid: str) -> None:
         store.delete(z)
 
 
+def _over(scopes: Sequence[ScopeArgs], levels: list[int], amount: int) -> int:
+    """The 1-based index of the first enforced scope ``amount`` does not fit in, 0 if it fits in all."""
+    for i, s in enumerate(scopes):
+        if s.enforce and levels[i] + amount > s.limit:
+            return i + 1
+    return 0
+
+
 def _reserve_local(store: LocalStore, keys: list[str], args: list[Any], now: float) -> list[Any]:
     """Python twin of ``_RESERVE_LUA``: its arguments parsed, then ``reserve_scopes``."""
     n = len(keys) // 2
@@ -158,57 +170,65 @@ def _reserve_local(store: LocalStore, keys: list[str], args: list[Any], now: flo
     return [reply[0], str(reply[1]), *map(str, reply[2:])]
 
 
-def reserve_scopes(store: LocalStore, scopes: list[ScopeArgs], exp_keys: list[str], rid: str, hold_s: float,
-                   main: int, alt: int | None, now: float, fx: FusedCtx | None = None) -> list[Any]:
+def reserve_scopes(store: LocalStore, scopes: Sequence[ScopeArgs], exp_keys: Sequence[str], rid: str,
+                   hold_s: float, main: int, alt: int | None, now: float, fx: FusedCtx | None = None) -> list[Any]:
     """The reservation on typed scopes (the native form): ``[verdict, over, spent, held, ...]``.
 
     In a fused call (``fx``) a refusal stops the later ops, and a hold registers its undo.
     """
-    n = len(scopes)
     levels: list[int] = []
     out: list[Any] = []
+    found: list[tuple[dict[str, int] | None, ZSet | None]] = []  # per scope: its hash and expiries, if any
     for i, s in enumerate(scopes):
-        _purge(store, s.key, exp_keys[i], now)
-        bucket = store.get(s.key) or {}
-        spent, held = bucket.get("spent", 0), bucket.get("held", 0)
+        bucket = store.get(s.key)
+        found.append((bucket, _purged(store, bucket, exp_keys[i], now)))
+        spent, held = (0, 0) if bucket is None else (bucket.get("spent", 0), bucket.get("held", 0))
         out += (spent, held)
         levels.append(spent + held)
-
-    def over(amount: int) -> int:
-        return next((i + 1 for i in range(n) if scopes[i].enforce and levels[i] + amount > scopes[i].limit), 0)
-
-    downgraders = [i for i in range(n) if scopes[i].downgrade] if alt is not None else []
-    use_alt = any(scopes[i].soft is not None and levels[i] >= scopes[i].soft for i in downgraders)  # type: ignore[operator]
+    use_alt = may_alt = False
+    if alt is not None:
+        for i, s in enumerate(scopes):
+            if s.downgrade:
+                may_alt = True
+                if s.soft is not None and levels[i] >= s.soft:
+                    use_alt = True
     amount = alt if use_alt and alt is not None else main
-    refused = over(amount)
-    if refused and downgraders and not use_alt and alt is not None and over(alt) == 0:
+    refused = _over(scopes, levels, amount)
+    if refused and may_alt and not use_alt and alt is not None and _over(scopes, levels, alt) == 0:
         use_alt, amount, refused = True, alt, 0
     if refused:
         if fx is not None:
             fx.refuse()
         return ["over", refused, *out]
-    buckets = []
+    field = "r:" + rid
     for i, s in enumerate(scopes):
-        bucket = local_hash(store, s.key)
+        bucket, exp = found[i]
+        if bucket is None:  # created now (by an earlier scope too, if two share a key)
+            bucket = local_hash(store, s.key)
         bucket["held"] = bucket.get("held", 0) + amount
-        bucket[f"r:{rid}"] = amount
-        _expiries(store, exp_keys[i]).add(rid, now + hold_s)
-        buckets.append((bucket, exp_keys[i]))
+        bucket[field] = amount
+        if exp is None:
+            exp = _expiries(store, exp_keys[i])
+        exp.add(rid, now + hold_s)
         if s.ttl_ms > 0:
             store.expire(s.key, s.ttl_ms / 1000)
             store.expire(exp_keys[i], s.ttl_ms / 1000)
     verdict = "alt" if use_alt else "main"
     if fx is not None:
         fx.variant = verdict
-
-        def undo() -> None:
-            for bucket, z in buckets:
-                if bucket.pop(f"r:{rid}", None) is not None:
-                    bucket["held"] = bucket.get("held", 0) - amount
-                _unhold(store, z, rid)
-
-        fx.undo.append(undo)
+        fx.undo.append(functools.partial(_unreserve, store, scopes, exp_keys, rid, amount))
     return [verdict, 0, *out]
+
+
+def _unreserve(store: LocalStore, scopes: Sequence[ScopeArgs], exp_keys: Sequence[str], rid: str,
+               amount: int) -> None:
+    """Undo a reservation a later op of its fused call refused."""
+    field = "r:" + rid
+    for i, s in enumerate(scopes):
+        bucket = store.get(s.key)
+        if bucket is not None and bucket.pop(field, None) is not None:
+            bucket["held"] = bucket.get("held", 0) - amount
+        _unhold(store, exp_keys[i], rid)
 
 
 RESERVE = Script(name="budget_reserve", lua=_RESERVE_LUA, local=_reserve_local)
@@ -275,45 +295,64 @@ def _settle_local(store: LocalStore, keys: list[str], args: list[Any], now: floa
     return [reply[0], *map(str, reply[1:])]
 
 
-def settle_charge(store: LocalStore, charge: Charge, exp_keys: list[str], ids_key: str, ids_ttl_ms: int,
+def settle_charge(store: LocalStore, charge: Charge, exp_keys: Sequence[str], ids_key: str, ids_ttl_ms: int,
                   now: float) -> list[Any]:
     """The settle on a typed ``Charge`` (the native form): ``[ok|dup, spent, held, ...]`` per scope."""
-    rid, cost, dttl = charge.rid, charge.cost, charge.day_ttl_ms
-    ittl = min(ids_ttl_ms, LOCAL_IDS_TTL_MS)
+    rid = charge.rid
+    ittl = ids_ttl_ms if ids_ttl_ms < LOCAL_IDS_TTL_MS else LOCAL_IDS_TTL_MS
     ids = store.get(ids_key)
     if ids is None:
         ids = OrderedDict()  # settle id -> time, oldest first: expiry pops from the front, never scans
         store.set(ids_key, ids)
-    status = "dup"
-    if rid not in ids:
-        status = "ok"
-        cutoff = now - ittl / 1000
-        while ids and next(iter(ids.values())) <= cutoff:
-            ids.popitem(last=False)
-        while len(ids) >= LOCAL_IDS_MAX:
-            ids.popitem(last=False)
-            EVICTED["settle_ids"] += 1
-        for i, b in enumerate(charge.scope_keys):
-            bucket = local_hash(store, b)
-            if f"r:{rid}" in bucket:
-                bucket["held"] = bucket.get("held", 0) - bucket.pop(f"r:{rid}")
-            _unhold(store, exp_keys[i], rid)
-            bucket["spent"] = bucket.get("spent", 0) + cost
-            ttl_ms = charge.scope_ttls_ms[i]
-            if ttl_ms > 0 and store.ttl(b) is None:
-                store.expire(b, ttl_ms / 1000)
-        if dttl > 0:
-            day = local_hash(store, charge.day_key)
-            for field, amount in charge.fields:
-                day[field] = day.get(field, 0) + amount
-            if store.ttl(charge.day_key) is None:
-                store.expire(charge.day_key, dttl / 1000)
-        ids[rid] = now
-        store.expire(ids_key, ittl / 1000)
-    out: list[Any] = [status]
-    for b in charge.scope_keys:
-        bucket = store.get(b) or {}
+    if rid in ids:
+        return _levels(store, charge.scope_keys, "dup")
+    cutoff = now - ittl / 1000
+    while ids and next(iter(ids.values())) <= cutoff:
+        ids.popitem(last=False)
+    while len(ids) >= LOCAL_IDS_MAX:
+        ids.popitem(last=False)
+        EVICTED["settle_ids"] += 1
+    cost, field = charge.cost, "r:" + rid
+    buckets = []
+    for i, b in enumerate(charge.scope_keys):
+        bucket = store.get(b)
+        if bucket is None:
+            bucket = {}
+            store.set(b, bucket)
+        held = bucket.pop(field, None)
+        if held is not None:
+            bucket["held"] = bucket.get("held", 0) - held
+        exp = store.get(exp_keys[i])
+        if isinstance(exp, ZSet) and exp.remove(rid) and not exp.scores:  # ZREM; an emptied set goes
+            store.delete(exp_keys[i])
+        bucket["spent"] = bucket.get("spent", 0) + cost
+        ttl_ms = charge.scope_ttls_ms[i]
+        if ttl_ms > 0 and store.ttl(b) is None:
+            store.expire(b, ttl_ms / 1000)
+        buckets.append(bucket)
+    if charge.day_ttl_ms > 0:
+        day = store.get(charge.day_key)
+        if day is None:
+            day = {}
+            store.set(charge.day_key, day)
+        for name, amount in charge.fields:
+            day[name] = day.get(name, 0) + amount
+        if store.ttl(charge.day_key) is None:
+            store.expire(charge.day_key, charge.day_ttl_ms / 1000)
+    ids[rid] = now
+    store.expire(ids_key, ittl / 1000)
+    out: list[Any] = ["ok"]
+    for bucket in buckets:  # read after every write, as the script does
         out += (bucket.get("spent", 0), bucket.get("held", 0))
+    return out
+
+
+def _levels(store: LocalStore, keys: Sequence[str], status: str) -> list[Any]:
+    """``[status, spent, held, ...]`` of the scopes at ``keys`` (0 for a missing one)."""
+    out: list[Any] = [status]
+    for b in keys:
+        bucket = store.get(b)
+        out += (0, 0) if bucket is None else (bucket.get("spent", 0), bucket.get("held", 0))
     return out
 
 
@@ -360,8 +399,9 @@ class ScopeArgs:
                 self.ttl_ms]
 
 
-@dataclass(frozen=True, slots=True)
-class Reserved:
+class Reserved(NamedTuple):
+    """A reservation's answer (a named tuple: one is built per request, cheaper than a frozen dataclass)."""
+
     verdict: str  # main | alt | over
     over: int  # 1-based index of the scope that refused, 0 when admitted
     levels: tuple[tuple[int, int], ...]  # (spent, held) per scope, before this reservation
@@ -384,7 +424,7 @@ class Ledger:
     async def reserve(self, scopes: list[ScopeArgs], rid: str, hold_s: float, main: int,
                       alt: int | None) -> Reserved:
         keys, args = reserve_call(scopes, rid, hold_s, main, alt)
-        return parse_reserved(await self.backend.run(RESERVE, keys, args), len(scopes))
+        return parse_reserved(await self.backend.run(RESERVE, keys, args))
 
     async def settle(self, charge: Charge) -> list[tuple[int, int]]:
         """Release ``charge.rid``'s hold, add its cost; returns (spent, held) per scope afterwards."""
@@ -419,8 +459,12 @@ class Charge(NamedTuple):
 
     @property
     def settled_key(self) -> str:
-        """The tenant's settled-ids key, under the same hash tag as the day record."""
-        return self.day_key.rpartition(":spend:")[0] + ":settled"
+        return settled_key(self.day_key)
+
+
+def settled_key(day: str) -> str:
+    """The tenant's settled-ids key, under the same hash tag as its day record ``day``."""
+    return day.rpartition(":spend:")[0] + ":settled"
 
 
 # -- calls and replies ----------------------------------------------------------------------------
@@ -434,8 +478,8 @@ def reserve_call(scopes: list[ScopeArgs], rid: str, hold_s: float, main: int,
     return keys, args
 
 
-def parse_reserved(reply: list[Any], n: int) -> Reserved:
-    levels = tuple((int(reply[2 + 2 * i]), int(reply[3 + 2 * i])) for i in range(n))
+def parse_reserved(reply: list[Any]) -> Reserved:
+    levels = tuple([(int(reply[i]), int(reply[i + 1])) for i in range(2, len(reply), 2)])
     return Reserved(str(reply[0]), int(reply[1]), levels)
 
 
@@ -458,35 +502,43 @@ SETTLE_FRAGMENT = Fragment("budget_settle", _SETTLE_LUA)
 
 
 class ReserveOp:
-    """A reservation as one op of the phase's fused call: it runs first, and a later refusal undoes it."""
+    """A reservation as one op of the phase's fused call: it runs first, and a later refusal undoes it.
+
+    ``exp_keys``: the scopes' expiry keys (``<key>:exp``), when the caller keeps them built.
+    """
 
     fragment = RESERVE_FRAGMENT
-    __slots__ = ("alt", "hold_s", "main", "rid", "scopes")
+    __slots__ = ("alt", "exp_keys", "hold_s", "main", "rid", "scopes")
 
-    def __init__(self, scopes: list[ScopeArgs], rid: str, hold_s: float, main: int, alt: int | None) -> None:
+    def __init__(self, scopes: Sequence[ScopeArgs], rid: str, hold_s: float, main: int, alt: int | None,
+                 exp_keys: Sequence[str] | None = None) -> None:
         self.scopes, self.rid, self.hold_s, self.main, self.alt = scopes, rid, hold_s, main, alt
+        self.exp_keys = [s.key + ":exp" for s in scopes] if exp_keys is None else exp_keys
 
     def redis_call(self) -> tuple[list[str], list[Any]]:
         return reserve_call(self.scopes, self.rid, self.hold_s, self.main, self.alt)
 
     def native(self, store: LocalStore, now: float, fx: FusedCtx) -> list[Any]:
-        return reserve_scopes(store, self.scopes, [s.key + ":exp" for s in self.scopes], self.rid, self.hold_s,
-                              self.main, self.alt, now, fx)
+        return reserve_scopes(store, self.scopes, self.exp_keys, self.rid, self.hold_s, self.main, self.alt, now, fx)
 
 
 class SettleOp:
-    """A settle as one op of the phase's fused call (idempotent by ``charge.rid``, as ``SETTLE``)."""
+    """A settle as one op of the phase's fused call (idempotent by ``charge.rid``, as ``SETTLE``).
+
+    ``exp_keys`` and ``settled``: the keys the settle derives from ``charge``, when the caller keeps them built.
+    """
 
     fragment = SETTLE_FRAGMENT
-    __slots__ = ("charge", "ids_ttl_ms")
+    __slots__ = ("charge", "exp_keys", "ids_ttl_ms", "settled")
 
-    def __init__(self, charge: Charge, ids_ttl_ms: int) -> None:
+    def __init__(self, charge: Charge, ids_ttl_ms: int, exp_keys: Sequence[str] | None = None,
+                 settled: str | None = None) -> None:
         self.charge, self.ids_ttl_ms = charge, ids_ttl_ms
+        self.exp_keys = [k + ":exp" for k in charge.scope_keys] if exp_keys is None else exp_keys
+        self.settled = charge.settled_key if settled is None else settled
 
     def redis_call(self) -> tuple[list[str], list[Any]]:
         return settle_call(self.charge, self.ids_ttl_ms)
 
     def native(self, store: LocalStore, now: float, fx: FusedCtx) -> list[Any]:
-        charge = self.charge
-        return settle_charge(store, charge, [k + ":exp" for k in charge.scope_keys], charge.settled_key,
-                             self.ids_ttl_ms, now)
+        return settle_charge(store, self.charge, self.exp_keys, self.settled, self.ids_ttl_ms, now)

@@ -7,7 +7,7 @@ for any price with at most six decimals, which covers every published price. Cos
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.policy.model import Price
 from gateway.tokens import CHARS_PER_TOKEN
@@ -40,14 +40,13 @@ class Rates:
     reasoning: int = 0
     priced: bool = False  # False: the model has no price; its cost counts as 0 ("unpriced")
     cache_write: int = 0
+    # the dearest rate of a prompt token and of an output token (``worst_case``), derived once
+    worst_input: int = field(init=False, compare=False)
+    worst_output: int = field(init=False, compare=False)
 
-    @property
-    def worst_input(self) -> int:
-        return max(self.input, self.cached_input, self.cache_write)
-
-    @property
-    def worst_output(self) -> int:
-        return max(self.output, self.reasoning)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "worst_input", max(self.input, self.cached_input, self.cache_write))
+        object.__setattr__(self, "worst_output", max(self.output, self.reasoning))
 
 
 UNPRICED = Rates()
@@ -73,6 +72,8 @@ def cost(usage: Usage, rates: Rates) -> int:
     """
     prompt = max(0, usage.prompt_tokens)
     completion = max(0, usage.completion_tokens)
+    if usage.cached_tokens <= 0 and usage.cache_write_tokens <= 0 and usage.reasoning_tokens <= 0:
+        return prompt * rates.input + completion * rates.output  # the usual usage: no special tokens
     cached = min(max(0, usage.cached_tokens), prompt)
     written = min(max(0, usage.cache_write_tokens), prompt - cached)
     reasoning = min(max(0, usage.reasoning_tokens), completion)
@@ -91,7 +92,7 @@ def worst_case(prompt_tokens: int, output_tokens: int, rates: Rates) -> int:
     the budget (or held, in shadow mode), not overflow the ledger's 64-bit counters into a Redis error.
     """
     amount = max(0, prompt_tokens) * rates.worst_input + max(0, output_tokens) * rates.worst_output
-    return min(amount, MAX_RESERVATION)
+    return amount if amount < MAX_RESERVATION else MAX_RESERVATION
 
 
 def estimate_usage(prompt_tokens_est: int, generated_chars: int) -> Usage:

@@ -3,7 +3,7 @@
 Shared by the budget stage (reserve in ``admit``, settle in ``complete``), the admin API and the
 metrics stage (``services.extras["budget"].snapshot()``). Everything derived from the policy
 (pico-dollar limits, per-model rates, downgrade targets) is computed in ``on_policy``, never per
-request.
+request; what a (tenant, key) reserves against (``plan``: scopes, keys, TTLs) once per period.
 
 On a state backend failure, ``state.on_backend_error`` decides: ``allow`` admits without a
 reservation, ``deny`` refuses, ``local`` reserves on this replica's own in-memory ledger, started
@@ -20,7 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.budget.fallback import LocalFallback
@@ -57,19 +59,29 @@ class BudgetSpec:
     policy: BudgetPolicy
     limit: int  # pico-dollars
     soft: int | None
-
-    @property
-    def enforce(self) -> bool:
-        return self.policy.mode == "enforce"
-
-    @property
-    def downgrade(self) -> bool:
-        return self.enforce and self.policy.on_soft == "downgrade"
+    enforce: bool  # mode enforce (else shadow)
+    downgrade: bool  # enforced, and past ``soft`` it downgrades
 
 
 def _spec(label: str, scope: str, budget: BudgetPolicy) -> BudgetSpec:
     soft = None if budget.soft is None else pico(budget.usd * budget.soft)
-    return BudgetSpec(label, scope, budget, pico(budget.usd), soft)
+    enforce = budget.mode == "enforce"
+    return BudgetSpec(label, scope, budget, pico(budget.usd), soft, enforce, enforce and budget.on_soft == "downgrade")
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetPlan:
+    """The budgets of one (tenant, API key) in the current periods, and what a reservation and its
+    settle send for them; valid while ``start <= now < end`` (the periods' common span)."""
+
+    specs: tuple[BudgetSpec, ...]
+    scopes: list[ScopeArgs]
+    keys: tuple[str, ...]  # the scopes' ledger keys
+    exp_keys: tuple[str, ...]  # their reservation expiries' keys
+    ttls_ms: tuple[int, ...]
+    downgrade: bool  # some scope may downgrade
+    start: float
+    end: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +136,7 @@ class BudgetService:
         self.policy: Policy | None = None
         self._windows: dict[str, Window] = {}
         self._scopes: dict[tuple[str, str], tuple[Window, ScopeArgs]] = {}  # (tenant, scope) -> this period's
+        self._plans: dict[tuple[str, str | None], BudgetPlan] = {}  # (tenant, key with a budget) -> its plan
         self._managed: dict[tuple[str, str, BudgetPolicy], BudgetSpec] = {}  # managed keys' and teams' specs
         self._replaying = False
         self._wake = asyncio.Event()
@@ -133,7 +146,7 @@ class BudgetService:
         self.policy = policy
         self.derived = derive(policy)
         self.shared.settled_ttl_ms = max(1, round(policy.state.settled_ids_ttl_s * 1000))
-        self._scopes = {}
+        self._scopes, self._plans = {}, {}
 
     # -- lookups ----------------------------------------------------------------------------------
     def specs(self, tenant: Tenant, api_key: ApiKey | None) -> list[BudgetSpec]:
@@ -173,9 +186,35 @@ class BudgetService:
         if model is None:
             return UNPRICED
         found = self.derived.rates.get(model.name)
-        if found is not None and found[0] == model.price:
+        if found is not None and (found[0] is model.price or found[0] == model.price):
             return found[1]
         return rates_for(model.price)
+
+    def plan(self, tenant: Tenant, api_key: ApiKey | None, now: float) -> BudgetPlan:
+        """``specs`` and their ``scope_args`` for ``now``, cached per (tenant, key) until a period ends
+        (a managed key's budgets may change: its plan is built each time)."""
+        if api_key is not None and api_key.managed:
+            return self._plan(tenant, api_key, now)
+        cache_key = (tenant.name, None if api_key is None or api_key.budget is None else api_key.name)
+        found = self._plans.get(cache_key)
+        if found is None or not found.start <= now < found.end:
+            found = self._plans[cache_key] = self._plan(tenant, api_key, now)
+        return found
+
+    def _plan(self, tenant: Tenant, api_key: ApiKey | None, now: float) -> BudgetPlan:
+        specs = self.specs(tenant, api_key)
+        scopes = [self.scope_args(tenant.name, spec, now) for spec in specs]
+        windows = [self.window(spec.policy.period, now) for spec in specs]
+        return BudgetPlan(
+            specs=tuple(specs),
+            scopes=scopes,
+            keys=tuple(s.key for s in scopes),
+            exp_keys=tuple(s.key + ":exp" for s in scopes),
+            ttls_ms=tuple(s.ttl_ms for s in scopes),
+            downgrade=any(s.downgrade for s in specs),
+            start=max([w.start for w in windows], default=-math.inf),
+            end=min([math.inf if w.end is None else w.end for w in windows], default=math.inf),
+        )
 
     def window(self, kind: str, now: float) -> Window:
         """The current window of ``kind``, cached until it ends."""
@@ -199,10 +238,6 @@ class BudgetService:
         self._scopes[(tenant, spec.scope)] = (current, args)
         return args
 
-    def day(self, now: float) -> str:
-        """Today (UTC) as ``YYYY-MM-DD``, for day records."""
-        return self.window("daily", now).id[1:]
-
     # -- reserve and settle -----------------------------------------------------------------------
     async def reserve(self, scopes: list[ScopeArgs], rid: str, main: int,
                       alt: int | None) -> tuple[Reserved | None, Ledger | None]:
@@ -214,10 +249,11 @@ class BudgetService:
             return await self.reserve_failed(exc, scopes, rid, main, alt)
         return self.reserved(scopes, reserved), self.shared
 
-    def reserve_op(self, scopes: list[ScopeArgs], rid: str, main: int, alt: int | None) -> ReserveOp:
+    def reserve_op(self, scopes: list[ScopeArgs], rid: str, main: int, alt: int | None,
+                   exp_keys: Sequence[str] | None = None) -> ReserveOp:
         """``reserve``'s shared part as an op of the phase's fused call (``gateway.state.fused``)."""
         assert self.derived is not None
-        return ReserveOp(scopes, rid, self.derived.hold_s, main, alt)
+        return ReserveOp(scopes, rid, self.derived.hold_s, main, alt, exp_keys)
 
     def reserved(self, scopes: list[ScopeArgs], reserved: Reserved) -> Reserved:
         """A reservation the shared ledger answered: its levels are what the local fallback starts from."""
@@ -243,8 +279,10 @@ class BudgetService:
         return local, self.local
 
     async def settle(self, charge: Charge, ledger: Ledger | None) -> None:
-        """Settle on the ledger that holds the reservation; the shared ledger always gets the charge."""
-        await self.settle_local(charge, ledger)
+        """Settle on the ledger that holds the reservation; the shared ledger always gets the charge
+        (the same id only releases a hold there if a reserve that timed out applied)."""
+        if ledger is self.local:
+            await self.local.settle(charge)
         try:
             answer = await self.shared.settle_once(charge)
         except StateError as exc:
@@ -252,15 +290,11 @@ class BudgetService:
             return
         await self.settled(charge, answer, None)
 
-    def settle_op(self, charge: Charge) -> SettleOp:
-        """``settle``'s shared part as an op of the phase's fused call (after ``settle_local``)."""
-        return SettleOp(charge, self.shared.settled_ttl_ms)
-
-    async def settle_local(self, charge: Charge, ledger: Ledger | None) -> None:
-        """The local ledger's part of ``settle``: the same id on the shared ledger only releases a
-        hold there if a reserve that timed out applied."""
-        if ledger is self.local:
-            await self.local.settle(charge)
+    def settle_op(self, charge: Charge, exp_keys: Sequence[str] | None = None,
+                  settled: str | None = None) -> SettleOp:
+        """``settle``'s shared part as an op of the phase's fused call (after the local ledger's part,
+        when the reservation was held there); the keys it derives from ``charge`` may be given."""
+        return SettleOp(charge, self.shared.settled_ttl_ms, exp_keys, settled)
 
     async def settled(self, charge: Charge, answer: tuple[bool, list[tuple[int, int]]] | None,
                       error: StateError | None) -> None:

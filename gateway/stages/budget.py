@@ -29,13 +29,22 @@ from __future__ import annotations
 import functools
 import itertools
 import secrets
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from gateway.budget.ledger import Charge, Ledger, Reserved, ScopeArgs, day_key, parse_reserved, parse_settled
+from gateway.budget.ledger import (
+    Charge,
+    Ledger,
+    Reserved,
+    day_key,
+    parse_reserved,
+    parse_settled,
+    settled_key,
+)
 from gateway.budget.periods import DAY_RECORD_TTL_S
 from gateway.budget.pricing import cost, estimate_usage, usd, worst_case
-from gateway.budget.service import BudgetSpec
+from gateway.budget.service import BudgetPlan, BudgetSpec
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.pipeline import GatewayResponse, Respond, Stage, Verdict
@@ -53,7 +62,7 @@ class Hold:
     """This request's reservation: ``pending`` while reserving (a cancelled reserve may have held)."""
 
     rid: str
-    scopes: list[ScopeArgs]
+    plan: BudgetPlan
     state: str = "pending"  # pending | held | none (no reservation, still charged) | refused
     ledger: Ledger | None = None
     amount: int = 0
@@ -75,12 +84,15 @@ class BudgetStage(Stage):
         # process and a counter, instead of a uuid4 (an os.urandom call) per request.
         self._rid_prefix = secrets.token_hex(8) + "."
         self._seq = itertools.count()
-        self._day_keys: dict[tuple[str, str], str] = {}  # (tenant, day) -> day record key
-        self._field_names: dict[tuple[str, str], tuple[str, ...]] = {}  # (prefix, name) -> day-record fields
+        self._today_start = self._today_end = 0.0  # the UTC day ``_tenant_keys`` are for
+        self._today = ""
+        self._tenant_keys: dict[str, tuple[str, str]] = {}  # tenant -> (day record key, settled-ids key)
+        self._model_fields: dict[str, tuple[str, ...]] = {}  # model -> its day-record fields
+        self._key_fields: dict[str, tuple[str, ...]] = {}  # API key name -> its day-record fields
 
     def on_policy(self, policy: Any) -> None:
         self.service.on_policy(policy)
-        self._day_keys, self._field_names = {}, {}
+        self._today_end, self._tenant_keys, self._model_fields, self._key_fields = 0.0, {}, {}, {}
 
     def applies(self, scope: Scope) -> bool | frozenset[str]:
         """``admit`` only where a budget may apply (or a full settle journal may refuse); ``complete``
@@ -107,53 +119,55 @@ class BudgetStage(Stage):
             return None
         if self.service.journal_full and ctx.policy.state.on_backend_error != "allow":
             return self._journal_full(ctx)
-        specs = self.service.specs(tenant, ctx.api_key)
-        if not specs:
+        now = self.services.clock.time()
+        plan = self.service.plan(tenant, ctx.api_key, now)
+        if not plan.specs:
             return None
         model = self._worst_model(ctx, model)
-        small = self._small(ctx, model) if any(s.downgrade for s in specs) else None
+        small = self._small(ctx, model) if plan.downgrade else None
         main = worst_case(ctx.prompt_tokens_est, output_tokens(ctx, model), self.service.rates(model))
         alt = None if small is None else worst_case(ctx.prompt_tokens_est, output_tokens(ctx, small),
                                                     self.service.rates(small))
-        now = self.services.clock.time()
-        hold = Hold(f"{self._rid_prefix}{next(self._seq)}", [self.service.scope_args(tenant.name, s, now) for s in specs])
+        hold = Hold(f"{self._rid_prefix}{next(self._seq)}", plan)
         ctx.budget_hold = hold  # before the await: a cancelled reserve is still released
         batch = ctx.state_batch
         if batch is not None:  # in admit's one call, before the token limits (which learn the downgrade)
             ctx.downgrade_to = small
-            finish = functools.partial(self._reserved, ctx, specs, hold, model, small, main, alt, now)
-            batch.add("admit", self.service.reserve_op(hold.scopes, hold.rid, main, alt), finish)
+            finish = functools.partial(self._reserved, ctx, hold, model, small, main, alt, now)
+            batch.add("admit", self.service.reserve_op(plan.scopes, hold.rid, main, alt, plan.exp_keys), finish)
             return None
         try:
-            reserved, hold.ledger = await self.service.reserve(hold.scopes, hold.rid, main, alt)
+            reserved, hold.ledger = await self.service.reserve(plan.scopes, hold.rid, main, alt)
         except StateError:
             hold.state = "none"
             return self._deny(ctx)
-        return self._held(ctx, specs, hold, reserved, model, small, main, alt, now)
+        return self._held(ctx, hold, reserved, model, small, main, alt, now)
 
-    async def _reserved(self, ctx: RequestContext, specs: list[BudgetSpec], hold: Hold, model: ModelSpec,
-                        small: ModelSpec | None, main: int, alt: int | None, now: float, reply: list | None,
+    async def _reserved(self, ctx: RequestContext, hold: Hold, model: ModelSpec, small: ModelSpec | None,
+                        main: int, alt: int | None, now: float, reply: list | None,
                         error: StateError | None) -> Verdict:
         """Admit's verdict from the fused call's reply, or from ``on_backend_error`` when it failed."""
+        scopes = hold.plan.scopes
         if error is None:
             assert reply is not None
-            reserved: Reserved | None = self.service.reserved(hold.scopes, parse_reserved(reply, len(hold.scopes)))
+            reserved: Reserved | None = self.service.reserved(scopes, parse_reserved(reply))
             hold.ledger = self.service.shared
         else:
             try:
-                reserved, hold.ledger = await self.service.reserve_failed(error, hold.scopes, hold.rid, main, alt)
+                reserved, hold.ledger = await self.service.reserve_failed(error, scopes, hold.rid, main, alt)
             except StateError:
                 hold.state = "none"
                 return self._deny(ctx)
-        return self._held(ctx, specs, hold, reserved, model, small, main, alt, now)
+        return self._held(ctx, hold, reserved, model, small, main, alt, now)
 
-    def _held(self, ctx: RequestContext, specs: list[BudgetSpec], hold: Hold, reserved: Reserved | None,
+    def _held(self, ctx: RequestContext, hold: Hold, reserved: Reserved | None,
               model: ModelSpec, small: ModelSpec | None, main: int, alt: int | None, now: float) -> Verdict:
         """What a reservation (``None``: not reserved, allowed by ``on_backend_error``) means for the request."""
         if reserved is None:
             hold.state = "none"
             ctx.budget_outcome = "failure_mode_allowed"
             return None
+        specs = hold.plan.specs
         if reserved.verdict == "over":
             hold.state = "refused"
             return self._refuse(ctx, specs[reserved.over - 1], reserved.levels[reserved.over - 1], main, now)
@@ -197,7 +211,7 @@ class BudgetStage(Stage):
         ctx.response_headers["x-gateway-route"] = "small"
         ctx.budget_outcome = "downgraded"
 
-    def _outcome(self, ctx: RequestContext, specs: list[BudgetSpec], reserved: Reserved, amount: int,
+    def _outcome(self, ctx: RequestContext, specs: tuple[BudgetSpec, ...], reserved: Reserved, amount: int,
                  now: float) -> None:
         soft = shadow_over = False
         for spec, (spent, held) in zip(specs, reserved.levels, strict=True):
@@ -209,7 +223,7 @@ class BudgetStage(Stage):
                 self._warn_headers(ctx, spec, level, now)
         if ctx.budget_outcome != "downgraded":
             ctx.budget_outcome = "shadow_over_budget" if shadow_over else "soft" if soft else "ok"
-        self.service.counts[f"outcome_{ctx.budget_outcome}"] += 1
+        self.service.counts[_OUTCOME_COUNTS[ctx.budget_outcome]] += 1
 
     def _warn_headers(self, ctx: RequestContext, spec: BudgetSpec, level: int, now: float) -> None:
         """The tightest enforced budget past its soft threshold speaks in the headers."""
@@ -272,31 +286,31 @@ class BudgetStage(Stage):
         if usage is None and hold is None:
             return
         fields: tuple[tuple[str, int], ...] = ()
-        now = self.services.clock.time()
         if usage is not None and ctx.model is not None:
             fields = self._day_fields(ctx, ctx.model.name, usage, amount)
-        derived = self.service.derived
-        assert derived is not None
-        scopes = hold.scopes if hold is not None else []
-        charge = Charge(
-            rid=hold.rid if hold is not None else f"{self._rid_prefix}{next(self._seq)}",  # the settle's id
-            cost=amount,
-            scope_keys=tuple(s.key for s in scopes),
-            scope_ttls_ms=tuple(s.ttl_ms for s in scopes),
-            day_key=self._day_key(derived.prefix, ctx.tenant.name, self.service.day(now)),
-            day_ttl_ms=int(DAY_RECORD_TTL_S * 1000) if fields else 0,
-            fields=fields,
+        day, settled = self._day_keys(ctx.tenant.name, self.services.clock.time())
+        plan = None if hold is None else hold.plan
+        charge = Charge(  # by position: a third cheaper than by keyword, once per request
+            hold.rid if hold is not None else f"{self._rid_prefix}{next(self._seq)}",  # the settle's id
+            amount,
+            () if plan is None else plan.keys,
+            () if plan is None else plan.ttls_ms,
+            day,
+            DAY_RECORD_TTL_MS if fields else 0,
+            fields,
         )
-        ledger = hold.ledger if hold is not None else None
+        ledger = None if hold is None else hold.ledger
         batch = ctx.state_batch
         if batch is None:
             await self.service.settle(charge, ledger)
             return
-        await self.service.settle_local(charge, ledger)  # the shared settle goes in complete's one call
-        batch.add("complete", self.service.settle_op(charge), functools.partial(self._settled, charge))
+        if ledger is self.service.local:  # ``BudgetService.settle``'s local part; the shared one goes in the call
+            await self.service.local.settle(charge)
+        op = self.service.settle_op(charge, None if plan is None else plan.exp_keys, settled)
+        batch.add("complete", op, functools.partial(self._settled, charge))
 
-    async def _settled(self, charge: Charge, reply: list | None, error: StateError | None) -> None:
-        await self.service.settled(charge, None if reply is None else parse_settled(reply), error)
+    def _settled(self, charge: Charge, reply: list | None, error: StateError | None) -> Awaitable[None]:
+        return self.service.settled(charge, None if reply is None else parse_settled(reply), error)
 
     def _charge(self, ctx: RequestContext) -> tuple[Usage | None, int]:
         """The usage to charge (estimated when the provider reported none) and its cost."""
@@ -310,24 +324,29 @@ class BudgetStage(Stage):
             usage = ctx.usage = estimate_usage(ctx.prompt_tokens_est, completion_chars)
         return usage, cost(usage, self.service.rates(ctx.model))
 
-    def _day_key(self, prefix: str, tenant: str, day: str) -> str:
-        """``day_key``, built once per (tenant, day): the prefix only changes with the policy."""
-        found = self._day_keys.get((tenant, day))
+    def _day_keys(self, tenant: str, now: float) -> tuple[str, str]:
+        """The tenant's day record key for ``now`` and its settled-ids key, built once per (tenant, day):
+        the prefix only changes with the policy."""
+        if not self._today_start <= now < self._today_end:
+            today = self.service.window("daily", now)
+            assert today.end is not None
+            self._today_start, self._today_end, self._today, self._tenant_keys = today.start, today.end, today.id[1:], {}
+        found = self._tenant_keys.get(tenant)
         if found is None:
-            if len(self._day_keys) > 10_000:  # old days are never asked again
-                self._day_keys.clear()
-            found = self._day_keys[(tenant, day)] = day_key(prefix, tenant, day)
+            assert self.service.derived is not None
+            key = day_key(self.service.derived.prefix, tenant, self._today)
+            found = self._tenant_keys[tenant] = (key, settled_key(key))
         return found
 
-    def _names(self, prefix: str, name: str) -> tuple[str, ...]:
+    def _names(self, table: dict[str, tuple[str, ...]], prefix: str, name: str) -> tuple[str, ...]:
         """The day-record field names of a model (``prefix`` "") or an API key ("k|"), built once."""
-        found = self._field_names.get((prefix, name))
+        found = table.get(name)
         if found is None:
-            found = self._field_names[(prefix, name)] = tuple(f"{prefix}{name}:{suffix}" for suffix in _DAY_SUFFIXES)
+            found = table[name] = tuple(f"{prefix}{name}:{suffix}" for suffix in _DAY_SUFFIXES)
         return found
 
     def _day_fields(self, ctx: RequestContext, model: str, usage: Usage, amount: int) -> tuple[tuple[str, int], ...]:
-        usd_, n, in_, out, cached, reasoning, est = self._names("", model)
+        usd_, n, in_, out, cached, reasoning, est = self._names(self._model_fields, "", model)
         fields = [(usd_, amount), (n, 1), (in_, usage.prompt_tokens), (out, usage.completion_tokens)]
         if usage.cached_tokens:
             fields.append((cached, usage.cached_tokens))
@@ -336,12 +355,14 @@ class BudgetStage(Stage):
         if usage.estimated:
             fields.append((est, 1))
         if ctx.api_key is not None:
-            key_names = self._names("k|", ctx.api_key.name)
+            key_names = self._names(self._key_fields, "k|", ctx.api_key.name)
             fields += [(key_names[0], amount), (key_names[1], 1)]
         return tuple(fields)
 
 
 JOURNAL_RETRY_S = 5  # retry-after while the journal is full: about how long a replay round takes to start
+DAY_RECORD_TTL_MS = int(DAY_RECORD_TTL_S * 1000)
+_OUTCOME_COUNTS = {o: f"outcome_{o}" for o in ("ok", "soft", "downgraded", "shadow_over_budget")}
 _DAY_SUFFIXES = ("usd", "n", "in", "out", "cached", "reasoning", "est")  # ``_names`` order
 
 
