@@ -2,13 +2,17 @@
 
 Heuristic, documented: ~4 characters per token for text (the usual figure for English with BPE
 tokenizers), plus 4 tokens of framing per chat message and 3 for the reply primer; an image part
-counts a flat 765 tokens (a high-detail 512px tile set). It over-estimates code slightly and
+counts a flat 765 tokens (a high-detail 512px tile set). Tool definitions, tool calls and non-text
+parts count the characters of their compact JSON (what a provider renders them as; ``str()`` of a
+coding agent's 24 tool schemas took ~330 us a request, JSON ~15). It over-estimates code slightly and
 under-estimates some non-Latin scripts; real usage from the provider always replaces it when known.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+import orjson
 
 CHARS_PER_TOKEN = 4
 MESSAGE_OVERHEAD = 4
@@ -20,6 +24,14 @@ def text_tokens(text: str) -> int:
     """Estimated tokens of a text: ceil(len/4), at least 1 for non-empty text."""
     n = len(text)
     return (n + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+
+
+def json_tokens(value: Any) -> int:
+    """Estimated tokens of a structured value: its compact JSON text's characters."""
+    try:
+        return text_tokens(orjson.dumps(value).decode())
+    except (orjson.JSONEncodeError, TypeError):  # not JSON (an int past 64 bits): its Python text
+        return text_tokens(str(value))
 
 
 def _content_tokens(content: Any) -> int:
@@ -36,7 +48,7 @@ def _content_tokens(content: Any) -> int:
             elif kind in ("image_url", "input_image", "image"):
                 total += IMAGE_TOKENS
             else:
-                total += text_tokens(str(part))
+                total += json_tokens(part)
         return total
     return 0
 
@@ -50,10 +62,10 @@ def chat_prompt_tokens(body: dict[str, Any]) -> int:
         total += MESSAGE_OVERHEAD + _content_tokens(msg.get("content"))
         calls = msg.get("tool_calls")
         if calls:
-            total += text_tokens(str(calls))
+            total += json_tokens(calls)
     tools = body.get("tools")
     if tools:
-        total += text_tokens(str(tools))
+        total += json_tokens(tools)
     return total
 
 

@@ -171,22 +171,24 @@ def _check_messages(body: dict) -> None:
                       code="invalid_type")
     if not messages:
         raise invalid("'messages' must contain at least one message", param="messages", code="invalid_value")
-    for i, msg in enumerate(messages):
-        where = f"messages[{i}]"
+    for i, msg in enumerate(messages):  # the message's path is spelled only in an error: agents send hundreds
         if not isinstance(msg, dict):
-            raise invalid(f"'{where}' must be an object, got {_type_name(msg)}", param=where, code="invalid_type")
+            raise invalid(f"'messages[{i}]' must be an object, got {_type_name(msg)}", param=f"messages[{i}]",
+                          code="invalid_type")
         role = msg.get("role")
         if not isinstance(role, str) or role not in ROLES:
-            raise invalid(f"'{where}.role' must be one of {', '.join(sorted(ROLES))}, got {_clip(role)}",
-                          param=f"{where}.role", code="invalid_value")
+            raise invalid(f"'messages[{i}].role' must be one of {', '.join(sorted(ROLES))}, got {_clip(role)}",
+                          param=f"messages[{i}].role", code="invalid_value")
         content = msg.get("content")
+        if type(content) is str:
+            continue
         if content is None and role == "assistant" and (msg.get("tool_calls") or msg.get("function_call")):
             continue
         if not isinstance(content, str | list):
-            raise invalid(f"'{where}.content' must be a string or an array of content parts, got "
-                          f"{_type_name(content)}", param=f"{where}.content", code="invalid_type")
+            raise invalid(f"'messages[{i}].content' must be a string or an array of content parts, got "
+                          f"{_type_name(content)}", param=f"messages[{i}].content", code="invalid_type")
         if isinstance(content, list):
-            _check_parts(content, where)
+            _check_parts(content, f"messages[{i}]")
     _check_tools(body)
 
 
