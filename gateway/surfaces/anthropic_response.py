@@ -18,8 +18,8 @@ Decisions:
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Sequence
+from random import getrandbits
 from typing import Any
 
 import orjson
@@ -34,11 +34,12 @@ FINISH_TO_STOP = {
 
 
 def new_message_id() -> str:
-    return "msg_" + secrets.token_hex(12)
+    """An id, not a secret (nothing is looked up by it): ``random``, not an ``os.urandom`` call per answer."""
+    return f"msg_{getrandbits(96):024x}"
 
 
 def new_tool_id() -> str:
-    return "toolu_" + secrets.token_hex(12)
+    return f"toolu_{getrandbits(96):024x}"
 
 
 def stop_reason(finish: str | None, *, tool_used: bool = False, refused: bool = False,
