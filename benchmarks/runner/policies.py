@@ -8,7 +8,7 @@ version: 1
   up: {{type: openai, base_url: "http://127.0.0.1:{up}/v1", api_key: sk-up{pool}}}
 models:
   m:
-    context_window: 8000
+    context_window: 200000
     price: {{input: 0.15, output: 0.6}}
     deployments: [{{provider: up, model: m}}]
 cache: {{enabled: {cache}, ttl_s: 3600}}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from benchmarks.runner.agent_body import agent_chat, agent_messages
 from benchmarks.runner.table import Row
 
 CHAT = '{"model":"m","messages":[{"role":"user","content":"Say hello"}]}'
@@ -13,6 +14,7 @@ STREAM = '{"model":"m","stream":true,"messages":[{"role":"user","content":"Say h
 HOLD = '{"model":"m","stream":true,"messages":[{"role":"user","content":"hold"}]}'  # the mock holds it open
 MESSAGES = '{"model":"m","max_tokens":64,"messages":[{"role":"user","content":"Say hello"}]}'
 RESPONSES = '{"model":"m","input":"Say hello","max_output_tokens":64,"store":false}'
+AGENT_CHAT, AGENT_MESSAGES = agent_chat(), agent_messages()  # a coding agent's turn, ~125 KB each
 AUTH = {"Authorization": "Bearer sk-bench"}
 
 Check = Callable[[Row, dict[str, Row]], str]  # (gateway row, the scenario's other rows by proxy) -> verdict
@@ -115,6 +117,10 @@ SCENARIOS = {s.name: s for s in (
              body=MESSAGES, headers={**AUTH, "anthropic-version": "2023-06-01"}),
     Scenario("responses", "full policy, memory state, OpenAI /v1/responses (store: false)", path="/v1/responses",
              body=RESPONSES),
+    Scenario("agent-chat", "full policy, memory state, a coding agent's turn: 24 tool schemas, a 20 KB system "
+             "prompt and 100 messages (~125 KB)", body=AGENT_CHAT),
+    Scenario("agent-messages", "the same turn on Anthropic /v1/messages (what Claude Code sends)",
+             path="/v1/messages", body=AGENT_MESSAGES, headers={**AUTH, "anthropic-version": "2023-06-01"}),
     Scenario("workers-2", "full policy, memory state, --workers 2 (pinned with the mock: see README)",
              workers=2, checks=(_vs_litellm,)),
 )}
