@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from benchmarks.__main__ import _gateways, main
 from benchmarks.runner.idle_split import FD_OVERHEAD, SHARE_HEADROOM, DoesNotFit, split_idle
 from benchmarks.runner.load import Load
 from benchmarks.runner.policies import gateway_policy
-from benchmarks.runner.scenarios import SCENARIOS
+from benchmarks.runner.scenarios import AGENT_CHAT, AGENT_MESSAGES, SCENARIOS
 from benchmarks.runner.table import Row, merge
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -124,3 +125,15 @@ def test_one_second_run_prints_a_table_with_figures(tmp_path: Path):
     assert "full-memory: gateway" in out.stderr  # progress goes to stderr
     saved = results.read_text()
     assert "nproc" in saved and "Python" in saved and out.stdout in saved
+
+
+@pytest.mark.parametrize(("path", "body"), [("/v1/chat/completions", AGENT_CHAT), ("/v1/messages", AGENT_MESSAGES)],
+                         ids=["agent-chat", "agent-messages"])
+def test_the_agent_turns_are_answered_under_the_bench_policy(make_gateway, upstream, path: str, body: str):
+    assert 100_000 < len(body) < 150_000 and "'" not in body and "\\" not in body  # as they are in wrk's Lua
+    gw = make_gateway(gateway_policy(upstream.port))
+    request = urllib.request.Request(gw.url + path, data=body.encode(), headers={
+        "Authorization": "Bearer sk-bench", "Content-Type": "application/json", "anthropic-version": "2023-06-01"})
+    with urllib.request.urlopen(request, timeout=20) as resp:
+        assert resp.status == 200
+    assert len(upstream.requests[-1]["tools"]) == 24 and len(upstream.requests[-1]["messages"]) >= 100
