@@ -51,12 +51,9 @@ class PoolTimer:
 
     @property
     def first_s(self) -> float:
-        """The deadline to open the attempt's timeout with: connect and answer (moved once it queues)."""
+        """The delay to open the attempt's timeout (``self.timeout``) with: connect and answer (moved once
+        it queues)."""
         return self.connect_s + self.first_byte_s
-
-    def start(self, timeout: asyncio.Timeout) -> None:
-        """Follow ``timeout`` (opened with ``first_s``; nothing to move yet)."""
-        self.timeout = timeout
 
     def _deadline(self, seconds: float) -> None:
         if self.timeout is not None and not self.timeout.expired():
@@ -74,8 +71,10 @@ class PoolTimer:
             self._deadline(self.connect_s + self.first_byte_s)
 
     def held(self) -> None:
-        self.held_at = self.loop.time()
-        self._deadline(self.first_byte_s)
+        self.held_at = now = self.loop.time()
+        timeout = self.timeout
+        if timeout is not None and not timeout.expired():
+            timeout.reschedule(now + self.first_byte_s)
 
 
 async def _queued(_s: Any, ctx: SimpleNamespace, _p: Any) -> None:
