@@ -25,7 +25,7 @@ from gateway.policy.model import ProviderSpec
 from gateway.providers.base import NativeAnswer, Provider, UpstreamRequest, UpstreamResponse
 from gateway.providers.keys import KeySource
 from gateway.providers.openai_responses import EventsToChunks, StreamFailed, response_to_chat
-from gateway.providers.pool import HOOKED, PoolObserver, PoolTimer, TimedConnector, attempt, done, pool_trace
+from gateway.providers.pool import HOOKED, TIMER, PoolObserver, PoolTimer, TimedConnector, pool_trace
 
 # Ours instead of aiohttp's (which names Python and aiohttp): given, aiohttp adds none, without the
 # per-call header work its ``skip_auto_headers`` costs. A provider's configured ``headers`` may replace it.
@@ -126,12 +126,12 @@ class HTTPProvider(Provider):
         headers = {"user-agent": USER_AGENT, **self._static_headers, **self.key_headers(), **req.headers,
                    "x-request-id": req.request_id}
         timer = PoolTimer(t.pool_s, t.connect_s, min(first_byte, total))
-        token = attempt(timer)
-        try:
-            async with asyncio.timeout(timer.first_s) as timer.timeout:
+        token = TIMER.set(timer)
+        try:  # connect and answer; the connector moves the deadline if it queues, and once it holds one
+            async with asyncio.timeout(t.connect_s + timer.first_byte_s) as timer.timeout:
                 resp = await session.post(url, data=data, headers=headers, trace_request_ctx=timer)
         except TimeoutError as exc:
-            if timer.in_pool:
+            if timer.queued_at is not None:  # still waiting for the pool
                 timer.timed_out = True
                 raise UpstreamError("timeout", f"no free connection to {self.name} within {timer.pool_s:g}s "
                                     "(its max_connections are all busy)") from exc
@@ -139,8 +139,8 @@ class HTTPProvider(Provider):
         except (aiohttp.ClientConnectionError, OSError) as exc:
             raise UpstreamError("connect", f"cannot reach {self.name}: {type(exc).__name__}") from exc
         finally:
-            done(token)
-            if self._pool_observer is not None and (timer.waited_s or timer.in_pool):
+            TIMER.reset(token)
+            if self._pool_observer is not None and (timer.waited_s or timer.queued_at is not None):
                 waited = timer.waited_s or timer.loop.time() - (timer.queued_at or 0.0)
                 self._pool_observer(self.name, waited, timer.timed_out)
         deadline = (timer.held_at or timer.loop.time()) + total  # the pool wait is not the upstream's time
@@ -321,12 +321,11 @@ async def timed_read(resp: aiohttp.ClientResponse, name: str, deadline: float, t
 
     A body that came whole with the headers (most answers) is read without a timer: nothing to wait
     for, and a timer costs ~4 us of CPU per call."""
-    loop = asyncio.get_running_loop()
     try:
         if resp.content.is_eof():
             body = await resp.read()
         else:
-            async with asyncio.timeout(max(0.001, deadline - loop.time())):
+            async with asyncio.timeout(max(0.001, deadline - asyncio.get_running_loop().time())):
                 body = await resp.read()
     except TimeoutError as exc:
         resp.close()

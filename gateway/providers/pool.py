@@ -2,8 +2,8 @@
 
 aiohttp queues a request when a provider's pool (``max_connections``) is full, and its ``connect``
 timeout would count that wait; a timer around the whole POST would charge it to the first byte. Here
-the provider's connector (``TimedConnector``) tells the calling attempt's ``PoolTimer`` (found in a
-context variable, set by ``attempt``) when the request queues for the pool, when it gets out, and
+the provider's connector (``TimedConnector``) tells the calling attempt's ``PoolTimer`` (found in the
+context variable ``TIMER``, set by the attempt) when the request queues for the pool, when it gets out, and
 when it holds a connection; the one deadline of the attempt moves accordingly:
 ``pool_s`` while queued, then ``connect_s + first_byte`` to connect and answer, then ``first_byte``
 once a connection is held. The first-byte timer starts only then.
@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
 
 PoolObserver = Callable[[str, float, bool], None]  # (provider, seconds waited, timed out)
-_TIMER: ContextVar[PoolTimer | None] = ContextVar("gateway_pool_timer", default=None)
+# The calling attempt's timer (this task only): ``HTTPProvider._post`` sets it around its POST.
+TIMER: ContextVar[PoolTimer | None] = ContextVar("gateway_pool_timer", default=None)
 HOOKED = hasattr(aiohttp.TCPConnector, "_wait_for_available_connection")
 
 
@@ -44,16 +45,6 @@ class PoolTimer:
         self.waited_s = 0.0
         self.held_at: float | None = None  # when a connection was held: the first-byte timer's start
         self.timed_out = False  # the attempt ended waiting for the pool past pool_s
-
-    @property
-    def in_pool(self) -> bool:
-        return self.queued_at is not None
-
-    @property
-    def first_s(self) -> float:
-        """The delay to open the attempt's timeout (``self.timeout``) with: connect and answer (moved once
-        it queues)."""
-        return self.connect_s + self.first_byte_s
 
     def _deadline(self, seconds: float) -> None:
         if self.timeout is not None and not self.timeout.expired():
@@ -102,27 +93,18 @@ def pool_trace() -> aiohttp.TraceConfig:
     return trace
 
 
-def attempt(timer: PoolTimer) -> Token[PoolTimer | None]:
-    """Make ``timer`` the one the connector reports to (this task only) until ``done(token)``."""
-    return _TIMER.set(timer)
-
-
-def done(token: Token[PoolTimer | None]) -> None:
-    _TIMER.reset(token)
-
-
 class TimedConnector(aiohttp.TCPConnector):
     """A keep-alive pool that reports the pool wait and the held connection to the calling attempt."""
 
     async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
         conn = await super().connect(req, traces, timeout)
-        timer = _TIMER.get()
+        timer = TIMER.get()
         if timer is not None:
             timer.held()
         return conn
 
     async def _wait_for_available_connection(self, key: Any, traces: Any) -> None:
-        timer = _TIMER.get()
+        timer = TIMER.get()
         if timer is not None:
             timer.queued()
         await super()._wait_for_available_connection(key, traces)  # type: ignore[misc]

@@ -133,7 +133,7 @@ class UpstreamStage(Stage):
                 retrying = False  # holds a retry-budget token
                 try:
                     for n in range(retry.attempts):
-                        if not breaker.allow():
+                        if breaker.state is not CLOSED and not breaker.allow():
                             self._skip(ctx, dep, breaker, failures)
                             break
                         remaining = deadline - loop.time()
@@ -184,8 +184,9 @@ class UpstreamStage(Stage):
             breaker.abandon()
             return Failure("removed", f"{dep.name}: provider '{dep.provider}' is no longer configured")
         timeouts = provider.spec.timeouts
+        name = breaker.name  # the deployment's (``dep.name`` builds it anew on each read)
         started = loop.time()
-        attempt = Attempt(dep.name, dep.provider, started)
+        attempt = Attempt(name, dep.provider, started)
         ctx.attempts.append(attempt)
         ctx.deployment = dep
         native = None if provider.native_surface is None else _native_body(ctx, provider.native_surface)
@@ -195,7 +196,7 @@ class UpstreamStage(Stage):
         req = UpstreamRequest(ctx.endpoint, body, stream, ctx.request_id, headers,
                               min(timeouts.first_byte_s, remaining),
                               None if stream else min(timeouts.total_s, remaining), native, raw)
-        lease = self.balancer.lease(dep.name)
+        lease = self.balancer.lease(name)
         resp: UpstreamResponse | None = None
         outcome: Respond | Failure | None = None
         try:
@@ -237,7 +238,7 @@ class UpstreamStage(Stage):
             secrets = self.providers.get(dep.provider).secrets()
             return Respond(self._answer(ctx, dep, error_response(resp, dep.provider, secrets)), "upstream_error")
         breaker.success()
-        self.balancer.observe_ttfb(dep.name, attempt.ttfb_s or 0.0)
+        self.balancer.observe_ttfb(breaker.name, attempt.ttfb_s or 0.0)
         return Respond(self._answer(ctx, dep, GatewayResponse(status, body=resp.body, native=resp.native)), "ok")
 
     @staticmethod
