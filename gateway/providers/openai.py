@@ -127,8 +127,10 @@ class HTTPProvider(Provider):
                    "x-request-id": req.request_id}
         timer = PoolTimer(t.pool_s, t.connect_s, min(first_byte, total))
         token = TIMER.set(timer)
-        try:  # connect and answer; the connector moves the deadline if it queues, and once it holds one
-            async with asyncio.timeout(t.connect_s + timer.first_byte_s) as timer.timeout:
+        # The hooked connector sets the deadline (pool.py); with aiohttp's tracing it only moves it.
+        opening = None if HOOKED else t.connect_s + timer.first_byte_s
+        try:
+            async with asyncio.timeout(opening) as timer.timeout:
                 resp = await session.post(url, data=data, headers=headers, trace_request_ctx=timer)
         except TimeoutError as exc:
             if timer.queued_at is not None:  # still waiting for the pool
