@@ -3,16 +3,17 @@
 aiohttp queues a request when a provider's pool (``max_connections``) is full, and its ``connect``
 timeout would count that wait; a timer around the whole POST would charge it to the first byte. Here
 the provider's connector (``TimedConnector``) tells the calling attempt's ``PoolTimer`` (found in the
-context variable ``TIMER``, set by the attempt) when the request queues for the pool, when it gets out, and
-when it opens a new one and when it holds one; the one deadline of the attempt moves accordingly:
+context variable ``TIMER``, set by the attempt) when the request queues for the pool, when it gets out,
+when it opens a new connection and when it holds one; the one deadline of the attempt moves accordingly:
 ``pool_s`` while queued, then ``connect_s + first_byte`` to connect and answer, then ``first_byte``
 once a connection is held. The first-byte timer starts only then. The attempt opens its timeout
 without a deadline (nothing in aiohttp waits before the connector): a free pooled connection, the
 common case, then costs one timer instead of two (~3 us of CPU).
 
 Measured (benchmarks/bench_http_path.py): aiohttp's tracing signals, which did this before, cost
-~20 us of CPU per upstream call; the connector's two overrides cost next to nothing. On an aiohttp
-without the connector hook (``_wait_for_available_connection``, private), the tracing is used instead.
+~20 us of CPU per upstream call; the connector's overrides cost next to nothing. On an aiohttp
+without the connector hooks (``_wait_for_available_connection``, ``_create_connection``: private), the
+tracing is used instead (and the timeout opens with ``connect_s + first_byte``).
 """
 
 from __future__ import annotations

@@ -186,23 +186,24 @@ class UpstreamStage(Stage):
         timeouts = provider.spec.timeouts
         name = breaker.name  # the deployment's (``dep.name`` builds it anew on each read)
         started = loop.time()
-        attempt = Attempt(name, dep.provider, started)
+        attempt = Attempt(deployment=name, provider=dep.provider, started=started)
         ctx.attempts.append(attempt)
         ctx.deployment = dep
         native = None if provider.native_surface is None else _native_body(ctx, provider.native_surface)
         headers = {**ctx.upstream_headers, **ctx.surface.native_headers(ctx)} if native else ctx.upstream_headers
         body, raw = _wire(ctx, dep)
         stream = ctx.stream
-        req = UpstreamRequest(ctx.endpoint, body, stream, ctx.request_id, headers,
-                              min(timeouts.first_byte_s, remaining),
-                              None if stream else min(timeouts.total_s, remaining), native, raw)
+        req = UpstreamRequest(
+            endpoint=ctx.endpoint, body=body, stream=stream, request_id=ctx.request_id,
+            headers=headers, first_byte_timeout_s=min(timeouts.first_byte_s, remaining),
+            total_timeout_s=None if stream else min(timeouts.total_s, remaining), native=native, raw=raw)
         lease = self.balancer.lease(name)
         resp: UpstreamResponse | None = None
         outcome: Respond | Failure | None = None
         try:
             try:
                 resp = await provider.send(req)
-                first, it = (None, None) if resp.events is None else await self._prime(resp)
+                first, it = (None, None) if resp.events is None else await self._prime(resp.events)
             except UpstreamError as err:
                 outcome = self._failed(attempt, breaker, err.kind, err.message, err.retry_after_s)
                 return outcome
@@ -242,11 +243,9 @@ class UpstreamStage(Stage):
         return Respond(self._answer(ctx, dep, GatewayResponse(status, body=resp.body, native=resp.native)), "ok")
 
     @staticmethod
-    async def _prime(resp: UpstreamResponse) -> tuple[bytes | None, AsyncIterator[bytes] | None]:
+    async def _prime(events: AsyncIterator[bytes]) -> tuple[bytes | None, AsyncIterator[bytes]]:
         """Read a stream's first event before answering, so an early break can still fail over."""
-        if resp.events is None:
-            return None, None
-        it = resp.events.__aiter__()
+        it = events.__aiter__()
         try:
             return await it.__anext__(), it
         except StopAsyncIteration:
