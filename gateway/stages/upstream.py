@@ -133,7 +133,7 @@ class UpstreamStage(Stage):
                 retrying = False  # holds a retry-budget token
                 try:
                     for n in range(retry.attempts):
-                        if breaker.state is not CLOSED and not breaker.allow():
+                        if breaker.state != CLOSED and not breaker.allow():
                             self._skip(ctx, dep, breaker, failures)
                             break
                         remaining = deadline - loop.time()
