@@ -25,7 +25,7 @@ from gateway.policy.model import ProviderSpec
 from gateway.providers.base import NativeAnswer, Provider, UpstreamRequest, UpstreamResponse
 from gateway.providers.keys import KeySource
 from gateway.providers.openai_responses import EventsToChunks, StreamFailed, response_to_chat
-from gateway.providers.pool import HOOKED, PoolObserver, PoolTimer, TimedConnector, attempt, done, pool_trace
+from gateway.providers.pool import HOOKED, TIMER, PoolObserver, PoolTimer, TimedConnector, pool_trace
 
 # Ours instead of aiohttp's (which names Python and aiohttp): given, aiohttp adds none, without the
 # per-call header work its ``skip_auto_headers`` costs. A provider's configured ``headers`` may replace it.
@@ -110,19 +110,39 @@ class HTTPProvider(Provider):
     async def _post(
         self, req: UpstreamRequest, url: str, data: bytes
     ) -> tuple[aiohttp.ClientResponse, float, float, float]:
-        """POST one attempt; ``(response, first_byte_s, total_s, deadline)``, deadline on the loop clock."""
-        if self._session is None:
+        """POST one attempt and wait for the response headers; ``(response, first_byte_s, total_s,
+        deadline)``, deadline on the loop clock. Transport failures become ``UpstreamError``; the wait for
+        a pooled connection has its own bound, and first byte counts from the connection.
+
+        One coroutine, no helper awaited: every resume of the request's task passes through each level.
+        """
+        session = self._session
+        if session is None:
             await self.start()
-        assert self._session is not None
-        first_byte, total = attempt_timeouts(self.spec, req)
+            session = self._session
+            assert session is not None
+        t = self.spec.timeouts
+        first_byte, total = req.first_byte_timeout_s or t.first_byte_s, req.total_timeout_s or t.total_s
         headers = {"user-agent": USER_AGENT, **self._static_headers, **self.key_headers(), **req.headers,
                    "x-request-id": req.request_id}
-        t = self.spec.timeouts
         timer = PoolTimer(t.pool_s, t.connect_s, min(first_byte, total))
+        token = TIMER.set(timer)
+        # The hooked connector sets the deadline (pool.py); with aiohttp's tracing it only moves it.
+        opening = None if HOOKED else t.connect_s + timer.first_byte_s
         try:
-            resp = await timed_post(self._session, self.name, url, data, headers, first_byte, total, timer)
+            async with asyncio.timeout(opening) as timer.timeout:
+                resp = await session.post(url, data=data, headers=headers, trace_request_ctx=timer)
+        except TimeoutError as exc:
+            if timer.queued_at is not None:  # still waiting for the pool
+                timer.timed_out = True
+                raise UpstreamError("timeout", f"no free connection to {self.name} within {timer.pool_s:g}s "
+                                    "(its max_connections are all busy)") from exc
+            raise UpstreamError("timeout", f"no response from {self.name} within {first_byte:g}s") from exc
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            raise UpstreamError("connect", f"cannot reach {self.name}: {type(exc).__name__}") from exc
         finally:
-            if self._pool_observer is not None and (timer.waited_s or timer.in_pool):
+            TIMER.reset(token)
+            if self._pool_observer is not None and (timer.waited_s or timer.queued_at is not None):
                 waited = timer.waited_s or timer.loop.time() - (timer.queued_at or 0.0)
                 self._pool_observer(self.name, waited, timer.timed_out)
         deadline = (timer.held_at or timer.loop.time()) + total  # the pool wait is not the upstream's time
@@ -275,7 +295,7 @@ def attempt_timeouts(spec: ProviderSpec, req: UpstreamRequest) -> tuple[float, f
 
 def upstream_headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
     """Response headers worth passing on (retry-after, rate-limit info), lower-cased."""
-    return {k.lower(): v for k, v in resp.headers.items() if k.lower() not in HOP_BY_HOP}
+    return {low: v for k, v in resp.headers.items() for low in [k.lower()] if low not in HOP_BY_HOP}
 
 
 async def timed_post(
@@ -286,25 +306,13 @@ async def timed_post(
     headers: dict[str, str],
     first_byte: float,
     total: float,
-    timer: PoolTimer | None = None,
 ) -> aiohttp.ClientResponse:
-    """POST and wait for the response headers; transport failures become ``UpstreamError``. With a
-    ``timer`` the wait for a pooled connection has its own bound and first byte counts from the connection."""
+    """POST and wait for the response headers; transport failures become ``UpstreamError``. (Without
+    the pool-wait bound of ``HTTPProvider._post``: for adapters that sign each request themselves.)"""
     try:
-        async with asyncio.timeout(min(first_byte, total) if timer is None else timer.first_s) as timeout:
-            if timer is None:
-                return await session.post(url, data=data, headers=headers)
-            timer.start(timeout)
-            token = attempt(timer)
-            try:
-                return await session.post(url, data=data, headers=headers, trace_request_ctx=timer)
-            finally:
-                done(token)
+        async with asyncio.timeout(min(first_byte, total)):
+            return await session.post(url, data=data, headers=headers)
     except TimeoutError as exc:
-        if timer is not None and timer.in_pool:
-            timer.timed_out = True
-            raise UpstreamError("timeout", f"no free connection to {name} within {timer.pool_s:g}s "
-                                "(its max_connections are all busy)") from exc
         raise UpstreamError("timeout", f"no response from {name} within {first_byte:g}s") from exc
     except (aiohttp.ClientConnectionError, OSError) as exc:
         raise UpstreamError("connect", f"cannot reach {name}: {type(exc).__name__}") from exc
@@ -315,12 +323,11 @@ async def timed_read(resp: aiohttp.ClientResponse, name: str, deadline: float, t
 
     A body that came whole with the headers (most answers) is read without a timer: nothing to wait
     for, and a timer costs ~4 us of CPU per call."""
-    loop = asyncio.get_running_loop()
     try:
         if resp.content.is_eof():
             body = await resp.read()
         else:
-            async with asyncio.timeout(max(0.001, deadline - loop.time())):
+            async with asyncio.timeout(max(0.001, deadline - asyncio.get_running_loop().time())):
                 body = await resp.read()
     except TimeoutError as exc:
         resp.close()

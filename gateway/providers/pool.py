@@ -2,40 +2,45 @@
 
 aiohttp queues a request when a provider's pool (``max_connections``) is full, and its ``connect``
 timeout would count that wait; a timer around the whole POST would charge it to the first byte. Here
-the provider's connector (``TimedConnector``) tells the calling attempt's ``PoolTimer`` (found in a
-context variable, set by ``attempt``) when the request queues for the pool, when it gets out, and
-when it holds a connection; the one deadline of the attempt moves accordingly:
+the provider's connector (``TimedConnector``) tells the calling attempt's ``PoolTimer`` (found in the
+context variable ``TIMER``, set by the attempt) when the request queues for the pool, when it gets out,
+when it opens a new connection and when it holds one; the one deadline of the attempt moves accordingly:
 ``pool_s`` while queued, then ``connect_s + first_byte`` to connect and answer, then ``first_byte``
-once a connection is held. The first-byte timer starts only then.
+once a connection is held. The first-byte timer starts only then. The attempt opens its timeout
+without a deadline (nothing in aiohttp waits before the connector): a free pooled connection, the
+common case, then costs one timer instead of two (~3 us of CPU).
 
 Measured (benchmarks/bench_http_path.py): aiohttp's tracing signals, which did this before, cost
-~20 us of CPU per upstream call; the connector's two overrides cost next to nothing. On an aiohttp
-without the connector hook (``_wait_for_available_connection``, private), the tracing is used instead.
+~20 us of CPU per upstream call; the connector's overrides cost next to nothing. On an aiohttp
+without the connector hooks (``_wait_for_available_connection``, ``_create_connection``: private), the
+tracing is used instead (and the timeout opens with ``connect_s + first_byte``).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from contextvars import ContextVar, Token
+from contextvars import ContextVar
 from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
 
 PoolObserver = Callable[[str, float, bool], None]  # (provider, seconds waited, timed out)
-_TIMER: ContextVar[PoolTimer | None] = ContextVar("gateway_pool_timer", default=None)
-HOOKED = hasattr(aiohttp.TCPConnector, "_wait_for_available_connection")
+# The calling attempt's timer (this task only): ``HTTPProvider._post`` sets it around its POST.
+TIMER: ContextVar[PoolTimer | None] = ContextVar("gateway_pool_timer", default=None)
+HOOKED = all(hasattr(aiohttp.TCPConnector, m) for m in ("_wait_for_available_connection", "_create_connection"))
 
 
 class PoolTimer:
     """One attempt's clock across the pool wait, the connect and the first byte."""
 
-    __slots__ = ("loop", "pool_s", "connect_s", "first_byte_s", "timeout", "queued_at", "waited_s", "held_at",
-                 "timed_out")
+    __slots__ = ("loop", "started", "pool_s", "connect_s", "first_byte_s", "timeout", "queued_at", "waited_s",
+                 "held_at", "timed_out")
 
     def __init__(self, pool_s: float, connect_s: float, first_byte_s: float) -> None:
         self.loop = asyncio.get_running_loop()
+        self.started = self.loop.time()
         self.pool_s = pool_s
         self.connect_s = connect_s
         self.first_byte_s = first_byte_s
@@ -44,19 +49,6 @@ class PoolTimer:
         self.waited_s = 0.0
         self.held_at: float | None = None  # when a connection was held: the first-byte timer's start
         self.timed_out = False  # the attempt ended waiting for the pool past pool_s
-
-    @property
-    def in_pool(self) -> bool:
-        return self.queued_at is not None
-
-    @property
-    def first_s(self) -> float:
-        """The deadline to open the attempt's timeout with: connect and answer (moved once it queues)."""
-        return self.connect_s + self.first_byte_s
-
-    def start(self, timeout: asyncio.Timeout) -> None:
-        """Follow ``timeout`` (opened with ``first_s``; nothing to move yet)."""
-        self.timeout = timeout
 
     def _deadline(self, seconds: float) -> None:
         if self.timeout is not None and not self.timeout.expired():
@@ -73,9 +65,18 @@ class PoolTimer:
             self.queued_at = None
             self._deadline(self.connect_s + self.first_byte_s)
 
+    def connecting(self) -> None:
+        """A new connection is being opened: connect and answer within ``connect_s + first_byte`` of the
+        start, unless the pool wait already set the deadline."""
+        timeout = self.timeout
+        if timeout is not None and timeout.when() is None and not timeout.expired():
+            timeout.reschedule(self.started + self.connect_s + self.first_byte_s)
+
     def held(self) -> None:
-        self.held_at = self.loop.time()
-        self._deadline(self.first_byte_s)
+        self.held_at = now = self.loop.time()
+        timeout = self.timeout
+        if timeout is not None and not timeout.expired():
+            timeout.reschedule(now + self.first_byte_s)
 
 
 async def _queued(_s: Any, ctx: SimpleNamespace, _p: Any) -> None:
@@ -103,27 +104,24 @@ def pool_trace() -> aiohttp.TraceConfig:
     return trace
 
 
-def attempt(timer: PoolTimer) -> Token[PoolTimer | None]:
-    """Make ``timer`` the one the connector reports to (this task only) until ``done(token)``."""
-    return _TIMER.set(timer)
-
-
-def done(token: Token[PoolTimer | None]) -> None:
-    _TIMER.reset(token)
-
-
 class TimedConnector(aiohttp.TCPConnector):
     """A keep-alive pool that reports the pool wait and the held connection to the calling attempt."""
 
     async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
         conn = await super().connect(req, traces, timeout)
-        timer = _TIMER.get()
+        timer = TIMER.get()
         if timer is not None:
             timer.held()
         return conn
 
+    async def _create_connection(self, req: Any, traces: Any, timeout: Any) -> Any:
+        timer = TIMER.get()
+        if timer is not None:
+            timer.connecting()
+        return await super()._create_connection(req, traces, timeout)  # type: ignore[misc]
+
     async def _wait_for_available_connection(self, key: Any, traces: Any) -> None:
-        timer = _TIMER.get()
+        timer = TIMER.get()
         if timer is not None:
             timer.queued()
         await super()._wait_for_available_connection(key, traces)  # type: ignore[misc]

@@ -61,10 +61,10 @@ class Balancer:
         return stats
 
     def lease(self, name: str) -> Lease:
-        return Lease(self._stats(name))
+        return Lease(self.stats.get(name) or self._stats(name))
 
     def observe_ttfb(self, name: str, seconds: float) -> None:
-        stats = self._stats(name)
+        stats = self.stats.get(name) or self._stats(name)
         prev = stats.ewma_ttfb_s
         stats.ewma_ttfb_s = seconds if prev is None else prev + self.alpha * (seconds - prev)
         stats.samples += 1

@@ -113,58 +113,56 @@ class UpstreamStage(Stage):
         return self.breakers.get(name).view() == "open"
 
     async def call_upstream(self, ctx: RequestContext) -> Verdict:
+        """Each deployment in the balancer's order, up to ``retry.attempts`` attempts on each.
+
+        One coroutine for both loops: every resume of the request's task passes through each level.
+        """
         model = ctx.model
         assert model is not None and ctx.tenant is not None
         retry = ctx.tenant.retry
         deadline = ctx.started + retry.deadline_s
         failures: list[Failure] = []
-        self.budget.enter()
+        loop = asyncio.get_running_loop()
+        budget = self.budget
+        budget.enter()
         try:
             for i, dep in enumerate(self.balancer.order(model, self._is_open)):
                 if i:
                     ctx.fallbacks += 1
-                served = await self._from_deployment(ctx, dep, retry, deadline, failures)
-                if served is not None:
-                    return served
+                breaker = self.breakers.get(dep.name)
+                retrying = False  # holds a retry-budget token
+                try:
+                    for n in range(retry.attempts):
+                        if breaker.state != CLOSED and not breaker.allow():
+                            self._skip(ctx, dep, breaker, failures)
+                            break
+                        remaining = deadline - loop.time()
+                        if remaining <= 0:
+                            failures.append(Failure("deadline", f"request deadline of {retry.deadline_s:g}s passed"))
+                            break
+                        outcome = await self._attempt(ctx, dep, breaker, retry, remaining)
+                        if retrying:
+                            budget.release()
+                            retrying = False
+                        if isinstance(outcome, Respond):
+                            return outcome
+                        failures.append(outcome)
+                        if n + 1 >= retry.attempts or breaker.state != CLOSED or outcome.kind == "removed":
+                            break
+                        wait = backoff_s(retry, n, self.rng, outcome.retry_after_s, deadline - loop.time())
+                        if wait is None or not budget.acquire(retry):
+                            break
+                        retrying = True
+                        t0 = loop.time()
+                        await asyncio.sleep(wait)
+                        ctx.upstream_wait_s += loop.time() - t0
+                        ctx.retries += 1
+                finally:
+                    if retrying:
+                        budget.release()
         finally:
-            self.budget.leave()
+            budget.leave()
         return await self._exhausted(ctx, model, failures)
-
-    async def _from_deployment(self, ctx: RequestContext, dep: Deployment, retry: RetryPolicy, deadline: float,
-                               failures: list[Failure]) -> Respond | None:
-        """Up to ``retry.attempts`` attempts on one deployment; None means: move on."""
-        loop = asyncio.get_running_loop()
-        breaker = self.breakers.get(dep.name)
-        retrying = False  # holds a retry-budget token
-        try:
-            for n in range(retry.attempts):
-                if not breaker.allow():
-                    return self._skip(ctx, dep, breaker, failures)
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    failures.append(Failure("deadline", f"request deadline of {retry.deadline_s:g}s passed"))
-                    return None
-                outcome = await self._attempt(ctx, dep, breaker, retry, remaining)
-                if retrying:
-                    self.budget.release()
-                    retrying = False
-                if isinstance(outcome, Respond):
-                    return outcome
-                failures.append(outcome)
-                if n + 1 >= retry.attempts or breaker.state != CLOSED or outcome.kind == "removed":
-                    return None
-                wait = backoff_s(retry, n, self.rng, outcome.retry_after_s, deadline - loop.time())
-                if wait is None or not self.budget.acquire(retry):
-                    return None
-                retrying = True
-                t0 = loop.time()
-                await asyncio.sleep(wait)
-                ctx.upstream_wait_s += loop.time() - t0
-                ctx.retries += 1
-            return None
-        finally:
-            if retrying:
-                self.budget.release()
 
     def _skip(self, ctx: RequestContext, dep: Deployment, breaker: CircuitBreaker,
               failures: list[Failure]) -> None:
@@ -186,29 +184,32 @@ class UpstreamStage(Stage):
             breaker.abandon()
             return Failure("removed", f"{dep.name}: provider '{dep.provider}' is no longer configured")
         timeouts = provider.spec.timeouts
-        attempt = Attempt(deployment=dep.name, provider=dep.provider, started=loop.time())
+        name = breaker.name  # the deployment's (``dep.name`` builds it anew on each read)
+        started = loop.time()
+        attempt = Attempt(deployment=name, provider=dep.provider, started=started)
         ctx.attempts.append(attempt)
         ctx.deployment = dep
-        native = _native_body(ctx, provider.native_surface)
+        native = None if provider.native_surface is None else _native_body(ctx, provider.native_surface)
         headers = {**ctx.upstream_headers, **ctx.surface.native_headers(ctx)} if native else ctx.upstream_headers
         body, raw = _wire(ctx, dep)
+        stream = ctx.stream
         req = UpstreamRequest(
-            endpoint=ctx.endpoint, body=body, stream=ctx.stream, request_id=ctx.request_id,
+            endpoint=ctx.endpoint, body=body, stream=stream, request_id=ctx.request_id,
             headers=headers, first_byte_timeout_s=min(timeouts.first_byte_s, remaining),
-            total_timeout_s=None if ctx.stream else min(timeouts.total_s, remaining), native=native, raw=raw)
-        lease = self.balancer.lease(dep.name)
+            total_timeout_s=None if stream else min(timeouts.total_s, remaining), native=native, raw=raw)
+        lease = self.balancer.lease(name)
         resp: UpstreamResponse | None = None
         outcome: Respond | Failure | None = None
         try:
             try:
                 resp = await provider.send(req)
-                first, it = await self._prime(resp)
+                first, it = (None, None) if resp.events is None else await self._prime(resp.events)
             except UpstreamError as err:
                 outcome = self._failed(attempt, breaker, err.kind, err.message, err.retry_after_s)
                 return outcome
-            attempt.status, attempt.ttfb_s = resp.status, loop.time() - attempt.started
+            attempt.status, attempt.ttfb_s = resp.status, loop.time() - started
             outcome = self._judge(ctx, dep, breaker, retry, attempt, resp)
-            if isinstance(outcome, Respond) and it is not None and resp.status == 200:
+            if it is not None and resp.status == 200 and isinstance(outcome, Respond):
                 events = self._relay(ctx, attempt, breaker, lease, first, it)
                 outcome.response = GatewayResponse(status=200, events=events, close=_closer(lease, resp),
                                                    content_type="text/event-stream", native=resp.native)
@@ -216,35 +217,35 @@ class UpstreamStage(Stage):
         finally:
             if outcome is None:
                 breaker.abandon()
+            ended = loop.time()
             if not (isinstance(outcome, Respond) and outcome.response.events is not None):  # not handed over
-                attempt.duration_s = loop.time() - attempt.started
+                attempt.duration_s = ended - started
                 lease.release()
-                if resp is not None:
+                if resp is not None and resp.close is not None:
                     await resp.aclose()
-            ctx.upstream_wait_s += loop.time() - attempt.started
+                    ended = loop.time()
+            ctx.upstream_wait_s += ended - started
 
     def _judge(self, ctx: RequestContext, dep: Deployment, breaker: CircuitBreaker, retry: RetryPolicy,
                attempt: Attempt, resp: UpstreamResponse) -> Respond | Failure:
         """A status in ``on_status`` fails over; any other is the answer (an error one answered faithfully)."""
         status = resp.status
-        if status >= 400 and status in retry.on_status:
-            return self._failed(attempt, breaker, _status_kind(status), f"HTTP {status}",
-                                retry_after_seconds(resp.headers))
-        breaker.success()
         if status >= 400:
+            if status in retry.on_status:
+                return self._failed(attempt, breaker, _status_kind(status), f"HTTP {status}",
+                                    retry_after_seconds(resp.headers))
+            breaker.success()
             attempt.error_kind, attempt.error = _status_kind(status), f"HTTP {status}"
             secrets = self.providers.get(dep.provider).secrets()
             return Respond(self._answer(ctx, dep, error_response(resp, dep.provider, secrets)), "upstream_error")
-        self.balancer.observe_ttfb(dep.name, attempt.ttfb_s or 0.0)
-        answer = GatewayResponse(status=status, body=resp.body, native=resp.native)
-        return Respond(self._answer(ctx, dep, answer), "ok")
+        breaker.success()
+        self.balancer.observe_ttfb(breaker.name, attempt.ttfb_s or 0.0)
+        return Respond(self._answer(ctx, dep, GatewayResponse(status, body=resp.body, native=resp.native)), "ok")
 
     @staticmethod
-    async def _prime(resp: UpstreamResponse) -> tuple[bytes | None, AsyncIterator[bytes] | None]:
+    async def _prime(events: AsyncIterator[bytes]) -> tuple[bytes | None, AsyncIterator[bytes]]:
         """Read a stream's first event before answering, so an early break can still fail over."""
-        if resp.events is None:
-            return None, None
-        it = resp.events.__aiter__()
+        it = events.__aiter__()
         try:
             return await it.__anext__(), it
         except StopAsyncIteration:
