@@ -21,7 +21,7 @@ from gateway.stages.ratelimit import RateLimitStage
 from gateway.stages.rollout import RolloutStage
 from gateway.stages.router import RouterStage
 from gateway.stages.tracing import TracingStage
-from gateway.stages.upstream import UpstreamStage
+from gateway.stages.upstream import RAW_MAX, UpstreamStage
 from gateway.stages.usage import UsageStage
 from gateway.surfaces.base import OPENAI
 from gateway.usage import tail_usage, usage_from
@@ -126,6 +126,12 @@ def test_request_bytes_reach_the_upstream_as_sent_unless_a_stage_rewrites_them(m
     assert status == 200
     assert b"jane.doe@example.com" not in upstream.raw[-1] and "[EMAIL]" in upstream.requests[-1]["messages"][0][
         "content"]
+    # a body past RAW_MAX: encoded again (cheaper than scanning it), the same JSON
+    big = {"model": "same", "messages": [{"role": "user", "content": "word " * 1000}], "x_vendor": {"b": 1, "a": 2}}
+    sent_big = orjson.dumps(big, option=orjson.OPT_INDENT_2)
+    status, _ = post(gw.base_url, "sk-plain", sent_big)
+    assert status == 200 and len(sent_big) > RAW_MAX and upstream.raw[-1] != sent_big
+    assert orjson.loads(upstream.raw[-1]) == big
     # a stream asks the upstream for usage (stream_options injected): re-encoded
     list(plain.chat.completions.create(model="same", messages=[{"role": "user", "content": "Hi"}], stream=True))
     assert upstream.requests[-1]["stream_options"] == {"include_usage": True}
