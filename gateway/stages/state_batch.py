@@ -2,7 +2,8 @@
 
 The budget and rate-limit stages keep their concerns: each builds its own op (``gateway.state.fused``)
 and a ``finish`` that turns the op's reply, or the call's ``StateError``, into its verdict and
-bookkeeping (fallback modes, journals, leases). Instead of calling the backend, they add both to
+bookkeeping (fallback modes, journals, leases); a finisher that needs no await is a plain function
+(the flush awaits only what a finisher returns to be awaited). Instead of calling the backend, they add both to
 ``ctx.state_batch``; this stage, listed after them, sends the ops of the phase as one
 ``backend.run_fused`` call (one Redis round trip, pipelined with other requests') and then runs the
 finishers in the order the ops were added. In ``admit`` the first refusal answers the request and
@@ -23,11 +24,11 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway.context import RequestContext
-from gateway.pipeline import Stage, Verdict
+from gateway.pipeline import Respond, Stage, Verdict
 from gateway.state import StateBackend, StateError
 from gateway.state.fused import FusedOp
 
-Finish = Callable[[Any, StateError | None], Awaitable[Verdict]]
+Finish = Callable[[Any, StateError | None], Verdict | Awaitable[Verdict]]
 
 
 class StateBatch:
@@ -81,10 +82,12 @@ class StateBatch:
         i = 0
         for op, finish in queued:
             if op is None:
-                verdict = await finish(None, None)
+                verdict = finish(None, None)
             else:
-                verdict = await finish(replies[i] if error is None else None, error)
+                verdict = finish(replies[i] if error is None else None, error)
                 i += 1
+            if verdict is not None and not isinstance(verdict, Respond):
+                verdict = await verdict  # type: ignore[misc]
             if verdict is not None and answer is None:
                 answer = verdict
                 if phase == "admit":
