@@ -107,11 +107,15 @@ class StateBatchStage(Stage):
         ctx.state_batch = StateBatch()
         return None
 
-    async def admit(self, ctx: RequestContext) -> Verdict:
+    def admit(self, ctx: RequestContext) -> Awaitable[Verdict]:
+        """The flush itself, for the runner to await: no coroutine of this stage's around it."""
         batch = ctx.state_batch
-        return None if batch is None else await batch.flush(self.backend, "admit")
+        return _nothing() if batch is None else batch.flush(self.backend, "admit")
 
-    async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
+    def complete(self, ctx: RequestContext, error: BaseException | None) -> Awaitable[Verdict]:
         batch = ctx.state_batch
-        if batch is not None:
-            await batch.flush(self.backend, "complete")
+        return _nothing() if batch is None else batch.flush(self.backend, "complete")
+
+
+async def _nothing() -> None:
+    return None
