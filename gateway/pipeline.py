@@ -211,7 +211,9 @@ class Pipeline:
             resp = GatewayResponse.from_error(err)
         if ctx.phase_marks is not None:
             ctx.phase_marks.append(("respond", time.time()))
-        return await self.filter(ctx, resp)
+        for f in (ctx.plan.filters if ctx.plan is not None else self._filters):
+            resp = await f(ctx, resp)
+        return resp
 
     async def _walk(self, ctx: RequestContext) -> GatewayResponse:
         """The entry plan's hooks until the request's plan is known, then the rest from that plan.
@@ -247,11 +249,6 @@ class Pipeline:
                     ctx.outcome = verdict.reason
                     return verdict.response
         raise GatewayError(500, "no stage answered the request", code="no_upstream")
-
-    async def filter(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:
-        for f in (ctx.plan.filters if ctx.plan is not None else self._filters):
-            resp = await f(ctx, resp)
-        return resp
 
     async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
         """Run the ``complete`` of every stage in the request's plan (every stage's, before one was
