@@ -51,6 +51,7 @@ class MeteredBackend:
         self.traced = False  # record calls for traces (set by the tracing stage when tracing is on)
         # a backend whose fused call never waits (memory) runs it without a coroutine of its own
         self._fused_now = getattr(inner, "run_fused_now", None)
+        self._fused_series: tuple[Any, Any] | None = None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -121,7 +122,10 @@ class MeteredBackend:
 
     async def run_fused(self, ops: list[Any]) -> list[Any]:
         # one call per phase for the rate-limit and budget stages (``gateway.state.fused``), as ``run``
-        duration, errors = self._series("fused")
+        series = self._fused_series
+        if series is None:  # labelled on first use, as ``_series`` does
+            series = self._fused_series = self._series("fused")
+        duration, errors = series
         start = time.perf_counter()
         failed = False
         try:

@@ -32,29 +32,37 @@ Finish = Callable[[Any, StateError | None], Verdict | Awaitable[Verdict]]
 
 
 class StateBatch:
-    """The ops of the current phase and their finishers, in the order the stages added them."""
+    """The ops of the current phase and their finishers, in the order the stages added them.
+
+    Per phase: the ops to send (``None`` left out) and every finisher with whether its op was sent,
+    so a flush sends the first list as it is.
+    """
 
     __slots__ = ("_queued",)
 
     def __init__(self) -> None:
-        self._queued: dict[str, list[tuple[FusedOp | None, Finish]]] = {}
+        self._queued: dict[str, tuple[list[FusedOp], list[tuple[bool, Finish]]]] = {}
 
     def add(self, phase: str, op: FusedOp | None, finish: Finish) -> None:
         """Queue ``op`` (``None``: no part in the call) for ``phase`` (``admit`` | ``complete``)."""
         queued = self._queued.get(phase)
         if queued is None:
-            self._queued[phase] = [(op, finish)]
+            queued = self._queued[phase] = ([], [])
+        if op is None:
+            queued[1].append((False, finish))
         else:
-            queued.append((op, finish))
+            queued[0].append(op)
+            queued[1].append((True, finish))
 
     def queued(self) -> int:
         """Entries queued, every phase together."""
-        return sum(len(queued) for queued in self._queued.values())
+        return sum(len(finishers) for _, finishers in self._queued.values())
 
     def sends(self, phase: str) -> bool:
         """Will ``phase``'s flush make a call (some op of it is not ``None``)? Read by a stage whose
         small write may ride that call but must not cost one of its own (the feedback record)."""
-        return any(op is not None for op, _ in self._queued.get(phase, ()))
+        queued = self._queued.get(phase)
+        return queued is not None and bool(queued[0])
 
     def clear(self) -> None:
         self._queued.clear()
@@ -68,9 +76,9 @@ class StateBatch:
         queued = self._queued.pop(phase, None)
         if self._queued:
             self._queued.clear()
-        if not queued:
+        if queued is None:
             return None
-        sent = [op for op, _ in queued if op is not None]
+        sent, finishers = queued
         replies: list[Any] = []
         error: StateError | None = None
         if sent:
@@ -80,8 +88,8 @@ class StateBatch:
                 error = exc
         answer: Verdict = None
         i = 0
-        for op, finish in queued:
-            if op is None:
+        for has_op, finish in finishers:
+            if not has_op:
                 verdict = finish(None, None)
             else:
                 verdict = finish(replies[i] if error is None else None, error)

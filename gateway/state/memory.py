@@ -188,6 +188,7 @@ class MemoryBackend:
 
     def __init__(self, clock: Clock = SYSTEM_CLOCK, dlq_path: str | None = None) -> None:
         self.clock = clock
+        self._time = time.time if type(clock).time is Clock.time else clock.time  # as ``MemoryStore._monotonic``
         self.store = MemoryStore(clock)
         self._logs = Logs(clock, dlq_path)
 
@@ -262,9 +263,10 @@ class MemoryBackend:
 
     def run_fused_now(self, ops: list[FusedOp]) -> list[Any]:
         """``run_fused`` without a coroutine, for a caller that knows it never waits (``MeteredBackend``)."""
-        self.store.sweep()
+        store = self.store
+        store.sweep()
         try:
-            return run_native(self.store, ops, self.clock.time())
+            return run_native(store, ops, self._time())
         except StateError:
             raise
         except Exception as exc:
