@@ -91,8 +91,9 @@ class MemoryStore:
         self._data: dict[str, Any] = {}
         self._deadline: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []  # (deadline, key); stale entries are skipped
-        # key -> the deadline of its one live heap entry. A later deadline (an expiry pushed forward, what
-        # twins do on every call) pushes nothing: the sweep finds the key still alive and queues it again.
+        # key -> the deadline of its one live heap entry; every key of ``_deadline`` has one, at or before
+        # its deadline. A later deadline (an expiry pushed forward, what twins do on every call) pushes
+        # nothing: the sweep finds the key still alive and queues it again.
         self._queued: dict[str, float] = {}
 
     def __len__(self) -> int:
@@ -124,16 +125,21 @@ class MemoryStore:
 
     def expire(self, key: str, ttl_s: float) -> None:
         now = self._monotonic()
-        deadline = self._deadline.get(key)  # ``_alive`` inlined, on the same reading of the clock
-        if deadline is not None and deadline <= now:
+        old = self._deadline.get(key)  # ``_alive`` inlined, on the same reading of the clock
+        if old is not None:  # then the key is in ``_data``, queued at ``old`` or before
+            if old <= now or ttl_s <= 0:
+                self.delete(key)
+                return
+            deadline = self._deadline[key] = now + ttl_s
+            if deadline >= old:  # pushed forward (what twins do on every call): its heap entry stands
+                return
+        elif key not in self._data:
+            return
+        elif ttl_s <= 0:
             self.delete(key)
             return
-        if key not in self._data:
-            return
-        if ttl_s <= 0:
-            self.delete(key)
-            return
-        deadline = self._deadline[key] = now + ttl_s
+        else:
+            deadline = self._deadline[key] = now + ttl_s
         queued = self._queued.get(key)
         if queued is None or deadline < queued:
             self._queued[key] = deadline
