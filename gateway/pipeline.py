@@ -2,7 +2,8 @@
 
 A request walks the phases in ``PHASES`` order. A stage implements only the phases it needs (the
 base class's do-nothing defaults are skipped by the runner, so an unused phase costs nothing). A
-phase returns ``None`` to continue or ``Respond(...)`` to answer now. After the phases, every
+phase returns ``None`` to continue or ``Respond(...)`` to answer now (a hook that never waits may be
+a plain function; the runner awaits only what is returned to be awaited). After the phases, every
 response (upstream answer, early answer or error) passes each stage's ``on_response`` filter, is
 written to the client, and then ``complete(ctx, error)`` runs exactly once per request, whatever
 happened, including a client disconnect.
@@ -77,6 +78,10 @@ Verdict = Respond | None
 
 class Stage:
     """Base class: override only the phases you need. Every phase may be cancelled at any await.
+
+    A phase or ``complete`` that never waits may be a plain function returning its verdict (``None``
+    or a ``Respond``; ``complete``: ``None``): the runner awaits only what a hook returns to be awaited,
+    so such a hook costs no coroutine. Filters (``on_response``) are always awaited.
 
     The contract of each hook is written on it; ``tests/test_pipeline_contract.py`` runs the runner
     alone with fake stages to hold it.
@@ -228,7 +233,9 @@ class Pipeline:
             if ctx.phase_marks is not None:  # a traced request (the tracing stage's spans); None when off
                 ctx.phase_marks.append((PHASES[n], time.time()))
             for at, hook in hooks:
-                verdict = await hook(ctx)
+                verdict = hook(ctx)
+                if verdict is not None and type(verdict) is not Respond:
+                    verdict = await verdict
                 if verdict is not None:
                     ctx.outcome = verdict.reason
                     return verdict.response
@@ -244,7 +251,9 @@ class Pipeline:
             if i and ctx.phase_marks is not None:
                 ctx.phase_marks.append((PHASES[first + i - 1], time.time()))
             for hook in hooks:
-                verdict = await hook(ctx)
+                verdict = hook(ctx)
+                if verdict is not None and type(verdict) is not Respond:
+                    verdict = await verdict
                 if verdict is not None:
                     ctx.outcome = verdict.reason
                     return verdict.response
@@ -257,6 +266,8 @@ class Pipeline:
             ctx.phase_marks.append(("complete", time.time()))
         for fn in (ctx.plan.completes if ctx.plan is not None else self._completes):
             try:
-                await fn(ctx, error)
+                pending = fn(ctx, error)
+                if pending is not None:
+                    await pending
             except Exception:  # noqa: BLE001 - complete must reach every stage
                 log.exception("complete failed in %s", getattr(fn, "__self__", fn))

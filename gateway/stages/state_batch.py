@@ -111,19 +111,15 @@ class StateBatchStage(Stage):
     def __init__(self, backend: StateBackend) -> None:
         self.backend = backend
 
-    async def check_input(self, ctx: RequestContext) -> Verdict:
+    def check_input(self, ctx: RequestContext) -> Verdict:
         ctx.state_batch = StateBatch()
         return None
 
-    def admit(self, ctx: RequestContext) -> Awaitable[Verdict]:
+    def admit(self, ctx: RequestContext) -> Awaitable[Verdict] | None:
         """The flush itself, for the runner to await: no coroutine of this stage's around it."""
         batch = ctx.state_batch
-        return _nothing() if batch is None else batch.flush(self.backend, "admit")
+        return None if batch is None else batch.flush(self.backend, "admit")
 
-    def complete(self, ctx: RequestContext, error: BaseException | None) -> Awaitable[Verdict]:
+    def complete(self, ctx: RequestContext, error: BaseException | None) -> Awaitable[Verdict] | None:
         batch = ctx.state_batch
-        return _nothing() if batch is None else batch.flush(self.backend, "complete")
-
-
-async def _nothing() -> None:
-    return None
+        return None if batch is None else batch.flush(self.backend, "complete")
