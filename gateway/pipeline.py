@@ -192,18 +192,20 @@ class Pipeline:
 
     def entry_plan(self, policy: Policy, surface: Surface) -> Plan:
         """The plan a request of ``surface`` starts on: every stage that applies to some request."""
-        return self.plans.get(policy, (None, None, surface.name, False),
-                              lambda: compile_plan(self.stages, Scope(policy, surface), PHASES, overridden))
+        return self.plans.get(policy, (None, None, surface.name, False), self._compile_entry, policy, surface)
 
     def plan_for(self, policy: Policy, surface: Surface, tenant: Tenant, model: str, managed: bool = False) -> Plan:
         """The plan of requests of ``tenant`` for the public ``model`` on ``surface`` (memoised)."""
+        return self.plans.get(policy, (tenant.name, model, surface.name, managed), self._compile_for,
+                              policy, surface, tenant, model, managed)
 
-        def build() -> Plan:
-            entry = self.entry_plan(policy, surface)
-            scope = Scope(policy, surface, tenant, policy.models.get(model), managed)
-            return compile_plan(self.stages, scope, PHASES, overridden, within=entry)
+    def _compile_entry(self, policy: Policy, surface: Surface) -> Plan:
+        return compile_plan(self.stages, Scope(policy, surface), PHASES, overridden)
 
-        return self.plans.get(policy, (tenant.name, model, surface.name, managed), build)
+    def _compile_for(self, policy: Policy, surface: Surface, tenant: Tenant, model: str, managed: bool) -> Plan:
+        entry = self.entry_plan(policy, surface)
+        scope = Scope(policy, surface, tenant, policy.models.get(model), managed)
+        return compile_plan(self.stages, scope, PHASES, overridden, within=entry)
 
     async def run(self, ctx: RequestContext) -> GatewayResponse:
         """Walk the phases, then the filters; return the response to write (never raises GatewayError

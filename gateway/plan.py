@@ -104,14 +104,15 @@ class PlanCache:
         self.limit = limit
         self._plans: dict[Key, Plan] = {}
 
-    def get(self, policy: Policy, key: Key, build: Callable[[], Plan]) -> Plan:
+    def get(self, policy: Policy, key: Key, build: Callable[..., Plan], *args: Any) -> Plan:
+        """The plan of ``key``, ``build(*args)`` when missing (arguments, not a closure made per request)."""
         if policy is not self.policy:  # a request that started under the previous policy: not kept
-            return build()
+            return build(*args)
         plan = self._plans.get(key)
         if plan is None:
             if len(self._plans) >= self.limit:
                 self._plans.clear()
-            plan = self._plans[key] = build()
+            plan = self._plans[key] = build(*args)
         return plan
 
     def __len__(self) -> int:

@@ -90,7 +90,7 @@ class Handler:
         resp: GatewayResponse | None = None
         head_s: float | None = None
         task = self.drain.enter()
-        busy = len(self.drain)
+        busy = len(self.drain) if adaptive is not None else 0
         try:
             resp = await self.pipeline.run(ctx)
             head_s = loop.time() - ctx.started
