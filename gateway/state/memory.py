@@ -16,7 +16,7 @@ from typing import Any
 
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.state.base import Script, StateError
-from gateway.state.fused import FusedOp, run_native
+from gateway.state.fused import FusedCtx, FusedOp
 from gateway.state.journal import LOG_FULL, Logs, format_id, parse_id
 
 __all__ = [
@@ -166,6 +166,8 @@ class MemoryStore:
         """Drop a bounded batch of expired keys; called by every backend operation."""
         now = self._monotonic()
         heap = self._heap
+        if not heap or heap[0][0] > now:  # nothing due: most operations
+            return
         for _ in range(_SWEEP_BATCH):
             if not heap or heap[0][0] > now:
                 return
@@ -272,7 +274,8 @@ class MemoryBackend:
         store = self.store
         store.sweep()
         try:
-            return run_native(store, ops, self._time())
+            now, fx = self._time(), FusedCtx()
+            return [op.native(store, now, fx) for op in ops]
         except StateError:
             raise
         except Exception as exc:
