@@ -38,7 +38,7 @@ class Drain:
 
     def __init__(self) -> None:
         self.draining = False
-        self._open: dict[asyncio.Task, bool] = {}  # in flight, ``complete`` included -> not yet completing (may be cut)
+        self._open: dict[asyncio.Task, bool] = {}  # in flight (``complete`` included) -> still working: may be cut
         self._cut: set[asyncio.Task] = set()
         self._idle: asyncio.Event | None = None
 

@@ -2,13 +2,13 @@
 
 The budget and rate-limit stages keep their concerns: each builds its own op (``gateway.state.fused``)
 and a ``finish`` that turns the op's reply, or the call's ``StateError``, into its verdict and
-bookkeeping (fallback modes, journals, leases); a finisher that needs no await is a plain function
-(the flush awaits only what a finisher returns to be awaited). Instead of calling the backend, they add both to
+bookkeeping (fallback modes, journals, leases). Instead of calling the backend, they add both to
 ``ctx.state_batch``; this stage, listed after them, sends the ops of the phase as one
 ``backend.run_fused`` call (one Redis round trip, pipelined with other requests') and then runs the
-finishers in the order the ops were added. In ``admit`` the first refusal answers the request and
-the finishers after it are skipped (their ops did nothing after the refusal); in ``complete`` every
-finisher runs. An op may be ``None``: a stage that must work alone (its backend is known to be down,
+finishers in the order the ops were added. A finisher returns its verdict, or an awaitable the flush
+awaits when it must wait (a call of its own, a queue): one that never waits is a plain function and
+costs no coroutine. In ``admit`` the first refusal answers the request and the finishers after it
+are skipped (their ops did nothing after the refusal); in ``complete`` every finisher runs. An op may be ``None``: a stage that must work alone (its backend is known to be down,
 it waits in a queue) still gets its turn, in order, after the call.
 
 A stage may also add an op only when the phase makes a call anyway (``sends``): the feedback
