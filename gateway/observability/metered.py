@@ -50,7 +50,8 @@ class MeteredBackend:
         self._children: dict[str, tuple[Any, Any]] = {}
         self.traced = False  # record calls for traces (set by the tracing stage when tracing is on)
         # a backend whose fused call never waits (memory) runs it without a coroutine of its own
-        self._fused_now = getattr(inner, "run_fused_now", None)
+        sync_fused = getattr(inner, "sync_fused", None)
+        self._fused_now = sync_fused() if sync_fused is not None else None
         self._fused_series: tuple[Any, Any] | None = None
 
     def __getattr__(self, name: str) -> Any:
