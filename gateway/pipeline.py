@@ -2,7 +2,8 @@
 
 A request walks the phases in ``PHASES`` order. A stage implements only the phases it needs (the
 base class's do-nothing defaults are skipped by the runner, so an unused phase costs nothing). A
-phase returns ``None`` to continue or ``Respond(...)`` to answer now. After the phases, every
+phase returns ``None`` to continue or ``Respond(...)`` to answer now (a hook that never waits may be
+a plain function; the runner awaits only what is returned to be awaited). After the phases, every
 response (upstream answer, early answer or error) passes each stage's ``on_response`` filter, is
 written to the client, and then ``complete(ctx, error)`` runs exactly once per request, whatever
 happened, including a client disconnect.
@@ -77,6 +78,10 @@ Verdict = Respond | None
 
 class Stage:
     """Base class: override only the phases you need. Every phase may be cancelled at any await.
+
+    A phase or ``complete`` that never waits may be a plain function returning its verdict (``None``
+    or a ``Respond``; ``complete``: ``None``): the runner awaits only what a hook returns to be awaited,
+    so such a hook costs no coroutine. Filters (``on_response``) are always awaited.
 
     The contract of each hook is written on it; ``tests/test_pipeline_contract.py`` runs the runner
     alone with fake stages to hold it.
@@ -187,18 +192,20 @@ class Pipeline:
 
     def entry_plan(self, policy: Policy, surface: Surface) -> Plan:
         """The plan a request of ``surface`` starts on: every stage that applies to some request."""
-        return self.plans.get(policy, (None, None, surface.name, False),
-                              lambda: compile_plan(self.stages, Scope(policy, surface), PHASES, overridden))
+        return self.plans.get(policy, (None, None, surface.name, False), self._compile_entry, policy, surface)
 
     def plan_for(self, policy: Policy, surface: Surface, tenant: Tenant, model: str, managed: bool = False) -> Plan:
         """The plan of requests of ``tenant`` for the public ``model`` on ``surface`` (memoised)."""
+        return self.plans.get(policy, (tenant.name, model, surface.name, managed), self._compile_for,
+                              policy, surface, tenant, model, managed)
 
-        def build() -> Plan:
-            entry = self.entry_plan(policy, surface)
-            scope = Scope(policy, surface, tenant, policy.models.get(model), managed)
-            return compile_plan(self.stages, scope, PHASES, overridden, within=entry)
+    def _compile_entry(self, policy: Policy, surface: Surface) -> Plan:
+        return compile_plan(self.stages, Scope(policy, surface), PHASES, overridden)
 
-        return self.plans.get(policy, (tenant.name, model, surface.name, managed), build)
+    def _compile_for(self, policy: Policy, surface: Surface, tenant: Tenant, model: str, managed: bool) -> Plan:
+        entry = self.entry_plan(policy, surface)
+        scope = Scope(policy, surface, tenant, policy.models.get(model), managed)
+        return compile_plan(self.stages, scope, PHASES, overridden, within=entry)
 
     async def run(self, ctx: RequestContext) -> GatewayResponse:
         """Walk the phases, then the filters; return the response to write (never raises GatewayError
@@ -211,7 +218,9 @@ class Pipeline:
             resp = GatewayResponse.from_error(err)
         if ctx.phase_marks is not None:
             ctx.phase_marks.append(("respond", time.time()))
-        return await self.filter(ctx, resp)
+        for f in (ctx.plan.filters if ctx.plan is not None else self._filters):
+            resp = await f(ctx, resp)
+        return resp
 
     async def _walk(self, ctx: RequestContext) -> GatewayResponse:
         """The entry plan's hooks until the request's plan is known, then the rest from that plan.
@@ -226,7 +235,9 @@ class Pipeline:
             if ctx.phase_marks is not None:  # a traced request (the tracing stage's spans); None when off
                 ctx.phase_marks.append((PHASES[n], time.time()))
             for at, hook in hooks:
-                verdict = await hook(ctx)
+                verdict = hook(ctx)
+                if verdict is not None and type(verdict) is not Respond:
+                    verdict = await verdict
                 if verdict is not None:
                     ctx.outcome = verdict.reason
                     return verdict.response
@@ -242,16 +253,13 @@ class Pipeline:
             if i and ctx.phase_marks is not None:
                 ctx.phase_marks.append((PHASES[first + i - 1], time.time()))
             for hook in hooks:
-                verdict = await hook(ctx)
+                verdict = hook(ctx)
+                if verdict is not None and type(verdict) is not Respond:
+                    verdict = await verdict
                 if verdict is not None:
                     ctx.outcome = verdict.reason
                     return verdict.response
         raise GatewayError(500, "no stage answered the request", code="no_upstream")
-
-    async def filter(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:
-        for f in (ctx.plan.filters if ctx.plan is not None else self._filters):
-            resp = await f(ctx, resp)
-        return resp
 
     async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
         """Run the ``complete`` of every stage in the request's plan (every stage's, before one was
@@ -260,6 +268,8 @@ class Pipeline:
             ctx.phase_marks.append(("complete", time.time()))
         for fn in (ctx.plan.completes if ctx.plan is not None else self._completes):
             try:
-                await fn(ctx, error)
+                pending = fn(ctx, error)
+                if pending is not None:
+                    await pending
             except Exception:  # noqa: BLE001 - complete must reach every stage
                 log.exception("complete failed in %s", getattr(fn, "__self__", fn))

@@ -12,7 +12,7 @@ plan (a subset of the entry plan, by construction) runs the rest. ``gateway.pipe
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from gateway.policy.model import ModelSpec, Policy, Tenant
     from gateway.surfaces.base import Surface
 
-Hook = Callable[..., Awaitable[Any]]
+Hook = Callable[..., Any]  # a stage's bound hook: a coroutine function, or a plain one that never waits
 Key = tuple[str | None, str | None, str, bool]  # (tenant, public model, surface, managed key)
 PLAN_CACHE_SIZE = 4096  # plans kept per policy; past it the memo starts again (tenants x models x surfaces)
 
@@ -104,14 +104,15 @@ class PlanCache:
         self.limit = limit
         self._plans: dict[Key, Plan] = {}
 
-    def get(self, policy: Policy, key: Key, build: Callable[[], Plan]) -> Plan:
+    def get(self, policy: Policy, key: Key, build: Callable[..., Plan], *args: Any) -> Plan:
+        """The plan of ``key``, ``build(*args)`` when missing (arguments, not a closure made per request)."""
         if policy is not self.policy:  # a request that started under the previous policy: not kept
-            return build()
+            return build(*args)
         plan = self._plans.get(key)
         if plan is None:
             if len(self._plans) >= self.limit:
                 self._plans.clear()
-            plan = self._plans[key] = build()
+            plan = self._plans[key] = build(*args)
         return plan
 
     def __len__(self) -> int:

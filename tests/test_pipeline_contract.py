@@ -39,23 +39,28 @@ def make_ctx() -> RequestContext:
 
 def fake_stage(name: str, log: Log, phases: tuple[str, ...] = (), answers: dict[str, Any] | None = None,
                filters: bool = False, complete: bool = False,
-               complete_raises: bool = False, applies: Callable[[Scope], Any] | None = None) -> Stage:
+               complete_raises: bool = False, applies: Callable[[Scope], Any] | None = None,
+               plain: bool = False) -> Stage:
     """A Stage subclass overriding only ``phases`` (plus ``on_response``/``complete`` when asked).
 
     ``answers[phase]`` is what that phase returns (a ``Respond``) or raises (an exception);
-    ``applies`` is its plan hook (default: every hook, always).
+    ``applies`` is its plan hook (default: every hook, always); ``plain``: phases and ``complete`` are
+    plain functions (hooks that never wait), not coroutine functions.
     """
     answers = answers or {}
 
     def phase_hook(phase: str) -> Callable[..., Any]:
-        async def hook(self: Stage, ctx: RequestContext) -> Respond | None:
+        def answer_of(self: Stage, ctx: RequestContext) -> Respond | None:
             log.append((name, phase))
             answer = answers.get(phase)
             if isinstance(answer, BaseException):
                 raise answer
             return answer
 
-        return hook
+        async def hook(self: Stage, ctx: RequestContext) -> Respond | None:
+            return answer_of(self, ctx)
+
+        return answer_of if plain else hook
 
     namespace: dict[str, Any] = {"name": name, **{p: phase_hook(p) for p in phases}}
     if applies is not None:
@@ -68,12 +73,15 @@ def fake_stage(name: str, log: Log, phases: tuple[str, ...] = (), answers: dict[
 
         namespace["on_response"] = on_response
     if complete or complete_raises:
-        async def complete_hook(self: Stage, ctx: RequestContext, error: BaseException | None) -> None:
+        def completed(self: Stage, ctx: RequestContext, error: BaseException | None) -> None:
             log.append((name, f"complete:{type(error).__name__ if error else None}"))
             if complete_raises:
                 raise RuntimeError(f"{name} failed to complete")
 
-        namespace["complete"] = complete_hook
+        async def complete_hook(self: Stage, ctx: RequestContext, error: BaseException | None) -> None:
+            completed(self, ctx, error)
+
+        namespace["complete"] = completed if plain else complete_hook
     return type(f"Fake{name.title()}Stage", (Stage,), namespace)()
 
 
@@ -85,6 +93,25 @@ async def test_phases_run_in_phases_order_across_stages_and_list_order_within_a_
     resp = await Pipeline([a, b]).run(make_ctx())
     assert resp.status == 200
     assert log == [(s, p) for p in PHASES for s in ("a", "b")]
+
+
+async def test_plain_function_hooks_run_in_order_answer_and_complete_like_coroutine_ones(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """A hook that never waits may be a plain function: its verdict is taken as returned, not awaited."""
+    log: Log = []
+    a = fake_stage("a", log, ("authenticate", "route"), plain=True, complete_raises=True)
+    b = fake_stage("b", log, ("authenticate", "admit"), complete=True)
+    c = fake_stage("c", log, ("admit",), answers={"admit": Respond(OK, "plain")}, plain=True, complete=True)
+    d = fake_stage("d", log, ("call_upstream",), answers={"call_upstream": Respond(OK)}, complete=True)
+    pipeline = Pipeline([a, b, c, d])
+    ctx = make_ctx()
+    assert (await pipeline.run(ctx)).status == 200 and ctx.outcome == "plain"
+    with caplog.at_level(logging.ERROR, logger="gateway.pipeline"):
+        await pipeline.complete(ctx, None)
+    assert log == [("a", "authenticate"), ("b", "authenticate"), ("a", "route"), ("b", "admit"), ("c", "admit"),
+                   ("a", "complete:None"), ("b", "complete:None"), ("c", "complete:None"), ("d", "complete:None")]
+    assert [r.getMessage() for r in caplog.records if r.name == "gateway.pipeline"] == [
+        f"complete failed in {a}"]
 
 
 async def test_a_stage_runs_only_the_phases_it_overrides() -> None:

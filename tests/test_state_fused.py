@@ -21,9 +21,11 @@ import redis
 
 from gateway.budget.ledger import Charge, ReserveOp, ScopeArgs, SettleOp, scope_key
 from gateway.clock import FakeClock
+from gateway.observability.metered import MeteredBackend
+from gateway.observability.metrics import GatewayMetrics
 from gateway.ratelimit.fused import AdmitOp, ReleaseOp
 from gateway.state import MemoryBackend, RedisBackend, StateBackend
-from gateway.state.base import hash_tag
+from gateway.state.base import StateError, hash_tag
 from gateway.state.fused import SetOp
 from tests.support.harness import eventually
 
@@ -210,3 +212,21 @@ async def test_a_fused_set_replaces_value_and_expiry(backend, request) -> None:
         assert 29_000 < r.pttl(key) <= 30_000
     finally:
         r.close()
+
+
+async def test_the_metered_memory_backend_times_its_fused_call_and_honours_an_override() -> None:
+    """The metered memory backend runs the natives without awaiting the inner call, counted all the
+    same; a subclass that overrides ``run_fused`` (a double that fails) is still what runs."""
+
+    class Down(MemoryBackend):
+        async def run_fused(self, ops: list) -> list:
+            raise StateError("down")
+
+    metrics = GatewayMetrics()
+    metered = MeteredBackend(MemoryBackend(), metrics)
+    assert await metered.run_fused([SetOp(f"{TAG}:k", b"v", 30.0)]) == [1]
+    assert await metered.get(f"{TAG}:k") == b"v"
+    with pytest.raises(StateError):
+        await MeteredBackend(Down(), metrics).run_fused([SetOp(f"{TAG}:k", b"w", 30.0)])
+    duration, errors = metrics.state_duration.labels("fused"), metrics.state_errors.labels("fused")
+    assert sum(duration.counts) == 2 and errors.value == 1

@@ -38,8 +38,7 @@ class Drain:
 
     def __init__(self) -> None:
         self.draining = False
-        self._open: set[asyncio.Task] = set()  # in flight, ``complete`` included
-        self._working: set[asyncio.Task] = set()  # in flight and not yet completing: may be cut
+        self._open: dict[asyncio.Task, bool] = {}  # in flight (``complete`` included) -> still working: may be cut
         self._cut: set[asyncio.Task] = set()
         self._idle: asyncio.Event | None = None
 
@@ -49,18 +48,18 @@ class Drain:
     def enter(self) -> asyncio.Task:
         task = asyncio.current_task()
         assert task is not None
-        self._open.add(task)
-        self._working.add(task)
+        self._open[task] = True
         return task
 
     def completing(self, task: asyncio.Task) -> None:
         """From here the request only settles: a cut would interrupt its ``complete``."""
-        self._working.discard(task)
+        if task in self._open:
+            self._open[task] = False
 
     def leave(self, task: asyncio.Task) -> None:
-        self._open.discard(task)
-        self._working.discard(task)
-        self._cut.discard(task)
+        self._open.pop(task, None)
+        if self._cut:
+            self._cut.discard(task)
         if not self._open and self._idle is not None:
             self._idle.set()
 
@@ -73,7 +72,7 @@ class Drain:
 
     def expire(self) -> int:
         """Cancel every request still working; each answers 503 ``shutting_down``. Returns how many."""
-        victims = list(self._working)
+        victims = [task for task, working in self._open.items() if working]
         for task in victims:
             self._cut.add(task)
             task.cancel()

@@ -90,7 +90,7 @@ class Handler:
         resp: GatewayResponse | None = None
         head_s: float | None = None
         task = self.drain.enter()
-        busy = len(self.drain)
+        busy = len(self.drain) if adaptive is not None else 0
         try:
             resp = await self.pipeline.run(ctx)
             head_s = loop.time() - ctx.started
@@ -123,18 +123,27 @@ class Handler:
             finally:
                 self.drain.leave(task)
 
-    async def _finish(self, ctx: RequestContext, resp: GatewayResponse | None, error: BaseException | None) -> None:
+    def _finish(self, ctx: RequestContext, resp: GatewayResponse | None,
+                error: BaseException | None) -> Awaitable[None]:
         """Release the upstream and run ``complete`` once, to its end.
 
         ``complete`` is shielded when the client left, and always when the state backend is shared: a
         client that leaves while ``complete`` waits for its state call (the settle, the release, the
         feedback record) cancels this handler, and the call and its finishers must still run. The
-        memory backend's ``complete`` never waits, so nothing can cancel it half-way: no extra task.
+        memory backend's ``complete`` never waits, so nothing can cancel it half-way: no extra task,
+        and for an answer with nothing to release, ``complete`` itself is awaited (no coroutine here).
         """
         if error is None:
             error = ctx.stream_error
         if self.guard is not None and isinstance(error, GatewayError) and error.code in _BODY_REFUSALS:
             self.guard.refused(_BODY_REFUSALS[error.code])
+        if ctx.client_disconnected or self.shared_state or (resp is not None and resp.close is not None):
+            return self._finish_shielded(ctx, resp, error)
+        return self.pipeline.complete(ctx, error)
+
+    async def _finish_shielded(self, ctx: RequestContext, resp: GatewayResponse | None,
+                               error: BaseException | None) -> None:
+        """``_finish`` for a departed client, a shared backend or an answer with an upstream to release."""
         if ctx.client_disconnected:
             if resp is not None and resp.close is not None:
                 with contextlib.suppress(Exception):

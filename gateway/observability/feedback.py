@@ -124,7 +124,7 @@ class RequestRecords:
         self.writer.sending(op.key, op.value)
         return op
 
-    async def written(self, op: SetOp, reply: Any, error: StateError | None) -> None:
+    def written(self, op: SetOp, reply: Any, error: StateError | None) -> None:
         """The call carrying ``op`` answered (a ``StateBatch`` finisher); a failure loses the record, counted."""
         self.writer.sent(op.key, op.value, error)
 

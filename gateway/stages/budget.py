@@ -143,21 +143,24 @@ class BudgetStage(Stage):
             return self._deny(ctx)
         return self._held(ctx, hold, reserved, model, small, main, alt, now)
 
-    async def _reserved(self, ctx: RequestContext, hold: Hold, model: ModelSpec, small: ModelSpec | None,
-                        main: int, alt: int | None, now: float, reply: list | None,
-                        error: StateError | None) -> Verdict:
-        """Admit's verdict from the fused call's reply, or from ``on_backend_error`` when it failed."""
-        scopes = hold.plan.scopes
-        if error is None:
-            assert reply is not None
-            reserved: Reserved | None = self.service.reserved(scopes, parse_reserved(reply))
-            hold.ledger = self.service.shared
-        else:
-            try:
-                reserved, hold.ledger = await self.service.reserve_failed(error, scopes, hold.rid, main, alt)
-            except StateError:
-                hold.state = "none"
-                return self._deny(ctx)
+    def _reserved(self, ctx: RequestContext, hold: Hold, model: ModelSpec, small: ModelSpec | None,
+                  main: int, alt: int | None, now: float, reply: list | None,
+                  error: StateError | None) -> Verdict | Awaitable[Verdict]:
+        """Admit's verdict from the fused call's reply, or (awaited) from ``on_backend_error`` when it failed."""
+        if error is not None:
+            return self._reserve_failed(ctx, hold, model, small, main, alt, now, error)
+        assert reply is not None
+        reserved = self.service.reserved(hold.plan.scopes, parse_reserved(reply))
+        hold.ledger = self.service.shared
+        return self._held(ctx, hold, reserved, model, small, main, alt, now)
+
+    async def _reserve_failed(self, ctx: RequestContext, hold: Hold, model: ModelSpec, small: ModelSpec | None,
+                              main: int, alt: int | None, now: float, error: StateError) -> Verdict:
+        try:
+            reserved, hold.ledger = await self.service.reserve_failed(error, hold.plan.scopes, hold.rid, main, alt)
+        except StateError:
+            hold.state = "none"
+            return self._deny(ctx)
         return self._held(ctx, hold, reserved, model, small, main, alt, now)
 
     def _held(self, ctx: RequestContext, hold: Hold, reserved: Reserved | None,

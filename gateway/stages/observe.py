@@ -28,12 +28,12 @@ class InFlightStage(Stage):
     def __init__(self, obs: Observability) -> None:
         self.gauge = obs.metrics.in_flight.labels()  # the unlabelled child: one call less per phase
 
-    async def authenticate(self, ctx: RequestContext) -> Verdict:
+    def authenticate(self, ctx: RequestContext) -> Verdict:
         self.gauge.inc()
         ctx.in_flight = True
         return None
 
-    async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
+    def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
         if ctx.in_flight:
             ctx.in_flight = False
             self.gauge.dec()
@@ -61,7 +61,7 @@ class ObserveStage(Stage):
                 await self._timer
         await self.obs.close()
 
-    async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
+    def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
         total = asyncio.get_running_loop().time() - ctx.started
         cost_usd = settled_cost(ctx)
         self.obs.recorder.record(ctx, total, cost_usd)

@@ -239,20 +239,16 @@ class RateLimitStage(Stage):
                        None if alt is None else self._entries(st, alt, cost, False), keep=queued,
                        leased=not self.memory)
 
-    async def _admit_finish(self, ctx: RequestContext, st: LimitState, op: AdmitOp | None, plan: Plan,
-                            alt: Plan | None, cost: int, reply: list | None, error: StateError | None) -> Verdict:
+    def _admit_finish(self, ctx: RequestContext, st: LimitState, op: AdmitOp | None, plan: Plan, alt: Plan | None,
+                      cost: int, reply: list | None, error: StateError | None) -> Verdict | Awaitable[Verdict]:
         """Admit's verdict from the fused call's reply (the budget's finisher has run: ``ctx.model`` is
-        final), or from a call of its own when the limits could not join it."""
+        final), or from a call of its own when the limits could not join it. A plain function: only a
+        call of its own or a wait in the queue is returned to be awaited."""
         if op is None:
-            return await self._admit_alone(ctx, st, cost)
+            return self._admit_alone(ctx, st, cost)
         holds = (st.tokens_on, st.slots_on) if st.deferred else (st.tokens_on,)
-        if error is not None:  # the fused call failed: decide as on_backend_error says, for the model that serves
-            self.guard.failed(error)
-            tplan = self._token_plan(ctx, st, None) or plan
-            keys, args = acquire_call(st.token, st.plan.shadow, self._entries(st, tplan, cost, False))
-            decision = await self._call(ctx, keys, args, lambda: self._local_args(st, tplan, cost),
-                                        self._pairs(st, tplan), holds, shared=False)
-            return self._admitted(ctx, st, tplan, decision, cost)
+        if error is not None:
+            return self._admit_failed(ctx, st, plan, cost, holds, error)
         if not reply:  # an earlier op refused: this one wrote nothing
             _drop(holds, self.guard.shared)
             return None
@@ -266,7 +262,22 @@ class RateLimitStage(Stage):
         if _rejected(decision):
             _drop(holds, self.guard.shared)
             if st.plan.queue_s > 0 and decision.retry_ms >= 0:  # type: ignore[union-attr]
-                decision = await self._wait(st, self.lines.get(st.plan.tenant), self._attempt(ctx, st, tplan, cost))
+                return self._admit_queued(ctx, st, tplan, cost)
+        return self._admitted(ctx, st, tplan, decision, cost)
+
+    async def _admit_failed(self, ctx: RequestContext, st: LimitState, plan: Plan, cost: int,
+                            holds: tuple[list[StateBackend], ...], error: StateError) -> Verdict:
+        """The fused call failed: decide as on_backend_error says, for the model that serves."""
+        self.guard.failed(error)
+        tplan = self._token_plan(ctx, st, None) or plan
+        keys, args = acquire_call(st.token, st.plan.shadow, self._entries(st, tplan, cost, False))
+        decision = await self._call(ctx, keys, args, lambda: self._local_args(st, tplan, cost),
+                                    self._pairs(st, tplan), holds, shared=False)
+        return self._admitted(ctx, st, tplan, decision, cost)
+
+    async def _admit_queued(self, ctx: RequestContext, st: LimitState, tplan: Plan, cost: int) -> Verdict:
+        """Refused while the tenant has a queue: wait in line for another try."""
+        decision = await self._wait(st, self.lines.get(st.plan.tenant), self._attempt(ctx, st, tplan, cost))
         return self._admitted(ctx, st, tplan, decision, cost)
 
     async def _admit_alone(self, ctx: RequestContext, st: LimitState, cost: int) -> Verdict:
@@ -490,7 +501,7 @@ class RateLimitStage(Stage):
             self._keep_release(*op.redis_call())  # its outcome is unknown: a replay is harmless
         return False
 
-    async def _released(self, st: LimitState, op: ReleaseOp, reply: object, error: StateError | None) -> None:
+    def _released(self, st: LimitState, op: ReleaseOp, reply: object, error: StateError | None) -> None:
         """The fused release answered (or failed: kept for replay); queued requests may try again."""
         if error is not None:
             self.guard.failed(error)

@@ -5,9 +5,10 @@ and a ``finish`` that turns the op's reply, or the call's ``StateError``, into i
 bookkeeping (fallback modes, journals, leases). Instead of calling the backend, they add both to
 ``ctx.state_batch``; this stage, listed after them, sends the ops of the phase as one
 ``backend.run_fused`` call (one Redis round trip, pipelined with other requests') and then runs the
-finishers in the order the ops were added. In ``admit`` the first refusal answers the request and
-the finishers after it are skipped (their ops did nothing after the refusal); in ``complete`` every
-finisher runs. An op may be ``None``: a stage that must work alone (its backend is known to be down,
+finishers in the order the ops were added. A finisher returns its verdict, or an awaitable the flush
+awaits when it must wait (a call of its own, a queue): one that never waits is a plain function and
+costs no coroutine. In ``admit`` the first refusal answers the request and the finishers after it
+are skipped (their ops did nothing after the refusal); in ``complete`` every finisher runs. An op may be ``None``: a stage that must work alone (its backend is known to be down,
 it waits in a queue) still gets its turn, in order, after the call.
 
 A stage may also add an op only when the phase makes a call anyway (``sends``): the feedback
@@ -23,37 +24,45 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway.context import RequestContext
-from gateway.pipeline import Stage, Verdict
+from gateway.pipeline import Respond, Stage, Verdict
 from gateway.state import StateBackend, StateError
 from gateway.state.fused import FusedOp
 
-Finish = Callable[[Any, StateError | None], Awaitable[Verdict]]
+Finish = Callable[[Any, StateError | None], Verdict | Awaitable[Verdict]]
 
 
 class StateBatch:
-    """The ops of the current phase and their finishers, in the order the stages added them."""
+    """The ops of the current phase and their finishers, in the order the stages added them.
+
+    Per phase: the ops to send (``None`` left out) and every finisher with whether its op was sent,
+    so a flush sends the first list as it is.
+    """
 
     __slots__ = ("_queued",)
 
     def __init__(self) -> None:
-        self._queued: dict[str, list[tuple[FusedOp | None, Finish]]] = {}
+        self._queued: dict[str, tuple[list[FusedOp], list[tuple[bool, Finish]]]] = {}
 
     def add(self, phase: str, op: FusedOp | None, finish: Finish) -> None:
         """Queue ``op`` (``None``: no part in the call) for ``phase`` (``admit`` | ``complete``)."""
         queued = self._queued.get(phase)
         if queued is None:
-            self._queued[phase] = [(op, finish)]
+            queued = self._queued[phase] = ([], [])
+        if op is None:
+            queued[1].append((False, finish))
         else:
-            queued.append((op, finish))
+            queued[0].append(op)
+            queued[1].append((True, finish))
 
     def queued(self) -> int:
         """Entries queued, every phase together."""
-        return sum(len(queued) for queued in self._queued.values())
+        return sum(len(finishers) for _, finishers in self._queued.values())
 
     def sends(self, phase: str) -> bool:
         """Will ``phase``'s flush make a call (some op of it is not ``None``)? Read by a stage whose
         small write may ride that call but must not cost one of its own (the feedback record)."""
-        return any(op is not None for op, _ in self._queued.get(phase, ()))
+        queued = self._queued.get(phase)
+        return queued is not None and bool(queued[0])
 
     def clear(self) -> None:
         self._queued.clear()
@@ -67,9 +76,9 @@ class StateBatch:
         queued = self._queued.pop(phase, None)
         if self._queued:
             self._queued.clear()
-        if not queued:
+        if queued is None:
             return None
-        sent = [op for op, _ in queued if op is not None]
+        sent, finishers = queued
         replies: list[Any] = []
         error: StateError | None = None
         if sent:
@@ -79,12 +88,14 @@ class StateBatch:
                 error = exc
         answer: Verdict = None
         i = 0
-        for op, finish in queued:
-            if op is None:
-                verdict = await finish(None, None)
+        for has_op, finish in finishers:
+            if not has_op:
+                verdict = finish(None, None)
             else:
-                verdict = await finish(replies[i] if error is None else None, error)
+                verdict = finish(replies[i] if error is None else None, error)
                 i += 1
+            if verdict is not None and not isinstance(verdict, Respond):
+                verdict = await verdict  # type: ignore[misc]
             if verdict is not None and answer is None:
                 answer = verdict
                 if phase == "admit":
@@ -100,15 +111,15 @@ class StateBatchStage(Stage):
     def __init__(self, backend: StateBackend) -> None:
         self.backend = backend
 
-    async def check_input(self, ctx: RequestContext) -> Verdict:
+    def check_input(self, ctx: RequestContext) -> Verdict:
         ctx.state_batch = StateBatch()
         return None
 
-    async def admit(self, ctx: RequestContext) -> Verdict:
+    def admit(self, ctx: RequestContext) -> Awaitable[Verdict] | None:
+        """The flush itself, for the runner to await: no coroutine of this stage's around it."""
         batch = ctx.state_batch
-        return None if batch is None else await batch.flush(self.backend, "admit")
+        return None if batch is None else batch.flush(self.backend, "admit")
 
-    async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
+    def complete(self, ctx: RequestContext, error: BaseException | None) -> Awaitable[Verdict] | None:
         batch = ctx.state_batch
-        if batch is not None:
-            await batch.flush(self.backend, "complete")
+        return None if batch is None else batch.flush(self.backend, "complete")

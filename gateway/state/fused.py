@@ -144,8 +144,3 @@ def redis_call(ops: list[FusedOp]) -> tuple[Script, list[str], list[Any]]:
         head += (len(k), len(a))
     return compose(tuple(op.fragment for op in ops)), keys, head + body
 
-
-def run_native(store: MemoryStore, ops: list[FusedOp], now: float) -> list[Any]:
-    """The memory backend's fused call: every op's native, in order, with nothing awaited between."""
-    fx = FusedCtx()
-    return [op.native(store, now, fx) for op in ops]

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections.abc import Callable
 from typing import Any
 
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.state.base import Script, StateError
-from gateway.state.fused import FusedOp, run_native
+from gateway.state.fused import FusedCtx, FusedOp
 from gateway.state.journal import LOG_FULL, Logs, format_id, parse_id
 
 __all__ = [
@@ -91,8 +92,9 @@ class MemoryStore:
         self._data: dict[str, Any] = {}
         self._deadline: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []  # (deadline, key); stale entries are skipped
-        # key -> the deadline of its one live heap entry. A later deadline (an expiry pushed forward, what
-        # twins do on every call) pushes nothing: the sweep finds the key still alive and queues it again.
+        # key -> the deadline of its one live heap entry; every key of ``_deadline`` has one, at or before
+        # its deadline. A later deadline (an expiry pushed forward, what twins do on every call) pushes
+        # nothing: the sweep finds the key still alive and queues it again.
         self._queued: dict[str, float] = {}
 
     def __len__(self) -> int:
@@ -124,16 +126,21 @@ class MemoryStore:
 
     def expire(self, key: str, ttl_s: float) -> None:
         now = self._monotonic()
-        deadline = self._deadline.get(key)  # ``_alive`` inlined, on the same reading of the clock
-        if deadline is not None and deadline <= now:
+        old = self._deadline.get(key)  # ``_alive`` inlined, on the same reading of the clock
+        if old is not None:  # then the key is in ``_data``, queued at ``old`` or before
+            if old <= now or ttl_s <= 0:
+                self.delete(key)
+                return
+            deadline = self._deadline[key] = now + ttl_s
+            if deadline >= old:  # pushed forward (what twins do on every call): its heap entry stands
+                return
+        elif key not in self._data:
+            return
+        elif ttl_s <= 0:
             self.delete(key)
             return
-        if key not in self._data:
-            return
-        if ttl_s <= 0:
-            self.delete(key)
-            return
-        deadline = self._deadline[key] = now + ttl_s
+        else:
+            deadline = self._deadline[key] = now + ttl_s
         queued = self._queued.get(key)
         if queued is None or deadline < queued:
             self._queued[key] = deadline
@@ -160,6 +167,8 @@ class MemoryStore:
         """Drop a bounded batch of expired keys; called by every backend operation."""
         now = self._monotonic()
         heap = self._heap
+        if not heap or heap[0][0] > now:  # nothing due: most operations
+            return
         for _ in range(_SWEEP_BATCH):
             if not heap or heap[0][0] > now:
                 return
@@ -188,6 +197,7 @@ class MemoryBackend:
 
     def __init__(self, clock: Clock = SYSTEM_CLOCK, dlq_path: str | None = None) -> None:
         self.clock = clock
+        self._time = time.time if type(clock).time is Clock.time else clock.time  # as ``MemoryStore._monotonic``
         self.store = MemoryStore(clock)
         self._logs = Logs(clock, dlq_path)
 
@@ -258,9 +268,21 @@ class MemoryBackend:
 
     async def run_fused(self, ops: list[FusedOp]) -> list[Any]:
         """The ops' natives at ``clock.time()``, in order, with nothing awaited between (atomic)."""
-        self.store.sweep()
+        return self.run_fused_now(ops)
+
+    def sync_fused(self) -> Callable[[list[FusedOp]], list[Any]] | None:
+        """``run_fused`` as a plain function, for a wrapper that would await a coroutine per call
+        (``MeteredBackend``); None when a subclass overrides ``run_fused`` (a test double that fails or
+        waits), so that its override is what runs."""
+        return self.run_fused_now if type(self).run_fused is MemoryBackend.run_fused else None
+
+    def run_fused_now(self, ops: list[FusedOp]) -> list[Any]:
+        """``run_fused`` without a coroutine: nothing in it waits."""
+        store = self.store
+        store.sweep()
         try:
-            return run_native(self.store, ops, self.clock.time())
+            now, fx = self._time(), FusedCtx()
+            return [op.native(store, now, fx) for op in ops]
         except StateError:
             raise
         except Exception as exc:
