@@ -100,10 +100,8 @@ def _holds(found: list[StateBackend], backend: StateBackend) -> bool:
 
 
 def _keep(found: list[StateBackend], backend: StateBackend) -> None:
-    for b in found:  # ``_holds``, inlined: a few calls every request
-        if b is backend:
-            return
-    found.append(backend)
+    if not _holds(found, backend):
+        found.append(backend)
 
 
 class RateLimitStage(Stage):

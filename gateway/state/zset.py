@@ -56,31 +56,32 @@ class ZSet:
     def trim(self, max_score: float) -> int:
         """ZREMRANGEBYSCORE -inf max, then ZCARD: ``pop_through`` for a caller that needs only the count
         left (a window log's check, every request), without listing what went."""
-        items, head = self._items, self._head
-        cut = bisect.bisect_right(items, (max_score, "\U0010ffff"), head)
-        if cut > head:
-            scores = self.scores
-            for i in range(head, cut):
-                del scores[items[i][1]]
-            if 2 * cut >= len(items):  # as in ``pop_through``
-                del items[:cut]
-                cut = 0
-            self._head = cut
-        return len(items) - self._head
+        self._forget(self._cut(max_score))
+        return len(self)
 
     def pop_through(self, max_score: float, limit: int | None = None) -> list[str]:
         """ZRANGEBYSCORE -inf max [LIMIT 0 limit] + ZREM of those: the members removed, oldest first."""
-        items, head = self._items, self._head
-        cut = bisect.bisect_right(items, (max_score, "\U0010ffff"), head)
+        head, cut = self._head, self._cut(max_score)
         if limit is not None:
             cut = min(cut, head + limit)
+        gone = [member for _, member in self._items[head:cut]]
+        self._forget(cut)
+        return gone
+
+    def _cut(self, max_score: float) -> int:
+        """Where the live pairs scored above ``max_score`` begin."""
+        return bisect.bisect_right(self._items, (max_score, "\U0010ffff"), self._head)
+
+    def _forget(self, cut: int) -> None:
+        """Remove the live pairs before ``cut``: the start index moves over them, and the list is
+        compacted once that dead prefix is half of it."""
+        items, head = self._items, self._head
         if cut == head:
-            return []
-        gone = [member for _, member in items[head:cut]]
-        for member in gone:
-            del self.scores[member]
-        if 2 * cut >= len(items):  # the dead prefix is half the list or more: drop it for real
+            return
+        scores = self.scores
+        for i in range(head, cut):
+            del scores[items[i][1]]
+        if 2 * cut >= len(items):
             del items[:cut]
             cut = 0
         self._head = cut
-        return gone
