@@ -22,6 +22,7 @@ from gateway.errors import UpstreamError
 from gateway.http.sse import DONE, iter_sse
 from gateway.policy.checkers import BOOLEAN, string
 from gateway.policy.model import ProviderSpec
+from gateway.providers import exchange
 from gateway.providers.base import NativeAnswer, Provider, UpstreamRequest, UpstreamResponse
 from gateway.providers.keys import KeySource
 from gateway.providers.openai_responses import EventsToChunks, StreamFailed, response_to_chat
@@ -30,6 +31,7 @@ from gateway.providers.pool import HOOKED, TIMER, PoolObserver, PoolTimer, Timed
 # Ours instead of aiohttp's (which names Python and aiohttp): given, aiohttp adds none, without the
 # per-call header work its ``skip_auto_headers`` costs. A provider's configured ``headers`` may replace it.
 USER_AGENT = f"llm-gateway/{__version__}"
+LEAN = HOOKED and exchange.AVAILABLE  # ``exchange.post`` needs the connector hooks the pool timer uses
 PATHS = {"chat": "/chat/completions", "completions": "/completions", "embeddings": "/embeddings"}
 
 
@@ -84,6 +86,7 @@ class HTTPProvider(Provider):
         super().__init__(spec)
         self._session: aiohttp.ClientSession | None = None
         self._pool_observer: PoolObserver | None = None
+        self._targets: dict[str, exchange.Target] = {}  # url -> its pooled origin and head (``exchange``)
         self.key = KeySource(spec.api_key, spec.api_key_file, spec.name)
 
     def key_headers(self) -> dict[str, str]:
@@ -105,14 +108,18 @@ class HTTPProvider(Provider):
         await self.key.close()
         if self._session is not None:
             session, self._session = self._session, None
+            self._targets.clear()
             await session.close()
 
     async def _post(
         self, req: UpstreamRequest, url: str, data: bytes
-    ) -> tuple[aiohttp.ClientResponse, float, float, float]:
+    ) -> tuple[exchange.Exchange | aiohttp.ClientResponse, float, float, float]:
         """POST one attempt and wait for the response headers; ``(response, first_byte_s, total_s,
         deadline)``, deadline on the loop clock. Transport failures become ``UpstreamError``; the wait for
         a pooled connection has its own bound, and first byte counts from the connection.
+
+        The POST is ``exchange.post`` on the session's connector (``session.post``'s per-call work left
+        out), or ``session.post`` on an aiohttp without the hooks either needs.
 
         One coroutine, no helper awaited: every resume of the request's task passes through each level.
         """
@@ -131,7 +138,12 @@ class HTTPProvider(Provider):
         opening = None if HOOKED else t.connect_s + timer.first_byte_s
         try:
             async with asyncio.timeout(opening) as timer.timeout:
-                resp = await session.post(url, data=data, headers=headers, trace_request_ctx=timer)
+                if LEAN:
+                    target = self._targets.get(url) or self._target(url)
+                    resp = await exchange.post(session.connector, session.timeout, target,  # type: ignore[arg-type]
+                                               headers, data)
+                else:
+                    resp = await session.post(url, data=data, headers=headers, trace_request_ctx=timer)
         except TimeoutError as exc:
             if timer.queued_at is not None:  # still waiting for the pool
                 timer.timed_out = True
@@ -140,6 +152,8 @@ class HTTPProvider(Provider):
             raise UpstreamError("timeout", f"no response from {self.name} within {first_byte:g}s") from exc
         except (aiohttp.ClientConnectionError, OSError) as exc:
             raise UpstreamError("connect", f"cannot reach {self.name}: {type(exc).__name__}") from exc
+        except aiohttp.ClientResponseError as exc:
+            raise UpstreamError("protocol", f"{self.name} sent an answer that is not valid HTTP") from exc
         finally:
             TIMER.reset(token)
             if self._pool_observer is not None and (timer.waited_s or timer.queued_at is not None):
@@ -147,6 +161,12 @@ class HTTPProvider(Provider):
                 self._pool_observer(self.name, waited, timer.timed_out)
         deadline = (timer.held_at or timer.loop.time()) + total  # the pool wait is not the upstream's time
         return resp, first_byte, total, deadline
+
+    def _target(self, url: str) -> exchange.Target:
+        if len(self._targets) >= 256:  # URLs with a model in them (gemini): bounded, rebuilt on demand
+            self._targets.clear()
+        target = self._targets[url] = exchange.Target(url, asyncio.get_running_loop())
+        return target
 
 
 class OpenAIProvider(HTTPProvider):

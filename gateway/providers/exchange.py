@@ -1,0 +1,148 @@
+"""One upstream POST on a pooled aiohttp connection, without ``ClientSession``'s per-call machinery.
+
+``ClientSession.post`` builds, per call, a ``ClientRequest`` (URL, header multidict, auto headers,
+payload object), a task that writes the body (Python 3.11), a ``ClientResponse`` and timer contexts.
+Here the provider session's own connector (its pool, limits, TLS, DNS cache and ``TimedConnector``
+hooks) lends a connection, the request head is one string, and aiohttp's response protocol (its C
+parser and ``StreamReader``) reads the answer. Measured on one upstream call (``benchmarks/bench_http_path.py
+--client``): about half the CPU of ``session.post`` + ``read``.
+
+Left out, because the gateway's upstream calls never want them: redirects (an LLM API answers; a 3xx
+is the upstream's answer, passed on), cookies (a session's jar would carry one tenant's cookies into
+another's calls), proxies from the environment, ``Expect: 100-continue`` and request compression.
+Sent like aiohttp: ``Host``, ``Accept: */*``, ``Accept-Encoding: gzip, deflate``, ``Content-Length``;
+answers are decompressed. A header value with a CR or LF is refused (``ValueError``), as aiohttp does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+from aiohttp import http_exceptions
+from aiohttp.client_proto import ResponseHandler
+from aiohttp.client_reqrep import ClientRequest
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+READ_BUFSIZE = 2**16  # ClientSession's default read_bufsize
+_OWN = frozenset({"host", "content-length", "transfer-encoding", "connection", "accept-encoding", "expect"})
+# ``ClientRequest``, ``ResponseHandler.set_response_params``/``read`` and ``BaseConnector.connect(req, traces,
+# timeout)`` are what this uses; an aiohttp without them keeps ``session.post`` (``HTTPProvider._post``).
+AVAILABLE = hasattr(ResponseHandler, "set_response_params") and hasattr(ResponseHandler, "read")
+
+
+class _OriginRequest(ClientRequest):
+    """The request the connector pools by (scheme, host, port, TLS): one per origin, its key computed once."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.connection_key = super().connection_key  # type: ignore[misc]
+
+    connection_key = None  # type: ignore[assignment]  # an instance attribute, not the per-call property
+
+
+class Target:
+    """Where one URL's calls go: its origin's pooled-connection key and the head's fixed lines."""
+
+    __slots__ = ("origin", "head")
+
+    def __init__(self, url: str, loop: asyncio.AbstractEventLoop) -> None:
+        parsed = URL(url)
+        if parsed.scheme not in ("http", "https") or not parsed.raw_host:
+            raise ValueError(f"not an http(s) URL: {url!r}")
+        self.origin = _OriginRequest("POST", parsed.origin(), loop=loop)
+        host = parsed.raw_host if parsed.is_default_port() else f"{parsed.raw_host}:{parsed.port}"
+        if ":" in parsed.raw_host and not parsed.raw_host.startswith("["):  # an IPv6 literal
+            host = f"[{parsed.raw_host}]" + ("" if parsed.is_default_port() else f":{parsed.port}")
+        self.head = (f"POST {parsed.raw_path_qs or '/'} HTTP/1.1\r\nHost: {host}\r\n"
+                     "Accept: */*\r\nAccept-Encoding: gzip, deflate\r\n")
+
+
+class Exchange:
+    """The answer: what the adapters read of an ``aiohttp.ClientResponse`` (status, headers, ``content``,
+    ``read``, ``release``, ``close``, ``closed``). The connection goes back to the pool when the body
+    has been read to its end, or is closed."""
+
+    __slots__ = ("status", "reason", "headers", "content", "_conn")
+
+    def __init__(self, status: int, reason: str, headers: CIMultiDictProxy[str], content: aiohttp.StreamReader,
+                 conn: Any) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.content = content
+        self._conn = conn
+        content.on_eof(self.release)
+
+    @property
+    def closed(self) -> bool:
+        return self._conn is None
+
+    async def read(self) -> bytes:
+        body = await self.content.read()
+        self.release()
+        return body
+
+    def release(self) -> None:
+        """Back to the pool if the body was read whole (aiohttp closes it instead if not reusable)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            if self.content.is_eof():
+                conn.release()
+            else:
+                conn.close()
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def __del__(self) -> None:
+        if self._conn is not None:  # dropped unread (a cancelled caller): don't leak the pool slot
+            self._conn.close()
+
+
+def head_bytes(target: Target, headers: dict[str, str], length: int) -> bytes:
+    """The request head: the target's fixed lines, ``headers`` (the ones the exchange owns left out) and
+    the body's length."""
+    parts = [target.head]
+    for name, value in headers.items():
+        if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
+            raise ValueError(f"header {name!r} has a newline in it")
+        if name.lower() not in _OWN:
+            parts.append(f"{name}: {value}\r\n")
+    parts.append(f"Content-Length: {length}\r\n\r\n")
+    return "".join(parts).encode("latin-1")
+
+
+async def post(connector: aiohttp.BaseConnector, timeout: aiohttp.ClientTimeout, target: Target,
+               headers: dict[str, str], data: bytes) -> Exchange:
+    """Send one POST on a pooled connection and wait for the answer's head.
+
+    Raises what ``session.post`` raises for a dead upstream (``aiohttp.ClientConnectionError``,
+    ``OSError``), and ``aiohttp.ClientResponseError`` for an answer that is not HTTP."""
+    head = head_bytes(target, headers, len(data))
+    conn = await connector.connect(target.origin, [], timeout)
+    try:
+        proto = conn.protocol
+        transport = proto.transport if proto is not None else None
+        if transport is None or transport.is_closing():
+            raise aiohttp.ServerDisconnectedError()
+        proto.set_response_params(read_bufsize=READ_BUFSIZE)
+        transport.write(head + data if len(data) < 16384 else head)
+        if len(data) >= 16384:
+            transport.write(data)
+        while True:
+            try:
+                message, payload = await proto.read()
+            except http_exceptions.HttpProcessingError as exc:
+                raise aiohttp.ClientResponseError(target.origin.request_info, (), status=exc.code,
+                                                  message=exc.message, headers=exc.headers) from exc
+            if not 100 <= message.code < 200 or message.code == 101:
+                break
+    except BaseException:
+        conn.close()
+        raise
+    return Exchange(message.code, message.reason, message.headers, payload, conn)
