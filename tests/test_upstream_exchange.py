@@ -19,6 +19,7 @@ from aiohttp import web
 
 from gateway.errors import UpstreamError
 from gateway.policy.model import ProviderSpec, Timeouts
+from gateway.providers import exchange
 from gateway.providers import openai as openai_provider
 from gateway.providers.base import UpstreamRequest
 from gateway.providers.openai import USER_AGENT, OpenAIProvider
@@ -330,3 +331,63 @@ async def test_an_interim_1xx_answer_is_skipped(raw: Any) -> None:
     assert first.status == second.status == 200
     assert orjson.loads(first.body) == orjson.loads(second.body) == COMPLETION
     assert server.connections == 1 and len(server.requests) == 2
+
+
+class LateEnd:
+    """An upstream whose chunked SSE answer ends (``0\\r\\n\\r\\n``) ``end_after_s`` after its ``[DONE]``
+    event, as a real server's often does; ``None``: the body never ends."""
+
+    def __init__(self, end_after_s: float | None) -> None:
+        self.end_after_s = end_after_s
+        self.connections = 0
+
+    async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        event = b'data: {"choices":[{"index":0,"delta":{"content":"x"}}]}\n\ndata: [DONE]\n\n'
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:"))
+                await reader.readexactly(length)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             + b"%x\r\n%s\r\n" % (len(event), event))
+                await writer.drain()
+                if self.end_after_s is None:
+                    await reader.read()  # hold the body open until the client closes
+                    return
+                await asyncio.sleep(self.end_after_s)
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+async def _streams(upstream: LateEnd, count: int) -> None:
+    server = await asyncio.start_server(upstream.serve, "127.0.0.1", 0)
+    provider = make(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    try:
+        for _ in range(count):
+            resp = await provider.send(req(stream=True))
+            assert [orjson.loads(e)["choices"][0]["delta"]["content"] async for e in resp.events] == ["x"]
+            await resp.aclose()
+            await asyncio.sleep(0.15)  # past the late end (and past the shortened grace)
+    finally:
+        await provider.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def test_a_stream_whose_body_ends_after_its_last_event_keeps_its_connection() -> None:
+    upstream = LateEnd(end_after_s=0.03)
+    await _streams(upstream, 3)
+    assert upstream.connections == 1  # closing at [DONE] would open one per stream
+
+
+async def test_a_stream_whose_body_never_ends_is_closed_after_the_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(exchange, "LINGER_S", 0.05)
+    upstream = LateEnd(end_after_s=None)
+    await _streams(upstream, 2)
+    assert upstream.connections == 2  # the first was closed, not given back half-read

@@ -19,6 +19,7 @@ import orjson
 from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.errors import GatewayError, UpstreamError, invalid
 from gateway.policy.model import ProviderSpec
+from gateway.providers import exchange
 from gateway.providers.anthropic_translate import (
     error_body,
     finish_reason,
@@ -118,6 +119,7 @@ class AnthropicProvider(HTTPProvider):
                 for chunk in chunks:
                     yield orjson.dumps(chunk)
                 if translator.done:
+                    exchange.release_when_done(resp)
                     return
         raise UpstreamError("stream_cut", f"{self.name} ended the stream without message_stop")
 

@@ -27,6 +27,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 READ_BUFSIZE = 2**16  # ClientSession's default read_bufsize
+LINGER_S = 1.0  # after a stream's last event, how long its body's end is waited for before closing
 _OWN = frozenset({"host", "content-length", "transfer-encoding", "connection", "accept-encoding", "expect"})
 # ``ClientRequest``, ``ResponseHandler.set_response_params``/``read`` and ``BaseConnector.connect(req, traces,
 # timeout)`` are what this uses; an aiohttp without them keeps ``session.post`` (``HTTPProvider._post``).
@@ -99,9 +100,43 @@ class Exchange:
         if conn is not None:
             conn.close()
 
+    def release_when_done(self, grace_s: float | None = None) -> None:
+        """The answer's last event is in: the connection goes back to the pool when its body ends (a
+        chunked stream's terminator often comes a moment after the last event), or is closed after
+        ``grace_s``. Closing or releasing the answer afterwards changes nothing; without this, a
+        stream read to its last event would cost a new connection (and TLS handshake) per stream."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        content = self.content
+        if content.is_eof():
+            conn.release()
+            return
+        held = [conn]
+
+        def settle() -> None:
+            if held:
+                c = held.pop()
+                c.release() if content.is_eof() else c.close()
+
+        timer = asyncio.get_running_loop().call_later(LINGER_S if grace_s is None else grace_s, settle)
+
+        def ended() -> None:
+            timer.cancel()
+            settle()
+
+        content.on_eof(ended)
+
     def __del__(self) -> None:
         if self._conn is not None:  # dropped unread (a cancelled caller): don't leak the pool slot
             self._conn.close()
+
+
+def release_when_done(resp: object) -> None:
+    """``Exchange.release_when_done`` for an answer that is one (an ``aiohttp.ClientResponse`` is closed
+    by its reader as before)."""
+    if isinstance(resp, Exchange):
+        resp.release_when_done()
 
 
 def head_bytes(target: Target, headers: dict[str, str], length: int) -> bytes:

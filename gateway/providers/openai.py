@@ -254,6 +254,7 @@ class OpenAIProvider(HTTPProvider):
                     yield orjson.dumps(chunk)
                 if reader.done:
                     native.final = reader.final
+                    exchange.release_when_done(resp)
                     return
         raise UpstreamError("stream_cut", f"{self.name} ended the stream before response.completed")
 
@@ -264,6 +265,7 @@ class OpenAIProvider(HTTPProvider):
         async with aclosing(timed_sse(resp, self.name, idle_s, deadline)) as events:
             async for _event, data in events:
                 if data == DONE:
+                    exchange.release_when_done(resp)  # its terminator may still be on the way
                     return
                 yield usage_moved(data, self._usage_field) if field and field in data else data
         raise UpstreamError("stream_cut", f"{self.name} ended the stream without [DONE]")
