@@ -391,3 +391,24 @@ async def test_a_stream_whose_body_never_ends_is_closed_after_the_grace(monkeypa
     upstream = LateEnd(end_after_s=None)
     await _streams(upstream, 2)
     assert upstream.connections == 2  # the first was closed, not given back half-read
+
+
+async def test_an_answer_without_length_or_chunks_is_read_until_the_connection_ends() -> None:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + ANSWER)
+        await writer.drain()
+        writer.close()  # the end of the connection is the end of the body
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    provider = make(f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}")
+    try:
+        resp = await provider.send(req())
+    finally:
+        await provider.close()
+        server.close()
+        await server.wait_closed()
+    assert resp.status == 200 and orjson.loads(resp.body) == COMPLETION

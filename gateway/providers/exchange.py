@@ -17,6 +17,7 @@ answers are decompressed. A header value with a CR or LF is refused (``ValueErro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import aiohttp
@@ -129,7 +130,8 @@ class Exchange:
 
     def __del__(self) -> None:
         if self._conn is not None:  # dropped unread (a cancelled caller): don't leak the pool slot
-            self._conn.close()
+            with contextlib.suppress(Exception):  # (a closed loop at exit: nothing left to leak)
+                self._conn.close()
 
 
 def release_when_done(resp: object) -> None:
@@ -165,7 +167,8 @@ async def post(connector: aiohttp.BaseConnector, timeout: aiohttp.ClientTimeout,
         transport = proto.transport if proto is not None else None
         if transport is None or transport.is_closing():
             raise aiohttp.ServerDisconnectedError()
-        proto.set_response_params(read_bufsize=READ_BUFSIZE)
+        # read_until_eof: an answer with neither a length nor chunks ends with the connection, as in a session
+        proto.set_response_params(read_until_eof=True, read_bufsize=READ_BUFSIZE)
         transport.write(head + data if len(data) < 16384 else head)
         if len(data) >= 16384:
             transport.write(data)
