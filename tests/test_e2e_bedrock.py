@@ -14,6 +14,7 @@ import pytest
 
 pytest.importorskip("botocore")  # the [aws] extra
 
+from gateway.providers.openai import LEAN
 from tests.support.aws_wire import TEST_ACCESS_KEY, TEST_SECRET_KEY
 from tests.support.budget import ADMIN_KEY, spend
 from tests.support.mock_bedrock import ErrorReply, MockBedrock, Reply, vector
@@ -87,6 +88,41 @@ def test_chat_is_signed_with_the_model_id_percent_encoded(gw, bedrock):
     assert sent["system"] == [{"text": "be brief"}]
     assert sent["inferenceConfig"] == {"maxTokens": 64, "stopSequences": ["zzz"]}
     assert "Credential=" + TEST_ACCESS_KEY in bedrock.headers[-1]["authorization"]
+
+
+@pytest.mark.skipif(not LEAN, reason="this aiohttp keeps session.post")
+def test_calls_go_out_as_signed_on_pooled_connections_without_a_cookie_jar(make_gateway, servers, aws_env):
+    """``exchange.post``: the path byte for byte as signed, one ``Accept``, the host as signed, no cookie
+    jar (``session.post``'s would send the upstream's cookie back; ``localhost``: the jar skips IP hosts),
+    and a finished stream's connection back in the pool."""
+    server = servers.call(MockBedrock().start())
+    server.set_cookie = "session=tenant-a; Path=/"
+    try:
+        gw = make_gateway(textwrap.dedent(f"""\
+            version: 1
+            providers:
+              aws: {{type: bedrock, region: us-east-1, base_url: "http://localhost:{server.port}"}}
+            models:
+              claude: {{deployments: [{{provider: aws, model: "{CLAUDE}"}}]}}
+            cache: {{enabled: false}}
+            tenants:
+              acme: {{api_keys: [sk-acme], models: "*"}}
+            """))
+        client = gw.client("sk-acme")
+        assert client.chat.completions.create(model="claude", messages=MSG).choices[0].message.content
+        chunks = client.chat.completions.create(model="claude", messages=MSG, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Mock answer to: hello there"
+        assert client.chat.completions.create(model="claude", messages=MSG).choices[0].message.content
+    finally:
+        servers.call(server.stop())
+    path = "/model/anthropic.claude-3-5-sonnet-20240620-v1%3A0/"
+    assert server.raw_paths == [path + "converse", path + "converse-stream", path + "converse"]
+    assert server.signature_errors == []
+    assert [h["accept"] for h in server.headers] == ["application/json", "application/vnd.amazon.eventstream",
+                                                      "application/json"]  # one each: a second would be joined
+    assert {h["host"] for h in server.headers} == {f"localhost:{server.port}"}
+    assert [h.get("cookie") for h in server.headers] == [None, None, None]
+    assert len(set(server.ports)) == 1  # one connection for all three
 
 
 def test_stream_text_with_usage(gw, bedrock):

@@ -3,7 +3,8 @@
 Chat goes to ``POST {base}/model/{modelId}/converse`` (``/converse-stream`` when streamed: an AWS
 binary event stream, ``bedrock_stream``); embeddings to ``/model/{modelId}/invoke`` for Titan and
 Cohere models (``bedrock_embed``). The model id is percent-encoded into the path (``:`` becomes
-``%3A``), signed with SigV4 over exactly that path and sent without re-encoding. Credentials come
+``%3A``), signed with SigV4 over exactly that path and sent without re-encoding (``exchange.post``
+with an encoded ``Target``, or ``session.post`` on an aiohttp without its hooks). Credentials come
 from the AWS chain (``aws_sigv4``), resolved and refreshed off the event loop; a policy ``api_key`` is a
 Bedrock API key, sent as a bearer token instead. Errors are mapped by
 AWS error type (``bedrock_errors``): throttling is a 429 wherever it comes from, so it fails over.
@@ -27,12 +28,15 @@ from gateway.errors import GatewayError, UpstreamError, invalid
 from gateway.policy.checkers import string
 from gateway.policy.model import ProviderSpec
 from gateway.providers import bedrock_embed as embed
+from gateway.providers import exchange
 from gateway.providers.aws_sigv4 import AwsCredentials, AwsUnavailable, sign
 from gateway.providers.base import UpstreamRequest, UpstreamResponse, local_error
 from gateway.providers.bedrock_errors import ERRORS, translate_error
 from gateway.providers.bedrock_stream import StreamFailed, StreamTranslator, frame_event, timed_frames
 from gateway.providers.bedrock_translate import from_converse, to_converse
 from gateway.providers.openai import (
+    LEAN,
+    USER_AGENT,
     HTTPProvider,
     attempt_timeouts,
     closer,
@@ -111,24 +115,48 @@ class BedrockProvider(HTTPProvider):
         return f"{self._base}/model/{quote(model, safe='')}/{action}"
 
     async def _call(self, req: UpstreamRequest, model: str, action: str,
-                    body: bytes) -> tuple[aiohttp.ClientResponse, float, float, float]:
+                    body: bytes) -> tuple[exchange.Exchange | aiohttp.ClientResponse, float, float, float]:
         """Sign and POST one attempt; ``(response, first_byte_s, total_s, deadline)``."""
         if self._session is None:
             await self.start()
-        assert self._session is not None
+        session = self._session
+        assert session is not None
         url = self.url(model, action)
         accept = "application/vnd.amazon.eventstream" if action == "converse-stream" else "application/json"
-        headers = {**self._static_headers, **req.headers, "content-type": "application/json", "accept": accept}
+        headers = {"user-agent": USER_AGENT, **self._static_headers, **req.headers,
+                   "content-type": "application/json", "accept": accept}
+        if LEAN:  # the exchange writes these itself: signing a value it does not send would break the signature
+            headers = {k: v for k, v in headers.items() if k.lower() not in exchange.OWNED}
         if key := self.key.current():  # a Bedrock API key: a bearer token instead of SigV4
             headers["authorization"] = f"Bearer {key}"
         else:
             headers = sign(await self._signing_credentials(), self.region, url, body, headers)
         first_byte, total = attempt_timeouts(self.spec, req)
         deadline = asyncio.get_running_loop().time() + total
-        # encoded=True: yarl would otherwise decode %3A back to ':' and the path would not match the signature
-        resp = await timed_post(self._session, self.name, URL(url, encoded=True), body, headers,  # type: ignore[arg-type]
-                                first_byte, total)
-        return resp, first_byte, total, deadline
+        if not LEAN:
+            # encoded=True: yarl would otherwise decode %3A back to ':' and the path would not match the signature
+            resp = await timed_post(session, self.name, URL(url, encoded=True), body, headers,  # type: ignore[arg-type]
+                                    first_byte, total)
+            return resp, first_byte, total, deadline
+        target = self._targets.get(url) or self._target(url)
+        try:
+            async with asyncio.timeout(min(first_byte, total)):
+                lean = await exchange.post(session.connector, session.timeout, target,  # type: ignore[arg-type]
+                                           headers, body)
+        except TimeoutError as exc:
+            raise UpstreamError("timeout", f"no response from {self.name} within {first_byte:g}s") from exc
+        except (aiohttp.ClientConnectionError, OSError) as exc:
+            raise UpstreamError("connect", f"cannot reach {self.name}: {type(exc).__name__}") from exc
+        except aiohttp.ClientResponseError as exc:
+            raise UpstreamError("protocol", f"{self.name} sent an answer that is not valid HTTP") from exc
+        return lean, first_byte, total, deadline
+
+    def _target(self, url: str) -> exchange.Target:
+        """``url``'s target, its path sent as signed (one per model and action, bounded)."""
+        if len(self._targets) >= 256:
+            self._targets.clear()
+        target = self._targets[url] = exchange.Target(url, asyncio.get_running_loop(), encoded=True)
+        return target
 
     async def _signing_credentials(self) -> Any:
         try:
@@ -159,6 +187,7 @@ class BedrockProvider(HTTPProvider):
                 for chunk in chunks:
                     yield orjson.dumps(chunk)
                 if translator.done:
+                    exchange.release_when_done(resp)  # back to the pool once the body's end arrives
                     return
         if not translator.stopped:
             raise UpstreamError("stream_cut", f"{self.name} ended the stream before messageStop")

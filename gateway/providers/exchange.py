@@ -10,8 +10,10 @@ parser and ``StreamReader``) reads the answer. Measured on one upstream call (``
 Left out, because the gateway's upstream calls never want them: redirects (an LLM API answers; a 3xx
 is the upstream's answer, passed on), cookies (a session's jar would carry one tenant's cookies into
 another's calls), proxies from the environment, ``Expect: 100-continue`` and request compression.
-Sent like aiohttp: ``Host``, ``Accept: */*``, ``Accept-Encoding: gzip, deflate``, ``Content-Length``;
-answers are decompressed. A header value with a CR or LF is refused (``ValueError``), as aiohttp does.
+Sent like aiohttp: ``Host``, ``Accept: */*`` (unless the caller gives an ``Accept``), ``Accept-Encoding:
+gzip, deflate``, ``Content-Length``; answers are decompressed. A header value with a CR or LF is
+refused (``ValueError``), as aiohttp does. The caller's ``OWNED`` headers are not sent (a signer must
+leave them out of what it signs).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from yarl import URL
 
 READ_BUFSIZE = 2**16  # ClientSession's default read_bufsize
 LINGER_S = 1.0  # after a stream's last event, how long its body's end is waited for before closing
-_OWN = frozenset({"host", "content-length", "transfer-encoding", "connection", "accept-encoding", "expect"})
+OWNED = frozenset({"host", "content-length", "transfer-encoding", "connection", "accept-encoding", "expect"})
 # ``ClientRequest``, ``ResponseHandler.set_response_params``/``read`` and ``BaseConnector.connect(req, traces,
 # timeout)`` are what this uses; an aiohttp without them keeps ``session.post`` (``HTTPProvider._post``).
 AVAILABLE = hasattr(ResponseHandler, "set_response_params") and hasattr(ResponseHandler, "read")
@@ -50,16 +52,17 @@ class Target:
 
     __slots__ = ("origin", "head")
 
-    def __init__(self, url: str, loop: asyncio.AbstractEventLoop) -> None:
-        parsed = URL(url)
+    def __init__(self, url: str, loop: asyncio.AbstractEventLoop, encoded: bool = False) -> None:
+        """``encoded``: ``url`` is already percent-encoded and its path goes out byte for byte (as signed)."""
+        parsed = URL(url, encoded=encoded)
         if parsed.scheme not in ("http", "https") or not parsed.raw_host:
             raise ValueError(f"not an http(s) URL: {url!r}")
         self.origin = _OriginRequest("POST", parsed.origin(), loop=loop)
-        host = parsed.raw_host if parsed.is_default_port() else f"{parsed.raw_host}:{parsed.port}"
-        if ":" in parsed.raw_host and not parsed.raw_host.startswith("["):  # an IPv6 literal
-            host = f"[{parsed.raw_host}]" + ("" if parsed.is_default_port() else f":{parsed.port}")
-        self.head = (f"POST {parsed.raw_path_qs or '/'} HTTP/1.1\r\nHost: {host}\r\n"
-                     "Accept: */*\r\nAccept-Encoding: gzip, deflate\r\n")
+        name = parsed.raw_host.lower()  # an encoded URL keeps its case; a SigV4 signer lower-cases the host
+        host = name if parsed.is_default_port() else f"{name}:{parsed.port}"
+        if ":" in name and not name.startswith("["):  # an IPv6 literal
+            host = f"[{name}]" + ("" if parsed.is_default_port() else f":{parsed.port}")
+        self.head = f"POST {parsed.raw_path_qs or '/'} HTTP/1.1\r\nHost: {host}\r\nAccept-Encoding: gzip, deflate\r\n"
 
 
 class Exchange:
@@ -142,15 +145,20 @@ def release_when_done(resp: object) -> None:
 
 
 def head_bytes(target: Target, headers: dict[str, str], length: int) -> bytes:
-    """The request head: the target's fixed lines, ``headers`` (the ones the exchange owns left out) and
-    the body's length."""
+    """The request head: the target's fixed lines, ``headers`` (the ones the exchange owns left out),
+    ``Accept: */*`` if they have no ``Accept`` (a second one would join it: ``*/*, application/json``),
+    and the body's length."""
     parts = [target.head]
+    accept = "Accept: */*\r\n"
     for name, value in headers.items():
         if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
             raise ValueError(f"header {name!r} has a newline in it")
-        if name.lower() not in _OWN:
+        low = name.lower()
+        if low not in OWNED:
             parts.append(f"{name}: {value}\r\n")
-    parts.append(f"Content-Length: {length}\r\n\r\n")
+            if low == "accept":
+                accept = ""
+    parts.append(f"{accept}Content-Length: {length}\r\n\r\n")
     return "".join(parts).encode("latin-1")
 
 

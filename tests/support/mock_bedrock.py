@@ -10,6 +10,10 @@ recomputed with botocore from the test credentials (``aws_wire.verify``); a bad 
     server.push(Reply(tool_calls=[("get_weather", {"city": "Paris"})]), ErrorReply.throttled())
     server.requests[-1], server.raw_paths[-1], server.models[-1], server.signature_errors
 
+A header sent twice is one value, joined with commas (as AWS canonicalizes it). ``set_cookie``, when
+set, goes on every answer as ``Set-Cookie``; ``ports`` records each request's client port (one
+connection, one port).
+
 Unscripted chat requests get ``Mock answer to: <last user text>``.
 """
 
@@ -76,6 +80,8 @@ class MockBedrock(LoopbackServer):
         self.actions: list[str] = []
         self.headers: list[dict[str, str]] = []
         self.signature_errors: list[str] = []
+        self.ports: list[int | None] = []
+        self.set_cookie: str | None = None
         self.script: deque[Reply | ErrorReply] = deque()
 
     @property
@@ -90,14 +96,24 @@ class MockBedrock(LoopbackServer):
         self.script.extend(replies)
 
     def build_app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._cookie])
         app.router.add_post("/{tail:.*}", self._handle)
         return app
 
+    @web.middleware
+    async def _cookie(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        resp = await handler(request)
+        if self.set_cookie and not resp.prepared:
+            resp.headers["Set-Cookie"] = self.set_cookie
+        return resp
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         raw = await request.read()
-        headers = {k.lower(): v for k, v in request.headers.items()}
+        headers: dict[str, str] = {}
+        for k, v in request.headers.items():
+            headers[k.lower()] = f"{headers[k.lower()]},{v}" if k.lower() in headers else v
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        self.ports.append(peer[1] if peer else None)
         parts = request.raw_path.split("?")[0].split("/")
         body: Any = orjson.loads(raw) if raw else None
         self.requests.append(body)
