@@ -21,6 +21,7 @@ from gateway.errors import UpstreamError
 from gateway.providers.bedrock_errors import canonical
 from gateway.providers.bedrock_translate import finish_reason, usage
 from gateway.providers.openai import stall_message
+from gateway.providers.watchdog import Watchdog
 
 
 class StreamFailed(Exception):
@@ -55,25 +56,28 @@ def frame_event(headers: dict[str, Any], payload: bytes) -> tuple[str, dict[str,
 
 async def timed_frames(resp: aiohttp.ClientResponse, name: str, idle_s: float,
                        deadline: float) -> AsyncIterator[tuple[dict[str, Any], bytes]]:
-    """Decoded ``(headers, payload)`` frames; each read waits at most ``idle_s``.
+    """Decoded ``(headers, payload)`` frames; each read waits at most ``idle_s`` (one ``Watchdog``).
 
     Ends quietly at EOF (the translator knows whether the stream was complete); a torn last frame
     or a bad checksum is a protocol error. Releases or closes the connection however it ends.
     """
     from botocore.eventstream import EventStreamBuffer, ParserError
 
-    loop = asyncio.get_running_loop()
+    dog = Watchdog(idle_s, deadline)
     buffer = EventStreamBuffer()
     pending = 0
     try:
         while True:
+            dog.enter()
             try:
-                async with asyncio.timeout(max(0.001, min(idle_s, deadline - loop.time()))):
-                    data = await resp.content.readany()
-            except TimeoutError as exc:
-                raise UpstreamError("timeout", stall_message(name, idle_s, deadline - loop.time())) from exc
+                data = await resp.content.readany()
+            except asyncio.CancelledError:
+                if dog.expired():
+                    raise UpstreamError("timeout", stall_message(name, idle_s, deadline - dog.loop.time())) from None
+                raise
             except (aiohttp.ClientError, OSError) as exc:
                 raise UpstreamError("stream_cut", f"{name} stream broke: {type(exc).__name__}") from exc
+            dog.since = 0.0
             if not data:
                 if pending:
                     raise UpstreamError("stream_cut", f"{name} stream ended inside a frame")
@@ -88,6 +92,7 @@ async def timed_frames(resp: aiohttp.ClientResponse, name: str, idle_s: float,
                 pending -= frame.prelude.total_length
                 yield frame.headers, frame.payload
     finally:
+        dog.close()
         resp.close() if not resp.content.at_eof() else resp.release()
 
 

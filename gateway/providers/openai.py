@@ -27,6 +27,7 @@ from gateway.providers.base import NativeAnswer, Provider, UpstreamRequest, Upst
 from gateway.providers.keys import KeySource
 from gateway.providers.openai_responses import EventsToChunks, StreamFailed, response_to_chat
 from gateway.providers.pool import HOOKED, TIMER, PoolObserver, PoolTimer, TimedConnector, pool_trace
+from gateway.providers.watchdog import Watchdog
 
 # Ours instead of aiohttp's (which names Python and aiohttp): given, aiohttp adds none, without the
 # per-call header work its ``skip_auto_headers`` costs. A provider's configured ``headers`` may replace it.
@@ -374,24 +375,28 @@ async def timed_sse(
     """SSE ``(event, data)`` pairs; each read waits at most ``idle_s`` so a stalled stream is cut.
 
     Ends quietly when the upstream closes: whether that is a cut depends on the wire format.
-    Releases the connection (or closes it, if unread bytes remain) however it ends.
+    Releases the connection (or closes it, if unread bytes remain) however it ends. One ``Watchdog``
+    bounds every read (a timer per read cost ~4-8 us of CPU per event).
     """
-    loop = asyncio.get_running_loop()
+    dog = Watchdog(idle_s, deadline)
     it = iter_sse(resp.content).__aiter__()
     try:
         while True:
-            wait = min(idle_s, deadline - loop.time())
+            dog.enter()
             try:
-                async with asyncio.timeout(max(0.001, wait)):
-                    item = await it.__anext__()
+                item = await it.__anext__()
             except StopAsyncIteration:
                 return
-            except TimeoutError as exc:
-                raise UpstreamError("timeout", stall_message(name, idle_s, deadline - loop.time())) from exc
+            except asyncio.CancelledError:
+                if dog.expired():
+                    raise UpstreamError("timeout", stall_message(name, idle_s, deadline - dog.loop.time())) from None
+                raise
             except (aiohttp.ClientError, OSError) as exc:
                 raise UpstreamError("stream_cut", f"{name} stream broke: {type(exc).__name__}") from exc
+            dog.since = 0.0
             yield item
     finally:
+        dog.close()
         resp.close() if not resp.content.at_eof() else resp.release()
 
 
