@@ -26,7 +26,7 @@ from __future__ import annotations
 from typing import Any
 
 from gateway.errors import invalid
-from gateway.surfaces.anthropic_content import Drops, system_text, translate_messages
+from gateway.surfaces.anthropic_content import Drops, Refusal, system_text, translate_messages
 
 KNOWN_FIELDS = frozenset({
     "model", "max_tokens", "messages", "system", "stop_sequences", "stream", "temperature", "top_p",
@@ -50,7 +50,9 @@ def messages_to_chat(body: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
         drops.add("cache_control")
     system = system_text(body.get("system"), "system", drops)
     messages = translate_messages(body.get("messages"), drops)
-    chat["messages"] = [{"role": "system", "content": system}, *messages] if system else messages
+    if system:
+        messages.insert(0, {"role": "system", "content": system})
+    chat["messages"] = messages
     _sampling(body, chat, drops)
     _tools(body, chat, drops)
     _reasoning(body, chat)
@@ -126,35 +128,37 @@ def _tools(body: dict[str, Any], chat: dict[str, Any], drops: Drops) -> None:
     functions: list[dict[str, Any]] = []
     server: set[str] = set()
     for j, tool in enumerate(tools or ()):
-        where = f"tools[{j}]"
-        if not isinstance(tool, dict):
-            raise invalid(f"{where}: must be an object", param=where)
-        if tool.get("cache_control") is not None:
-            drops.add("cache_control")
-        kind = tool.get("type")
-        if kind is None or kind == "custom":
-            functions.append(_function(tool, where, drops))
-        elif isinstance(kind, str):
-            drops.add(f"tools.{kind}")
-            server.add(str(tool.get("name")))
-        else:
-            raise invalid(f"{where}.type: must be a string", param=f"{where}.type")
+        try:
+            if not isinstance(tool, dict):
+                raise Refusal("", ": must be an object")
+            if tool.get("cache_control") is not None:
+                drops.add("cache_control")
+            kind = tool.get("type")
+            if kind is None or kind == "custom":
+                functions.append(_function(tool, drops))
+            elif isinstance(kind, str):
+                drops.add(f"tools.{kind}")
+                server.add(str(tool.get("name")))
+            else:
+                raise Refusal(".type", ": must be a string")
+        except Refusal as err:
+            raise err.error(f"tools[{j}]") from None
     if functions:
         chat["tools"] = functions
     _tool_choice(body.get("tool_choice"), chat, {f["function"]["name"] for f in functions}, server, drops)
 
 
-def _function(tool: dict[str, Any], where: str, drops: Drops) -> dict[str, Any]:
+def _function(tool: dict[str, Any], drops: Drops) -> dict[str, Any]:
     name, schema = tool.get("name"), tool.get("input_schema")
     if not isinstance(name, str) or not name:
-        raise invalid(f"{where}.name: Field required (a non-empty string)", param=f"{where}.name")
+        raise Refusal(".name", ": Field required (a non-empty string)")
     if not isinstance(schema, dict):
-        raise invalid(f"{where}.input_schema: Field required (a JSON schema object)", param=f"{where}.input_schema")
+        raise Refusal(".input_schema", ": Field required (a JSON schema object)")
     function: dict[str, Any] = {"name": name}
     description = tool.get("description")
     if description is not None:
         if not isinstance(description, str):
-            raise invalid(f"{where}.description: must be a string", param=f"{where}.description")
+            raise Refusal(".description", ": must be a string")
         function["description"] = description
     function["parameters"] = schema
     if tool.get("strict") is True:
