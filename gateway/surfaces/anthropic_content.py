@@ -221,7 +221,10 @@ def _document(block: dict[str, Any], drops: Drops) -> dict[str, Any] | None:
     """Text documents become text parts, base64 PDFs ``file`` parts; url/file sources are dropped."""
     source = block.get("source")
     kind = source.get("type") if isinstance(source, dict) else None
-    if (block.get("citations") or {}).get("enabled"):
+    citations = block.get("citations")
+    if citations is not None and not isinstance(citations, dict):
+        raise Refusal(".citations", ": must be an object")
+    if citations and citations.get("enabled"):
         drops.add("citations")
     if kind == "text" and isinstance(source.get("data"), str):
         return {"type": "text", "text": source["data"]}
