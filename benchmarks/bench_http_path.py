@@ -20,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -65,6 +66,23 @@ def bench_server(rounds: int, duration: int) -> dict[str, list[float]]:
     return out
 
 
+async def _per_call(call: Callable[[], Awaitable[None]], calls: int) -> float:
+    """CPU microseconds per ``call`` made by 32 concurrent callers, after a warm-up round as long."""
+    left = calls
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            await call()
+
+    await asyncio.gather(*(worker() for _ in range(32)))
+    left = calls
+    t0 = time.process_time()
+    await asyncio.gather(*(worker() for _ in range(32)))
+    return (time.process_time() - t0) / calls * 1e6
+
+
 async def _provider(kind: str, url: str, calls: int) -> float:
     from gateway.policy.model import ProviderSpec
     from gateway.providers import openai
@@ -75,22 +93,15 @@ async def _provider(kind: str, url: str, calls: int) -> float:
                                                   api_key="sk-up", max_connections=64))
     body = {"model": "m", "messages": [{"role": "user", "content": "Say hello"}]}
     raw = b'{"model":"m","messages":[{"role":"user","content":"Say hello"}]}'
-    left = calls
 
-    async def worker() -> None:
-        nonlocal left
-        while left > 0:
-            left -= 1
-            answer = await provider.send(UpstreamRequest("chat", body, False, "r", raw=raw))
-            assert answer.status == 200 and answer.body
+    async def call() -> None:
+        answer = await provider.send(UpstreamRequest("chat", body, False, "r", raw=raw))
+        assert answer.status == 200 and answer.body
 
-    await asyncio.gather(*(worker() for _ in range(32)))  # warm the pool
-    left = calls
-    t0 = time.process_time()
-    await asyncio.gather(*(worker() for _ in range(32)))
-    spent = time.process_time() - t0
-    await provider.close()
-    return spent / calls * 1e6
+    try:
+        return await _per_call(call, calls)
+    finally:
+        await provider.close()
 
 
 async def _client(kind: str, url: str, calls: int) -> float:
@@ -101,24 +112,17 @@ async def _client(kind: str, url: str, calls: int) -> float:
     session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64))
     headers = {"content-type": "application/json"}
     data = b'{"model":"m","messages":[{"role":"user","content":"Say hello"}]}'
-    left = calls
 
-    async def worker() -> None:
-        nonlocal left
-        while left > 0:
-            left -= 1
-            async with asyncio.timeout(30.0):
-                resp = await session.post(url, data=data, headers=headers)
-            await resp.read()
-            resp.release()
+    async def call() -> None:
+        async with asyncio.timeout(30.0):
+            resp = await session.post(url, data=data, headers=headers)
+        await resp.read()
+        resp.release()
 
-    await asyncio.gather(*(worker() for _ in range(32)))  # warm the pool
-    left = calls
-    t0 = time.process_time()
-    await asyncio.gather(*(worker() for _ in range(32)))
-    spent = time.process_time() - t0
-    await session.close()
-    return spent / calls * 1e6
+    try:
+        return await _per_call(call, calls)
+    finally:
+        await session.close()
 
 
 def bench_client(rounds: int, calls: int) -> dict[str, list[float]]:
