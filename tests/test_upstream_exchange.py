@@ -172,7 +172,15 @@ async def test_sequential_calls_reuse_one_connection_until_an_answer_says_close(
     assert ports[4] != ports[3] and ports[5] == ports[4]
 
 
-async def test_cookies_an_upstream_sets_are_not_sent_back(upstream: Upstream) -> None:
+@pytest.fixture(params=["exchange", "session"])
+def either_post(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both POST paths of ``HTTPProvider._post``: ``exchange``, and the ``session.post`` an aiohttp without
+    its hooks keeps; they must behave alike."""
+    monkeypatch.setattr(openai_provider, "LEAN", request.param == "exchange")
+    return request.param
+
+
+async def test_cookies_an_upstream_sets_are_not_sent_back(upstream: Upstream, either_post: str) -> None:
     base = upstream.url.replace("127.0.0.1", "localhost")  # aiohttp's jar keeps no cookies for IP hosts
     provider = make(base)
     try:
@@ -185,7 +193,7 @@ async def test_cookies_an_upstream_sets_are_not_sent_back(upstream: Upstream) ->
     assert upstream.ports()[0] == upstream.ports()[1]  # same connection, same origin: only the jar could differ
 
 
-async def test_a_redirect_is_the_answer_not_followed(upstream: Upstream) -> None:
+async def test_a_redirect_is_the_answer_not_followed(upstream: Upstream, either_post: str) -> None:
     provider = make(upstream.url)
     try:
         resp = await call(provider, "redirect", upstream.url)

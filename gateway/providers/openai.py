@@ -144,7 +144,8 @@ class HTTPProvider(Provider):
                     resp = await exchange.post(session.connector, session.timeout, target,  # type: ignore[arg-type]
                                                headers, data)
                 else:
-                    resp = await session.post(url, data=data, headers=headers, trace_request_ctx=timer)
+                    resp = await session.post(url, data=data, headers=headers, trace_request_ctx=timer,
+                                              allow_redirects=False)
         except TimeoutError as exc:
             if timer.queued_at is not None:  # still waiting for the pool
                 timer.timed_out = True
@@ -307,6 +308,8 @@ def new_session(spec: ProviderSpec) -> aiohttp.ClientSession:
         timeout=aiohttp.ClientTimeout(total=None, sock_connect=t.connect_s, connect=None),
         trace_configs=None if HOOKED else [pool_trace()],
         auto_decompress=True,
+        # as ``exchange``: one session serves every tenant, so an upstream's cookies are not kept
+        cookie_jar=aiohttp.DummyCookieJar(),
     )
 
 
@@ -334,7 +337,7 @@ async def timed_post(
     the pool-wait bound of ``HTTPProvider._post``: for adapters that sign each request themselves.)"""
     try:
         async with asyncio.timeout(min(first_byte, total)):
-            return await session.post(url, data=data, headers=headers)
+            return await session.post(url, data=data, headers=headers, allow_redirects=False)
     except TimeoutError as exc:
         raise UpstreamError("timeout", f"no response from {name} within {first_byte:g}s") from exc
     except (aiohttp.ClientConnectionError, OSError) as exc:
