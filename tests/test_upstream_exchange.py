@@ -262,26 +262,19 @@ async def test_a_header_value_with_a_newline_is_refused_before_anything_is_sent(
     assert b"X-Injected" not in server.requests[0]
 
 
-async def test_an_answer_that_is_not_http_is_a_protocol_error(raw: Any) -> None:
-    server = await raw(lambda _head: b"garbage\r\n\r\n")
+@pytest.mark.parametrize(("reply", "kind"), [
+    (lambda _head: b"garbage\r\n\r\n", "protocol"),  # an answer that is not HTTP
+    (lambda _head: None, "connect"),  # a hang-up without an answer
+])
+async def test_an_answer_that_is_not_http_or_none_is_an_upstream_error(raw: Any, reply: Callable, kind: str) -> None:
+    server = await raw(reply)
     provider = make(server.url)
     try:
         with pytest.raises(UpstreamError) as err:
             await provider.send(req())
     finally:
         await provider.close()
-    assert err.value.kind == "protocol" and len(server.requests) == 1
-
-
-async def test_a_hang_up_without_an_answer_is_a_connect_error(raw: Any) -> None:
-    server = await raw(lambda _head: None)
-    provider = make(server.url)
-    try:
-        with pytest.raises(UpstreamError) as err:
-            await provider.send(req())
-    finally:
-        await provider.close()
-    assert err.value.kind == "connect" and len(server.requests) == 1
+    assert err.value.kind == kind and len(server.requests) == 1
 
 
 async def test_a_large_body_arrives_whole(upstream: Upstream) -> None:
