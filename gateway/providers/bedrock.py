@@ -60,6 +60,7 @@ OPTION_KEYS = {"region": string(nonempty=True), "profile": string(nonempty=True)
 
 class BedrockProvider(HTTPProvider):
     type = "bedrock"
+    signed_paths = True  # the model id is percent-encoded in the path, and SigV4 signs that path
 
     def __init__(self, spec: ProviderSpec, clock: Clock = SYSTEM_CLOCK,
                  credentials: AwsCredentials | None = None) -> None:
@@ -133,30 +134,14 @@ class BedrockProvider(HTTPProvider):
             headers = sign(await self._signing_credentials(), self.region, url, body, headers)
         first_byte, total = attempt_timeouts(self.spec, req)
         deadline = asyncio.get_running_loop().time() + total
-        if not LEAN:
+        if LEAN:  # the path goes out as signed: the target is built with ``signed_paths``
+            resp = await timed_post(session, self.name, url, body, headers, first_byte, total,
+                                    self._targets.get(url) or self._target(url))
+        else:
             # encoded=True: yarl would otherwise decode %3A back to ':' and the path would not match the signature
             resp = await timed_post(session, self.name, URL(url, encoded=True), body, headers,  # type: ignore[arg-type]
                                     first_byte, total)
-            return resp, first_byte, total, deadline
-        target = self._targets.get(url) or self._target(url)
-        try:
-            async with asyncio.timeout(min(first_byte, total)):
-                lean = await exchange.post(session.connector, session.timeout, target,  # type: ignore[arg-type]
-                                           headers, body)
-        except TimeoutError as exc:
-            raise UpstreamError("timeout", f"no response from {self.name} within {first_byte:g}s") from exc
-        except (aiohttp.ClientConnectionError, OSError) as exc:
-            raise UpstreamError("connect", f"cannot reach {self.name}: {type(exc).__name__}") from exc
-        except aiohttp.ClientResponseError as exc:
-            raise UpstreamError("protocol", f"{self.name} sent an answer that is not valid HTTP") from exc
-        return lean, first_byte, total, deadline
-
-    def _target(self, url: str) -> exchange.Target:
-        """``url``'s target, its path sent as signed (one per model and action, bounded)."""
-        if len(self._targets) >= 256:
-            self._targets.clear()
-        target = self._targets[url] = exchange.Target(url, asyncio.get_running_loop(), encoded=True)
-        return target
+        return resp, first_byte, total, deadline
 
     async def _signing_credentials(self) -> Any:
         try:

@@ -177,9 +177,10 @@ async def post(connector: aiohttp.BaseConnector, timeout: aiohttp.ClientTimeout,
             raise aiohttp.ServerDisconnectedError()
         # read_until_eof: an answer with neither a length nor chunks ends with the connection, as in a session
         proto.set_response_params(read_until_eof=True, read_bufsize=READ_BUFSIZE)
-        transport.write(head + data if len(data) < 16384 else head)
-        if len(data) >= 16384:
-            transport.write(data)
+        if len(data) < 16384:
+            transport.write(head + data)
+        else:  # a large body is not copied to go out with its head
+            transport.writelines((head, data))
         while True:
             try:
                 message, payload = await proto.read()

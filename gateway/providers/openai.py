@@ -82,6 +82,7 @@ class HTTPProvider(Provider):
     """
 
     _static_headers: dict[str, str]
+    signed_paths = False  # URLs are already percent-encoded and go out byte for byte (a signature covers them)
 
     def __init__(self, spec: ProviderSpec) -> None:
         super().__init__(spec)
@@ -167,7 +168,7 @@ class HTTPProvider(Provider):
     def _target(self, url: str) -> exchange.Target:
         if len(self._targets) >= 256:  # URLs with a model in them (gemini): bounded, rebuilt on demand
             self._targets.clear()
-        target = self._targets[url] = exchange.Target(url, asyncio.get_running_loop())
+        target = self._targets[url] = exchange.Target(url, asyncio.get_running_loop(), encoded=self.signed_paths)
         return target
 
 
@@ -332,16 +333,23 @@ async def timed_post(
     headers: dict[str, str],
     first_byte: float,
     total: float,
-) -> aiohttp.ClientResponse:
+    target: exchange.Target | None = None,
+) -> exchange.Exchange | aiohttp.ClientResponse:
     """POST and wait for the response headers; transport failures become ``UpstreamError``. (Without
-    the pool-wait bound of ``HTTPProvider._post``: for adapters that sign each request themselves.)"""
+    the pool-wait bound of ``HTTPProvider._post``: for adapters that sign each request themselves.)
+    With ``target`` (``url``'s, see ``HTTPProvider._target``) the POST is ``exchange.post``."""
     try:
         async with asyncio.timeout(min(first_byte, total)):
+            if target is not None:
+                return await exchange.post(session.connector, session.timeout, target,  # type: ignore[arg-type]
+                                           headers, data)
             return await session.post(url, data=data, headers=headers, allow_redirects=False)
     except TimeoutError as exc:
         raise UpstreamError("timeout", f"no response from {name} within {first_byte:g}s") from exc
     except (aiohttp.ClientConnectionError, OSError) as exc:
         raise UpstreamError("connect", f"cannot reach {name}: {type(exc).__name__}") from exc
+    except aiohttp.ClientResponseError as exc:
+        raise UpstreamError("protocol", f"{name} sent an answer that is not valid HTTP") from exc
 
 
 async def timed_read(resp: aiohttp.ClientResponse, name: str, deadline: float, total: float) -> bytes:
