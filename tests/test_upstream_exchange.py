@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -23,6 +22,7 @@ from gateway.providers import exchange
 from gateway.providers import openai as openai_provider
 from gateway.providers.base import UpstreamRequest
 from gateway.providers.openai import USER_AGENT, OpenAIProvider
+from tests.support.loopback import LoopbackServer
 
 pytestmark = pytest.mark.skipif(not openai_provider.LEAN, reason="this aiohttp keeps session.post")
 
@@ -32,13 +32,22 @@ COMPLETION = {"id": "c-1", "object": "chat.completion", "model": "m",
 ANSWER = orjson.dumps(COMPLETION)
 
 
-class Upstream:
+class Upstream(LoopbackServer):
     """``POST /{case}/chat/completions``: the case picks the answer; every call is recorded."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.seen: list[dict[str, Any]] = []
-        self.url = ""
         self.gate = asyncio.Event()  # holds the rest of a slow stream until set
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def build_app(self) -> web.Application:
+        app = web.Application(client_max_size=4 * 2**20)
+        app.router.add_post("/{case}/chat/completions", self.handle)
+        return app
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         case = request.match_info["case"]
@@ -80,18 +89,10 @@ class Upstream:
 
 @pytest_asyncio.fixture
 async def upstream() -> AsyncIterator[Upstream]:
-    mock = Upstream()
-    app = web.Application(client_max_size=4 * 2**20)
-    app.router.add_post("/{case}/chat/completions", mock.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    await web.SockSite(runner, sock).start()
-    mock.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    mock = await Upstream().start()
     yield mock
     mock.gate.set()
-    await runner.cleanup()
+    await mock.stop()
 
 
 class Raw:
