@@ -33,7 +33,7 @@ def gw(make_gateway, oai, hook, tmp_path):
           closed-hook: {{kind: webhook, url: "{hook.url}", timeout_ms: 300, on_error: block, on: [pre]}}
           held-hook: {{kind: webhook, url: "{hook.url}", timeout_ms: 1000, on: [post], stream: hold}}
           redacted-hook: {{kind: webhook, url: "{hook.url}", redact: true, on: [pre]}}
-          both-hook: {{kind: webhook, url: "{hook.url}", timeout_ms: 300, on: [pre, post], stream: hold}}
+          both-hook: {{kind: webhook, url: "{hook.url}", timeout_ms: 1000, on: [pre, post], stream: hold}}
         models:
           gpt:
             deployments: [{{provider: primary, model: gpt-up}}]
@@ -190,8 +190,8 @@ def test_every_verdict_on_every_surface(gw, oai, hook, surface, stream):
     """allow, block, modify (post), slow past the timeout open and closed; errors in the surface's shape."""
     replaced = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "replaced"}}]}
     hook.answer({"verdict": "allow"}, {"verdict": "allow"}, {"verdict": "block", "message": "not here"},
-                {"verdict": "allow"}, {"verdict": "modify", "body": replaced}, Slow(0.6), {"verdict": "allow"},
-                Slow(0.6))  # past the 300 ms timeout
+                {"verdict": "allow"}, {"verdict": "modify", "body": replaced}, Slow(1.5), {"verdict": "allow"},
+                Slow(0.6))  # past both-hook's 1 s and closed-hook's 300 ms timeouts
     oai.say(*(Said(text="upstream words", chunk_chars=4) for _ in range(3)))
     assert ask(gw, surface, "sk-both", stream) == "upstream words"
     error = anthropic.BadRequestError if surface == "messages" else openai.BadRequestError
