@@ -15,6 +15,7 @@ from gateway.clock import SYSTEM_CLOCK, Clock
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, UpstreamError
 from gateway.http.adaptive import AdaptiveLimit
+from gateway.http.answer import WholeAnswer
 from gateway.http.drain import Drain, overloaded, shutting_down
 from gateway.http.guard import GUARD, ConnectionGuard
 from gateway.http.lifecycle import add_lifecycle
@@ -164,7 +165,7 @@ class Handler:
         headers = {"x-request-id": ctx.request_id, **ctx.response_headers, **resp.headers}
         ctx.status = resp.status
         if resp.events is None:
-            out = web.Response(status=resp.status, body=resp.body, headers=headers, content_type=resp.content_type)
+            out = WholeAnswer(resp.status, resp.body, headers, resp.content_type)
             if ctx.request.body_exists and not ctx.request.content.is_eof():
                 out.force_close()  # a body not (fully) received or undecodable: don't reuse the connection
             return out  # aiohttp sends it once the handler returns: after ``complete`` (see ``_finish``)
