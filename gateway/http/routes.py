@@ -11,6 +11,7 @@ from gateway.errors import GatewayError
 from gateway.http.admin import AdminRoutes
 from gateway.http.admin_keys import KeyAdminRoutes, add_key_routes
 from gateway.http.feedback import FeedbackEndpoint
+from gateway.http.protocol import DIRECT
 from gateway.http.replies import error_json, json_reply
 from gateway.http.rollout_admin import add_rollout_routes
 from gateway.http.surface_routes import SurfaceRoutes
@@ -34,12 +35,17 @@ def add_routes(app: web.Application, handler: Handler, services: Services, obs: 
     app[PROBES] = info  # the probe listener's source (``gateway.http.probes``)
     admin = AdminRoutes(services, handler, {"messages": messages, "responses": responses})
     extra = SurfaceRoutes(services.holder, store, services.keys)
-    app.router.add_post("/v1/chat/completions", handler.endpoint("chat"))
-    app.router.add_post("/v1/completions", handler.endpoint("completions"))
-    app.router.add_post("/v1/embeddings", handler.endpoint("embeddings"))
-    app.router.add_post("/v1/messages", handler.endpoint("chat", messages))
+    pipeline_routes = {
+        "/v1/chat/completions": handler.endpoint("chat"),
+        "/v1/completions": handler.endpoint("completions"),
+        "/v1/embeddings": handler.endpoint("embeddings"),
+        "/v1/messages": handler.endpoint("chat", messages),
+        "/v1/responses": handler.endpoint("chat", responses),
+    }
+    for path, endpoint in pipeline_routes.items():
+        app.router.add_post(path, endpoint)
+    app[DIRECT] = pipeline_routes  # POSTs the server hands to the pipeline without the router (``direct_dispatch``)
     app.router.add_post("/v1/messages/count_tokens", extra.count_tokens)
-    app.router.add_post("/v1/responses", handler.endpoint("chat", responses))
     app.router.add_get("/v1/responses/{response_id}", extra.get_response)
     app.router.add_delete("/v1/responses/{response_id}", extra.delete_response)
     app.router.add_get("/v1/models", info.models)
