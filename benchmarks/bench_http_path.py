@@ -1,7 +1,10 @@
 """The HTTP path's own costs, measured alone: which aiohttp server layer, which upstream-call timing.
 
-1. server: CPU per request of a tiny answer served by ``web.Application`` (router, the handler the
-   gateway uses) against aiohttp's low-level ``web.Server`` (no application, no router), under wrk.
+1. server: CPU per request of a tiny answer served by ``web.Application`` with a ``web.Response``
+   (``app``), by aiohttp's low-level ``web.Server`` (``server``: no application, no router), by the
+   application with the gateway's ``WholeAnswer`` (``whole``: what the gateway answers with now), and by
+   aiohttp's C request parser under a plain ``asyncio.Protocol`` writing the answer itself
+   (``protocol``: the floor of any server built on aiohttp's parser), under wrk.
 2. client: CPU per upstream POST (32 concurrent callers): a pooled session's ``post`` under a plain
    ``asyncio.timeout`` (``bare``, the floor of ``session.post``), and a whole call through the OpenAI
    provider (``OpenAIProvider.send``: the pool timer, headers, the answer read) over ``session.post``
@@ -9,7 +12,7 @@
    (The tracing-signal and connector-hook timers measured in an earlier pass are in the README.)
 
 Alternating rounds, CPU time of the process under test only. Usage:
-``python benchmarks/bench_http_path.py [--rounds 3] [--duration 4] [--calls 20000]``.
+``python benchmarks/bench_http_path.py [--rounds 3] [--duration 4] [--calls 20000] [--server | --client]``.
 """
 
 from __future__ import annotations
@@ -33,10 +36,35 @@ BODY = {body!r}
 async def h(request):
     await request.read()
     return web.Response(body=BODY, content_type="application/json", headers={{"x-request-id": "r"}})
+async def whole(request):
+    from gateway.http.answer import WholeAnswer
+    await request.read()
+    return WholeAnswer(200, BODY, {{"x-request-id": "r"}}, "application/json")
 port = int(sys.argv[1])
-if sys.argv[2] == "app":
-    app = web.Application(); app.router.add_post("/v1/chat/completions", h)
+if sys.argv[2] in ("app", "whole"):
+    app = web.Application(); app.router.add_post("/v1/chat/completions", h if sys.argv[2] == "app" else whole)
     uvloop.install(); web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+elif sys.argv[2] == "protocol":  # aiohttp's C request parser under a plain asyncio.Protocol: the floor
+    from aiohttp.base_protocol import BaseProtocol
+    from aiohttp.http_parser import HttpRequestParser
+    from gateway.http.answer import http_date
+    class Conn(BaseProtocol):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            self.parser = HttpRequestParser(self, self._loop, 2**16, max_line_size=8190, max_field_size=8190)
+        def data_received(self, data):
+            for message, payload in self.parser.feed_data(data)[0]:
+                self._loop.create_task(self.answer(payload))
+        async def answer(self, payload):
+            await payload.read()
+            head = (f"HTTP/1.1 200 OK\\r\\nx-request-id: r\\r\\nContent-Type: application/json\\r\\n"
+                    f"Content-Length: {{len(BODY)}}\\r\\nDate: {{http_date()}}\\r\\nServer: bench\\r\\n\\r\\n")
+            self.transport.write(head.encode() + BODY)
+    async def main():
+        loop = asyncio.get_running_loop()
+        await loop.create_server(lambda: Conn(loop), "127.0.0.1", port, backlog=2048)
+        await asyncio.Event().wait()
+    uvloop.install(); asyncio.run(main())
 else:
     async def main():
         server = web.Server(h, access_log=None)
@@ -51,11 +79,13 @@ def bench_server(rounds: int, duration: int) -> dict[str, list[float]]:
     tmp = Path(tempfile.mkdtemp())
     lua = tmp / "post.lua"
     lua.write_text(post_lua('{"model":"m","messages":[{"role":"user","content":"Say hello"}]}', {}))
-    out: dict[str, list[float]] = {"app": [], "server": []}
+    out: dict[str, list[float]] = {"app": [], "server": [], "whole": [], "protocol": []}
+    root = str(Path(__file__).resolve().parent.parent)
     for _ in range(rounds):
         for kind in out:
             port = free_port()
-            proc = spawn([sys.executable, "-c", SERVER.format(body=CHAT_ANSWER), str(port), kind])
+            code = f"import sys; sys.path.insert(0, {root!r})\n" + SERVER.format(body=CHAT_ANSWER)
+            proc = spawn([sys.executable, "-c", code, str(port), kind])
             try:
                 wait_port(port)
                 before = cpu_s(proc.pid)
@@ -152,9 +182,12 @@ def main() -> int:
     ap.add_argument("--duration", type=int, default=4)
     ap.add_argument("--calls", type=int, default=20000)
     ap.add_argument("--client", action="store_true", help="only the client figures")
+    ap.add_argument("--server", action="store_true", help="only the server figures")
     args = ap.parse_args()
     parts = [] if args.client else [("server: CPU us per request", bench_server(args.rounds, args.duration))]
-    for title, figures in (*parts, ("client: CPU us per upstream call", bench_client(args.rounds, args.calls))):
+    if not args.server:
+        parts.append(("client: CPU us per upstream call", bench_client(args.rounds, args.calls)))
+    for title, figures in parts:
         print(title)
         for kind, values in figures.items():
             cells = " ".join(f"{v:7.1f}" for v in values)
