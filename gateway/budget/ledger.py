@@ -539,8 +539,8 @@ class SettleOp:
                 store.delete(exp_keys[i])
             bucket["spent"] = bucket.get("spent", 0) + cost
             ttl_ms = charge.scope_ttls_ms[i]
-            if ttl_ms > 0 and store.ttl(b) is None:
-                store.expire(b, ttl_ms / 1000)
+            if ttl_ms > 0:
+                store.expire_nx(b, ttl_ms / 1000)
             buckets.append(bucket)
         if charge.day_ttl_ms > 0:
             day = store.get(charge.day_key)
@@ -549,8 +549,7 @@ class SettleOp:
                 store.set(charge.day_key, day)
             for name, amount in charge.fields:
                 day[name] = day.get(name, 0) + amount
-            if store.ttl(charge.day_key) is None:
-                store.expire(charge.day_key, charge.day_ttl_ms / 1000)
+            store.expire_nx(charge.day_key, charge.day_ttl_ms / 1000)
         ids[rid] = now
         store.expire(ids_key, ittl / 1000)
         out: list[Any] = ["ok"]
