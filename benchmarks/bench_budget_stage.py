@@ -55,7 +55,7 @@ async def _requests(n: int) -> float:
         ctx.tenant, ctx.api_key, ctx.public_model, ctx.model, ctx.prompt_tokens_est = tenant, key, "m", model, 12
         batch = ctx.state_batch = StateBatch()
         verdict = stage.admit(ctx)
-        if inspect.isawaitable(verdict):
+        if inspect.iscoroutine(verdict):
             verdict = await verdict
         verdict = verdict or await batch.flush(backend, "admit")
         assert verdict is None, verdict

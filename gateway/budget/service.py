@@ -81,6 +81,7 @@ class BudgetPlan:
     ttls_ms: tuple[int, ...]
     hold_s: float  # how long a reservation lives (``Derived.hold_s``)
     downgrade: bool  # some scope may downgrade
+    watched: bool  # some budget is in shadow mode or has a soft threshold: a reservation's levels say more than yes or no
     start: float
     end: float
 
@@ -215,6 +216,7 @@ class BudgetService:
             ttls_ms=tuple(s.ttl_ms for s in scopes),
             hold_s=self.derived.hold_s,
             downgrade=any(s.downgrade for s in specs),
+            watched=any(not s.enforce or s.soft is not None for s in specs),
             start=max([w.start for w in windows], default=-math.inf),
             end=min([math.inf if w.end is None else w.end for w in windows], default=math.inf),
         )

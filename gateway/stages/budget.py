@@ -194,7 +194,7 @@ class BudgetStage(Stage):
         if reserved.verdict == "alt" and small is not None:
             hold.amount = alt or 0
             self._downgrade(ctx, model, small)
-        self._outcome(ctx, specs, reserved, hold.amount, now)
+        self._outcome(ctx, hold.plan, reserved, hold.amount, now)
         return None
 
     def _small(self, ctx: RequestContext, model: ModelSpec) -> ModelSpec | None:
@@ -223,16 +223,16 @@ class BudgetStage(Stage):
         ctx.response_headers["x-gateway-route"] = "small"
         ctx.budget_outcome = "downgraded"
 
-    def _outcome(self, ctx: RequestContext, specs: tuple[BudgetSpec, ...], reserved: Reserved, amount: int,
-                 now: float) -> None:
+    def _outcome(self, ctx: RequestContext, plan: BudgetPlan, reserved: Reserved, amount: int, now: float) -> None:
         soft = shadow_over = False
-        for spec, (spent, held) in zip(specs, reserved.levels, strict=True):
-            level = spent + held
-            if not spec.enforce:
-                shadow_over = shadow_over or level + amount > spec.limit
-            elif spec.soft is not None and level >= spec.soft:
-                soft = True
-                self._warn_headers(ctx, spec, level, now)
+        if plan.watched:  # else enforced budgets without soft thresholds: the reservation said all
+            for spec, (spent, held) in zip(plan.specs, reserved.levels, strict=True):
+                level = spent + held
+                if not spec.enforce:
+                    shadow_over = shadow_over or level + amount > spec.limit
+                elif spec.soft is not None and level >= spec.soft:
+                    soft = True
+                    self._warn_headers(ctx, spec, level, now)
         if ctx.budget_outcome != "downgraded":
             ctx.budget_outcome = "shadow_over_budget" if shadow_over else "soft" if soft else "ok"
         self.service.counts[_OUTCOME_COUNTS[ctx.budget_outcome]] += 1
