@@ -319,6 +319,21 @@ async def test_memory_store_set_keeps_expiry_like_incrby() -> None:
     assert backend.store.get("k") is None
 
 
+def test_memory_store_expire_nx_sets_an_expiry_only_where_there_is_none() -> None:
+    """``PEXPIRE NX`` (what the budget settle's ``PTTL == -1`` check does): a key without expiry gets
+    one, one with an expiry keeps it, a missing key stays missing and an expired one is gone."""
+    clock = FakeClock()
+    store = MemoryBackend(clock=clock).store
+    store.set("plain", {"n": 1})
+    store.set("timed", {"n": 1}, ttl_s=5)
+    store.set("old", {"n": 1}, ttl_s=1)
+    clock.advance(2)
+    for key in ("plain", "timed", "missing", "old"):
+        store.expire_nx(key, 30)
+    assert store.ttl("plain") == 30 and store.ttl("timed") == 3
+    assert not store.exists("missing") and "old" not in store._data
+
+
 async def test_memory_ids_are_monotonic_with_a_frozen_or_backward_clock() -> None:
     clock = FakeClock()
     backend = MemoryBackend(clock=clock)

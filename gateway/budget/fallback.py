@@ -13,6 +13,7 @@ The bound this gives is written in ``docs/policy.md`` ("Budgets while Redis is d
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -44,6 +45,14 @@ class LocalFallback:
         if len(self._seen) > 100_000:  # keys of past periods are never asked again
             self._seen.clear()
         self._seen[key] = (next(self._seq), level)
+
+    def observe_levels(self, keys: Sequence[str], levels: Sequence[tuple[int, int]]) -> None:
+        """``observe`` of each scope's ``spent + held`` (what a reserve or settle answered), in one call."""
+        seen, seq = self._seen, self._seq
+        for key, (spent, held) in zip(keys, levels, strict=True):
+            if len(seen) > 100_000:  # as ``observe``
+                seen.clear()
+            seen[key] = (next(seq), spent + held)
 
     def seen(self, key: str) -> int | None:
         found = self._seen.get(key)

@@ -113,15 +113,11 @@ _RESERVE_LUA = _RESERVE_LUA.replace("--OVER--", "").replace("--HELD--", "")
 
 
 
-def _purged(store: LocalStore, bucket: dict[str, int] | None, z: str, now: float) -> ZSet | None:
-    """Release up to ``MAX_PURGE`` expired reservations, oldest first: O(released), never a scan of the
-    held ones (a gateway holding thousands of long streams reserves on every request). Returns the
-    scope's expiries left, ``None`` when there are none (an emptied set goes, as on Redis)."""
-    exp = store.get(z)
-    if not isinstance(exp, ZSet):
-        return None
-    if not exp.scores or exp.at(0)[0] > now:  # the oldest is live: nothing to release (nearly always)
-        return exp
+def _purge(store: LocalStore, bucket: dict[str, int] | None, exp: ZSet, z: str, now: float) -> ZSet | None:
+    """Release up to ``MAX_PURGE`` expired reservations of ``exp`` (its oldest is due), oldest first:
+    O(released), never a scan of the held ones (a gateway holding thousands of long streams reserves
+    on every request). Returns the scope's expiries left, ``None`` when there are none (an emptied set
+    goes, as on Redis)."""
     expired = exp.pop_through(now, MAX_PURGE)
     for rid in expired:
         if bucket is not None and f"r:{rid}" in bucket:
@@ -172,52 +168,9 @@ def _reserve_local(store: LocalStore, keys: list[str], args: list[Any], now: flo
 
 def reserve_scopes(store: LocalStore, scopes: Sequence[ScopeArgs], exp_keys: Sequence[str], rid: str,
                    hold_s: float, main: int, alt: int | None, now: float, fx: FusedCtx | None = None) -> list[Any]:
-    """The reservation on typed scopes (the native form): ``[verdict, over, spent, held, ...]``.
-
-    In a fused call (``fx``) a refusal stops the later ops, and a hold registers its undo.
-    """
-    levels: list[int] = []
-    out: list[Any] = []
-    found: list[tuple[dict[str, int] | None, ZSet | None]] = []  # per scope: its hash and expiries, if any
-    for i, s in enumerate(scopes):
-        bucket = store.get(s.key)
-        found.append((bucket, _purged(store, bucket, exp_keys[i], now)))
-        spent, held = (0, 0) if bucket is None else (bucket.get("spent", 0), bucket.get("held", 0))
-        out += (spent, held)
-        levels.append(spent + held)
-    use_alt = may_alt = False
-    if alt is not None:
-        for i, s in enumerate(scopes):
-            if s.downgrade:
-                may_alt = True
-                if s.soft is not None and levels[i] >= s.soft:
-                    use_alt = True
-    amount = alt if use_alt and alt is not None else main
-    refused = _over(scopes, levels, amount)
-    if refused and may_alt and not use_alt and alt is not None and _over(scopes, levels, alt) == 0:
-        use_alt, amount, refused = True, alt, 0
-    if refused:
-        if fx is not None:
-            fx.refuse()
-        return ["over", refused, *out]
-    field = "r:" + rid
-    for i, s in enumerate(scopes):
-        bucket, exp = found[i]
-        if bucket is None:  # created now (by an earlier scope too, if two share a key)
-            bucket = local_hash(store, s.key)
-        bucket["held"] = bucket.get("held", 0) + amount
-        bucket[field] = amount
-        if exp is None:
-            exp = _expiries(store, exp_keys[i])
-        exp.add(rid, now + hold_s)
-        if s.ttl_ms > 0:
-            store.expire(s.key, s.ttl_ms / 1000)
-            store.expire(exp_keys[i], s.ttl_ms / 1000)
-    verdict = "alt" if use_alt else "main"
-    if fx is not None:
-        fx.variant = verdict
-        fx.undo.append(functools.partial(_unreserve, store, scopes, exp_keys, rid, amount))
-    return [verdict, 0, *out]
+    """The reservation on typed scopes (the native form): ``[verdict, over, spent, held, ...]``
+    (``ReserveOp.native``, which a fused call runs itself)."""
+    return ReserveOp(scopes, rid, hold_s, main, alt, exp_keys).native(store, now, fx)
 
 
 def _unreserve(store: LocalStore, scopes: Sequence[ScopeArgs], exp_keys: Sequence[str], rid: str,
@@ -297,54 +250,9 @@ def _settle_local(store: LocalStore, keys: list[str], args: list[Any], now: floa
 
 def settle_charge(store: LocalStore, charge: Charge, exp_keys: Sequence[str], ids_key: str, ids_ttl_ms: int,
                   now: float) -> list[Any]:
-    """The settle on a typed ``Charge`` (the native form): ``[ok|dup, spent, held, ...]`` per scope."""
-    rid = charge.rid
-    ittl = ids_ttl_ms if ids_ttl_ms < LOCAL_IDS_TTL_MS else LOCAL_IDS_TTL_MS
-    ids = store.get(ids_key)
-    if ids is None:
-        ids = OrderedDict()  # settle id -> time, oldest first: expiry pops from the front, never scans
-        store.set(ids_key, ids)
-    if rid in ids:
-        return _levels(store, charge.scope_keys, "dup")
-    cutoff = now - ittl / 1000
-    while ids and next(iter(ids.values())) <= cutoff:
-        ids.popitem(last=False)
-    while len(ids) >= LOCAL_IDS_MAX:
-        ids.popitem(last=False)
-        EVICTED["settle_ids"] += 1
-    cost, field = charge.cost, "r:" + rid
-    buckets = []
-    for i, b in enumerate(charge.scope_keys):
-        bucket = store.get(b)
-        if bucket is None:
-            bucket = {}
-            store.set(b, bucket)
-        held = bucket.pop(field, None)
-        if held is not None:
-            bucket["held"] = bucket.get("held", 0) - held
-        exp = store.get(exp_keys[i])
-        if isinstance(exp, ZSet) and exp.remove(rid) and not exp.scores:  # ZREM; an emptied set goes
-            store.delete(exp_keys[i])
-        bucket["spent"] = bucket.get("spent", 0) + cost
-        ttl_ms = charge.scope_ttls_ms[i]
-        if ttl_ms > 0 and store.ttl(b) is None:
-            store.expire(b, ttl_ms / 1000)
-        buckets.append(bucket)
-    if charge.day_ttl_ms > 0:
-        day = store.get(charge.day_key)
-        if day is None:
-            day = {}
-            store.set(charge.day_key, day)
-        for name, amount in charge.fields:
-            day[name] = day.get(name, 0) + amount
-        if store.ttl(charge.day_key) is None:
-            store.expire(charge.day_key, charge.day_ttl_ms / 1000)
-    ids[rid] = now
-    store.expire(ids_key, ittl / 1000)
-    out: list[Any] = ["ok"]
-    for bucket in buckets:  # read after every write, as the script does
-        out += (bucket.get("spent", 0), bucket.get("held", 0))
-    return out
+    """The settle on a typed ``Charge`` (the native form): ``[ok|dup, spent, held, ...]`` per scope
+    (``SettleOp.native``, which a fused call runs itself)."""
+    return SettleOp(charge, ids_ttl_ms, exp_keys, ids_key).native(store, now)
 
 
 def _levels(store: LocalStore, keys: Sequence[str], status: str) -> list[Any]:
@@ -479,7 +387,11 @@ def reserve_call(scopes: list[ScopeArgs], rid: str, hold_s: float, main: int,
 
 
 def parse_reserved(reply: list[Any]) -> Reserved:
-    levels = tuple([(int(reply[i]), int(reply[i + 1])) for i in range(2, len(reply), 2)])
+    """A reservation's reply, Redis's strings or a native's ints (one scope, the usual plan, without a loop)."""
+    if len(reply) == 4:
+        levels: tuple[tuple[int, int], ...] = ((int(reply[2]), int(reply[3])),)
+    else:
+        levels = tuple([(int(reply[i]), int(reply[i + 1])) for i in range(2, len(reply), 2)])
     return Reserved(str(reply[0]), int(reply[1]), levels)
 
 
@@ -493,6 +405,9 @@ def settle_call(charge: Charge, settled_ttl_ms: int) -> tuple[list[str], list[An
 
 
 def parse_settled(reply: list[Any]) -> tuple[bool, list[tuple[int, int]]]:
+    """A settle's reply: whether it applied now, and (spent, held) per scope (one scope without a loop)."""
+    if len(reply) == 3:
+        return reply[0] == "ok", [(int(reply[1]), int(reply[2]))]
     return reply[0] == "ok", [(int(reply[i]), int(reply[i + 1])) for i in range(1, len(reply) - 1, 2)]
 
 
@@ -518,8 +433,60 @@ class ReserveOp:
     def redis_call(self) -> tuple[list[str], list[Any]]:
         return reserve_call(self.scopes, self.rid, self.hold_s, self.main, self.alt)
 
-    def native(self, store: LocalStore, now: float, fx: FusedCtx) -> list[Any]:
-        return reserve_scopes(store, self.scopes, self.exp_keys, self.rid, self.hold_s, self.main, self.alt, now, fx)
+    def native(self, store: LocalStore, now: float, fx: FusedCtx | None = None) -> list[Any]:
+        """``RESERVE`` on the typed scopes; in a fused call (``fx``) a refusal stops the later ops and
+        a hold registers its undo."""
+        scopes, exp_keys, alt = self.scopes, self.exp_keys, self.alt
+        levels: list[int] = []
+        out: list[Any] = []
+        buckets: list[dict[str, int] | None] = []  # per scope: its hash and expiries, if any
+        exps: list[ZSet | None] = []
+        for i, s in enumerate(scopes):
+            bucket = store.get(s.key)
+            exp = store.get(exp_keys[i])
+            if not isinstance(exp, ZSet):
+                exp = None
+            elif exp.scores and exp.at(0)[0] <= now:  # some reservation expired (the oldest is live nearly always)
+                exp = _purge(store, bucket, exp, exp_keys[i], now)
+            buckets.append(bucket)
+            exps.append(exp)
+            spent, held = (0, 0) if bucket is None else (bucket.get("spent", 0), bucket.get("held", 0))
+            out += (spent, held)
+            levels.append(spent + held)
+        use_alt = may_alt = False
+        if alt is not None:
+            for i, s in enumerate(scopes):
+                if s.downgrade:
+                    may_alt = True
+                    if s.soft is not None and levels[i] >= s.soft:
+                        use_alt = True
+        amount = alt if use_alt and alt is not None else self.main
+        refused = _over(scopes, levels, amount)
+        if refused and may_alt and not use_alt and alt is not None and _over(scopes, levels, alt) == 0:
+            use_alt, amount, refused = True, alt, 0
+        if refused:
+            if fx is not None:
+                fx.refuse()
+            return ["over", refused, *out]
+        rid = self.rid
+        field, until = "r:" + rid, now + self.hold_s
+        for i, s in enumerate(scopes):
+            bucket, exp = buckets[i], exps[i]
+            if bucket is None:  # created now (by an earlier scope too, if two share a key)
+                bucket = local_hash(store, s.key)
+            bucket["held"] = bucket.get("held", 0) + amount
+            bucket[field] = amount
+            if exp is None:
+                exp = _expiries(store, exp_keys[i])
+            exp.add(rid, until)
+            if s.ttl_ms > 0:
+                store.expire(s.key, s.ttl_ms / 1000)
+                store.expire(exp_keys[i], s.ttl_ms / 1000)
+        verdict = "alt" if use_alt else "main"
+        if fx is not None:
+            fx.variant = verdict
+            fx.undo.append(functools.partial(_unreserve, store, scopes, exp_keys, rid, amount))
+        return [verdict, 0, *out]
 
 
 class SettleOp:
@@ -540,5 +507,52 @@ class SettleOp:
     def redis_call(self) -> tuple[list[str], list[Any]]:
         return settle_call(self.charge, self.ids_ttl_ms)
 
-    def native(self, store: LocalStore, now: float, fx: FusedCtx) -> list[Any]:
-        return settle_charge(store, self.charge, self.exp_keys, self.settled, self.ids_ttl_ms, now)
+    def native(self, store: LocalStore, now: float, fx: FusedCtx | None = None) -> list[Any]:
+        """``SETTLE`` on the typed charge: ``[ok|dup, spent, held, ...]`` per scope."""
+        charge, exp_keys, ids_key = self.charge, self.exp_keys, self.settled
+        rid = charge.rid
+        ittl = self.ids_ttl_ms if self.ids_ttl_ms < LOCAL_IDS_TTL_MS else LOCAL_IDS_TTL_MS
+        ids = store.get(ids_key)
+        if ids is None:
+            ids = OrderedDict()  # settle id -> time, oldest first: expiry pops from the front, never scans
+            store.set(ids_key, ids)
+        if rid in ids:
+            return _levels(store, charge.scope_keys, "dup")
+        cutoff = now - ittl / 1000
+        while ids and next(iter(ids.values())) <= cutoff:
+            ids.popitem(last=False)
+        while len(ids) >= LOCAL_IDS_MAX:
+            ids.popitem(last=False)
+            EVICTED["settle_ids"] += 1
+        cost, field = charge.cost, "r:" + rid
+        buckets = []
+        for i, b in enumerate(charge.scope_keys):
+            bucket = store.get(b)
+            if bucket is None:
+                bucket = {}
+                store.set(b, bucket)
+            held = bucket.pop(field, None)
+            if held is not None:
+                bucket["held"] = bucket.get("held", 0) - held
+            exp = store.get(exp_keys[i])
+            if isinstance(exp, ZSet) and exp.remove(rid) and not exp.scores:  # ZREM; an emptied set goes
+                store.delete(exp_keys[i])
+            bucket["spent"] = bucket.get("spent", 0) + cost
+            ttl_ms = charge.scope_ttls_ms[i]
+            if ttl_ms > 0:
+                store.expire_nx(b, ttl_ms / 1000)
+            buckets.append(bucket)
+        if charge.day_ttl_ms > 0:
+            day = store.get(charge.day_key)
+            if day is None:
+                day = {}
+                store.set(charge.day_key, day)
+            for name, amount in charge.fields:
+                day[name] = day.get(name, 0) + amount
+            store.expire_nx(charge.day_key, charge.day_ttl_ms / 1000)
+        ids[rid] = now
+        store.expire(ids_key, ittl / 1000)
+        out: list[Any] = ["ok"]
+        for bucket in buckets:  # read after every write, as the script does
+            out += (bucket.get("spent", 0), bucket.get("held", 0))
+        return out

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
 
 from gateway.budget.fallback import LocalFallback
@@ -79,7 +79,9 @@ class BudgetPlan:
     keys: tuple[str, ...]  # the scopes' ledger keys
     exp_keys: tuple[str, ...]  # their reservation expiries' keys
     ttls_ms: tuple[int, ...]
+    hold_s: float  # how long a reservation lives (``Derived.hold_s``)
     downgrade: bool  # some scope may downgrade
+    watched: bool  # some budget is in shadow mode or has a soft threshold: a reservation's levels say more than yes or no
     start: float
     end: float
 
@@ -202,6 +204,7 @@ class BudgetService:
         return found
 
     def _plan(self, tenant: Tenant, api_key: ApiKey | None, now: float) -> BudgetPlan:
+        assert self.derived is not None
         specs = self.specs(tenant, api_key)
         scopes = [self.scope_args(tenant.name, spec, now) for spec in specs]
         windows = [self.window(spec.policy.period, now) for spec in specs]
@@ -211,7 +214,9 @@ class BudgetService:
             keys=tuple(s.key for s in scopes),
             exp_keys=tuple(s.key + ":exp" for s in scopes),
             ttls_ms=tuple(s.ttl_ms for s in scopes),
+            hold_s=self.derived.hold_s,
             downgrade=any(s.downgrade for s in specs),
+            watched=any(not s.enforce or s.soft is not None for s in specs),
             start=max([w.start for w in windows], default=-math.inf),
             end=min([math.inf if w.end is None else w.end for w in windows], default=math.inf),
         )
@@ -247,7 +252,7 @@ class BudgetService:
             reserved = await self.shared.reserve(scopes, rid, self.derived.hold_s, main, alt)
         except StateError as exc:
             return await self.reserve_failed(exc, scopes, rid, main, alt)
-        return self.reserved(scopes, reserved), self.shared
+        return self.reserved([s.key for s in scopes], reserved), self.shared
 
     def reserve_op(self, scopes: list[ScopeArgs], rid: str, main: int, alt: int | None,
                    exp_keys: Sequence[str] | None = None) -> ReserveOp:
@@ -255,10 +260,10 @@ class BudgetService:
         assert self.derived is not None
         return ReserveOp(scopes, rid, self.derived.hold_s, main, alt, exp_keys)
 
-    def reserved(self, scopes: list[ScopeArgs], reserved: Reserved) -> Reserved:
-        """A reservation the shared ledger answered: its levels are what the local fallback starts from."""
-        for scope, (spent, held) in zip(scopes, reserved.levels, strict=True):
-            self.fallback.observe(scope.key, spent + held)
+    def reserved(self, keys: Sequence[str], reserved: Reserved) -> Reserved:
+        """A reservation the shared ledger answered for the scopes at ``keys``: its levels are what the
+        local fallback starts from."""
+        self.fallback.observe_levels(keys, reserved.levels)
         return reserved
 
     async def reserve_failed(self, exc: StateError, scopes: list[ScopeArgs], rid: str, main: int,
@@ -299,16 +304,28 @@ class BudgetService:
     async def settled(self, charge: Charge, answer: tuple[bool, list[tuple[int, int]]] | None,
                       error: StateError | None) -> None:
         """The shared settle's answer (applied now, levels), or its failure: then kept for replay."""
+        pending = self.settled_now(charge, answer, error)
+        if pending is not None:
+            await pending
+
+    def settled_now(self, charge: Charge, answer: tuple[bool, list[tuple[int, int]]] | None,
+                    error: StateError | None) -> Awaitable[None] | None:
+        """``settled`` without a coroutine when nothing waits (no kept charges to replay): else the
+        replay to await."""
         if error is not None:
             self.counts["settle_failed"] += 1
             self.keep(charge)
             log.warning("budget settle failed (%s); kept for replay (%d pending)", error, len(self.pending))
-            return
+            return None
         assert answer is not None
         self._observe_settled(charge, *answer)
         if len(self.pending):  # the backend answers again: a batch now, the replayer does the rest
-            await self.replay(batches=1)
-            self._wake.set()
+            return self._replay_now()
+        return None
+
+    async def _replay_now(self) -> None:
+        await self.replay(batches=1)
+        self._wake.set()
 
     def keep(self, charge: Charge) -> None:
         """Keep a charge for replay; past the bound it is lost, and counted."""
@@ -344,8 +361,7 @@ class BudgetService:
         self._observe_settled(charge, *await self.shared.settle_once(charge))
 
     def _observe_settled(self, charge: Charge, applied: bool, levels: list[tuple[int, int]]) -> None:
-        for key, (spent, held) in zip(charge.scope_keys, levels, strict=True):
-            self.fallback.observe(key, spent + held)
+        self.fallback.observe_levels(charge.scope_keys, levels)
         if not applied:  # its earlier attempt applied although its answer never came: nothing to do
             self.counts["settle_duplicate"] += 1
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import functools
 import itertools
 import secrets
+import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -37,6 +38,8 @@ from gateway.budget.ledger import (
     Charge,
     Ledger,
     Reserved,
+    ReserveOp,
+    SettleOp,
     day_key,
     parse_reserved,
     parse_settled,
@@ -45,6 +48,7 @@ from gateway.budget.ledger import (
 from gateway.budget.periods import DAY_RECORD_TTL_S
 from gateway.budget.pricing import cost, estimate_usage, usd, worst_case
 from gateway.budget.service import BudgetPlan, BudgetSpec
+from gateway.clock import Clock
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.pipeline import GatewayResponse, Respond, Stage, Verdict
@@ -55,6 +59,7 @@ from gateway.usage import Usage
 
 if TYPE_CHECKING:
     from gateway.services import Services
+    from gateway.stages.state_batch import StateBatch
 
 
 @dataclass(slots=True)
@@ -80,6 +85,8 @@ class BudgetStage(Stage):
     def __init__(self, services: Services) -> None:
         self.services = services
         self.service = services.budget
+        clock = services.clock  # the system clock's ``time`` is ``time.time``: called directly, as the store does
+        self._time = time.time if type(clock).time is Clock.time else clock.time
         # Reservation ids: only unique per ledger matters (replicas share it), so a random prefix per
         # process and a counter, instead of a uuid4 (an os.urandom call) per request.
         self._rid_prefix = secrets.token_hex(8) + "."
@@ -87,12 +94,11 @@ class BudgetStage(Stage):
         self._today_start = self._today_end = 0.0  # the UTC day ``_tenant_keys`` are for
         self._today = ""
         self._tenant_keys: dict[str, tuple[str, str]] = {}  # tenant -> (day record key, settled-ids key)
-        self._model_fields: dict[str, tuple[str, ...]] = {}  # model -> its day-record fields
-        self._key_fields: dict[str, tuple[str, ...]] = {}  # API key name -> its day-record fields
+        self._day_fields_of: dict[tuple[str, str | None], tuple[str, ...]] = {}  # (model, key) -> ``_day_names``
 
     def on_policy(self, policy: Any) -> None:
         self.service.on_policy(policy)
-        self._today_end, self._tenant_keys, self._model_fields, self._key_fields = 0.0, {}, {}, {}
+        self._today_end, self._tenant_keys, self._day_fields_of = 0.0, {}, {}
 
     def applies(self, scope: Scope) -> bool | frozenset[str]:
         """``admit`` only where a budget may apply (or a full settle journal may refuse); ``complete``
@@ -113,17 +119,20 @@ class BudgetStage(Stage):
         await self.service.stop()
 
     # -- admit ------------------------------------------------------------------------------------
-    async def admit(self, ctx: RequestContext) -> Verdict:
+    def admit(self, ctx: RequestContext) -> Verdict | Awaitable[Verdict]:
+        """Plain on the usual path (the reservation rides the phase's fused call): no coroutine; a
+        request without a state batch gets one that awaits its own reserve."""
         tenant, model = ctx.tenant, ctx.model
         if tenant is None or model is None:
             return None
-        if self.service.journal_full and ctx.policy.state.on_backend_error != "allow":
+        if self.service.pending.full and ctx.policy.state.on_backend_error != "allow":
             return self._journal_full(ctx)
-        now = self.services.clock.time()
+        now = self._time()
         plan = self.service.plan(tenant, ctx.api_key, now)
         if not plan.specs:
             return None
-        model = self._worst_model(ctx, model)
+        if model.route is not None:  # a routed model nobody resolved yet is reserved at its large model's price
+            model = ctx.policy.models.get(model.route.large) or model
         small = self._small(ctx, model) if plan.downgrade else None
         main = worst_case(ctx.prompt_tokens_est, output_tokens(ctx, model), self.service.rates(model))
         alt = None if small is None else worst_case(ctx.prompt_tokens_est, output_tokens(ctx, small),
@@ -131,13 +140,19 @@ class BudgetStage(Stage):
         hold = Hold(f"{self._rid_prefix}{next(self._seq)}", plan)
         ctx.budget_hold = hold  # before the await: a cancelled reserve is still released
         batch = ctx.state_batch
-        if batch is not None:  # in admit's one call, before the token limits (which learn the downgrade)
-            ctx.downgrade_to = small
-            finish = functools.partial(self._reserved, ctx, hold, model, small, main, alt, now)
-            batch.add("admit", self.service.reserve_op(plan.scopes, hold.rid, main, alt, plan.exp_keys), finish)
-            return None
+        if batch is None:
+            return self._admit_alone(ctx, hold, model, small, main, alt, now)
+        # in admit's one call, before the token limits (which learn the downgrade)
+        ctx.downgrade_to = small
+        finish = functools.partial(self._reserved, ctx, hold, model, small, main, alt, now)
+        batch.add("admit", ReserveOp(plan.scopes, hold.rid, plan.hold_s, main, alt, plan.exp_keys), finish)
+        return None
+
+    async def _admit_alone(self, ctx: RequestContext, hold: Hold, model: ModelSpec, small: ModelSpec | None,
+                           main: int, alt: int | None, now: float) -> Verdict:
+        """Admit's reservation in a call of its own (no state batch)."""
         try:
-            reserved, hold.ledger = await self.service.reserve(plan.scopes, hold.rid, main, alt)
+            reserved, hold.ledger = await self.service.reserve(hold.plan.scopes, hold.rid, main, alt)
         except StateError:
             hold.state = "none"
             return self._deny(ctx)
@@ -150,7 +165,7 @@ class BudgetStage(Stage):
         if error is not None:
             return self._reserve_failed(ctx, hold, model, small, main, alt, now, error)
         assert reply is not None
-        reserved = self.service.reserved(hold.plan.scopes, parse_reserved(reply))
+        reserved = self.service.reserved(hold.plan.keys, parse_reserved(reply))
         hold.ledger = self.service.shared
         return self._held(ctx, hold, reserved, model, small, main, alt, now)
 
@@ -179,14 +194,8 @@ class BudgetStage(Stage):
         if reserved.verdict == "alt" and small is not None:
             hold.amount = alt or 0
             self._downgrade(ctx, model, small)
-        self._outcome(ctx, specs, reserved, hold.amount, now)
+        self._outcome(ctx, hold.plan, reserved, hold.amount, now)
         return None
-
-    def _worst_model(self, ctx: RequestContext, model: ModelSpec) -> ModelSpec:
-        """A routed model nobody resolved yet is reserved at the price of its large model."""
-        if model.route is not None:
-            return ctx.policy.models.get(model.route.large) or model
-        return model
 
     def _small(self, ctx: RequestContext, model: ModelSpec) -> ModelSpec | None:
         """The small model this request may be downgraded to, if it fits the request."""
@@ -214,16 +223,16 @@ class BudgetStage(Stage):
         ctx.response_headers["x-gateway-route"] = "small"
         ctx.budget_outcome = "downgraded"
 
-    def _outcome(self, ctx: RequestContext, specs: tuple[BudgetSpec, ...], reserved: Reserved, amount: int,
-                 now: float) -> None:
+    def _outcome(self, ctx: RequestContext, plan: BudgetPlan, reserved: Reserved, amount: int, now: float) -> None:
         soft = shadow_over = False
-        for spec, (spent, held) in zip(specs, reserved.levels, strict=True):
-            level = spent + held
-            if not spec.enforce:
-                shadow_over = shadow_over or level + amount > spec.limit
-            elif spec.soft is not None and level >= spec.soft:
-                soft = True
-                self._warn_headers(ctx, spec, level, now)
+        if plan.watched:  # else enforced budgets without soft thresholds: the reservation said all
+            for spec, (spent, held) in zip(plan.specs, reserved.levels, strict=True):
+                level = spent + held
+                if not spec.enforce:
+                    shadow_over = shadow_over or level + amount > spec.limit
+                elif spec.soft is not None and level >= spec.soft:
+                    soft = True
+                    self._warn_headers(ctx, spec, level, now)
         if ctx.budget_outcome != "downgraded":
             ctx.budget_outcome = "shadow_over_budget" if shadow_over else "soft" if soft else "ok"
         self.service.counts[_OUTCOME_COUNTS[ctx.budget_outcome]] += 1
@@ -278,20 +287,22 @@ class BudgetStage(Stage):
         return Respond(GatewayResponse.from_error(err), "failure_mode_denied")
 
     # -- complete ---------------------------------------------------------------------------------
-    async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
+    def complete(self, ctx: RequestContext, error: BaseException | None) -> Awaitable[None] | None:
+        """Plain on the usual path (the settle rides the phase's fused call): no coroutine; one that
+        settles on its own (no state batch) or on the local ledger first is returned to be awaited."""
         if self.service.derived is None or ctx.tenant is None:
-            return
+            return None
         hold = ctx.budget_hold
         if hold is not None and hold.state == "refused":
-            return
+            return None
         usage, amount = self._charge(ctx)
         ctx.cost_usd = usd(amount)
         if usage is None and hold is None:
-            return
+            return None
         fields: tuple[tuple[str, int], ...] = ()
         if usage is not None and ctx.model is not None:
             fields = self._day_fields(ctx, ctx.model.name, usage, amount)
-        day, settled = self._day_keys(ctx.tenant.name, self.services.clock.time())
+        day, settled = self._day_keys(ctx.tenant.name, self._time())
         plan = None if hold is None else hold.plan
         charge = Charge(  # by position: a third cheaper than by keyword, once per request
             hold.rid if hold is not None else f"{self._rid_prefix}{next(self._seq)}",  # the settle's id
@@ -305,15 +316,20 @@ class BudgetStage(Stage):
         ledger = None if hold is None else hold.ledger
         batch = ctx.state_batch
         if batch is None:
-            await self.service.settle(charge, ledger)
-            return
+            return self.service.settle(charge, ledger)
+        op = SettleOp(charge, self.service.shared.settled_ttl_ms, None if plan is None else plan.exp_keys, settled)
         if ledger is self.service.local:  # ``BudgetService.settle``'s local part; the shared one goes in the call
-            await self.service.local.settle(charge)
-        op = self.service.settle_op(charge, None if plan is None else plan.exp_keys, settled)
+            return self._settle_local_first(charge, batch, op)
+        batch.add("complete", op, functools.partial(self._settled, charge))
+        return None
+
+    async def _settle_local_first(self, charge: Charge, batch: StateBatch, op: SettleOp) -> None:
+        """A reservation held on the local ledger: settled there, then the shared settle joins the call."""
+        await self.service.local.settle(charge)
         batch.add("complete", op, functools.partial(self._settled, charge))
 
-    def _settled(self, charge: Charge, reply: list | None, error: StateError | None) -> Awaitable[None]:
-        return self.service.settled(charge, None if reply is None else parse_settled(reply), error)
+    def _settled(self, charge: Charge, reply: list | None, error: StateError | None) -> Awaitable[None] | None:
+        return self.service.settled_now(charge, None if reply is None else parse_settled(reply), error)
 
     def _charge(self, ctx: RequestContext) -> tuple[Usage | None, int]:
         """The usage to charge (estimated when the provider reported none) and its cost."""
@@ -341,15 +357,20 @@ class BudgetStage(Stage):
             found = self._tenant_keys[tenant] = (key, settled_key(key))
         return found
 
-    def _names(self, table: dict[str, tuple[str, ...]], prefix: str, name: str) -> tuple[str, ...]:
-        """The day-record field names of a model (``prefix`` "") or an API key ("k|"), built once."""
-        found = table.get(name)
-        if found is None:
-            found = table[name] = tuple(f"{prefix}{name}:{suffix}" for suffix in _DAY_SUFFIXES)
-        return found
+    def _day_names(self, model: str, key: str | None) -> tuple[str, ...]:
+        """The day-record field names of a model and of an API key (``k|<key>:usd|n``; ``""`` without
+        one), built once per (model, key)."""
+        if len(self._day_fields_of) > 100_000:  # managed keys come and go
+            self._day_fields_of.clear()
+        names = tuple(f"{model}:{suffix}" for suffix in _DAY_SUFFIXES)
+        names += ("", "") if key is None else (f"k|{key}:usd", f"k|{key}:n")
+        self._day_fields_of[(model, key)] = names
+        return names
 
     def _day_fields(self, ctx: RequestContext, model: str, usage: Usage, amount: int) -> tuple[tuple[str, int], ...]:
-        usd_, n, in_, out, cached, reasoning, est = self._names(self._model_fields, "", model)
+        key = None if ctx.api_key is None else ctx.api_key.name
+        names = self._day_fields_of.get((model, key)) or self._day_names(model, key)
+        usd_, n, in_, out, cached, reasoning, est, key_usd, key_n = names
         fields = [(usd_, amount), (n, 1), (in_, usage.prompt_tokens), (out, usage.completion_tokens)]
         if usage.cached_tokens:
             fields.append((cached, usage.cached_tokens))
@@ -357,16 +378,15 @@ class BudgetStage(Stage):
             fields.append((reasoning, usage.reasoning_tokens))
         if usage.estimated:
             fields.append((est, 1))
-        if ctx.api_key is not None:
-            key_names = self._names(self._key_fields, "k|", ctx.api_key.name)
-            fields += [(key_names[0], amount), (key_names[1], 1)]
+        if key is not None:
+            fields += [(key_usd, amount), (key_n, 1)]
         return tuple(fields)
 
 
 JOURNAL_RETRY_S = 5  # retry-after while the journal is full: about how long a replay round takes to start
 DAY_RECORD_TTL_MS = int(DAY_RECORD_TTL_S * 1000)
 _OUTCOME_COUNTS = {o: f"outcome_{o}" for o in ("ok", "soft", "downgraded", "shadow_over_budget")}
-_DAY_SUFFIXES = ("usd", "n", "in", "out", "cached", "reasoning", "est")  # ``_names`` order
+_DAY_SUFFIXES = ("usd", "n", "in", "out", "cached", "reasoning", "est")  # ``_day_names`` order
 
 
 def _route_small(ctx: RequestContext) -> tuple[str | None, bool]:

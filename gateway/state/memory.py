@@ -163,6 +163,16 @@ class MemoryStore:
     def exists(self, key: str) -> bool:
         return self._alive(key)
 
+    def expire_nx(self, key: str, ttl_s: float) -> None:
+        """``PEXPIRE key ms NX``: an expiry for a key that has none (``if ttl(key) is None: expire(key)``,
+        without computing the time left); a missing key, or one that has an expiry, is left as is."""
+        deadline = self._deadline.get(key)
+        if deadline is None:
+            if key in self._data:
+                self.expire(key, ttl_s)
+        elif deadline <= self._monotonic():
+            self.delete(key)  # expired: gone, as ``ttl`` would have found it
+
     def sweep(self) -> None:
         """Drop a bounded batch of expired keys; called by every backend operation."""
         now = self._monotonic()
