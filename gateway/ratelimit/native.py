@@ -1,0 +1,111 @@
+"""The memory backend's own limiter structures: what its natives keep instead of Redis-shaped sorted sets.
+
+On the memory backend (one process) a request log (``R``) never loses a member by name, and an
+unleased concurrency slot (``lease`` ``None``) never expires: a request log needs only its admission
+times (``RequestLog``), the slots only their tokens (a ``set``), and a token log (``T``, read by
+``P``) keeps its weights and their total in the same object (``TokenLog``), where Redis has a sorted
+set and a hash. ``acquire_unleased`` is ``window.acquire_entries`` with ``lease`` ``None`` on those:
+the same replies, keys, expiries and "an emptied key goes" (a token log's weights key is never
+written: its weights go with the log). One thing a times-only log cannot mirror: a token committed
+to the same request log twice counts twice (ZADD would move it). The limiter never does that: every
+request has a new token and takes each of its request logs once (a refused call writes nothing).
+Entries with equal times may sit in another order than Redis's (score, member): nothing answered
+depends on it.
+
+A log that a Script twin wrote (a ``ZSet``: tests mixing the two on one store) sends the call to
+``acquire_entries`` as it is; the twins read these structures back as sorted sets (``window._zset``),
+and release and settle both kinds (``window.release_slot``, ``window.settle``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from gateway.ratelimit.window import TTL_PAD_MS, acquire_entries, now_us
+from gateway.state.base import LocalStore
+from gateway.state.zset import RequestLog, TokenLog, ZSet
+
+Entry = tuple[str, int, int, str, str]  # kind, limit, weight, key, weights key ("" unless T/P)
+_NATIVE = {"R": RequestLog, "C": set, "T": TokenLog, "P": TokenLog}  # each kind's structure in the store
+
+
+def acquire_unleased(store: LocalStore, token: str, force: bool, window: int,
+                     specs: Sequence[Entry], now: float) -> list[int]:
+    """``acquire_entries(..., lease=None, ...)`` on the native structures: checks, then commits if all fit."""
+    t = now_us(now)
+    cutoff = t - window
+    logs: dict[str, Any] = {}
+    stored: dict[str, bool] = {}
+    used: list[int] = []
+    over: list[bool] = []
+    ok, retry = True, 0
+    for kind, limit, weight, key, _hkey in specs:
+        cls = _NATIVE[kind]
+        log = logs.get(key)
+        if type(log) is not cls:
+            found = store.get(key) if log is None else log
+            if type(found) is not cls:
+                # a twin's log, or one key under two kinds (a twin shares one sorted set): nothing
+                # is written yet, so the twin does it all
+                if type(found) is ZSet or log is not None:
+                    return acquire_entries(store, token, force, window, None, specs, now)
+                found = cls()
+            log = logs[key] = found
+        if kind == "C":
+            n = len(log)
+            held = n > 0
+        else:
+            n = log.trim(cutoff)
+            held = len(log) > 0
+        stored[key] = held
+        if not held:
+            store.delete(key)  # emptied (or never there): Redis has no empty set
+        hit = kind != "P" and n + weight > limit
+        used.append(n)
+        over.append(hit)
+        if hit:
+            ok = False
+            if kind != "C":  # a slot frees on a completion: no time can be promised
+                if weight > limit:
+                    wait = -1
+                elif kind == "R":
+                    wait = log.times[log.head + n + weight - limit - 1] + window - t
+                else:
+                    wait = log.wait_for(n + weight - limit, window, t)
+                retry = -1 if wait < 0 or retry < 0 else max(retry, wait)
+    status = 1 if ok else 2 if force else 0
+    if status:
+        _commit(store, token, window, specs, logs, stored, used, t)
+    out = [status, -1 if retry < 0 else _ceil_ms(retry)]
+    for (kind, _limit, _weight, key, _hkey), n, hit in zip(specs, used, over, strict=True):
+        reset = _ceil_ms(logs[key].times[-1] + window - t) if kind != "C" and stored[key] else 0
+        out += (n, reset, 1 if hit else 0)
+    return out
+
+
+def _commit(store: LocalStore, token: str, window: int, specs: Sequence[Entry], logs: dict[str, Any],
+            stored: dict[str, bool], used: list[int], t: int) -> None:
+    """Take every entry but the peeks: its log, the log's expiry (slots have none), a reservation's weight."""
+    ttl_s = (window // 1000 + TTL_PAD_MS) / 1000
+    for i, (kind, _limit, weight, key, _hkey) in enumerate(specs):
+        if kind == "P":
+            continue
+        log = logs[key]
+        if kind == "R":
+            log.add(t)
+            used[i] += 1
+        elif kind == "C":
+            log.add(token)
+            used[i] += 1
+        else:
+            used[i] = log.add(token, t, weight)
+        if not stored[key]:
+            store.set(key, log)
+            stored[key] = True
+        if kind != "C":
+            store.expire(key, ttl_s)
+
+
+def _ceil_ms(us: int) -> int:
+    return 0 if us <= 0 else -(-us // 1000)
