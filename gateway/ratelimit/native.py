@@ -20,9 +20,10 @@ and release and settle both kinds (``window.release_slot``, ``window.settle``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from math import floor
 from typing import Any
 
-from gateway.ratelimit.window import TTL_PAD_MS, acquire_entries, now_us
+from gateway.ratelimit.window import TTL_PAD_MS, acquire_entries
 from gateway.state.base import LocalStore
 from gateway.state.zset import RequestLog, TokenLog, ZSet
 
@@ -32,11 +33,14 @@ _NATIVE = {"R": RequestLog, "C": set, "T": TokenLog, "P": TokenLog}  # each kind
 
 def acquire_unleased(store: LocalStore, token: str, force: bool, window: int,
                      specs: Sequence[Entry], now: float) -> list[int]:
-    """``acquire_entries(..., lease=None, ...)`` on the native structures: checks, then commits if all fit."""
-    t = now_us(now)
+    """``acquire_entries(..., lease=None, ...)`` on the native structures: checks, then commits if all fit.
+
+    A log is in the store exactly while it holds entries (an emptied one is deleted, a new one is
+    stored on its first entry), so what Redis's reply reads from "the key exists" is read from the log.
+    """
+    t = floor(now * 1_000_000 + 0.5)  # ``window.now_us``, inlined
     cutoff = t - window
     logs: dict[str, Any] = {}
-    stored: dict[str, bool] = {}
     used: list[int] = []
     over: list[bool] = []
     ok, retry = True, 0
@@ -57,8 +61,7 @@ def acquire_unleased(store: LocalStore, token: str, force: bool, window: int,
             held = n > 0
         else:
             n = log.trim(cutoff)
-            held = len(log) > 0
-        stored[key] = held
+            held = len(log.times) > log.head
         if not held:
             store.delete(key)  # emptied (or never there): Redis has no empty set
         hit = kind != "P" and n + weight > limit
@@ -76,36 +79,38 @@ def acquire_unleased(store: LocalStore, token: str, force: bool, window: int,
                 retry = -1 if wait < 0 or retry < 0 else max(retry, wait)
     status = 1 if ok else 2 if force else 0
     if status:
-        _commit(store, token, window, specs, logs, stored, used, t)
-    out = [status, -1 if retry < 0 else _ceil_ms(retry)]
+        _commit(store, token, window, specs, logs, used, t)
+    out = [status, -1 if retry < 0 else -(-retry // 1000)]
     for (kind, _limit, _weight, key, _hkey), n, hit in zip(specs, used, over, strict=True):
-        reset = _ceil_ms(logs[key].times[-1] + window - t) if kind != "C" and stored[key] else 0
-        out += (n, reset, 1 if hit else 0)
+        if kind == "C":
+            out += (n, 0, 1 if hit else 0)
+            continue
+        log = logs[key]
+        reset = log.times[-1] + window - t if len(log.times) > log.head else 0
+        out += (n, -(-reset // 1000) if reset > 0 else 0, 1 if hit else 0)
     return out
 
 
 def _commit(store: LocalStore, token: str, window: int, specs: Sequence[Entry], logs: dict[str, Any],
-            stored: dict[str, bool], used: list[int], t: int) -> None:
-    """Take every entry but the peeks: its log, the log's expiry (slots have none), a reservation's weight."""
+            used: list[int], t: int) -> None:
+    """Take every entry but the peeks: its log (stored if it was empty), the log's expiry (slots have
+    none), a reservation's weight."""
     ttl_s = (window // 1000 + TTL_PAD_MS) / 1000
     for i, (kind, _limit, weight, key, _hkey) in enumerate(specs):
         if kind == "P":
             continue
         log = logs[key]
+        if kind == "C":
+            if not log:
+                store.set(key, log)
+            log.add(token)
+            used[i] += 1
+            continue
+        if len(log.times) == log.head:
+            store.set(key, log)
         if kind == "R":
             log.add(t)
             used[i] += 1
-        elif kind == "C":
-            log.add(token)
-            used[i] += 1
         else:
             used[i] = log.add(token, t, weight)
-        if not stored[key]:
-            store.set(key, log)
-            stored[key] = True
-        if kind != "C":
-            store.expire(key, ttl_s)
-
-
-def _ceil_ms(us: int) -> int:
-    return 0 if us <= 0 else -(-us // 1000)
+        store.expire(key, ttl_s)
