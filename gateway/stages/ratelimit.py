@@ -253,7 +253,7 @@ class RateLimitStage(Stage):
         self.guard.answered()
         tplan = alt if reply[0] == 1 and alt is not None else plan
         raw = reply[1:]
-        if self.guard.shared.kind != "memory":  # what the local fallback starts from (never used in memory)
+        if not self.memory:  # what the local fallback starts from (never used in memory)
             keys, args = acquire_call(st.token, st.plan.shadow, op.alt if tplan is alt else op.main)  # type: ignore[arg-type]
             self.guard.seeds.observe(keys, args, raw, self.services.clock.time())
         decision: Decision = parse(raw, self._pairs(st, tplan), False)
@@ -348,7 +348,11 @@ class RateLimitStage(Stage):
             _keep(backends, b)
         batched = False
         for backend in backends:
-            batched = await self._release(ctx, st, backend, actual) or batched
+            alone = self._release(ctx, st, backend, actual)
+            if alone is None:
+                batched = True
+            elif alone is not False:
+                await alone
         if st.plan.slot_keys and not batched:  # else once the fused call answered (``_released``)
             self.lines.freed(st.plan.tenant)
 
@@ -475,9 +479,12 @@ class RateLimitStage(Stage):
             return usage.total_tokens
         return st.reserved if ctx.model_reached() else 0
 
-    async def _release(self, ctx: RequestContext, st: LimitState, backend: StateBackend, actual: int) -> bool:
+    def _release(self, ctx: RequestContext, st: LimitState, backend: StateBackend,
+                 actual: int) -> Awaitable[None] | bool | None:
         """Free the slots and settle the reservation held on ``backend``: in ``complete``'s fused call
-        when it is the shared backend and the request has a batch (True), else in a call of its own."""
+        when it is the shared backend and the request has a batch (``None``), else in a call of its own
+        (returned to be awaited); ``False`` when there is nothing to send now. A plain function: the
+        batched release, every request's, costs no coroutine."""
         plan = st.plan
         slots = plan.slot_keys if _holds(st.slots_on, backend) else ()
         tokens = (st.token_plan or plan).token_logs if _holds(st.tokens_on, backend) else ()
@@ -491,13 +498,15 @@ class RateLimitStage(Stage):
             return False
         if backend is self.guard.shared and ctx.state_batch is not None:
             ctx.state_batch.add("complete", op, functools.partial(self._released, st, op))
-            return True
+            return None
+        return self._release_alone(backend, op)
+
+    async def _release_alone(self, backend: StateBackend, op: ReleaseOp) -> None:
         try:
             await backend.run(RELEASE, *op.redis_call())
         except StateError as exc:
             self.guard.failed(exc)
             self._keep_release(*op.redis_call())  # its outcome is unknown: a replay is harmless
-        return False
 
     def _released(self, st: LimitState, op: ReleaseOp, reply: object, error: StateError | None) -> None:
         """The fused release answered (or failed: kept for replay); queued requests may try again."""
