@@ -41,8 +41,7 @@ def acquire_unleased(store: LocalStore, token: str, force: bool, window: int,
     t = floor(now * 1_000_000 + 0.5)  # ``window.now_us``, inlined
     cutoff = t - window
     logs: dict[str, Any] = {}
-    used: list[int] = []
-    over: list[bool] = []
+    out: list[int] = [0, 0]  # status and retry, then (used, reset, over) per entry: reset filled in last
     ok, retry = True, 0
     for kind, limit, weight, key, _hkey in specs:
         cls = _NATIVE[kind]
@@ -64,39 +63,42 @@ def acquire_unleased(store: LocalStore, token: str, force: bool, window: int,
             held = len(log.times) > log.head
         if not held:
             store.delete(key)  # emptied (or never there): Redis has no empty set
-        hit = kind != "P" and n + weight > limit
-        used.append(n)
-        over.append(hit)
-        if hit:
-            ok = False
-            if kind != "C":  # a slot frees on a completion: no time can be promised
-                if weight > limit:
-                    wait = -1
-                elif kind == "R":
-                    wait = log.times[log.head + n + weight - limit - 1] + window - t
-                else:
-                    wait = log.wait_for(n + weight - limit, window, t)
-                retry = -1 if wait < 0 or retry < 0 else max(retry, wait)
-    status = 1 if ok else 2 if force else 0
-    if status:
-        _commit(store, token, window, specs, logs, used, t)
-    out = [status, -1 if retry < 0 else -(-retry // 1000)]
-    for (kind, _limit, _weight, key, _hkey), n, hit in zip(specs, used, over, strict=True):
-        if kind == "C":
-            out += (n, 0, 1 if hit else 0)
+        if kind == "P" or n + weight <= limit:
+            out += (n, 0, 0)
             continue
-        log = logs[key]
-        reset = log.times[-1] + window - t if len(log.times) > log.head else 0
-        out += (n, -(-reset // 1000) if reset > 0 else 0, 1 if hit else 0)
+        out += (n, 0, 1)
+        ok = False
+        if kind != "C":  # a slot frees on a completion: no time can be promised
+            if weight > limit:
+                wait = -1
+            elif kind == "R":
+                wait = log.times[log.head + n + weight - limit - 1] + window - t
+            else:
+                wait = log.wait_for(n + weight - limit, window, t)
+            retry = -1 if wait < 0 or retry < 0 else max(retry, wait)
+    status = out[0] = 1 if ok else 2 if force else 0
+    out[1] = -1 if retry < 0 else -(-retry // 1000)
+    if status:
+        _commit(store, token, window, specs, logs, out, t)
+    i = 3
+    for kind, _limit, _weight, key, _hkey in specs:
+        if kind != "C":
+            log = logs[key]
+            if len(log.times) > log.head:
+                reset = log.times[-1] + window - t
+                out[i] = -(-reset // 1000) if reset > 0 else 0
+        i += 3
     return out
 
 
 def _commit(store: LocalStore, token: str, window: int, specs: Sequence[Entry], logs: dict[str, Any],
-            used: list[int], t: int) -> None:
+            out: list[int], t: int) -> None:
     """Take every entry but the peeks: its log (stored if it was empty), the log's expiry (slots have
-    none), a reservation's weight."""
+    none), a reservation's weight; each entry's ``used`` in the reply ``out`` becomes the count after."""
     ttl_s = (window // 1000 + TTL_PAD_MS) / 1000
-    for i, (kind, _limit, weight, key, _hkey) in enumerate(specs):
+    i = -1
+    for kind, _limit, weight, key, _hkey in specs:
+        i += 3  # the entry's ``used`` in the reply
         if kind == "P":
             continue
         log = logs[key]
@@ -104,13 +106,13 @@ def _commit(store: LocalStore, token: str, window: int, specs: Sequence[Entry], 
             if not log:
                 store.set(key, log)
             log.add(token)
-            used[i] += 1
+            out[i] += 1
             continue
         if len(log.times) == log.head:
             store.set(key, log)
         if kind == "R":
             log.add(t)
-            used[i] += 1
+            out[i] += 1
         else:
-            used[i] = log.add(token, t, weight)
+            out[i] = log.add(token, t, weight)
         store.expire(key, ttl_s)
