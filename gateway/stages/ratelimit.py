@@ -176,8 +176,11 @@ class RateLimitStage(Stage):
         if ctx.state_batch is not None and not ctx.tenant.cache.enabled:
             st.deferred = True  # no cache answer can come first: checked in admit's one call
             return None
-        attempt = self._request_attempt(ctx, st, plan)
-        decision = await (attempt() if plan.queue_s <= 0 else self._decide(st, attempt))
+        if self.memory and plan.queue_s <= 0:  # the common case, without the attempt closure
+            decision = await self._native(ctx, st, plan.acquire_entries, plan.acquire_pairs, (st.slots_on,))
+        else:
+            attempt = self._request_attempt(ctx, st, plan)
+            decision = await (attempt() if plan.queue_s <= 0 else self._decide(st, attempt))
         if isinstance(decision, Result):
             st.requests = decision
             self._lease(st, decision)
@@ -444,14 +447,14 @@ class RateLimitStage(Stage):
         return last
 
     def _verdict(self, ctx: RequestContext, decision: Decision, cost: int) -> Verdict:
-        if decision == ALLOW:
-            self._record(ctx, "failure_mode_allowed")
-            return None
-        if decision == DENY:
+        if not isinstance(decision, Result):  # the failure modes (a Result is the common case: tested first)
+            if decision == ALLOW:
+                self._record(ctx, "failure_mode_allowed")
+                return None
+            assert decision == DENY
             self._record(ctx, "failure_mode_denied")
             err = unavailable_error(max(1, math.ceil(self.guard.hold_s)))
             return Respond(GatewayResponse.from_error(err), "error")
-        assert isinstance(decision, Result)
         if decision.status == REJECTED:
             self._record(ctx, "over_limit")
             err = over_limit_error(decision, ctx.tenant_name, cost)
