@@ -12,7 +12,9 @@ and a rejection that needs many token entries to expire walks them (only on the 
 
 Concurrency is a sorted set of request tokens scored by lease expiry: released on completion, and a
 crashed replica's slots simply expire (the live replica renews its leases, ``renew``). On the memory
-backend (one process: the store dies with the holder) the natives take slots with no lease at all.
+backend (one process: the store dies with the holder) the natives take slots with no lease at all,
+and keep every log in a structure of their own (``gateway.ratelimit.native``), which the functions
+here read back as sorted sets.
 
 Each function here mirrors a Lua body in ``scripts.py`` operation for operation, on a ``LocalStore``
 holding ``ZSet`` and ``dict`` values, and returns what the Lua returns (lists of ints). Redis deletes
