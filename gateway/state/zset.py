@@ -130,31 +130,6 @@ class RequestLog:
             bisect.insort(times, t, self.head)
 
 
-def as_zset(found: Any) -> ZSet | None:
-    """A native structure as the sorted set a twin expects (``None`` for anything else).
-
-    A request log's entries get stand-in members (``~n:<i>``: distinct, ordered like their times);
-    slots score ``inf``, as unleased slots do in ``acquire_entries``; a token log's weights are the
-    caller's to write out (``gateway.ratelimit.window``).
-    """
-    if isinstance(found, RequestLog):
-        zs = ZSet()
-        for i, t in enumerate(found.times[found.head:]):
-            zs.add(f"~n:{i:012d}", t)
-        return zs
-    if isinstance(found, TokenLog):
-        zs = ZSet()
-        for t, token in zip(found.times[found.head:], found.tokens[found.head:], strict=True):
-            zs.add(token, t)
-        return zs
-    if isinstance(found, set):
-        zs = ZSet()
-        for token in found:
-            zs.add(token, math.inf)
-        return zs
-    return None
-
-
 class TokenLog:
     """A token log with its weights: reservation times (integer microseconds) and tokens, oldest
     first, each token's weight, and their running total (``total``, the weights hash's ``~sum``).
@@ -232,3 +207,28 @@ class TokenLog:
             if acc >= need:
                 return times[i] + window - now
         return 0
+
+
+def as_zset(found: Any) -> ZSet | None:
+    """A native structure as the sorted set a twin expects (``None`` for anything else).
+
+    A request log's entries get stand-in members (``~n:<i>``: distinct, ordered like their times);
+    slots score ``inf``, as unleased slots do in ``acquire_entries``; a token log's weights are the
+    caller's to write out (``gateway.ratelimit.window``).
+    """
+    if isinstance(found, RequestLog):
+        zs = ZSet()
+        for i, t in enumerate(found.times[found.head:]):
+            zs.add(f"~n:{i:012d}", t)
+        return zs
+    if isinstance(found, TokenLog):
+        zs = ZSet()
+        for t, token in zip(found.times[found.head:], found.tokens[found.head:], strict=True):
+            zs.add(token, t)
+        return zs
+    if isinstance(found, set):
+        zs = ZSet()
+        for token in found:
+            zs.add(token, math.inf)
+        return zs
+    return None
