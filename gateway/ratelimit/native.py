@@ -69,12 +69,7 @@ def acquire_unleased(store: LocalStore, token: str, force: bool, window: int,
         out += (n, 0, 1)
         ok = False
         if kind != "C":  # a slot frees on a completion: no time can be promised
-            if weight > limit:
-                wait = -1
-            elif kind == "R":
-                wait = log.times[log.head + n + weight - limit - 1] + window - t
-            else:
-                wait = log.wait_for(n + weight - limit, window, t)
+            wait = _wait(log, kind, n + weight - limit, weight > limit, window, t)
             retry = -1 if wait < 0 or retry < 0 else max(retry, wait)
     status = out[0] = 1 if ok else 2 if force else 0
     out[1] = -1 if retry < 0 else -(-retry // 1000)
@@ -89,6 +84,15 @@ def acquire_unleased(store: LocalStore, token: str, force: bool, window: int,
                 out[i] = -(-reset // 1000) if reset > 0 else 0
         i += 3
     return out
+
+
+def _wait(log: RequestLog | TokenLog, kind: str, excess: int, never: bool, window: int, t: int) -> int:
+    """Microseconds until ``excess`` more fits in the log's window (-1: ``never``, heavier than the limit)."""
+    if never:
+        return -1
+    if kind == "R":
+        return log.times[log.head + excess - 1] + window - t
+    return log.wait_for(excess, window, t)  # type: ignore[union-attr]
 
 
 def _commit(store: LocalStore, token: str, window: int, specs: Sequence[Entry], logs: dict[str, Any],
