@@ -64,7 +64,7 @@ def test_the_natives_answer_and_hold_what_the_twin_does(seed: int) -> None:
         again = bool(held) and rng.random() < 0.05
         token = rng.choice(held) if again else f"r{step}"  # a slot or a reservation taken again
         entries, force = _entries(rng, again), rng.random() < 0.1
-        now = clock.time()
+        now = clock.time() - (rng.choice((0.002, 1.5)) if rng.random() < 0.1 else 0.0)  # a wall clock set back
         got = acquire_unleased(native, token, force, WINDOW_US, entries, now)
         want = acquire_entries(twin, token, force, WINDOW_US, None, entries, now)
         assert got == want, (step, entries)
