@@ -31,9 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import free_port, missing_tool, start_redis, stop_all, wait_port  # noqa: E402
 from gateway.context import RequestContext  # noqa: E402
 from gateway.policy.loader import load_policy_text  # noqa: E402
-from gateway.services import Services  # noqa: E402
+from gateway.services import build_services  # noqa: E402
 from gateway.stages.ratelimit import RateLimitStage  # noqa: E402
-from gateway.state import build_backend  # noqa: E402
 from gateway.usage import Usage  # noqa: E402
 
 POLICY = """
@@ -77,8 +76,8 @@ async def _one(stage: RateLimitStage, policy: Any, n: int) -> float:
 
 async def _measure(state: str, requests: int, concurrency: int) -> dict[str, list[float]]:
     policy = load_policy_text(POLICY.format(state=state), source="bench.yaml")
-    backend = build_backend(policy.state)
-    services = Services(holder=None, backend=backend, providers=None)  # type: ignore[arg-type]
+    services = build_services(policy)  # the backend wrapped in its metrics, as the gateway runs it
+    backend = services.backend
     stage = RateLimitStage(services)
     stage.on_policy(policy)
     try:

@@ -14,8 +14,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from gateway.ratelimit.native import acquire_unleased
 from gateway.ratelimit.scripts import _ACQUIRE, _RELEASE
-from gateway.ratelimit.window import LEASE_US, WINDOW_US, acquire_entries, release_slot, settle_tokens
+from gateway.ratelimit.window import LEASE_US, WINDOW_US, acquire_entries, release_slot, settle
 from gateway.state.base import LocalStore
 from gateway.state.fused import Fragment, FusedCtx
 
@@ -88,8 +89,11 @@ class AdmitOp:
         if fx.refused:
             return []
         alt = fx.variant == "alt" and self.alt is not None
-        out = acquire_entries(store, self.token, self.force, WINDOW_US, LEASE_US if self.leased else None,
-                              self.alt if alt else self.main, now)  # type: ignore[arg-type]
+        entries = self.alt if alt else self.main
+        if self.leased:
+            out = acquire_entries(store, self.token, self.force, WINDOW_US, LEASE_US, entries, now)  # type: ignore[arg-type]
+        else:
+            out = acquire_unleased(store, self.token, self.force, WINDOW_US, entries, now)  # type: ignore[arg-type]
         if out[0] == 0:
             fx.refuse(undo=not self.keep)
         return [1 if alt else 0, *out]
@@ -116,6 +120,6 @@ class ReleaseOp:
     def native(self, store: LocalStore, now: float, fx: FusedCtx) -> int:
         for key in self.slots:
             release_slot(store, key, self.token)
-        for _, hkey in self.tokens:
-            settle_tokens(store, hkey, self.token, self.actual)
+        for key, hkey in self.tokens:
+            settle(store, key, hkey, self.token, self.actual)
         return 1

@@ -56,6 +56,7 @@ class Result(NamedTuple):
 
 
 _new_usage = functools.partial(tuple.__new__, Usage)  # ``Usage(...)`` without its Python-level ``__new__``
+_new_result = functools.partial(tuple.__new__, Result)  # ... and ``Result(...)`` (every field given)
 
 
 def parse(raw: list[int], pairs: tuple[tuple[str, Limit], ...], local: bool) -> Result:
@@ -65,11 +66,12 @@ def parse(raw: list[int], pairs: tuple[tuple[str, Limit], ...], local: bool) -> 
     i = 2
     for kind, lim in pairs:
         limit, used = lim.local_limit if local else lim.limit, int(raw[i])
-        usages.append(_new_usage((kind, lim, limit, used, int(raw[i + 1]), bool(raw[i + 2]))))
-        if kind != "P" and max(0, limit - used) < limit * NEAR_FRACTION:
+        usages.append(_new_usage((kind, lim, limit, used, int(raw[i + 1]), raw[i + 2] != 0)))
+        # ``remaining < limit * NEAR_FRACTION``, remaining = max(0, limit - used): a positive limit only
+        if kind != "P" and limit > 0 and limit - used < limit * NEAR_FRACTION:
             near = True
         i += 3
-    return Result(int(raw[0]), int(raw[1]), tuple(usages), local, near)
+    return _new_result((int(raw[0]), int(raw[1]), tuple(usages), local, near))
 
 
 @functools.lru_cache(maxsize=4096)  # a window's reset repeats (a minute's is "1m0s" on every answer)
@@ -85,21 +87,31 @@ def duration(ms: int) -> str:
 def headers(requests: Result | None, tokens: Result | None) -> dict[str, str]:
     """``x-ratelimit-*`` for the binding (least remaining) request and token limits of the request."""
     out: dict[str, str] = {}
-    for names, result, kinds in ((_REQUEST_HEADERS, requests, ("R",)), (_TOKEN_HEADERS, tokens, ("T", "P"))):
-        if result is None:
-            continue
-        u, best = None, (0, 0)
-        for x in result.usages:  # the first with the least (remaining, limit), as ``min`` picks it
-            if x.kind in kinds:
-                key = (max(0, x.limit - x.used), x.limit)  # ``remaining``, inlined
-                if u is None or key < best:
-                    u, best = x, key
-        if u is None:
-            continue
-        out[names[0]] = str(u.limit)
-        out[names[1]] = str(best[0])
-        out[names[2]] = duration(u.reset_ms)
+    if requests is not None:
+        _binding(out, _REQUEST_HEADERS, requests.usages, "R", "R")
+    if tokens is not None:
+        _binding(out, _TOKEN_HEADERS, tokens.usages, "T", "P")
     return out
+
+
+def _binding(out: dict[str, str], names: tuple[str, str, str], usages: tuple[Usage, ...], kind: str,
+             other: str) -> None:
+    """The headers of the first usage of ``kind`` or ``other`` with the least (remaining, limit), as
+    ``min`` picks it (a loop of plain comparisons: every response)."""
+    u = None
+    left = limit = 0
+    for x in usages:
+        if x[0] == kind or x[0] == other:  # ``kind``
+            x_limit = x[2]
+            x_left = x_limit - x[3]  # ``remaining``, inlined
+            if x_left < 0:
+                x_left = 0
+            if u is None or x_left < left or (x_left == left and x_limit < limit):
+                u, left, limit = x, x_left, x_limit
+    if u is not None:
+        out[names[0]] = str(limit)
+        out[names[1]] = str(left)
+        out[names[2]] = duration(u[4])  # ``reset_ms``
 
 
 _REQUEST_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests")

@@ -58,7 +58,7 @@ def _seed_local(store: LocalStore, keys: list[str], args: list[Any], now: float)
     for i in range(1, len(args), 2):
         kind, count, key = str(args[i]), int(args[i + 1]), keys[ki]
         ki += 1
-        zs: ZSet = _zset(store, key)
+        zs: ZSet = _zset(store, key, keys[ki] if kind != "R" else "")
         if kind == "R":
             j = 0
             while zs.remove(f"{SEED_MEMBER}:{j}"):

@@ -12,7 +12,9 @@ and a rejection that needs many token entries to expire walks them (only on the 
 
 Concurrency is a sorted set of request tokens scored by lease expiry: released on completion, and a
 crashed replica's slots simply expire (the live replica renews its leases, ``renew``). On the memory
-backend (one process: the store dies with the holder) the natives take slots with no lease at all.
+backend (one process: the store dies with the holder) the natives take slots with no lease at all,
+and keep every log in a structure of their own (``gateway.ratelimit.native``), which the functions
+here read back as sorted sets.
 
 Each function here mirrors a Lua body in ``scripts.py`` operation for operation, on a ``LocalStore``
 holding ``ZSet`` and ``dict`` values, and returns what the Lua returns (lists of ints). Redis deletes
@@ -29,7 +31,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from gateway.state.base import LocalStore
-from gateway.state.zset import ZSet
+from gateway.state.zset import TokenLog, ZSet, as_zset
 
 WINDOW_US = 60_000_000  # rpm and tpm are per minute
 LEASE_US = 30_000_000  # a concurrency slot lives this long unless renewed
@@ -47,9 +49,23 @@ def ceil_ms(us: int | float) -> int:
     return 0 if us <= 0 else math.ceil(us / 1000)
 
 
-def _zset(store: LocalStore, key: str) -> ZSet:
+def _zset(store: LocalStore, key: str, hkey: str = "") -> ZSet:
     found = store.get(key)
-    return found if isinstance(found, ZSet) else ZSet()
+    return found if isinstance(found, ZSet) else _as_zset(store, key, found, hkey)
+
+
+def _as_zset(store: LocalStore, key: str, found: Any, hkey: str = "") -> ZSet:
+    """A key that holds no sorted set, as one: a native log (``native``) read back and stored in its
+    place (its expiry kept; a token log's weights as the hash at ``hkey``), or a new empty set."""
+    zs = as_zset(found)
+    if zs is None:
+        return ZSet()
+    store.set(key, zs)
+    if isinstance(found, TokenLog) and hkey and zs:
+        weights: dict[str, int] = {**found.weights, SUM_FIELD: found.total}
+        ttl = store.ttl(key)
+        store.set(hkey, weights, ttl if ttl is not None and ttl > 0 else None)
+    return zs
 
 
 def _save(store: LocalStore, key: str, zs: ZSet, ttl_ms: int | None = None) -> None:
@@ -112,7 +128,7 @@ def acquire_entries(store: LocalStore, token: str, force: bool, window: int, lea
         zs = logs.get(key)
         if zs is None:
             found = store.get(key)
-            zs = logs[key] = found if isinstance(found, ZSet) else ZSet()
+            zs = logs[key] = found if isinstance(found, ZSet) else _as_zset(store, key, found, hkey)
         if kind == "C":
             n = zs.trim(t)
             held = n > 0
@@ -158,18 +174,24 @@ def acquire_entries(store: LocalStore, token: str, force: bool, window: int, lea
             if kind == "R":
                 used[i] += 1
                 continue
-            weights = store.get(hkey)
-            if not isinstance(weights, dict):
-                weights = {}
-                store.set(hkey, weights)
-            weights[token] = weight
-            weights[SUM_FIELD] = used[i] = int(weights.get(SUM_FIELD, 0)) + weight
-            store.expire(hkey, window_ttl_s)
+            used[i] = reserve_tokens(store, hkey, token, weight, window_ttl_s)
     out = [status, -1 if retry < 0 else ceil_ms(retry) if retry else 0]
     for i, (kind, _limit, _weight, key, _hkey) in enumerate(specs):
         reset = ceil_ms(logs[key].at(-1)[0] + window - t) if kind != "C" and stored[key] else 0
         out += (used[i], reset, 1 if over[i] else 0)
     return out
+
+
+def reserve_tokens(store: LocalStore, hkey: str, token: str, weight: int, ttl_s: float) -> int:
+    """Record a reservation's weight in its log's weights hash (HSET, HINCRBY, PEXPIRE): the new total."""
+    weights = store.get(hkey)
+    if not isinstance(weights, dict):
+        weights = {}
+        store.set(hkey, weights)
+    weights[token] = weight
+    weights[SUM_FIELD] = total = int(weights.get(SUM_FIELD, 0)) + weight
+    store.expire(hkey, ttl_s)
+    return total
 
 
 def _trim_log(store: LocalStore, zs: ZSet, hkey: str, cutoff: int) -> int:
@@ -200,16 +222,31 @@ def release(store: LocalStore, keys: list[str], args: list[Any], now: float) -> 
             release_slot(store, keys[ki], token)
             ki += 1
         else:
-            settle_tokens(store, keys[ki + 1], token, int(args[i + 1]))
+            settle(store, keys[ki], keys[ki + 1], token, int(args[i + 1]))
             ki += 2
     return 1
 
 
 def release_slot(store: LocalStore, key: str, token: str) -> None:
-    """Free one concurrency slot (ZREM; the emptied set goes, as in Redis)."""
+    """Free one concurrency slot (ZREM; the emptied set goes, as in Redis): a sorted set's, or an
+    unleased one of the memory backend's natives (a set of tokens, ``native``)."""
     zs = store.get(key)
-    if isinstance(zs, ZSet) and zs.remove(token) and not zs:
+    if type(zs) is set:
+        if token in zs:
+            zs.discard(token)
+            if not zs:
+                store.delete(key)
+    elif isinstance(zs, ZSet) and zs.remove(token) and not zs:
         store.delete(key)
+
+
+def settle(store: LocalStore, key: str, hkey: str, token: str, actual: int) -> None:
+    """``settle_tokens`` for the log at ``key``: a native token log keeps its weights itself."""
+    log = store.get(key)
+    if type(log) is TokenLog:
+        log.settle(token, actual)
+    else:
+        settle_tokens(store, hkey, token, actual)
 
 
 def settle_tokens(store: LocalStore, hkey: str, token: str, actual: int) -> None:

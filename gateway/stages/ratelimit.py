@@ -176,8 +176,11 @@ class RateLimitStage(Stage):
         if ctx.state_batch is not None and not ctx.tenant.cache.enabled:
             st.deferred = True  # no cache answer can come first: checked in admit's one call
             return None
-        attempt = self._request_attempt(ctx, st, plan)
-        decision = await (attempt() if plan.queue_s <= 0 else self._decide(st, attempt))
+        if self.memory and plan.queue_s <= 0:  # the common case, without the attempt closure
+            decision = await self._native(ctx, st, plan.acquire_entries, plan.acquire_pairs, (st.slots_on,))
+        else:
+            attempt = self._request_attempt(ctx, st, plan)
+            decision = await (attempt() if plan.queue_s <= 0 else self._decide(st, attempt))
         if isinstance(decision, Result):
             st.requests = decision
             self._lease(st, decision)
@@ -253,7 +256,7 @@ class RateLimitStage(Stage):
         self.guard.answered()
         tplan = alt if reply[0] == 1 and alt is not None else plan
         raw = reply[1:]
-        if self.guard.shared.kind != "memory":  # what the local fallback starts from (never used in memory)
+        if not self.memory:  # what the local fallback starts from (never used in memory)
             keys, args = acquire_call(st.token, st.plan.shadow, op.alt if tplan is alt else op.main)  # type: ignore[arg-type]
             self.guard.seeds.observe(keys, args, raw, self.services.clock.time())
         decision: Decision = parse(raw, self._pairs(st, tplan), False)
@@ -348,7 +351,11 @@ class RateLimitStage(Stage):
             _keep(backends, b)
         batched = False
         for backend in backends:
-            batched = await self._release(ctx, st, backend, actual) or batched
+            alone = self._release(ctx, st, backend, actual)
+            if alone is None:
+                batched = True
+            elif alone is not False:
+                await alone
         if st.plan.slot_keys and not batched:  # else once the fused call answered (``_released``)
             self.lines.freed(st.plan.tenant)
 
@@ -440,14 +447,14 @@ class RateLimitStage(Stage):
         return last
 
     def _verdict(self, ctx: RequestContext, decision: Decision, cost: int) -> Verdict:
-        if decision == ALLOW:
-            self._record(ctx, "failure_mode_allowed")
-            return None
-        if decision == DENY:
+        if not isinstance(decision, Result):  # the failure modes (a Result is the common case: tested first)
+            if decision == ALLOW:
+                self._record(ctx, "failure_mode_allowed")
+                return None
+            assert decision == DENY
             self._record(ctx, "failure_mode_denied")
             err = unavailable_error(max(1, math.ceil(self.guard.hold_s)))
             return Respond(GatewayResponse.from_error(err), "error")
-        assert isinstance(decision, Result)
         if decision.status == REJECTED:
             self._record(ctx, "over_limit")
             err = over_limit_error(decision, ctx.tenant_name, cost)
@@ -475,9 +482,12 @@ class RateLimitStage(Stage):
             return usage.total_tokens
         return st.reserved if ctx.model_reached() else 0
 
-    async def _release(self, ctx: RequestContext, st: LimitState, backend: StateBackend, actual: int) -> bool:
+    def _release(self, ctx: RequestContext, st: LimitState, backend: StateBackend,
+                 actual: int) -> Awaitable[None] | bool | None:
         """Free the slots and settle the reservation held on ``backend``: in ``complete``'s fused call
-        when it is the shared backend and the request has a batch (True), else in a call of its own."""
+        when it is the shared backend and the request has a batch (``None``), else in a call of its own
+        (returned to be awaited); ``False`` when there is nothing to send now. A plain function: the
+        batched release, every request's, costs no coroutine."""
         plan = st.plan
         slots = plan.slot_keys if _holds(st.slots_on, backend) else ()
         tokens = (st.token_plan or plan).token_logs if _holds(st.tokens_on, backend) else ()
@@ -491,13 +501,15 @@ class RateLimitStage(Stage):
             return False
         if backend is self.guard.shared and ctx.state_batch is not None:
             ctx.state_batch.add("complete", op, functools.partial(self._released, st, op))
-            return True
+            return None
+        return self._release_alone(backend, op)
+
+    async def _release_alone(self, backend: StateBackend, op: ReleaseOp) -> None:
         try:
             await backend.run(RELEASE, *op.redis_call())
         except StateError as exc:
             self.guard.failed(exc)
             self._keep_release(*op.redis_call())  # its outcome is unknown: a replay is harmless
-        return False
 
     def _released(self, st: LimitState, op: ReleaseOp, reply: object, error: StateError | None) -> None:
         """The fused release answered (or failed: kept for replay); queued requests may try again."""

@@ -177,6 +177,8 @@ class MemoryStore:
         """Drop a bounded batch of expired keys; called by every backend operation."""
         now = self._monotonic()
         heap = self._heap
+        if not heap or heap[0][0] > now:  # nothing due: nearly every call (twice a request), no loop set up
+            return
         for _ in range(_SWEEP_BATCH):
             if not heap or heap[0][0] > now:
                 return

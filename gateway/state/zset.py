@@ -1,12 +1,17 @@
 """A Redis sorted set for the memory backend's script twins: ordered as Redis orders them (score, then member).
 
 The rate limiter's window logs and leases (``gateway.ratelimit.window``) and the budget's reservation
-expiries (``gateway.budget.ledger``) keep their members here.
+expiries (``gateway.budget.ledger``) keep their members here. ``RequestLog`` is the memory backend's
+own request log (``gateway.ratelimit.native``): times only, for a log no member is ever removed from
+by name; ``TokenLog`` its token log, weights included; ``as_zset`` reads either (or a set of unleased
+slots) back as a sorted set for a twin.
 """
 
 from __future__ import annotations
 
 import bisect
+import math
+from typing import Any
 
 
 class ZSet:
@@ -85,3 +90,145 @@ class ZSet:
             del items[:cut]
             cut = 0
         self._head = cut
+
+
+class RequestLog:
+    """A request log's admission times in integer microseconds, oldest first.
+
+    Trimming moves a start index over the expired prefix and compacts once it is half the list, as
+    ``ZSet`` does; an admission at or after the newest (nearly every one) is an append.
+    """
+
+    __slots__ = ("head", "times")
+
+    def __init__(self) -> None:
+        self.times: list[int] = []  # sorted from ``head`` on; before it: already trimmed
+        self.head = 0
+
+    def __len__(self) -> int:
+        return len(self.times) - self.head
+
+    def trim(self, cutoff: int) -> int:
+        """Drop the times at or before ``cutoff``; the count left."""
+        times, head = self.times, self.head
+        size = len(times)
+        if head < size and times[head] <= cutoff:
+            cut = bisect.bisect_right(times, cutoff, head)
+            if 2 * cut >= size:
+                del times[:cut]
+                size -= cut
+                cut = 0
+            self.head = cut
+            head = cut
+        return size - head
+
+    def add(self, t: int) -> None:
+        times = self.times
+        if len(times) == self.head or times[-1] <= t:
+            times.append(t)
+        else:
+            bisect.insort(times, t, self.head)
+
+
+class TokenLog:
+    """A token log with its weights: reservation times (integer microseconds) and tokens, oldest
+    first, each token's weight, and their running total (``total``, the weights hash's ``~sum``).
+
+    One object where Redis keeps a sorted set and a hash (``gateway.ratelimit.native``). A token is
+    in ``weights`` exactly while it is in the log; one added again moves to its new time, as ZADD moves
+    a member, and the total takes the new weight on top, as HINCRBY does.
+    """
+
+    __slots__ = ("head", "times", "tokens", "total", "weights")
+
+    def __init__(self) -> None:
+        self.times: list[int] = []  # sorted from ``head`` on, ``tokens`` alongside
+        self.tokens: list[str] = []
+        self.head = 0
+        self.weights: dict[str, int] = {}
+        self.total = 0
+
+    def __len__(self) -> int:
+        return len(self.times) - self.head
+
+    def trim(self, cutoff: int) -> int:
+        """Drop the reservations at or before ``cutoff``; the weight left (0 once empty)."""
+        times, head = self.times, self.head
+        size = len(times)
+        if head < size and times[head] <= cutoff:
+            cut = bisect.bisect_right(times, cutoff, head)
+            pop = self.weights.pop
+            freed = 0
+            for token in self.tokens[head:cut]:
+                freed += pop(token, 0)
+            self.total -= freed
+            if 2 * cut >= size:
+                del times[:cut]
+                del self.tokens[:cut]
+                size -= cut
+                cut = 0
+            self.head = head = cut
+            if size == head:  # emptied: Redis deletes the set and its hash, running total and all
+                self.weights.clear()
+                self.total = 0
+        return self.total
+
+    def add(self, token: str, t: int, weight: int) -> int:
+        """Reserve ``weight`` for ``token`` at ``t``; the new total."""
+        times, tokens = self.times, self.tokens
+        if token in self.weights:  # ZADD of a member already there: it moves
+            i = tokens.index(token, self.head)
+            del times[i], tokens[i]
+        if len(times) == self.head or times[-1] <= t:
+            times.append(t)
+            tokens.append(token)
+        else:
+            i = bisect.bisect_right(times, t, self.head)
+            times.insert(i, t)
+            tokens.insert(i, token)
+        self.weights[token] = weight
+        self.total += weight
+        return self.total
+
+    def settle(self, token: str, actual: int) -> None:
+        """Set a reservation to its real use; one that already left the window stays gone."""
+        weights = self.weights
+        old = weights.get(token)
+        if old is not None:
+            weights[token] = actual
+            self.total += actual - old
+
+    def wait_for(self, need: int, window: int, now: int) -> int:
+        """Microseconds until the oldest reservations holding ``need`` tokens have left the window."""
+        weights, tokens, times = self.weights, self.tokens, self.times
+        acc = 0
+        for i in range(self.head, len(times)):
+            acc += weights.get(tokens[i], 0)
+            if acc >= need:
+                return times[i] + window - now
+        return 0
+
+
+def as_zset(found: Any) -> ZSet | None:
+    """A native structure as the sorted set a twin expects (``None`` for anything else).
+
+    A request log's entries get stand-in members (``~n:<i>``: distinct, ordered like their times);
+    slots score ``inf``, as unleased slots do in ``acquire_entries``; a token log's weights are the
+    caller's to write out (``gateway.ratelimit.window``).
+    """
+    if isinstance(found, RequestLog):
+        zs = ZSet()
+        for i, t in enumerate(found.times[found.head:]):
+            zs.add(f"~n:{i:012d}", t)
+        return zs
+    if isinstance(found, TokenLog):
+        zs = ZSet()
+        for t, token in zip(found.times[found.head:], found.tokens[found.head:], strict=True):
+            zs.add(token, t)
+        return zs
+    if isinstance(found, set):
+        zs = ZSet()
+        for token in found:
+            zs.add(token, math.inf)
+        return zs
+    return None

@@ -108,7 +108,8 @@ class State:
         key = f"{TAG}:{scope}:tpm:w"
         if self.redis is not None:
             return int(self.redis.hget(key, "~sum") or 0)
-        return int(self._memory(lambda s: (s.get(key) or {}).get("~sum", 0)))
+        log = f"{TAG}:{scope}:tpm"  # the memory backend keeps the weights in the log (``TokenLog``)
+        return int(self._memory(lambda s: getattr(s.get(log), "total", 0)))
 
     def requests_logged(self, scope: str = "t") -> int:
         key = f"{TAG}:{scope}:rpm"

@@ -1,0 +1,122 @@
+"""The memory backend's own limiter structures: what its natives keep instead of Redis-shaped sorted sets.
+
+On the memory backend (one process) a request log (``R``) never loses a member by name, and an
+unleased concurrency slot (``lease`` ``None``) never expires: a request log needs only its admission
+times (``RequestLog``), the slots only their tokens (a ``set``), and a token log (``T``, read by
+``P``) keeps its weights and their total in the same object (``TokenLog``), where Redis has a sorted
+set and a hash. ``acquire_unleased`` is ``window.acquire_entries`` with ``lease`` ``None`` on those:
+the same replies, keys, expiries and "an emptied key goes" (a token log's weights key is never
+written: its weights go with the log). One thing a times-only log cannot mirror: a token committed
+to the same request log twice counts twice (ZADD would move it). The limiter never does that: every
+request has a new token and takes each of its request logs once (a refused call writes nothing).
+Entries with equal times may sit in another order than Redis's (score, member): nothing answered
+depends on it.
+
+A log that a Script twin wrote (a ``ZSet``: tests mixing the two on one store) sends the call to
+``acquire_entries`` as it is; the twins read these structures back as sorted sets (``window._zset``),
+and release and settle both kinds (``window.release_slot``, ``window.settle``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from math import floor
+from typing import Any
+
+from gateway.ratelimit.window import TTL_PAD_MS, acquire_entries
+from gateway.state.base import LocalStore
+from gateway.state.zset import RequestLog, TokenLog, ZSet
+
+Entry = tuple[str, int, int, str, str]  # kind, limit, weight, key, weights key ("" unless T/P)
+_NATIVE = {"R": RequestLog, "C": set, "T": TokenLog, "P": TokenLog}  # each kind's structure in the store
+
+
+def acquire_unleased(store: LocalStore, token: str, force: bool, window: int,
+                     specs: Sequence[Entry], now: float) -> list[int]:
+    """``acquire_entries(..., lease=None, ...)`` on the native structures: checks, then commits if all fit.
+
+    A log is in the store exactly while it holds entries (an emptied one is deleted, a new one is
+    stored on its first entry), so what Redis's reply reads from "the key exists" is read from the log.
+    """
+    t = floor(now * 1_000_000 + 0.5)  # ``window.now_us``, inlined
+    cutoff = t - window
+    logs: dict[str, Any] = {}
+    out: list[int] = [0, 0]  # status and retry, then (used, reset, over) per entry: reset filled in last
+    ok, retry = True, 0
+    for kind, limit, weight, key, _hkey in specs:
+        cls = _NATIVE[kind]
+        log = logs.get(key)
+        if type(log) is not cls:
+            found = store.get(key) if log is None else log
+            if type(found) is not cls:
+                # a twin's log, or one key under two kinds (a twin shares one sorted set): nothing
+                # is written yet, so the twin does it all
+                if type(found) is ZSet or log is not None:
+                    return acquire_entries(store, token, force, window, None, specs, now)
+                found = cls()
+            log = logs[key] = found
+        if kind == "C":
+            n = len(log)
+            held = n > 0
+        else:
+            n = log.trim(cutoff)
+            held = len(log.times) > log.head
+        if not held:
+            store.delete(key)  # emptied (or never there): Redis has no empty set
+        if kind == "P" or n + weight <= limit:
+            out += (n, 0, 0)
+            continue
+        out += (n, 0, 1)
+        ok = False
+        if kind != "C":  # a slot frees on a completion: no time can be promised
+            wait = _wait(log, kind, n + weight - limit, weight > limit, window, t)
+            retry = -1 if wait < 0 or retry < 0 else max(retry, wait)
+    status = out[0] = 1 if ok else 2 if force else 0
+    out[1] = -1 if retry < 0 else -(-retry // 1000)
+    if status:
+        _commit(store, token, window, specs, logs, out, t)
+    i = 3
+    for kind, _limit, _weight, key, _hkey in specs:
+        if kind != "C":
+            log = logs[key]
+            if len(log.times) > log.head:
+                reset = log.times[-1] + window - t
+                out[i] = -(-reset // 1000) if reset > 0 else 0
+        i += 3
+    return out
+
+
+def _wait(log: RequestLog | TokenLog, kind: str, excess: int, never: bool, window: int, t: int) -> int:
+    """Microseconds until ``excess`` more fits in the log's window (-1: ``never``, heavier than the limit)."""
+    if never:
+        return -1
+    if kind == "R":
+        return log.times[log.head + excess - 1] + window - t
+    return log.wait_for(excess, window, t)  # type: ignore[union-attr]
+
+
+def _commit(store: LocalStore, token: str, window: int, specs: Sequence[Entry], logs: dict[str, Any],
+            out: list[int], t: int) -> None:
+    """Take every entry but the peeks: its log (stored if it was empty), the log's expiry (slots have
+    none), a reservation's weight; each entry's ``used`` in the reply ``out`` becomes the count after."""
+    ttl_s = (window // 1000 + TTL_PAD_MS) / 1000
+    i = -1
+    for kind, _limit, weight, key, _hkey in specs:
+        i += 3  # the entry's ``used`` in the reply
+        if kind == "P":
+            continue
+        log = logs[key]
+        if kind == "C":
+            if not log:
+                store.set(key, log)
+            log.add(token)
+            out[i] += 1
+            continue
+        if len(log.times) == log.head:
+            store.set(key, log)
+        if kind == "R":
+            log.add(t)
+            out[i] += 1
+        else:
+            out[i] = log.add(token, t, weight)
+        store.expire(key, ttl_s)
