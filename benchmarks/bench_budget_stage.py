@@ -19,10 +19,7 @@ import argparse
 import asyncio
 import inspect
 import os
-import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -83,22 +80,15 @@ def main() -> int:
     if args.child:
         print(asyncio.run(_requests(args.requests)))
         return 0
-    trees = args.tree or [str(ROOT)]
-    results: dict[str, list[float]] = {t: [] for t in trees}
-    for _ in range(args.rounds):
-        for tree in trees:
-            env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-            env["BENCH_TREE"] = str(Path(tree).resolve())
-            cmd = ["taskset", "-c", "0", sys.executable, __file__, "--child", "--requests", str(args.requests)]
-            out = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir(), env=env)
-            if out.returncode != 0:
-                print(out.stderr[-2000:])
-                return 1
-            results[tree].append(float(out.stdout.strip().splitlines()[-1]))
-    print(f"{'tree':<36} {'budget-stage CPU us/request per round':<48} {'median':>6} {'min':>6}")
-    for tree, values in results.items():
-        cells = " ".join(f"{v:5.1f}" for v in values)
-        print(f"{tree:<36} {cells:<48} {statistics.median(values):>6.1f} {min(values):>6.1f}")
+    from benchmarks.common import (  # the parent's own tree (a child's may be older)
+        alternate_trees,
+        print_trees,
+    )
+
+    runs = alternate_trees(__file__, args.tree or [str(ROOT)], args.rounds, ["--requests", str(args.requests)])
+    if runs is None:
+        return 1
+    print_trees("budget-stage CPU us/request per round", {t: [float(r[0]) for r in rs] for t, rs in runs.items()})
     return 0
 
 

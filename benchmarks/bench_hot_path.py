@@ -21,9 +21,7 @@ import cProfile
 import os
 import pstats
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -137,31 +135,23 @@ def main() -> int:
     trees = args.tree or [str(ROOT)]
     up = free_port()
     mock = spawn_mock(up)
-    results: dict[str, list[float]] = {t: [] for t in trees}
-    calls: dict[str, list[float]] = {t: [] for t in trees}
+    from benchmarks.common import alternate_trees  # the parent's own tree (a child's may be older)
+
+    child = [str(up), "--requests", str(args.requests), "--callers", str(args.callers),
+             *(["--hits"] if args.hits else []), *(["--floor"] if args.floor else [])]
     try:
         wait_port(up)
-        for _ in range(args.rounds):
-            for tree in trees:
-                env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-                env["BENCH_TREE"] = str(Path(tree).resolve())
-                cmd = ["taskset", "-c", "0", sys.executable, __file__, "--child", str(up),
-                       "--requests", str(args.requests), "--callers", str(args.callers),
-                       *(["--hits"] if args.hits else []), *(["--floor"] if args.floor else [])]
-                out = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir(), env=env)
-                if out.returncode != 0:
-                    print(out.stderr[-2000:])
-                    return 1
-                cpu_us, per_request = out.stdout.strip().splitlines()[-1].split()
-                results[tree].append(float(cpu_us))
-                calls[tree].append(float(per_request))
+        runs = alternate_trees(__file__, trees, args.rounds, child)
     finally:
         stop_all([mock])
+    if runs is None:
+        return 1
     print(f"{'tree':<36} {'gateway-thread CPU us/request per round':<48} {'median':>6} {'min':>6} {'calls/req':>9}")
-    for tree, values in results.items():
+    for tree, rounds in runs.items():
+        values = [float(r[0]) for r in rounds]
         cells = " ".join(f"{v:5.0f}" for v in values)
         print(f"{tree:<36} {cells:<48} {statistics.median(values):>6.0f} {min(values):>6.0f} "
-              f"{statistics.median(calls[tree]):>9.0f}")
+              f"{statistics.median(float(r[1]) for r in rounds):>9.0f}")
     return 0
 
 

@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from collections import deque
 from pathlib import Path
@@ -112,24 +110,17 @@ def main() -> int:
 
         print(statistics.median(uvloop.run(_rounds(args.requests, 3, args.hits))))
         return 0
-    trees = args.tree or [str(ROOT)]
-    results: dict[str, list[float]] = {t: [] for t in trees}
-    for _ in range(args.rounds):
-        for tree in trees:
-            env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-            env["BENCH_TREE"] = str(Path(tree).resolve())
-            cmd = [sys.executable, __file__, "--child", "--requests", str(args.requests),
-                   *(["--hits"] if args.hits else [])]
-            out = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir(), env=env)
-            if out.returncode != 0:
-                print(out.stderr[-2000:])
-                return 1
-            results[tree].append(float(out.stdout.strip().splitlines()[-1]))
-    print(f"{'tree':<36} {'limiter CPU us/request per round (' + ('hit' if args.hits else 'miss') + ')':<48} "
-          f"{'median':>6} {'min':>6}")
-    for tree, values in results.items():
-        cells = " ".join(f"{v:5.1f}" for v in values)
-        print(f"{tree:<36} {cells:<48} {statistics.median(values):>6.1f} {min(values):>6.1f}")
+    from benchmarks.common import (  # the parent's own tree (a child's may be older)
+        alternate_trees,
+        print_trees,
+    )
+
+    child = ["--requests", str(args.requests), *(["--hits"] if args.hits else [])]
+    runs = alternate_trees(__file__, args.tree or [str(ROOT)], args.rounds, child, cpu=None)
+    if runs is None:
+        return 1
+    print_trees(f"limiter CPU us/request per round ({'hit' if args.hits else 'miss'})",
+                {t: [float(r[0]) for r in rs] for t, rs in runs.items()})
     return 0
 
 

@@ -12,8 +12,10 @@ import contextlib
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -127,3 +129,31 @@ WRK_COLUMNS = f"{'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}"
 def wrk_cells(r: dict[str, float]) -> str:
     """``run_wrk`` figures under ``WRK_COLUMNS``."""
     return f"{r['rps']:>9.0f} {r['p50']:>8.2f} {r['p99']:>8.2f} {r['non2xx']:>8.0f}"
+
+
+def alternate_trees(script: str, trees: list[str], rounds: int, child_args: list[str],
+                    cpu: str | None = "0") -> dict[str, list[list[str]]] | None:
+    """Run ``script --child *child_args`` once per tree per round, the trees alternated, each child
+    importing the gateway from its tree (``BENCH_TREE``); per tree, each round's last output line split
+    in fields. None (the child's error printed) if a child failed."""
+    results: dict[str, list[list[str]]] = {t: [] for t in trees}
+    prefix = ["taskset", "-c", cpu] if cpu and shutil.which("taskset") else []
+    for _ in range(rounds):
+        for tree in trees:
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+            env["BENCH_TREE"] = str(Path(tree).resolve())
+            cmd = [*prefix, sys.executable, script, "--child", *child_args]
+            out = subprocess.run(cmd, capture_output=True, text=True, cwd=tempfile.gettempdir(), env=env)
+            if out.returncode != 0:
+                print(out.stderr[-2000:])
+                return None
+            results[tree].append(out.stdout.strip().splitlines()[-1].split())
+    return results
+
+
+def print_trees(title: str, figures: dict[str, list[float]], digits: int = 1) -> None:
+    """One line per tree: its rounds, median and minimum."""
+    print(f"{'tree':<36} {title:<48} {'median':>6} {'min':>6}")
+    for tree, values in figures.items():
+        cells = " ".join(f"{v:5.{digits}f}" for v in values)
+        print(f"{tree:<36} {cells:<48} {statistics.median(values):>6.{digits}f} {min(values):>6.{digits}f}")

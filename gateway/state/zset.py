@@ -110,17 +110,11 @@ class RequestLog:
 
     def trim(self, cutoff: int) -> int:
         """Drop the times at or before ``cutoff``; the count left."""
-        times, head = self.times, self.head
-        size = len(times)
-        if head < size and times[head] <= cutoff:
-            cut = bisect.bisect_right(times, cutoff, head)
-            if 2 * cut >= size:
-                del times[:cut]
-                size -= cut
-                cut = 0
-            self.head = cut
-            head = cut
-        return size - head
+        times = self.times
+        cut = _first_live(times, self.head, cutoff)
+        if cut != self.head:
+            self.head = _forget(cut, times)
+        return len(times) - self.head
 
     def add(self, t: int) -> None:
         times = self.times
@@ -154,21 +148,15 @@ class TokenLog:
     def trim(self, cutoff: int) -> int:
         """Drop the reservations at or before ``cutoff``; the weight left (0 once empty)."""
         times, head = self.times, self.head
-        size = len(times)
-        if head < size and times[head] <= cutoff:
-            cut = bisect.bisect_right(times, cutoff, head)
+        cut = _first_live(times, head, cutoff)
+        if cut != head:
             pop = self.weights.pop
             freed = 0
             for token in self.tokens[head:cut]:
                 freed += pop(token, 0)
             self.total -= freed
-            if 2 * cut >= size:
-                del times[:cut]
-                del self.tokens[:cut]
-                size -= cut
-                cut = 0
-            self.head = head = cut
-            if size == head:  # emptied: Redis deletes the set and its hash, running total and all
+            self.head = _forget(cut, times, self.tokens)
+            if len(times) == self.head:  # emptied: Redis deletes the set and its hash, running total and all
                 self.weights.clear()
                 self.total = 0
         return self.total
@@ -232,3 +220,21 @@ def as_zset(found: Any) -> ZSet | None:
             zs.add(token, math.inf)
         return zs
     return None
+
+
+def _first_live(times: list[int], head: int, cutoff: int) -> int:
+    """Where the live times after ``cutoff`` begin in ``times`` (sorted from ``head`` on)."""
+    if head < len(times) and times[head] <= cutoff:
+        return bisect.bisect_right(times, cutoff, head)
+    return head
+
+
+def _forget(cut: int, times: list[int], *alongside: list) -> int:
+    """The new start index once the entries before ``cut`` are gone: ``cut``, or 0 when that dead
+    prefix was half the list and was deleted (from ``alongside`` lists too)."""
+    if 2 * cut < len(times):
+        return cut
+    del times[:cut]
+    for other in alongside:
+        del other[:cut]
+    return 0
