@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 
 class Clock:
@@ -39,3 +40,14 @@ class FakeClock(Clock):
 
 
 SYSTEM_CLOCK = Clock()
+
+
+def time_of(clock: Clock) -> Callable[[], float]:
+    """``clock.time`` as a function to keep: ``time.time`` itself for the system clock (one Python
+    call less where it is read on every request)."""
+    return time.time if type(clock).time is Clock.time else clock.time
+
+
+def monotonic_of(clock: Clock) -> Callable[[], float]:
+    """``clock.monotonic`` as a function to keep: ``time.monotonic`` itself for the system clock."""
+    return time.monotonic if type(clock).monotonic is Clock.monotonic else clock.monotonic

@@ -48,11 +48,8 @@ class LocalFallback:
 
     def observe_levels(self, keys: Sequence[str], levels: Sequence[tuple[int, int]]) -> None:
         """``observe`` of each scope's ``spent + held`` (what a reserve or settle answered), in one call."""
-        seen, seq = self._seen, self._seq
         for key, (spent, held) in zip(keys, levels, strict=True):
-            if len(seen) > 100_000:  # as ``observe``
-                seen.clear()
-            seen[key] = (next(seq), spent + held)
+            self.observe(key, spent + held)
 
     def seen(self, key: str) -> int | None:
         found = self._seen.get(key)

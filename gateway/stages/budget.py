@@ -29,7 +29,6 @@ from __future__ import annotations
 import functools
 import itertools
 import secrets
-import time
 from collections.abc import Awaitable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -48,7 +47,7 @@ from gateway.budget.ledger import (
 from gateway.budget.periods import DAY_RECORD_TTL_S
 from gateway.budget.pricing import cost, estimate_usage, usd, worst_case
 from gateway.budget.service import BudgetPlan, BudgetSpec
-from gateway.clock import Clock
+from gateway.clock import time_of
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
 from gateway.pipeline import GatewayResponse, Respond, Stage, Verdict
@@ -85,8 +84,7 @@ class BudgetStage(Stage):
     def __init__(self, services: Services) -> None:
         self.services = services
         self.service = services.budget
-        clock = services.clock  # the system clock's ``time`` is ``time.time``: called directly, as the store does
-        self._time = time.time if type(clock).time is Clock.time else clock.time
+        self._time = time_of(services.clock)
         # Reservation ids: only unique per ledger matters (replicas share it), so a random prefix per
         # process and a counter, instead of a uuid4 (an os.urandom call) per request.
         self._rid_prefix = secrets.token_hex(8) + "."

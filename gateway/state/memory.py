@@ -11,11 +11,10 @@ Logs (the dead-letter queue) and, given ``dlq_path``, the JSONL journal behind t
 from __future__ import annotations
 
 import heapq
-import time
 from collections.abc import Callable
 from typing import Any
 
-from gateway.clock import SYSTEM_CLOCK, Clock
+from gateway.clock import SYSTEM_CLOCK, Clock, monotonic_of, time_of
 from gateway.state.base import Script, StateError
 from gateway.state.fused import FusedCtx, FusedOp
 from gateway.state.journal import LOG_FULL, Logs, format_id, parse_id
@@ -87,8 +86,7 @@ class MemoryStore:
 
     def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
         self._clock = clock
-        # the system clock's ``monotonic`` is ``time.monotonic``: call it directly (dozens of calls a request)
-        self._monotonic = time.monotonic if type(clock).monotonic is Clock.monotonic else clock.monotonic
+        self._monotonic = monotonic_of(clock)  # read dozens of times a request
         self._data: dict[str, Any] = {}
         self._deadline: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []  # (deadline, key); stale entries are skipped
@@ -177,11 +175,9 @@ class MemoryStore:
         """Drop a bounded batch of expired keys; called by every backend operation."""
         now = self._monotonic()
         heap = self._heap
-        if not heap or heap[0][0] > now:  # nothing due: nearly every call (twice a request), no loop set up
-            return
-        for _ in range(_SWEEP_BATCH):
-            if not heap or heap[0][0] > now:
-                return
+        left = _SWEEP_BATCH
+        while left and heap and heap[0][0] <= now:  # nearly every call finds nothing due: one test
+            left -= 1
             deadline, key = heapq.heappop(heap)
             if self._queued.get(key) != deadline:
                 continue  # superseded by an earlier deadline pushed later
@@ -207,7 +203,7 @@ class MemoryBackend:
 
     def __init__(self, clock: Clock = SYSTEM_CLOCK, dlq_path: str | None = None) -> None:
         self.clock = clock
-        self._time = time.time if type(clock).time is Clock.time else clock.time  # as ``MemoryStore._monotonic``
+        self._time = time_of(clock)
         self.store = MemoryStore(clock)
         self._logs = Logs(clock, dlq_path)
 
