@@ -160,6 +160,19 @@ async def call(provider: OpenAIProvider, case: str, base: str, **kw: Any) -> Any
     return await provider.send(req(**kw))
 
 
+async def sent_once(upstream: Upstream, request: UpstreamRequest) -> tuple[Any, dict, bytes]:
+    """``request`` sent to ``/ok`` by a provider of its own: the answer, what the upstream saw, and the
+    body as the provider encodes it."""
+    provider = make(upstream.url)
+    try:
+        provider._base = f"{upstream.url}/ok"
+        resp = await provider.send(request)
+    finally:
+        await provider.close()
+    [seen] = upstream.seen
+    return resp, seen, provider.encode(request)
+
+
 async def test_sequential_calls_reuse_one_connection_until_an_answer_says_close(upstream: Upstream) -> None:
     provider = make(upstream.url)
     try:
@@ -215,18 +228,11 @@ async def test_a_gzip_answer_is_read_decompressed(upstream: Upstream) -> None:
 
 
 async def test_the_request_head_carries_host_port_length_and_the_providers_headers(upstream: Upstream) -> None:
-    provider = make(upstream.url)
-    request = req(request_id="req-head-7", **{"x-forwarded-thing": "kept"})
-    try:
-        provider._base = f"{upstream.url}/ok"
-        resp = await provider.send(request)
-    finally:
-        await provider.close()
+    resp, seen, body = await sent_once(upstream, req(request_id="req-head-7", **{"x-forwarded-thing": "kept"}))
     assert resp.status == 200
-    [seen] = upstream.seen
     headers = seen["headers"]
     assert headers["Host"] == upstream.url.removeprefix("http://")  # 127.0.0.1:<port>
-    assert seen["body"] == provider.encode(request)
+    assert seen["body"] == body
     assert headers["Content-Length"] == str(len(seen["body"])) and "Transfer-Encoding" not in headers
     assert headers["Authorization"] == f"Bearer {KEY}"
     assert headers["X-Request-Id"] == "req-head-7"
@@ -279,16 +285,9 @@ async def test_an_answer_that_is_not_http_or_none_is_an_upstream_error(raw: Any,
 
 
 async def test_a_large_body_arrives_whole(upstream: Upstream) -> None:
-    provider = make(upstream.url)
-    request = req(content="".join(chr(0x41 + i % 26) for i in range(300_000)))
-    try:
-        provider._base = f"{upstream.url}/ok"
-        resp = await provider.send(request)
-    finally:
-        await provider.close()
+    resp, seen, body = await sent_once(upstream, req(content="".join(chr(0x41 + i % 26) for i in range(300_000))))
     assert resp.status == 200
-    [seen] = upstream.seen
-    assert len(seen["body"]) > 300_000 and seen["body"] == provider.encode(request)
+    assert len(seen["body"]) > 300_000 and seen["body"] == body
     assert seen["headers"]["Content-Length"] == str(len(seen["body"]))
 
 
