@@ -137,3 +137,16 @@ def test_the_agent_turns_are_answered_under_the_bench_policy(make_gateway, upstr
     with urllib.request.urlopen(request, timeout=20) as resp:
         assert resp.status == 200
     assert len(upstream.requests[-1]["tools"]) == 24 and len(upstream.requests[-1]["messages"]) >= 100
+
+
+@pytest.mark.skipif(shutil.which("valgrind") is None or shutil.which("callgrind_control") is None,
+                    reason="valgrind is not installed")
+def test_instruction_counts_run_the_gateway_under_callgrind_and_print_one_figure_per_tree(tmp_path: Path):
+    out = subprocess.run([sys.executable, "benchmarks/bench_instructions.py", "--rows", "hit", "--requests", "20",
+                          "--warm", "5", "--tree", f"a={ROOT}", "--tree", f"b={ROOT}"],
+                         cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
+    assert out.returncode == 0, out.stderr
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("| hit ")]
+    assert len(lines) == 1, out.stdout
+    figures = [float(c.strip().removesuffix(" k").replace(",", "")) for c in lines[0].strip("|").split("|")[1:]]
+    assert len(figures) == 2 and all(100 < k < 10_000 for k in figures), figures  # thousands a request
