@@ -3,9 +3,10 @@
 aiohttp's ``web.Response`` goes through ``prepare``: header bookkeeping in a multidict, the
 application's ``on_response_prepare`` signal, a serialiser, then ``write_eof`` on its own. A pipeline
 answer needs none of that: its headers are a plain dict, its body bytes and its length known. This
-response writes them itself when aiohttp calls ``prepare`` (after the handler returned, so after the
-pipeline's ``complete``, as ``web.Response``), through the request's public ``writer``; what it
-writes is what ``web.Response`` writes (same headers, ``Date``, ``Server``, ``Connection`` rules).
+answer writes them itself, straight to the connection's transport, when aiohttp calls ``prepare``
+(after the handler returned, so after the pipeline's ``complete``, as ``web.Response``) or when the
+gateway's own connection handler sends it (``GatewayProtocol``); what it writes is what
+``web.Response`` writes (same headers, ``Date``, ``Server``, ``Connection`` rules).
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from email.utils import formatdate
 from http import HTTPStatus
 
 from aiohttp import web
-from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http import SERVER_SOFTWARE
 
 _LARGE = 16384  # a body from here on goes out after its head instead of being copied into one buffer
 _EMPTY = (204, 304)  # statuses without a body
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _date: tuple[int, str] = (0, "")
+_SERVER = f"Server: {SERVER_SOFTWARE}\r\n"
 
 
 def http_date() -> str:
@@ -34,20 +35,33 @@ def http_date() -> str:
     return _date[1]
 
 
-class WholeAnswer(web.StreamResponse):
+class WholeAnswer:
     """A complete answer: ``status``, ``body`` bytes, ``content_type`` and the other ``headers``.
 
+    Not a ``web.StreamResponse``, whose construction alone (header multidict, cookies, state) costs as
+    much as writing this answer: it has what aiohttp's request loop reads of an answer (``prepare``,
+    ``write_eof``, ``keep_alive``, ``status``, ``body_length`` for an access log) and ``force_close``.
     Header names and values are the caller's; a value with a CR or LF is refused (``ValueError``), as
     aiohttp refuses it.
     """
 
+    __slots__ = ("status", "_answer", "_fields", "_ctype", "_keep", "_written")
+
     def __init__(self, status: int, body: bytes | None, headers: Mapping[str, str], content_type: str) -> None:
-        super().__init__(status=status, reason=_REASONS.get(status, ""))
+        self.status = status
         self._answer = b"" if body is None or status in _EMPTY or status < 200 else body
         self._fields = headers
         self._ctype = content_type
         self._keep: bool | None = None
         self._written = False
+
+    @property
+    def reason(self) -> str:
+        return _REASONS.get(self.status, "")
+
+    @property
+    def body_length(self) -> int:
+        return len(self._answer)
 
     @property
     def keep_alive(self) -> bool | None:
@@ -56,39 +70,47 @@ class WholeAnswer(web.StreamResponse):
     def force_close(self) -> None:
         self._keep = False
 
-    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+    async def prepare(self, request: web.BaseRequest) -> None:
+        """Write the answer (once), then wait while the connection's send buffer is over its high mark."""
         if self._written:
-            return None
+            return
+        self.send(request)
+        writer = request.writer
+        if writer.protocol._paused:
+            await writer.drain()
+
+    def send(self, request: web.BaseRequest) -> None:
+        """Write the whole answer on ``request``'s connection, as ``web.Response`` would write it."""
         self._written = True
         keep = self._keep
         if keep is None:
             keep = self._keep = request.keep_alive
-        version = request.version
-        lines = [f"HTTP/{version[0]}.{version[1]} {self.status} {self.reason}\r\n"]
-        for name, value in self._fields.items():
+        fields = self._fields
+        for name, value in fields.items():
             if "\n" in value or "\r" in value:
                 raise ValueError(f"Newline or carriage return in the {name!r} header's value")
-            lines.append(f"{name}: {value}\r\n")
+        version = request.version
+        status = self.status
         body = self._answer
-        if self.status in _EMPTY or self.status < 200:  # no body, so no length either (RFC 9110 8.6)
-            lines.append(f"Content-Type: {self._ctype}\r\n")
+        lines = "".join([f"{name}: {value}\r\n" for name, value in fields.items()])
+        if status in _EMPTY or status < 200:  # no body, so no length either (RFC 9110 8.6)
+            kind = f"Content-Type: {self._ctype}\r\n"
         else:
-            lines.append(f"Content-Type: {self._ctype}\r\nContent-Length: {len(body)}\r\n")
-        lines.append(f"Date: {http_date()}\r\nServer: {SERVER_SOFTWARE}\r\n")
+            kind = f"Content-Type: {self._ctype}\r\nContent-Length: {len(body)}\r\n"
         if version[1] == 0 and version[0] == 1:
-            if keep:
-                lines.append("Connection: keep-alive\r\n")
-        elif not keep:
-            lines.append("Connection: close\r\n")
-        lines.append("\r\n")
-        head = "".join(lines).encode("utf-8")
-        writer = request.writer
-        if len(body) < _LARGE:
-            await writer.write_eof(head + body)
+            connection = "Connection: keep-alive\r\n" if keep else ""
         else:
-            await writer.write(head)
-            await writer.write_eof(body)
-        return None
+            connection = "" if keep else "Connection: close\r\n"
+        head = (f"HTTP/{version[0]}.{version[1]} {status} {_REASONS.get(status, '')}\r\n{lines}{kind}"
+                f"Date: {http_date()}\r\n{_SERVER}{connection}\r\n").encode()
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            raise ConnectionResetError("Cannot write to closing transport")
+        if len(body) < _LARGE:
+            transport.write(head + body)
+        else:
+            transport.write(head)
+            transport.write(body)
 
     async def write_eof(self, data: bytes = b"") -> None:
         return None
