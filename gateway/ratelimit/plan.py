@@ -182,7 +182,10 @@ class Plans:
     def get(self, policy: Policy, tenant: Tenant, key: ApiKey | None, model: str) -> Plan:
         if policy is not self.policy:  # a request that started under the previous policy
             return build_plan(policy, tenant, key, model)
-        memo_key = (tenant.name, _memo_name(key), model)
+        # ``_memo_name`` inlined: every rate-limited request comes here
+        name = "" if key is None else (key.name, key.rate_limit, key.team, key.team_rate_limit) if key.managed \
+            else key.name
+        memo_key = (tenant.name, name, model)
         plan = self._memo.get(memo_key)
         if plan is None:
             plan = self._memo.put(memo_key, build_plan(policy, tenant, key, model))

@@ -45,17 +45,28 @@ import math
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.context import RequestContext
 from gateway.pipeline import GatewayResponse, Respond, Stage, Verdict
 from gateway.plan import Scope
 from gateway.policy.model import Policy
 from gateway.ratelimit.fallback import ALLOW, DENY, LOCAL, Guard
-from gateway.ratelimit.fused import AdmitOp, Entry, ReleaseOp, acquire_call
+from gateway.ratelimit.fused import (
+    ADMIT_FRAGMENT,
+    RELEASE_FRAGMENT,
+    AdmitOp,
+    Entry,
+    ReleaseOp,
+    acquire_call,
+    release_all,
+)
 from gateway.ratelimit.leases import Leases, PendingReleases
+from gateway.ratelimit.native import acquire_unleased
 from gateway.ratelimit.plan import Plan, Plans
 from gateway.ratelimit.queue import Line, Lines, wait_turn
 from gateway.ratelimit.result import (
+    ADMITTED,
     OVER_COMMITTED,
     REJECTED,
     Result,
@@ -66,6 +77,7 @@ from gateway.ratelimit.result import (
 )
 from gateway.ratelimit.scripts import ACQUIRE, RELEASE
 from gateway.ratelimit.stats import RateLimitStats
+from gateway.ratelimit.window import WINDOW_US
 from gateway.services import Services
 from gateway.state import StateBackend, StateError
 
@@ -112,6 +124,10 @@ class RateLimitStage(Stage):
         self.stats: RateLimitStats = services.ratelimit_stats
         self.guard = Guard(services.backend, services.clock, self.stats)
         self.memory = services.backend.kind == "memory"  # one process: no seeds, no replays, unleased slots
+        # memory: the natives as calls of their own (``MemoryBackend.run_native``, timed by the metered
+        # wrapper as a fused call); None elsewhere, or for a memory backend whose ``run_fused`` is overridden
+        sync_native = getattr(services.backend, "sync_native", None) if self.memory else None
+        self._run: Callable[..., Any] | None = sync_native() if sync_native is not None else None
         self.plans = Plans(None)
         self.lines = Lines()
         self.leases = Leases(self.stats)
@@ -163,17 +179,53 @@ class RateLimitStage(Stage):
 
     # -- phases ----------------------------------------------------------------------------------
 
-    async def limit_requests(self, ctx: RequestContext) -> Verdict:
-        if ctx.tenant is None:
+    def limit_requests(self, ctx: RequestContext) -> Verdict | Awaitable[Verdict]:
+        """A plain function: on the memory backend (the common case) nothing here waits, and the
+        native runs as a call of its own (``run_native``: no op, no coroutine); any other path is
+        returned as a coroutine to be awaited."""
+        tenant = ctx.tenant
+        if tenant is None:
             return None
-        plan = self.plans.get(ctx.policy, ctx.tenant, ctx.api_key, ctx.public_model)
-        if plan.empty:
+        plan = self.plans.get(ctx.policy, tenant, ctx.api_key, ctx.public_model)
+        if not (plan.requests or plan.tokens):  # ``plan.empty``
             return None
+        run = self._run
+        if run is None or plan.queue_s > 0 or self.releases.items:
+            return self._limit_requests(ctx, plan)
+        st = ctx.limit_state = LimitState(f"{self._prefix}{next(self._seq)}", plan)
+        if ctx.state_batch is not None and not tenant.cache.enabled:
+            st.deferred = True  # no cache answer can come first: checked in admit's one call
+            return None
+        st.slots_on.append(self.guard.shared)  # before the call, as ``_native`` does
+        try:
+            raw = run(ADMIT_FRAGMENT.name, acquire_unleased, st.token, plan.shadow, WINDOW_US, plan.acquire_entries)
+        except StateError as exc:
+            return self._limit_failed(ctx, st, exc)
+        self.guard.answered()
+        decision = st.requests = parse(raw, plan.acquire_pairs, False)
+        if decision.status == ADMITTED and ctx.ratelimit_outcome is None:  # ``_verdict``'s common case
+            ctx.ratelimit_outcome = "near_limit" if decision.near else "ok"
+            return None
+        if decision.status == REJECTED:  # a clear "no" wrote nothing: nothing to undo
+            st.slots_on.clear()
+        return self._verdict(ctx, decision, 1)  # memory slots take no lease (``_lease``)
+
+    async def _limit_failed(self, ctx: RequestContext, st: LimitState, exc: StateError) -> Verdict:
+        """The memory native failed (a bug): decide as ``on_backend_error`` says, as ``_native`` does."""
+        plan = st.plan
+        decision = await self._native_fallback(ctx, st, plan.acquire_entries, plan.acquire_pairs, (st.slots_on,), exc)
+        if isinstance(decision, Result):
+            st.requests = decision
+            self._lease(st, decision)
+        return self._verdict(ctx, decision, 1)
+
+    async def _limit_requests(self, ctx: RequestContext, plan: Plan) -> Verdict:
+        """``limit_requests`` off the memory fast path: kept releases first, a queue, another backend."""
         if len(self.releases):  # capacity a lost release still holds comes back before we count
             await self._replay_releases()
         st = LimitState(f"{self._prefix}{next(self._seq)}", plan)
         ctx.limit_state = st
-        if ctx.state_batch is not None and not ctx.tenant.cache.enabled:
+        if ctx.state_batch is not None and not ctx.tenant.cache.enabled:  # type: ignore[union-attr]
             st.deferred = True  # no cache answer can come first: checked in admit's one call
             return None
         if self.memory and plan.queue_s <= 0:  # the common case, without the attempt closure
@@ -339,12 +391,48 @@ class RateLimitStage(Stage):
             ctx.response_headers.update(headers(st.requests, st.tokens or st.requests))
         return resp
 
-    async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
-        if ctx.ratelimit_outcome is not None:
-            self.stats.outcomes[ctx.ratelimit_outcome] = self.stats.outcomes.get(ctx.ratelimit_outcome, 0) + 1
+    def complete(self, ctx: RequestContext, error: BaseException | None) -> Awaitable[None] | None:
+        """A plain function: a release the fused call would send alone runs at once on the memory
+        backend (``_release_now``); any other is returned as a coroutine to be awaited."""
+        outcome = ctx.ratelimit_outcome
+        if outcome is not None:
+            outcomes = self.stats.outcomes
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
         st = ctx.limit_state
-        if st is None or not (st.slots_on or st.tokens_on):
-            return
+        if st is None:
+            return None
+        slots_on, tokens_on = st.slots_on, st.tokens_on
+        if not (slots_on or tokens_on):
+            return None
+        if self._run is not None:
+            shared = self.guard.shared
+            batch = ctx.state_batch
+            if ((not slots_on or (len(slots_on) == 1 and slots_on[0] is shared))
+                    and (not tokens_on or (len(tokens_on) == 1 and tokens_on[0] is shared))
+                    and (batch is None or not batch.sends("complete"))):
+                self._release_now(ctx, st)
+                return None
+        return self._complete(ctx, st)
+
+    def _release_now(self, ctx: RequestContext, st: LimitState) -> None:
+        """``complete`` on the memory backend when only it holds the request's slots and tokens and
+        ``complete``'s fused call would carry nothing else: the same release, as a call of its own
+        (one state call either way, measured and named as the fused call), with nothing awaited."""
+        plan = st.plan
+        slots = plan.slot_keys if st.slots_on else ()
+        tokens = (st.token_plan or plan).token_logs if st.tokens_on else ()
+        if slots or tokens:
+            actual = self._actual_tokens(ctx, st) if tokens else 0
+            try:
+                self._run(RELEASE_FRAGMENT.name, release_all, st.token, slots, tokens, actual)  # type: ignore[misc]
+            except StateError as exc:
+                self.guard.failed(exc)
+                self._keep_release(*ReleaseOp(st.token, slots, tokens, actual).redis_call())
+        if plan.slot_keys:
+            self.lines.freed(plan.tenant)
+
+    async def _complete(self, ctx: RequestContext, st: LimitState) -> None:
+        """Free the slots and settle the tokens on every backend that may hold them."""
         actual = self._actual_tokens(ctx, st)
         backends = list(st.slots_on)  # each backend once: slots first, then token-only ones
         for b in st.tokens_on:
@@ -407,15 +495,20 @@ class RateLimitStage(Stage):
         try:
             reply = (await shared.run_fused([op]))[0]
         except StateError as exc:
-            self.guard.failed(exc)
-            local = [(e[0], lim.local_limit, *e[2:]) for e, (_, lim) in zip(entries, pairs, strict=True)]
-            keys, args = acquire_call(st.token, st.plan.shadow, local)
-            return await self._call(ctx, keys, args, lambda: args, pairs, holds, shared=False)
+            return await self._native_fallback(ctx, st, entries, pairs, holds, exc)
         self.guard.answered()
         result = parse(reply[1:], pairs, False)
         if result.status == REJECTED:  # a clear "no" wrote nothing: nothing to undo
             _drop(holds, shared)
         return result
+
+    async def _native_fallback(self, ctx: RequestContext, st: LimitState, entries: Sequence[Entry], pairs: tuple,
+                               holds: tuple[list[StateBackend], ...], exc: StateError) -> Decision:
+        """The memory native failed: the failure mode decides, with the local limits."""
+        self.guard.failed(exc)
+        local = [(e[0], lim.local_limit, *e[2:]) for e, (_, lim) in zip(entries, pairs, strict=True)]
+        keys, args = acquire_call(st.token, st.plan.shadow, local)
+        return await self._call(ctx, keys, args, lambda: args, pairs, holds, shared=False)
 
     def _holder(self, result: Result) -> StateBackend:
         return self.guard.local if result.local else self.guard.shared
