@@ -64,6 +64,12 @@ class Plan:
     request_pairs: tuple[tuple[str, Limit], ...] = ()  # the request limits' part of ``acquire_pairs``
     request_entries: tuple[tuple[str, int, int, str, str], ...] = ()  # ... and of ``acquire_entries``
     token_logs: tuple[tuple[str, str], ...] = ()  # (log, weights) keys per token limit, released at completion
+    # ``acquire_entries``' reply read without ``parse`` (an admitted request on the memory backend): per
+    # limit (not a peek) with limit > 0, (used's index, limit, limit * NEAR_FRACTION); and the header
+    # candidates (used's index, limit) of the rpm limits and of the token peeks, in reply order
+    near_at: tuple[tuple[int, int, float], ...] = ()
+    request_headers: tuple[tuple[int, int], ...] = ()
+    peek_headers: tuple[tuple[int, int], ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -135,6 +141,10 @@ def build_plan(policy: Policy, tenant: Tenant, key: ApiKey | None, model: str) -
         request_pairs=pairs[:len(requests)],
         request_entries=entries[:len(requests)],
         token_logs=tuple((lim.keys[0], lim.keys[1]) for lim in tokens),
+        near_at=tuple((2 + 3 * i, lim.limit, lim.limit * NEAR_FRACTION) for i, (kind, lim) in enumerate(pairs)
+                      if kind != "P" and lim.limit > 0),
+        request_headers=tuple((2 + 3 * i, lim.limit) for i, (kind, lim) in enumerate(pairs) if kind == "R"),
+        peek_headers=tuple((2 + 3 * i, lim.limit) for i, (kind, lim) in enumerate(pairs) if kind in ("T", "P")),
     )
 
 

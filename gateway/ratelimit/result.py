@@ -109,6 +109,28 @@ def headers(requests: Result | None, tokens: Result | None) -> dict[str, str]:
     return out
 
 
+def reply_headers(raw: list[int], requests: tuple[tuple[int, int], ...],
+                  tokens: tuple[tuple[int, int], ...]) -> dict[str, str]:
+    """``headers(r, r)`` for ``r = parse(raw, pairs, False)``, read from the reply itself: ``requests``
+    and ``tokens`` are the (used's index, limit) of the rpm limits and of the token limits or peeks,
+    in reply order (``Plan.request_headers``, ``Plan.peek_headers``). No ``Usage`` is built."""
+    out: dict[str, str] = {}
+    for names, spec in ((_REQUEST_HEADERS, requests), (_TOKEN_HEADERS, tokens)):
+        at = -1
+        left = limit = 0
+        for i, x_limit in spec:
+            x_left = x_limit - raw[i]
+            if x_left < 0:
+                x_left = 0
+            if at < 0 or x_left < left or (x_left == left and x_limit < limit):
+                at, left, limit = i, x_left, x_limit
+        if at >= 0:
+            out[names[0]] = str(limit)
+            out[names[1]] = str(left)
+            out[names[2]] = duration(raw[at + 1])  # ``reset_ms``
+    return out
+
+
 _REQUEST_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests")
 _TOKEN_HEADERS = ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")
 

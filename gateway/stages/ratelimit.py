@@ -73,6 +73,7 @@ from gateway.ratelimit.result import (
     headers,
     over_limit_error,
     parse,
+    reply_headers,
     unavailable_error,
 )
 from gateway.ratelimit.scripts import ACQUIRE, RELEASE
@@ -97,6 +98,7 @@ class LimitState:
     plan: Plan
     token_plan: Plan | None = None  # the tpm limits reserved in admit (of the model that serves)
     requests: Result | None = None
+    raw: list[int] | None = None  # instead of ``requests``: the admitting reply, read without ``parse``
     tokens: Result | None = None
     reserved: int = 0  # tokens committed in admit
     deferred: bool = False  # request limits left to admit's call (no cache answers this request)
@@ -201,11 +203,18 @@ class RateLimitStage(Stage):
             raw = run(ADMIT_FRAGMENT.name, acquire_unleased, st.token, plan.shadow, WINDOW_US, plan.acquire_entries)
         except StateError as exc:
             return self._limit_failed(ctx, st, exc)
-        self.guard.answered()
-        decision = st.requests = parse(raw, plan.acquire_pairs, False)
-        if decision.status == ADMITTED and ctx.ratelimit_outcome is None:  # ``_verdict``'s common case
-            ctx.ratelimit_outcome = "near_limit" if decision.near else "ok"
+        if self.guard.down_until:  # held down after a failure: it answers again
+            self.guard.answered()
+        if raw[0] == ADMITTED and ctx.ratelimit_outcome is None:  # ``_verdict``'s common case, with no
+            st.raw = raw  # ``Result`` built: what it would tell is read from the reply (``on_response``)
+            outcome = "ok"
+            for i, limit, near in plan.near_at:  # ``Result.near``
+                if limit - raw[i] < near:
+                    outcome = "near_limit"
+                    break
+            ctx.ratelimit_outcome = outcome
             return None
+        decision = st.requests = parse(raw, plan.acquire_pairs, False)
         if decision.status == REJECTED:  # a clear "no" wrote nothing: nothing to undo
             st.slots_on.clear()
         return self._verdict(ctx, decision, 1)  # memory slots take no lease (``_lease``)
@@ -388,12 +397,20 @@ class RateLimitStage(Stage):
     async def on_response(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:
         st = ctx.limit_state
         if st is not None:
-            ctx.response_headers.update(headers(st.requests, st.tokens or st.requests))
+            raw = st.raw
+            if raw is None:
+                ctx.response_headers.update(headers(st.requests, st.tokens or st.requests))
+            elif st.tokens is None:  # ``headers(r, r)`` of ``r`` parsed from ``raw``, without parsing it
+                ctx.response_headers.update(reply_headers(raw, st.plan.request_headers, st.plan.peek_headers))
+            else:
+                ctx.response_headers.update(headers(parse(raw, st.plan.acquire_pairs, False), st.tokens))
         return resp
 
     def complete(self, ctx: RequestContext, error: BaseException | None) -> Awaitable[None] | None:
-        """A plain function: a release the fused call would send alone runs at once on the memory
-        backend (``_release_now``); any other is returned as a coroutine to be awaited."""
+        """A plain function: on the memory backend, when only it holds the request's slots and tokens
+        and ``complete``'s fused call would carry nothing else, the same release runs at once as a call
+        of its own (one state call either way, measured and named as the fused call); any other
+        completion is returned as a coroutine to be awaited."""
         outcome = ctx.ratelimit_outcome
         if outcome is not None:
             outcomes = self.stats.outcomes
@@ -404,32 +421,27 @@ class RateLimitStage(Stage):
         slots_on, tokens_on = st.slots_on, st.tokens_on
         if not (slots_on or tokens_on):
             return None
-        if self._run is not None:
-            shared = self.guard.shared
-            batch = ctx.state_batch
-            if ((not slots_on or (len(slots_on) == 1 and slots_on[0] is shared))
-                    and (not tokens_on or (len(tokens_on) == 1 and tokens_on[0] is shared))
-                    and (batch is None or not batch.sends("complete"))):
-                self._release_now(ctx, st)
-                return None
-        return self._complete(ctx, st)
-
-    def _release_now(self, ctx: RequestContext, st: LimitState) -> None:
-        """``complete`` on the memory backend when only it holds the request's slots and tokens and
-        ``complete``'s fused call would carry nothing else: the same release, as a call of its own
-        (one state call either way, measured and named as the fused call), with nothing awaited."""
+        run = self._run
+        if run is None:
+            return self._complete(ctx, st)
+        shared, batch = self.guard.shared, ctx.state_batch
+        if not ((not slots_on or (len(slots_on) == 1 and slots_on[0] is shared))
+                and (not tokens_on or (len(tokens_on) == 1 and tokens_on[0] is shared))
+                and (batch is None or not batch.sends("complete"))):
+            return self._complete(ctx, st)
         plan = st.plan
-        slots = plan.slot_keys if st.slots_on else ()
-        tokens = (st.token_plan or plan).token_logs if st.tokens_on else ()
+        slots = plan.slot_keys if slots_on else ()
+        tokens = (st.token_plan or plan).token_logs if tokens_on else ()
         if slots or tokens:
             actual = self._actual_tokens(ctx, st) if tokens else 0
             try:
-                self._run(RELEASE_FRAGMENT.name, release_all, st.token, slots, tokens, actual)  # type: ignore[misc]
+                run(RELEASE_FRAGMENT.name, release_all, st.token, slots, tokens, actual)
             except StateError as exc:
                 self.guard.failed(exc)
                 self._keep_release(*ReleaseOp(st.token, slots, tokens, actual).redis_call())
-        if plan.slot_keys:
+        if plan.slot_keys and self.lines.lines:  # ``Lines.freed`` finds a line only where requests queued
             self.lines.freed(plan.tenant)
+        return None
 
     async def _complete(self, ctx: RequestContext, st: LimitState) -> None:
         """Free the slots and settle the tokens on every backend that may hold them."""

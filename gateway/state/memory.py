@@ -117,7 +117,9 @@ class MemoryStore:
         if ttl_s is not None and ttl_s <= 0:
             self.delete(key)
             return
-        self._alive(key)  # an expired key must not lend its deadline to the new value
+        deadline = self._deadline.get(key)  # ``_alive`` inlined: an expired key must not lend its
+        if deadline is not None and deadline <= self._monotonic():  # deadline to the new value
+            self.delete(key)
         self._data[key] = value
         if ttl_s is not None:
             self.expire(key, ttl_s)
