@@ -31,6 +31,17 @@ Entry = tuple[str, int, int, str, str]  # kind, limit, weight, key, weights key 
 _NATIVE = {"R": RequestLog, "C": set, "T": TokenLog, "P": TokenLog}  # each kind's structure in the store
 
 
+class _NoLog:
+    """An absent token log as a peek reads it: empty, never stored nor written (no ``TokenLog`` built)."""
+
+    __slots__ = ()
+    times: tuple[int, ...] = ()
+    head = 0
+
+
+_NO_LOG = _NoLog()
+
+
 def acquire_unleased(store: LocalStore, token: str, force: bool, window: int,
                      specs: Sequence[Entry], now: float) -> list[int]:
     """``acquire_entries(..., lease=None, ...)`` on the native structures: checks, then commits if all fit.
@@ -55,7 +66,7 @@ def acquire_unleased(store: LocalStore, token: str, force: bool, window: int,
                 if type(found) is ZSet or log is not None:
                     return acquire_entries(store, token, force, window, None, specs, now)
                 absent = found is None
-                found = cls()
+                found = _NO_LOG if absent and kind == "P" else cls()
             log = logs[key] = found
         if kind == "C":
             n = len(log)

@@ -44,7 +44,6 @@ import logging
 import math
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.context import RequestContext
@@ -90,20 +89,23 @@ _RANK = {"ok": 0, "near_limit": 1, "failure_mode_allowed": 2, "shadow_over_limit
 Decision = Result | str  # a script's result, or ALLOW / DENY when the shared backend failed
 
 
-@dataclass(slots=True)
 class LimitState:
-    """The limiter's facts about one request (``ctx.limit_state``)."""
+    """The limiter's facts about one request (``ctx.limit_state``). A plain class: one per request."""
 
-    token: str  # unique per request (never the client's x-request-id): the member in every log
-    plan: Plan
-    token_plan: Plan | None = None  # the tpm limits reserved in admit (of the model that serves)
-    requests: Result | None = None
-    raw: list[int] | None = None  # instead of ``requests``: the admitting reply, read without ``parse``
-    tokens: Result | None = None
-    reserved: int = 0  # tokens committed in admit
-    deferred: bool = False  # request limits left to admit's call (no cache answers this request)
-    slots_on: list[StateBackend] = field(default_factory=list)  # backends that may hold our slots
-    tokens_on: list[StateBackend] = field(default_factory=list)  # ... and our token reservation
+    __slots__ = ("deferred", "plan", "raw", "requests", "reserved", "slots_on", "token", "token_plan", "tokens",
+                 "tokens_on")
+
+    def __init__(self, token: str, plan: Plan) -> None:
+        self.token = token  # unique per request (never the client's x-request-id): the member in every log
+        self.plan = plan
+        self.token_plan: Plan | None = None  # the tpm limits reserved in admit (of the model that serves)
+        self.requests: Result | None = None
+        self.raw: list[int] | None = None  # instead of ``requests``: the admitting reply, read without ``parse``
+        self.tokens: Result | None = None
+        self.reserved = 0  # tokens committed in admit
+        self.deferred = False  # request limits left to admit's call (no cache answers this request)
+        self.slots_on: list[StateBackend] = []  # backends that may hold our slots
+        self.tokens_on: list[StateBackend] = []  # ... and our token reservation
 
 
 def _holds(found: list[StateBackend], backend: StateBackend) -> bool:
@@ -263,7 +265,9 @@ class RateLimitStage(Stage):
 
         return attempt
 
-    async def admit(self, ctx: RequestContext) -> Verdict:
+    def admit(self, ctx: RequestContext) -> Verdict | Awaitable[Verdict]:
+        """A plain function: its op joins ``admit``'s fused call; only a call of its own (no batch) is
+        returned as a coroutine to be awaited."""
         st = ctx.limit_state
         plan = self._token_plan(ctx, st, None)
         if plan is None:
@@ -280,19 +284,26 @@ class RateLimitStage(Stage):
         cost = ctx.prompt_tokens_est + (ctx.max_tokens or completion) * ctx.choices
         batch = ctx.state_batch
         if batch is None:
-            return await self._admit_alone(ctx, st, cost)
+            return self._admit_alone(ctx, st, cost)
         op = self._admit_op(st, plan, alt, cost)
         if op is not None:  # before the call: a call whose answer never comes may still have taken them
-            _keep(st.tokens_on, self.guard.shared)
+            shared = self.guard.shared
+            if st.tokens_on:
+                _keep(st.tokens_on, shared)
+            else:
+                st.tokens_on.append(shared)
             if deferred:
-                _keep(st.slots_on, self.guard.shared)
+                if st.slots_on:
+                    _keep(st.slots_on, shared)
+                else:
+                    st.slots_on.append(shared)
         batch.add("admit", op, functools.partial(self._admit_finish, ctx, st, op, plan, alt, cost))
         return None
 
     def _admit_op(self, st: LimitState, plan: Plan, alt: Plan | None, cost: int) -> AdmitOp | None:
         """The limits' part of admit's fused call; None when they must be checked alone, after it
         (the shared backend is held down, or the tenant's queue already has requests waiting)."""
-        if self.guard.down:
+        if not self.memory and self.guard.down:  # ``Guard.down`` is never true on memory
             return None
         queued = st.plan.queue_s > 0
         if queued and self.lines.get(st.plan.tenant).busy:
@@ -314,14 +325,15 @@ class RateLimitStage(Stage):
         if not reply:  # an earlier op refused: this one wrote nothing
             _drop(holds, self.guard.shared)
             return None
-        self.guard.answered()
+        if self.guard.down_until:
+            self.guard.answered()
         tplan = alt if reply[0] == 1 and alt is not None else plan
         raw = reply[1:]
         if not self.memory:  # what the local fallback starts from (never used in memory)
             keys, args = acquire_call(st.token, st.plan.shadow, op.alt if tplan is alt else op.main)  # type: ignore[arg-type]
             self.guard.seeds.observe(keys, args, raw, self.services.clock.time())
-        decision: Decision = parse(raw, self._pairs(st, tplan), False)
-        if _rejected(decision):
+        decision = parse(raw, st.plan.request_pairs + tplan.token_pairs if st.deferred else tplan.token_pairs, False)
+        if decision.status == REJECTED:
             _drop(holds, self.guard.shared)
             if st.plan.queue_s > 0 and decision.retry_ms >= 0:  # type: ignore[union-attr]
                 return self._admit_queued(ctx, st, tplan, cost)
@@ -384,7 +396,9 @@ class RateLimitStage(Stage):
         if st.deferred:
             out += [(lim.kind, lim.local_limit, 1, lim.keys[0], "") for lim in st.plan.requests] if local \
                 else st.plan.request_entries
-        out += [("T", lim.local_limit if local else lim.limit, cost, lim.keys[0], lim.keys[1]) for lim in tplan.tokens]
+        for lim in tplan.tokens:  # a loop, not a comprehension: every miss
+            keys = lim.keys
+            out.append(("T", lim.local_limit if local else lim.limit, cost, keys[0], keys[1]))
         return out
 
     def _local_args(self, st: LimitState, tplan: Plan, cost: int) -> list:
@@ -552,6 +566,10 @@ class RateLimitStage(Stage):
         return last
 
     def _verdict(self, ctx: RequestContext, decision: Decision, cost: int) -> Verdict:
+        if type(decision) is Result and decision.status == ADMITTED and not decision.local \
+                and ctx.ratelimit_outcome is None:  # the common case: ``_record`` has nothing to compare
+            ctx.ratelimit_outcome = "near_limit" if decision.near else "ok"
+            return None
         if not isinstance(decision, Result):  # the failure modes (a Result is the common case: tested first)
             if decision == ALLOW:
                 self._record(ctx, "failure_mode_allowed")
