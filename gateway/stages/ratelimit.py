@@ -21,7 +21,11 @@ in the same call picks one. For a tenant without a cache, ``limit_requests`` onl
 and its ``rpm``/``concurrency`` join that call too (no cache answer can come before ``admit``).
 On the memory backend (one process) a call of the limiter's own runs the native directly, with no
 Redis arguments, fallback closures or seeds to prepare, and slots take no lease (held until
-released: they cannot outlive their holder), so nothing is renewed.
+released: they cannot outlive their holder), so nothing is renewed. There ``limit_requests`` and
+``complete`` are plain functions: the native is a one-op call (``MemoryBackend.run_native``, timed
+and named by ``MeteredBackend`` as the fused call it replaces; the release only when ``complete``'s
+fused call would carry nothing else), and an admitting reply is read without ``parse`` (its
+``near`` and headers from the plan's indices), no ``Result`` built.
 
 Time: the scripts read Redis ``TIME`` (one clock for every replica). This stage never passes a
 time itself; when the gateway is built with a non-system clock (tests), the Redis backend hands
