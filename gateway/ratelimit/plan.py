@@ -68,6 +68,7 @@ class Plan:
     # limit (not a peek) with limit > 0, (used's index, limit, limit * NEAR_FRACTION); and the header
     # candidates (used's index, limit) of the rpm limits and of the token peeks, in reply order
     near_at: tuple[tuple[int, int, float], ...] = ()
+    admit_near_at: tuple[tuple[int, int, float], ...] = ()  # ... of admit's reply (requests, then T entries)
     request_headers: tuple[tuple[int, int], ...] = ()
     peek_headers: tuple[tuple[int, int], ...] = ()
 
@@ -143,6 +144,8 @@ def build_plan(policy: Policy, tenant: Tenant, key: ApiKey | None, model: str) -
         token_logs=tuple((lim.keys[0], lim.keys[1]) for lim in tokens),
         near_at=tuple((2 + 3 * i, lim.limit, lim.limit * NEAR_FRACTION) for i, (kind, lim) in enumerate(pairs)
                       if kind != "P" and lim.limit > 0),
+        admit_near_at=tuple((2 + 3 * i, lim.limit, lim.limit * NEAR_FRACTION) for i, lim in enumerate(requests + tokens)
+                            if lim.limit > 0),
         request_headers=tuple((2 + 3 * i, lim.limit) for i, (kind, lim) in enumerate(pairs) if kind == "R"),
         peek_headers=tuple((2 + 3 * i, lim.limit) for i, (kind, lim) in enumerate(pairs) if kind in ("T", "P")),
     )

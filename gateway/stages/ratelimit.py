@@ -336,6 +336,20 @@ class RateLimitStage(Stage):
         if not self.memory:  # what the local fallback starts from (never used in memory)
             keys, args = acquire_call(st.token, st.plan.shadow, op.alt if tplan is alt else op.main)  # type: ignore[arg-type]
             self.guard.seeds.observe(keys, args, raw, self.services.clock.time())
+        if st.deferred and tplan is st.plan and self.memory and raw[0] == ADMITTED and ctx.ratelimit_outcome is None:
+            # ``_admitted``'s common case with no ``Result`` built: the reply lays its limits out as
+            # ``acquire_entries`` does (the requests', then the same token limits), so ``on_response``
+            # reads its headers as it reads ``limit_requests``' (``Plan.peek_headers``)
+            st.token_plan, st.raw, st.deferred = tplan, raw, False
+            if tplan.tokens:
+                st.reserved = cost
+            outcome = "ok"
+            for i, limit, near in tplan.admit_near_at:  # ``Result.near``
+                if limit - raw[i] < near:
+                    outcome = "near_limit"
+                    break
+            ctx.ratelimit_outcome = outcome
+            return None
         decision = parse(raw, st.plan.request_pairs + tplan.token_pairs if st.deferred else tplan.token_pairs, False)
         if decision.status == REJECTED:
             _drop(holds, self.guard.shared)
