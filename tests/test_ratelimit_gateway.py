@@ -12,6 +12,7 @@ import pytest
 from gateway.clock import FakeClock
 from gateway.ratelimit.fused import AdmitOp
 from gateway.ratelimit.window import LEASE_US
+from gateway.stages import ratelimit as ratelimit_stage
 from gateway.stages.ratelimit import RateLimitStage
 from tests.support.harness import eventually
 from tests.support.mock_openai import Fault
@@ -158,6 +159,7 @@ def test_a_failing_memory_call_falls_back_to_local_limits(make_gateway, upstream
         "rate_limit: {concurrency: 1}\n", "rate_limit: {concurrency: 1}\n    cache: {enabled: true}\n")
     gw = make_gateway(policy)
     monkeypatch.setattr(AdmitOp, "native", broken)
+    monkeypatch.setattr(ratelimit_stage, "acquire_unleased", broken)  # the stage's own call (``run_native``)
     leases = gw.stage(RateLimitStage).leases
     upstream.push(Fault(delay_s=0.6))
     slow = threading.Thread(target=lambda: _chat(gw))

@@ -8,7 +8,7 @@ import pytest
 from gateway.clock import FakeClock
 from gateway.policy.model import ApiKey, LimitSet, QueuePolicy, RateLimitPolicy, StatePolicy, Tenant
 from gateway.ratelimit.plan import Plans, build_plan
-from gateway.ratelimit.result import duration, headers, over_limit_error, parse
+from gateway.ratelimit.result import duration, headers, over_limit_error, parse, reply_headers
 from gateway.ratelimit.window import ZSet, acquire, ceil_ms, now_us
 from gateway.state.memory import MemoryStore
 
@@ -115,6 +115,22 @@ def test_headers_report_the_binding_limit_of_each_kind():
         "x-ratelimit-limit-requests": "4", "x-ratelimit-remaining-requests": "1",
         "x-ratelimit-reset-requests": "1.5s", "x-ratelimit-limit-tokens": "1000",
         "x-ratelimit-remaining-tokens": "800", "x-ratelimit-reset-tokens": "42s"}
+
+
+@pytest.mark.parametrize("raw", [[1, 0, 3, 59000, 0, 3, 1500, 0, 200, 42000, 0], [1, 0, 9, 60000, 0, 0, 0, 0, 0, 0, 0],
+                                 [1, 0, 12, 1, 0, 4, 999, 0, 1000, 60000, 0], [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+                                 [1, 0, 1, 60000, 0, 1, 60000, 0, 950, 60000, 0]])
+def test_headers_read_from_an_admitting_reply_are_those_of_its_parsed_result(raw):
+    """The memory fast path reads an admitted reply without ``parse``: same headers, same ``near``."""
+    tenant = _tenant(rpm=10, tpm=1000, per_key=LimitSet(rpm=4))
+    plan = build_plan(_Policy(1), tenant, tenant.api_keys[0], "small")  # type: ignore[arg-type]
+    res = parse(raw, plan.acquire_pairs, False)
+    got = reply_headers(raw, plan.request_headers, plan.peek_headers)
+    assert list(got.items()) == list(headers(res, res).items())
+    assert any(limit - raw[i] < near for i, limit, near in plan.near_at) == res.near
+    admit = parse(raw, plan.request_pairs + plan.token_pairs, False)  # admit's call: tpm taken, not peeked
+    assert list(got.items()) == list(headers(admit, admit).items())
+    assert any(limit - raw[i] < near for i, limit, near in plan.admit_near_at) == admit.near
 
 
 def test_over_limit_is_an_openai_429_with_exact_retry_headers():

@@ -53,6 +53,8 @@ class MeteredBackend:
         sync_fused = getattr(inner, "sync_fused", None)
         self._fused_now = sync_fused() if sync_fused is not None else None
         self._fused_series: tuple[Any, Any] | None = None
+        sync_native = getattr(inner, "sync_native", None)  # ... nor a one-op call (``run_native``)
+        self._native_now = sync_native() if sync_native is not None else None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -141,6 +143,30 @@ class MeteredBackend:
             duration.observe(elapsed)
             if self.traced:  # the span names the concerns in the call, e.g. fused:budget_settle+ratelimit_release
                 _trace("fused:" + "+".join(op.fragment.name for op in ops), elapsed, failed)
+
+    def sync_native(self) -> Any:
+        """``run_native`` when the inner backend has one (memory), timed as ``run_fused``; else None."""
+        return self.run_native if self._native_now is not None else None
+
+    def run_native(self, name: str, native: Any, *args: Any) -> Any:
+        """A one-op fused call run at once (``MemoryBackend.run_native``): measured as ``run_fused``."""
+        series = self._fused_series
+        if series is None:
+            series = self._fused_series = self._series("fused")
+        duration, errors = series
+        start = time.perf_counter()
+        failed = False
+        try:
+            return self._native_now(name, native, *args)  # type: ignore[misc]
+        except StateError:
+            errors.inc()
+            failed = True
+            raise
+        finally:
+            elapsed = time.perf_counter() - start
+            duration.observe(elapsed)
+            if self.traced:
+                _trace("fused:" + name, elapsed, failed)
 
     async def log_append(self, key: str, record: dict[str, Any], max_len: int) -> str:
         return await self._timed("log_append", self.inner.log_append(key, record, max_len))

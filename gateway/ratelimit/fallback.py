@@ -40,18 +40,18 @@ class Guard:
         self.stats = stats
         self.hold_s = hold_s
         self.seeds = Seeds()
-        self._down_until = 0.0
+        self.down_until = 0.0  # monotonic time until which the shared backend is left alone (0: not held)
 
     @property
     def down(self) -> bool:
-        return self.shared.kind != "memory" and time.monotonic() < self._down_until
+        return self.shared.kind != "memory" and time.monotonic() < self.down_until
 
     def failed(self, exc: StateError) -> None:
         self.stats.backend_errors += 1
         if not self.down:
             log.warning("rate limiting: state backend failed (%s); deciding per on_backend_error for %.1fs",
                         exc, self.hold_s)
-        self._down_until = time.monotonic() + self.hold_s
+        self.down_until = time.monotonic() + self.hold_s
 
     async def run(self, script: Script, keys: list[str], args: list[Any], local_args: Callable[[], list[Any]],
                   mode: str, on_try: Callable[[StateBackend], None], replicas: int = 1,
@@ -84,8 +84,8 @@ class Guard:
 
     def answered(self) -> None:
         """The shared backend answered: it is up again if it was held down."""
-        if self._down_until:
-            self._down_until = 0.0
+        if self.down_until:
+            self.down_until = 0.0
             log.warning("rate limiting: state backend answers again")
 
     async def fallback(self, script: Script, keys: list[str], local_args: Callable[[], list[Any]], mode: str,

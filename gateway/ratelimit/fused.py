@@ -118,8 +118,14 @@ class ReleaseOp:
         return keys, args
 
     def native(self, store: LocalStore, now: float, fx: FusedCtx) -> int:
-        for key in self.slots:
-            release_slot(store, key, self.token)
-        for key, hkey in self.tokens:
-            settle(store, key, hkey, self.token, self.actual)
-        return 1
+        return release_all(store, self.token, self.slots, self.tokens, self.actual, now)
+
+
+def release_all(store: LocalStore, token: str, slots: Sequence[str], tokens: Sequence[tuple[str, str]], actual: int,
+                now: float) -> int:
+    """``ReleaseOp``'s native on its fields, for a call of its own on the memory backend (``run_native``)."""
+    for key in slots:
+        release_slot(store, key, token)
+    for key, hkey in tokens:
+        settle(store, key, hkey, token, actual)
+    return 1

@@ -80,26 +80,26 @@ class PendingReleases:
 
     def __init__(self, stats: RateLimitStats, max_len: int = 100_000) -> None:
         self.stats = stats
-        self._items: deque[tuple[list[str], list[Any]]] = deque(maxlen=max_len)
+        self.items: deque[tuple[list[str], list[Any]]] = deque(maxlen=max_len)  # oldest first
         self._busy = False
 
     def __len__(self) -> int:
-        return len(self._items)
+        return len(self.items)
 
     def add(self, keys: list[str], args: list[Any]) -> None:
-        self._items.append((keys, args))
+        self.items.append((keys, args))
 
     async def replay(self, backend: StateBackend) -> bool:
         """Send them all (pipelined, one batch); False if the backend failed (what failed stays)."""
-        if self._busy or not self._items:
+        if self._busy or not self.items:
             return True
         self._busy = True
         try:
-            items = list(self._items)
-            self._items.clear()
+            items = list(self.items)
+            self.items.clear()
             replies = await asyncio.gather(*(backend.run(RELEASE, k, a) for k, a in items), return_exceptions=True)
             failed = [item for item, reply in zip(items, replies, strict=True) if isinstance(reply, BaseException)]
-            self._items.extendleft(reversed(failed))
+            self.items.extendleft(reversed(failed))
             self.stats.releases_replayed += len(items) - len(failed)
             for reply in replies:
                 if isinstance(reply, BaseException) and not isinstance(reply, StateError):

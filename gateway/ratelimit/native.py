@@ -31,6 +31,17 @@ Entry = tuple[str, int, int, str, str]  # kind, limit, weight, key, weights key 
 _NATIVE = {"R": RequestLog, "C": set, "T": TokenLog, "P": TokenLog}  # each kind's structure in the store
 
 
+class _NoLog:
+    """An absent token log as a peek reads it: empty, never stored nor written (no ``TokenLog`` built)."""
+
+    __slots__ = ()
+    times: tuple[int, ...] = ()
+    head = 0
+
+
+_NO_LOG = _NoLog()
+
+
 def acquire_unleased(store: LocalStore, token: str, force: bool, window: int,
                      specs: Sequence[Entry], now: float) -> list[int]:
     """``acquire_entries(..., lease=None, ...)`` on the native structures: checks, then commits if all fit.
@@ -46,6 +57,7 @@ def acquire_unleased(store: LocalStore, token: str, force: bool, window: int,
     for kind, limit, weight, key, _hkey in specs:
         cls = _NATIVE[kind]
         log = logs.get(key)
+        absent = False  # the store has nothing at ``key``
         if type(log) is not cls:
             found = store.get(key) if log is None else log
             if type(found) is not cls:
@@ -53,16 +65,20 @@ def acquire_unleased(store: LocalStore, token: str, force: bool, window: int,
                 # is written yet, so the twin does it all
                 if type(found) is ZSet or log is not None:
                     return acquire_entries(store, token, force, window, None, specs, now)
-                found = cls()
+                absent = found is None
+                found = _NO_LOG if absent and kind == "P" else cls()
             log = logs[key] = found
         if kind == "C":
             n = len(log)
             held = n > 0
+        elif absent:  # a new log: nothing to trim
+            n = 0
+            held = False
         else:
             n = log.trim(cutoff)
             held = len(log.times) > log.head
-        if not held:
-            store.delete(key)  # emptied (or never there): Redis has no empty set
+        if not (held or absent):
+            store.delete(key)  # emptied: Redis has no empty set
         if kind == "P" or n + weight <= limit:
             out += (n, 0, 0)
             continue
@@ -115,7 +131,11 @@ def _commit(store: LocalStore, token: str, window: int, specs: Sequence[Entry], 
         if len(log.times) == log.head:
             store.set(key, log)
         if kind == "R":
-            log.add(t)
+            times = log.times
+            if not times or times[-1] <= t:  # ``RequestLog.add``'s common case: an append
+                times.append(t)
+            else:
+                log.add(t)
             out[i] += 1
         else:
             out[i] = log.add(token, t, weight)

@@ -64,6 +64,13 @@ class Plan:
     request_pairs: tuple[tuple[str, Limit], ...] = ()  # the request limits' part of ``acquire_pairs``
     request_entries: tuple[tuple[str, int, int, str, str], ...] = ()  # ... and of ``acquire_entries``
     token_logs: tuple[tuple[str, str], ...] = ()  # (log, weights) keys per token limit, released at completion
+    # ``acquire_entries``' reply read without ``parse`` (an admitted request on the memory backend): per
+    # limit (not a peek) with limit > 0, (used's index, limit, limit * NEAR_FRACTION); and the header
+    # candidates (used's index, limit) of the rpm limits and of the token peeks, in reply order
+    near_at: tuple[tuple[int, int, float], ...] = ()
+    admit_near_at: tuple[tuple[int, int, float], ...] = ()  # ... of admit's reply (requests, then T entries)
+    request_headers: tuple[tuple[int, int], ...] = ()
+    peek_headers: tuple[tuple[int, int], ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -135,6 +142,12 @@ def build_plan(policy: Policy, tenant: Tenant, key: ApiKey | None, model: str) -
         request_pairs=pairs[:len(requests)],
         request_entries=entries[:len(requests)],
         token_logs=tuple((lim.keys[0], lim.keys[1]) for lim in tokens),
+        near_at=tuple((2 + 3 * i, lim.limit, lim.limit * NEAR_FRACTION) for i, (kind, lim) in enumerate(pairs)
+                      if kind != "P" and lim.limit > 0),
+        admit_near_at=tuple((2 + 3 * i, lim.limit, lim.limit * NEAR_FRACTION) for i, lim in enumerate(requests + tokens)
+                            if lim.limit > 0),
+        request_headers=tuple((2 + 3 * i, lim.limit) for i, (kind, lim) in enumerate(pairs) if kind == "R"),
+        peek_headers=tuple((2 + 3 * i, lim.limit) for i, (kind, lim) in enumerate(pairs) if kind in ("T", "P")),
     )
 
 
@@ -182,7 +195,10 @@ class Plans:
     def get(self, policy: Policy, tenant: Tenant, key: ApiKey | None, model: str) -> Plan:
         if policy is not self.policy:  # a request that started under the previous policy
             return build_plan(policy, tenant, key, model)
-        memo_key = (tenant.name, _memo_name(key), model)
+        # ``_memo_name`` inlined: every rate-limited request comes here
+        name = "" if key is None else (key.name, key.rate_limit, key.team, key.team_rate_limit) if key.managed \
+            else key.name
+        memo_key = (tenant.name, name, model)
         plan = self._memo.get(memo_key)
         if plan is None:
             plan = self._memo.put(memo_key, build_plan(policy, tenant, key, model))

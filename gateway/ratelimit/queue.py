@@ -71,16 +71,16 @@ class Lines:
     """The lines of every tenant that has queued in this replica."""
 
     def __init__(self) -> None:
-        self._lines: dict[str, Line] = {}
+        self.lines: dict[str, Line] = {}  # by tenant
 
     def get(self, tenant: str) -> Line:
-        line = self._lines.get(tenant)
+        line = self.lines.get(tenant)
         if line is None:
-            line = self._lines[tenant] = Line()
+            line = self.lines[tenant] = Line()
         return line
 
     def freed(self, tenant: str) -> None:
         """A slot of ``tenant`` was released here: wake its head now rather than at the next poll."""
-        line = self._lines.get(tenant)
+        line = self.lines.get(tenant)
         if line is not None and line.busy:
             line.freed.set()

@@ -85,33 +85,50 @@ def duration(ms: int) -> str:
 
 
 def headers(requests: Result | None, tokens: Result | None) -> dict[str, str]:
-    """``x-ratelimit-*`` for the binding (least remaining) request and token limits of the request."""
+    """``x-ratelimit-*`` for the binding (least remaining) request and token limits of the request:
+    of each, the first usage with the least (remaining, limit), as ``min`` picks it (loops of plain
+    comparisons, in one function: every response)."""
     out: dict[str, str] = {}
-    if requests is not None:
-        _binding(out, _REQUEST_HEADERS, requests.usages, "R", "R")
-    if tokens is not None:
-        _binding(out, _TOKEN_HEADERS, tokens.usages, "T", "P")
+    for names, result, kind, other in ((_REQUEST_HEADERS, requests, "R", "R"), (_TOKEN_HEADERS, tokens, "T", "P")):
+        if result is None:
+            continue
+        u = None
+        left = limit = 0
+        for x in result[2]:  # ``usages``
+            if x[0] == kind or x[0] == other:  # ``kind``
+                x_limit = x[2]
+                x_left = x_limit - x[3]  # ``remaining``, inlined
+                if x_left < 0:
+                    x_left = 0
+                if u is None or x_left < left or (x_left == left and x_limit < limit):
+                    u, left, limit = x, x_left, x_limit
+        if u is not None:
+            out[names[0]] = str(limit)
+            out[names[1]] = str(left)
+            out[names[2]] = duration(u[4])  # ``reset_ms``
     return out
 
 
-def _binding(out: dict[str, str], names: tuple[str, str, str], usages: tuple[Usage, ...], kind: str,
-             other: str) -> None:
-    """The headers of the first usage of ``kind`` or ``other`` with the least (remaining, limit), as
-    ``min`` picks it (a loop of plain comparisons: every response)."""
-    u = None
-    left = limit = 0
-    for x in usages:
-        if x[0] == kind or x[0] == other:  # ``kind``
-            x_limit = x[2]
-            x_left = x_limit - x[3]  # ``remaining``, inlined
+def reply_headers(raw: list[int], requests: tuple[tuple[int, int], ...],
+                  tokens: tuple[tuple[int, int], ...]) -> dict[str, str]:
+    """``headers(r, r)`` for ``r = parse(raw, pairs, False)``, read from the reply itself: ``requests``
+    and ``tokens`` are the (used's index, limit) of the rpm limits and of the token limits or peeks,
+    in reply order (``Plan.request_headers``, ``Plan.peek_headers``). No ``Usage`` is built."""
+    out: dict[str, str] = {}
+    for names, spec in ((_REQUEST_HEADERS, requests), (_TOKEN_HEADERS, tokens)):
+        at = -1
+        left = limit = 0
+        for i, x_limit in spec:
+            x_left = x_limit - raw[i]
             if x_left < 0:
                 x_left = 0
-            if u is None or x_left < left or (x_left == left and x_limit < limit):
-                u, left, limit = x, x_left, x_limit
-    if u is not None:
-        out[names[0]] = str(limit)
-        out[names[1]] = str(left)
-        out[names[2]] = duration(u[4])  # ``reset_ms``
+            if at < 0 or x_left < left or (x_left == left and x_limit < limit):
+                at, left, limit = i, x_left, x_limit
+        if at >= 0:
+            out[names[0]] = str(limit)
+            out[names[1]] = str(left)
+            out[names[2]] = duration(raw[at + 1])  # ``reset_ms``
+    return out
 
 
 _REQUEST_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests")

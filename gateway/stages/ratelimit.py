@@ -21,7 +21,11 @@ in the same call picks one. For a tenant without a cache, ``limit_requests`` onl
 and its ``rpm``/``concurrency`` join that call too (no cache answer can come before ``admit``).
 On the memory backend (one process) a call of the limiter's own runs the native directly, with no
 Redis arguments, fallback closures or seeds to prepare, and slots take no lease (held until
-released: they cannot outlive their holder), so nothing is renewed.
+released: they cannot outlive their holder), so nothing is renewed. There ``limit_requests`` and
+``complete`` are plain functions: the native is a one-op call (``MemoryBackend.run_native``, timed
+and named by ``MeteredBackend`` as the fused call it replaces; the release only when ``complete``'s
+fused call would carry nothing else), and an admitting reply is read without ``parse`` (its
+``near`` and headers from the plan's indices), no ``Result`` built.
 
 Time: the scripts read Redis ``TIME`` (one clock for every replica). This stage never passes a
 time itself; when the gateway is built with a non-system clock (tests), the Redis backend hands
@@ -44,28 +48,40 @@ import logging
 import math
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from typing import Any
 
 from gateway.context import RequestContext
 from gateway.pipeline import GatewayResponse, Respond, Stage, Verdict
 from gateway.plan import Scope
 from gateway.policy.model import Policy
 from gateway.ratelimit.fallback import ALLOW, DENY, LOCAL, Guard
-from gateway.ratelimit.fused import AdmitOp, Entry, ReleaseOp, acquire_call
+from gateway.ratelimit.fused import (
+    ADMIT_FRAGMENT,
+    RELEASE_FRAGMENT,
+    AdmitOp,
+    Entry,
+    ReleaseOp,
+    acquire_call,
+    release_all,
+)
 from gateway.ratelimit.leases import Leases, PendingReleases
+from gateway.ratelimit.native import acquire_unleased
 from gateway.ratelimit.plan import Plan, Plans
 from gateway.ratelimit.queue import Line, Lines, wait_turn
 from gateway.ratelimit.result import (
+    ADMITTED,
     OVER_COMMITTED,
     REJECTED,
     Result,
     headers,
     over_limit_error,
     parse,
+    reply_headers,
     unavailable_error,
 )
 from gateway.ratelimit.scripts import ACQUIRE, RELEASE
 from gateway.ratelimit.stats import RateLimitStats
+from gateway.ratelimit.window import WINDOW_US
 from gateway.services import Services
 from gateway.state import StateBackend, StateError
 
@@ -77,19 +93,23 @@ _RANK = {"ok": 0, "near_limit": 1, "failure_mode_allowed": 2, "shadow_over_limit
 Decision = Result | str  # a script's result, or ALLOW / DENY when the shared backend failed
 
 
-@dataclass(slots=True)
 class LimitState:
-    """The limiter's facts about one request (``ctx.limit_state``)."""
+    """The limiter's facts about one request (``ctx.limit_state``). A plain class: one per request."""
 
-    token: str  # unique per request (never the client's x-request-id): the member in every log
-    plan: Plan
-    token_plan: Plan | None = None  # the tpm limits reserved in admit (of the model that serves)
-    requests: Result | None = None
-    tokens: Result | None = None
-    reserved: int = 0  # tokens committed in admit
-    deferred: bool = False  # request limits left to admit's call (no cache answers this request)
-    slots_on: list[StateBackend] = field(default_factory=list)  # backends that may hold our slots
-    tokens_on: list[StateBackend] = field(default_factory=list)  # ... and our token reservation
+    __slots__ = ("deferred", "plan", "raw", "requests", "reserved", "slots_on", "token", "token_plan", "tokens",
+                 "tokens_on")
+
+    def __init__(self, token: str, plan: Plan) -> None:
+        self.token = token  # unique per request (never the client's x-request-id): the member in every log
+        self.plan = plan
+        self.token_plan: Plan | None = None  # the tpm limits reserved in admit (of the model that serves)
+        self.requests: Result | None = None
+        self.raw: list[int] | None = None  # instead of ``requests``: the admitting reply, read without ``parse``
+        self.tokens: Result | None = None
+        self.reserved = 0  # tokens committed in admit
+        self.deferred = False  # request limits left to admit's call (no cache answers this request)
+        self.slots_on: list[StateBackend] = []  # backends that may hold our slots
+        self.tokens_on: list[StateBackend] = []  # ... and our token reservation
 
 
 def _holds(found: list[StateBackend], backend: StateBackend) -> bool:
@@ -112,6 +132,10 @@ class RateLimitStage(Stage):
         self.stats: RateLimitStats = services.ratelimit_stats
         self.guard = Guard(services.backend, services.clock, self.stats)
         self.memory = services.backend.kind == "memory"  # one process: no seeds, no replays, unleased slots
+        # memory: the natives as calls of their own (``MemoryBackend.run_native``, timed by the metered
+        # wrapper as a fused call); None elsewhere, or for a memory backend whose ``run_fused`` is overridden
+        sync_native = getattr(services.backend, "sync_native", None) if self.memory else None
+        self._run: Callable[..., Any] | None = sync_native() if sync_native is not None else None
         self.plans = Plans(None)
         self.lines = Lines()
         self.leases = Leases(self.stats)
@@ -163,17 +187,60 @@ class RateLimitStage(Stage):
 
     # -- phases ----------------------------------------------------------------------------------
 
-    async def limit_requests(self, ctx: RequestContext) -> Verdict:
-        if ctx.tenant is None:
+    def limit_requests(self, ctx: RequestContext) -> Verdict | Awaitable[Verdict]:
+        """A plain function: on the memory backend (the common case) nothing here waits, and the
+        native runs as a call of its own (``run_native``: no op, no coroutine); any other path is
+        returned as a coroutine to be awaited."""
+        tenant = ctx.tenant
+        if tenant is None:
             return None
-        plan = self.plans.get(ctx.policy, ctx.tenant, ctx.api_key, ctx.public_model)
-        if plan.empty:
+        plan = self.plans.get(ctx.policy, tenant, ctx.api_key, ctx.public_model)
+        if not (plan.requests or plan.tokens):  # ``plan.empty``
             return None
+        run = self._run
+        if run is None or plan.queue_s > 0 or self.releases.items:
+            return self._limit_requests(ctx, plan)
+        st = ctx.limit_state = LimitState(f"{self._prefix}{next(self._seq)}", plan)
+        if ctx.state_batch is not None and not tenant.cache.enabled:
+            st.deferred = True  # no cache answer can come first: checked in admit's one call
+            return None
+        st.slots_on.append(self.guard.shared)  # before the call, as ``_native`` does
+        try:
+            raw = run(ADMIT_FRAGMENT.name, acquire_unleased, st.token, plan.shadow, WINDOW_US, plan.acquire_entries)
+        except StateError as exc:
+            return self._limit_failed(ctx, st, exc)
+        if self.guard.down_until:  # held down after a failure: it answers again
+            self.guard.answered()
+        if raw[0] == ADMITTED and ctx.ratelimit_outcome is None:  # ``_verdict``'s common case, with no
+            st.raw = raw  # ``Result`` built: what it would tell is read from the reply (``on_response``)
+            outcome = "ok"
+            for i, limit, near in plan.near_at:  # ``Result.near``
+                if limit - raw[i] < near:
+                    outcome = "near_limit"
+                    break
+            ctx.ratelimit_outcome = outcome
+            return None
+        decision = st.requests = parse(raw, plan.acquire_pairs, False)
+        if decision.status == REJECTED:  # a clear "no" wrote nothing: nothing to undo
+            st.slots_on.clear()
+        return self._verdict(ctx, decision, 1)  # memory slots take no lease (``_lease``)
+
+    async def _limit_failed(self, ctx: RequestContext, st: LimitState, exc: StateError) -> Verdict:
+        """The memory native failed (a bug): decide as ``on_backend_error`` says, as ``_native`` does."""
+        plan = st.plan
+        decision = await self._native_fallback(ctx, st, plan.acquire_entries, plan.acquire_pairs, (st.slots_on,), exc)
+        if isinstance(decision, Result):
+            st.requests = decision
+            self._lease(st, decision)
+        return self._verdict(ctx, decision, 1)
+
+    async def _limit_requests(self, ctx: RequestContext, plan: Plan) -> Verdict:
+        """``limit_requests`` off the memory fast path: kept releases first, a queue, another backend."""
         if len(self.releases):  # capacity a lost release still holds comes back before we count
             await self._replay_releases()
         st = LimitState(f"{self._prefix}{next(self._seq)}", plan)
         ctx.limit_state = st
-        if ctx.state_batch is not None and not ctx.tenant.cache.enabled:
+        if ctx.state_batch is not None and not ctx.tenant.cache.enabled:  # type: ignore[union-attr]
             st.deferred = True  # no cache answer can come first: checked in admit's one call
             return None
         if self.memory and plan.queue_s <= 0:  # the common case, without the attempt closure
@@ -202,7 +269,9 @@ class RateLimitStage(Stage):
 
         return attempt
 
-    async def admit(self, ctx: RequestContext) -> Verdict:
+    def admit(self, ctx: RequestContext) -> Verdict | Awaitable[Verdict]:
+        """A plain function: its op joins ``admit``'s fused call; only a call of its own (no batch) is
+        returned as a coroutine to be awaited."""
         st = ctx.limit_state
         plan = self._token_plan(ctx, st, None)
         if plan is None:
@@ -219,19 +288,26 @@ class RateLimitStage(Stage):
         cost = ctx.prompt_tokens_est + (ctx.max_tokens or completion) * ctx.choices
         batch = ctx.state_batch
         if batch is None:
-            return await self._admit_alone(ctx, st, cost)
+            return self._admit_alone(ctx, st, cost)
         op = self._admit_op(st, plan, alt, cost)
         if op is not None:  # before the call: a call whose answer never comes may still have taken them
-            _keep(st.tokens_on, self.guard.shared)
+            shared = self.guard.shared
+            if st.tokens_on:
+                _keep(st.tokens_on, shared)
+            else:
+                st.tokens_on.append(shared)
             if deferred:
-                _keep(st.slots_on, self.guard.shared)
+                if st.slots_on:
+                    _keep(st.slots_on, shared)
+                else:
+                    st.slots_on.append(shared)
         batch.add("admit", op, functools.partial(self._admit_finish, ctx, st, op, plan, alt, cost))
         return None
 
     def _admit_op(self, st: LimitState, plan: Plan, alt: Plan | None, cost: int) -> AdmitOp | None:
         """The limits' part of admit's fused call; None when they must be checked alone, after it
         (the shared backend is held down, or the tenant's queue already has requests waiting)."""
-        if self.guard.down:
+        if not self.memory and self.guard.down:  # ``Guard.down`` is never true on memory
             return None
         queued = st.plan.queue_s > 0
         if queued and self.lines.get(st.plan.tenant).busy:
@@ -253,14 +329,29 @@ class RateLimitStage(Stage):
         if not reply:  # an earlier op refused: this one wrote nothing
             _drop(holds, self.guard.shared)
             return None
-        self.guard.answered()
+        if self.guard.down_until:
+            self.guard.answered()
         tplan = alt if reply[0] == 1 and alt is not None else plan
         raw = reply[1:]
         if not self.memory:  # what the local fallback starts from (never used in memory)
             keys, args = acquire_call(st.token, st.plan.shadow, op.alt if tplan is alt else op.main)  # type: ignore[arg-type]
             self.guard.seeds.observe(keys, args, raw, self.services.clock.time())
-        decision: Decision = parse(raw, self._pairs(st, tplan), False)
-        if _rejected(decision):
+        if st.deferred and tplan is st.plan and self.memory and raw[0] == ADMITTED and ctx.ratelimit_outcome is None:
+            # ``_admitted``'s common case with no ``Result`` built: the reply lays its limits out as
+            # ``acquire_entries`` does (the requests', then the same token limits), so ``on_response``
+            # reads its headers as it reads ``limit_requests``' (``Plan.peek_headers``)
+            st.token_plan, st.raw, st.deferred = tplan, raw, False
+            if tplan.tokens:
+                st.reserved = cost
+            outcome = "ok"
+            for i, limit, near in tplan.admit_near_at:  # ``Result.near``
+                if limit - raw[i] < near:
+                    outcome = "near_limit"
+                    break
+            ctx.ratelimit_outcome = outcome
+            return None
+        decision = parse(raw, st.plan.request_pairs + tplan.token_pairs if st.deferred else tplan.token_pairs, False)
+        if decision.status == REJECTED:
             _drop(holds, self.guard.shared)
             if st.plan.queue_s > 0 and decision.retry_ms >= 0:  # type: ignore[union-attr]
                 return self._admit_queued(ctx, st, tplan, cost)
@@ -323,7 +414,9 @@ class RateLimitStage(Stage):
         if st.deferred:
             out += [(lim.kind, lim.local_limit, 1, lim.keys[0], "") for lim in st.plan.requests] if local \
                 else st.plan.request_entries
-        out += [("T", lim.local_limit if local else lim.limit, cost, lim.keys[0], lim.keys[1]) for lim in tplan.tokens]
+        for lim in tplan.tokens:  # a loop, not a comprehension: every miss
+            keys = lim.keys
+            out.append(("T", lim.local_limit if local else lim.limit, cost, keys[0], keys[1]))
         return out
 
     def _local_args(self, st: LimitState, tplan: Plan, cost: int) -> list:
@@ -336,15 +429,54 @@ class RateLimitStage(Stage):
     async def on_response(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:
         st = ctx.limit_state
         if st is not None:
-            ctx.response_headers.update(headers(st.requests, st.tokens or st.requests))
+            raw = st.raw
+            if raw is None:
+                ctx.response_headers.update(headers(st.requests, st.tokens or st.requests))
+            elif st.tokens is None:  # ``headers(r, r)`` of ``r`` parsed from ``raw``, without parsing it
+                ctx.response_headers.update(reply_headers(raw, st.plan.request_headers, st.plan.peek_headers))
+            else:
+                ctx.response_headers.update(headers(parse(raw, st.plan.acquire_pairs, False), st.tokens))
         return resp
 
-    async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
-        if ctx.ratelimit_outcome is not None:
-            self.stats.outcomes[ctx.ratelimit_outcome] = self.stats.outcomes.get(ctx.ratelimit_outcome, 0) + 1
+    def complete(self, ctx: RequestContext, error: BaseException | None) -> Awaitable[None] | None:
+        """A plain function: on the memory backend, when only it holds the request's slots and tokens
+        and ``complete``'s fused call would carry nothing else, the same release runs at once as a call
+        of its own (one state call either way, measured and named as the fused call); any other
+        completion is returned as a coroutine to be awaited."""
+        outcome = ctx.ratelimit_outcome
+        if outcome is not None:
+            outcomes = self.stats.outcomes
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
         st = ctx.limit_state
-        if st is None or not (st.slots_on or st.tokens_on):
-            return
+        if st is None:
+            return None
+        slots_on, tokens_on = st.slots_on, st.tokens_on
+        if not (slots_on or tokens_on):
+            return None
+        run = self._run
+        if run is None:
+            return self._complete(ctx, st)
+        shared, batch = self.guard.shared, ctx.state_batch
+        if not ((not slots_on or (len(slots_on) == 1 and slots_on[0] is shared))
+                and (not tokens_on or (len(tokens_on) == 1 and tokens_on[0] is shared))
+                and (batch is None or not batch.sends("complete"))):
+            return self._complete(ctx, st)
+        plan = st.plan
+        slots = plan.slot_keys if slots_on else ()
+        tokens = (st.token_plan or plan).token_logs if tokens_on else ()
+        if slots or tokens:
+            actual = self._actual_tokens(ctx, st) if tokens else 0
+            try:
+                run(RELEASE_FRAGMENT.name, release_all, st.token, slots, tokens, actual)
+            except StateError as exc:
+                self.guard.failed(exc)
+                self._keep_release(*ReleaseOp(st.token, slots, tokens, actual).redis_call())
+        if plan.slot_keys and self.lines.lines:  # ``Lines.freed`` finds a line only where requests queued
+            self.lines.freed(plan.tenant)
+        return None
+
+    async def _complete(self, ctx: RequestContext, st: LimitState) -> None:
+        """Free the slots and settle the tokens on every backend that may hold them."""
         actual = self._actual_tokens(ctx, st)
         backends = list(st.slots_on)  # each backend once: slots first, then token-only ones
         for b in st.tokens_on:
@@ -407,15 +539,20 @@ class RateLimitStage(Stage):
         try:
             reply = (await shared.run_fused([op]))[0]
         except StateError as exc:
-            self.guard.failed(exc)
-            local = [(e[0], lim.local_limit, *e[2:]) for e, (_, lim) in zip(entries, pairs, strict=True)]
-            keys, args = acquire_call(st.token, st.plan.shadow, local)
-            return await self._call(ctx, keys, args, lambda: args, pairs, holds, shared=False)
+            return await self._native_fallback(ctx, st, entries, pairs, holds, exc)
         self.guard.answered()
         result = parse(reply[1:], pairs, False)
         if result.status == REJECTED:  # a clear "no" wrote nothing: nothing to undo
             _drop(holds, shared)
         return result
+
+    async def _native_fallback(self, ctx: RequestContext, st: LimitState, entries: Sequence[Entry], pairs: tuple,
+                               holds: tuple[list[StateBackend], ...], exc: StateError) -> Decision:
+        """The memory native failed: the failure mode decides, with the local limits."""
+        self.guard.failed(exc)
+        local = [(e[0], lim.local_limit, *e[2:]) for e, (_, lim) in zip(entries, pairs, strict=True)]
+        keys, args = acquire_call(st.token, st.plan.shadow, local)
+        return await self._call(ctx, keys, args, lambda: args, pairs, holds, shared=False)
 
     def _holder(self, result: Result) -> StateBackend:
         return self.guard.local if result.local else self.guard.shared
@@ -447,6 +584,10 @@ class RateLimitStage(Stage):
         return last
 
     def _verdict(self, ctx: RequestContext, decision: Decision, cost: int) -> Verdict:
+        if type(decision) is Result and decision.status == ADMITTED and not decision.local \
+                and ctx.ratelimit_outcome is None:  # the common case: ``_record`` has nothing to compare
+            ctx.ratelimit_outcome = "near_limit" if decision.near else "ok"
+            return None
         if not isinstance(decision, Result):  # the failure modes (a Result is the common case: tested first)
             if decision == ALLOW:
                 self._record(ctx, "failure_mode_allowed")

@@ -117,7 +117,9 @@ class MemoryStore:
         if ttl_s is not None and ttl_s <= 0:
             self.delete(key)
             return
-        self._alive(key)  # an expired key must not lend its deadline to the new value
+        deadline = self._deadline.get(key)  # ``_alive`` inlined: an expired key must not lend its
+        if deadline is not None and deadline <= self._monotonic():  # deadline to the new value
+            self.delete(key)
         self._data[key] = value
         if ttl_s is not None:
             self.expire(key, ttl_s)
@@ -281,6 +283,24 @@ class MemoryBackend:
         (``MeteredBackend``); None when a subclass overrides ``run_fused`` (a test double that fails or
         waits), so that its override is what runs."""
         return self.run_fused_now if type(self).run_fused is MemoryBackend.run_fused else None
+
+    def sync_native(self) -> Callable[..., Any] | None:
+        """``run_native`` when ``run_fused`` is this class's (else None, as ``sync_fused``)."""
+        return self.run_native if type(self).run_fused is MemoryBackend.run_fused else None
+
+    def run_native(self, name: str, native: Callable[..., Any], *args: Any) -> Any:
+        """One concern's native alone, as ``run_fused`` runs the only op of a call named ``name`` (its
+        fragment's), with nothing to share between ops: ``native(store, *args, now)``, no op object."""
+        store = self.store
+        heap = store._heap
+        if heap and heap[0][0] <= store._monotonic():  # ``sweep``'s own test, without its call
+            store.sweep()
+        try:
+            return native(store, *args, self._time())
+        except StateError:
+            raise
+        except Exception as exc:
+            raise StateError(f"fused call {name} failed: {exc!r}") from exc
 
     def run_fused_now(self, ops: list[FusedOp]) -> list[Any]:
         """``run_fused`` without a coroutine: nothing in it waits."""

@@ -110,10 +110,9 @@ class RequestLog:
 
     def trim(self, cutoff: int) -> int:
         """Drop the times at or before ``cutoff``; the count left."""
-        times = self.times
-        cut = _first_live(times, self.head, cutoff)
-        if cut != self.head:
-            self.head = _forget(cut, times)
+        times, head = self.times, self.head
+        if head < len(times) and times[head] <= cutoff:  # live times start after ``cutoff``
+            self.head = _forget(bisect.bisect_right(times, cutoff, head), times)
         return len(times) - self.head
 
     def add(self, t: int) -> None:
@@ -148,8 +147,8 @@ class TokenLog:
     def trim(self, cutoff: int) -> int:
         """Drop the reservations at or before ``cutoff``; the weight left (0 once empty)."""
         times, head = self.times, self.head
-        cut = _first_live(times, head, cutoff)
-        if cut != head:
+        if head < len(times) and times[head] <= cutoff:  # live times start after ``cutoff``
+            cut = bisect.bisect_right(times, cutoff, head)
             pop = self.weights.pop
             freed = 0
             for token in self.tokens[head:cut]:
@@ -220,13 +219,6 @@ def as_zset(found: Any) -> ZSet | None:
             zs.add(token, math.inf)
         return zs
     return None
-
-
-def _first_live(times: list[int], head: int, cutoff: int) -> int:
-    """Where the live times after ``cutoff`` begin in ``times`` (sorted from ``head`` on)."""
-    if head < len(times) and times[head] <= cutoff:
-        return bisect.bisect_right(times, cutoff, head)
-    return head
 
 
 def _forget(cut: int, times: list[int], *alongside: list) -> int:
