@@ -81,7 +81,8 @@ class Stage:
 
     A phase or ``complete`` that never waits may be a plain function returning its verdict (``None``
     or a ``Respond``; ``complete``: ``None``): the runner awaits only what a hook returns to be awaited,
-    so such a hook costs no coroutine. Filters (``on_response``) are always awaited.
+    so such a hook costs no coroutine. A filter (``on_response``) likewise returns the response, or an
+    awaitable of it.
 
     The contract of each hook is written on it; ``tests/test_pipeline_contract.py`` runs the runner
     alone with fake stages to hold it.
@@ -149,7 +150,8 @@ class Stage:
     async def on_response(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:
         """Filter every response (answers, early answers and errors alike), in list order.
 
-        A filter may wrap ``resp.events``: each wraps the stream the earlier filters produced.
+        A filter may wrap ``resp.events``: each wraps the stream the earlier filters produced. One that
+        never waits may be a plain function returning the response (the runner awaits anything else).
         """
         return resp
 
@@ -219,7 +221,8 @@ class Pipeline:
         if ctx.phase_marks is not None:
             ctx.phase_marks.append(("respond", time.time()))
         for f in (ctx.plan.filters if ctx.plan is not None else self._filters):
-            resp = await f(ctx, resp)
+            filtered = f(ctx, resp)
+            resp = filtered if isinstance(filtered, GatewayResponse) else await filtered
         return resp
 
     async def _walk(self, ctx: RequestContext) -> GatewayResponse:
