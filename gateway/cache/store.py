@@ -84,9 +84,13 @@ class MemoryStore:
         except ValueError:  # larger than the whole cache
             self._cache.pop(key, None)
 
-    async def get(self, key: str) -> bytes | None:
+    def get_now(self, key: str) -> bytes | None:
+        """``get`` without a coroutine (the in-process store never waits)."""
         value = self._cache.get(key)
         return None if value is None else value[1]
+
+    async def get(self, key: str) -> bytes | None:
+        return self.get_now(key)
 
     async def set(self, key: str, value: bytes, ttl_s: float) -> None:
         self._put(key, (self._clock.time() + ttl_s, value))
