@@ -201,8 +201,8 @@ class CacheStage(Stage):
             return self._read_shared(ctx, st)
         raw = memory.get_now(st.key)
         found = self.ready.get(st.key, raw, ctx.endpoint) if raw else None
-        if found is not None and found.entry.fresh(self.clock.time(), controls.max_age_s):
-            return self._hit(ctx, st, found.entry, "HIT", ready=found)
+        if found is not None and found.entry.fresh(now := self.clock.time(), controls.max_age_s):
+            return self._hit(ctx, st, found.entry, "HIT", ready=found, now=now)
         return self._missed(ctx, st, True)
 
     async def _read_shared(self, ctx: RequestContext, st: CacheState) -> Verdict:
@@ -256,8 +256,10 @@ class CacheStage(Stage):
         st.joined = True
 
     def _hit(self, ctx: RequestContext, st: CacheState, entry: Entry, status: str, coalesced: bool = False,
-             ready: Ready | None = None) -> Respond:
-        """Answer from ``entry`` (``ready``: its decoded, stored form): its body as stored, or replayed as a stream."""
+             ready: Ready | None = None, now: float | None = None) -> Respond:
+        """Answer from ``entry`` (``ready``: its decoded, stored form): its body as stored, or replayed as a stream.
+
+        ``now``: the time its freshness was judged at (else read here)."""
         st.role = "hit"
         ctx.cache_status = status
         ctx.usage = entry.usage
@@ -278,7 +280,8 @@ class CacheStage(Stage):
             self.stats.hits += 1
         else:
             self.stats.stale += 1
-        now = self.clock.time()
+        if now is None:
+            now = self.clock.time()
         headers = {"x-cache": status, "age": str(int(entry.age(now))), "x-gateway-model": entry.model}
         if ctx.stream:
             data = orjson.loads(entry.body)
@@ -288,7 +291,7 @@ class CacheStage(Stage):
             resp = GatewayResponse(status=200, headers=headers, events=events, content_type="text/event-stream")
         else:
             body = restamp_body(entry.body, ctx.endpoint, int(now)) if ready is None else ready.body(int(now))
-            resp = GatewayResponse(status=200, headers=headers, body=body)
+            resp = GatewayResponse(200, headers, body)  # (status, headers, body)
         return Respond(resp, "cache_hit")
 
     # -- single-flight followers ----------------------------------------------------------------------
