@@ -186,14 +186,22 @@ class Pipeline:
         self._filters = [s.on_response for s in stages if _overrides(s, "on_response")]
         self._completes = [s.complete for s in stages if _overrides(s, "complete")]
         self.plans = PlanCache(None)
+        self._entries: dict[str, Plan] = {}  # the current policy's entry plan per surface name
 
     def on_policy(self, policy: Policy) -> None:
         for s in self.stages:
             s.on_policy(policy)
         self.plans = PlanCache(policy)  # after the stages: their ``applies`` reads what they rebuilt
+        self._entries = {}
 
     def entry_plan(self, policy: Policy, surface: Surface) -> Plan:
         """The plan a request of ``surface`` starts on: every stage that applies to some request."""
+        if policy is self.plans.policy:
+            found = self._entries.get(surface.name)
+            if found is None:
+                found = self._entries[surface.name] = self.plans.get(policy, (None, None, surface.name, False),
+                                                                     self._compile_entry, policy, surface)
+            return found
         return self.plans.get(policy, (None, None, surface.name, False), self._compile_entry, policy, surface)
 
     def plan_for(self, policy: Policy, surface: Surface, tenant: Tenant, model: str, managed: bool = False) -> Plan:

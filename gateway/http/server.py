@@ -90,7 +90,8 @@ class Handler:
         busy = len(self.drain) if adaptive is not None else 0
         try:
             resp = await self.pipeline.run(ctx)
-            head_s = loop.time() - ctx.started
+            if adaptive is not None:
+                head_s = loop.time() - ctx.started
             error = ctx.error
             return await self.write(ctx, resp)
         except asyncio.CancelledError as exc:
