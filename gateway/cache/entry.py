@@ -30,7 +30,9 @@ class Entry:
         return max(0.0, now - self.created)
 
     def fresh(self, now: float, max_age_s: float | None = None) -> bool:
-        age = self.age(now)
+        age = now - self.created  # ``age`` without a call (``max`` keeps 0.0 unless the age is above it)
+        if not age > 0.0:
+            age = 0.0
         return age < self.ttl_s and (max_age_s is None or age <= max_age_s)
 
     def encode(self) -> bytes:

@@ -187,7 +187,7 @@ class CacheStage(Stage):
             self._mark(ctx, "BYPASS")
             return None
         controls = parse_controls(ctx.request.headers, cp.ttl_s)
-        st = CacheState(key=self._key(ctx, cp), controls=controls, policy=cp, store=controls.store)
+        st = CacheState(self._key(ctx, cp), controls, cp, controls.store)  # (key, controls, policy, store)
         ctx.cache_state = st
         if not controls.lookup:  # no-cache: answer from the upstream, then refresh the entry
             self._own(st, ctx, lead=False)
