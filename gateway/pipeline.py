@@ -24,11 +24,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
-from gateway.plan import Hook, Plan, PlanCache, Scope, compile_plan
+from gateway.plan import PLAN_CACHE_SIZE, Hook, Plan, PlanCache, Scope, compile_plan
 from gateway.policy.model import Policy, Tenant
 from gateway.providers.base import UpstreamResponse
 from gateway.surfaces.base import OPENAI_FRAMING, Framing, Surface
@@ -187,12 +188,14 @@ class Pipeline:
         self._completes = [s.complete for s in stages if _overrides(s, "complete")]
         self.plans = PlanCache(None)
         self._entries: dict[str, Plan] = {}  # the current policy's entry plan per surface name
+        self._rests: dict[tuple[int, int, int], tuple[Plan, tuple[Hook, ...]]] = {}  # ``_rest_of``
 
     def on_policy(self, policy: Policy) -> None:
         for s in self.stages:
             s.on_policy(policy)
         self.plans = PlanCache(policy)  # after the stages: their ``applies`` reads what they rebuilt
         self._entries = {}
+        self._rests = {}
 
     def entry_plan(self, policy: Policy, surface: Surface) -> Plan:
         """The plan a request of ``surface`` starts on: every stage that applies to some request."""
@@ -255,7 +258,10 @@ class Pipeline:
                 if ctx.public_model and ctx.tenant is not None:  # known: the rest runs the request's plan
                     managed = ctx.api_key is not None and ctx.api_key.managed
                     plan = ctx.plan = self.plan_for(ctx.policy, ctx.surface, ctx.tenant, ctx.public_model, managed)
-                    rest, first = (plan.after(n, at), *plan.hooks_by_phase[n + 1:]), n + 1
+                    if ctx.phase_marks is None:  # untraced: no phase to mark, the rest is one run of hooks
+                        rest, first = (self._rest_of(plan, n, at),), n + 1
+                    else:
+                        rest, first = (plan.after(n, at), *plan.hooks_by_phase[n + 1:]), n + 1
                     break
             if rest is not None:
                 break
@@ -271,6 +277,18 @@ class Pipeline:
                     ctx.outcome = verdict.reason
                     return verdict.response
         raise GatewayError(500, "no stage answered the request", code="no_upstream")
+
+    def _rest_of(self, plan: Plan, phase: int, position: int) -> tuple[Hook, ...]:
+        """``plan``'s hooks after the stage at ``position`` in ``phase``, then every later phase's, in
+        order (memoised; an entry holds its plan, so the plan's id names it while it is kept)."""
+        key = (id(plan), phase, position)
+        found = self._rests.get(key)
+        if found is None or found[0] is not plan:
+            if len(self._rests) >= PLAN_CACHE_SIZE:
+                self._rests.clear()
+            hooks = tuple(chain(plan.after(phase, position), *plan.hooks_by_phase[phase + 1:]))
+            found = self._rests[key] = (plan, hooks)
+        return found[1]
 
     async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
         """Run the ``complete`` of every stage in the request's plan (every stage's, before one was
