@@ -131,10 +131,10 @@ class MemoryStore:
             if slot is not None and slot[3] == serial:
                 self._remove(key)
 
-    def get_now(self, key: str) -> bytes | None:
-        """``get`` without a coroutine (the in-process store never waits)."""
+    def get_now(self, key: str, now: float | None = None) -> bytes | None:
+        """``get`` without a coroutine (the in-process store never waits), at ``now`` (the clock's time)."""
         slot = self._entries.get(key)
-        if slot is None or not self._clock.time() < slot[0]:
+        if slot is None or not (self._clock.time() if now is None else now) < slot[0]:
             return None
         self._entries.move_to_end(key)
         return slot[1]

@@ -16,7 +16,8 @@ def _ms(seconds: float | None) -> float | None:
 
 
 _rates = lru_cache(maxsize=1024)(rates_for)
-_FROM_CACHE = ("HIT", "STALE")  # prices are frozen values from the policy: same price, same rates
+_FROM_CACHE = ("HIT", "STALE")
+MAX_KINDS = 4096  # request kinds the recorder keeps children at hand for  # prices are frozen values from the policy: same price, same rates
 
 
 def settled_cost(ctx: RequestContext) -> float:
@@ -116,21 +117,19 @@ class Recorder:
     def __init__(self, metrics: GatewayMetrics) -> None:
         self.m = metrics
         self._series: dict[tuple[str, str, str, str], Series] = {}
-
-    def series(self, ctx: RequestContext) -> Series:
-        tenant = ctx.tenant
-        name = (tenant.name if tenant is not None else "unknown") if ctx.policy.metrics.per_tenant else NO_TENANT
-        key = (name, ctx.public_model or OTHER, ctx.model.name if ctx.model is not None else OTHER,
-               ctx.deployment.provider if ctx.deployment is not None else NONE)
-        found = self._series.get(key)
-        if found is None:
-            found = self._series[key] = Series(self.m, *key)
-        return found
+        # (series labels, status, outcome, cache status) -> (its Series, requests child, cache child)
+        self._kinds: dict[tuple[Any, ...], tuple[Series, Any, Any]] = {}
 
     def record(self, ctx: RequestContext, total: float, cost_usd: float) -> None:
-        s = self.series(ctx)
-        status, outcome = ctx.status, ctx.outcome
-        (s.requests.get((status, outcome)) or s.request(status, outcome)).inc()
+        tenant, model, dep, cached = ctx.tenant, ctx.model, ctx.deployment, ctx.cache_status
+        name = (tenant.name if tenant is not None else "unknown") if ctx.policy.metrics.per_tenant else NO_TENANT
+        key = (name, ctx.public_model or OTHER, model.name if model is not None else OTHER,
+               dep.provider if dep is not None else NONE, ctx.status, ctx.outcome, cached)
+        kind = self._kinds.get(key)
+        if kind is None:
+            kind = self._kind(key)
+        s, requests, cache = kind
+        requests.inc()
         s.duration.observe(total)
         if ctx.attempts:
             upstream, overhead = s.upstream_children() if s.upstream is None else (s.upstream, s.overhead)
@@ -143,7 +142,6 @@ class Recorder:
                 s.ttft = self.m.ttft.labels(s.served, s.provider)
             s.ttft.observe(ctx.ttft_s)
         # usage and cost (tokens are not counted for an answer from the cache)
-        cached = ctx.cache_status
         usage = ctx.usage
         if usage is not None and cached not in _FROM_CACHE:
             self._tokens(usage, s)
@@ -156,10 +154,24 @@ class Recorder:
                 s.cost_saved = self.m.cost_saved.labels(s.tenant, s.served)
             s.cost_saved.inc(ctx.cost_saved_usd)
         # decisions
-        if cached:
-            (s.decisions.get(("cache", cached)) or s.decision("cache", cached)).inc()
+        if cache is not None:
+            cache.inc()
         if ctx.ratelimit_outcome or ctx.budget_outcome or ctx.route or ctx.audit is not None:
             self._decisions(ctx, s)
+
+    def _kind(self, key: tuple[Any, ...]) -> tuple[Series, Any, Any]:
+        """A request kind's series and children, made on its first request (children on first use, as
+        ``labels()`` made them); a bounded memo (label values come from the policy and vocabularies)."""
+        if len(self._kinds) >= MAX_KINDS:
+            self._kinds.clear()
+        labels, (status, outcome, cached) = key[:4], key[4:]
+        s = self._series.get(labels)
+        if s is None:
+            s = self._series[labels] = Series(self.m, *labels)
+        requests = s.requests.get((status, outcome)) or s.request(status, outcome)
+        cache = (s.decisions.get(("cache", cached)) or s.decision("cache", cached)) if cached else None
+        found = self._kinds[key] = (s, requests, cache)
+        return found
 
     @staticmethod
     def _tokens(usage: Usage, s: Series) -> None:

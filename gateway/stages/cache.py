@@ -199,9 +199,10 @@ class CacheStage(Stage):
         memory = self.memory
         if memory is None:
             return self._read_shared(ctx, st)
-        raw = memory.get_now(st.key)
+        now = self.clock.time()
+        raw = memory.get_now(st.key, now)
         found = self.ready.get(st.key, raw, ctx.endpoint) if raw else None
-        if found is not None and found.entry.fresh(now := self.clock.time(), controls.max_age_s):
+        if found is not None and found.entry.fresh(now, controls.max_age_s):
             return self._hit(ctx, st, found.entry, "HIT", ready=found, now=now)
         return self._missed(ctx, st, True)
 
