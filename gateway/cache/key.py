@@ -49,6 +49,7 @@ def cache_key(prefix: str, tenant: str, shared: bool, endpoint: str, public_mode
     return key_head(prefix, tenant, shared) + digest(endpoint, public_model, body)
 
 
+_NUMBER = (int, float)  # a tuple: ``int | float`` would build a union object on every call
 UNSAMPLED = frozenset({"embeddings"})  # endpoints whose answer does not depend on sampling
 
 
@@ -64,4 +65,4 @@ def is_deterministic(body: dict[str, Any], endpoint: str = "chat") -> bool:
     if body.get("seed") is not None:
         return True
     temperature = body.get("temperature")
-    return isinstance(temperature, int | float) and not isinstance(temperature, bool) and temperature <= 0
+    return isinstance(temperature, _NUMBER) and not isinstance(temperature, bool) and temperature <= 0
