@@ -289,7 +289,7 @@ class CacheStage(Stage):
             if ctx.endpoint in STAMPED:
                 restamp(data, fresh_id(data.get("id"), ctx.endpoint), int(now))
             events = _chunks(replay(data, ctx.endpoint, ctx.client_wants_usage))
-            resp = GatewayResponse(status=200, headers=headers, events=events, content_type="text/event-stream")
+            resp = GatewayResponse(200, headers, None, events, None, None, "text/event-stream")  # by position
         else:
             body = restamp_body(entry.body, ctx.endpoint, int(now)) if ready is None else ready.body(int(now))
             resp = GatewayResponse(200, headers, body)  # (status, headers, body)

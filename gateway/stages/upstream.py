@@ -218,8 +218,9 @@ class UpstreamStage(Stage):
             outcome = self._judge(ctx, dep, breaker, retry, attempt, resp)
             if it is not None and resp.status == 200 and isinstance(outcome, Respond):
                 events = self._relay(ctx, attempt, breaker, lease, first, it)
-                outcome.response = GatewayResponse(status=200, events=events, close=_closer(lease, resp),
-                                                   content_type="text/event-stream", native=resp.native)
+                # (status, headers, body, events, close, native, content_type) by position
+                outcome.response = GatewayResponse(200, {}, None, events, _closer(lease, resp), resp.native,
+                                                   "text/event-stream")
             return outcome
         finally:
             if outcome is None:
