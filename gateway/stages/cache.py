@@ -283,7 +283,8 @@ class CacheStage(Stage):
             self.stats.stale += 1
         if now is None:
             now = self.clock.time()
-        headers = {"x-cache": status, "age": str(int(entry.age(now))), "x-gateway-model": entry.model}
+        age = now - entry.created  # ``entry.age(now)`` without a call
+        headers = {"x-cache": status, "age": str(int(age)) if age > 0.0 else "0", "x-gateway-model": entry.model}
         if ctx.stream:
             data = orjson.loads(entry.body)
             if ctx.endpoint in STAMPED:
