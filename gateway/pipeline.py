@@ -63,7 +63,7 @@ class GatewayResponse(UpstreamResponse):
 
     @classmethod
     def from_error(cls, err: GatewayError) -> GatewayResponse:
-        return cls(status=err.status, headers=dict(err.headers), body=err.body())
+        return cls(err.status, dict(err.headers), err.body())  # (status, headers, body): by position, no kwargs dict
 
 
 @dataclass(slots=True)

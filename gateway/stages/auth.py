@@ -34,15 +34,17 @@ class AuthStage(Stage):
         found = self.keys.authenticate_now(ctx.request.headers, ctx.policy)
         if type(found) is not tuple:
             return self._managed(ctx, found)  # type: ignore[arg-type]
-        self._accept(ctx, found)
+        ctx.tenant, ctx.api_key = found
+        if found[1].expires_at is not None:  # (a policy-file key has none)
+            self._warn_expiry(ctx, found[1].expires_at)
         return None
 
     async def _managed(self, ctx: RequestContext, pending: Awaitable[tuple[Tenant, ApiKey]]) -> Verdict:
-        self._accept(ctx, await pending)
+        ctx.tenant, ctx.api_key = await pending
+        if ctx.api_key.expires_at is not None:
+            self._warn_expiry(ctx, ctx.api_key.expires_at)
         return None
 
-    def _accept(self, ctx: RequestContext, found: tuple[Tenant, ApiKey]) -> None:
-        ctx.tenant, ctx.api_key = found
-        expires = found[1].expires_at
-        if expires is not None and expires - self.clock.time() < ctx.policy.admin.key_expiry_warning_s:
+    def _warn_expiry(self, ctx: RequestContext, expires: float) -> None:
+        if expires - self.clock.time() < ctx.policy.admin.key_expiry_warning_s:
             ctx.response_headers[EXPIRY_HEADER] = iso(expires) or ""
