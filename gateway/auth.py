@@ -49,20 +49,32 @@ def printable_key(headers: Mapping[str, str]) -> str:
     return token
 
 
-def authenticate(headers: Mapping[str, str], policy: Policy) -> tuple[Tenant, ApiKey]:
-    """The tenant and key of a request, or a 401."""
-    digest = key_digest(headers)
-    if digest is None:
-        raise GatewayError(
-            401,
-            "Missing API key. Send it as 'Authorization: Bearer <key>' (or 'x-api-key: <key>').",
-            code="missing_api_key",
-            outcome="unauthorized",
-        )
+def missing_api_key() -> GatewayError:
+    return GatewayError(
+        401,
+        "Missing API key. Send it as 'Authorization: Bearer <key>' (or 'x-api-key: <key>').",
+        code="missing_api_key",
+        outcome="unauthorized",
+    )
+
+
+def policy_key(digest: str, policy: Policy) -> tuple[Tenant, ApiKey] | None:
+    """The tenant and policy-file key of ``digest``, or None."""
     found = policy.key_index.get(digest)
     # The dict lookup is on a digest, so its timing reveals nothing usable about the key; the final
     # comparison is constant-time all the same.
     if found is None or not hmac.compare_digest(found[1].digest, digest):
+        return None
+    return found
+
+
+def authenticate(headers: Mapping[str, str], policy: Policy) -> tuple[Tenant, ApiKey]:
+    """The tenant and key of a request, or a 401."""
+    digest = key_digest(headers)
+    if digest is None:
+        raise missing_api_key()
+    found = policy_key(digest, policy)
+    if found is None:
         raise GatewayError(401, "Incorrect API key provided.", code="invalid_api_key", outcome="unauthorized")
     return found
 

@@ -24,11 +24,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
-from gateway.plan import Hook, Plan, PlanCache, Scope, compile_plan
+from gateway.plan import PLAN_CACHE_SIZE, Hook, Plan, PlanCache, Scope, compile_plan
 from gateway.policy.model import Policy, Tenant
 from gateway.providers.base import UpstreamResponse
 from gateway.surfaces.base import OPENAI_FRAMING, Framing, Surface
@@ -62,7 +63,7 @@ class GatewayResponse(UpstreamResponse):
 
     @classmethod
     def from_error(cls, err: GatewayError) -> GatewayResponse:
-        return cls(status=err.status, headers=dict(err.headers), body=err.body())
+        return cls(err.status, dict(err.headers), err.body())  # (status, headers, body): by position, no kwargs dict
 
 
 @dataclass(slots=True)
@@ -81,7 +82,8 @@ class Stage:
 
     A phase or ``complete`` that never waits may be a plain function returning its verdict (``None``
     or a ``Respond``; ``complete``: ``None``): the runner awaits only what a hook returns to be awaited,
-    so such a hook costs no coroutine. Filters (``on_response``) are always awaited.
+    so such a hook costs no coroutine. A filter (``on_response``) likewise returns the response, or an
+    awaitable of it.
 
     The contract of each hook is written on it; ``tests/test_pipeline_contract.py`` runs the runner
     alone with fake stages to hold it.
@@ -149,7 +151,8 @@ class Stage:
     async def on_response(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:
         """Filter every response (answers, early answers and errors alike), in list order.
 
-        A filter may wrap ``resp.events``: each wraps the stream the earlier filters produced.
+        A filter may wrap ``resp.events``: each wraps the stream the earlier filters produced. One that
+        never waits may be a plain function returning the response (the runner awaits anything else).
         """
         return resp
 
@@ -184,14 +187,24 @@ class Pipeline:
         self._filters = [s.on_response for s in stages if _overrides(s, "on_response")]
         self._completes = [s.complete for s in stages if _overrides(s, "complete")]
         self.plans = PlanCache(None)
+        self._entries: dict[str, Plan] = {}  # the current policy's entry plan per surface name
+        self._rests: dict[tuple[int, int, int], tuple[Plan, tuple[Hook, ...]]] = {}  # ``_rest_of``
 
     def on_policy(self, policy: Policy) -> None:
         for s in self.stages:
             s.on_policy(policy)
         self.plans = PlanCache(policy)  # after the stages: their ``applies`` reads what they rebuilt
+        self._entries = {}
+        self._rests = {}
 
     def entry_plan(self, policy: Policy, surface: Surface) -> Plan:
         """The plan a request of ``surface`` starts on: every stage that applies to some request."""
+        if policy is self.plans.policy:
+            found = self._entries.get(surface.name)
+            if found is None:
+                found = self._entries[surface.name] = self.plans.get(policy, (None, None, surface.name, False),
+                                                                     self._compile_entry, policy, surface)
+            return found
         return self.plans.get(policy, (None, None, surface.name, False), self._compile_entry, policy, surface)
 
     def plan_for(self, policy: Policy, surface: Surface, tenant: Tenant, model: str, managed: bool = False) -> Plan:
@@ -219,7 +232,8 @@ class Pipeline:
         if ctx.phase_marks is not None:
             ctx.phase_marks.append(("respond", time.time()))
         for f in (ctx.plan.filters if ctx.plan is not None else self._filters):
-            resp = await f(ctx, resp)
+            filtered = f(ctx, resp)
+            resp = filtered if isinstance(filtered, GatewayResponse) else await filtered
         return resp
 
     async def _walk(self, ctx: RequestContext) -> GatewayResponse:
@@ -244,7 +258,10 @@ class Pipeline:
                 if ctx.public_model and ctx.tenant is not None:  # known: the rest runs the request's plan
                     managed = ctx.api_key is not None and ctx.api_key.managed
                     plan = ctx.plan = self.plan_for(ctx.policy, ctx.surface, ctx.tenant, ctx.public_model, managed)
-                    rest, first = (plan.after(n, at), *plan.hooks_by_phase[n + 1:]), n + 1
+                    if ctx.phase_marks is None:  # untraced: no phase to mark, the rest is one run of hooks
+                        rest, first = (self._rest_of(plan, n, at),), n + 1
+                    else:
+                        rest, first = (plan.after(n, at), *plan.hooks_by_phase[n + 1:]), n + 1
                     break
             if rest is not None:
                 break
@@ -260,6 +277,18 @@ class Pipeline:
                     ctx.outcome = verdict.reason
                     return verdict.response
         raise GatewayError(500, "no stage answered the request", code="no_upstream")
+
+    def _rest_of(self, plan: Plan, phase: int, position: int) -> tuple[Hook, ...]:
+        """``plan``'s hooks after the stage at ``position`` in ``phase``, then every later phase's, in
+        order (memoised; an entry holds its plan, so the plan's id names it while it is kept)."""
+        key = (id(plan), phase, position)
+        found = self._rests.get(key)
+        if found is None or found[0] is not plan:
+            if len(self._rests) >= PLAN_CACHE_SIZE:
+                self._rests.clear()
+            hooks = tuple(chain(plan.after(phase, position), *plan.hooks_by_phase[phase + 1:]))
+            found = self._rests[key] = (plan, hooks)
+        return found[1]
 
     async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
         """Run the ``complete`` of every stage in the request's plan (every stage's, before one was

@@ -97,6 +97,24 @@ def test_memory_store_is_bounded_in_bytes_and_expires():
     assert store.max_bytes == 10_000
 
 
+def test_memory_store_drops_expired_entries_before_live_ones_and_a_read_refreshes_an_entry():
+    clock = FakeClock()
+    store = MemoryStore(max_bytes=3 * (100 + ENTRY_OVERHEAD), clock=clock)
+    run = asyncio.run
+    run(store.set("old", b"x" * 100, ttl_s=100))
+    run(store.set("brief", b"x" * 100, ttl_s=5))
+    run(store.set("new", b"x" * 100, ttl_s=100))
+    assert store.get_now("old") == b"x" * 100  # read: now the most recently used
+    clock.advance(6)
+    run(store.set("more", b"x" * 100, ttl_s=100))  # the expired entry makes room, no live one goes
+    assert [store.get_now(k) is not None for k in ("old", "brief", "new", "more")] == [True, False, True, True]
+    assert store.get_now("old") is not None  # read again: "new" is now the least recently used
+    run(store.set("last", b"x" * 100, ttl_s=100))  # full: the least recently used goes
+    assert store.get_now("old") is not None and store.get_now("new") is None
+    run(store.set("old", b"y" * 100, ttl_s=-1))  # stored already expired: the entry goes
+    assert store.get_now("old") is None and len(store) == 2 and store.used_bytes == 2 * (100 + ENTRY_OVERHEAD)
+
+
 def test_saved_cost_uses_the_serving_models_price():
     model = ModelSpec(name="m", price=Price(input=1.0, output=2.0, cached_input=0.5))
     assert saved_usd(model, Usage(prompt_tokens=1_000_000, completion_tokens=500_000)) == pytest.approx(2.0)

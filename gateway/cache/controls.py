@@ -32,7 +32,7 @@ def _seconds(text: str) -> float | None:
 
 def parse_controls(headers: Mapping[str, str], ttl_s: float) -> Controls:
     """The controls of one request, with ``ttl_s`` the policy's TTL for its tenant."""
-    controls = Controls(ttl_s=ttl_s)
+    controls = Controls(True, True, None, ttl_s)  # (lookup, store, max_age_s, ttl_s)
     directives = headers.get("cache-control")
     if directives:
         for part in directives.split(","):

@@ -30,7 +30,9 @@ class Entry:
         return max(0.0, now - self.created)
 
     def fresh(self, now: float, max_age_s: float | None = None) -> bool:
-        age = self.age(now)
+        age = now - self.created  # ``age`` without a call (``max`` keeps 0.0 unless the age is above it)
+        if not age > 0.0:
+            age = 0.0
         return age < self.ttl_s and (max_age_s is None or age <= max_age_s)
 
     def encode(self) -> bytes:
@@ -76,11 +78,11 @@ def entry_from_body(body: bytes, created: float, ttl_s: float, model: str) -> En
         return None
     if not complete_answer(data):
         return None
-    return Entry(body=body, created=created, ttl_s=ttl_s, model=model, usage=usage_from(data))
+    return Entry(body, created, ttl_s, model, usage_from(data))  # (body, created, ttl_s, model, usage)
 
 
 def entry_from_answer(data: dict, created: float, ttl_s: float, model: str) -> Entry | None:
     """An entry for an answer assembled from a stream (already a dict)."""
     if not complete_answer(data):
         return None
-    return Entry(body=orjson.dumps(data), created=created, ttl_s=ttl_s, model=model, usage=usage_from(data))
+    return Entry(orjson.dumps(data), created, ttl_s, model, usage_from(data))  # (body, created, ttl_s, model, usage)

@@ -27,7 +27,9 @@ def canonical(endpoint: str, public_model: str, body: dict[str, Any]) -> bytes:
 
 
 def digest(endpoint: str, public_model: str, body: dict[str, Any]) -> str:
-    return hashlib.sha256(canonical(endpoint, public_model, body)).hexdigest()
+    """sha256 hex of ``canonical`` (written out here: one call less per request)."""
+    fields = {k: v for k, v in body.items() if k not in IGNORED}
+    return hashlib.sha256(orjson.dumps([endpoint, public_model, fields], option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 def namespace(tenant: str, shared: bool) -> str:
@@ -49,6 +51,7 @@ def cache_key(prefix: str, tenant: str, shared: bool, endpoint: str, public_mode
     return key_head(prefix, tenant, shared) + digest(endpoint, public_model, body)
 
 
+_NUMBER = (int, float)  # a tuple: ``int | float`` would build a union object on every call
 UNSAMPLED = frozenset({"embeddings"})  # endpoints whose answer does not depend on sampling
 
 
@@ -64,4 +67,4 @@ def is_deterministic(body: dict[str, Any], endpoint: str = "chat") -> bool:
     if body.get("seed") is not None:
         return True
     temperature = body.get("temperature")
-    return isinstance(temperature, int | float) and not isinstance(temperature, bool) and temperature <= 0
+    return isinstance(temperature, _NUMBER) and not isinstance(temperature, bool) and temperature <= 0

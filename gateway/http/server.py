@@ -51,6 +51,7 @@ class Handler:
     def __init__(self, services: Services, pipeline: Pipeline, drain: Drain, guard: ConnectionGuard | None = None,
                  adaptive: AdaptiveLimit | None = None) -> None:
         self.services = services
+        self.holder = services.holder
         self.pipeline = pipeline
         self.drain = drain
         self.guard = guard
@@ -67,15 +68,10 @@ class Handler:
                      prepare: Callable[[RequestContext], None] | None = None) -> web.StreamResponse:
         """``prepare`` presets context facts for trusted internal callers (admin DLQ replay sets the tenant)."""
         loop = asyncio.get_running_loop()
-        ctx = RequestContext(
-            request_id=request_id(request.headers),
-            endpoint=endpoint,  # type: ignore[arg-type]
-            policy=self.services.holder.current,
-            request=request,
-            started=loop.time(),
-            started_wall=time.time(),
-            surface=surface,
-        )
+        # (request_id, endpoint, policy, request, started, started_wall, surface) by position: matching
+        # keywords against the context's 60 parameters costs a third of its construction
+        ctx = RequestContext(request_id(request.headers), endpoint, self.holder.current,  # type: ignore[arg-type]
+                             request, loop.time(), time.time(), surface)
         if prepare is not None:
             prepare(ctx)
         if self.max_in_flight is not None and len(self.drain) >= self.max_in_flight:
@@ -94,7 +90,8 @@ class Handler:
         busy = len(self.drain) if adaptive is not None else 0
         try:
             resp = await self.pipeline.run(ctx)
-            head_s = loop.time() - ctx.started
+            if adaptive is not None:
+                head_s = loop.time() - ctx.started
             error = ctx.error
             return await self.write(ctx, resp)
         except asyncio.CancelledError as exc:

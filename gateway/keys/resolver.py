@@ -14,10 +14,10 @@ re-derived when the policy changes), and ``GET``/``DELETE /admin/orphans`` list 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 
-from gateway.auth import authenticate, key_digest
+from gateway.auth import key_digest, missing_api_key, policy_key
 from gateway.clock import Clock
 from gateway.errors import GatewayError
 from gateway.keys.limits import identity
@@ -68,13 +68,24 @@ class KeyResolver:
 
     async def authenticate(self, headers: Mapping[str, str], policy: Policy) -> tuple[Tenant, ApiKey]:
         """The tenant and key of a request: a policy-file key, else a usable managed one; 401 or 503."""
-        try:
-            return authenticate(headers, policy)
-        except GatewayError as err:
-            if err.code != "invalid_api_key":
-                raise
+        found = self.authenticate_now(headers, policy)
+        return found if type(found) is tuple else await found  # type: ignore[misc]
+
+    def authenticate_now(self, headers: Mapping[str, str],
+                         policy: Policy) -> tuple[Tenant, ApiKey] | Awaitable[tuple[Tenant, ApiKey]]:
+        """``authenticate`` without a coroutine for a policy-file key (a plain dict lookup): its answer at
+        once; a managed key's lookup, or the refusal, as an awaitable."""
         digest = key_digest(headers)
-        assert digest is not None
+        if digest is not None:
+            found = policy_key(digest, policy)
+            if found is not None:
+                return found
+        return self._managed(digest, policy)
+
+    async def _managed(self, digest: str | None, policy: Policy) -> tuple[Tenant, ApiKey]:
+        """A usable managed key of ``digest`` (not a policy-file one); 401 or 503."""
+        if digest is None:
+            raise missing_api_key()
         found = await self.lookup(digest, policy)
         if found is None or not found.record.usable(self.clock.time()):
             raise unauthorized()

@@ -29,6 +29,7 @@ from gateway.state.base import StateBackend, StateError, hash_tag
 from gateway.state.fused import SetOp
 
 # stored as a list: ~60 bytes a record; ``variant`` (the rollout arm) may be missing from older records
+Record = tuple[str | None, ...]  # RECORD_FIELDS' values; a tuple of strings, which the garbage collector stops tracking
 RECORD_FIELDS = ("model", "served_model", "route", "deployment", "variant")
 MAX_LOCAL = 50_000  # records the memory backend keeps (~460 bytes each: ~23 MB); past it the oldest go first, counted
 FEEDBACK_MAX = 1_000_000  # records the feedback log holds before new ones are refused
@@ -57,25 +58,26 @@ class LocalRecords:
     def __init__(self, clock: Callable[[], float] = time.monotonic, maxsize: int = MAX_LOCAL) -> None:
         self.clock = clock
         self.maxsize = maxsize
-        self._records: OrderedDict[tuple[str, str], tuple[float, list]] = OrderedDict()
+        self._records: OrderedDict[tuple[str, str], tuple[float, Record]] = OrderedDict()
+        self._values = self._records.values()  # (a view: kept, not made per store)
         self.evicted = 0  # dropped for room, not expiry (``llm_gateway_memory_evictions_total``)
 
     def __len__(self) -> int:
         return len(self._records)
 
-    def put(self, key: tuple[str, str], ttl: float, record: list) -> None:
+    def put(self, key: tuple[str, str], ttl: float, record: Record) -> None:
         now, records = self.clock(), self._records
         records[key] = (now + ttl, record)
         if len(records) > self.maxsize:
             records.popitem(last=False)
             self.evicted += 1
-        for _ in range(2):
-            oldest = next(iter(records.values()))
-            if oldest[0] > now:
-                break
+        # The oldest two at most, while expired (the one just stored, ``ttl`` > 0, never is).
+        if next(iter(self._values))[0] <= now:
             records.popitem(last=False)
+            if next(iter(self._values))[0] <= now:
+                records.popitem(last=False)
 
-    def get(self, key: tuple[str, str]) -> list | None:
+    def get(self, key: tuple[str, str]) -> Record | None:
         found = self._records.get(key)
         return found[1] if found is not None and found[0] > self.clock() else None
 
@@ -142,7 +144,7 @@ class RequestRecords:
         await self.writer.drain()
 
 
-def _record(ctx: RequestContext) -> tuple[str, float, list] | None:
+def _record(ctx: RequestContext) -> tuple[str, float, Record] | None:
     """(tenant, ttl, record) of an answered request whose tenant keeps records, else None."""
     tenant, model = ctx.tenant, ctx.model
     if tenant is None or model is None or ctx.status != 200:
@@ -152,8 +154,8 @@ def _record(ctx: RequestContext) -> tuple[str, float, list] | None:
         return None
     dep = ctx.deployment
     # RECORD_FIELDS, as the access log states them (``access_facts``)
-    record = [ctx.public_model or None, model.name, ctx.route, dep.name if dep is not None else None,
-              ctx.rollout.variant if ctx.rollout is not None else None]
+    record = (ctx.public_model or None, model.name, ctx.route, dep.name if dep is not None else None,
+              ctx.rollout.variant if ctx.rollout is not None else None)
     return tenant.name, ttl, record
 
 

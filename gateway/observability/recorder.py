@@ -8,13 +8,16 @@ from typing import Any
 from gateway.budget.pricing import cost, rates_for, usd
 from gateway.context import RequestContext
 from gateway.observability.metrics import ERROR_KINDS, NO_TENANT, NONE, OTHER, GatewayMetrics, status_class
+from gateway.usage import Usage
 
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000, 3)
 
 
-_rates = lru_cache(maxsize=1024)(rates_for)  # prices are frozen values from the policy: same price, same rates
+_rates = lru_cache(maxsize=1024)(rates_for)
+_FROM_CACHE = ("HIT", "STALE")
+MAX_KINDS = 4096  # request kinds the recorder keeps children at hand for  # prices are frozen values from the policy: same price, same rates
 
 
 def settled_cost(ctx: RequestContext) -> float:
@@ -114,20 +117,19 @@ class Recorder:
     def __init__(self, metrics: GatewayMetrics) -> None:
         self.m = metrics
         self._series: dict[tuple[str, str, str, str], Series] = {}
-
-    def series(self, ctx: RequestContext) -> Series:
-        tenant = ctx.tenant_name if ctx.policy.metrics.per_tenant else NO_TENANT
-        key = (tenant, ctx.public_model or OTHER, ctx.model.name if ctx.model is not None else OTHER,
-               ctx.deployment.provider if ctx.deployment is not None else NONE)
-        found = self._series.get(key)
-        if found is None:
-            found = self._series[key] = Series(self.m, *key)
-        return found
+        # (series labels, status, outcome, cache status) -> (its Series, requests child, cache child)
+        self._kinds: dict[tuple[Any, ...], tuple[Series, Any, Any]] = {}
 
     def record(self, ctx: RequestContext, total: float, cost_usd: float) -> None:
-        s = self.series(ctx)
-        status, outcome = ctx.status, ctx.outcome
-        (s.requests.get((status, outcome)) or s.request(status, outcome)).inc()
+        tenant, model, dep, cached = ctx.tenant, ctx.model, ctx.deployment, ctx.cache_status
+        name = (tenant.name if tenant is not None else "unknown") if ctx.policy.metrics.per_tenant else NO_TENANT
+        key = (name, ctx.public_model or OTHER, model.name if model is not None else OTHER,
+               dep.provider if dep is not None else NONE, ctx.status, ctx.outcome, cached)
+        kind = self._kinds.get(key)
+        if kind is None:
+            kind = self._kind(key)
+        s, requests, cache = kind
+        requests.inc()
         s.duration.observe(total)
         if ctx.attempts:
             upstream, overhead = s.upstream_children() if s.upstream is None else (s.upstream, s.overhead)
@@ -139,19 +141,10 @@ class Recorder:
             if s.ttft is None:
                 s.ttft = self.m.ttft.labels(s.served, s.provider)
             s.ttft.observe(ctx.ttft_s)
-        self._usage(ctx, s, cost_usd)
-        self._decisions(ctx, s)
-
-    def _usage(self, ctx: RequestContext, s: Series, cost_usd: float) -> None:
+        # usage and cost (tokens are not counted for an answer from the cache)
         usage = ctx.usage
-        if usage is not None and ctx.cache_status not in ("HIT", "STALE"):
-            tokens = s.tokens
-            if usage.prompt_tokens:
-                (tokens.get("prompt") or s.token("prompt")).inc(usage.prompt_tokens)
-            if usage.completion_tokens:
-                (tokens.get("completion") or s.token("completion")).inc(usage.completion_tokens)
-            if usage.cached_tokens:
-                (tokens.get("cached") or s.token("cached")).inc(usage.cached_tokens)
+        if usage is not None and cached not in _FROM_CACHE:
+            self._tokens(usage, s)
         if cost_usd > 0:
             if s.cost is None:
                 s.cost = self.m.cost.labels(s.tenant, s.served)
@@ -160,11 +153,39 @@ class Recorder:
             if s.cost_saved is None:
                 s.cost_saved = self.m.cost_saved.labels(s.tenant, s.served)
             s.cost_saved.inc(ctx.cost_saved_usd)
+        # decisions
+        if cache is not None:
+            cache.inc()
+        if ctx.ratelimit_outcome or ctx.budget_outcome or ctx.route or ctx.audit is not None:
+            self._decisions(ctx, s)
+
+    def _kind(self, key: tuple[Any, ...]) -> tuple[Series, Any, Any]:
+        """A request kind's series and children, made on its first request (children on first use, as
+        ``labels()`` made them); a bounded memo (label values come from the policy and vocabularies)."""
+        if len(self._kinds) >= MAX_KINDS:
+            self._kinds.clear()
+        labels, (status, outcome, cached) = key[:4], key[4:]
+        s = self._series.get(labels)
+        if s is None:
+            s = self._series[labels] = Series(self.m, *labels)
+        requests = s.requests.get((status, outcome)) or s.request(status, outcome)
+        cache = (s.decisions.get(("cache", cached)) or s.decision("cache", cached)) if cached else None
+        found = self._kinds[key] = (s, requests, cache)
+        return found
+
+    @staticmethod
+    def _tokens(usage: Usage, s: Series) -> None:
+        tokens = s.tokens
+        if usage.prompt_tokens:
+            (tokens.get("prompt") or s.token("prompt")).inc(usage.prompt_tokens)
+        if usage.completion_tokens:
+            (tokens.get("completion") or s.token("completion")).inc(usage.completion_tokens)
+        if usage.cached_tokens:
+            (tokens.get("cached") or s.token("cached")).inc(usage.cached_tokens)
 
     def _decisions(self, ctx: RequestContext, s: Series) -> None:
+        """The rate-limit and budget decisions, the route, the review sample (the cache's: ``record``)."""
         decisions = s.decisions
-        if ctx.cache_status:
-            (decisions.get(("cache", ctx.cache_status)) or s.decision("cache", ctx.cache_status)).inc()
         if ctx.ratelimit_outcome:
             (decisions.get(("ratelimit", ctx.ratelimit_outcome)) or s.decision("ratelimit", ctx.ratelimit_outcome)).inc()
         if ctx.budget_outcome:

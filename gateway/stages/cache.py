@@ -20,7 +20,7 @@ past its TTL (entries are kept ``STALE_FACTOR`` x TTL in all) marked ``x-cache: 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -176,7 +176,9 @@ class CacheStage(Stage):
             return scope.tenant.cache.enabled
         return any(t.cache.enabled for t in scope.policy.tenants.values())
 
-    async def cache_lookup(self, ctx: RequestContext) -> Verdict:
+    def cache_lookup(self, ctx: RequestContext) -> Verdict | Awaitable[Verdict]:
+        """Plain (no coroutine) on the in-process store unless a flight is joined; a read from the shared
+        backend, or the wait on a flight, is returned to be awaited."""
         tenant = ctx.tenant
         if tenant is None or not tenant.cache.enabled:
             return None
@@ -185,25 +187,47 @@ class CacheStage(Stage):
             self._mark(ctx, "BYPASS")
             return None
         controls = parse_controls(ctx.request.headers, cp.ttl_s)
-        st = CacheState(key=self._key(ctx, cp), controls=controls, policy=cp, store=controls.store)
+        st = CacheState(self._key(ctx, cp), controls, cp, controls.store)  # (key, controls, policy, store)
         ctx.cache_state = st
         if not controls.lookup:  # no-cache: answer from the upstream, then refresh the entry
             self._own(st, ctx, lead=False)
             self._mark(ctx, "BYPASS")
             return None
-        flight, ok = self._joinable(st), True  # an identical request in flight: no round trip needed
-        if flight is None:
-            found, ok = await self._read(st.key, ctx.endpoint)
-            if found is not None and found.entry.fresh(self.clock.time(), controls.max_age_s):
-                return self._hit(ctx, st, found.entry, "HIT", ready=found)
-            st.store = st.store and ok
-            flight = self._joinable(st)  # one may have started while we read
-        if flight is None:
-            self._own(st, ctx, lead=True)
-        elif (verdict := await self._follow(ctx, st, flight)) is not None:
+        flight = self._joinable(st)  # an identical request in flight: no round trip needed
+        if flight is not None:
+            return self._joined(ctx, st, flight, True)
+        memory = self.memory
+        if memory is None:
+            return self._read_shared(ctx, st)
+        now = self.clock.time()
+        raw = memory.get_now(st.key, now)
+        found = self.ready.get(st.key, raw, ctx.endpoint) if raw else None
+        if found is not None and found.entry.fresh(now, controls.max_age_s):
+            return self._hit(ctx, st, found.entry, "HIT", ready=found, now=now)
+        return self._missed(ctx, st, True)
+
+    async def _read_shared(self, ctx: RequestContext, st: CacheState) -> Verdict:
+        found, ok = await self._read(st.key, ctx.endpoint)
+        if found is not None and found.entry.fresh(self.clock.time(), st.controls.max_age_s):
+            return self._hit(ctx, st, found.entry, "HIT", ready=found)
+        pending = self._missed(ctx, st, ok)
+        return None if pending is None else await pending
+
+    def _missed(self, ctx: RequestContext, st: CacheState, ok: bool) -> Awaitable[Verdict] | None:
+        """No fresh entry (``ok``: the store answered): lead a flight, or follow one started meanwhile."""
+        st.store = st.store and ok
+        flight = self._joinable(st)  # one may have started while we read
+        if flight is not None:
+            return self._joined(ctx, st, flight, ok)
+        self._own(st, ctx, lead=True)
+        self._mark(ctx, "MISS" if ok else "BYPASS")
+        return None
+
+    async def _joined(self, ctx: RequestContext, st: CacheState, flight: Flight, ok: bool) -> Verdict:
+        """Wait on ``flight`` (joined); on our own when the leader failed or took too long."""
+        if (verdict := await self._follow(ctx, st, flight)) is not None:
             return verdict
-        else:
-            self._own(st, ctx, lead=False)  # the leader failed or took too long: on our own
+        self._own(st, ctx, lead=False)
         self._mark(ctx, "MISS" if ok else "BYPASS")
         return None
 
@@ -233,8 +257,10 @@ class CacheStage(Stage):
         st.joined = True
 
     def _hit(self, ctx: RequestContext, st: CacheState, entry: Entry, status: str, coalesced: bool = False,
-             ready: Ready | None = None) -> Respond:
-        """Answer from ``entry`` (``ready``: its decoded, stored form): its body as stored, or replayed as a stream."""
+             ready: Ready | None = None, now: float | None = None) -> Respond:
+        """Answer from ``entry`` (``ready``: its decoded, stored form): its body as stored, or replayed as a stream.
+
+        ``now``: the time its freshness was judged at (else read here)."""
         st.role = "hit"
         ctx.cache_status = status
         ctx.usage = entry.usage
@@ -255,17 +281,19 @@ class CacheStage(Stage):
             self.stats.hits += 1
         else:
             self.stats.stale += 1
-        now = self.clock.time()
-        headers = {"x-cache": status, "age": str(int(entry.age(now))), "x-gateway-model": entry.model}
+        if now is None:
+            now = self.clock.time()
+        age = now - entry.created  # ``entry.age(now)`` without a call
+        headers = {"x-cache": status, "age": str(int(age)) if age > 0.0 else "0", "x-gateway-model": entry.model}
         if ctx.stream:
             data = orjson.loads(entry.body)
             if ctx.endpoint in STAMPED:
                 restamp(data, fresh_id(data.get("id"), ctx.endpoint), int(now))
             events = _chunks(replay(data, ctx.endpoint, ctx.client_wants_usage))
-            resp = GatewayResponse(status=200, headers=headers, events=events, content_type="text/event-stream")
+            resp = GatewayResponse(200, headers, None, events, None, None, "text/event-stream")  # by position
         else:
             body = restamp_body(entry.body, ctx.endpoint, int(now)) if ready is None else ready.body(int(now))
-            resp = GatewayResponse(status=200, headers=headers, body=body)
+            resp = GatewayResponse(200, headers, body)  # (status, headers, body)
         return Respond(resp, "cache_hit")
 
     # -- single-flight followers ----------------------------------------------------------------------
@@ -310,11 +338,15 @@ class CacheStage(Stage):
         self._leave(st)
 
     # -- capture --------------------------------------------------------------------------------------
-    async def on_response(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:
+    def on_response(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse | Awaitable[GatewayResponse]:
+        """Plain for an answer it does not capture (a hit, a bypass); a capture is returned to be awaited."""
         st = ctx.cache_state
         if st is None or st.role != "miss" or st.flight is None or st.flight.settled:
             return resp
-        flight = st.flight
+        return self._capture(ctx, resp, st, st.flight)
+
+    async def _capture(self, ctx: RequestContext, resp: GatewayResponse, st: CacheState,
+                       flight: Flight) -> GatewayResponse:
         if resp.status != 200 or ctx.outcome != "ok" or ctx.budget_outcome == "downgraded":
             flight.fail()  # errors, substitutes (static, stale) and downgraded answers are never stored
             self._leave(st)
@@ -372,15 +404,17 @@ class CacheStage(Stage):
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
+    def complete(self, ctx: RequestContext, error: BaseException | None) -> Awaitable[None] | None:
+        """Plain; a leader's wait for a shared stream's usage is returned to be awaited."""
         st = ctx.cache_state
         if st is None or st.flight is None:
-            return
+            return None
         if st.role == "miss" and st.flight.state == "pending":
             st.flight.fail()  # never answered (cancelled, a bug): followers go on their own
         self._leave(st)
         if st.role == "miss" and ctx.usage is None:
-            await self._shared_usage(ctx, st.flight)
+            return self._shared_usage(ctx, st.flight)
+        return None
 
     async def _shared_usage(self, ctx: RequestContext, flight: Flight) -> None:
         """A leader that left a stream others still read: the upstream goes on generating for them, so

@@ -8,6 +8,8 @@ replay entries live in ``gateway.http.admin``.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
+
 from gateway.context import RequestContext
 from gateway.dlq import DeadLetterQueue
 from gateway.pipeline import Stage
@@ -23,6 +25,8 @@ class DeadLetterStage(Stage):
     def on_policy(self, policy: Policy) -> None:
         self.sink.configure(policy)
 
-    async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
+    def complete(self, ctx: RequestContext, error: BaseException | None) -> Awaitable[str | None] | None:
+        """Plain; the push of an exhausted request is returned to be awaited."""
         if ctx.exhausted is not None and ctx.replay_id is None:
-            await self.sink.push(ctx, ctx.exhausted)
+            return self.sink.push(ctx, ctx.exhausted)
+        return None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -20,8 +20,10 @@ from gateway.context import RequestContext
 from gateway.errors import GatewayError, invalid
 from gateway.pipeline import Stage, Verdict
 from gateway.policy.model import ModelSpec
+from gateway.surfaces.base import Surface
 from gateway.tokens import prompt_tokens
 
+_JSON = "application/json"
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _NUMBER = (int, float)
 # JSON nesting accepted. Deep enough for any JSON schema in tools or response_format; far below what
@@ -72,22 +74,25 @@ def _check_common(body: dict) -> None:
         _expect(body, "stream", (bool,), "a boolean")
     if "stream_options" in present:
         _expect(body, "stream_options", (dict,), "an object")
-    ints = [f for f in _INT_FIELDS if f in present]
-    for field in ints:
-        _expect(body, field, (int,), "an integer")
-    for field in ints:
-        if field != "seed" and body[field] is not None and body[field] < 1:
-            raise invalid(f"'{field}' must be at least 1, got {body[field]}", param=field, code="invalid_value")
-    for field, most in _INT_MAXIMA:
-        if field in present and (body[field] or 0) > most:
-            raise invalid(f"'{field}' must be at most {most}, got {body[field]}", param=field, code="invalid_value")
-    for field in _NUMBER_FIELDS:
-        if field in present:
-            _expect(body, field, _NUMBER, "a number")
-    if "temperature" in present:
-        _range(body, "temperature", 0, 2)
-    if "top_p" in present:
-        _range(body, "top_p", 0, 1)
+    if not present.isdisjoint(_INT_FIELDS):
+        ints = [f for f in _INT_FIELDS if f in present]
+        for field in ints:
+            _expect(body, field, (int,), "an integer")
+        for field in ints:
+            if field != "seed" and body[field] is not None and body[field] < 1:
+                raise invalid(f"'{field}' must be at least 1, got {body[field]}", param=field, code="invalid_value")
+        for field, most in _INT_MAXIMA:
+            if field in present and (body[field] or 0) > most:
+                raise invalid(f"'{field}' must be at most {most}, got {body[field]}", param=field,
+                              code="invalid_value")
+    if not present.isdisjoint(_NUMBER_FIELDS):
+        for field in _NUMBER_FIELDS:
+            if field in present:
+                _expect(body, field, _NUMBER, "a number")
+        if "temperature" in present:
+            _range(body, "temperature", 0, 2)
+        if "top_p" in present:
+            _range(body, "top_p", 0, 1)
     if "stop" in present:
         _expect(body, "stop", (str, list), "a string or an array of strings")
         _items(body, "stop", lambda s: isinstance(s, str), "a string")
@@ -215,7 +220,8 @@ def _check_messages(body: dict) -> None:
                           f"{_type_name(content)}", param=f"messages[{i}].content", code="invalid_type")
         if isinstance(content, list):
             _check_parts(content, f"messages[{i}]")
-    _check_tools(body)
+    if body.get("tools") is not None:  # (absent or null: nothing to check)
+        _check_tools(body)
 
 
 def _check_parts(parts: list, where: str) -> None:
@@ -293,13 +299,9 @@ async def read_body(request: web.Request, limit: int, idle_s: float = BODY_IDLE_
     ``idle_s + size / min_rate`` seconds, so a body trickling in a byte at a time cannot hold a request
     (and its connection) open forever.
     """
-    content = request.content
-    if content.is_eof() and content.total_bytes <= limit:  # arrived whole with the headers: no wait, no timer
-        try:
-            return content.read_nowait()
-        except web.RequestPayloadError:
-            raise GatewayError(400, "The request body could not be decoded; check its Content-Encoding.",
-                               code="invalid_body", outcome="rejected") from None
+    whole = body_at_hand(request, limit)
+    if whole is not None:
+        return whole
     chunks: list[bytes] = []
     size = 0
     loop = asyncio.get_running_loop()
@@ -319,6 +321,18 @@ async def read_body(request: web.Request, limit: int, idle_s: float = BODY_IDLE_
                                outcome="rejected")
         chunks.append(chunk)
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def body_at_hand(request: web.Request, limit: int) -> bytes | None:
+    """The whole body when it arrived with the headers (no wait, no timer) within ``limit``; else None."""
+    content = request.content
+    if content.is_eof() and content.total_bytes <= limit:
+        try:
+            return content.read_nowait()
+        except web.RequestPayloadError:
+            raise GatewayError(400, "The request body could not be decoded; check its Content-Encoding.",
+                               code="invalid_body", outcome="rejected") from None
+    return None
 
 
 def parse_json_body(raw: bytes) -> dict:
@@ -346,20 +360,45 @@ def resolve_model(ctx: RequestContext, body: dict) -> ModelSpec:
 class InputStage(Stage):
     name = "input"
 
-    async def check_input(self, ctx: RequestContext) -> Verdict:
+    def check_input(self, ctx: RequestContext) -> Verdict | Awaitable[Verdict]:
+        """Plain (no coroutine) when the body came whole with the headers and the surface is the
+        pipeline's own form; reading the rest of a body, or a surface's translation, is returned to be
+        awaited."""
         request = ctx.request
         limit = ctx.policy.input.max_body_bytes
-        ctype = request.content_type
-        if ctype != "application/json":
+        ctype = _JSON if request.headers.get("Content-Type") == _JSON else request.content_type
+        if ctype != _JSON:
             raise invalid(f"Content-Type must be application/json, got '{ctype}'", code="invalid_content_type")
         if (request.content_length or 0) > limit:
             raise GatewayError(413, f"The request body exceeds {limit} bytes", code="request_too_large",
                                outcome="rejected")
+        raw = body_at_hand(request, limit)
+        if raw is None:
+            return self._read(ctx, limit)
+        return self._parsed(ctx, raw)
+
+    async def _read(self, ctx: RequestContext, limit: int) -> Verdict:
         server = ctx.policy.server
-        raw = await read_body(request, limit, server.body_timeout_s, server.body_min_rate)
+        pending = self._parsed(ctx, await read_body(ctx.request, limit, server.body_timeout_s, server.body_min_rate))
+        if pending is not None:
+            await pending
+        return None
+
+    def _parsed(self, ctx: RequestContext, raw: bytes) -> Awaitable[Verdict] | None:
         body = parse_json_body(raw)
         _check_depth(raw, body)
-        body = await ctx.surface.inbound(ctx, body)
+        if type(ctx.surface).inbound is not Surface.inbound:  # a surface that translates its body
+            return self._translated(ctx, raw, body)
+        self._check(ctx, raw, body)
+        return None
+
+    async def _translated(self, ctx: RequestContext, raw: bytes, body: dict) -> Verdict:
+        self._check(ctx, raw, await ctx.surface.inbound(ctx, body))
+        return None
+
+    @staticmethod
+    def _check(ctx: RequestContext, raw: bytes, body: dict) -> None:
+        """The checks of the body in the internal form, and the facts the later phases read."""
         model = resolve_model(ctx, body)
         _check_common(body)
         _check_endpoint(ctx.endpoint, body)
@@ -368,11 +407,12 @@ class InputStage(Stage):
             ctx.raw_of = body
         ctx.public_model, ctx.model = model.name, model
         ctx.stream = bool(body.get("stream")) and ctx.endpoint != "embeddings"
-        ctx.client_wants_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        options = body.get("stream_options")
+        ctx.client_wants_usage = bool(options.get("include_usage")) if options else False
         mt = body.get("max_completion_tokens") or body.get("max_tokens")
         ctx.max_tokens = mt
         if ctx.endpoint != "embeddings":
-            ctx.choices = max(body.get("n") or 1, body.get("best_of") or 1)
+            n, best_of = body.get("n"), body.get("best_of")
+            ctx.choices = max(n or 1, best_of or 1) if n or best_of else 1
         ctx.prompt_tokens_est = prompt_tokens(ctx.endpoint, body)
         _check_limits(ctx, model)
-        return None

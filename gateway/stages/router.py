@@ -73,8 +73,8 @@ class RouterStage(Stage):
     def _decide(self, ctx: RequestContext, model: ModelSpec) -> str:
         route = model.route
         assert route is not None
-        facts = RouteFacts(body=ctx.body, headers=ctx.request.headers, tenant=ctx.tenant_name,
-                           prompt_tokens=ctx.prompt_tokens_est)
+        # (body, headers, tenant, prompt_tokens) by position: a class called with keywords builds a dict first
+        facts = RouteFacts(ctx.body, ctx.request.headers, ctx.tenant_name, ctx.prompt_tokens_est)
         rule = first_match(route, facts)
         decided = "large" if rule is not None else "small"
         rule_kind = rule.kind if rule is not None else ""

@@ -67,6 +67,13 @@ class StateBatch:
     def clear(self) -> None:
         self._queued.clear()
 
+    def flush_now(self, backend: StateBackend, phase: str) -> Awaitable[Verdict] | None:
+        """``flush``, without a coroutine when ``phase`` queued nothing (other phases' ops are dropped)."""
+        if phase in self._queued:
+            return self.flush(backend, phase)
+        self._queued.clear()
+        return None
+
     async def flush(self, backend: StateBackend, phase: str) -> Verdict:
         """One call for the ops of ``phase``, then each finisher with its reply (or the call's error).
 
@@ -118,8 +125,8 @@ class StateBatchStage(Stage):
     def admit(self, ctx: RequestContext) -> Awaitable[Verdict] | None:
         """The flush itself, for the runner to await: no coroutine of this stage's around it."""
         batch = ctx.state_batch
-        return None if batch is None else batch.flush(self.backend, "admit")
+        return None if batch is None else batch.flush_now(self.backend, "admit")
 
     def complete(self, ctx: RequestContext, error: BaseException | None) -> Awaitable[Verdict] | None:
         batch = ctx.state_batch
-        return None if batch is None else batch.flush(self.backend, "complete")
+        return None if batch is None else batch.flush_now(self.backend, "complete")

@@ -193,17 +193,17 @@ class UpstreamStage(Stage):
         timeouts = provider.spec.timeouts
         name = breaker.name  # the deployment's (``dep.name`` builds it anew on each read)
         started = loop.time()
-        attempt = Attempt(deployment=name, provider=dep.provider, started=started)
+        attempt = Attempt(name, dep.provider, started)  # (deployment, provider, started): by position, no kwargs dict
         ctx.attempts.append(attempt)
         ctx.deployment = dep
         native = None if provider.native_surface is None else _native_body(ctx, provider.native_surface)
         headers = {**ctx.upstream_headers, **ctx.surface.native_headers(ctx)} if native else ctx.upstream_headers
         body, raw = _wire(ctx, dep)
         stream = ctx.stream
-        req = UpstreamRequest(
-            endpoint=ctx.endpoint, body=body, stream=stream, request_id=ctx.request_id,
-            headers=headers, first_byte_timeout_s=min(timeouts.first_byte_s, remaining),
-            total_timeout_s=None if stream else min(timeouts.total_s, remaining), native=native, raw=raw)
+        req = UpstreamRequest(  # by position (a class called with keywords builds a dict of them first)
+            ctx.endpoint, body, stream, ctx.request_id,  # endpoint, body, stream, request_id
+            headers, min(timeouts.first_byte_s, remaining),  # headers, first_byte_timeout_s
+            None if stream else min(timeouts.total_s, remaining), native, raw)  # total_timeout_s, native, raw
         lease = self.balancer.lease(name)
         resp: UpstreamResponse | None = None
         outcome: Respond | Failure | None = None
@@ -218,8 +218,9 @@ class UpstreamStage(Stage):
             outcome = self._judge(ctx, dep, breaker, retry, attempt, resp)
             if it is not None and resp.status == 200 and isinstance(outcome, Respond):
                 events = self._relay(ctx, attempt, breaker, lease, first, it)
-                outcome.response = GatewayResponse(status=200, events=events, close=_closer(lease, resp),
-                                                   content_type="text/event-stream", native=resp.native)
+                # (status, headers, body, events, close, native, content_type) by position
+                outcome.response = GatewayResponse(200, {}, None, events, _closer(lease, resp), resp.native,
+                                                   "text/event-stream")
             return outcome
         finally:
             if outcome is None:
@@ -247,7 +248,8 @@ class UpstreamStage(Stage):
             return Respond(self._answer(ctx, dep, error_response(resp, dep.provider, secrets)), "upstream_error")
         breaker.success()
         self.balancer.observe_ttfb(breaker.name, attempt.ttfb_s or 0.0)
-        return Respond(self._answer(ctx, dep, GatewayResponse(status, body=resp.body, native=resp.native)), "ok")
+        answer = GatewayResponse(status, {}, resp.body, None, None, resp.native)  # (status, headers, body, events, close, native)
+        return Respond(self._answer(ctx, dep, answer), "ok")
 
     @staticmethod
     async def _prime(events: AsyncIterator[bytes]) -> tuple[bytes | None, AsyncIterator[bytes]]:

@@ -22,14 +22,14 @@ from gateway.usage import generated_len, tail_usage, usage_from
 class UsageStage(Stage):
     name = "usage"
 
-    async def check_input(self, ctx: RequestContext) -> Verdict:
+    def check_input(self, ctx: RequestContext) -> Verdict:
         if ctx.stream and ctx.endpoint in ("chat", "completions"):
             # a new dict, not an edit: the audit capture holds the body as the client sent it
             options = {**(ctx.body.get("stream_options") or {}), "include_usage": True}
             ctx.body = {**ctx.body, "stream_options": options}
         return None
 
-    async def on_response(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:
+    def on_response(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:
         if resp.status != 200:
             return resp
         if resp.events is not None:
