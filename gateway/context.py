@@ -51,6 +51,8 @@ class GuardrailVerdict:
 
 @dataclass(slots=True)
 class RequestContext:
+    # ``Handler.handle`` gives the first seven by position (keywords cost a third of the construction):
+    # keep their order (tests/test_pipeline_contract.py pins it)
     request_id: str
     endpoint: Endpoint
     policy: Policy

@@ -426,3 +426,10 @@ async def test_handler_completes_once_when_the_client_leaves() -> None:
     with pytest.raises(asyncio.CancelledError):
         await asyncio.wait_for(task, 5)
     assert log == [("done", "complete:CancelledError")]
+
+
+def test_the_handler_builds_the_context_by_position_in_this_order() -> None:
+    from dataclasses import fields
+
+    assert [f.name for f in fields(RequestContext)][:7] == [
+        "request_id", "endpoint", "policy", "request", "started", "started_wall", "surface"]
