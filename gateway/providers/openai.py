@@ -137,12 +137,12 @@ class HTTPProvider(Provider):
         fixed = self._fixed_lines(keyed) if LEAN and not req.headers else None
         headers = None if fixed is not None else {"user-agent": USER_AGENT, **self._static_headers, **keyed,
                                                   **req.headers, "x-request-id": req.request_id}
-        timer = PoolTimer(t.pool_s, t.connect_s, min(first_byte, total))
-        token = TIMER.set(timer)
+        opening = min(first_byte, total)
         # The hooked connector sets the deadline (pool.py); with aiohttp's tracing it only moves it.
-        opening = None if HOOKED else t.connect_s + timer.first_byte_s
+        timer = PoolTimer(t.pool_s, t.connect_s, opening, None if HOOKED else t.connect_s + opening)
+        token = TIMER.set(timer)
         try:
-            async with asyncio.timeout(opening) as timer.timeout:
+            with timer:  # the attempt's timeout (``asyncio.timeout``'s, without its coroutines)
                 if LEAN:
                     target = self._targets.get(url) or self._target(url)
                     head = None if fixed is None else \
