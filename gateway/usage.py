@@ -33,12 +33,14 @@ def _int(value: Any) -> int:
 
 
 def usage_from(data: dict) -> Usage | None:
-    """OpenAI usage object -> Usage (cached and reasoning token details kept).
-
-    ``_int`` is called only for a value neither a plain int nor absent (the common cases, read inline)."""
+    """An answer's (or a chunk's) OpenAI usage object -> Usage (cached and reasoning token details kept)."""
     u = data.get("usage")
-    if not isinstance(u, dict):
-        return None
+    return usage_of(u) if isinstance(u, dict) else None
+
+
+def usage_of(u: dict) -> Usage:
+    """An OpenAI usage object -> Usage. ``_int`` is called only for a value neither a plain int nor
+    absent (the common cases, read inline)."""
     get = u.get
     prompt_details = get("prompt_tokens_details") or {}
     completion_details = get("completion_tokens_details") or {}
@@ -78,7 +80,7 @@ def tail_usage(body: bytes) -> Usage | None:
         found = orjson.loads(body[start:end])
     except orjson.JSONDecodeError:
         return None
-    return usage_from({"usage": found})
+    return usage_of(found) if isinstance(found, dict) else None
 
 
 def _text_len(holder: dict) -> int:

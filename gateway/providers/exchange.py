@@ -90,13 +90,6 @@ class Exchange:
         self.release()
         return body
 
-    def read_now(self) -> bytes:
-        """The whole body of an answer that came whole (``content.is_eof()``), with nothing awaited; then
-        ``release``. Raises what ``read`` would (the stream's exception)."""
-        body = self.content.read_nowait()
-        self.release()
-        return body
-
     def release(self) -> None:
         """Back to the pool if the body was read whole (aiohttp closes it instead if not reusable)."""
         conn, self._conn = self._conn, None

@@ -396,13 +396,16 @@ async def timed_post(
 def read_whole(resp: exchange.Exchange | aiohttp.ClientResponse, name: str) -> bytes | None:
     """The body of an answer (an ``exchange.Exchange``) that came whole with its head, as most do, read
     with nothing awaited and the connection given back; None when more is to come (``timed_read``)."""
-    if type(resp) is not exchange.Exchange or not resp.content.is_eof():
+    content = resp.content
+    if type(resp) is not exchange.Exchange or not content.is_eof():
         return None
     try:
-        return resp.read_now()
+        body = content.read_nowait()  # what ``read`` returns (or raises) once the body is in
     except (aiohttp.ClientError, OSError) as exc:
         resp.close()
         raise UpstreamError("stream_cut", f"{name} closed the connection mid-answer") from exc
+    resp.release()
+    return body
 
 
 async def timed_read(resp: aiohttp.ClientResponse, name: str, deadline: float, total: float) -> bytes:
