@@ -234,10 +234,10 @@ class OpenAIProvider(HTTPProvider):
                 events=self._events(resp, first_byte, deadline),
                 close=_closer(resp),
             )
-        body = read_whole(resp, self.name)
+        body = read_whole(resp, self)
         if body is None:
             body = await timed_read(resp, self.name, deadline, total)
-        return UpstreamResponse(status=resp.status, headers=out_headers, body=body)
+        return UpstreamResponse(resp.status, out_headers, body)  # (status, headers, body) by position
 
     async def _send_responses(self, req: UpstreamRequest) -> UpstreamResponse:
         """The lossless path: the client's Responses body to /responses; its answer read back to chat too."""
@@ -393,9 +393,10 @@ async def timed_post(
         raise UpstreamError("protocol", f"{name} sent an answer that is not valid HTTP") from exc
 
 
-def read_whole(resp: exchange.Exchange | aiohttp.ClientResponse, name: str) -> bytes | None:
+def read_whole(resp: exchange.Exchange | aiohttp.ClientResponse, provider: Provider) -> bytes | None:
     """The body of an answer (an ``exchange.Exchange``) that came whole with its head, as most do, read
-    with nothing awaited and the connection given back; None when more is to come (``timed_read``)."""
+    with nothing awaited and the connection given back; None when more is to come (``timed_read``).
+    (``provider``: its name is read only for an error.)"""
     content = resp.content
     if type(resp) is not exchange.Exchange or not content.is_eof():
         return None
@@ -403,7 +404,7 @@ def read_whole(resp: exchange.Exchange | aiohttp.ClientResponse, name: str) -> b
         body = content.read_nowait()  # what ``read`` returns (or raises) once the body is in
     except (aiohttp.ClientError, OSError) as exc:
         resp.close()
-        raise UpstreamError("stream_cut", f"{name} closed the connection mid-answer") from exc
+        raise UpstreamError("stream_cut", f"{provider.name} closed the connection mid-answer") from exc
     resp.release()
     return body
 
