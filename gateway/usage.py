@@ -33,20 +33,32 @@ def _int(value: Any) -> int:
 
 
 def usage_from(data: dict) -> Usage | None:
-    """OpenAI usage object -> Usage (cached and reasoning token details kept)."""
+    """An answer's (or a chunk's) OpenAI usage object -> Usage (cached and reasoning token details kept)."""
     u = data.get("usage")
-    if not isinstance(u, dict):
-        return None
-    prompt_details = u.get("prompt_tokens_details") or {}
-    completion_details = u.get("completion_tokens_details") or {}
-    cached = _int(prompt_details.get("cached_tokens")) or _int(u.get("prompt_cache_hit_tokens"))
-    return Usage(
-        prompt_tokens=_int(u.get("prompt_tokens")),
-        completion_tokens=_int(u.get("completion_tokens")),
-        cached_tokens=cached,
-        reasoning_tokens=_int(completion_details.get("reasoning_tokens")),
-        cache_write_tokens=_int(prompt_details.get("cache_write_tokens")),
-    )
+    return usage_of(u) if isinstance(u, dict) else None
+
+
+def usage_of(u: dict) -> Usage:
+    """An OpenAI usage object -> Usage. ``_int`` is called only for a value neither a plain int nor
+    absent (the common cases, read inline)."""
+    get = u.get
+    prompt_details = get("prompt_tokens_details") or {}
+    completion_details = get("completion_tokens_details") or {}
+    v = prompt_details.get("cached_tokens")
+    cached = v if type(v) is int else 0 if v is None else _int(v)
+    if not cached:
+        v = get("prompt_cache_hit_tokens")
+        cached = v if type(v) is int else 0 if v is None else _int(v)
+    v = get("prompt_tokens")
+    prompt = v if type(v) is int else 0 if v is None else _int(v)
+    v = get("completion_tokens")
+    completion = v if type(v) is int else 0 if v is None else _int(v)
+    v = completion_details.get("reasoning_tokens")
+    reasoning = v if type(v) is int else 0 if v is None else _int(v)
+    v = prompt_details.get("cache_write_tokens")
+    written = v if type(v) is int else 0 if v is None else _int(v)
+    # (prompt, completion, cached, reasoning, cache_write) by position: no kwargs dict
+    return Usage(prompt, completion, cached, reasoning, written)
 
 
 def tail_usage(body: bytes) -> Usage | None:
@@ -68,7 +80,7 @@ def tail_usage(body: bytes) -> Usage | None:
         found = orjson.loads(body[start:end])
     except orjson.JSONDecodeError:
         return None
-    return usage_from({"usage": found})
+    return usage_of(found) if isinstance(found, dict) else None
 
 
 def _text_len(holder: dict) -> int:

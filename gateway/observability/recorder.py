@@ -202,8 +202,8 @@ class Recorder:
         m, previous, fallbacks = self.m, None, 0
         for attempt in ctx.attempts:
             deployment, kind = attempt.deployment, attempt.error_kind
-            if kind != "circuit_open":  # a skip, not a call
-                m.attempts.labels(deployment).inc()
+            if kind != "circuit_open":  # a skip, not a call (the child read as ``labels`` finds it)
+                (m.attempts.children.get((deployment,)) or m.attempts.labels(deployment)).inc()
             if kind:
                 m.upstream_errors.labels(deployment, kind if kind in ERROR_KINDS else "other").inc()
             if previous is not None:

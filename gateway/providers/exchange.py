@@ -144,11 +144,10 @@ def release_when_done(resp: object) -> None:
         resp.release_when_done()
 
 
-def head_bytes(target: Target, headers: dict[str, str], length: int) -> bytes:
-    """The request head: the target's fixed lines, ``headers`` (the ones the exchange owns left out),
-    ``Accept: */*`` if they have no ``Accept`` (a second one would join it: ``*/*, application/json``),
-    and the body's length."""
-    parts = [target.head]
+def header_lines(headers: dict[str, str]) -> tuple[str, str]:
+    """``headers`` as head lines (the ones the exchange owns left out), and the ``Accept: */*`` line to
+    add if they have no ``Accept`` (else ""; a second one would join it: ``*/*, application/json``)."""
+    parts = []
     accept = "Accept: */*\r\n"
     for name, value in headers.items():
         if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
@@ -158,17 +157,33 @@ def head_bytes(target: Target, headers: dict[str, str], length: int) -> bytes:
             parts.append(f"{name}: {value}\r\n")
             if low == "accept":
                 accept = ""
-    parts.append(f"{accept}Content-Length: {length}\r\n\r\n")
-    return "".join(parts).encode("latin-1")
+    return "".join(parts), accept
+
+
+def head_bytes(target: Target, headers: dict[str, str], length: int) -> bytes:
+    """The request head: the target's fixed lines, ``headers`` (``header_lines``), and the body's length."""
+    lines, accept = header_lines(headers)
+    return f"{target.head}{lines}{accept}Content-Length: {length}\r\n\r\n".encode("latin-1")
+
+
+def head_with_id(target: Target, lines: str, accept: str, request_id: str, length: int) -> bytes:
+    """``head_bytes`` of headers whose ``header_lines`` are ``(lines, accept)`` followed by ``x-request-id``
+    (a provider's fixed headers, joined once, and the request's id)."""
+    if "\n" in request_id or "\r" in request_id:
+        raise ValueError("header 'x-request-id' has a newline in it")
+    return f"{target.head}{lines}x-request-id: {request_id}\r\n{accept}Content-Length: {length}\r\n\r\n" \
+        .encode("latin-1")
 
 
 async def post(connector: aiohttp.BaseConnector, timeout: aiohttp.ClientTimeout, target: Target,
-               headers: dict[str, str], data: bytes) -> Exchange:
-    """Send one POST on a pooled connection and wait for the answer's head.
+               headers: dict[str, str] | None, data: bytes, head: bytes | None = None) -> Exchange:
+    """Send one POST on a pooled connection and wait for the answer's head (``head``, when given, is
+    ``head_bytes`` of the headers, already built; ``headers`` are then not read).
 
     Raises what ``session.post`` raises for a dead upstream (``aiohttp.ClientConnectionError``,
     ``OSError``), and ``aiohttp.ClientResponseError`` for an answer that is not HTTP."""
-    head = head_bytes(target, headers, len(data))
+    if head is None:
+        head = head_bytes(target, headers or {}, len(data))
     conn = await connector.connect(target.origin, [], timeout)
     try:
         proto = conn.protocol

@@ -89,6 +89,7 @@ class HTTPProvider(Provider):
         self._session: aiohttp.ClientSession | None = None
         self._pool_observer: PoolObserver | None = None
         self._targets: dict[str, exchange.Target] = {}  # url -> its pooled origin and head (``exchange``)
+        self._fixed: tuple[dict[str, str], str, str] | None = None  # ``_fixed_lines``, for the current key
         self.key = KeySource(spec.api_key, spec.api_key_file, spec.name)
 
     def key_headers(self) -> dict[str, str]:
@@ -132,18 +133,22 @@ class HTTPProvider(Provider):
             assert session is not None
         t = self.spec.timeouts
         first_byte, total = req.first_byte_timeout_s or t.first_byte_s, req.total_timeout_s or t.total_s
-        headers = {"user-agent": USER_AGENT, **self._static_headers, **self.key_headers(), **req.headers,
-                   "x-request-id": req.request_id}
-        timer = PoolTimer(t.pool_s, t.connect_s, min(first_byte, total))
-        token = TIMER.set(timer)
+        keyed = self.key_headers()
+        fixed = self._fixed_lines(keyed) if LEAN and not req.headers else None
+        headers = None if fixed is not None else {"user-agent": USER_AGENT, **self._static_headers, **keyed,
+                                                  **req.headers, "x-request-id": req.request_id}
+        opening = min(first_byte, total)
         # The hooked connector sets the deadline (pool.py); with aiohttp's tracing it only moves it.
-        opening = None if HOOKED else t.connect_s + timer.first_byte_s
+        timer = PoolTimer(t.pool_s, t.connect_s, opening, None if HOOKED else t.connect_s + opening)
+        token = TIMER.set(timer)
         try:
-            async with asyncio.timeout(opening) as timer.timeout:
+            with timer:  # the attempt's timeout (``asyncio.timeout``'s, without its coroutines)
                 if LEAN:
                     target = self._targets.get(url) or self._target(url)
+                    head = None if fixed is None else \
+                        exchange.head_with_id(target, fixed[1], fixed[2], req.request_id, len(data))
                     resp = await exchange.post(session.connector, session.timeout, target,  # type: ignore[arg-type]
-                                               headers, data)
+                                               headers, data, head)
                 else:
                     resp = await session.post(url, data=data, headers=headers, trace_request_ctx=timer,
                                               allow_redirects=False)
@@ -164,6 +169,20 @@ class HTTPProvider(Provider):
                 self._pool_observer(self.name, waited, timer.timed_out)
         deadline = (timer.held_at or timer.loop.time()) + total  # the pool wait is not the upstream's time
         return resp, first_byte, total, deadline
+
+    def _fixed_lines(self, keyed: dict[str, str]) -> tuple[dict[str, str], str, str] | None:
+        """``(keyed, lines, accept)``: the head lines of the headers every call sends (user agent, the
+        provider's, the key's ``keyed``), joined once per key (``exchange.header_lines``); None when they
+        name ``x-request-id`` (the general merge then places the request's)."""
+        fixed = self._fixed
+        if fixed is not None and fixed[0] == keyed:
+            return fixed
+        merged = {"user-agent": USER_AGENT, **self._static_headers, **keyed}
+        if "x-request-id" in merged:
+            return None
+        lines, accept = exchange.header_lines(merged)
+        self._fixed = fixed = (keyed, lines, accept)
+        return fixed
 
     def _target(self, url: str) -> exchange.Target:
         if len(self._targets) >= 256:  # URLs with a model in them (gemini): bounded, rebuilt on demand
@@ -215,8 +234,10 @@ class OpenAIProvider(HTTPProvider):
                 events=self._events(resp, first_byte, deadline),
                 close=_closer(resp),
             )
-        body = await timed_read(resp, self.name, deadline, total)
-        return UpstreamResponse(status=resp.status, headers=out_headers, body=body)
+        body = read_whole(resp, self)
+        if body is None:
+            body = await timed_read(resp, self.name, deadline, total)
+        return UpstreamResponse(resp.status, out_headers, body)  # (status, headers, body) by position
 
     async def _send_responses(self, req: UpstreamRequest) -> UpstreamResponse:
         """The lossless path: the client's Responses body to /responses; its answer read back to chat too."""
@@ -320,9 +341,29 @@ def attempt_timeouts(spec: ProviderSpec, req: UpstreamRequest) -> tuple[float, f
     return req.first_byte_timeout_s or t.first_byte_s, req.total_timeout_s or t.total_s
 
 
+_PASSED: dict[str, str | None] = {}  # a header name as received -> its lower-cased name, None if hop-by-hop
+
+
+def _passed(name: str) -> str | None:
+    if len(_PASSED) >= 1024:  # names an upstream makes up (request ids in a name): bounded
+        _PASSED.clear()
+    low = name.lower()
+    _PASSED[name] = passed = None if low in HOP_BY_HOP else low
+    return passed
+
+
 def upstream_headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
-    """Response headers worth passing on (retry-after, rate-limit info), lower-cased."""
-    return {low: v for k, v in resp.headers.items() for low in [k.lower()] if low not in HOP_BY_HOP}
+    """Response headers worth passing on (retry-after, rate-limit info), lower-cased (each name's
+    verdict memoised: an upstream sends the same names on every answer)."""
+    out = {}
+    known = _PASSED.get
+    for k, v in resp.headers.items():
+        low = known(k, "")
+        if low == "":
+            low = _passed(k)
+        if low is not None:
+            out[low] = v
+    return out
 
 
 async def timed_post(
@@ -350,6 +391,22 @@ async def timed_post(
         raise UpstreamError("connect", f"cannot reach {name}: {type(exc).__name__}") from exc
     except aiohttp.ClientResponseError as exc:
         raise UpstreamError("protocol", f"{name} sent an answer that is not valid HTTP") from exc
+
+
+def read_whole(resp: exchange.Exchange | aiohttp.ClientResponse, provider: Provider) -> bytes | None:
+    """The body of an answer (an ``exchange.Exchange``) that came whole with its head, as most do, read
+    with nothing awaited and the connection given back; None when more is to come (``timed_read``).
+    (``provider``: its name is read only for an error.)"""
+    content = resp.content
+    if type(resp) is not exchange.Exchange or not content.is_eof():
+        return None
+    try:
+        body = content.read_nowait()  # what ``read`` returns (or raises) once the body is in
+    except (aiohttp.ClientError, OSError) as exc:
+        resp.close()
+        raise UpstreamError("stream_cut", f"{provider.name} closed the connection mid-answer") from exc
+    resp.release()
+    return body
 
 
 async def timed_read(resp: aiohttp.ClientResponse, name: str, deadline: float, total: float) -> bytes:

@@ -33,26 +33,69 @@ HOOKED = all(hasattr(aiohttp.TCPConnector, m) for m in ("_wait_for_available_con
 
 
 class PoolTimer:
-    """One attempt's clock across the pool wait, the connect and the first byte."""
+    """One attempt's clock across the pool wait, the connect and the first byte, and the attempt's timeout.
 
-    __slots__ = ("loop", "started", "pool_s", "connect_s", "first_byte_s", "timeout", "queued_at", "waited_s",
-                 "held_at", "timed_out")
+    ``with timer:`` is ``asyncio.timeout`` (``when``: its first deadline on the loop clock, None for none
+    yet): at the deadline the task is cancelled and the cancellation leaves the block as ``TimeoutError``;
+    a cancellation from elsewhere stays one. One object, entered and left without a coroutine.
+    """
 
-    def __init__(self, pool_s: float, connect_s: float, first_byte_s: float) -> None:
+    __slots__ = ("loop", "started", "pool_s", "connect_s", "first_byte_s", "when", "queued_at", "waited_s",
+                 "held_at", "timed_out", "expired", "_handle", "_task", "_cancelling")
+
+    def __init__(self, pool_s: float, connect_s: float, first_byte_s: float, opening: float | None = None) -> None:
+        """``opening``: seconds from now to the first deadline (None: none until the connector sets one)."""
         self.loop = asyncio.get_running_loop()
         self.started = self.loop.time()
         self.pool_s = pool_s
         self.connect_s = connect_s
         self.first_byte_s = first_byte_s
-        self.timeout: asyncio.Timeout | None = None
+        self.when: float | None = None if opening is None else self.started + opening
         self.queued_at: float | None = None  # set while waiting for the pool
         self.waited_s = 0.0
         self.held_at: float | None = None  # when a connection was held: the first-byte timer's start
         self.timed_out = False  # the attempt ended waiting for the pool past pool_s
+        self.expired = False  # the deadline passed and the task was cancelled for it
+        self._handle: asyncio.Handle | None = None
+        self._task: asyncio.Task[Any] | None = None  # while entered
+        self._cancelling = 0
+
+    def __enter__(self) -> PoolTimer:
+        task = asyncio.current_task(self.loop)
+        if task is None:
+            raise RuntimeError("PoolTimer should be used inside a task")
+        self._task, self._cancelling = task, task.cancelling()
+        if self.when is not None:
+            self._reschedule(self.when)
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, _tb: Any) -> None:
+        handle, task = self._handle, self._task
+        self._handle = self._task = None
+        if handle is not None:
+            handle.cancel()
+        if self.expired and task is not None and task.uncancel() <= self._cancelling \
+                and exc_type is asyncio.CancelledError:
+            raise TimeoutError from exc
+
+    def _reschedule(self, when: float) -> None:
+        """The deadline moves to ``when`` (while entered and not yet passed; else nothing)."""
+        if self._task is None or self.expired:
+            return
+        self.when = when
+        if self._handle is not None:
+            self._handle.cancel()
+        loop = self.loop
+        self._handle = loop.call_soon(self._fire) if when <= loop.time() else loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        assert self._task is not None
+        self._task.cancel()
+        self.expired = True
+        self._handle = None
 
     def _deadline(self, seconds: float) -> None:
-        if self.timeout is not None and not self.timeout.expired():
-            self.timeout.reschedule(self.loop.time() + seconds)
+        self._reschedule(self.loop.time() + seconds)
 
     def queued(self) -> None:
         if self.queued_at is None:  # aiohttp may queue again after a lost race: the wait goes on
@@ -68,15 +111,13 @@ class PoolTimer:
     def connecting(self) -> None:
         """A new connection is being opened: connect and answer within ``connect_s + first_byte`` of the
         start, unless the pool wait already set the deadline."""
-        timeout = self.timeout
-        if timeout is not None and timeout.when() is None and not timeout.expired():
-            timeout.reschedule(self.started + self.connect_s + self.first_byte_s)
+        if self.when is None:
+            self._reschedule(self.started + self.connect_s + self.first_byte_s)
 
     def held(self) -> None:
         self.held_at = now = self.loop.time()
-        timeout = self.timeout
-        if timeout is not None and not timeout.expired():
-            timeout.reschedule(now + self.first_byte_s)
+        if self._task is not None and not self.expired:
+            self._reschedule(now + self.first_byte_s)
 
 
 async def _queued(_s: Any, ctx: SimpleNamespace, _p: Any) -> None:

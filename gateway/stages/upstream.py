@@ -131,9 +131,12 @@ class UpstreamStage(Stage):
         failures: list[Failure] = []
         loop = asyncio.get_running_loop()
         budget = self.budget
-        budget.enter()
+        budget.active += 1  # (``RetryBudget.enter``, inline)
+        deployments = model.deployments  # (``Balancer.order``'s own first answer, without the call)
+        if model.strategy != "fallback" and len(deployments) > 1:
+            deployments = self.balancer.order(model, self._is_open)
         try:
-            for i, dep in enumerate(self.balancer.order(model, self._is_open)):
+            for i, dep in enumerate(deployments):
                 if i:
                     ctx.fallbacks += 1
                 breaker = self.breakers.get(dep.name)
@@ -168,7 +171,7 @@ class UpstreamStage(Stage):
                     if retrying:
                         budget.release()
         finally:
-            budget.leave()
+            budget.active -= 1  # (``RetryBudget.leave``)
         return await self._exhausted(ctx, model, failures)
 
     def _skip(self, ctx: RequestContext, dep: Deployment, breaker: CircuitBreaker,
@@ -214,13 +217,25 @@ class UpstreamStage(Stage):
             except UpstreamError as err:
                 outcome = self._failed(attempt, breaker, err.kind, err.message, err.retry_after_s)
                 return outcome
-            attempt.status, attempt.ttfb_s = resp.status, loop.time() - started
-            outcome = self._judge(ctx, dep, breaker, retry, attempt, resp)
-            if it is not None and resp.status == 200 and isinstance(outcome, Respond):
+            status = resp.status
+            ttfb = loop.time() - started
+            attempt.status, attempt.ttfb_s = status, ttfb
+            if status >= 400:
+                outcome = self._judge(ctx, dep, breaker, retry, attempt, resp)
+                return outcome
+            # the answer (``_judge``'s, inline for a status under 400)
+            breaker.success()
+            self.balancer.observe_ttfb(name, ttfb)
+            answered = ctx.response_headers
+            answered["x-gateway-model"] = ctx.model.name if ctx.model else ""
+            answered["x-gateway-provider"] = dep.provider
+            if it is not None and status == 200:
                 events = self._relay(ctx, attempt, breaker, lease, first, it)
                 # (status, headers, body, events, close, native, content_type) by position
-                outcome.response = GatewayResponse(200, {}, None, events, _closer(lease, resp), resp.native,
-                                                   "text/event-stream")
+                answer = GatewayResponse(200, {}, None, events, _closer(lease, resp), resp.native, "text/event-stream")
+            else:
+                answer = GatewayResponse(status, {}, resp.body, None, None, resp.native)  # (status, headers, body, events, close, native)
+            outcome = Respond(answer, "ok")
             return outcome
         finally:
             if outcome is None:
@@ -236,20 +251,16 @@ class UpstreamStage(Stage):
 
     def _judge(self, ctx: RequestContext, dep: Deployment, breaker: CircuitBreaker, retry: RetryPolicy,
                attempt: Attempt, resp: UpstreamResponse) -> Respond | Failure:
-        """A status in ``on_status`` fails over; any other is the answer (an error one answered faithfully)."""
+        """An error status (400 and up; ``_attempt`` answers the others): one in ``on_status`` fails over,
+        any other is answered faithfully."""
         status = resp.status
-        if status >= 400:
-            if status in retry.on_status:
-                return self._failed(attempt, breaker, _status_kind(status), f"HTTP {status}",
-                                    retry_after_seconds(resp.headers))
-            breaker.success()
-            attempt.error_kind, attempt.error = _status_kind(status), f"HTTP {status}"
-            secrets = self.providers.get(dep.provider).secrets()
-            return Respond(self._answer(ctx, dep, error_response(resp, dep.provider, secrets)), "upstream_error")
+        if status in retry.on_status:
+            return self._failed(attempt, breaker, _status_kind(status), f"HTTP {status}",
+                                retry_after_seconds(resp.headers))
         breaker.success()
-        self.balancer.observe_ttfb(breaker.name, attempt.ttfb_s or 0.0)
-        answer = GatewayResponse(status, {}, resp.body, None, None, resp.native)  # (status, headers, body, events, close, native)
-        return Respond(self._answer(ctx, dep, answer), "ok")
+        attempt.error_kind, attempt.error = _status_kind(status), f"HTTP {status}"
+        secrets = self.providers.get(dep.provider).secrets()
+        return Respond(self._answer(ctx, dep, error_response(resp, dep.provider, secrets)), "upstream_error")
 
     @staticmethod
     async def _prime(events: AsyncIterator[bytes]) -> tuple[bytes | None, AsyncIterator[bytes]]:
@@ -274,6 +285,7 @@ class UpstreamStage(Stage):
         return Failure(kind, f"{attempt.deployment}: {message}", retry_after_s)
 
     def _answer(self, ctx: RequestContext, dep: Deployment, resp: GatewayResponse) -> GatewayResponse:
+        """``resp``, with the model and provider named in the answer's headers (as ``_attempt`` does inline)."""
         ctx.response_headers["x-gateway-model"] = ctx.model.name if ctx.model else ""
         ctx.response_headers["x-gateway-provider"] = dep.provider
         return resp

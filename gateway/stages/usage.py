@@ -35,15 +35,16 @@ class UsageStage(Stage):
         if resp.events is not None:
             resp.events = self._relay(ctx, resp.events)
         elif resp.body and ctx.usage is None:
-            self._read_body(ctx, resp.body)
+            # the answer's usage, read without parsing (or re-encoding) the rest when it comes last
+            if (usage := tail_usage(resp.body)) is not None:
+                ctx.usage = usage
+            else:
+                self._read_body(ctx, resp.body)
         return resp
 
     @staticmethod
     def _read_body(ctx: RequestContext, body: bytes) -> None:
-        """The answer's usage, read without parsing (or re-encoding) the rest when it comes last."""
-        if (usage := tail_usage(body)) is not None:
-            ctx.usage = usage
-            return
+        """The answer's usage when it is not last (``tail_usage`` found none): the whole answer parsed."""
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
