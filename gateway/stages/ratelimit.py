@@ -458,12 +458,16 @@ class RateLimitStage(Stage):
             return self._complete(ctx, st)
         shared, batch = self.guard.shared, ctx.state_batch
         if not ((not slots_on or (len(slots_on) == 1 and slots_on[0] is shared))
-                and (not tokens_on or (len(tokens_on) == 1 and tokens_on[0] is shared))
-                and (batch is None or not batch.sends("complete"))):
+                and (not tokens_on or (len(tokens_on) == 1 and tokens_on[0] is shared))):
             return self._complete(ctx, st)
         plan = st.plan
         slots = plan.slot_keys if slots_on else ()
         tokens = (st.token_plan or plan).token_logs if tokens_on else ()
+        if batch is not None and batch.sends("complete"):  # ``_release``'s batched case, without ``_complete``
+            if slots or tokens:
+                op = ReleaseOp(st.token, slots, tokens, self._actual_tokens(ctx, st) if tokens else 0)
+                batch.add("complete", op, functools.partial(self._released, st, op))
+            return None  # the line is told once the call answered (``_released``)
         if slots or tokens:
             actual = self._actual_tokens(ctx, st) if tokens else 0
             try:
