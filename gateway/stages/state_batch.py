@@ -11,6 +11,9 @@ costs no coroutine. In ``admit`` the first refusal answers the request and the f
 are skipped (their ops did nothing after the refusal); in ``complete`` every finisher runs. An op may be ``None``: a stage that must work alone (its backend is known to be down,
 it waits in a queue) still gets its turn, in order, after the call.
 
+On the memory backend (``sync_fused``: the metered call as a plain function) the flush is a plain
+function too (``flush_sync``): a coroutine only from a finisher that must wait.
+
 A stage may also add an op only when the phase makes a call anyway (``sends``): the feedback
 record's ``SetOp`` rides ``complete``'s call that way (``gateway.stages.feedback_record``).
 
