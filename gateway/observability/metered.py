@@ -144,6 +144,30 @@ class MeteredBackend:
             if self.traced:  # the span names the concerns in the call, e.g. fused:budget_settle+ratelimit_release
                 _trace("fused:" + "+".join(op.fragment.name for op in ops), elapsed, failed)
 
+    def sync_fused(self) -> Any:
+        """``run_fused_now`` when the inner backend runs its fused call without waiting (memory); else None."""
+        return self.run_fused_now if self._fused_now is not None else None
+
+    def run_fused_now(self, ops: list[Any]) -> list[Any]:
+        """``run_fused`` as a plain function (``MemoryBackend.run_fused_now``), measured the same way."""
+        series = self._fused_series
+        if series is None:
+            series = self._fused_series = self._series("fused")
+        duration, errors = series
+        start = time.perf_counter()
+        failed = False
+        try:
+            return self._fused_now(ops)  # type: ignore[misc]
+        except StateError:
+            errors.inc()
+            failed = True
+            raise
+        finally:
+            elapsed = time.perf_counter() - start
+            duration.observe(elapsed)
+            if self.traced:
+                _trace("fused:" + "+".join(op.fragment.name for op in ops), elapsed, failed)
+
     def sync_native(self) -> Any:
         """``run_native`` when the inner backend has one (memory), timed as ``run_fused``; else None."""
         return self.run_native if self._native_now is not None else None

@@ -118,7 +118,12 @@ class ReleaseOp:
         return keys, args
 
     def native(self, store: LocalStore, now: float, fx: FusedCtx) -> int:
-        return release_all(store, self.token, self.slots, self.tokens, self.actual, now)
+        token = self.token  # ``release_all`` inlined: once a request
+        for key in self.slots:
+            release_slot(store, key, token)
+        for key, hkey in self.tokens:
+            settle(store, key, hkey, token, self.actual)
+        return 1
 
 
 def release_all(store: LocalStore, token: str, slots: Sequence[str], tokens: Sequence[tuple[str, str]], actual: int,

@@ -163,7 +163,16 @@ class BudgetStage(Stage):
         if error is not None:
             return self._reserve_failed(ctx, hold, model, small, main, alt, now, error)
         assert reply is not None
-        reserved = self.service.reserved(hold.plan.keys, parse_reserved(reply))
+        plan = hold.plan
+        if reply[0] == "main" and len(reply) == 4 and not plan.watched and ctx.budget_outcome is None:
+            # ``_held``'s common case (one enforced scope without a soft threshold, held at the main
+            # price), read from the reply without a ``Reserved``: its level is what the fallback starts from
+            self.service.fallback.observe_levels(plan.keys, ((int(reply[2]), int(reply[3])),))
+            hold.ledger, hold.state, hold.amount = self.service.shared, "held", main
+            ctx.budget_outcome = "ok"
+            self.service.counts["outcome_ok"] += 1
+            return None
+        reserved = self.service.reserved(plan.keys, parse_reserved(reply))
         hold.ledger = self.service.shared
         return self._held(ctx, hold, reserved, model, small, main, alt, now)
 
@@ -300,7 +309,9 @@ class BudgetStage(Stage):
         fields: tuple[tuple[str, int], ...] = ()
         if usage is not None and ctx.model is not None:
             fields = self._day_fields(ctx, ctx.model.name, usage, amount)
-        day, settled = self._day_keys(ctx.tenant.name, self._time())
+        now = self._time()
+        keys = self._tenant_keys.get(ctx.tenant.name) if self._today_start <= now < self._today_end else None
+        day, settled = keys or self._day_keys(ctx.tenant.name, now)  # built once per (tenant, day)
         plan = None if hold is None else hold.plan
         charge = Charge(  # by position: a third cheaper than by keyword, once per request
             hold.rid if hold is not None else f"{self._rid_prefix}{next(self._seq)}",  # the settle's id
@@ -327,7 +338,14 @@ class BudgetStage(Stage):
         batch.add("complete", op, functools.partial(self._settled, charge))
 
     def _settled(self, charge: Charge, reply: list | None, error: StateError | None) -> Awaitable[None] | None:
-        return self.service.settled_now(charge, None if reply is None else parse_settled(reply), error)
+        service = self.service
+        if reply is not None and len(reply) == 3 and not len(service.pending):
+            # ``settled_now``'s common case (one scope, nothing kept to replay) without ``parse_settled``
+            service.fallback.observe_levels(charge.scope_keys, ((int(reply[1]), int(reply[2])),))
+            if reply[0] != "ok":
+                service.counts["settle_duplicate"] += 1
+            return None
+        return service.settled_now(charge, None if reply is None else parse_settled(reply), error)
 
     def _charge(self, ctx: RequestContext) -> tuple[Usage | None, int]:
         """The usage to charge (estimated when the provider reported none) and its cost."""

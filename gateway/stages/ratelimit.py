@@ -273,9 +273,13 @@ class RateLimitStage(Stage):
         """A plain function: its op joins ``admit``'s fused call; only a call of its own (no batch) is
         returned as a coroutine to be awaited."""
         st = ctx.limit_state
-        plan = self._token_plan(ctx, st, None)
-        if plan is None:
-            return None
+        model = ctx.model
+        if st is not None and model is not None and model.name == ctx.public_model:  # ``_token_plan``'s own case
+            plan: Plan | None = st.plan
+        else:
+            plan = self._token_plan(ctx, st, None)
+            if plan is None:
+                return None
         small = ctx.downgrade_to
         alt = self._token_plan(ctx, st, small.name) if small is not None else None
         deferred = st is not None and st.deferred
@@ -289,7 +293,12 @@ class RateLimitStage(Stage):
         batch = ctx.state_batch
         if batch is None:
             return self._admit_alone(ctx, st, cost)
-        op = self._admit_op(st, plan, alt, cost)
+        if self.memory and st.plan.queue_s <= 0:  # ``_admit_op``'s common case, without its call
+            op: AdmitOp | None = AdmitOp(st.token, st.plan.shadow, self._entries(st, plan, cost, False),
+                                         None if alt is None else self._entries(st, alt, cost, False), keep=False,
+                                         leased=False)
+        else:
+            op = self._admit_op(st, plan, alt, cost)
         if op is not None:  # before the call: a call whose answer never comes may still have taken them
             shared = self.guard.shared
             if st.tokens_on:
@@ -458,12 +467,16 @@ class RateLimitStage(Stage):
             return self._complete(ctx, st)
         shared, batch = self.guard.shared, ctx.state_batch
         if not ((not slots_on or (len(slots_on) == 1 and slots_on[0] is shared))
-                and (not tokens_on or (len(tokens_on) == 1 and tokens_on[0] is shared))
-                and (batch is None or not batch.sends("complete"))):
+                and (not tokens_on or (len(tokens_on) == 1 and tokens_on[0] is shared))):
             return self._complete(ctx, st)
         plan = st.plan
         slots = plan.slot_keys if slots_on else ()
         tokens = (st.token_plan or plan).token_logs if tokens_on else ()
+        if batch is not None and batch.sends("complete"):  # ``_release``'s batched case, without ``_complete``
+            if slots or tokens:
+                op = ReleaseOp(st.token, slots, tokens, self._actual_tokens(ctx, st) if tokens else 0)
+                batch.add("complete", op, functools.partial(self._released, st, op))
+            return None  # the line is told once the call answered (``_released``)
         if slots or tokens:
             actual = self._actual_tokens(ctx, st) if tokens else 0
             try:
@@ -657,7 +670,7 @@ class RateLimitStage(Stage):
         if error is not None:
             self.guard.failed(error)
             self._keep_release(*op.redis_call())
-        if st.plan.slot_keys:
+        if st.plan.slot_keys and self.lines.lines:  # ``Lines.freed`` finds a line only where requests queued
             self.lines.freed(st.plan.tenant)
 
     def _keep_release(self, keys: list[str], args: list) -> None:

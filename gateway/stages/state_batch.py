@@ -11,6 +11,9 @@ costs no coroutine. In ``admit`` the first refusal answers the request and the f
 are skipped (their ops did nothing after the refusal); in ``complete`` every finisher runs. An op may be ``None``: a stage that must work alone (its backend is known to be down,
 it waits in a queue) still gets its turn, in order, after the call.
 
+On the memory backend (``sync_fused``: the metered call as a plain function) the flush is a plain
+function too (``flush_sync``): a coroutine only from a finisher that must wait.
+
 A stage may also add an op only when the phase makes a call anyway (``sends``): the feedback
 record's ``SetOp`` rides ``complete``'s call that way (``gateway.stages.feedback_record``).
 
@@ -74,6 +77,37 @@ class StateBatch:
         self._queued.clear()
         return None
 
+    def flush_sync(self, run_now: Callable[[list[FusedOp]], list[Any]], phase: str) -> Verdict | Awaitable[Verdict]:
+        """``flush`` on a backend whose call never waits (memory; ``run_now`` is its plain ``run_fused``):
+        no coroutine unless a finisher must wait (then the rest runs in one, from that finisher on)."""
+        queued = self._queued.pop(phase, None)
+        if self._queued:
+            self._queued.clear()
+        if queued is None:
+            return None
+        sent, finishers = queued
+        replies: list[Any] = []
+        error: StateError | None = None
+        if sent:
+            try:
+                replies = run_now(sent)
+            except StateError as exc:
+                error = exc
+        i = 0
+        for n, (has_op, finish) in enumerate(finishers):
+            if not has_op:
+                verdict = finish(None, None)
+            else:
+                verdict = finish(replies[i] if error is None else None, error)
+                i += 1
+            if verdict is None:
+                continue
+            if type(verdict) is not Respond:
+                return _finish_rest(verdict, finishers, n + 1, i, replies, error, phase)
+            if phase == "admit":
+                return verdict
+        return None
+
     async def flush(self, backend: StateBackend, phase: str) -> Verdict:
         """One call for the ops of ``phase``, then each finisher with its reply (or the call's error).
 
@@ -110,6 +144,27 @@ class StateBatch:
         return answer
 
 
+async def _finish_rest(pending: Awaitable[Verdict], finishers: list[tuple[bool, Finish]], at: int, i: int,
+                       replies: list[Any], error: StateError | None, phase: str) -> Verdict:
+    """``flush_sync`` on from the finisher that returned ``pending`` to await: as ``flush`` does."""
+    answer = await pending
+    if answer is not None and phase == "admit":
+        return answer
+    for has_op, finish in finishers[at:]:
+        if not has_op:
+            verdict = finish(None, None)
+        else:
+            verdict = finish(replies[i] if error is None else None, error)
+            i += 1
+        if verdict is not None and not isinstance(verdict, Respond):
+            verdict = await verdict  # type: ignore[misc]
+        if verdict is not None and answer is None:
+            answer = verdict
+            if phase == "admit":
+                break
+    return answer
+
+
 class StateBatchStage(Stage):
     """Flushes ``ctx.state_batch`` in ``admit`` and ``complete``; listed after the stages that fill it."""
 
@@ -117,6 +172,8 @@ class StateBatchStage(Stage):
 
     def __init__(self, backend: StateBackend) -> None:
         self.backend = backend
+        sync_fused = getattr(backend, "sync_fused", None)  # memory: the call as a plain function (metered)
+        self._now: Callable[[list[FusedOp]], list[Any]] | None = sync_fused() if sync_fused is not None else None
 
     def check_input(self, ctx: RequestContext) -> Verdict:
         ctx.state_batch = StateBatch()
@@ -125,8 +182,17 @@ class StateBatchStage(Stage):
     def admit(self, ctx: RequestContext) -> Awaitable[Verdict] | None:
         """The flush itself, for the runner to await: no coroutine of this stage's around it."""
         batch = ctx.state_batch
-        return None if batch is None else batch.flush_now(self.backend, "admit")
+        if batch is None:
+            return None
+        now = self._now
+        return batch.flush_now(self.backend, "admit") if now is None else batch.flush_sync(now, "admit")
 
     def complete(self, ctx: RequestContext, error: BaseException | None) -> Awaitable[Verdict] | None:
         batch = ctx.state_batch
-        return None if batch is None else batch.flush_now(self.backend, "complete")
+        if batch is None:
+            return None
+        now = self._now
+        if now is None:
+            return batch.flush_now(self.backend, "complete")
+        done = batch.flush_sync(now, "complete")
+        return None if done is None or type(done) is Respond else done  # complete answers nothing
