@@ -125,15 +125,13 @@ class MeteredBackend:
 
     async def run_fused(self, ops: list[Any]) -> list[Any]:
         # one call per phase for the rate-limit and budget stages (``gateway.state.fused``), as ``run``
-        series = self._fused_series
-        if series is None:  # labelled on first use, as ``_series`` does
-            series = self._fused_series = self._series("fused")
-        duration, errors = series
+        if self._fused_now is not None:
+            return self._now(ops, self._fused_now, ops)
+        duration, errors = self._fused()
         start = time.perf_counter()
         failed = False
         try:
-            now = self._fused_now
-            return now(ops) if now is not None else await self.inner.run_fused(ops)
+            return await self.inner.run_fused(ops)
         except StateError:
             errors.inc()
             failed = True
@@ -141,8 +139,8 @@ class MeteredBackend:
         finally:
             elapsed = time.perf_counter() - start
             duration.observe(elapsed)
-            if self.traced:  # the span names the concerns in the call, e.g. fused:budget_settle+ratelimit_release
-                _trace("fused:" + "+".join(op.fragment.name for op in ops), elapsed, failed)
+            if self.traced:
+                _trace(_fused_name(ops), elapsed, failed)
 
     def sync_fused(self) -> Any:
         """``run_fused_now`` when the inner backend runs its fused call without waiting (memory); else None."""
@@ -150,23 +148,7 @@ class MeteredBackend:
 
     def run_fused_now(self, ops: list[Any]) -> list[Any]:
         """``run_fused`` as a plain function (``MemoryBackend.run_fused_now``), measured the same way."""
-        series = self._fused_series
-        if series is None:
-            series = self._fused_series = self._series("fused")
-        duration, errors = series
-        start = time.perf_counter()
-        failed = False
-        try:
-            return self._fused_now(ops)  # type: ignore[misc]
-        except StateError:
-            errors.inc()
-            failed = True
-            raise
-        finally:
-            elapsed = time.perf_counter() - start
-            duration.observe(elapsed)
-            if self.traced:
-                _trace("fused:" + "+".join(op.fragment.name for op in ops), elapsed, failed)
+        return self._now(ops, self._fused_now, ops)
 
     def sync_native(self) -> Any:
         """``run_native`` when the inner backend has one (memory), timed as ``run_fused``; else None."""
@@ -174,14 +156,22 @@ class MeteredBackend:
 
     def run_native(self, name: str, native: Any, *args: Any) -> Any:
         """A one-op fused call run at once (``MemoryBackend.run_native``): measured as ``run_fused``."""
+        return self._now(name, self._native_now, name, native, *args)
+
+    def _fused(self) -> tuple[Any, Any]:
         series = self._fused_series
-        if series is None:
+        if series is None:  # labelled on first use, as ``_series`` does
             series = self._fused_series = self._series("fused")
-        duration, errors = series
+        return series
+
+    def _now(self, what: str | list[Any], call: Any, *args: Any) -> Any:
+        """A fused call that does not wait (``call(*args)``), timed and counted as ``op="fused"``; ``what``
+        names it in a trace (a concern's name, or the ops)."""
+        duration, errors = self._fused()
         start = time.perf_counter()
         failed = False
         try:
-            return self._native_now(name, native, *args)  # type: ignore[misc]
+            return call(*args)
         except StateError:
             errors.inc()
             failed = True
@@ -190,7 +180,7 @@ class MeteredBackend:
             elapsed = time.perf_counter() - start
             duration.observe(elapsed)
             if self.traced:
-                _trace("fused:" + name, elapsed, failed)
+                _trace(_fused_name(what), elapsed, failed)
 
     async def log_append(self, key: str, record: dict[str, Any], max_len: int) -> str:
         return await self._timed("log_append", self.inner.log_append(key, record, max_len))
@@ -203,3 +193,8 @@ class MeteredBackend:
 
     async def log_len(self, key: str) -> int:
         return await self._timed("log_len", self.inner.log_len(key))
+
+
+def _fused_name(what: str | list[Any]) -> str:
+    """A fused call's span name: ``fused:`` and its concerns, e.g. ``fused:budget_settle+ratelimit_release``."""
+    return "fused:" + (what if isinstance(what, str) else "+".join(op.fragment.name for op in what))

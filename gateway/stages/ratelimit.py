@@ -124,6 +124,15 @@ def _keep(found: list[StateBackend], backend: StateBackend) -> None:
         found.append(backend)
 
 
+
+def _outcome(raw: list[int], near_at: Sequence[tuple[int, int, float]]) -> str:
+    """An admitting reply's outcome, read off it (``Result.near`` without a ``Result``): ``near_limit``
+    when a limit at reply index ``i`` has under its ``near`` share left."""
+    for i, limit, near in near_at:
+        if limit - raw[i] < near:
+            return "near_limit"
+    return "ok"
+
 class RateLimitStage(Stage):
     name = "ratelimit"
 
@@ -213,12 +222,7 @@ class RateLimitStage(Stage):
             self.guard.answered()
         if raw[0] == ADMITTED and ctx.ratelimit_outcome is None:  # ``_verdict``'s common case, with no
             st.raw = raw  # ``Result`` built: what it would tell is read from the reply (``on_response``)
-            outcome = "ok"
-            for i, limit, near in plan.near_at:  # ``Result.near``
-                if limit - raw[i] < near:
-                    outcome = "near_limit"
-                    break
-            ctx.ratelimit_outcome = outcome
+            ctx.ratelimit_outcome = _outcome(raw, plan.near_at)
             return None
         decision = st.requests = parse(raw, plan.acquire_pairs, False)
         if decision.status == REJECTED:  # a clear "no" wrote nothing: nothing to undo
@@ -352,12 +356,7 @@ class RateLimitStage(Stage):
             st.token_plan, st.raw, st.deferred = tplan, raw, False
             if tplan.tokens:
                 st.reserved = cost
-            outcome = "ok"
-            for i, limit, near in tplan.admit_near_at:  # ``Result.near``
-                if limit - raw[i] < near:
-                    outcome = "near_limit"
-                    break
-            ctx.ratelimit_outcome = outcome
+            ctx.ratelimit_outcome = _outcome(raw, tplan.admit_near_at)
             return None
         decision = parse(raw, st.plan.request_pairs + tplan.token_pairs if st.deferred else tplan.token_pairs, False)
         if decision.status == REJECTED:

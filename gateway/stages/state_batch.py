@@ -127,21 +127,7 @@ class StateBatch:
                 replies = await backend.run_fused(sent)
             except StateError as exc:
                 error = exc
-        answer: Verdict = None
-        i = 0
-        for has_op, finish in finishers:
-            if not has_op:
-                verdict = finish(None, None)
-            else:
-                verdict = finish(replies[i] if error is None else None, error)
-                i += 1
-            if verdict is not None and not isinstance(verdict, Respond):
-                verdict = await verdict  # type: ignore[misc]
-            if verdict is not None and answer is None:
-                answer = verdict
-                if phase == "admit":
-                    break
-        return answer
+        return await _finish_from(finishers, 0, 0, replies, error, phase)
 
 
 async def _finish_rest(pending: Awaitable[Verdict], finishers: list[tuple[bool, Finish]], at: int, i: int,
@@ -150,6 +136,13 @@ async def _finish_rest(pending: Awaitable[Verdict], finishers: list[tuple[bool, 
     answer = await pending
     if answer is not None and phase == "admit":
         return answer
+    return await _finish_from(finishers, at, i, replies, error, phase, answer)
+
+
+async def _finish_from(finishers: list[tuple[bool, Finish]], at: int, i: int, replies: list[Any],
+                       error: StateError | None, phase: str, answer: Verdict = None) -> Verdict:
+    """The finishers from ``at`` on (``i``: the reply of the first with an op), each awaited when it
+    returns an awaitable; the first answer is kept, and in ``admit`` it stops the rest."""
     for has_op, finish in finishers[at:]:
         if not has_op:
             verdict = finish(None, None)
