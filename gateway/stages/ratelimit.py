@@ -124,7 +124,6 @@ def _keep(found: list[StateBackend], backend: StateBackend) -> None:
         found.append(backend)
 
 
-
 def _outcome(raw: list[int], near_at: Sequence[tuple[int, int, float]]) -> str:
     """An admitting reply's outcome, read off it (``Result.near`` without a ``Result``): ``near_limit``
     when a limit at reply index ``i`` has under its ``near`` share left."""
@@ -132,6 +131,7 @@ def _outcome(raw: list[int], near_at: Sequence[tuple[int, int, float]]) -> str:
         if limit - raw[i] < near:
             return "near_limit"
     return "ok"
+
 
 class RateLimitStage(Stage):
     name = "ratelimit"
