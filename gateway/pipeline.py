@@ -199,13 +199,13 @@ class Pipeline:
 
     def entry_plan(self, policy: Policy, surface: Surface) -> Plan:
         """The plan a request of ``surface`` starts on: every stage that applies to some request."""
-        if policy is self.plans.policy:
-            found = self._entries.get(surface.name)
-            if found is None:
-                found = self._entries[surface.name] = self.plans.get(policy, (None, None, surface.name, False),
-                                                                     self._compile_entry, policy, surface)
-            return found
-        return self.plans.get(policy, (None, None, surface.name, False), self._compile_entry, policy, surface)
+        current = policy is self.plans.policy  # kept per surface for the current policy: no key tuple a request
+        found = self._entries.get(surface.name) if current else None
+        if found is None:
+            found = self.plans.get(policy, (None, None, surface.name, False), self._compile_entry, policy, surface)
+            if current:
+                self._entries[surface.name] = found
+        return found
 
     def plan_for(self, policy: Policy, surface: Surface, tenant: Tenant, model: str, managed: bool = False) -> Plan:
         """The plan of requests of ``tenant`` for the public ``model`` on ``surface`` (memoised)."""

@@ -11,6 +11,7 @@ writes it, cut where the two values go, so a hit splices them in without parsing
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import random
 import secrets
@@ -80,7 +81,10 @@ class Stamp:
     parts: tuple[bytes, ...]
     slots: tuple[bool, ...]
     id_head: bytes
-    template: bytes = b""
+    template: bytes = dataclasses.field(init=False)  # derived from the three above
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "template", _template(self.parts, self.slots, self.id_head))
 
     def __call__(self, created: int) -> bytes:
         """The body with a fresh id and ``created``: what ``restamp_body`` returns, byte for byte."""
@@ -128,7 +132,7 @@ def stamp_of(body: bytes, endpoint: str) -> Callable[[int], bytes] | None:
         parts.append(before)
         slots.append(mark == _ID)
     parts.append(rest)
-    return Stamp(tuple(parts), tuple(slots), head, _template(tuple(parts), tuple(slots), head))
+    return Stamp(tuple(parts), tuple(slots), head)
 
 
 class ChunkStamper:
