@@ -331,7 +331,7 @@ def test_memory_store_expire_nx_sets_an_expiry_only_where_there_is_none() -> Non
     for key in ("plain", "timed", "missing", "old"):
         store.expire_nx(key, 30)
     assert store.ttl("plain") == 30 and store.ttl("timed") == 3
-    assert not store.exists("missing") and "old" not in store._data
+    assert not store.exists("missing") and "old" not in store.data
 
 
 async def test_memory_ids_are_monotonic_with_a_frozen_or_backward_clock() -> None:

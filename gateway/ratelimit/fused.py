@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from gateway.ratelimit.native import acquire_unleased
+from gateway.ratelimit.native import acquire_unleased, release_all
 from gateway.ratelimit.scripts import _ACQUIRE, _RELEASE
-from gateway.ratelimit.window import LEASE_US, WINDOW_US, acquire_entries, release_slot, settle
-from gateway.state.base import LocalStore
+from gateway.ratelimit.window import LEASE_US, WINDOW_US, acquire_entries
 from gateway.state.fused import Fragment, FusedCtx
+from gateway.state.memory import MemoryStore
 
 Entry = tuple[str, int, int, str, str]  # kind, limit, weight, key, weights key ("" unless T/P)
 
@@ -85,7 +85,7 @@ class AdmitOp:
             return keys + alt_keys, head + args + alt_args
         return keys, head + args
 
-    def native(self, store: LocalStore, now: float, fx: FusedCtx) -> list[Any]:
+    def native(self, store: MemoryStore, now: float, fx: FusedCtx) -> list[Any]:
         if fx.refused:
             return []
         alt = fx.variant == "alt" and self.alt is not None
@@ -117,20 +117,5 @@ class ReleaseOp:
             args += ("T", self.actual)
         return keys, args
 
-    def native(self, store: LocalStore, now: float, fx: FusedCtx) -> int:
-        token = self.token  # ``release_all`` inlined: once a request
-        for key in self.slots:
-            release_slot(store, key, token)
-        for key, hkey in self.tokens:
-            settle(store, key, hkey, token, self.actual)
-        return 1
-
-
-def release_all(store: LocalStore, token: str, slots: Sequence[str], tokens: Sequence[tuple[str, str]], actual: int,
-                now: float) -> int:
-    """``ReleaseOp``'s native on its fields, for a call of its own on the memory backend (``run_native``)."""
-    for key in slots:
-        release_slot(store, key, token)
-    for key, hkey in tokens:
-        settle(store, key, hkey, token, actual)
-    return 1
+    def native(self, store: MemoryStore, now: float, fx: FusedCtx) -> int:
+        return release_all(store, self.token, self.slots, self.tokens, self.actual, now)

@@ -23,8 +23,8 @@ from collections.abc import Sequence
 from math import floor
 from typing import Any
 
-from gateway.ratelimit.window import TTL_PAD_MS, acquire_entries
-from gateway.state.base import LocalStore
+from gateway.ratelimit.window import TTL_PAD_MS, acquire_entries, release_slot, settle
+from gateway.state.memory import MemoryStore
 from gateway.state.zset import RequestLog, TokenLog, ZSet
 
 Entry = tuple[str, int, int, str, str]  # kind, limit, weight, key, weights key ("" unless T/P)
@@ -38,47 +38,59 @@ class _NoLog:
     times: tuple[int, ...] = ()
     head = 0
 
+    @staticmethod
+    def trim(cutoff: int) -> int:
+        return 0
+
 
 _NO_LOG = _NoLog()
 
 
-def acquire_unleased(store: LocalStore, token: str, force: bool, window: int,
+def acquire_unleased(store: MemoryStore, token: str, force: bool, window: int,
                      specs: Sequence[Entry], now: float) -> list[int]:
     """``acquire_entries(..., lease=None, ...)`` on the native structures: checks, then commits if all fit.
 
     A log is in the store exactly while it holds entries (an emptied one is deleted, a new one is
     stored on its first entry), so what Redis's reply reads from "the key exists" is read from the log.
+    The store's dicts are read directly, under its rules, at one clock reading (``MemoryStore.data``):
+    every request comes here, and a call per key would cost more than the check itself.
     """
     t = floor(now * 1_000_000 + 0.5)  # ``window.now_us``, inlined
     cutoff = t - window
-    logs: dict[str, Any] = {}
+    data, deadlines, mono = store.data, store.deadlines, store.monotonic()
+    logs: dict[str, Any] = {}  # each key's log, shared by the entries that name it
+    found: list[Any] = []  # each entry's log
     out: list[int] = [0, 0]  # status and retry, then (used, reset, over) per entry: reset filled in last
     ok, retry = True, 0
     for kind, limit, weight, key, _hkey in specs:
         cls = _NATIVE[kind]
         log = logs.get(key)
-        absent = False  # the store has nothing at ``key``
-        if type(log) is not cls:
-            found = store.get(key) if log is None else log
-            if type(found) is not cls:
-                # a twin's log, or one key under two kinds (a twin shares one sorted set): nothing
-                # is written yet, so the twin does it all
-                if type(found) is ZSet or log is not None:
-                    return acquire_entries(store, token, force, window, None, specs, now)
-                absent = found is None
-                found = _NO_LOG if absent and kind == "P" else cls()
-            log = logs[key] = found
+        if log is None:
+            deadline = deadlines.get(key)
+            if deadline is not None and deadline <= mono:
+                store.delete(key)  # expired: gone, as ``get`` finds it
+            else:
+                log = data.get(key)
+            if type(log) is not cls:
+                if log is not None:
+                    if type(log) is ZSet:  # a twin's log: nothing is written yet, so the twin does it all
+                        return acquire_entries(store, token, force, window, None, specs, now)
+                    store.delete(key)  # another kind of value: replaced, as the twin replaces it
+                    log = cls()
+                else:  # nothing stored: a new log (a peek reads an empty one), nothing to trim
+                    log = _NO_LOG if kind == "P" else cls()
+            logs[key] = log
+        elif type(log) is not cls:  # one key under two kinds (a twin shares one sorted set)
+            return acquire_entries(store, token, force, window, None, specs, now)
+        found.append(log)
         if kind == "C":
             n = len(log)
-            held = n > 0
-        elif absent:  # a new log: nothing to trim
-            n = 0
-            held = False
+            if not n and key in data:
+                store.delete(key)  # emptied: Redis has no empty set
         else:
             n = log.trim(cutoff)
-            held = len(log.times) > log.head
-        if not (held or absent):
-            store.delete(key)  # emptied: Redis has no empty set
+            if len(log.times) == log.head and key in data:
+                store.delete(key)
         if kind == "P" or n + weight <= limit:
             out += (n, 0, 0)
             continue
@@ -90,14 +102,12 @@ def acquire_unleased(store: LocalStore, token: str, force: bool, window: int,
     status = out[0] = 1 if ok else 2 if force else 0
     out[1] = -1 if retry < 0 else -(-retry // 1000)
     if status:
-        _commit(store, token, window, specs, logs, out, t)
+        _commit(store, token, specs, found, out, t, mono, (window // 1000 + TTL_PAD_MS) / 1000)
     i = 3
-    for kind, _limit, _weight, key, _hkey in specs:
-        if kind != "C":
-            log = logs[key]
-            if len(log.times) > log.head:
-                reset = log.times[-1] + window - t
-                out[i] = -(-reset // 1000) if reset > 0 else 0
+    for log in found:
+        if type(log) is not set and len(log.times) > log.head:
+            reset = log.times[-1] + window - t
+            out[i] = -(-reset // 1000) if reset > 0 else 0
         i += 3
     return out
 
@@ -111,27 +121,28 @@ def _wait(log: RequestLog | TokenLog, kind: str, excess: int, never: bool, windo
     return log.wait_for(excess, window, t)  # type: ignore[union-attr]
 
 
-def _commit(store: LocalStore, token: str, window: int, specs: Sequence[Entry], logs: dict[str, Any],
-            out: list[int], t: int) -> None:
+def _commit(store: MemoryStore, token: str, specs: Sequence[Entry], found: list[Any], out: list[int], t: int,
+            mono: float, ttl_s: float) -> None:
     """Take every entry but the peeks: its log (stored if it was empty), the log's expiry (slots have
-    none), a reservation's weight; each entry's ``used`` in the reply ``out`` becomes the count after."""
-    ttl_s = (window // 1000 + TTL_PAD_MS) / 1000
+    none: ``ttl_s`` from ``mono``, the call's clock reading), a reservation's weight; each entry's
+    ``used`` in the reply ``out`` becomes the count after."""
+    data, deadlines = store.data, store.deadlines
+    deadline = mono + ttl_s
     i = -1
-    for kind, _limit, weight, key, _hkey in specs:
+    for (kind, _limit, weight, key, _hkey), log in zip(specs, found, strict=True):
         i += 3  # the entry's ``used`` in the reply
         if kind == "P":
             continue
-        log = logs[key]
         if kind == "C":
             if not log:
-                store.set(key, log)
+                data[key] = log  # absent, so with no expiry: ``store.set(key, log)``
             log.add(token)
             out[i] += 1
             continue
-        if len(log.times) == log.head:
-            store.set(key, log)
+        times = log.times
+        if len(times) == log.head:
+            data[key] = log
         if kind == "R":
-            times = log.times
             if not times or times[-1] <= t:  # ``RequestLog.add``'s common case: an append
                 times.append(t)
             else:
@@ -139,4 +150,33 @@ def _commit(store: LocalStore, token: str, window: int, specs: Sequence[Entry], 
             out[i] += 1
         else:
             out[i] = log.add(token, t, weight)
-        store.expire(key, ttl_s)
+        old = deadlines.get(key)
+        if old is not None and old <= deadline:  # moved forward: ``store.expire``'s common case
+            deadlines[key] = deadline
+        else:
+            store.expire(key, ttl_s)
+
+
+def release_all(store: MemoryStore, token: str, slots: Sequence[str], tokens: Sequence[tuple[str, str]], actual: int,
+                now: float) -> int:
+    """Free ``token``'s ``slots`` and settle its reservations in ``tokens`` (log, weights keys) to
+    ``actual``: ``window.release_slot`` and ``window.settle`` per key, with the natives' own structures
+    read from the store directly (``acquire_unleased``); a twin's sorted sets go to those functions."""
+    data, deadlines = store.data, store.deadlines
+    for key in slots:
+        held = data.get(key)
+        if type(held) is set and key not in deadlines:  # a native slot set: it never expires
+            if token in held:
+                held.discard(token)
+                if not held:
+                    del data[key]  # emptied: Redis has no empty set
+        else:
+            release_slot(store, key, token)
+    for key, hkey in tokens:
+        log = data.get(key)
+        deadline = deadlines.get(key)
+        if type(log) is TokenLog and (deadline is None or store.monotonic() < deadline):
+            log.settle(token, actual)
+        else:
+            settle(store, key, hkey, token, actual)
+    return 1

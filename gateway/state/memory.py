@@ -86,79 +86,83 @@ class MemoryStore:
 
     def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
         self._clock = clock
-        self._monotonic = monotonic_of(clock)  # read dozens of times a request
-        self._data: dict[str, Any] = {}
-        self._deadline: dict[str, float] = {}
+        # Public for the natives that run on every request (``gateway.ratelimit.native``), which read
+        # and move them directly at one clock reading, under the rules of ``get``, ``set`` and
+        # ``expire``: a key past its deadline is gone; a deadline only exists for a key in ``data``;
+        # one may be moved forward in place (its heap entry stands), anything else goes through ``expire``.
+        self.monotonic = monotonic_of(clock)  # read dozens of times a request
+        self.data: dict[str, Any] = {}
+        self.deadlines: dict[str, float] = {}
         self._heap: list[tuple[float, str]] = []  # (deadline, key); stale entries are skipped
-        # key -> the deadline of its one live heap entry; every key of ``_deadline`` has one, at or before
+        # key -> the deadline of its one live heap entry; every key of ``deadlines`` has one, at or before
         # its deadline. A later deadline (an expiry pushed forward, what twins do on every call) pushes
         # nothing: the sweep finds the key still alive and queues it again.
         self._queued: dict[str, float] = {}
 
     def __len__(self) -> int:
         """Keys held, expired but not yet swept included: what the sweep keeps bounded."""
-        return len(self._data)
+        return len(self.data)
 
     def _alive(self, key: str) -> bool:
-        deadline = self._deadline.get(key)
-        if deadline is not None and deadline <= self._monotonic():
+        deadline = self.deadlines.get(key)
+        if deadline is not None and deadline <= self.monotonic():
             self.delete(key)
             return False
-        return key in self._data
+        return key in self.data
 
     def get(self, key: str, default: Any = None) -> Any:
-        deadline = self._deadline.get(key)  # ``_alive`` inlined: twins call this dozens of times a request
-        if deadline is not None and deadline <= self._monotonic():
+        deadline = self.deadlines.get(key)  # ``_alive`` inlined: twins call this dozens of times a request
+        if deadline is not None and deadline <= self.monotonic():
             self.delete(key)
             return default
-        return self._data.get(key, default)
+        return self.data.get(key, default)
 
     def set(self, key: str, value: Any, ttl_s: float | None = None) -> None:
         if ttl_s is not None and ttl_s <= 0:
             self.delete(key)
             return
-        deadline = self._deadline.get(key)  # ``_alive`` inlined: an expired key must not lend its
-        if deadline is not None and deadline <= self._monotonic():  # deadline to the new value
+        deadline = self.deadlines.get(key)  # ``_alive`` inlined: an expired key must not lend its
+        if deadline is not None and deadline <= self.monotonic():  # deadline to the new value
             self.delete(key)
-        self._data[key] = value
+        self.data[key] = value
         if ttl_s is not None:
             self.expire(key, ttl_s)
 
     def expire(self, key: str, ttl_s: float) -> None:
-        now = self._monotonic()
-        old = self._deadline.get(key)  # ``_alive`` inlined, on the same reading of the clock
-        if old is not None:  # then the key is in ``_data``, queued at ``old`` or before
+        now = self.monotonic()
+        old = self.deadlines.get(key)  # ``_alive`` inlined, on the same reading of the clock
+        if old is not None:  # then the key is in ``data``, queued at ``old`` or before
             if old <= now or ttl_s <= 0:
                 self.delete(key)
                 return
-            deadline = self._deadline[key] = now + ttl_s
+            deadline = self.deadlines[key] = now + ttl_s
             if deadline >= old:  # pushed forward (what twins do on every call): its heap entry stands
                 return
-        elif key not in self._data:
+        elif key not in self.data:
             return
         elif ttl_s <= 0:
             self.delete(key)
             return
         else:
-            deadline = self._deadline[key] = now + ttl_s
+            deadline = self.deadlines[key] = now + ttl_s
         queued = self._queued.get(key)
         if queued is None or deadline < queued:
             self._queued[key] = deadline
             heapq.heappush(self._heap, (deadline, key))
-            if len(self._heap) > 2 * len(self._deadline) + _MIN_STALE:  # mostly stale: rebuild
-                self._heap = [(d, k) for k, d in self._deadline.items()]
+            if len(self._heap) > 2 * len(self.deadlines) + _MIN_STALE:  # mostly stale: rebuild
+                self._heap = [(d, k) for k, d in self.deadlines.items()]
                 heapq.heapify(self._heap)
-                self._queued = dict(self._deadline)
+                self._queued = dict(self.deadlines)
 
     def delete(self, key: str) -> None:
-        self._data.pop(key, None)
-        self._deadline.pop(key, None)
+        self.data.pop(key, None)
+        self.deadlines.pop(key, None)
 
     def ttl(self, key: str) -> float | None:
         """Seconds left; ``None`` when the key is missing or never expires."""
-        if not self._alive(key) or key not in self._deadline:
+        if not self._alive(key) or key not in self.deadlines:
             return None
-        return max(0.0, self._deadline[key] - self._monotonic())
+        return max(0.0, self.deadlines[key] - self.monotonic())
 
     def exists(self, key: str) -> bool:
         return self._alive(key)
@@ -166,16 +170,16 @@ class MemoryStore:
     def expire_nx(self, key: str, ttl_s: float) -> None:
         """``PEXPIRE key ms NX``: an expiry for a key that has none (``if ttl(key) is None: expire(key)``,
         without computing the time left); a missing key, or one that has an expiry, is left as is."""
-        deadline = self._deadline.get(key)
+        deadline = self.deadlines.get(key)
         if deadline is None:
-            if key in self._data:
+            if key in self.data:
                 self.expire(key, ttl_s)
-        elif deadline <= self._monotonic():
+        elif deadline <= self.monotonic():
             self.delete(key)  # expired: gone, as ``ttl`` would have found it
 
     def sweep(self) -> None:
         """Drop a bounded batch of expired keys; called by every backend operation."""
-        now = self._monotonic()
+        now = self.monotonic()
         heap = self._heap
         left = _SWEEP_BATCH
         while left and heap and heap[0][0] <= now:  # nearly every call finds nothing due: one test
@@ -184,7 +188,7 @@ class MemoryStore:
             if self._queued.get(key) != deadline:
                 continue  # superseded by an earlier deadline pushed later
             del self._queued[key]
-            current = self._deadline.get(key)
+            current = self.deadlines.get(key)
             if current is None:
                 continue  # deleted, or made persistent
             if current <= now:
@@ -293,7 +297,7 @@ class MemoryBackend:
         fragment's), with nothing to share between ops: ``native(store, *args, now)``, no op object."""
         store = self.store
         heap = store._heap
-        if heap and heap[0][0] <= store._monotonic():  # ``sweep``'s own test, without its call
+        if heap and heap[0][0] <= store.monotonic():  # ``sweep``'s own test, without its call
             store.sweep()
         try:
             return native(store, *args, self._time())
@@ -306,7 +310,7 @@ class MemoryBackend:
         """``run_fused`` without a coroutine: nothing in it waits."""
         store = self.store
         heap = store._heap
-        if heap and heap[0][0] <= store._monotonic():  # ``sweep``'s own test, without its call
+        if heap and heap[0][0] <= store.monotonic():  # ``sweep``'s own test, without its call
             store.sweep()
         try:
             now, fx = self._time(), FusedCtx()
