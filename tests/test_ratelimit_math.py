@@ -120,12 +120,16 @@ def test_headers_report_the_binding_limit_of_each_kind():
 @pytest.mark.parametrize("raw", [[1, 0, 3, 59000, 0, 3, 1500, 0, 200, 42000, 0], [1, 0, 9, 60000, 0, 0, 0, 0, 0, 0, 0],
                                  [1, 0, 12, 1, 0, 4, 999, 0, 1000, 60000, 0], [1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
                                  [1, 0, 1, 60000, 0, 1, 60000, 0, 950, 60000, 0]])
-def test_headers_read_from_an_admitting_reply_are_those_of_its_parsed_result(raw):
+@pytest.mark.parametrize("per_key", [LimitSet(rpm=4), None])  # two rpm limits to compare, or a lone one
+def test_headers_read_from_an_admitting_reply_are_those_of_its_parsed_result(raw, per_key):
     """The memory fast path reads an admitted reply without ``parse``: same headers, same ``near``."""
-    tenant = _tenant(rpm=10, tpm=1000, per_key=LimitSet(rpm=4))
+    tenant = _tenant(rpm=10, tpm=1000, per_key=per_key)
+    if per_key is None:  # the key's entry left out: the tenant's rpm, then its tpm
+        raw = raw[:5] + raw[8:]
     plan = build_plan(_Policy(1), tenant, tenant.api_keys[0], "small")  # type: ignore[arg-type]
     res = parse(raw, plan.acquire_pairs, False)
-    got = reply_headers(raw, plan.request_headers, plan.peek_headers)
+    got: dict[str, str] = {}
+    reply_headers(got, raw, plan.header_groups)
     assert list(got.items()) == list(headers(res, res).items())
     assert any(limit - raw[i] < near for i, limit, near in plan.near_at) == res.near
     admit = parse(raw, plan.request_pairs + plan.token_pairs, False)  # admit's call: tpm taken, not peeked

@@ -65,12 +65,12 @@ class Plan:
     request_entries: tuple[tuple[str, int, int, str, str], ...] = ()  # ... and of ``acquire_entries``
     token_logs: tuple[tuple[str, str], ...] = ()  # (log, weights) keys per token limit, released at completion
     # ``acquire_entries``' reply read without ``parse`` (an admitted request on the memory backend): per
-    # limit (not a peek) with limit > 0, (used's index, limit, limit * NEAR_FRACTION); and the header
-    # candidates (used's index, limit) of the rpm limits and of the token peeks, in reply order
+    # limit (not a peek) with limit > 0, (used's index, limit, limit * NEAR_FRACTION); and per header
+    # kind with candidates (0 requests: the rpm limits; 1 tokens: the token peeks), the candidates
+    # (used's index, limit) in reply order and, when there is one, its limit as text ("" for several)
     near_at: tuple[tuple[int, int, float], ...] = ()
     admit_near_at: tuple[tuple[int, int, float], ...] = ()  # ... of admit's reply (requests, then T entries)
-    request_headers: tuple[tuple[int, int], ...] = ()
-    peek_headers: tuple[tuple[int, int], ...] = ()
+    header_groups: tuple[tuple[int, tuple[tuple[int, int], ...], str], ...] = ()  # ``result.reply_headers``
 
     @property
     def empty(self) -> bool:
@@ -111,6 +111,16 @@ def _limits(base: str, scope: str, name: str, limits: LimitSet | None, replicas:
     return out
 
 
+def _header_groups(pairs: tuple[tuple[str, Limit], ...]) -> tuple[tuple[int, tuple[tuple[int, int], ...], str], ...]:
+    """``Plan.header_groups`` of a reply laid out as ``pairs``: requests (rpm), then tokens (peeks)."""
+    groups = []
+    for group, kinds in enumerate((("R",), ("T", "P"))):
+        found = tuple((2 + 3 * i, lim.limit) for i, (kind, lim) in enumerate(pairs) if kind in kinds)
+        if found:
+            groups.append((group, found, str(found[0][1]) if len(found) == 1 else ""))
+    return tuple(groups)
+
+
 def build_plan(policy: Policy, tenant: Tenant, key: ApiKey | None, model: str) -> Plan:
     """Every limit that applies to a request of ``tenant`` with ``key`` for public ``model``."""
     rl = tenant.rate_limit
@@ -146,8 +156,7 @@ def build_plan(policy: Policy, tenant: Tenant, key: ApiKey | None, model: str) -
                       if kind != "P" and lim.limit > 0),
         admit_near_at=tuple((2 + 3 * i, lim.limit, lim.limit * NEAR_FRACTION) for i, lim in enumerate(requests + tokens)
                             if lim.limit > 0),
-        request_headers=tuple((2 + 3 * i, lim.limit) for i, (kind, lim) in enumerate(pairs) if kind == "R"),
-        peek_headers=tuple((2 + 3 * i, lim.limit) for i, (kind, lim) in enumerate(pairs) if kind in ("T", "P")),
+        header_groups=_header_groups(pairs),
     )
 
 

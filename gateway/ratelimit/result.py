@@ -109,13 +109,21 @@ def headers(requests: Result | None, tokens: Result | None) -> dict[str, str]:
     return out
 
 
-def reply_headers(raw: list[int], requests: tuple[tuple[int, int], ...],
-                  tokens: tuple[tuple[int, int], ...]) -> dict[str, str]:
-    """``headers(r, r)`` for ``r = parse(raw, pairs, False)``, read from the reply itself: ``requests``
-    and ``tokens`` are the (used's index, limit) of the rpm limits and of the token limits or peeks,
-    in reply order (``Plan.request_headers``, ``Plan.peek_headers``). No ``Usage`` is built."""
-    out: dict[str, str] = {}
-    for names, spec in ((_REQUEST_HEADERS, requests), (_TOKEN_HEADERS, tokens)):
+def reply_headers(out: dict[str, str], raw: list[int],
+                  groups: tuple[tuple[int, tuple[tuple[int, int], ...], str], ...]) -> None:
+    """``headers(r, r)`` for ``r = parse(raw, pairs, False)``, read from the reply itself into ``out``:
+    ``groups`` (``Plan.header_groups``) give per header kind the (used's index, limit) of its rpm
+    limits or its token limits or peeks, in reply order, and a lone one's limit as text. No ``Usage``
+    is built, and a lone limit (the common case) is the binding one without a comparison."""
+    for group, spec, lone in groups:
+        names = _HEADERS[group]
+        if lone:
+            at, limit = spec[0]
+            left = limit - raw[at]
+            out[names[0]] = lone
+            out[names[1]] = str(left) if left > 0 else "0"
+            out[names[2]] = duration(raw[at + 1])  # ``reset_ms``
+            continue
         at = -1
         left = limit = 0
         for i, x_limit in spec:
@@ -124,15 +132,14 @@ def reply_headers(raw: list[int], requests: tuple[tuple[int, int], ...],
                 x_left = 0
             if at < 0 or x_left < left or (x_left == left and x_limit < limit):
                 at, left, limit = i, x_left, x_limit
-        if at >= 0:
-            out[names[0]] = str(limit)
-            out[names[1]] = str(left)
-            out[names[2]] = duration(raw[at + 1])  # ``reset_ms``
-    return out
+        out[names[0]] = str(limit)
+        out[names[1]] = str(left)
+        out[names[2]] = duration(raw[at + 1])
 
 
 _REQUEST_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests")
 _TOKEN_HEADERS = ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")
+_HEADERS = (_REQUEST_HEADERS, _TOKEN_HEADERS)  # by ``Plan.header_groups``' kind
 
 
 def _describe(lim: Limit, tenant: str) -> str:

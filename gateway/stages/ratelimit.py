@@ -352,7 +352,7 @@ class RateLimitStage(Stage):
         if st.deferred and tplan is st.plan and self.memory and raw[0] == ADMITTED and ctx.ratelimit_outcome is None:
             # ``_admitted``'s common case with no ``Result`` built: the reply lays its limits out as
             # ``acquire_entries`` does (the requests', then the same token limits), so ``on_response``
-            # reads its headers as it reads ``limit_requests``' (``Plan.peek_headers``)
+            # reads its headers as it reads ``limit_requests``' (``Plan.header_groups``)
             st.token_plan, st.raw, st.deferred = tplan, raw, False
             if tplan.tokens:
                 st.reserved = cost
@@ -441,7 +441,7 @@ class RateLimitStage(Stage):
             if raw is None:
                 ctx.response_headers.update(headers(st.requests, st.tokens or st.requests))
             elif st.tokens is None:  # ``headers(r, r)`` of ``r`` parsed from ``raw``, without parsing it
-                ctx.response_headers.update(reply_headers(raw, st.plan.request_headers, st.plan.peek_headers))
+                reply_headers(ctx.response_headers, raw, st.plan.header_groups)
             else:
                 ctx.response_headers.update(headers(parse(raw, st.plan.acquire_pairs, False), st.tokens))
         return resp
