@@ -36,11 +36,7 @@ class _NoLog:
 
     __slots__ = ()
     times: tuple[int, ...] = ()
-    head = 0
-
-    @staticmethod
-    def trim(cutoff: int) -> int:
-        return 0
+    head = total = 0
 
 
 _NO_LOG = _NoLog()
@@ -88,9 +84,15 @@ def acquire_unleased(store: MemoryStore, token: str, force: bool, window: int,
             if not n and key in data:
                 store.delete(key)  # emptied: Redis has no empty set
         else:
-            n = log.trim(cutoff)
-            if len(log.times) == log.head and key in data:
-                store.delete(key)
+            times, head = log.times, log.head
+            if head < len(times) and times[head] <= cutoff:  # something left the window: trim
+                n = log.trim(cutoff)
+                if len(times) == log.head and key in data:
+                    store.delete(key)
+            elif kind == "R":  # ``trim``'s answer when nothing goes
+                n = len(times) - head
+            else:
+                n = log.total
         if kind == "P" or n + weight <= limit:
             out += (n, 0, 0)
             continue
