@@ -12,6 +12,7 @@ which the request's spans are built; with tracing off that is one attribute test
 
 from __future__ import annotations
 
+import functools
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -55,6 +56,10 @@ class MeteredBackend:
         self._fused_series: tuple[Any, Any] | None = None
         sync_native = getattr(inner, "sync_native", None)  # ... nor a one-op call (``run_native``)
         self._native_now = sync_native() if sync_native is not None else None
+        # what ``sync_fused`` and ``sync_native`` hand out: ``_now`` on the inner call, with no Python
+        # call of their own between the caller and it (both run on every request)
+        self._fused_sync = functools.partial(self._now, self._fused_now) if self._fused_now is not None else None
+        self._native_sync = functools.partial(self._now, self._native_now) if self._native_now is not None else None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
@@ -126,7 +131,7 @@ class MeteredBackend:
     async def run_fused(self, ops: list[Any]) -> list[Any]:
         # one call per phase for the rate-limit and budget stages (``gateway.state.fused``), as ``run``
         if self._fused_now is not None:
-            return self._now(ops, self._fused_now, ops)
+            return self._now(self._fused_now, ops)
         duration, errors = self._fused()
         start = time.perf_counter()
         failed = False
@@ -143,20 +148,22 @@ class MeteredBackend:
                 _trace(_fused_name(ops), elapsed, failed)
 
     def sync_fused(self) -> Any:
-        """``run_fused_now`` when the inner backend runs its fused call without waiting (memory); else None."""
-        return self.run_fused_now if self._fused_now is not None else None
+        """``run_fused_now`` (as a partial of ``_now``) when the inner backend runs its fused call without
+        waiting (memory); else None."""
+        return self._fused_sync
 
     def run_fused_now(self, ops: list[Any]) -> list[Any]:
         """``run_fused`` as a plain function (``MemoryBackend.run_fused_now``), measured the same way."""
-        return self._now(ops, self._fused_now, ops)
+        return self._now(self._fused_now, ops)
 
     def sync_native(self) -> Any:
-        """``run_native`` when the inner backend has one (memory), timed as ``run_fused``; else None."""
-        return self.run_native if self._native_now is not None else None
+        """``run_native`` (as a partial of ``_now``) when the inner backend has one (memory), timed as
+        ``run_fused``; else None."""
+        return self._native_sync
 
     def run_native(self, name: str, native: Any, *args: Any) -> Any:
         """A one-op fused call run at once (``MemoryBackend.run_native``): measured as ``run_fused``."""
-        return self._now(name, self._native_now, name, native, *args)
+        return self._now(self._native_now, name, native, *args)
 
     def _fused(self) -> tuple[Any, Any]:
         series = self._fused_series
@@ -164,10 +171,11 @@ class MeteredBackend:
             series = self._fused_series = self._series("fused")
         return series
 
-    def _now(self, what: str | list[Any], call: Any, *args: Any) -> Any:
-        """A fused call that does not wait (``call(*args)``), timed and counted as ``op="fused"``; ``what``
-        names it in a trace (a concern's name, or the ops)."""
-        duration, errors = self._fused()
+    def _now(self, call: Any, *args: Any) -> Any:
+        """A fused call that does not wait (``call(*args)``), timed and counted as ``op="fused"``; its first
+        argument names it in a trace (a concern's name, or the ops)."""
+        series = self._fused_series
+        duration, errors = series if series is not None else self._fused()
         start = time.perf_counter()
         failed = False
         try:
@@ -180,7 +188,7 @@ class MeteredBackend:
             elapsed = time.perf_counter() - start
             duration.observe(elapsed)
             if self.traced:
-                _trace(_fused_name(what), elapsed, failed)
+                _trace(_fused_name(args[0]), elapsed, failed)
 
     async def log_append(self, key: str, record: dict[str, Any], max_len: int) -> str:
         return await self._timed("log_append", self.inner.log_append(key, record, max_len))
