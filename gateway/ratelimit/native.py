@@ -103,9 +103,9 @@ def acquire_unleased(store: MemoryStore, token: str, force: bool, window: int,
             retry = -1 if wait < 0 or retry < 0 else max(retry, wait)
     status = out[0] = 1 if ok else 2 if force else 0
     out[1] = -1 if retry < 0 else -(-retry // 1000)
-    if status:
-        _commit(store, token, specs, found, out, t, mono, (window // 1000 + TTL_PAD_MS) / 1000)
-    i = 3
+    if status and not _commit(store, token, specs, found, out, t, window, mono):
+        return out  # every entry's reset is its commit's
+    i = 3  # each log's reset, read once every entry is committed
     for log in found:
         if type(log) is not set and len(log.times) > log.head:
             reset = log.times[-1] + window - t
@@ -124,16 +124,20 @@ def _wait(log: RequestLog | TokenLog, kind: str, excess: int, never: bool, windo
 
 
 def _commit(store: MemoryStore, token: str, specs: Sequence[Entry], found: list[Any], out: list[int], t: int,
-            mono: float, ttl_s: float) -> None:
+            window: int, mono: float) -> bool:
     """Take every entry but the peeks: its log (stored if it was empty), the log's expiry (slots have
-    none: ``ttl_s`` from ``mono``, the call's clock reading), a reservation's weight; each entry's
-    ``used`` in the reply ``out`` becomes the count after."""
+    none; from ``mono``, the call's clock reading), a reservation's weight; each entry's ``used`` in the
+    reply ``out`` becomes the count after, and its ``reset`` the log's once taken. True when a peek is
+    left, whose reset must be read after all (its log may be another entry's)."""
     data, deadlines = store.data, store.deadlines
+    ttl_s = (window // 1000 + TTL_PAD_MS) / 1000
     deadline = mono + ttl_s
+    peeked = False
     i = -1
     for (kind, _limit, weight, key, _hkey), log in zip(specs, found, strict=True):
         i += 3  # the entry's ``used`` in the reply
         if kind == "P":
+            peeked = True
             continue
         if kind == "C":
             if not log:
@@ -152,11 +156,13 @@ def _commit(store: MemoryStore, token: str, specs: Sequence[Entry], found: list[
             out[i] += 1
         else:
             out[i] = log.add(token, t, weight)
+        out[i + 1] = -(-(times[-1] + window - t) // 1000)  # the newest entry, at ``t`` or later: > 0
         old = deadlines.get(key)
         if old is not None and old <= deadline:  # moved forward: ``store.expire``'s common case
             deadlines[key] = deadline
         else:
             store.expire(key, ttl_s)
+    return peeked
 
 
 def release_all(store: MemoryStore, token: str, slots: Sequence[str], tokens: Sequence[tuple[str, str]], actual: int,
