@@ -56,7 +56,7 @@ def acquire_unleased(store: MemoryStore, token: str, force: bool, window: int,
     data, deadlines, mono = store.data, store.deadlines, store.monotonic()
     logs: dict[str, Any] = {}  # each key's log, shared by the entries that name it
     found: list[Any] = []  # each entry's log
-    out: list[int] = [0, 0]  # status and retry, then (used, reset, over) per entry: reset filled in last
+    out: list[int] = [0, 0]  # status and retry, then (used, reset, over) per entry: reset filled in later
     ok, retry = True, 0
     for kind, limit, weight, key, _hkey in specs:
         cls = _NATIVE[kind]

@@ -434,7 +434,8 @@ class RateLimitStage(Stage):
     def _pairs(st: LimitState, tplan: Plan) -> tuple:
         return st.plan.request_pairs + tplan.token_pairs if st.deferred else tplan.token_pairs
 
-    async def on_response(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:
+    def on_response(self, ctx: RequestContext, resp: GatewayResponse) -> GatewayResponse:
+        """A plain function (a filter may return the response itself): nothing here waits."""
         st = ctx.limit_state
         if st is not None:
             raw = st.raw
