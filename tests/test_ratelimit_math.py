@@ -7,7 +7,7 @@ import pytest
 
 from gateway.clock import FakeClock
 from gateway.policy.model import ApiKey, LimitSet, QueuePolicy, RateLimitPolicy, StatePolicy, Tenant
-from gateway.ratelimit.plan import Plans, build_plan
+from gateway.ratelimit.plan import NEAR_FRACTION, Plans, _near_above, build_plan
 from gateway.ratelimit.result import duration, headers, over_limit_error, parse, reply_headers
 from gateway.ratelimit.window import ZSet, acquire, ceil_ms, now_us
 from gateway.state.memory import MemoryStore
@@ -131,10 +131,10 @@ def test_headers_read_from_an_admitting_reply_are_those_of_its_parsed_result(raw
     got: dict[str, str] = {}
     reply_headers(got, raw, plan.header_groups)
     assert list(got.items()) == list(headers(res, res).items())
-    assert any(limit - raw[i] < near for i, limit, near in plan.near_at) == res.near
+    assert any(raw[i] > above for i, above in plan.near_at) == res.near
     admit = parse(raw, plan.request_pairs + plan.token_pairs, False)  # admit's call: tpm taken, not peeked
     assert list(got.items()) == list(headers(admit, admit).items())
-    assert any(limit - raw[i] < near for i, limit, near in plan.admit_near_at) == admit.near
+    assert any(raw[i] > above for i, above in plan.admit_near_at) == admit.near
 
 
 def test_over_limit_is_an_openai_429_with_exact_retry_headers():
@@ -155,3 +155,11 @@ def test_a_request_that_can_never_fit_says_so_and_asks_not_to_retry():
 def test_local_results_report_the_replica_share():
     res = _result([1, 0, 1, 60000, 0, 1, 60000, 0, 0, 0, 0], replicas=2, local=True)
     assert headers(res, None)["x-ratelimit-limit-requests"] == "2"  # key rpm 4 / 2 replicas
+
+
+def test_a_plans_near_mark_is_parses_near_share_exactly():
+    """``Plan.near_at`` holds an integer mark: above it exactly when ``parse`` finds under 10% left."""
+    for limit in [*range(1, 400), 10**9 + 7, 100_000_000, 100_000_000_000]:
+        above = _near_above(limit)
+        for used in (above - 1, above, above + 1, limit - 1, limit, limit + 1):
+            assert (used > above) == (limit - used < limit * NEAR_FRACTION), (limit, used)

@@ -15,6 +15,7 @@ call). Scopes: ``t`` (tenant), ``k:<key name>``, ``g:<team id>`` (a managed key'
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,11 +66,11 @@ class Plan:
     request_entries: tuple[tuple[str, int, int, str, str], ...] = ()  # ... and of ``acquire_entries``
     token_logs: tuple[tuple[str, str], ...] = ()  # (log, weights) keys per token limit, released at completion
     # ``acquire_entries``' reply read without ``parse`` (an admitted request on the memory backend): per
-    # limit (not a peek) with limit > 0, (used's index, limit, limit * NEAR_FRACTION); and per header
+    # limit (not a peek) with limit > 0, (used's index, the count above which it is near); and per header
     # kind with candidates (0 requests: the rpm limits; 1 tokens: the token peeks), the candidates
     # (used's index, limit) in reply order and, when there is one, its limit as text ("" for several)
-    near_at: tuple[tuple[int, int, float], ...] = ()
-    admit_near_at: tuple[tuple[int, int, float], ...] = ()  # ... of admit's reply (requests, then T entries)
+    near_at: tuple[tuple[int, int], ...] = ()
+    admit_near_at: tuple[tuple[int, int], ...] = ()  # ... of admit's reply (requests, then T entries)
     header_groups: tuple[tuple[int, tuple[tuple[int, int], ...], str], ...] = ()  # ``result.reply_headers``
 
     @property
@@ -109,6 +110,12 @@ def _limits(base: str, scope: str, name: str, limits: LimitSet | None, replicas:
         keys = (f"{base}:{suffix}", f"{base}:{suffix}:w") if kind == "T" else (f"{base}:{suffix}",)
         out.append(Limit(kind, scope, name, value, max(1, value // replicas), keys))
     return out
+
+
+def _near_above(limit: int) -> int:
+    """The count above which a limit is near (``limit - used < limit * NEAR_FRACTION``, exactly: ``used``
+    and ``limit`` are integers, so the share counts rounded up)."""
+    return limit - math.ceil(limit * NEAR_FRACTION)
 
 
 def _header_groups(pairs: tuple[tuple[str, Limit], ...]) -> tuple[tuple[int, tuple[tuple[int, int], ...], str], ...]:
@@ -152,9 +159,9 @@ def build_plan(policy: Policy, tenant: Tenant, key: ApiKey | None, model: str) -
         request_pairs=pairs[:len(requests)],
         request_entries=entries[:len(requests)],
         token_logs=tuple((lim.keys[0], lim.keys[1]) for lim in tokens),
-        near_at=tuple((2 + 3 * i, lim.limit, lim.limit * NEAR_FRACTION) for i, (kind, lim) in enumerate(pairs)
+        near_at=tuple((2 + 3 * i, _near_above(lim.limit)) for i, (kind, lim) in enumerate(pairs)
                       if kind != "P" and lim.limit > 0),
-        admit_near_at=tuple((2 + 3 * i, lim.limit, lim.limit * NEAR_FRACTION) for i, lim in enumerate(requests + tokens)
+        admit_near_at=tuple((2 + 3 * i, _near_above(lim.limit)) for i, lim in enumerate(requests + tokens)
                             if lim.limit > 0),
         header_groups=_header_groups(pairs),
     )

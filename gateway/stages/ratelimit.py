@@ -124,11 +124,11 @@ def _keep(found: list[StateBackend], backend: StateBackend) -> None:
         found.append(backend)
 
 
-def _outcome(raw: list[int], near_at: Sequence[tuple[int, int, float]]) -> str:
+def _outcome(raw: list[int], near_at: Sequence[tuple[int, int]]) -> str:
     """An admitting reply's outcome, read off it (``Result.near`` without a ``Result``): ``near_limit``
-    when a limit at reply index ``i`` has under its ``near`` share left."""
-    for i, limit, near in near_at:
-        if limit - raw[i] < near:
+    when a limit's count at reply index ``i`` is above its ``near`` mark (``Plan.near_at``)."""
+    for i, above in near_at:
+        if raw[i] > above:
             return "near_limit"
     return "ok"
 
@@ -336,11 +336,10 @@ class RateLimitStage(Stage):
         call of its own or a wait in the queue is returned to be awaited."""
         if op is None:
             return self._admit_alone(ctx, st, cost)
-        holds = (st.tokens_on, st.slots_on) if st.deferred else (st.tokens_on,)
         if error is not None:
-            return self._admit_failed(ctx, st, plan, cost, holds, error)
+            return self._admit_failed(ctx, st, plan, cost, _admit_holds(st), error)
         if not reply:  # an earlier op refused: this one wrote nothing
-            _drop(holds, self.guard.shared)
+            _drop(_admit_holds(st), self.guard.shared)
             return None
         if self.guard.down_until:
             self.guard.answered()
@@ -360,7 +359,7 @@ class RateLimitStage(Stage):
             return None
         decision = parse(raw, st.plan.request_pairs + tplan.token_pairs if st.deferred else tplan.token_pairs, False)
         if decision.status == REJECTED:
-            _drop(holds, self.guard.shared)
+            _drop(_admit_holds(st), self.guard.shared)
             if st.plan.queue_s > 0 and decision.retry_ms >= 0:  # type: ignore[union-attr]
                 return self._admit_queued(ctx, st, tplan, cost)
         return self._admitted(ctx, st, tplan, decision, cost)
@@ -390,7 +389,7 @@ class RateLimitStage(Stage):
     def _attempt(self, ctx: RequestContext, st: LimitState, tplan: Plan,
                  cost: int) -> Callable[[], Awaitable[Decision]]:
         entries = self._entries(st, tplan, cost, False)
-        holds = (st.tokens_on, st.slots_on) if st.deferred else (st.tokens_on,)
+        holds = _admit_holds(st)
         pairs = self._pairs(st, tplan)
         if self.memory:
             return functools.partial(self._native, ctx, st, entries, pairs, holds)
@@ -676,6 +675,11 @@ class RateLimitStage(Stage):
     def _keep_release(self, keys: list[str], args: list) -> None:
         self.releases.add(keys, args)
         self.stats.releases_kept += 1
+
+
+def _admit_holds(st: LimitState) -> tuple[list[StateBackend], ...]:
+    """Where admit's call may write: the token reservation, and the slots when they were deferred to it."""
+    return (st.tokens_on, st.slots_on) if st.deferred else (st.tokens_on,)
 
 
 def _drop(holds: tuple[list[StateBackend], ...], backend: StateBackend) -> None:
