@@ -67,11 +67,12 @@ class Plan:
     token_logs: tuple[tuple[str, str], ...] = ()  # (log, weights) keys per token limit, released at completion
     # ``acquire_entries``' reply read without ``parse`` (an admitted request on the memory backend): per
     # limit (not a peek) with limit > 0, (used's index, the count above which it is near); and per header
-    # kind with candidates (0 requests: the rpm limits; 1 tokens: the token peeks), the candidates
-    # (used's index, limit) in reply order and, when there is one, its limit as text ("" for several)
+    # kind with candidates (requests: the rpm limits; tokens: the token peeks), its three header names,
+    # the candidates (used's index, limit) in reply order and, when there is one, its limit as text
+    # ("" for several)
     near_at: tuple[tuple[int, int], ...] = ()
     admit_near_at: tuple[tuple[int, int], ...] = ()  # ... of admit's reply (requests, then T entries)
-    header_groups: tuple[tuple[int, tuple[tuple[int, int], ...], str], ...] = ()  # ``result.reply_headers``
+    header_groups: tuple[HeaderGroup, ...] = ()  # ``result.reply_headers``
 
     @property
     def empty(self) -> bool:
@@ -118,13 +119,18 @@ def _near_above(limit: int) -> int:
     return limit - math.ceil(limit * NEAR_FRACTION)
 
 
-def _header_groups(pairs: tuple[tuple[str, Limit], ...]) -> tuple[tuple[int, tuple[tuple[int, int], ...], str], ...]:
+REQUEST_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests")
+TOKEN_HEADERS = ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")
+HeaderGroup = tuple[str, str, str, tuple[tuple[int, int], ...], str]  # ``Plan.header_groups``
+
+
+def _header_groups(pairs: tuple[tuple[str, Limit], ...]) -> tuple[HeaderGroup, ...]:
     """``Plan.header_groups`` of a reply laid out as ``pairs``: requests (rpm), then tokens (peeks)."""
     groups = []
-    for group, kinds in enumerate((("R",), ("T", "P"))):
+    for names, kinds in ((REQUEST_HEADERS, ("R",)), (TOKEN_HEADERS, ("T", "P"))):
         found = tuple((2 + 3 * i, lim.limit) for i, (kind, lim) in enumerate(pairs) if kind in kinds)
         if found:
-            groups.append((group, found, str(found[0][1]) if len(found) == 1 else ""))
+            groups.append((*names, found, str(found[0][1]) if len(found) == 1 else ""))
     return tuple(groups)
 
 

@@ -7,7 +7,7 @@ import math
 from typing import NamedTuple
 
 from gateway.errors import GatewayError
-from gateway.ratelimit.plan import NEAR_FRACTION, Limit
+from gateway.ratelimit.plan import NEAR_FRACTION, REQUEST_HEADERS, TOKEN_HEADERS, HeaderGroup, Limit
 
 ADMITTED, REJECTED, OVER_COMMITTED = 1, 0, 2  # acquire status: OVER_COMMITTED is shadow mode's "would reject"
 CONCURRENCY_RETRY_MS = 1000  # a slot frees on some completion: a hint, not a promise
@@ -89,7 +89,7 @@ def headers(requests: Result | None, tokens: Result | None) -> dict[str, str]:
     of each, the first usage with the least (remaining, limit), as ``min`` picks it (loops of plain
     comparisons, in one function: every response)."""
     out: dict[str, str] = {}
-    for names, result, kind, other in ((_REQUEST_HEADERS, requests, "R", "R"), (_TOKEN_HEADERS, tokens, "T", "P")):
+    for names, result, kind, other in ((REQUEST_HEADERS, requests, "R", "R"), (TOKEN_HEADERS, tokens, "T", "P")):
         if result is None:
             continue
         u = None
@@ -109,20 +109,18 @@ def headers(requests: Result | None, tokens: Result | None) -> dict[str, str]:
     return out
 
 
-def reply_headers(out: dict[str, str], raw: list[int],
-                  groups: tuple[tuple[int, tuple[tuple[int, int], ...], str], ...]) -> None:
+def reply_headers(out: dict[str, str], raw: list[int], groups: tuple[HeaderGroup, ...]) -> None:
     """``headers(r, r)`` for ``r = parse(raw, pairs, False)``, read from the reply itself into ``out``:
-    ``groups`` (``Plan.header_groups``) give per header kind the (used's index, limit) of its rpm
-    limits or its token limits or peeks, in reply order, and a lone one's limit as text. No ``Usage``
-    is built, and a lone limit (the common case) is the binding one without a comparison."""
-    for group, spec, lone in groups:
-        names = _HEADERS[group]
+    ``groups`` (``Plan.header_groups``) give per header kind its names, the (used's index, limit) of its
+    rpm limits or its token limits or peeks, in reply order, and a lone one's limit as text. No
+    ``Usage`` is built, and a lone limit (the common case) is the binding one without a comparison."""
+    for limit_name, left_name, reset_name, spec, lone in groups:
         if lone:
             at, limit = spec[0]
             left = limit - raw[at]
-            out[names[0]] = lone
-            out[names[1]] = str(left) if left > 0 else "0"
-            out[names[2]] = duration(raw[at + 1])  # ``reset_ms``
+            out[limit_name] = lone
+            out[left_name] = str(left) if left > 0 else "0"
+            out[reset_name] = duration(raw[at + 1])  # ``reset_ms``
             continue
         at = -1
         left = limit = 0
@@ -132,14 +130,9 @@ def reply_headers(out: dict[str, str], raw: list[int],
                 x_left = 0
             if at < 0 or x_left < left or (x_left == left and x_limit < limit):
                 at, left, limit = i, x_left, x_limit
-        out[names[0]] = str(limit)
-        out[names[1]] = str(left)
-        out[names[2]] = duration(raw[at + 1])
-
-
-_REQUEST_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests")
-_TOKEN_HEADERS = ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")
-_HEADERS = (_REQUEST_HEADERS, _TOKEN_HEADERS)  # by ``Plan.header_groups``' kind
+        out[limit_name] = str(limit)
+        out[left_name] = str(left)
+        out[reset_name] = duration(raw[at + 1])
 
 
 def _describe(lim: Limit, tenant: str) -> str:
