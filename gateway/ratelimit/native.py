@@ -14,7 +14,11 @@ depends on it.
 
 A log that a Script twin wrote (a ``ZSet``: tests mixing the two on one store) sends the call to
 ``acquire_entries`` as it is; the twins read these structures back as sorted sets (``window._zset``),
-and release and settle both kinds (``window.release_slot``, ``window.settle``).
+and release and settle both kinds (``window.release_slot``, ``window.settle``). ``release_all``
+frees and settles the native structures itself and hands a twin's to those functions.
+
+These run on every request: they read the store's dicts directly (``MemoryStore.data``), under its
+rules, rather than calling it per key.
 """
 
 from __future__ import annotations
