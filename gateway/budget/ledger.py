@@ -20,9 +20,11 @@ them as doubles (exact up to 2**53 pico-dollars, ~9,000 USD, and off by a few pi
 from __future__ import annotations
 
 import functools
+import itertools
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from operator import add
 from typing import Any, NamedTuple
 
 from gateway.state.base import LocalStore, Script, StateBackend, hash_tag, local_hash
@@ -231,6 +233,7 @@ return out
 LOCAL_IDS_TTL_MS = 300_000  # an in-process call never times out, so its settle ids need a short memory only
 LOCAL_IDS_MAX = 20_000  # settle ids per tenant kept in process (~200 bytes each: ~4 MB); past it the oldest go first
 EVICTED: Counter[str] = Counter()  # in-process records dropped for room before their TTL, by table
+_ZEROS = itertools.repeat(0)  # ``dict.get``'s default, for ``map``
 
 
 def _settle_local(store: LocalStore, keys: list[str], args: list[Any], now: float) -> list[str]:
@@ -244,15 +247,8 @@ def _settle_local(store: LocalStore, keys: list[str], args: list[Any], now: floa
     pairs = args[4 + n:]
     charge = Charge(str(args[0]), int(args[1]), tuple(keys[0:2 * n:2]), tuple(int(t) for t in args[4:4 + n]),
                     keys[-2], int(args[2]), tuple((str(f), int(a)) for f, a in zip(pairs[::2], pairs[1::2], strict=True)))
-    reply = settle_charge(store, charge, [keys[2 * i + 1] for i in range(n)], keys[-1], int(args[3]), now)
+    reply = settle_now(store, charge, [keys[2 * i + 1] for i in range(n)], keys[-1], int(args[3]), now)
     return [reply[0], *map(str, reply[1:])]
-
-
-def settle_charge(store: LocalStore, charge: Charge, exp_keys: Sequence[str], ids_key: str, ids_ttl_ms: int,
-                  now: float) -> list[Any]:
-    """The settle on a typed ``Charge`` (the native form): ``[ok|dup, spent, held, ...]`` per scope
-    (``SettleOp.native``, which a fused call runs itself)."""
-    return SettleOp(charge, ids_ttl_ms, exp_keys, ids_key).native(store, now)
 
 
 def _levels(store: LocalStore, keys: Sequence[str], status: str) -> list[Any]:
@@ -509,50 +505,66 @@ class SettleOp:
 
     def native(self, store: LocalStore, now: float, fx: FusedCtx | None = None) -> list[Any]:
         """``SETTLE`` on the typed charge: ``[ok|dup, spent, held, ...]`` per scope."""
-        charge, exp_keys, ids_key = self.charge, self.exp_keys, self.settled
-        rid = charge.rid
-        ittl = self.ids_ttl_ms if self.ids_ttl_ms < LOCAL_IDS_TTL_MS else LOCAL_IDS_TTL_MS
-        ids = store.get(ids_key)
-        if ids is None:
-            ids = OrderedDict()  # settle id -> time, oldest first: expiry pops from the front, never scans
-            store.set(ids_key, ids)
-        if rid in ids:
-            return _levels(store, charge.scope_keys, "dup")
-        cutoff = now - ittl / 1000
-        while ids and next(iter(ids.values())) <= cutoff:
-            ids.popitem(last=False)
-        while len(ids) >= LOCAL_IDS_MAX:
-            ids.popitem(last=False)
-            EVICTED["settle_ids"] += 1
-        cost, field = charge.cost, "r:" + rid
-        buckets = []
-        for i, b in enumerate(charge.scope_keys):
-            bucket = store.get(b)
-            if bucket is None:
-                bucket = {}
-                store.set(b, bucket)
-            held = bucket.pop(field, None)
-            if held is not None:
-                bucket["held"] = bucket.get("held", 0) - held
-            exp = store.get(exp_keys[i])
-            if isinstance(exp, ZSet) and exp.remove(rid) and not exp.scores:  # ZREM; an emptied set goes
-                store.delete(exp_keys[i])
-            bucket["spent"] = bucket.get("spent", 0) + cost
-            ttl_ms = charge.scope_ttls_ms[i]
-            if ttl_ms > 0:
-                store.expire_nx(b, ttl_ms / 1000)
-            buckets.append(bucket)
-        if charge.day_ttl_ms > 0:
-            day = store.get(charge.day_key)
-            if day is None:
-                day = {}
-                store.set(charge.day_key, day)
-            for name, amount in charge.fields:
-                day[name] = day.get(name, 0) + amount
-            store.expire_nx(charge.day_key, charge.day_ttl_ms / 1000)
-        ids[rid] = now
-        store.expire(ids_key, ittl / 1000)
-        out: list[Any] = ["ok"]
-        for bucket in buckets:  # read after every write, as the script does
-            out += (bucket.get("spent", 0), bucket.get("held", 0))
-        return out
+        return settle_now(store, self.charge, self.exp_keys, self.settled, self.ids_ttl_ms, now)
+
+
+def settle_now(store: LocalStore, charge: Charge, exp_keys: Sequence[str], ids_key: str, ids_ttl_ms: int,
+               now: float) -> list[Any]:
+    """``SETTLE`` on a typed charge (``SettleOp.native``; a settle with no op to share a call with runs
+    it as a call of its own, ``MemoryBackend.run_native``): ``[ok|dup, spent, held, ...]`` per scope."""
+    rid = charge.rid
+    ids = store.get(ids_key)
+    if ids is None:
+        ids = OrderedDict()  # settle id -> time, oldest first: expiry pops from the front, never scans
+        store.set(ids_key, ids)
+    elif rid in ids:
+        return _levels(store, charge.scope_keys, "dup")
+    ittl_s = (ids_ttl_ms if ids_ttl_ms < LOCAL_IDS_TTL_MS else LOCAL_IDS_TTL_MS) / 1000
+    cutoff = now - ittl_s
+    while ids and next(iter(ids.values())) <= cutoff:
+        ids.popitem(last=False)
+    while len(ids) >= LOCAL_IDS_MAX:
+        ids.popitem(last=False)
+        EVICTED["settle_ids"] += 1
+    out: list[Any] = ["ok"]
+    if charge.scope_keys:
+        out += _settle_scopes(store, charge, exp_keys, rid)
+    if charge.day_ttl_ms > 0:
+        day_key = charge.day_key
+        day = store.get(day_key)
+        if day is None:
+            day = {}
+            store.set(day_key, day)
+        if charge.fields:  # HINCRBY each, in C-level loops: no bytecode per field
+            names, amounts = zip(*charge.fields, strict=True)
+            day.update(zip(names, map(add, map(day.get, names, _ZEROS), amounts), strict=True))
+        store.expire_nx(day_key, charge.day_ttl_ms / 1000)
+    ids[rid] = now
+    store.expire(ids_key, ittl_s)
+    return out
+
+
+def _settle_scopes(store: LocalStore, charge: Charge, exp_keys: Sequence[str], rid: str) -> list[int]:
+    """``settle_now``'s scopes: each hold released, the cost added; ``[spent, held, ...]`` read after
+    every write (two scopes may share a key), as the script does."""
+    cost, field = charge.cost, "r:" + rid
+    buckets = []
+    for b, z, ttl_ms in zip(charge.scope_keys, exp_keys, charge.scope_ttls_ms, strict=True):
+        bucket = store.get(b)
+        if bucket is None:
+            bucket = {}
+            store.set(b, bucket)
+        held = bucket.pop(field, None)
+        if held is not None:
+            bucket["held"] = bucket.get("held", 0) - held
+        exp = store.get(z)
+        if isinstance(exp, ZSet) and exp.remove(rid) and not exp.scores:  # ZREM; an emptied set goes
+            store.delete(z)
+        bucket["spent"] = bucket.get("spent", 0) + cost
+        if ttl_ms > 0:
+            store.expire_nx(b, ttl_ms / 1000)
+        buckets.append(bucket)
+    out = []
+    for bucket in buckets:
+        out += (bucket.get("spent", 0), bucket.get("held", 0))
+    return out

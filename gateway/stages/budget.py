@@ -29,11 +29,12 @@ from __future__ import annotations
 import functools
 import itertools
 import secrets
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway.budget.ledger import (
+    SETTLE_FRAGMENT,
     Charge,
     Ledger,
     Reserved,
@@ -42,6 +43,7 @@ from gateway.budget.ledger import (
     day_key,
     parse_reserved,
     parse_settled,
+    settle_now,
     settled_key,
 )
 from gateway.budget.periods import DAY_RECORD_TTL_S
@@ -93,6 +95,10 @@ class BudgetStage(Stage):
         self._today = ""
         self._tenant_keys: dict[str, tuple[str, str]] = {}  # tenant -> (day record key, settled-ids key)
         self._day_fields_of: dict[tuple[str, str | None], tuple[str, ...]] = {}  # (model, key) -> ``_day_names``
+        # memory: a settle no other op joins runs as a call of its own (``MemoryBackend.run_native``, timed
+        # and named by the metered wrapper as the fused call it replaces); None elsewhere
+        sync_native = getattr(services.backend, "sync_native", None) if services.backend.kind == "memory" else None
+        self._run: Callable[..., Any] | None = sync_native() if sync_native is not None else None
 
     def on_policy(self, policy: Any) -> None:
         self.service.on_policy(policy)
@@ -326,6 +332,16 @@ class BudgetStage(Stage):
         batch = ctx.state_batch
         if batch is None:
             return self.service.settle(charge, ledger)
+        run = self._run
+        if run is not None and ctx.limit_state is None and ledger is not self.service.local:
+            # nothing else joins ``complete``'s call (the limiter holds nothing for this request, and on
+            # memory the feedback record stays in process): the settle is that call, with no op or batch
+            exp_keys, ids_ttl_ms = () if plan is None else plan.exp_keys, self.service.shared.settled_ttl_ms
+            try:
+                reply = run(SETTLE_FRAGMENT.name, settle_now, charge, exp_keys, settled, ids_ttl_ms)
+            except StateError as exc:
+                return self._settled(charge, None, exc)
+            return self._settled(charge, reply, None)
         op = SettleOp(charge, self.service.shared.settled_ttl_ms, None if plan is None else plan.exp_keys, settled)
         if ledger is self.service.local:  # ``BudgetService.settle``'s local part; the shared one goes in the call
             return self._settle_local_first(charge, batch, op)
@@ -339,9 +355,10 @@ class BudgetStage(Stage):
 
     def _settled(self, charge: Charge, reply: list | None, error: StateError | None) -> Awaitable[None] | None:
         service = self.service
-        if reply is not None and len(reply) == 3 and not len(service.pending):
-            # ``settled_now``'s common case (one scope, nothing kept to replay) without ``parse_settled``
-            service.fallback.observe_levels(charge.scope_keys, ((int(reply[1]), int(reply[2])),))
+        if reply is not None and len(reply) <= 3 and not len(service.pending):
+            # ``settled_now``'s common cases (one scope or none, nothing kept to replay) without ``parse_settled``
+            if len(reply) == 3:
+                service.fallback.observe_levels(charge.scope_keys, ((int(reply[1]), int(reply[2])),))
             if reply[0] != "ok":
                 service.counts["settle_duplicate"] += 1
             return None
