@@ -20,11 +20,9 @@ them as doubles (exact up to 2**53 pico-dollars, ~9,000 USD, and off by a few pi
 from __future__ import annotations
 
 import functools
-import itertools
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from operator import add
 from typing import Any, NamedTuple
 
 from gateway.state.base import LocalStore, Script, StateBackend, hash_tag, local_hash
@@ -147,11 +145,30 @@ def _unhold(store: LocalStore, z: str, rid: str) -> None:
 
 
 def _over(scopes: Sequence[ScopeArgs], levels: list[int], amount: int) -> int:
-    """The 1-based index of the first enforced scope ``amount`` does not fit in, 0 if it fits in all."""
-    for i, s in enumerate(scopes):
-        if s.enforce and levels[i] + amount > s.limit:
-            return i + 1
+    """The 1-based index of the first enforced scope ``amount`` does not fit in, 0 if it fits in all
+    (``levels``: spent, held per scope)."""
+    i = 0
+    for s in scopes:
+        if s.enforce and levels[i] + levels[i + 1] + amount > s.limit:
+            return i // 2 + 1
+        i += 2
     return 0
+
+
+def _fit(scopes: Sequence[ScopeArgs], levels: list[int], main: int, alt: int) -> tuple[int, bool, int]:
+    """The amount to hold, whether it is ``alt`` (a downgrade) and the refusing scope (``_over``), for a
+    request that may downgrade: ``alt`` past a downgrading scope's soft threshold, or when only it fits."""
+    use_alt = may_alt = False
+    for i, s in enumerate(scopes):
+        if s.downgrade:
+            may_alt = True
+            if s.soft is not None and levels[2 * i] + levels[2 * i + 1] >= s.soft:
+                use_alt = True
+    amount = alt if use_alt else main
+    refused = _over(scopes, levels, amount)
+    if refused and may_alt and not use_alt and _over(scopes, levels, alt) == 0:
+        return alt, True, 0
+    return amount, use_alt, refused
 
 
 def _reserve_local(store: LocalStore, keys: list[str], args: list[Any], now: float) -> list[Any]:
@@ -233,7 +250,6 @@ return out
 LOCAL_IDS_TTL_MS = 300_000  # an in-process call never times out, so its settle ids need a short memory only
 LOCAL_IDS_MAX = 20_000  # settle ids per tenant kept in process (~200 bytes each: ~4 MB); past it the oldest go first
 EVICTED: Counter[str] = Counter()  # in-process records dropped for room before their TTL, by table
-_ZEROS = itertools.repeat(0)  # ``dict.get``'s default, for ``map``
 
 
 def _settle_local(store: LocalStore, keys: list[str], args: list[Any], now: float) -> list[str]:
@@ -433,11 +449,11 @@ class ReserveOp:
         """``RESERVE`` on the typed scopes; in a fused call (``fx``) a refusal stops the later ops and
         a hold registers its undo."""
         scopes, exp_keys, alt = self.scopes, self.exp_keys, self.alt
-        levels: list[int] = []
-        out: list[Any] = []
+        levels: list[int] = []  # spent, held per scope: the reply's tail
         buckets: list[dict[str, int] | None] = []  # per scope: its hash and expiries, if any
         exps: list[ZSet | None] = []
-        for i, s in enumerate(scopes):
+        i = 0
+        for s in scopes:
             bucket = store.get(s.key)
             exp = store.get(exp_keys[i])
             if not isinstance(exp, ZSet):
@@ -446,27 +462,23 @@ class ReserveOp:
                 exp = _purge(store, bucket, exp, exp_keys[i], now)
             buckets.append(bucket)
             exps.append(exp)
-            spent, held = (0, 0) if bucket is None else (bucket.get("spent", 0), bucket.get("held", 0))
-            out += (spent, held)
-            levels.append(spent + held)
-        use_alt = may_alt = False
-        if alt is not None:
-            for i, s in enumerate(scopes):
-                if s.downgrade:
-                    may_alt = True
-                    if s.soft is not None and levels[i] >= s.soft:
-                        use_alt = True
-        amount = alt if use_alt and alt is not None else self.main
-        refused = _over(scopes, levels, amount)
-        if refused and may_alt and not use_alt and alt is not None and _over(scopes, levels, alt) == 0:
-            use_alt, amount, refused = True, alt, 0
+            if bucket is None:
+                levels += (0, 0)
+            else:
+                levels += (bucket.get("spent", 0), bucket.get("held", 0))
+            i += 1  # noqa: SIM113 - a counter costs less than ``enumerate`` (one scope, nearly always)
+        if alt is None:
+            amount, use_alt, refused = self.main, False, _over(scopes, levels, self.main)
+        else:
+            amount, use_alt, refused = _fit(scopes, levels, self.main, alt)
         if refused:
             if fx is not None:
                 fx.refuse()
-            return ["over", refused, *out]
+            return ["over", refused, *levels]
         rid = self.rid
         field, until = "r:" + rid, now + self.hold_s
-        for i, s in enumerate(scopes):
+        i = 0
+        for s in scopes:
             bucket, exp = buckets[i], exps[i]
             if bucket is None:  # created now (by an earlier scope too, if two share a key)
                 bucket = local_hash(store, s.key)
@@ -478,11 +490,12 @@ class ReserveOp:
             if s.ttl_ms > 0:
                 store.expire(s.key, s.ttl_ms / 1000)
                 store.expire(exp_keys[i], s.ttl_ms / 1000)
+            i += 1  # noqa: SIM113 - a counter costs less than ``enumerate`` (one scope, nearly always)
         verdict = "alt" if use_alt else "main"
         if fx is not None:
             fx.variant = verdict
-            fx.undo.append(functools.partial(_unreserve, store, scopes, exp_keys, rid, amount))
-        return [verdict, 0, *out]
+            fx.undo += (functools.partial(_unreserve, store, scopes, exp_keys, rid, amount),)
+        return [verdict, 0, *levels]
 
 
 class SettleOp:
@@ -527,44 +540,39 @@ def settle_now(store: LocalStore, charge: Charge, exp_keys: Sequence[str], ids_k
         ids.popitem(last=False)
         EVICTED["settle_ids"] += 1
     out: list[Any] = ["ok"]
-    if charge.scope_keys:
-        out += _settle_scopes(store, charge, exp_keys, rid)
+    scope_keys = charge.scope_keys
+    if scope_keys:  # none for a tenant without a budget
+        cost, field, ttls = charge.cost, "r:" + rid, charge.scope_ttls_ms
+        buckets = []
+        i = 0
+        for b in scope_keys:
+            bucket = store.get(b)
+            if bucket is None:
+                bucket = {}
+                store.set(b, bucket)
+            held = bucket.pop(field, None)
+            if held is not None:
+                bucket["held"] = bucket.get("held", 0) - held
+            exp = store.get(exp_keys[i])
+            if isinstance(exp, ZSet) and exp.remove(rid) and not exp.scores:  # ZREM; an emptied set goes
+                store.delete(exp_keys[i])
+            bucket["spent"] = bucket.get("spent", 0) + cost
+            if ttls[i] > 0:
+                store.expire_nx(b, ttls[i] / 1000)
+            buckets.append(bucket)
+            i += 1  # noqa: SIM113 - a counter costs less than ``enumerate`` (one scope, nearly always)
+        for bucket in buckets:  # read after every write (two scopes may share a key), as the script does
+            out += (bucket.get("spent", 0), bucket.get("held", 0))
     if charge.day_ttl_ms > 0:
         day_key = charge.day_key
         day = store.get(day_key)
         if day is None:
             day = {}
             store.set(day_key, day)
-        if charge.fields:  # HINCRBY each, in C-level loops: no bytecode per field
-            names, amounts = zip(*charge.fields, strict=True)
-            day.update(zip(names, map(add, map(day.get, names, _ZEROS), amounts), strict=True))
+        get = day.get
+        for name, amount in charge.fields:
+            day[name] = get(name, 0) + amount
         store.expire_nx(day_key, charge.day_ttl_ms / 1000)
     ids[rid] = now
     store.expire(ids_key, ittl_s)
-    return out
-
-
-def _settle_scopes(store: LocalStore, charge: Charge, exp_keys: Sequence[str], rid: str) -> list[int]:
-    """``settle_now``'s scopes: each hold released, the cost added; ``[spent, held, ...]`` read after
-    every write (two scopes may share a key), as the script does."""
-    cost, field = charge.cost, "r:" + rid
-    buckets = []
-    for b, z, ttl_ms in zip(charge.scope_keys, exp_keys, charge.scope_ttls_ms, strict=True):
-        bucket = store.get(b)
-        if bucket is None:
-            bucket = {}
-            store.set(b, bucket)
-        held = bucket.pop(field, None)
-        if held is not None:
-            bucket["held"] = bucket.get("held", 0) - held
-        exp = store.get(z)
-        if isinstance(exp, ZSet) and exp.remove(rid) and not exp.scores:  # ZREM; an emptied set goes
-            store.delete(z)
-        bucket["spent"] = bucket.get("spent", 0) + cost
-        if ttl_ms > 0:
-            store.expire_nx(b, ttl_ms / 1000)
-        buckets.append(bucket)
-    out = []
-    for bucket in buckets:
-        out += (bucket.get("spent", 0), bucket.get("held", 0))
     return out
