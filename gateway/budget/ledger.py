@@ -554,8 +554,8 @@ def settle_now(store: LocalStore, charge: Charge, exp_keys: Sequence[str], ids_k
             if held is not None:
                 bucket["held"] = bucket.get("held", 0) - held
             exp = store.get(exp_keys[i])
-            if isinstance(exp, ZSet) and exp.remove(rid) and not exp.scores:  # ZREM; an emptied set goes
-                store.delete(exp_keys[i])
+            if isinstance(exp, ZSet):  # ZREM; an emptied set stays in memory for the next reservation (Redis drops it)
+                exp.remove(rid)
             bucket["spent"] = bucket.get("spent", 0) + cost
             if ttls[i] > 0:
                 store.expire_nx(b, ttls[i] / 1000)
