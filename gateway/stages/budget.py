@@ -30,7 +30,6 @@ import functools
 import itertools
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gateway.budget.ledger import (
@@ -63,15 +62,23 @@ if TYPE_CHECKING:
     from gateway.stages.state_batch import StateBatch
 
 
-@dataclass(slots=True)
-class Hold:
-    """This request's reservation: ``pending`` while reserving (a cancelled reserve may have held)."""
+class Hold(ReserveOp):
+    """This request's reservation: ``pending`` while reserving (a cancelled reserve may have held).
 
-    rid: str
-    plan: BudgetPlan
-    state: str = "pending"  # pending | held | none (no reservation, still charged) | refused
-    ledger: Ledger | None = None
-    amount: int = 0
+    It is also the reservation's op of admit's fused call (a ``ReserveOp`` on its plan's scopes, for
+    ``main`` or ``alt``): one object a request, not two.
+    """
+
+    __slots__ = ("amount", "ledger", "plan", "state")
+
+    def __init__(self, rid: str, plan: BudgetPlan, main: int = 0, alt: int | None = None) -> None:
+        # the op's fields set here rather than by ``ReserveOp.__init__``: one call, not two
+        self.scopes, self.rid, self.hold_s, self.main, self.alt = plan.scopes, rid, plan.hold_s, main, alt
+        self.exp_keys = plan.exp_keys
+        self.plan = plan
+        self.state = "pending"  # pending | held | none (no reservation, still charged) | refused
+        self.ledger: Ledger | None = None
+        self.amount = 0
 
 
 def output_tokens(ctx: RequestContext, model: ModelSpec) -> int:
@@ -141,15 +148,14 @@ class BudgetStage(Stage):
         main = worst_case(ctx.prompt_tokens_est, output_tokens(ctx, model), self.service.rates(model))
         alt = None if small is None else worst_case(ctx.prompt_tokens_est, output_tokens(ctx, small),
                                                     self.service.rates(small))
-        hold = Hold(f"{self._rid_prefix}{next(self._seq)}", plan)
+        hold = Hold(f"{self._rid_prefix}{next(self._seq)}", plan, main, alt)
         ctx.budget_hold = hold  # before the await: a cancelled reserve is still released
         batch = ctx.state_batch
         if batch is None:
             return self._admit_alone(ctx, hold, model, small, main, alt, now)
         # in admit's one call, before the token limits (which learn the downgrade)
         ctx.downgrade_to = small
-        finish = functools.partial(self._reserved, ctx, hold, model, small, main, alt, now)
-        batch.add("admit", ReserveOp(plan.scopes, hold.rid, plan.hold_s, main, alt, plan.exp_keys), finish)
+        batch.add("admit", hold, functools.partial(self._reserved, ctx, hold, model, small, main, alt, now))
         return None
 
     async def _admit_alone(self, ctx: RequestContext, hold: Hold, model: ModelSpec, small: ModelSpec | None,
