@@ -12,7 +12,9 @@ refusing a request whose large-model reservation no longer fits). ``mode: shadow
 counts but never refuses, downgrades or adds headers.
 
 The reservation and the settle are ops of the phase's one fused call with the rate limits'
-(``gateway.stages.state_batch``): a refusal by the limits undoes the reservation in that call.
+(``gateway.stages.state_batch``): a refusal by the limits undoes the reservation in that call. On
+the memory backend a settle no other op joins (the limiter holds nothing for the request, e.g. a
+tenant without limits) is that call by itself (``MemoryBackend.run_native``: no op or batch).
 
 With a shared (Redis) state, a settle that cannot reach it goes to this replica's journal
 (``gateway.budget.journal``) and is replayed when Redis answers; while the journal holds
@@ -307,8 +309,9 @@ class BudgetStage(Stage):
 
     # -- complete ---------------------------------------------------------------------------------
     def complete(self, ctx: RequestContext, error: BaseException | None) -> Awaitable[None] | None:
-        """Plain on the usual path (the settle rides the phase's fused call): no coroutine; one that
-        settles on its own (no state batch) or on the local ledger first is returned to be awaited."""
+        """Plain on the usual path (the settle rides the phase's fused call, or on memory is that call
+        alone): no coroutine; one that settles on its own (no state batch) or on the local ledger
+        first is returned to be awaited."""
         if self.service.derived is None or ctx.tenant is None:
             return None
         hold = ctx.budget_hold
