@@ -145,11 +145,30 @@ def _unhold(store: LocalStore, z: str, rid: str) -> None:
 
 
 def _over(scopes: Sequence[ScopeArgs], levels: list[int], amount: int) -> int:
-    """The 1-based index of the first enforced scope ``amount`` does not fit in, 0 if it fits in all."""
-    for i, s in enumerate(scopes):
-        if s.enforce and levels[i] + amount > s.limit:
-            return i + 1
+    """The 1-based index of the first enforced scope ``amount`` does not fit in, 0 if it fits in all
+    (``levels``: spent, held per scope)."""
+    i = 0
+    for s in scopes:
+        if s.enforce and levels[i] + levels[i + 1] + amount > s.limit:
+            return i // 2 + 1
+        i += 2
     return 0
+
+
+def _fit(scopes: Sequence[ScopeArgs], levels: list[int], main: int, alt: int) -> tuple[int, bool, int]:
+    """The amount to hold, whether it is ``alt`` (a downgrade) and the refusing scope (``_over``), for a
+    request that may downgrade: ``alt`` past a downgrading scope's soft threshold, or when only it fits."""
+    use_alt = may_alt = False
+    for i, s in enumerate(scopes):
+        if s.downgrade:
+            may_alt = True
+            if s.soft is not None and levels[2 * i] + levels[2 * i + 1] >= s.soft:
+                use_alt = True
+    amount = alt if use_alt else main
+    refused = _over(scopes, levels, amount)
+    if refused and may_alt and not use_alt and _over(scopes, levels, alt) == 0:
+        return alt, True, 0
+    return amount, use_alt, refused
 
 
 def _reserve_local(store: LocalStore, keys: list[str], args: list[Any], now: float) -> list[Any]:
@@ -244,15 +263,8 @@ def _settle_local(store: LocalStore, keys: list[str], args: list[Any], now: floa
     pairs = args[4 + n:]
     charge = Charge(str(args[0]), int(args[1]), tuple(keys[0:2 * n:2]), tuple(int(t) for t in args[4:4 + n]),
                     keys[-2], int(args[2]), tuple((str(f), int(a)) for f, a in zip(pairs[::2], pairs[1::2], strict=True)))
-    reply = settle_charge(store, charge, [keys[2 * i + 1] for i in range(n)], keys[-1], int(args[3]), now)
+    reply = settle_now(store, charge, [keys[2 * i + 1] for i in range(n)], keys[-1], int(args[3]), now)
     return [reply[0], *map(str, reply[1:])]
-
-
-def settle_charge(store: LocalStore, charge: Charge, exp_keys: Sequence[str], ids_key: str, ids_ttl_ms: int,
-                  now: float) -> list[Any]:
-    """The settle on a typed ``Charge`` (the native form): ``[ok|dup, spent, held, ...]`` per scope
-    (``SettleOp.native``, which a fused call runs itself)."""
-    return SettleOp(charge, ids_ttl_ms, exp_keys, ids_key).native(store, now)
 
 
 def _levels(store: LocalStore, keys: Sequence[str], status: str) -> list[Any]:
@@ -437,11 +449,11 @@ class ReserveOp:
         """``RESERVE`` on the typed scopes; in a fused call (``fx``) a refusal stops the later ops and
         a hold registers its undo."""
         scopes, exp_keys, alt = self.scopes, self.exp_keys, self.alt
-        levels: list[int] = []
-        out: list[Any] = []
+        levels: list[int] = []  # spent, held per scope: the reply's tail
         buckets: list[dict[str, int] | None] = []  # per scope: its hash and expiries, if any
         exps: list[ZSet | None] = []
-        for i, s in enumerate(scopes):
+        i = 0
+        for s in scopes:
             bucket = store.get(s.key)
             exp = store.get(exp_keys[i])
             if not isinstance(exp, ZSet):
@@ -450,27 +462,23 @@ class ReserveOp:
                 exp = _purge(store, bucket, exp, exp_keys[i], now)
             buckets.append(bucket)
             exps.append(exp)
-            spent, held = (0, 0) if bucket is None else (bucket.get("spent", 0), bucket.get("held", 0))
-            out += (spent, held)
-            levels.append(spent + held)
-        use_alt = may_alt = False
-        if alt is not None:
-            for i, s in enumerate(scopes):
-                if s.downgrade:
-                    may_alt = True
-                    if s.soft is not None and levels[i] >= s.soft:
-                        use_alt = True
-        amount = alt if use_alt and alt is not None else self.main
-        refused = _over(scopes, levels, amount)
-        if refused and may_alt and not use_alt and alt is not None and _over(scopes, levels, alt) == 0:
-            use_alt, amount, refused = True, alt, 0
+            if bucket is None:
+                levels += (0, 0)
+            else:
+                levels += (bucket.get("spent", 0), bucket.get("held", 0))
+            i += 1  # noqa: SIM113 - a counter costs less than ``enumerate`` (one scope, nearly always)
+        if alt is None:
+            amount, use_alt, refused = self.main, False, _over(scopes, levels, self.main)
+        else:
+            amount, use_alt, refused = _fit(scopes, levels, self.main, alt)
         if refused:
             if fx is not None:
                 fx.refuse()
-            return ["over", refused, *out]
+            return ["over", refused, *levels]
         rid = self.rid
         field, until = "r:" + rid, now + self.hold_s
-        for i, s in enumerate(scopes):
+        i = 0
+        for s in scopes:
             bucket, exp = buckets[i], exps[i]
             if bucket is None:  # created now (by an earlier scope too, if two share a key)
                 bucket = local_hash(store, s.key)
@@ -482,11 +490,12 @@ class ReserveOp:
             if s.ttl_ms > 0:
                 store.expire(s.key, s.ttl_ms / 1000)
                 store.expire(exp_keys[i], s.ttl_ms / 1000)
+            i += 1  # noqa: SIM113 - a counter costs less than ``enumerate`` (one scope, nearly always)
         verdict = "alt" if use_alt else "main"
         if fx is not None:
             fx.variant = verdict
-            fx.undo.append(functools.partial(_unreserve, store, scopes, exp_keys, rid, amount))
-        return [verdict, 0, *out]
+            fx.undo += (functools.partial(_unreserve, store, scopes, exp_keys, rid, amount),)
+        return [verdict, 0, *levels]
 
 
 class SettleOp:
@@ -509,24 +518,34 @@ class SettleOp:
 
     def native(self, store: LocalStore, now: float, fx: FusedCtx | None = None) -> list[Any]:
         """``SETTLE`` on the typed charge: ``[ok|dup, spent, held, ...]`` per scope."""
-        charge, exp_keys, ids_key = self.charge, self.exp_keys, self.settled
-        rid = charge.rid
-        ittl = self.ids_ttl_ms if self.ids_ttl_ms < LOCAL_IDS_TTL_MS else LOCAL_IDS_TTL_MS
-        ids = store.get(ids_key)
-        if ids is None:
-            ids = OrderedDict()  # settle id -> time, oldest first: expiry pops from the front, never scans
-            store.set(ids_key, ids)
-        if rid in ids:
-            return _levels(store, charge.scope_keys, "dup")
-        cutoff = now - ittl / 1000
-        while ids and next(iter(ids.values())) <= cutoff:
-            ids.popitem(last=False)
-        while len(ids) >= LOCAL_IDS_MAX:
-            ids.popitem(last=False)
-            EVICTED["settle_ids"] += 1
-        cost, field = charge.cost, "r:" + rid
+        return settle_now(store, self.charge, self.exp_keys, self.settled, self.ids_ttl_ms, now)
+
+
+def settle_now(store: LocalStore, charge: Charge, exp_keys: Sequence[str], ids_key: str, ids_ttl_ms: int,
+               now: float) -> list[Any]:
+    """``SETTLE`` on a typed charge (``SettleOp.native``; a settle with no op to share a call with runs
+    it as a call of its own, ``MemoryBackend.run_native``): ``[ok|dup, spent, held, ...]`` per scope."""
+    rid = charge.rid
+    ids = store.get(ids_key)
+    if ids is None:
+        ids = OrderedDict()  # settle id -> time, oldest first: expiry pops from the front, never scans
+        store.set(ids_key, ids)
+    elif rid in ids:
+        return _levels(store, charge.scope_keys, "dup")
+    ittl_s = (ids_ttl_ms if ids_ttl_ms < LOCAL_IDS_TTL_MS else LOCAL_IDS_TTL_MS) / 1000
+    cutoff = now - ittl_s
+    while ids and next(iter(ids.values())) <= cutoff:
+        ids.popitem(last=False)
+    while len(ids) >= LOCAL_IDS_MAX:
+        ids.popitem(last=False)
+        EVICTED["settle_ids"] += 1
+    out: list[Any] = ["ok"]
+    scope_keys = charge.scope_keys
+    if scope_keys:  # none for a tenant without a budget
+        cost, field, ttls = charge.cost, "r:" + rid, charge.scope_ttls_ms
         buckets = []
-        for i, b in enumerate(charge.scope_keys):
+        i = 0
+        for b in scope_keys:
             bucket = store.get(b)
             if bucket is None:
                 bucket = {}
@@ -535,24 +554,25 @@ class SettleOp:
             if held is not None:
                 bucket["held"] = bucket.get("held", 0) - held
             exp = store.get(exp_keys[i])
-            if isinstance(exp, ZSet) and exp.remove(rid) and not exp.scores:  # ZREM; an emptied set goes
-                store.delete(exp_keys[i])
+            if isinstance(exp, ZSet):  # ZREM; an emptied set stays in memory for the next reservation (Redis drops it)
+                exp.remove(rid)
             bucket["spent"] = bucket.get("spent", 0) + cost
-            ttl_ms = charge.scope_ttls_ms[i]
-            if ttl_ms > 0:
-                store.expire_nx(b, ttl_ms / 1000)
+            if ttls[i] > 0:
+                store.expire_nx(b, ttls[i] / 1000)
             buckets.append(bucket)
-        if charge.day_ttl_ms > 0:
-            day = store.get(charge.day_key)
-            if day is None:
-                day = {}
-                store.set(charge.day_key, day)
-            for name, amount in charge.fields:
-                day[name] = day.get(name, 0) + amount
-            store.expire_nx(charge.day_key, charge.day_ttl_ms / 1000)
-        ids[rid] = now
-        store.expire(ids_key, ittl / 1000)
-        out: list[Any] = ["ok"]
-        for bucket in buckets:  # read after every write, as the script does
+            i += 1  # noqa: SIM113 - a counter costs less than ``enumerate`` (one scope, nearly always)
+        for bucket in buckets:  # read after every write (two scopes may share a key), as the script does
             out += (bucket.get("spent", 0), bucket.get("held", 0))
-        return out
+    if charge.day_ttl_ms > 0:
+        day_key = charge.day_key
+        day = store.get(day_key)
+        if day is None:
+            day = {}
+            store.set(day_key, day)
+        get = day.get
+        for name, amount in charge.fields:
+            day[name] = get(name, 0) + amount
+        store.expire_nx(day_key, charge.day_ttl_ms / 1000)
+    ids[rid] = now
+    store.expire(ids_key, ittl_s)
+    return out

@@ -12,7 +12,9 @@ refusing a request whose large-model reservation no longer fits). ``mode: shadow
 counts but never refuses, downgrades or adds headers.
 
 The reservation and the settle are ops of the phase's one fused call with the rate limits'
-(``gateway.stages.state_batch``): a refusal by the limits undoes the reservation in that call.
+(``gateway.stages.state_batch``): a refusal by the limits undoes the reservation in that call. On
+the memory backend a settle no other op joins (the limiter holds nothing for the request, e.g. a
+tenant without limits) is that call by itself (``MemoryBackend.run_native``: no op or batch).
 
 With a shared (Redis) state, a settle that cannot reach it goes to this replica's journal
 (``gateway.budget.journal``) and is replayed when Redis answers; while the journal holds
@@ -29,11 +31,11 @@ from __future__ import annotations
 import functools
 import itertools
 import secrets
-from collections.abc import Awaitable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from gateway.budget.ledger import (
+    SETTLE_FRAGMENT,
     Charge,
     Ledger,
     Reserved,
@@ -42,10 +44,11 @@ from gateway.budget.ledger import (
     day_key,
     parse_reserved,
     parse_settled,
+    settle_now,
     settled_key,
 )
 from gateway.budget.periods import DAY_RECORD_TTL_S
-from gateway.budget.pricing import cost, estimate_usage, usd, worst_case
+from gateway.budget.pricing import PICO_PER_USD, cost, estimate_usage, usd, worst_case
 from gateway.budget.service import BudgetPlan, BudgetSpec
 from gateway.clock import time_of
 from gateway.context import RequestContext
@@ -61,15 +64,23 @@ if TYPE_CHECKING:
     from gateway.stages.state_batch import StateBatch
 
 
-@dataclass(slots=True)
-class Hold:
-    """This request's reservation: ``pending`` while reserving (a cancelled reserve may have held)."""
+class Hold(ReserveOp):
+    """This request's reservation: ``pending`` while reserving (a cancelled reserve may have held).
 
-    rid: str
-    plan: BudgetPlan
-    state: str = "pending"  # pending | held | none (no reservation, still charged) | refused
-    ledger: Ledger | None = None
-    amount: int = 0
+    It is also the reservation's op of admit's fused call (a ``ReserveOp`` on its plan's scopes, for
+    ``main`` or ``alt``): one object a request, not two.
+    """
+
+    __slots__ = ("amount", "ledger", "plan", "state")
+
+    def __init__(self, rid: str, plan: BudgetPlan, main: int = 0, alt: int | None = None) -> None:
+        # the op's fields set here rather than by ``ReserveOp.__init__``: one call, not two
+        self.scopes, self.rid, self.hold_s, self.main, self.alt = plan.scopes, rid, plan.hold_s, main, alt
+        self.exp_keys = plan.exp_keys
+        self.plan = plan
+        self.state = "pending"  # pending | held | none (no reservation, still charged) | refused
+        self.ledger: Ledger | None = None
+        self.amount = 0
 
 
 def output_tokens(ctx: RequestContext, model: ModelSpec) -> int:
@@ -92,7 +103,11 @@ class BudgetStage(Stage):
         self._today_start = self._today_end = 0.0  # the UTC day ``_tenant_keys`` are for
         self._today = ""
         self._tenant_keys: dict[str, tuple[str, str]] = {}  # tenant -> (day record key, settled-ids key)
-        self._day_fields_of: dict[tuple[str, str | None], tuple[str, ...]] = {}  # (model, key) -> ``_day_names``
+        self._day_fields_of: dict[tuple[str, str | None], tuple[Any, ...]] = {}  # (model, key) -> ``_day_names``
+        # memory: a settle no other op joins runs as a call of its own (``MemoryBackend.run_native``, timed
+        # and named by the metered wrapper as the fused call it replaces); None elsewhere
+        sync_native = getattr(services.backend, "sync_native", None) if services.backend.kind == "memory" else None
+        self._run: Callable[..., Any] | None = sync_native() if sync_native is not None else None
 
     def on_policy(self, policy: Any) -> None:
         self.service.on_policy(policy)
@@ -135,15 +150,14 @@ class BudgetStage(Stage):
         main = worst_case(ctx.prompt_tokens_est, output_tokens(ctx, model), self.service.rates(model))
         alt = None if small is None else worst_case(ctx.prompt_tokens_est, output_tokens(ctx, small),
                                                     self.service.rates(small))
-        hold = Hold(f"{self._rid_prefix}{next(self._seq)}", plan)
+        hold = Hold(f"{self._rid_prefix}{next(self._seq)}", plan, main, alt)
         ctx.budget_hold = hold  # before the await: a cancelled reserve is still released
         batch = ctx.state_batch
         if batch is None:
             return self._admit_alone(ctx, hold, model, small, main, alt, now)
         # in admit's one call, before the token limits (which learn the downgrade)
         ctx.downgrade_to = small
-        finish = functools.partial(self._reserved, ctx, hold, model, small, main, alt, now)
-        batch.add("admit", ReserveOp(plan.scopes, hold.rid, plan.hold_s, main, alt, plan.exp_keys), finish)
+        batch.add("admit", hold, functools.partial(self._reserved, ctx, hold, model, small, main, alt, now))
         return None
 
     async def _admit_alone(self, ctx: RequestContext, hold: Hold, model: ModelSpec, small: ModelSpec | None,
@@ -167,7 +181,7 @@ class BudgetStage(Stage):
         if reply[0] == "main" and len(reply) == 4 and not plan.watched and ctx.budget_outcome is None:
             # ``_held``'s common case (one enforced scope without a soft threshold, held at the main
             # price), read from the reply without a ``Reserved``: its level is what the fallback starts from
-            self.service.fallback.observe_levels(plan.keys, ((int(reply[2]), int(reply[3])),))
+            self.service.fallback.observe(plan.keys[0], int(reply[2]) + int(reply[3]))
             hold.ledger, hold.state, hold.amount = self.service.shared, "held", main
             ctx.budget_outcome = "ok"
             self.service.counts["outcome_ok"] += 1
@@ -295,15 +309,16 @@ class BudgetStage(Stage):
 
     # -- complete ---------------------------------------------------------------------------------
     def complete(self, ctx: RequestContext, error: BaseException | None) -> Awaitable[None] | None:
-        """Plain on the usual path (the settle rides the phase's fused call): no coroutine; one that
-        settles on its own (no state batch) or on the local ledger first is returned to be awaited."""
+        """Plain on the usual path (the settle rides the phase's fused call, or on memory is that call
+        alone): no coroutine; one that settles on its own (no state batch) or on the local ledger
+        first is returned to be awaited."""
         if self.service.derived is None or ctx.tenant is None:
             return None
         hold = ctx.budget_hold
         if hold is not None and hold.state == "refused":
             return None
         usage, amount = self._charge(ctx)
-        ctx.cost_usd = usd(amount)
+        ctx.cost_usd = amount / PICO_PER_USD  # ``usd(amount)``, without its call
         if usage is None and hold is None:
             return None
         fields: tuple[tuple[str, int], ...] = ()
@@ -313,7 +328,7 @@ class BudgetStage(Stage):
         keys = self._tenant_keys.get(ctx.tenant.name) if self._today_start <= now < self._today_end else None
         day, settled = keys or self._day_keys(ctx.tenant.name, now)  # built once per (tenant, day)
         plan = None if hold is None else hold.plan
-        charge = Charge(  # by position: a third cheaper than by keyword, once per request
+        charge = _new_charge(Charge, (  # by position, without the named tuple's Python-level ``__new__``
             hold.rid if hold is not None else f"{self._rid_prefix}{next(self._seq)}",  # the settle's id
             amount,
             () if plan is None else plan.keys,
@@ -321,12 +336,22 @@ class BudgetStage(Stage):
             day,
             DAY_RECORD_TTL_MS if fields else 0,
             fields,
-        )
+        ))
         ledger = None if hold is None else hold.ledger
         batch = ctx.state_batch
         if batch is None:
             return self.service.settle(charge, ledger)
-        op = SettleOp(charge, self.service.shared.settled_ttl_ms, None if plan is None else plan.exp_keys, settled)
+        run = self._run
+        if run is not None and ctx.limit_state is None and ledger is not self.service.local:
+            # nothing else joins ``complete``'s call (the limiter holds nothing for this request, and on
+            # memory the feedback record stays in process): the settle is that call, with no op or batch
+            exp_keys, ids_ttl_ms = () if plan is None else plan.exp_keys, self.service.shared.settled_ttl_ms
+            try:
+                reply = run(SETTLE_FRAGMENT.name, settle_now, charge, exp_keys, settled, ids_ttl_ms)
+            except StateError as exc:
+                return self._settled(charge, None, exc)
+            return self._settled(charge, reply, None)
+        op = SettleOp(charge, self.service.shared.settled_ttl_ms, () if plan is None else plan.exp_keys, settled)
         if ledger is self.service.local:  # ``BudgetService.settle``'s local part; the shared one goes in the call
             return self._settle_local_first(charge, batch, op)
         batch.add("complete", op, functools.partial(self._settled, charge))
@@ -339,9 +364,10 @@ class BudgetStage(Stage):
 
     def _settled(self, charge: Charge, reply: list | None, error: StateError | None) -> Awaitable[None] | None:
         service = self.service
-        if reply is not None and len(reply) == 3 and not len(service.pending):
-            # ``settled_now``'s common case (one scope, nothing kept to replay) without ``parse_settled``
-            service.fallback.observe_levels(charge.scope_keys, ((int(reply[1]), int(reply[2])),))
+        if reply is not None and len(reply) <= 3 and not len(service.pending):
+            # ``settled_now``'s common cases (one scope or none, nothing kept to replay) without ``parse_settled``
+            if len(reply) == 3:
+                service.fallback.observe(charge.scope_keys[0], int(reply[1]) + int(reply[2]))
             if reply[0] != "ok":
                 service.counts["settle_duplicate"] += 1
             return None
@@ -373,13 +399,14 @@ class BudgetStage(Stage):
             found = self._tenant_keys[tenant] = (key, settled_key(key))
         return found
 
-    def _day_names(self, model: str, key: str | None) -> tuple[str, ...]:
-        """The day-record field names of a model and of an API key (``k|<key>:usd|n``; ``""`` without
-        one), built once per (model, key)."""
+    def _day_names(self, model: str, key: str | None) -> tuple[Any, ...]:
+        """The day-record fields of a model and of an API key (``k|<key>:usd|n``; ``""`` without one),
+        built once per (model, key); the counts' fields come as their ``(name, 1)`` pairs."""
         if len(self._day_fields_of) > 100_000:  # managed keys come and go
             self._day_fields_of.clear()
-        names = tuple(f"{model}:{suffix}" for suffix in _DAY_SUFFIXES)
-        names += ("", "") if key is None else (f"k|{key}:usd", f"k|{key}:n")
+        usd_, n, in_, out, cached, reasoning, est = (f"{model}:{suffix}" for suffix in _DAY_SUFFIXES)
+        names = (usd_, (n, 1), in_, out, cached, reasoning, (est, 1))
+        names += (("", ("", 1)) if key is None else (f"k|{key}:usd", (f"k|{key}:n", 1)))
         self._day_fields_of[(model, key)] = names
         return names
 
@@ -387,22 +414,23 @@ class BudgetStage(Stage):
         key = None if ctx.api_key is None else ctx.api_key.name
         names = self._day_fields_of.get((model, key)) or self._day_names(model, key)
         usd_, n, in_, out, cached, reasoning, est, key_usd, key_n = names
-        fields = [(usd_, amount), (n, 1), (in_, usage.prompt_tokens), (out, usage.completion_tokens)]
+        fields = ((usd_, amount), n, (in_, usage.prompt_tokens), (out, usage.completion_tokens))
         if usage.cached_tokens:
-            fields.append((cached, usage.cached_tokens))
+            fields += ((cached, usage.cached_tokens),)
         if usage.reasoning_tokens:
-            fields.append((reasoning, usage.reasoning_tokens))
+            fields += ((reasoning, usage.reasoning_tokens),)
         if usage.estimated:
-            fields.append((est, 1))
+            fields += (est,)
         if key is not None:
-            fields += [(key_usd, amount), (key_n, 1)]
-        return tuple(fields)
+            fields += ((key_usd, amount), key_n)
+        return fields
 
 
 JOURNAL_RETRY_S = 5  # retry-after while the journal is full: about how long a replay round takes to start
 DAY_RECORD_TTL_MS = int(DAY_RECORD_TTL_S * 1000)
 _OUTCOME_COUNTS = {o: f"outcome_{o}" for o in ("ok", "soft", "downgraded", "shadow_over_budget")}
 _DAY_SUFFIXES = ("usd", "n", "in", "out", "cached", "reasoning", "est")  # ``_day_names`` order
+_new_charge = tuple.__new__  # ``Charge``'s fields as one tuple (its generated ``__new__`` costs twice as much)
 
 
 def _route_small(ctx: RequestContext) -> tuple[str | None, bool]:

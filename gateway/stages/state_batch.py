@@ -34,58 +34,52 @@ from gateway.state.fused import FusedOp
 Finish = Callable[[Any, StateError | None], Verdict | Awaitable[Verdict]]
 
 
-class StateBatch:
+class StateBatch(dict[str, tuple[list[FusedOp | None], list[Finish]]]):
     """The ops of the current phase and their finishers, in the order the stages added them.
 
-    Per phase: the ops to send (``None`` left out) and every finisher with whether its op was sent,
-    so a flush sends the first list as it is.
+    A dict (one per request: no ``__init__`` or attribute of its own to build) of phase -> the ops,
+    ``None`` where a finisher has none, and the finishers, position by position; a flush sends the ops
+    as they are unless some are ``None`` (rare: a stage working alone).
     """
 
-    __slots__ = ("_queued",)
-
-    def __init__(self) -> None:
-        self._queued: dict[str, tuple[list[FusedOp], list[tuple[bool, Finish]]]] = {}
+    __slots__ = ()
 
     def add(self, phase: str, op: FusedOp | None, finish: Finish) -> None:
         """Queue ``op`` (``None``: no part in the call) for ``phase`` (``admit`` | ``complete``)."""
-        queued = self._queued.get(phase)
+        queued = self.get(phase)
         if queued is None:
-            queued = self._queued[phase] = ([], [])
-        if op is None:
-            queued[1].append((False, finish))
+            self[phase] = ([op], [finish])
         else:
             queued[0].append(op)
-            queued[1].append((True, finish))
+            queued[1].append(finish)
 
     def queued(self) -> int:
         """Entries queued, every phase together."""
-        return sum(len(finishers) for _, finishers in self._queued.values())
+        return sum(len(finishers) for _, finishers in self.values())
 
     def sends(self, phase: str) -> bool:
         """Will ``phase``'s flush make a call (some op of it is not ``None``)? Read by a stage whose
         small write may ride that call but must not cost one of its own (the feedback record)."""
-        queued = self._queued.get(phase)
-        return queued is not None and bool(queued[0])
-
-    def clear(self) -> None:
-        self._queued.clear()
+        queued = self.get(phase)
+        return queued is not None and queued[0].count(None) < len(queued[0])
 
     def flush_now(self, backend: StateBackend, phase: str) -> Awaitable[Verdict] | None:
         """``flush``, without a coroutine when ``phase`` queued nothing (other phases' ops are dropped)."""
-        if phase in self._queued:
+        if phase in self:
             return self.flush(backend, phase)
-        self._queued.clear()
+        self.clear()
         return None
 
     def flush_sync(self, run_now: Callable[[list[FusedOp]], list[Any]], phase: str) -> Verdict | Awaitable[Verdict]:
         """``flush`` on a backend whose call never waits (memory; ``run_now`` is its plain ``run_fused``):
         no coroutine unless a finisher must wait (then the rest runs in one, from that finisher on)."""
-        queued = self._queued.pop(phase, None)
-        if self._queued:
-            self._queued.clear()
+        queued = self.pop(phase, None)
+        if self:
+            self.clear()
         if queued is None:
             return None
-        sent, finishers = queued
+        ops, finishers = queued
+        sent = _sent(ops)
         replies: list[Any] = []
         error: StateError | None = None
         if sent:
@@ -93,17 +87,18 @@ class StateBatch:
                 replies = run_now(sent)
             except StateError as exc:
                 error = exc
-        i = 0
-        for n, (has_op, finish) in enumerate(finishers):
-            if not has_op:
+        n = i = 0  # the finisher's position; the reply of the next one with an op
+        for finish in finishers:
+            if ops[n] is None:
                 verdict = finish(None, None)
             else:
                 verdict = finish(replies[i] if error is None else None, error)
                 i += 1
+            n += 1
             if verdict is None:
                 continue
             if type(verdict) is not Respond:
-                return _finish_rest(verdict, finishers, n + 1, i, replies, error, phase)
+                return _finish_rest(verdict, ops, finishers, n, i, replies, error, phase)
             if phase == "admit":
                 return verdict
         return None
@@ -114,12 +109,13 @@ class StateBatch:
         Ops of another phase (an ``admit`` the request never finished) are dropped unsent. In
         ``admit`` the first answer stops the finishers after it.
         """
-        queued = self._queued.pop(phase, None)
-        if self._queued:
-            self._queued.clear()
+        queued = self.pop(phase, None)
+        if self:
+            self.clear()
         if queued is None:
             return None
-        sent, finishers = queued
+        ops, finishers = queued
+        sent = _sent(ops)
         replies: list[Any] = []
         error: StateError | None = None
         if sent:
@@ -127,24 +123,30 @@ class StateBatch:
                 replies = await backend.run_fused(sent)
             except StateError as exc:
                 error = exc
-        return await _finish_from(finishers, 0, 0, replies, error, phase)
+        return await _finish_from(ops, finishers, 0, 0, replies, error, phase)
 
 
-async def _finish_rest(pending: Awaitable[Verdict], finishers: list[tuple[bool, Finish]], at: int, i: int,
-                       replies: list[Any], error: StateError | None, phase: str) -> Verdict:
+def _sent(ops: list[FusedOp | None]) -> list[FusedOp]:
+    """The ops a flush sends: ``ops`` itself unless some finisher has none."""
+    return ops if None not in ops else [op for op in ops if op is not None]  # type: ignore[misc]
+
+
+async def _finish_rest(pending: Awaitable[Verdict], ops: list[FusedOp | None], finishers: list[Finish], at: int,
+                       i: int, replies: list[Any], error: StateError | None, phase: str) -> Verdict:
     """``flush_sync`` on from the finisher that returned ``pending`` to await: as ``flush`` does."""
     answer = await pending
     if answer is not None and phase == "admit":
         return answer
-    return await _finish_from(finishers, at, i, replies, error, phase, answer)
+    return await _finish_from(ops, finishers, at, i, replies, error, phase, answer)
 
 
-async def _finish_from(finishers: list[tuple[bool, Finish]], at: int, i: int, replies: list[Any],
+async def _finish_from(ops: list[FusedOp | None], finishers: list[Finish], at: int, i: int, replies: list[Any],
                        error: StateError | None, phase: str, answer: Verdict = None) -> Verdict:
     """The finishers from ``at`` on (``i``: the reply of the first with an op), each awaited when it
     returns an awaitable; the first answer is kept, and in ``admit`` it stops the rest."""
-    for has_op, finish in finishers[at:]:
-        if not has_op:
+    for n in range(at, len(finishers)):
+        finish = finishers[n]
+        if ops[n] is None:
             verdict = finish(None, None)
         else:
             verdict = finish(replies[i] if error is None else None, error)
@@ -175,14 +177,14 @@ class StateBatchStage(Stage):
     def admit(self, ctx: RequestContext) -> Awaitable[Verdict] | None:
         """The flush itself, for the runner to await: no coroutine of this stage's around it."""
         batch = ctx.state_batch
-        if batch is None:
+        if not batch:  # no batch, or nothing queued (a tenant without limits or budget): nothing to send
             return None
         now = self._now
         return batch.flush_now(self.backend, "admit") if now is None else batch.flush_sync(now, "admit")
 
     def complete(self, ctx: RequestContext, error: BaseException | None) -> Awaitable[Verdict] | None:
         batch = ctx.state_batch
-        if batch is None:
+        if not batch:
             return None
         now = self._now
         if now is None:

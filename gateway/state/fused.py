@@ -41,14 +41,15 @@ class Fragment:
 
 
 class FusedCtx:
-    """The memory side of ``fx``: what the ops of one call tell each other."""
+    """The memory side of ``fx``: what the ops of one call tell each other.
 
-    __slots__ = ("refused", "undo", "variant")
+    Class-level defaults, no ``__init__``: one is built per call (twice a request), and a call whose ops
+    refuse nothing and register no undo sets nothing on it.
+    """
 
-    def __init__(self) -> None:
-        self.refused = False
-        self.variant = ""
-        self.undo: list[Callable[[], None]] = []
+    refused = False
+    variant = ""
+    undo: tuple[Callable[[], None], ...] = ()  # an op adds its step with ``fx.undo += (step,)``
 
     def refuse(self, undo: bool = True) -> None:
         """This op refused: later ops skip; earlier ops' reservations are undone unless ``undo`` is off."""
@@ -56,7 +57,7 @@ class FusedCtx:
         if undo:
             for step in reversed(self.undo):
                 step()
-            self.undo.clear()
+            self.undo = ()
 
 
 class FusedOp(Protocol):
