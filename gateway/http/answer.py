@@ -24,6 +24,7 @@ _EMPTY = (204, 304)  # statuses without a body
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _date: tuple[int, str] = (0, "")
 _SERVER = f"Server: {SERVER_SOFTWARE}\r\n"
+_LINES: dict[tuple[tuple[int, int], int], str] = {}  # (version, status) -> the status line
 
 
 def http_date() -> str:
@@ -33,6 +34,21 @@ def http_date() -> str:
     if _date[0] != now:
         _date = (now, formatdate(now, usegmt=True))
     return _date[1]
+
+
+def _status_line(version: tuple[int, int], status: int) -> str:
+    """``HTTP/1.1 200 OK`` and its CRLF, kept in ``_LINES`` (read there first: a bounded memo)."""
+    if len(_LINES) >= 256:
+        _LINES.clear()
+    line = _LINES[version, status] = f"HTTP/{version[0]}.{version[1]} {status} {_REASONS.get(status, '')}\r\n"
+    return line
+
+
+def _refuse(fields: Mapping[str, str]) -> None:
+    """Name the header whose value has a CR or LF (aiohttp refuses them: they would split the head)."""
+    for name, value in fields.items():
+        if "\n" in value or "\r" in value:
+            raise ValueError(f"Newline or carriage return in the {name!r} header's value")
 
 
 class WholeAnswer:
@@ -80,19 +96,23 @@ class WholeAnswer:
             await writer.drain()
 
     def send(self, request: web.BaseRequest) -> None:
-        """Write the whole answer on ``request``'s connection, as ``web.Response`` would write it."""
+        """Write the whole answer on ``request``'s connection, as ``web.Response`` would write it.
+
+        The header lines are joined in C (``": ".join`` of each item) and the values checked for CR/LF
+        in one search of their concatenation: no Python step per header.
+        """
         self._written = True
         keep = self._keep
         if keep is None:
             keep = self._keep = request.keep_alive
         fields = self._fields
-        for name, value in fields.items():
-            if "\n" in value or "\r" in value:
-                raise ValueError(f"Newline or carriage return in the {name!r} header's value")
+        values = "".join(fields.values())
+        if "\n" in values or "\r" in values:
+            _refuse(fields)
         version = request.version
         status = self.status
         body = self._answer
-        lines = "".join([f"{name}: {value}\r\n" for name, value in fields.items()])
+        lines = "\r\n".join(map(": ".join, fields.items())) + "\r\n" if fields else ""
         if status in _EMPTY or status < 200:  # no body, so no length either (RFC 9110 8.6)
             kind = f"Content-Type: {self._ctype}\r\n"
         else:
@@ -101,7 +121,8 @@ class WholeAnswer:
             connection = "Connection: keep-alive\r\n" if keep else ""
         else:
             connection = "" if keep else "Connection: close\r\n"
-        head = (f"HTTP/{version[0]}.{version[1]} {status} {_REASONS.get(status, '')}\r\n{lines}{kind}"
+        line = _LINES.get((version, status)) or _status_line(version, status)
+        head = (f"{line}{lines}{kind}"
                 f"Date: {http_date()}\r\n{_SERVER}{connection}\r\n").encode()
         transport = request.transport
         if transport is None or transport.is_closing():
