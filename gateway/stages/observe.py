@@ -47,11 +47,13 @@ class ObserveStage(Stage):
     def __init__(self, obs: Observability) -> None:
         self.obs = obs
         self._timer: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # (a ``getpid()`` per ``get_running_loop()`` on 3.11)
 
     def on_policy(self, policy: Policy) -> None:
         self.obs.on_policy(policy)
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._timer = asyncio.create_task(self.obs.run_timers())
 
     async def stop(self) -> None:
@@ -62,7 +64,7 @@ class ObserveStage(Stage):
         await self.obs.close()
 
     def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
-        total = asyncio.get_running_loop().time() - ctx.started
+        total = (self._loop or asyncio.get_running_loop()).time() - ctx.started
         cost_usd = settled_cost(ctx)
         self.obs.recorder.record(ctx, total, cost_usd)
         capture = ctx.audit
