@@ -222,9 +222,56 @@ class Pipeline:
 
     async def run(self, ctx: RequestContext) -> GatewayResponse:
         """Walk the phases, then the filters; return the response to write (never raises GatewayError
-        from a phase: it becomes the answer, and the filters run on it once)."""
+        from a phase: it becomes the answer, and the filters run on it once).
+
+        The entry plan's hooks run until the request's plan is known, then the rest from that plan.
+        One coroutine for all of it (no nested ``await`` per switch, no walk of its own): every resume
+        of a request's task passes through each coroutine it is awaiting in, so each level costs on
+        every upstream wait.
+        """
+        resp: GatewayResponse | None = None
         try:
-            resp = await self._walk(ctx)
+            entry = ctx.plan = self.entry_plan(ctx.policy, ctx.surface)
+            rest: tuple[tuple[Hook, ...], ...] | None = None
+            first = 0
+            for n, hooks in enumerate(entry.phases):
+                if ctx.phase_marks is not None:  # a traced request (the tracing stage's spans); None when off
+                    ctx.phase_marks.append((PHASES[n], time.time()))
+                for at, hook in hooks:
+                    verdict = hook(ctx)
+                    if verdict is not None and type(verdict) is not Respond:
+                        verdict = await verdict
+                    if verdict is not None:
+                        ctx.outcome = verdict.reason
+                        resp = verdict.response
+                        break
+                    if ctx.public_model and ctx.tenant is not None:  # known: the rest runs the request's plan
+                        managed = ctx.api_key is not None and ctx.api_key.managed
+                        plan = ctx.plan = self.plan_for(ctx.policy, ctx.surface, ctx.tenant, ctx.public_model,
+                                                        managed)
+                        if ctx.phase_marks is None:  # untraced: no phase to mark, the rest is one run of hooks
+                            rest, first = (self._rest_of(plan, n, at),), n + 1
+                        else:
+                            rest, first = (plan.after(n, at), *plan.hooks_by_phase[n + 1:]), n + 1
+                        break
+                if rest is not None or resp is not None:
+                    break
+            # The rest of the current phase, then the later phases from ``PHASES[first]`` on.
+            for i, hooks in enumerate(rest if resp is None and rest is not None else ()):
+                if i and ctx.phase_marks is not None:
+                    ctx.phase_marks.append((PHASES[first + i - 1], time.time()))
+                for hook in hooks:
+                    verdict = hook(ctx)
+                    if verdict is not None and type(verdict) is not Respond:
+                        verdict = await verdict
+                    if verdict is not None:
+                        ctx.outcome = verdict.reason
+                        resp = verdict.response
+                        break
+                if resp is not None:
+                    break
+            if resp is None:
+                raise GatewayError(500, "no stage answered the request", code="no_upstream")
         except GatewayError as err:
             ctx.outcome = err.outcome if ctx.outcome == "ok" else ctx.outcome
             ctx.error = err
@@ -235,48 +282,6 @@ class Pipeline:
             filtered = f(ctx, resp)
             resp = filtered if isinstance(filtered, GatewayResponse) else await filtered
         return resp
-
-    async def _walk(self, ctx: RequestContext) -> GatewayResponse:
-        """The entry plan's hooks until the request's plan is known, then the rest from that plan.
-
-        One coroutine for both (no nested ``await`` per switch): every resume of a request's task
-        passes through each coroutine it is awaiting in, so each level costs on every upstream wait.
-        """
-        entry = ctx.plan = self.entry_plan(ctx.policy, ctx.surface)
-        rest: tuple[tuple[Hook, ...], ...] | None = None
-        first = 0
-        for n, hooks in enumerate(entry.phases):
-            if ctx.phase_marks is not None:  # a traced request (the tracing stage's spans); None when off
-                ctx.phase_marks.append((PHASES[n], time.time()))
-            for at, hook in hooks:
-                verdict = hook(ctx)
-                if verdict is not None and type(verdict) is not Respond:
-                    verdict = await verdict
-                if verdict is not None:
-                    ctx.outcome = verdict.reason
-                    return verdict.response
-                if ctx.public_model and ctx.tenant is not None:  # known: the rest runs the request's plan
-                    managed = ctx.api_key is not None and ctx.api_key.managed
-                    plan = ctx.plan = self.plan_for(ctx.policy, ctx.surface, ctx.tenant, ctx.public_model, managed)
-                    if ctx.phase_marks is None:  # untraced: no phase to mark, the rest is one run of hooks
-                        rest, first = (self._rest_of(plan, n, at),), n + 1
-                    else:
-                        rest, first = (plan.after(n, at), *plan.hooks_by_phase[n + 1:]), n + 1
-                    break
-            if rest is not None:
-                break
-        # The rest of the current phase, then the later phases from ``PHASES[first]`` on.
-        for i, hooks in enumerate(rest or ()):
-            if i and ctx.phase_marks is not None:
-                ctx.phase_marks.append((PHASES[first + i - 1], time.time()))
-            for hook in hooks:
-                verdict = hook(ctx)
-                if verdict is not None and type(verdict) is not Respond:
-                    verdict = await verdict
-                if verdict is not None:
-                    ctx.outcome = verdict.reason
-                    return verdict.response
-        raise GatewayError(500, "no stage answered the request", code="no_upstream")
 
     def _rest_of(self, plan: Plan, phase: int, position: int) -> tuple[Hook, ...]:
         """``plan``'s hooks after the stage at ``position`` in ``phase``, then every later phase's, in
