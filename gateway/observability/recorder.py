@@ -129,14 +129,19 @@ class Recorder:
         if kind is None:
             kind = self._kind(key)
         s, requests, cache = kind
-        requests.inc()
+        requests.value += 1.0  # (plain children: a counter's ``inc()`` is this add, here without a call)
         s.duration.observe(total)
-        if ctx.attempts:
+        attempts = ctx.attempts
+        if attempts:
             upstream, overhead = s.upstream_children() if s.upstream is None else (s.upstream, s.overhead)
             wait = ctx.upstream_wait_s
             upstream.observe(wait)
             overhead.observe(total - wait if total > wait else 0.0)
-            self._attempts(ctx, s.served)
+            first = attempts[0]
+            if len(attempts) == 1 and first.error_kind is None and not ctx.fallbacks:  # one clean call
+                (self.m.attempts.children.get((first.deployment,)) or self.m.attempts.labels(first.deployment)).inc()
+            else:
+                self._attempts(ctx, s.served)
         if ctx.ttft_s is not None:
             if s.ttft is None:
                 s.ttft = self.m.ttft.labels(s.served, s.provider)
@@ -155,7 +160,7 @@ class Recorder:
             s.cost_saved.inc(ctx.cost_saved_usd)
         # decisions
         if cache is not None:
-            cache.inc()
+            cache.value += 1.0
         if ctx.ratelimit_outcome or ctx.budget_outcome or ctx.route or ctx.audit is not None:
             self._decisions(ctx, s)
 
