@@ -49,6 +49,8 @@ PHASES = (
 # need the concrete model (and its price) the router picked, and a budget's soft-limit downgrade
 # rewrites that choice during ``admit``. Both still run only on a cache miss.
 HOOKS = (*PHASES, "on_response", "complete")
+# where a request moves to its own plan: (tenant, public model, surface, managed key, phase, stage position)
+Switch = tuple[str, str, str, bool, int, int]
 
 
 @dataclass(slots=True)
@@ -188,14 +190,14 @@ class Pipeline:
         self._completes = [s.complete for s in stages if _overrides(s, "complete")]
         self.plans = PlanCache(None)
         self._entries: dict[str, Plan] = {}  # the current policy's entry plan per surface name
-        self._rests: dict[tuple[int, int, int], tuple[Plan, tuple[Hook, ...]]] = {}  # ``_rest_of``
+        self._switches: dict[Switch, tuple[Plan, tuple[Hook, ...]]] = {}  # ``_switch``
 
     def on_policy(self, policy: Policy) -> None:
         for s in self.stages:
             s.on_policy(policy)
         self.plans = PlanCache(policy)  # after the stages: their ``applies`` reads what they rebuilt
         self._entries = {}
-        self._rests = {}
+        self._switches = {}
 
     def entry_plan(self, policy: Policy, surface: Surface) -> Plan:
         """The plan a request of ``surface`` starts on: every stage that applies to some request."""
@@ -247,11 +249,16 @@ class Pipeline:
                         break
                     if ctx.public_model and ctx.tenant is not None:  # known: the rest runs the request's plan
                         managed = ctx.api_key is not None and ctx.api_key.managed
-                        plan = ctx.plan = self.plan_for(ctx.policy, ctx.surface, ctx.tenant, ctx.public_model,
-                                                        managed)
                         if ctx.phase_marks is None:  # untraced: no phase to mark, the rest is one run of hooks
-                            rest, first = (self._rest_of(plan, n, at),), n + 1
+                            key = (ctx.tenant.name, ctx.public_model, ctx.surface.name, managed, n, at)
+                            found = self._switches.get(key) if ctx.policy is self.plans.policy else None
+                            if found is None:
+                                found = self._switch(ctx, key)
+                            ctx.plan, hooks = found
+                            rest, first = (hooks,), n + 1
                         else:
+                            plan = ctx.plan = self.plan_for(ctx.policy, ctx.surface, ctx.tenant, ctx.public_model,
+                                                            managed)
                             rest, first = (plan.after(n, at), *plan.hooks_by_phase[n + 1:]), n + 1
                         break
                 if rest is not None or resp is not None:
@@ -283,17 +290,18 @@ class Pipeline:
             resp = filtered if isinstance(filtered, GatewayResponse) else await filtered
         return resp
 
-    def _rest_of(self, plan: Plan, phase: int, position: int) -> tuple[Hook, ...]:
-        """``plan``'s hooks after the stage at ``position`` in ``phase``, then every later phase's, in
-        order (memoised; an entry holds its plan, so the plan's id names it while it is kept)."""
-        key = (id(plan), phase, position)
-        found = self._rests.get(key)
-        if found is None or found[0] is not plan:
-            if len(self._rests) >= PLAN_CACHE_SIZE:
-                self._rests.clear()
-            hooks = tuple(chain(plan.after(phase, position), *plan.hooks_by_phase[phase + 1:]))
-            found = self._rests[key] = (plan, hooks)
-        return found[1]
+    def _switch(self, ctx: RequestContext, key: Switch) -> tuple[Plan, tuple[Hook, ...]]:
+        """The request's plan and its hooks after the stage at ``key``'s position in its phase, then every
+        later phase's, in order; kept in ``_switches`` for the current policy (read there first)."""
+        _, model, _, managed, phase, position = key
+        assert ctx.tenant is not None
+        plan = self.plan_for(ctx.policy, ctx.surface, ctx.tenant, model, managed)
+        found = (plan, tuple(chain(plan.after(phase, position), *plan.hooks_by_phase[phase + 1:])))
+        if ctx.policy is self.plans.policy:
+            if len(self._switches) >= PLAN_CACHE_SIZE:
+                self._switches.clear()
+            self._switches[key] = found
+        return found
 
     async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
         """Run the ``complete`` of every stage in the request's plan (every stage's, before one was
