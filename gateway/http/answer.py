@@ -102,14 +102,15 @@ class WholeAnswer:
         in one search of their concatenation: no Python step per header.
         """
         self._written = True
+        message = request._message  # (its fields, not the request's properties: no call for each)
         keep = self._keep
         if keep is None:
-            keep = self._keep = request.keep_alive
+            keep = self._keep = not message.should_close  # ``request.keep_alive``
         fields = self._fields
         values = "".join(fields.values())
         if "\n" in values or "\r" in values:
             _refuse(fields)
-        version = request.version
+        version = message.version
         status = self.status
         body = self._answer
         lines = "\r\n".join(map(": ".join, fields.items())) + "\r\n" if fields else ""

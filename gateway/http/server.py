@@ -176,7 +176,7 @@ class Handler:
         ctx.status = resp.status
         if resp.events is None:
             out = WholeAnswer(resp.status, resp.body, headers, resp.content_type)
-            if ctx.request.body_exists and not ctx.request.content.is_eof():
+            if not ctx.request.content.is_eof():  # (no body: aiohttp's empty reader is always at its end)
                 out.force_close()  # a body not (fully) received or undecodable: don't reuse the connection
             return out  # aiohttp sends it once the handler returns: after ``complete`` (see ``_finish``)
         return self._stream(ctx, resp, headers)

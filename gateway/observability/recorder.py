@@ -153,7 +153,7 @@ class Recorder:
         if cost_usd > 0:
             if s.cost is None:
                 s.cost = self.m.cost.labels(s.tenant, s.served)
-            s.cost.inc(cost_usd)
+            s.cost.value += cost_usd
         if ctx.cost_saved_usd > 0:
             if s.cost_saved is None:
                 s.cost_saved = self.m.cost_saved.labels(s.tenant, s.served)
