@@ -12,7 +12,7 @@ gateway's own connection handler sends it (``GatewayProtocol``); what it writes 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from email.utils import formatdate
 from http import HTTPStatus
 
@@ -51,6 +51,16 @@ def _refuse(fields: Mapping[str, str]) -> None:
             raise ValueError(f"Newline or carriage return in the {name!r} header's value")
 
 
+class _Done:
+    """An awaitable that is already done: awaited, it returns None at once, with no coroutine made."""
+
+    __slots__ = ()
+    __await__ = ().__iter__  # (a C method: awaiting runs no Python frame either)
+
+
+_DONE: Awaitable[None] = _Done()  # type: ignore[assignment]
+
+
 class WholeAnswer:
     """A complete answer: ``status``, ``body`` bytes, ``content_type`` and the other ``headers``.
 
@@ -61,14 +71,14 @@ class WholeAnswer:
     aiohttp refuses it.
     """
 
-    __slots__ = ("status", "_answer", "_fields", "_ctype", "_keep", "_written")
+    __slots__ = ("status", "keep_alive", "_answer", "_fields", "_ctype", "_written")
 
     def __init__(self, status: int, body: bytes | None, headers: Mapping[str, str], content_type: str) -> None:
         self.status = status
         self._answer = b"" if body is None or status in _EMPTY or status < 200 else body
         self._fields = headers
         self._ctype = content_type
-        self._keep: bool | None = None
+        self.keep_alive: bool | None = None  # (an attribute, not a property: aiohttp reads it with no call)
         self._written = False
 
     @property
@@ -79,21 +89,18 @@ class WholeAnswer:
     def body_length(self) -> int:
         return len(self._answer)
 
-    @property
-    def keep_alive(self) -> bool | None:
-        return self._keep
-
     def force_close(self) -> None:
-        self._keep = False
+        self.keep_alive = False
 
-    async def prepare(self, request: web.BaseRequest) -> None:
-        """Write the answer (once), then wait while the connection's send buffer is over its high mark."""
-        if self._written:
-            return
-        self.send(request)
-        writer = request.writer
-        if writer.protocol._paused:
-            await writer.drain()
+    def prepare(self, request: web.BaseRequest) -> Awaitable[None]:
+        """Write the answer (once); what is returned waits while the connection's send buffer is over its
+        high mark (nothing to wait for, mostly: ``_DONE``, not a coroutine)."""
+        if not self._written:
+            self.send(request)
+            writer = request.writer
+            if writer.protocol._paused:
+                return writer.drain()
+        return _DONE
 
     def send(self, request: web.BaseRequest) -> None:
         """Write the whole answer on ``request``'s connection, as ``web.Response`` would write it.
@@ -103,9 +110,9 @@ class WholeAnswer:
         """
         self._written = True
         message = request._message  # (its fields, not the request's properties: no call for each)
-        keep = self._keep
+        keep = self.keep_alive
         if keep is None:
-            keep = self._keep = not message.should_close  # ``request.keep_alive``
+            keep = self.keep_alive = not message.should_close  # ``request.keep_alive``
         fields = self._fields
         values = "".join(fields.values())
         if "\n" in values or "\r" in values:
@@ -134,5 +141,5 @@ class WholeAnswer:
             transport.write(head)
             transport.write(body)
 
-    async def write_eof(self, data: bytes = b"") -> None:
-        return None
+    def write_eof(self, data: bytes = b"") -> Awaitable[None]:
+        return _DONE

@@ -90,6 +90,9 @@ class GatewayProtocol(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if not data and self._head_timer is None:  # aiohttp's ``resume_reading`` after each body read: no timer
+            RequestHandler.data_received(self, data)  # to stop, and none to start without bytes
+            return
         idle = self._head_timer is None and self._current_request is None and not self._messages
         RequestHandler.data_received(self, data)  # (not ``super()``: no super object per packet)
         whole = self._messages or self._current_request is not None

@@ -191,10 +191,10 @@ class Recorder:
     def _decisions(self, ctx: RequestContext, s: Series) -> None:
         """The rate-limit and budget decisions, the route, the review sample (the cache's: ``record``)."""
         decisions = s.decisions
-        if ctx.ratelimit_outcome:
-            (decisions.get(("ratelimit", ctx.ratelimit_outcome)) or s.decision("ratelimit", ctx.ratelimit_outcome)).inc()
+        if ctx.ratelimit_outcome:  # (plain counter children: added to in place, as in ``record``)
+            (decisions.get(("ratelimit", ctx.ratelimit_outcome)) or s.decision("ratelimit", ctx.ratelimit_outcome)).value += 1.0
         if ctx.budget_outcome:
-            (decisions.get(("budget", ctx.budget_outcome)) or s.decision("budget", ctx.budget_outcome)).inc()
+            (decisions.get(("budget", ctx.budget_outcome)) or s.decision("budget", ctx.budget_outcome)).value += 1.0
             if ctx.budget_outcome == "downgraded":
                 self.m.downgrades.labels(s.tenant).inc()
         if ctx.route:
