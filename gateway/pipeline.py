@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -306,12 +307,43 @@ class Pipeline:
     async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
         """Run the ``complete`` of every stage in the request's plan (every stage's, before one was
         chosen); one failing stage never stops the others."""
+        pending = self.complete_now(ctx, error)
+        if pending is not None:
+            await pending
+
+    def complete_now(self, ctx: RequestContext, error: BaseException | None) -> Awaitable[None] | None:
+        """``complete`` without a coroutine of its own: the completes run here until one returns
+        something to wait for, which is returned, with the rest, to be awaited (None: all ran)."""
         if ctx.phase_marks is not None:
             ctx.phase_marks.append(("complete", time.time()))
-        for fn in (ctx.plan.completes if ctx.plan is not None else self._completes):
+        completes = ctx.plan.completes if ctx.plan is not None else self._completes
+        for fn in completes:
+            try:
+                pending = fn(ctx, error)
+            except Exception:  # noqa: BLE001 - complete must reach every stage
+                _failed(fn)
+                continue
+            if pending is not None:
+                # (bound methods are equal only with the same ``__self__``: this is ``fn``'s place)
+                return self._complete_rest(ctx, error, fn, pending, completes[completes.index(fn) + 1:])
+        return None
+
+    @staticmethod
+    async def _complete_rest(ctx: RequestContext, error: BaseException | None, fn: Hook, pending: Awaitable[None],
+                             rest: tuple[Hook, ...] | list[Hook]) -> None:
+        """Wait for what ``fn`` returned, then run the ``rest`` of the completes (``complete_now``)."""
+        try:
+            await pending
+        except Exception:  # noqa: BLE001 - complete must reach every stage
+            _failed(fn)
+        for fn in rest:
             try:
                 pending = fn(ctx, error)
                 if pending is not None:
                     await pending
             except Exception:  # noqa: BLE001 - complete must reach every stage
-                log.exception("complete failed in %s", getattr(fn, "__self__", fn))
+                _failed(fn)
+
+
+def _failed(fn: Hook) -> None:
+    log.exception("complete failed in %s", getattr(fn, "__self__", fn))

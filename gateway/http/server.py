@@ -124,19 +124,22 @@ class Handler:
                 adaptive.release(head_s if ctx.attempts else None, _congested(ctx), busy)  # samples: upstream work only
             self.drain.completing(task)
             try:
-                await self._finish(ctx, resp, error)
+                pending = self._finish(ctx, resp, error)
+                if pending is not None:
+                    await pending
             finally:
                 self.drain.leave(task)
 
     def _finish(self, ctx: RequestContext, resp: GatewayResponse | None,
-                error: BaseException | None) -> Awaitable[None]:
+                error: BaseException | None) -> Awaitable[None] | None:
         """Release the upstream and run ``complete`` once, to its end.
 
         ``complete`` is shielded when the client left, and always when the state backend is shared: a
         client that leaves while ``complete`` waits for its state call (the settle, the release, the
         feedback record) cancels this handler, and the call and its finishers must still run. The
         memory backend's ``complete`` never waits, so nothing can cancel it half-way: no extra task,
-        and for an answer with nothing to release, ``complete`` itself is awaited (no coroutine here).
+        and for an answer with nothing to release the completes run here (``Pipeline.complete_now``):
+        None when all ran, else what is left of them, to be awaited.
         """
         if error is None:
             error = ctx.stream_error
@@ -144,7 +147,7 @@ class Handler:
             self.guard.refused(_BODY_REFUSALS[error.code])
         if ctx.client_disconnected or self.shared_state or (resp is not None and resp.close is not None):
             return self._finish_shielded(ctx, resp, error)
-        return self.pipeline.complete(ctx, error)
+        return self.pipeline.complete_now(ctx, error)
 
     async def _finish_shielded(self, ctx: RequestContext, resp: GatewayResponse | None,
                                error: BaseException | None) -> None:
