@@ -63,13 +63,19 @@ class Handler:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def endpoint(self, name: str, surface: Surface = OPENAI) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-        """The aiohttp handler of ``name`` on ``surface``: ``handle`` itself with both bound (a partial of
-        a coroutine function is one for aiohttp), not a coroutine awaiting it on every request."""
-        return functools.partial(self.handle, endpoint=name, surface=surface)
+        """The aiohttp handler of ``name`` on ``surface``: ``_handle`` itself with both bound by position (a
+        partial of a coroutine function is one for aiohttp; keywords would make it build a dict per call),
+        not a coroutine awaiting it on every request."""
+        return functools.partial(self._handle, name, surface)
 
-    async def handle(self, request: web.Request, endpoint: str, surface: Surface = OPENAI,
-                     prepare: Callable[[RequestContext], None] | None = None) -> web.StreamResponse:
-        """``prepare`` presets context facts for trusted internal callers (admin DLQ replay sets the tenant)."""
+    def handle(self, request: web.Request, endpoint: str, surface: Surface = OPENAI,
+               prepare: Callable[[RequestContext], None] | None = None) -> Awaitable[web.StreamResponse]:
+        """The pipeline's answer to ``request``; ``prepare`` presets context facts for trusted internal
+        callers (admin DLQ replay sets the tenant)."""
+        return self._handle(endpoint, surface, request, prepare)
+
+    async def _handle(self, endpoint: str, surface: Surface, request: web.Request,
+                      prepare: Callable[[RequestContext], None] | None = None) -> web.StreamResponse:
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
