@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
@@ -49,6 +50,8 @@ PHASES = (
 # need the concrete model (and its price) the router picked, and a budget's soft-limit downgrade
 # rewrites that choice during ``admit``. Both still run only on a cache miss.
 HOOKS = (*PHASES, "on_response", "complete")
+# where a request moves to its own plan: (tenant, public model, surface, managed key, phase, stage position)
+Switch = tuple[str, str, str, bool, int, int]
 
 
 @dataclass(slots=True)
@@ -188,14 +191,14 @@ class Pipeline:
         self._completes = [s.complete for s in stages if _overrides(s, "complete")]
         self.plans = PlanCache(None)
         self._entries: dict[str, Plan] = {}  # the current policy's entry plan per surface name
-        self._rests: dict[tuple[int, int, int], tuple[Plan, tuple[Hook, ...]]] = {}  # ``_rest_of``
+        self._switches: dict[Switch, tuple[Plan, tuple[Hook, ...]]] = {}  # ``_switch``
 
     def on_policy(self, policy: Policy) -> None:
         for s in self.stages:
             s.on_policy(policy)
         self.plans = PlanCache(policy)  # after the stages: their ``applies`` reads what they rebuilt
         self._entries = {}
-        self._rests = {}
+        self._switches = {}
 
     def entry_plan(self, policy: Policy, surface: Surface) -> Plan:
         """The plan a request of ``surface`` starts on: every stage that applies to some request."""
@@ -222,9 +225,61 @@ class Pipeline:
 
     async def run(self, ctx: RequestContext) -> GatewayResponse:
         """Walk the phases, then the filters; return the response to write (never raises GatewayError
-        from a phase: it becomes the answer, and the filters run on it once)."""
+        from a phase: it becomes the answer, and the filters run on it once).
+
+        The entry plan's hooks run until the request's plan is known, then the rest from that plan.
+        One coroutine for all of it (no nested ``await`` per switch, no walk of its own): every resume
+        of a request's task passes through each coroutine it is awaiting in, so each level costs on
+        every upstream wait.
+        """
+        resp: GatewayResponse | None = None
         try:
-            resp = await self._walk(ctx)
+            entry = ctx.plan = self.entry_plan(ctx.policy, ctx.surface)
+            rest: tuple[tuple[Hook, ...], ...] | None = None
+            first = 0
+            for n, hooks in enumerate(entry.phases):
+                if ctx.phase_marks is not None:  # a traced request (the tracing stage's spans); None when off
+                    ctx.phase_marks.append((PHASES[n], time.time()))
+                for at, hook in hooks:
+                    verdict = hook(ctx)
+                    if verdict is not None and type(verdict) is not Respond:
+                        verdict = await verdict
+                    if verdict is not None:
+                        ctx.outcome = verdict.reason
+                        resp = verdict.response
+                        break
+                    if ctx.public_model and ctx.tenant is not None:  # known: the rest runs the request's plan
+                        managed = ctx.api_key is not None and ctx.api_key.managed
+                        if ctx.phase_marks is None:  # untraced: no phase to mark, the rest is one run of hooks
+                            key = (ctx.tenant.name, ctx.public_model, ctx.surface.name, managed, n, at)
+                            found = self._switches.get(key) if ctx.policy is self.plans.policy else None
+                            if found is None:
+                                found = self._switch(ctx, key)
+                            ctx.plan, hooks = found
+                            rest, first = (hooks,), n + 1
+                        else:
+                            plan = ctx.plan = self.plan_for(ctx.policy, ctx.surface, ctx.tenant, ctx.public_model,
+                                                            managed)
+                            rest, first = (plan.after(n, at), *plan.hooks_by_phase[n + 1:]), n + 1
+                        break
+                if rest is not None or resp is not None:
+                    break
+            # The rest of the current phase, then the later phases from ``PHASES[first]`` on.
+            for i, hooks in enumerate(rest if resp is None and rest is not None else ()):
+                if i and ctx.phase_marks is not None:
+                    ctx.phase_marks.append((PHASES[first + i - 1], time.time()))
+                for hook in hooks:
+                    verdict = hook(ctx)
+                    if verdict is not None and type(verdict) is not Respond:
+                        verdict = await verdict
+                    if verdict is not None:
+                        ctx.outcome = verdict.reason
+                        resp = verdict.response
+                        break
+                if resp is not None:
+                    break
+            if resp is None:
+                raise GatewayError(500, "no stage answered the request", code="no_upstream")
         except GatewayError as err:
             ctx.outcome = err.outcome if ctx.outcome == "ok" else ctx.outcome
             ctx.error = err
@@ -236,69 +291,59 @@ class Pipeline:
             resp = filtered if isinstance(filtered, GatewayResponse) else await filtered
         return resp
 
-    async def _walk(self, ctx: RequestContext) -> GatewayResponse:
-        """The entry plan's hooks until the request's plan is known, then the rest from that plan.
-
-        One coroutine for both (no nested ``await`` per switch): every resume of a request's task
-        passes through each coroutine it is awaiting in, so each level costs on every upstream wait.
-        """
-        entry = ctx.plan = self.entry_plan(ctx.policy, ctx.surface)
-        rest: tuple[tuple[Hook, ...], ...] | None = None
-        first = 0
-        for n, hooks in enumerate(entry.phases):
-            if ctx.phase_marks is not None:  # a traced request (the tracing stage's spans); None when off
-                ctx.phase_marks.append((PHASES[n], time.time()))
-            for at, hook in hooks:
-                verdict = hook(ctx)
-                if verdict is not None and type(verdict) is not Respond:
-                    verdict = await verdict
-                if verdict is not None:
-                    ctx.outcome = verdict.reason
-                    return verdict.response
-                if ctx.public_model and ctx.tenant is not None:  # known: the rest runs the request's plan
-                    managed = ctx.api_key is not None and ctx.api_key.managed
-                    plan = ctx.plan = self.plan_for(ctx.policy, ctx.surface, ctx.tenant, ctx.public_model, managed)
-                    if ctx.phase_marks is None:  # untraced: no phase to mark, the rest is one run of hooks
-                        rest, first = (self._rest_of(plan, n, at),), n + 1
-                    else:
-                        rest, first = (plan.after(n, at), *plan.hooks_by_phase[n + 1:]), n + 1
-                    break
-            if rest is not None:
-                break
-        # The rest of the current phase, then the later phases from ``PHASES[first]`` on.
-        for i, hooks in enumerate(rest or ()):
-            if i and ctx.phase_marks is not None:
-                ctx.phase_marks.append((PHASES[first + i - 1], time.time()))
-            for hook in hooks:
-                verdict = hook(ctx)
-                if verdict is not None and type(verdict) is not Respond:
-                    verdict = await verdict
-                if verdict is not None:
-                    ctx.outcome = verdict.reason
-                    return verdict.response
-        raise GatewayError(500, "no stage answered the request", code="no_upstream")
-
-    def _rest_of(self, plan: Plan, phase: int, position: int) -> tuple[Hook, ...]:
-        """``plan``'s hooks after the stage at ``position`` in ``phase``, then every later phase's, in
-        order (memoised; an entry holds its plan, so the plan's id names it while it is kept)."""
-        key = (id(plan), phase, position)
-        found = self._rests.get(key)
-        if found is None or found[0] is not plan:
-            if len(self._rests) >= PLAN_CACHE_SIZE:
-                self._rests.clear()
-            hooks = tuple(chain(plan.after(phase, position), *plan.hooks_by_phase[phase + 1:]))
-            found = self._rests[key] = (plan, hooks)
-        return found[1]
+    def _switch(self, ctx: RequestContext, key: Switch) -> tuple[Plan, tuple[Hook, ...]]:
+        """The request's plan and its hooks after the stage at ``key``'s position in its phase, then every
+        later phase's, in order; kept in ``_switches`` for the current policy (read there first)."""
+        _, model, _, managed, phase, position = key
+        assert ctx.tenant is not None
+        plan = self.plan_for(ctx.policy, ctx.surface, ctx.tenant, model, managed)
+        found = (plan, tuple(chain(plan.after(phase, position), *plan.hooks_by_phase[phase + 1:])))
+        if ctx.policy is self.plans.policy:
+            if len(self._switches) >= PLAN_CACHE_SIZE:
+                self._switches.clear()
+            self._switches[key] = found
+        return found
 
     async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
         """Run the ``complete`` of every stage in the request's plan (every stage's, before one was
         chosen); one failing stage never stops the others."""
+        pending = self.complete_now(ctx, error)
+        if pending is not None:
+            await pending
+
+    def complete_now(self, ctx: RequestContext, error: BaseException | None) -> Awaitable[None] | None:
+        """``complete`` without a coroutine of its own: the completes run here until one returns
+        something to wait for, which is returned, with the rest, to be awaited (None: all ran)."""
         if ctx.phase_marks is not None:
             ctx.phase_marks.append(("complete", time.time()))
-        for fn in (ctx.plan.completes if ctx.plan is not None else self._completes):
+        completes = ctx.plan.completes if ctx.plan is not None else self._completes
+        for fn in completes:
+            try:
+                pending = fn(ctx, error)
+            except Exception:  # noqa: BLE001 - complete must reach every stage
+                _failed(fn)
+                continue
+            if pending is not None:
+                # (bound methods are equal only with the same ``__self__``: this is ``fn``'s place)
+                return self._complete_rest(ctx, error, fn, pending, completes[completes.index(fn) + 1:])
+        return None
+
+    @staticmethod
+    async def _complete_rest(ctx: RequestContext, error: BaseException | None, fn: Hook, pending: Awaitable[None],
+                             rest: tuple[Hook, ...] | list[Hook]) -> None:
+        """Wait for what ``fn`` returned, then run the ``rest`` of the completes (``complete_now``)."""
+        try:
+            await pending
+        except Exception:  # noqa: BLE001 - complete must reach every stage
+            _failed(fn)
+        for fn in rest:
             try:
                 pending = fn(ctx, error)
                 if pending is not None:
                     await pending
             except Exception:  # noqa: BLE001 - complete must reach every stage
-                log.exception("complete failed in %s", getattr(fn, "__self__", fn))
+                _failed(fn)
+
+
+def _failed(fn: Hook) -> None:
+    log.exception("complete failed in %s", getattr(fn, "__self__", fn))

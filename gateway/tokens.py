@@ -61,7 +61,10 @@ def chat_prompt_tokens(body: dict[str, Any]) -> int:
     for msg in body.get("messages") or ():
         if not isinstance(msg, dict):
             continue
-        total += MESSAGE_OVERHEAD + _content_tokens(msg.get("content"))
+        content = msg.get("content")
+        # text, the common content, by ``text_tokens``' rule in place (no two calls a message); else its parts
+        total += MESSAGE_OVERHEAD + ((len(content) + CHARS_PER_TOKEN - 1) // CHARS_PER_TOKEN
+                                     if type(content) is str else _content_tokens(content))
         calls = msg.get("tool_calls")
         if calls:
             total += json_tokens(calls)

@@ -40,23 +40,26 @@ def usage_from(data: dict) -> Usage | None:
 
 def usage_of(u: dict) -> Usage:
     """An OpenAI usage object -> Usage. ``_int`` is called only for a value neither a plain int nor
-    absent (the common cases, read inline)."""
+    absent (the common cases, read inline); the details objects are read only when present."""
     get = u.get
-    prompt_details = get("prompt_tokens_details") or {}
-    completion_details = get("completion_tokens_details") or {}
-    v = prompt_details.get("cached_tokens")
-    cached = v if type(v) is int else 0 if v is None else _int(v)
-    if not cached:
-        v = get("prompt_cache_hit_tokens")
-        cached = v if type(v) is int else 0 if v is None else _int(v)
     v = get("prompt_tokens")
     prompt = v if type(v) is int else 0 if v is None else _int(v)
     v = get("completion_tokens")
     completion = v if type(v) is int else 0 if v is None else _int(v)
-    v = completion_details.get("reasoning_tokens")
-    reasoning = v if type(v) is int else 0 if v is None else _int(v)
-    v = prompt_details.get("cache_write_tokens")
-    written = v if type(v) is int else 0 if v is None else _int(v)
+    cached = reasoning = written = 0
+    details = get("prompt_tokens_details")
+    if details:
+        v = details.get("cached_tokens")
+        cached = v if type(v) is int else 0 if v is None else _int(v)
+        v = details.get("cache_write_tokens")
+        written = v if type(v) is int else 0 if v is None else _int(v)
+    if not cached:
+        v = get("prompt_cache_hit_tokens")
+        cached = v if type(v) is int else 0 if v is None else _int(v)
+    details = get("completion_tokens_details")
+    if details:
+        v = details.get("reasoning_tokens")
+        reasoning = v if type(v) is int else 0 if v is None else _int(v)
     # (prompt, completion, cached, reasoning, cache_write) by position: no kwargs dict
     return Usage(prompt, completion, cached, reasoning, written)
 

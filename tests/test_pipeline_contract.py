@@ -288,6 +288,26 @@ async def test_one_failing_complete_is_logged_and_the_others_still_run(caplog: p
     assert failures[0].exc_info is not None and "b failed to complete" in str(failures[0].exc_info[1])
 
 
+async def test_complete_now_runs_plain_completes_in_place_and_returns_the_rest_from_the_first_that_waits(
+        caplog: pytest.LogCaptureFixture) -> None:
+    log: Log = []
+    plain = [fake_stage("a", log, complete=True, plain=True), fake_stage("b", log, complete=True, plain=True)]
+    assert Pipeline(plain).complete_now(make_ctx(), None) is None  # nothing to wait for: no coroutine at all
+    assert log == [("a", "complete:None"), ("b", "complete:None")]
+
+    log.clear()
+    mixed = [fake_stage("a", log, complete=True, plain=True), fake_stage("w", log, complete_raises=True),
+             fake_stage("c", log, complete_raises=True, plain=True), fake_stage("d", log, complete=True)]
+    with caplog.at_level(logging.ERROR, logger="gateway.pipeline"):
+        pending = Pipeline(mixed).complete_now(make_ctx(), None)
+        assert log == [("a", "complete:None")]  # the waiting one's body runs only when awaited
+        assert pending is not None
+        await pending
+    assert log == [("a", "complete:None"), ("w", "complete:None"), ("c", "complete:None"), ("d", "complete:None")]
+    failed = [str(r.exc_info[1]) for r in caplog.records if r.name == "gateway.pipeline" and r.exc_info]
+    assert failed == ["w failed to complete", "c failed to complete"]  # each logged, the rest still ran
+
+
 # -- the plan: which hooks a request runs ----------------------------------------------------------
 
 TENANTS = {name: Tenant(name=name, api_keys=(), models=("m",)) for name in ("with", "without")}

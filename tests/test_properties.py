@@ -95,7 +95,7 @@ def validate(endpoint: str, body: dict[str, Any]) -> None:
     parsed = input_check.parse_json_body(raw)
     input_check._check_depth(raw, parsed)
     input_check._check_common(parsed)
-    input_check._check_endpoint(endpoint, parsed)
+    input_check._ENDPOINT_CHECKS.get(endpoint, input_check._check_embeddings)(parsed)  # as InputStage._check
     assert prompt_tokens(endpoint, parsed) >= 0
     is_deterministic(parsed, endpoint)
     canonical(endpoint, "small", parsed)

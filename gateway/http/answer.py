@@ -12,7 +12,7 @@ gateway's own connection handler sends it (``GatewayProtocol``); what it writes 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from email.utils import formatdate
 from http import HTTPStatus
 
@@ -24,6 +24,7 @@ _EMPTY = (204, 304)  # statuses without a body
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _date: tuple[int, str] = (0, "")
 _SERVER = f"Server: {SERVER_SOFTWARE}\r\n"
+_LINES: dict[tuple[tuple[int, int], int], str] = {}  # (version, status) -> the status line
 
 
 def http_date() -> str:
@@ -33,6 +34,31 @@ def http_date() -> str:
     if _date[0] != now:
         _date = (now, formatdate(now, usegmt=True))
     return _date[1]
+
+
+def _status_line(version: tuple[int, int], status: int) -> str:
+    """``HTTP/1.1 200 OK`` and its CRLF, kept in ``_LINES`` (read there first: a bounded memo)."""
+    if len(_LINES) >= 256:
+        _LINES.clear()
+    line = _LINES[version, status] = f"HTTP/{version[0]}.{version[1]} {status} {_REASONS.get(status, '')}\r\n"
+    return line
+
+
+def _refuse(fields: Mapping[str, str]) -> None:
+    """Name the header whose value has a CR or LF (aiohttp refuses them: they would split the head)."""
+    for name, value in fields.items():
+        if "\n" in value or "\r" in value:
+            raise ValueError(f"Newline or carriage return in the {name!r} header's value")
+
+
+class _Done:
+    """An awaitable that is already done: awaited, it returns None at once, with no coroutine made."""
+
+    __slots__ = ()
+    __await__ = ().__iter__  # (a C method: awaiting runs no Python frame either)
+
+
+_DONE: Awaitable[None] = _Done()  # type: ignore[assignment]
 
 
 class WholeAnswer:
@@ -45,14 +71,14 @@ class WholeAnswer:
     aiohttp refuses it.
     """
 
-    __slots__ = ("status", "_answer", "_fields", "_ctype", "_keep", "_written")
+    __slots__ = ("status", "keep_alive", "_answer", "_fields", "_ctype", "_written")
 
     def __init__(self, status: int, body: bytes | None, headers: Mapping[str, str], content_type: str) -> None:
         self.status = status
         self._answer = b"" if body is None or status in _EMPTY or status < 200 else body
         self._fields = headers
         self._ctype = content_type
-        self._keep: bool | None = None
+        self.keep_alive: bool | None = None  # (an attribute, not a property: aiohttp reads it with no call)
         self._written = False
 
     @property
@@ -63,36 +89,38 @@ class WholeAnswer:
     def body_length(self) -> int:
         return len(self._answer)
 
-    @property
-    def keep_alive(self) -> bool | None:
-        return self._keep
-
     def force_close(self) -> None:
-        self._keep = False
+        self.keep_alive = False
 
-    async def prepare(self, request: web.BaseRequest) -> None:
-        """Write the answer (once), then wait while the connection's send buffer is over its high mark."""
-        if self._written:
-            return
-        self.send(request)
-        writer = request.writer
-        if writer.protocol._paused:
-            await writer.drain()
+    def prepare(self, request: web.BaseRequest) -> Awaitable[None]:
+        """Write the answer (once); what is returned waits while the connection's send buffer is over its
+        high mark (nothing to wait for, mostly: ``_DONE``, not a coroutine)."""
+        if not self._written:
+            self.send(request)
+            writer = request.writer
+            if writer.protocol._paused:
+                return writer.drain()
+        return _DONE
 
     def send(self, request: web.BaseRequest) -> None:
-        """Write the whole answer on ``request``'s connection, as ``web.Response`` would write it."""
+        """Write the whole answer on ``request``'s connection, as ``web.Response`` would write it.
+
+        The header lines are joined in C (``": ".join`` of each item) and the values checked for CR/LF
+        in one search of their concatenation: no Python step per header.
+        """
         self._written = True
-        keep = self._keep
+        message = request._message  # (its fields, not the request's properties: no call for each)
+        keep = self.keep_alive
         if keep is None:
-            keep = self._keep = request.keep_alive
+            keep = self.keep_alive = not message.should_close  # ``request.keep_alive``
         fields = self._fields
-        for name, value in fields.items():
-            if "\n" in value or "\r" in value:
-                raise ValueError(f"Newline or carriage return in the {name!r} header's value")
-        version = request.version
+        values = "".join(fields.values())
+        if "\n" in values or "\r" in values:
+            _refuse(fields)
+        version = message.version
         status = self.status
         body = self._answer
-        lines = "".join([f"{name}: {value}\r\n" for name, value in fields.items()])
+        lines = "\r\n".join(map(": ".join, fields.items())) + "\r\n" if fields else ""
         if status in _EMPTY or status < 200:  # no body, so no length either (RFC 9110 8.6)
             kind = f"Content-Type: {self._ctype}\r\n"
         else:
@@ -101,7 +129,8 @@ class WholeAnswer:
             connection = "Connection: keep-alive\r\n" if keep else ""
         else:
             connection = "" if keep else "Connection: close\r\n"
-        head = (f"HTTP/{version[0]}.{version[1]} {status} {_REASONS.get(status, '')}\r\n{lines}{kind}"
+        line = _LINES.get((version, status)) or _status_line(version, status)
+        head = (f"{line}{lines}{kind}"
                 f"Date: {http_date()}\r\n{_SERVER}{connection}\r\n").encode()
         transport = request.transport
         if transport is None or transport.is_closing():
@@ -112,5 +141,5 @@ class WholeAnswer:
             transport.write(head)
             transport.write(body)
 
-    async def write_eof(self, data: bytes = b"") -> None:
-        return None
+    def write_eof(self, data: bytes = b"") -> Awaitable[None]:
+        return _DONE

@@ -45,8 +45,13 @@ class Drain:
     def __len__(self) -> int:
         return len(self._open)
 
-    def enter(self) -> asyncio.Task:
-        task = asyncio.current_task()
+    def enter(self, loop: asyncio.AbstractEventLoop | None = None, cap: int | None = None) -> asyncio.Task | None:
+        """Count the current task in, or None when ``cap`` requests are in flight already (shed it).
+
+        Given its ``loop``, finding the task costs no ``getpid()`` system call (CPython 3.11)."""
+        if cap is not None and len(self._open) >= cap:
+            return None
+        task = asyncio.current_task(loop)
         assert task is not None
         self._open[task] = True
         return task

@@ -90,8 +90,11 @@ class GatewayProtocol(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if not data and self._head_timer is None:  # aiohttp's ``resume_reading`` after each body read: no timer
+            RequestHandler.data_received(self, data)  # to stop, and none to start without bytes
+            return
         idle = self._head_timer is None and self._current_request is None and not self._messages
-        super().data_received(data)
+        RequestHandler.data_received(self, data)  # (not ``super()``: no super object per packet)
         whole = self._messages or self._current_request is not None
         if self._head_timer is not None:
             if whole:
@@ -202,12 +205,13 @@ def direct_dispatch(routes: Mapping[str, WebHandler], app_handle: WebHandler) ->
     reach them, minus ~2 us each of resolving and freezing a match.
     """
 
-    async def dispatch(request: web.BaseRequest) -> web.StreamResponse:
+    def dispatch(request: web.BaseRequest) -> Awaitable[web.StreamResponse]:
+        # plain: the handler's own coroutine is what aiohttp awaits (no level every resume passes through)
         if request.method == "POST" and "Expect" not in request.headers:
             handler = routes.get(request.rel_url.path_safe)
             if handler is not None:
-                return await handler(request)
-        return await app_handle(request)
+                return handler(request)
+        return app_handle(request)
 
     return dispatch
 

@@ -58,47 +58,60 @@ class Handler:
         self.adaptive = adaptive
         self.max_in_flight = guard.limits.max_in_flight if guard is not None else None
         self.shared_state = services.backend.kind != "memory"  # complete may wait for it: shielded (``_finish``)
+        # the application's loop, taken on the first request (aiohttp binds an application to one loop):
+        # on 3.11 each ``get_running_loop()``/``current_task()`` without it is a ``getpid()`` system call
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def endpoint(self, name: str, surface: Surface = OPENAI) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
-        """The aiohttp handler of ``name`` on ``surface``: ``handle`` itself with both bound (a partial of
-        a coroutine function is one for aiohttp), not a coroutine awaiting it on every request."""
-        return functools.partial(self.handle, endpoint=name, surface=surface)
+        """The aiohttp handler of ``name`` on ``surface``: ``_handle`` itself with both bound by position (a
+        partial of a coroutine function is one for aiohttp; keywords would make it build a dict per call),
+        not a coroutine awaiting it on every request."""
+        return functools.partial(self._handle, name, surface)
 
-    async def handle(self, request: web.Request, endpoint: str, surface: Surface = OPENAI,
-                     prepare: Callable[[RequestContext], None] | None = None) -> web.StreamResponse:
-        """``prepare`` presets context facts for trusted internal callers (admin DLQ replay sets the tenant)."""
-        loop = asyncio.get_running_loop()
+    def handle(self, request: web.Request, endpoint: str, surface: Surface = OPENAI,
+               prepare: Callable[[RequestContext], None] | None = None) -> Awaitable[web.StreamResponse]:
+        """The pipeline's answer to ``request``; ``prepare`` presets context facts for trusted internal
+        callers (admin DLQ replay sets the tenant)."""
+        return self._handle(endpoint, surface, request, prepare)
+
+    async def _handle(self, endpoint: str, surface: Surface, request: web.Request,
+                      prepare: Callable[[RequestContext], None] | None = None) -> web.StreamResponse:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         # (request_id, endpoint, policy, request, started, started_wall, surface) by position: matching
         # keywords against the context's 60 parameters costs a third of its construction
         ctx = RequestContext(request_id(request.headers), endpoint, self.holder.current,  # type: ignore[arg-type]
                              request, loop.time(), time.time(), surface)
         if prepare is not None:
             prepare(ctx)
-        if self.max_in_flight is not None and len(self.drain) >= self.max_in_flight:
+        task = self.drain.enter(loop, self.max_in_flight)
+        if task is None:
             self.services.metrics.shed.labels("max_in_flight").inc()
             ctx.outcome = "shed"
-            return await self.write(ctx, GatewayResponse.from_error(overloaded()))
+            return await self._send(ctx, GatewayResponse.from_error(overloaded()))
         adaptive = self.adaptive
         if adaptive is not None and not adaptive.acquire():
+            self.drain.leave(task)
             self.services.metrics.shed.labels("adaptive_limit").inc()
             ctx.outcome = "shed"
-            return await self.write(ctx, GatewayResponse.from_error(overloaded()))
+            return await self._send(ctx, GatewayResponse.from_error(overloaded()))
         error: BaseException | None = None
         resp: GatewayResponse | None = None
         head_s: float | None = None
-        task = self.drain.enter()
         busy = len(self.drain) if adaptive is not None else 0
         try:
             resp = await self.pipeline.run(ctx)
             if adaptive is not None:
                 head_s = loop.time() - ctx.started
             error = ctx.error
-            return await self.write(ctx, resp)
+            out = self.write(ctx, resp)
+            return out if type(out) is WholeAnswer else await out
         except asyncio.CancelledError as exc:
             if self.drain.cut(task):  # the shutdown grace ran out before an answer: 503, not a vanished request
                 error = ctx.error = shutting_down()
                 ctx.outcome = "shutting_down"
-                return await self.write(ctx, GatewayResponse.from_error(error))
+                return await self._send(ctx, GatewayResponse.from_error(error))
             ctx.client_disconnected = True
             ctx.outcome = "client_disconnected"
             error = exc
@@ -117,19 +130,22 @@ class Handler:
                 adaptive.release(head_s if ctx.attempts else None, _congested(ctx), busy)  # samples: upstream work only
             self.drain.completing(task)
             try:
-                await self._finish(ctx, resp, error)
+                pending = self._finish(ctx, resp, error)
+                if pending is not None:
+                    await pending
             finally:
                 self.drain.leave(task)
 
     def _finish(self, ctx: RequestContext, resp: GatewayResponse | None,
-                error: BaseException | None) -> Awaitable[None]:
+                error: BaseException | None) -> Awaitable[None] | None:
         """Release the upstream and run ``complete`` once, to its end.
 
         ``complete`` is shielded when the client left, and always when the state backend is shared: a
         client that leaves while ``complete`` waits for its state call (the settle, the release, the
         feedback record) cancels this handler, and the call and its finishers must still run. The
         memory backend's ``complete`` never waits, so nothing can cancel it half-way: no extra task,
-        and for an answer with nothing to release, ``complete`` itself is awaited (no coroutine here).
+        and for an answer with nothing to release the completes run here (``Pipeline.complete_now``):
+        None when all ran, else what is left of them, to be awaited.
         """
         if error is None:
             error = ctx.stream_error
@@ -137,7 +153,7 @@ class Handler:
             self.guard.refused(_BODY_REFUSALS[error.code])
         if ctx.client_disconnected or self.shared_state or (resp is not None and resp.close is not None):
             return self._finish_shielded(ctx, resp, error)
-        return self.pipeline.complete(ctx, error)
+        return self.pipeline.complete_now(ctx, error)
 
     async def _finish_shielded(self, ctx: RequestContext, resp: GatewayResponse | None,
                                error: BaseException | None) -> None:
@@ -156,21 +172,32 @@ class Handler:
         else:
             await self.pipeline.complete(ctx, error)
 
-    async def write(self, ctx: RequestContext, resp: GatewayResponse) -> web.StreamResponse:
-        """Send ``resp``; a broken stream or a departed client is recorded in ``ctx.stream_error``."""
+    async def _send(self, ctx: RequestContext, resp: GatewayResponse) -> web.StreamResponse:
+        """``write``, awaited whatever it returns (the rare answers: shed, cut)."""
+        out = self.write(ctx, resp)
+        return out if type(out) is WholeAnswer else await out
+
+    def write(self, ctx: RequestContext, resp: GatewayResponse) -> WholeAnswer | Awaitable[web.StreamResponse]:
+        """Send ``resp``: a whole answer is returned as is (no coroutine), a stream to be awaited; a broken
+        stream or a departed client is recorded in ``ctx.stream_error``."""
         resp = ctx.surface.render(ctx, resp)
         headers = {"x-request-id": ctx.request_id, **ctx.response_headers, **resp.headers}
         ctx.status = resp.status
         if resp.events is None:
             out = WholeAnswer(resp.status, resp.body, headers, resp.content_type)
-            if ctx.request.body_exists and not ctx.request.content.is_eof():
+            if not ctx.request.content.is_eof():  # (no body: aiohttp's empty reader is always at its end)
                 out.force_close()  # a body not (fully) received or undecodable: don't reuse the connection
             return out  # aiohttp sends it once the handler returns: after ``complete`` (see ``_finish``)
+        return self._stream(ctx, resp, headers)
+
+    async def _stream(self, ctx: RequestContext, resp: GatewayResponse, headers: dict[str, str]) -> web.StreamResponse:
+        """Write ``resp.events`` as they come, framed by the surface."""
+        assert resp.events is not None
         out = web.StreamResponse(status=resp.status, headers=headers)
         out.content_type = "text/event-stream"
         out.headers["cache-control"] = "no-cache"
         await out.prepare(ctx.request)
-        loop = asyncio.get_running_loop()
+        loop = self._loop or asyncio.get_running_loop()
         framing = resp.framing
         try:
             async for payload in resp.events:
@@ -191,7 +218,7 @@ class Handler:
             ctx.stream_error = err
             return out
         except asyncio.CancelledError:
-            if not self.drain.cut(asyncio.current_task()):
+            if not self.drain.cut(asyncio.current_task(loop)):
                 raise
             ctx.stream_error = shutting_down()  # the grace ran out mid-stream: end it the way SDKs raise on
             ctx.outcome = "shutting_down"

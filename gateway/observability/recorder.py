@@ -129,14 +129,19 @@ class Recorder:
         if kind is None:
             kind = self._kind(key)
         s, requests, cache = kind
-        requests.inc()
+        requests.value += 1.0  # (plain children: a counter's ``inc()`` is this add, here without a call)
         s.duration.observe(total)
-        if ctx.attempts:
+        attempts = ctx.attempts
+        if attempts:
             upstream, overhead = s.upstream_children() if s.upstream is None else (s.upstream, s.overhead)
             wait = ctx.upstream_wait_s
             upstream.observe(wait)
             overhead.observe(total - wait if total > wait else 0.0)
-            self._attempts(ctx, s.served)
+            first = attempts[0]
+            if len(attempts) == 1 and first.error_kind is None and not ctx.fallbacks:  # one clean call
+                (self.m.attempts.children.get((first.deployment,)) or self.m.attempts.labels(first.deployment)).inc()
+            else:
+                self._attempts(ctx, s.served)
         if ctx.ttft_s is not None:
             if s.ttft is None:
                 s.ttft = self.m.ttft.labels(s.served, s.provider)
@@ -148,14 +153,14 @@ class Recorder:
         if cost_usd > 0:
             if s.cost is None:
                 s.cost = self.m.cost.labels(s.tenant, s.served)
-            s.cost.inc(cost_usd)
+            s.cost.value += cost_usd
         if ctx.cost_saved_usd > 0:
             if s.cost_saved is None:
                 s.cost_saved = self.m.cost_saved.labels(s.tenant, s.served)
             s.cost_saved.inc(ctx.cost_saved_usd)
         # decisions
         if cache is not None:
-            cache.inc()
+            cache.value += 1.0
         if ctx.ratelimit_outcome or ctx.budget_outcome or ctx.route or ctx.audit is not None:
             self._decisions(ctx, s)
 
@@ -186,10 +191,10 @@ class Recorder:
     def _decisions(self, ctx: RequestContext, s: Series) -> None:
         """The rate-limit and budget decisions, the route, the review sample (the cache's: ``record``)."""
         decisions = s.decisions
-        if ctx.ratelimit_outcome:
-            (decisions.get(("ratelimit", ctx.ratelimit_outcome)) or s.decision("ratelimit", ctx.ratelimit_outcome)).inc()
+        if ctx.ratelimit_outcome:  # (plain counter children: added to in place, as in ``record``)
+            (decisions.get(("ratelimit", ctx.ratelimit_outcome)) or s.decision("ratelimit", ctx.ratelimit_outcome)).value += 1.0
         if ctx.budget_outcome:
-            (decisions.get(("budget", ctx.budget_outcome)) or s.decision("budget", ctx.budget_outcome)).inc()
+            (decisions.get(("budget", ctx.budget_outcome)) or s.decision("budget", ctx.budget_outcome)).value += 1.0
             if ctx.budget_outcome == "downgraded":
                 self.m.downgrades.labels(s.tenant).inc()
         if ctx.route:

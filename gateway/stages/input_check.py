@@ -231,25 +231,28 @@ def _check_parts(parts: list, where: str) -> None:
                           param=f"{where}.content[{j}]", code="invalid_type")
 
 
-def _check_endpoint(endpoint: str, body: dict) -> None:
-    if endpoint == "chat":
-        _check_messages(body)
-    elif endpoint == "completions":
-        prompt = body.get("prompt")
-        if prompt is None or prompt == "" or prompt == []:
-            raise invalid("'prompt' is required", param="prompt", code="missing_required_parameter")
-        _expect(body, "prompt", (str, list), "a string or an array")
-        _items(body, "prompt", _text_or_tokens, "a string, a token id or an array of token ids")
-    else:
-        value = body.get("input")
-        if value is None or value == "" or value == []:
-            raise invalid("'input' is required and must not be empty", param="input",
-                          code="missing_required_parameter")
-        _expect(body, "input", (str, list), "a string or an array")
-        _items(body, "input", _text_or_tokens, "a string, a token id or an array of token ids")
-        if body.get("stream") is True:  # an embedding is one JSON answer; a provider may refuse or misframe it
-            raise invalid("'stream' is not supported for embeddings", param="stream", code="invalid_value")
-        _expect(body, "encoding_format", (str,), "a string")
+def _check_completions(body: dict) -> None:
+    prompt = body.get("prompt")
+    if prompt is None or prompt == "" or prompt == []:
+        raise invalid("'prompt' is required", param="prompt", code="missing_required_parameter")
+    _expect(body, "prompt", (str, list), "a string or an array")
+    _items(body, "prompt", _text_or_tokens, "a string, a token id or an array of token ids")
+
+
+def _check_embeddings(body: dict) -> None:
+    value = body.get("input")
+    if value is None or value == "" or value == []:
+        raise invalid("'input' is required and must not be empty", param="input",
+                      code="missing_required_parameter")
+    _expect(body, "input", (str, list), "a string or an array")
+    _items(body, "input", _text_or_tokens, "a string, a token id or an array of token ids")
+    if body.get("stream") is True:  # an embedding is one JSON answer; a provider may refuse or misframe it
+        raise invalid("'stream' is not supported for embeddings", param="stream", code="invalid_value")
+    _expect(body, "encoding_format", (str,), "a string")
+
+
+# endpoint -> the checks of its own fields (any other: the embeddings'), looked up with no dispatching call
+_ENDPOINT_CHECKS: dict[str, Callable[[dict], None]] = {"chat": _check_messages, "completions": _check_completions}
 
 
 def _check_limits(ctx: RequestContext, model: ModelSpec) -> None:
@@ -401,7 +404,7 @@ class InputStage(Stage):
         """The checks of the body in the internal form, and the facts the later phases read."""
         model = resolve_model(ctx, body)
         _check_common(body)
-        _check_endpoint(ctx.endpoint, body)
+        _ENDPOINT_CHECKS.get(ctx.endpoint, _check_embeddings)(body)
         ctx.raw_body, ctx.body = raw, body
         if ctx.surface.name == "openai":  # the client's bytes say exactly ``body`` until a stage replaces it
             ctx.raw_of = body

@@ -29,14 +29,14 @@ class InFlightStage(Stage):
         self.gauge = obs.metrics.in_flight.labels()  # the unlabelled child: one call less per phase
 
     def authenticate(self, ctx: RequestContext) -> Verdict:
-        self.gauge.inc()
+        self.gauge.value += 1.0  # (a plain gauge child: ``inc()`` is this add, here without its call)
         ctx.in_flight = True
         return None
 
     def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
         if ctx.in_flight:
             ctx.in_flight = False
-            self.gauge.dec()
+            self.gauge.value -= 1.0
 
 
 class ObserveStage(Stage):
@@ -47,11 +47,13 @@ class ObserveStage(Stage):
     def __init__(self, obs: Observability) -> None:
         self.obs = obs
         self._timer: asyncio.Task | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # (a ``getpid()`` per ``get_running_loop()`` on 3.11)
 
     def on_policy(self, policy: Policy) -> None:
         self.obs.on_policy(policy)
 
     async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
         self._timer = asyncio.create_task(self.obs.run_timers())
 
     async def stop(self) -> None:
@@ -62,8 +64,8 @@ class ObserveStage(Stage):
         await self.obs.close()
 
     def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
-        total = asyncio.get_running_loop().time() - ctx.started
-        cost_usd = settled_cost(ctx)
+        total = (self._loop or asyncio.get_running_loop()).time() - ctx.started
+        cost_usd = ctx.cost_usd or settled_cost(ctx)  # (the budget's figure when it set one)
         self.obs.recorder.record(ctx, total, cost_usd)
         capture = ctx.audit
         sink = self.obs.access
