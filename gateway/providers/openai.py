@@ -24,6 +24,7 @@ from gateway.policy.checkers import BOOLEAN, string
 from gateway.policy.model import ProviderSpec
 from gateway.providers import exchange
 from gateway.providers.base import NativeAnswer, Provider, UpstreamRequest, UpstreamResponse
+from gateway.providers.deadlines import Deadlines
 from gateway.providers.keys import KeySource
 from gateway.providers.openai_responses import EventsToChunks, StreamFailed, response_to_chat
 from gateway.providers.pool import HOOKED, TIMER, PoolObserver, PoolTimer, TimedConnector, pool_trace
@@ -90,6 +91,7 @@ class HTTPProvider(Provider):
         self._pool_observer: PoolObserver | None = None
         self._targets: dict[str, exchange.Target] = {}  # url -> its pooled origin and head (``exchange``)
         self._fixed: tuple[dict[str, str], str, str] | None = None  # ``_fixed_lines``, for the current key
+        self._deadlines: Deadlines | None = None  # the attempts' (``PoolTimer``), on the session's loop
         self.key = KeySource(spec.api_key, spec.api_key_file, spec.name)
 
     def key_headers(self) -> dict[str, str]:
@@ -105,6 +107,7 @@ class HTTPProvider(Provider):
     async def start(self) -> None:
         if self._session is None:
             self._session = new_session(self.spec)
+            self._deadlines = Deadlines(asyncio.get_running_loop())  # the loop, taken once (each look-up: a getpid)
         self.key.start()
 
     async def close(self) -> None:
@@ -139,7 +142,7 @@ class HTTPProvider(Provider):
                                                   **req.headers, "x-request-id": req.request_id}
         opening = min(first_byte, total)
         # The hooked connector sets the deadline (pool.py); with aiohttp's tracing it only moves it.
-        timer = PoolTimer(t.pool_s, t.connect_s, opening, None if HOOKED else t.connect_s + opening)
+        timer = PoolTimer(t.pool_s, t.connect_s, opening, None if HOOKED else t.connect_s + opening, self._deadlines)
         token = TIMER.set(timer)
         try:
             with timer:  # the attempt's timeout (``asyncio.timeout``'s, without its coroutines)
