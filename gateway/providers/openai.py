@@ -344,28 +344,35 @@ def attempt_timeouts(spec: ProviderSpec, req: UpstreamRequest) -> tuple[float, f
     return req.first_byte_timeout_s or t.first_byte_s, req.total_timeout_s or t.total_s
 
 
-_PASSED: dict[str, str | None] = {}  # a header name as received -> its lower-cased name, None if hop-by-hop
+_PLANS: dict[tuple[str, ...], tuple[tuple[int, str], ...]] = {}  # an answer's header names -> ``_plan``
 
 
-def _passed(name: str) -> str | None:
-    if len(_PASSED) >= 1024:  # names an upstream makes up (request ids in a name): bounded
-        _PASSED.clear()
-    low = name.lower()
-    _PASSED[name] = passed = None if low in HOP_BY_HOP else low
-    return passed
+def _plan(names: tuple[str, ...]) -> tuple[tuple[int, str], ...]:
+    """``(position, lower-cased name)`` of the headers among ``names`` worth passing on, in order."""
+    if len(_PLANS) >= 256:  # names an upstream makes up (request ids in a name): bounded
+        _PLANS.clear()
+    plan = _PLANS[names] = tuple((i, low) for i, name in enumerate(names) if (low := name.lower()) not in HOP_BY_HOP)
+    return plan
 
 
 def upstream_headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
-    """Response headers worth passing on (retry-after, rate-limit info), lower-cased (each name's
-    verdict memoised: an upstream sends the same names on every answer)."""
-    out = {}
-    known = _PASSED.get
-    for k, v in resp.headers.items():
-        low = known(k, "")
-        if low == "":
-            low = _passed(k)
-        if low is not None:
-            out[low] = v
+    """Response headers worth passing on (retry-after, rate-limit info), lower-cased (the verdict on a set
+    of names memoised: an upstream sends the same names on every answer, most of them hop-by-hop)."""
+    headers = resp.headers
+    names = tuple(headers.keys())  # (a name sent twice is one key: then each header is read in turn)
+    out: dict[str, str] = {}
+    if len(names) != len(headers):
+        for name, value in headers.items():
+            if (low := name.lower()) not in HOP_BY_HOP:
+                out[low] = value
+        return out
+    plan = _PLANS.get(names)
+    if plan is None:
+        plan = _plan(names)
+    if plan:
+        values = tuple(headers.values())
+        for i, low in plan:
+            out[low] = values[i]
     return out
 
 
