@@ -109,8 +109,12 @@ class Exchange:
         self.reason = reason
         self.headers = headers
         self.content = content
-        self._conn = conn
-        content.on_eof(self.release)
+        if content.is_eof():  # the body came whole with the head (most answers): back to the pool now
+            self._conn = None
+            conn.release()
+        else:
+            self._conn = conn
+            content.on_eof(self.release)
 
     @property
     def closed(self) -> bool:

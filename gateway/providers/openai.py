@@ -405,18 +405,16 @@ async def timed_post(
 
 def read_whole(resp: exchange.Exchange | aiohttp.ClientResponse, provider: Provider) -> bytes | None:
     """The body of an answer (an ``exchange.Exchange``) that came whole with its head, as most do, read
-    with nothing awaited and the connection given back; None when more is to come (``timed_read``).
-    (``provider``: its name is read only for an error.)"""
+    with nothing awaited (its connection went back to the pool when the body ended); None when more is
+    to come (``timed_read``). (``provider``: its name is read only for an error.)"""
     content = resp.content
     if type(resp) is not exchange.Exchange or not content.is_eof():
         return None
     try:
-        body = content.read_nowait()  # what ``read`` returns (or raises) once the body is in
+        return content.read_nowait()  # what ``read`` returns (or raises) once the body is in
     except (aiohttp.ClientError, OSError) as exc:
         resp.close()
         raise UpstreamError("stream_cut", f"{provider.name} closed the connection mid-answer") from exc
-    resp.release()
-    return body
 
 
 async def timed_read(resp: aiohttp.ClientResponse, name: str, deadline: float, total: float) -> bytes:
