@@ -92,6 +92,7 @@ class HTTPProvider(Provider):
         self._targets: dict[str, exchange.Target] = {}  # url -> its pooled origin and head (``exchange``)
         self._fixed: tuple[dict[str, str], str, str] | None = None  # ``_fixed_lines``, for the current key
         self._deadlines: Deadlines | None = None  # the attempts' (``PoolTimer``), on the session's loop
+        self._lender: tuple[aiohttp.BaseConnector, aiohttp.ClientTimeout] | None = None  # the session's, for ``exchange``
         self.key = KeySource(spec.api_key, spec.api_key_file, spec.name)
 
     def key_headers(self) -> dict[str, str]:
@@ -106,14 +107,15 @@ class HTTPProvider(Provider):
 
     async def start(self) -> None:
         if self._session is None:
-            self._session = new_session(self.spec)
+            self._session = session = new_session(self.spec)
             self._deadlines = Deadlines(asyncio.get_running_loop())  # the loop, taken once (each look-up: a getpid)
+            self._lender = (session.connector, session.timeout)  # type: ignore[assignment]  # (read once, not per call)
         self.key.start()
 
     async def close(self) -> None:
         await self.key.close()
         if self._session is not None:
-            session, self._session = self._session, None
+            session, self._session, self._lender = self._session, None, None
             self._targets.clear()
             await session.close()
 
@@ -150,8 +152,8 @@ class HTTPProvider(Provider):
                     target = self._targets.get(url) or self._target(url)
                     head = None if fixed is None else \
                         exchange.head_with_id(target, fixed[1], fixed[2], req.request_id, len(data))
-                    resp = await exchange.post(session.connector, session.timeout, target,  # type: ignore[arg-type]
-                                               headers, data, head)
+                    connector, timeout = self._lender or (session.connector, session.timeout)
+                    resp = await exchange.post(connector, timeout, target, headers, data, head)  # type: ignore[arg-type]
                 else:
                     resp = await session.post(url, data=data, headers=headers, trace_request_ctx=timer,
                                               allow_redirects=False)
