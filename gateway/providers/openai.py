@@ -24,6 +24,7 @@ from gateway.policy.checkers import BOOLEAN, string
 from gateway.policy.model import ProviderSpec
 from gateway.providers import exchange
 from gateway.providers.base import NativeAnswer, Provider, UpstreamRequest, UpstreamResponse
+from gateway.providers.deadlines import Deadlines
 from gateway.providers.keys import KeySource
 from gateway.providers.openai_responses import EventsToChunks, StreamFailed, response_to_chat
 from gateway.providers.pool import HOOKED, TIMER, PoolObserver, PoolTimer, TimedConnector, pool_trace
@@ -90,6 +91,8 @@ class HTTPProvider(Provider):
         self._pool_observer: PoolObserver | None = None
         self._targets: dict[str, exchange.Target] = {}  # url -> its pooled origin and head (``exchange``)
         self._fixed: tuple[dict[str, str], str, str] | None = None  # ``_fixed_lines``, for the current key
+        self._deadlines: Deadlines | None = None  # the attempts' (``PoolTimer``), on the session's loop
+        self._lender: tuple[aiohttp.BaseConnector, aiohttp.ClientTimeout] | None = None  # the session's, for ``exchange``
         self.key = KeySource(spec.api_key, spec.api_key_file, spec.name)
 
     def key_headers(self) -> dict[str, str]:
@@ -104,13 +107,15 @@ class HTTPProvider(Provider):
 
     async def start(self) -> None:
         if self._session is None:
-            self._session = new_session(self.spec)
+            self._session = session = new_session(self.spec)
+            self._deadlines = Deadlines(asyncio.get_running_loop())  # the loop, taken once (each look-up: a getpid)
+            self._lender = (session.connector, session.timeout)  # type: ignore[assignment]  # (read once, not per call)
         self.key.start()
 
     async def close(self) -> None:
         await self.key.close()
         if self._session is not None:
-            session, self._session = self._session, None
+            session, self._session, self._lender = self._session, None, None
             self._targets.clear()
             await session.close()
 
@@ -139,7 +144,7 @@ class HTTPProvider(Provider):
                                                   **req.headers, "x-request-id": req.request_id}
         opening = min(first_byte, total)
         # The hooked connector sets the deadline (pool.py); with aiohttp's tracing it only moves it.
-        timer = PoolTimer(t.pool_s, t.connect_s, opening, None if HOOKED else t.connect_s + opening)
+        timer = PoolTimer(t.pool_s, t.connect_s, opening, None if HOOKED else t.connect_s + opening, self._deadlines)
         token = TIMER.set(timer)
         try:
             with timer:  # the attempt's timeout (``asyncio.timeout``'s, without its coroutines)
@@ -147,8 +152,8 @@ class HTTPProvider(Provider):
                     target = self._targets.get(url) or self._target(url)
                     head = None if fixed is None else \
                         exchange.head_with_id(target, fixed[1], fixed[2], req.request_id, len(data))
-                    resp = await exchange.post(session.connector, session.timeout, target,  # type: ignore[arg-type]
-                                               headers, data, head)
+                    connector, timeout = self._lender or (session.connector, session.timeout)
+                    resp = await exchange.post(connector, timeout, target, headers, data, head)  # type: ignore[arg-type]
                 else:
                     resp = await session.post(url, data=data, headers=headers, trace_request_ctx=timer,
                                               allow_redirects=False)
@@ -341,28 +346,35 @@ def attempt_timeouts(spec: ProviderSpec, req: UpstreamRequest) -> tuple[float, f
     return req.first_byte_timeout_s or t.first_byte_s, req.total_timeout_s or t.total_s
 
 
-_PASSED: dict[str, str | None] = {}  # a header name as received -> its lower-cased name, None if hop-by-hop
+_PLANS: dict[tuple[str, ...], tuple[tuple[int, str], ...]] = {}  # an answer's header names -> ``_plan``
 
 
-def _passed(name: str) -> str | None:
-    if len(_PASSED) >= 1024:  # names an upstream makes up (request ids in a name): bounded
-        _PASSED.clear()
-    low = name.lower()
-    _PASSED[name] = passed = None if low in HOP_BY_HOP else low
-    return passed
+def _plan(names: tuple[str, ...]) -> tuple[tuple[int, str], ...]:
+    """``(position, lower-cased name)`` of the headers among ``names`` worth passing on, in order."""
+    if len(_PLANS) >= 256:  # names an upstream makes up (request ids in a name): bounded
+        _PLANS.clear()
+    plan = _PLANS[names] = tuple((i, low) for i, name in enumerate(names) if (low := name.lower()) not in HOP_BY_HOP)
+    return plan
 
 
 def upstream_headers(resp: aiohttp.ClientResponse) -> dict[str, str]:
-    """Response headers worth passing on (retry-after, rate-limit info), lower-cased (each name's
-    verdict memoised: an upstream sends the same names on every answer)."""
-    out = {}
-    known = _PASSED.get
-    for k, v in resp.headers.items():
-        low = known(k, "")
-        if low == "":
-            low = _passed(k)
-        if low is not None:
-            out[low] = v
+    """Response headers worth passing on (retry-after, rate-limit info), lower-cased (the verdict on a set
+    of names memoised: an upstream sends the same names on every answer, most of them hop-by-hop)."""
+    headers = resp.headers
+    names = tuple(headers.keys())  # (a name sent twice is one key: then each header is read in turn)
+    out: dict[str, str] = {}
+    if len(names) != len(headers):
+        for name, value in headers.items():
+            if (low := name.lower()) not in HOP_BY_HOP:
+                out[low] = value
+        return out
+    plan = _PLANS.get(names)
+    if plan is None:
+        plan = _plan(names)
+    if plan:
+        values = tuple(headers.values())
+        for i, low in plan:
+            out[low] = values[i]
     return out
 
 
@@ -395,18 +407,16 @@ async def timed_post(
 
 def read_whole(resp: exchange.Exchange | aiohttp.ClientResponse, provider: Provider) -> bytes | None:
     """The body of an answer (an ``exchange.Exchange``) that came whole with its head, as most do, read
-    with nothing awaited and the connection given back; None when more is to come (``timed_read``).
-    (``provider``: its name is read only for an error.)"""
+    with nothing awaited (its connection went back to the pool when the body ended); None when more is
+    to come (``timed_read``). (``provider``: its name is read only for an error.)"""
     content = resp.content
     if type(resp) is not exchange.Exchange or not content.is_eof():
         return None
     try:
-        body = content.read_nowait()  # what ``read`` returns (or raises) once the body is in
+        return content.read_nowait()  # what ``read`` returns (or raises) once the body is in
     except (aiohttp.ClientError, OSError) as exc:
         resp.close()
         raise UpstreamError("stream_cut", f"{provider.name} closed the connection mid-answer") from exc
-    resp.release()
-    return body
 
 
 async def timed_read(resp: aiohttp.ClientResponse, name: str, deadline: float, total: float) -> bytes:

@@ -8,7 +8,8 @@ when it opens a new connection and when it holds one; the one deadline of the at
 ``pool_s`` while queued, then ``connect_s + first_byte`` to connect and answer, then ``first_byte``
 once a connection is held. The first-byte timer starts only then. The attempt opens its timeout
 without a deadline (nothing in aiohttp waits before the connector): a free pooled connection, the
-common case, then costs one timer instead of two (~3 us of CPU).
+common case, then sets one deadline instead of two. Deadlines are kept by the provider's
+``deadlines.Deadlines`` (one loop timer for all its attempts, not one each).
 
 Measured (benchmarks/bench_http_path.py): aiohttp's tracing signals, which did this before, cost
 ~20 us of CPU per upstream call; the connector's overrides cost next to nothing. On an aiohttp
@@ -19,6 +20,8 @@ tracing is used instead (and the timeout opens with ``connect_s + first_byte``).
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 from collections.abc import Callable
 from contextvars import ContextVar
 from types import SimpleNamespace
@@ -26,10 +29,15 @@ from typing import Any
 
 import aiohttp
 
+from gateway.providers.deadlines import Deadlines
+from gateway.providers.exchange import LEAN_HANDLER, AnswerHandler
+
 PoolObserver = Callable[[str, float, bool], None]  # (provider, seconds waited, timed out)
 # The calling attempt's timer (this task only): ``HTTPProvider._post`` sets it around its POST.
 TIMER: ContextVar[PoolTimer | None] = ContextVar("gateway_pool_timer", default=None)
 HOOKED = all(hasattr(aiohttp.TCPConnector, m) for m in ("_wait_for_available_connection", "_create_connection"))
+# ``_get(key, traces)``: a free pooled ``Connection`` or None, what ``BaseConnector.connect`` tries first
+POOLED = "traces" in inspect.signature(getattr(aiohttp.TCPConnector, "_get", lambda key: None)).parameters
 
 
 class PoolTimer:
@@ -37,16 +45,22 @@ class PoolTimer:
 
     ``with timer:`` is ``asyncio.timeout`` (``when``: its first deadline on the loop clock, None for none
     yet): at the deadline the task is cancelled and the cancellation leaves the block as ``TimeoutError``;
-    a cancellation from elsewhere stays one. One object, entered and left without a coroutine.
+    a cancellation from elsewhere stays one. One object, entered and left without a coroutine; its
+    deadline kept by ``deadlines`` (the provider's, shared by its attempts: see ``deadlines.py``).
     """
 
-    __slots__ = ("loop", "started", "pool_s", "connect_s", "first_byte_s", "when", "queued_at", "waited_s",
-                 "held_at", "timed_out", "expired", "_handle", "_task", "_cancelling")
+    __slots__ = ("loop", "deadlines", "started", "pool_s", "connect_s", "first_byte_s", "when", "queued_at",
+                 "waited_s", "held_at", "timed_out", "expired", "_task", "_cancelling")
 
-    def __init__(self, pool_s: float, connect_s: float, first_byte_s: float, opening: float | None = None) -> None:
-        """``opening``: seconds from now to the first deadline (None: none until the connector sets one)."""
-        self.loop = asyncio.get_running_loop()
-        self.started = self.loop.time()
+    def __init__(self, pool_s: float, connect_s: float, first_byte_s: float, opening: float | None = None,
+                 deadlines: Deadlines | None = None) -> None:
+        """``opening``: seconds from now to the first deadline (None: none until the connector sets one);
+        ``deadlines``: of the running loop (None: a set of this timer's own)."""
+        if deadlines is None:
+            deadlines = Deadlines(asyncio.get_running_loop())
+        self.deadlines = deadlines
+        self.loop = loop = deadlines.loop
+        self.started = loop.time()
         self.pool_s = pool_s
         self.connect_s = connect_s
         self.first_byte_s = first_byte_s
@@ -56,7 +70,6 @@ class PoolTimer:
         self.held_at: float | None = None  # when a connection was held: the first-byte timer's start
         self.timed_out = False  # the attempt ended waiting for the pool past pool_s
         self.expired = False  # the deadline passed and the task was cancelled for it
-        self._handle: asyncio.Handle | None = None
         self._task: asyncio.Task[Any] | None = None  # while entered
         self._cancelling = 0
 
@@ -66,33 +79,25 @@ class PoolTimer:
             raise RuntimeError("PoolTimer should be used inside a task")
         self._task, self._cancelling = task, task.cancelling()
         if self.when is not None:
-            self._reschedule(self.when)
+            self.deadlines.watch(self, self.when)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, _tb: Any) -> None:
-        handle, task = self._handle, self._task
-        self._handle = self._task = None
-        if handle is not None:
-            handle.cancel()
+        task, self._task = self._task, None
+        self.deadlines.forget(self)
         if self.expired and task is not None and task.uncancel() <= self._cancelling \
                 and exc_type is asyncio.CancelledError:
             raise TimeoutError from exc
 
     def _reschedule(self, when: float) -> None:
         """The deadline moves to ``when`` (while entered and not yet passed; else nothing)."""
-        if self._task is None or self.expired:
-            return
-        self.when = when
-        if self._handle is not None:
-            self._handle.cancel()
-        loop = self.loop
-        self._handle = loop.call_soon(self._fire) if when <= loop.time() else loop.call_at(when, self._fire)
+        if self._task is not None and not self.expired:
+            self.deadlines.watch(self, when)
 
     def _fire(self) -> None:
         assert self._task is not None
         self._task.cancel()
         self.expired = True
-        self._handle = None
 
     def _deadline(self, seconds: float) -> None:
         self._reschedule(self.loop.time() + seconds)
@@ -117,7 +122,7 @@ class PoolTimer:
     def held(self) -> None:
         self.held_at = now = self.loop.time()
         if self._task is not None and not self.expired:
-            self._reschedule(now + self.first_byte_s)
+            self.deadlines.watch(self, now + self.first_byte_s)
 
 
 async def _queued(_s: Any, ctx: SimpleNamespace, _p: Any) -> None:
@@ -146,10 +151,19 @@ def pool_trace() -> aiohttp.TraceConfig:
 
 
 class TimedConnector(aiohttp.TCPConnector):
-    """A keep-alive pool that reports the pool wait and the held connection to the calling attempt."""
+    """A keep-alive pool that reports the pool wait and the held connection to the calling attempt; its
+    connections speak ``exchange.AnswerHandler``."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        if LEAN_HANDLER and isinstance(getattr(self, "_factory", None), functools.partial):
+            self._factory = functools.partial(AnswerHandler, loop=self._loop)
 
     async def connect(self, req: Any, traces: Any, timeout: Any) -> Any:
-        conn = await super().connect(req, traces, timeout)
+        # a free pooled connection, as ``BaseConnector.connect`` takes it first (one coroutine less to get it)
+        conn = await self._get(req.connection_key, traces) if POOLED and not req.proxy else None
+        if conn is None:
+            conn = await super().connect(req, traces, timeout)
         timer = TIMER.get()
         if timer is not None:
             timer.held()

@@ -112,6 +112,13 @@ class UpstreamStage(Stage):
         self.balancer = services.balancer
         self.budget = services.retry_budget
         self.stale_source = stale
+        self.loop: asyncio.AbstractEventLoop | None = None  # the serving loop, taken once (each look-up: a getpid)
+
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
+
+    async def stop(self) -> None:
+        self.loop = None
 
     def on_policy(self, policy: Policy) -> None:
         self.breakers.configure(policy)
@@ -129,7 +136,7 @@ class UpstreamStage(Stage):
         retry = ctx.tenant.retry
         deadline = ctx.started + retry.deadline_s
         failures: list[Failure] = []
-        loop = asyncio.get_running_loop()
+        loop = self.loop or asyncio.get_running_loop()
         budget = self.budget
         budget.active += 1  # (``RetryBudget.enter``, inline)
         deployments = model.deployments  # (``Balancer.order``'s own first answer, without the call)
@@ -187,7 +194,7 @@ class UpstreamStage(Stage):
     async def _attempt(self, ctx: RequestContext, dep: Deployment, breaker: CircuitBreaker, retry: RetryPolicy,
                        remaining: float) -> Respond | Failure:
         """One call. Settles the breaker either way (or frees its probe slot if cancelled)."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop or asyncio.get_running_loop()
         try:
             provider = self.providers.get(dep.provider)
         except KeyError:  # a reload removed it while this request (of the old policy) was in flight
@@ -293,7 +300,7 @@ class UpstreamStage(Stage):
     async def _relay(self, ctx: RequestContext, attempt: Attempt, breaker: CircuitBreaker, lease: Lease,
                      first: bytes | None, it: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """The primed stream; a later break marks the attempt and the breaker, then reaches the client."""
-        loop = asyncio.get_running_loop()
+        loop = self.loop or asyncio.get_running_loop()
         try:
             if first is not None:
                 yield first
