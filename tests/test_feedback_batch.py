@@ -86,7 +86,7 @@ async def test_a_record_rides_completes_call_and_is_found_while_it_runs() -> Non
     backend.gate = asyncio.Event()
     records = RequestRecords(backend)
     batch = settling()
-    await FeedbackRecordStage(records).complete(answered("r1", batch=batch), None)
+    FeedbackRecordStage(records).complete(answered("r1", batch=batch), None)
     flush = asyncio.create_task(batch.flush(backend, "complete"))
     await asyncio.sleep(0)
     key = record_key(POLICY, "acme", "r1")
@@ -105,7 +105,7 @@ async def test_a_failed_complete_call_loses_the_record_counted_as_dropped() -> N
     backend.fail = True
     records = RequestRecords(backend)
     batch = settling()
-    await FeedbackRecordStage(records).complete(answered("r1", batch=batch), None)
+    FeedbackRecordStage(records).complete(answered("r1", batch=batch), None)
     await batch.flush(backend, "complete")
     assert records.dropped == 1 and len(records.writer) == 0
     backend.fail = False
@@ -139,7 +139,7 @@ async def test_a_request_without_a_complete_call_leaves_its_record_to_a_batch(ca
         batch.add("complete", None, _settled)  # type: ignore[union-attr]
     if batch is not None:
         batch.add("admit", SetOp("k", b"", 1.0), _settled)
-    await FeedbackRecordStage(records).complete(answered("r1", batch=batch), None)
+    FeedbackRecordStage(records).complete(answered("r1", batch=batch), None)
     assert records.writer.get("acme", record_key(POLICY, "acme", "r1")) is not None  # buffered
     if batch is not None:
         await batch.flush(backend, "complete")
@@ -152,7 +152,7 @@ async def test_on_the_memory_backend_records_stay_in_process() -> None:
     backend = MemoryBackend()
     records = RequestRecords(backend)
     batch = settling()
-    await FeedbackRecordStage(records).complete(answered("r1", batch=batch), None)
+    FeedbackRecordStage(records).complete(answered("r1", batch=batch), None)
     assert batch.queued() == 1 and len(records.local) == 1
     assert await backend.get(record_key(POLICY, "acme", "r1")) is None
     assert (await records.lookup(POLICY, "acme", "r1") or {})["deployment"] == "up/small-a"

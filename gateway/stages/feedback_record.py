@@ -30,7 +30,9 @@ class FeedbackRecordStage(Stage):
         """Only for tenants that keep records (``audit.feedback_ttl_s`` > 0)."""
         return scope.tenant is None or scope.tenant.audit.feedback_ttl_s > 0
 
-    async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
+    def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
+        """Remember the request (memory), or queue its record's write in the state batch: nothing waits
+        here, so a plain function (no coroutine per request)."""
         records, batch = self.records, ctx.state_batch
         if batch is None or records.backend.kind == "memory" or not batch.sends("complete"):
             records.remember(ctx)
