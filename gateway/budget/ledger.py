@@ -15,6 +15,10 @@ in every scope. Settle releases the hold and adds the real cost; it also adds th
 per-tenant day record ``<tag>:spend:<YYYY-MM-DD>`` (fields ``<model>:usd|n|est|in|out|cached``
 and ``k|<key name>:usd|n``). Amounts are integers, so ``HINCRBY`` keeps them exact; Lua compares
 them as doubles (exact up to 2**53 pico-dollars, ~9,000 USD, and off by a few pico-dollars above).
+
+On the memory backend the natives (``ReserveOp.native``, ``settle_now``) run on every request: they
+read and write the store's dicts directly (``MemoryStore.data``) at one clock reading, under its
+rules, rather than calling it per key; the stored values and expiries are the calls' own.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from gateway.state.base import LocalStore, Script, StateBackend, hash_tag, local_hash
+from gateway.state.base import LocalStore, Script, StateBackend, hash_tag
 from gateway.state.fused import Fragment, FusedCtx
+from gateway.state.memory import MemoryStore
 from gateway.state.zset import ZSet
 
 MAX_PURGE = 100  # expired reservations released per scope per reserve, to bound one script's work
@@ -113,6 +118,25 @@ _RESERVE_LUA = _RESERVE_LUA.replace("--OVER--", "").replace("--HELD--", "")
 
 
 
+_NEVER = float("inf")  # the deadline of a key that has none, for one comparison
+
+
+def _gone(store: MemoryStore, key: str) -> None:
+    """An expired key, read directly from ``MemoryStore.data``: dropped, as ``get`` drops it (``None``)."""
+    store.delete(key)
+
+
+def _expire(store: MemoryStore, key: str, ttl_s: float, mono: float) -> None:
+    """``store.expire(key, ttl_s)`` at the caller's clock reading ``mono`` (the key is live in ``data``):
+    a deadline moved forward is written in place (its heap entry stands), anything else goes through it."""
+    deadlines = store.deadlines
+    old = deadlines.get(key)
+    if old is not None and old <= mono + ttl_s:
+        deadlines[key] = mono + ttl_s
+    else:
+        store.expire(key, ttl_s)
+
+
 def _purge(store: LocalStore, bucket: dict[str, int] | None, exp: ZSet, z: str, now: float) -> ZSet | None:
     """Release up to ``MAX_PURGE`` expired reservations of ``exp`` (its oldest is due), oldest first:
     O(released), never a scan of the held ones (a gateway holding thousands of long streams reserves
@@ -125,15 +149,6 @@ def _purge(store: LocalStore, bucket: dict[str, int] | None, exp: ZSet, z: str, 
     if not exp:
         store.delete(z)
         return None
-    return exp
-
-
-def _expiries(store: LocalStore, z: str) -> ZSet:
-    """The scope's reservation expiries (a sorted set, as on Redis), created on first use."""
-    exp = store.get(z)
-    if not isinstance(exp, ZSet):
-        exp = ZSet()
-        store.set(z, exp)
     return exp
 
 
@@ -185,7 +200,7 @@ def _reserve_local(store: LocalStore, keys: list[str], args: list[Any], now: flo
     return [reply[0], str(reply[1]), *map(str, reply[2:])]
 
 
-def reserve_scopes(store: LocalStore, scopes: Sequence[ScopeArgs], exp_keys: Sequence[str], rid: str,
+def reserve_scopes(store: MemoryStore, scopes: Sequence[ScopeArgs], exp_keys: Sequence[str], rid: str,
                    hold_s: float, main: int, alt: int | None, now: float, fx: FusedCtx | None = None) -> list[Any]:
     """The reservation on typed scopes (the native form): ``[verdict, over, spent, held, ...]``
     (``ReserveOp.native``, which a fused call runs itself)."""
@@ -445,21 +460,23 @@ class ReserveOp:
     def redis_call(self) -> tuple[list[str], list[Any]]:
         return reserve_call(self.scopes, self.rid, self.hold_s, self.main, self.alt)
 
-    def native(self, store: LocalStore, now: float, fx: FusedCtx | None = None) -> list[Any]:
+    def native(self, store: MemoryStore, now: float, fx: FusedCtx | None = None) -> list[Any]:
         """``RESERVE`` on the typed scopes; in a fused call (``fx``) a refusal stops the later ops and
         a hold registers its undo."""
         scopes, exp_keys, alt = self.scopes, self.exp_keys, self.alt
+        data, deadlines, mono = store.data, store.deadlines, store.monotonic()  # read directly, at one clock reading
         levels: list[int] = []  # spent, held per scope: the reply's tail
         buckets: list[dict[str, int] | None] = []  # per scope: its hash and expiries, if any
         exps: list[ZSet | None] = []
         i = 0
         for s in scopes:
-            bucket = store.get(s.key)
-            exp = store.get(exp_keys[i])
+            key, z = s.key, exp_keys[i]
+            bucket = data.get(key) if deadlines.get(key, _NEVER) > mono else _gone(store, key)
+            exp = data.get(z) if deadlines.get(z, _NEVER) > mono else _gone(store, z)
             if not isinstance(exp, ZSet):
                 exp = None
             elif exp.scores and exp.at(0)[0] <= now:  # some reservation expired (the oldest is live nearly always)
-                exp = _purge(store, bucket, exp, exp_keys[i], now)
+                exp = _purge(store, bucket, exp, z, now)
             buckets.append(bucket)
             exps.append(exp)
             if bucket is None:
@@ -479,17 +496,22 @@ class ReserveOp:
         field, until = "r:" + rid, now + self.hold_s
         i = 0
         for s in scopes:
-            bucket, exp = buckets[i], exps[i]
-            if bucket is None:  # created now (by an earlier scope too, if two share a key)
-                bucket = local_hash(store, s.key)
+            key, z, bucket, exp = s.key, exp_keys[i], buckets[i], exps[i]
+            if bucket is None:  # created now (by an earlier scope too, if two share a key): ``local_hash``
+                bucket = data.get(key)
+                if bucket is None:
+                    bucket = data[key] = {}
             bucket["held"] = bucket.get("held", 0) + amount
             bucket[field] = amount
-            if exp is None:
-                exp = _expiries(store, exp_keys[i])
+            if exp is None:  # created now (or earlier, as above); a sorted set replaces whatever else was there
+                exp = data.get(z)
+                if not isinstance(exp, ZSet):
+                    exp = data[z] = ZSet()
             exp.add(rid, until)
             if s.ttl_ms > 0:
-                store.expire(s.key, s.ttl_ms / 1000)
-                store.expire(exp_keys[i], s.ttl_ms / 1000)
+                ttl_s = s.ttl_ms / 1000
+                _expire(store, key, ttl_s, mono)
+                _expire(store, z, ttl_s, mono)
             i += 1  # noqa: SIM113 - a counter costs less than ``enumerate`` (one scope, nearly always)
         verdict = "alt" if use_alt else "main"
         if fx is not None:
@@ -516,20 +538,20 @@ class SettleOp:
     def redis_call(self) -> tuple[list[str], list[Any]]:
         return settle_call(self.charge, self.ids_ttl_ms)
 
-    def native(self, store: LocalStore, now: float, fx: FusedCtx | None = None) -> list[Any]:
+    def native(self, store: MemoryStore, now: float, fx: FusedCtx | None = None) -> list[Any]:
         """``SETTLE`` on the typed charge: ``[ok|dup, spent, held, ...]`` per scope."""
         return settle_now(store, self.charge, self.exp_keys, self.settled, self.ids_ttl_ms, now)
 
 
-def settle_now(store: LocalStore, charge: Charge, exp_keys: Sequence[str], ids_key: str, ids_ttl_ms: int,
+def settle_now(store: MemoryStore, charge: Charge, exp_keys: Sequence[str], ids_key: str, ids_ttl_ms: int,
                now: float) -> list[Any]:
     """``SETTLE`` on a typed charge (``SettleOp.native``; a settle with no op to share a call with runs
     it as a call of its own, ``MemoryBackend.run_native``): ``[ok|dup, spent, held, ...]`` per scope."""
     rid = charge.rid
-    ids = store.get(ids_key)
+    data, deadlines, mono = store.data, store.deadlines, store.monotonic()  # read directly, at one clock reading
+    ids = data.get(ids_key) if deadlines.get(ids_key, _NEVER) > mono else _gone(store, ids_key)
     if ids is None:
-        ids = OrderedDict()  # settle id -> time, oldest first: expiry pops from the front, never scans
-        store.set(ids_key, ids)
+        ids = data[ids_key] = OrderedDict()  # settle id -> time, oldest first: expiry pops from the front, never scans
     elif rid in ids:
         return _levels(store, charge.scope_keys, "dup")
     ittl_s = (ids_ttl_ms if ids_ttl_ms < LOCAL_IDS_TTL_MS else LOCAL_IDS_TTL_MS) / 1000
@@ -546,33 +568,33 @@ def settle_now(store: LocalStore, charge: Charge, exp_keys: Sequence[str], ids_k
         buckets = []
         i = 0
         for b in scope_keys:
-            bucket = store.get(b)
+            bucket = data.get(b) if deadlines.get(b, _NEVER) > mono else _gone(store, b)
             if bucket is None:
-                bucket = {}
-                store.set(b, bucket)
+                bucket = data[b] = {}
             held = bucket.pop(field, None)
             if held is not None:
                 bucket["held"] = bucket.get("held", 0) - held
-            exp = store.get(exp_keys[i])
+            z = exp_keys[i]
+            exp = data.get(z) if deadlines.get(z, _NEVER) > mono else _gone(store, z)
             if isinstance(exp, ZSet):  # ZREM; an emptied set stays in memory for the next reservation (Redis drops it)
                 exp.remove(rid)
             bucket["spent"] = bucket.get("spent", 0) + cost
-            if ttls[i] > 0:
-                store.expire_nx(b, ttls[i] / 1000)
+            if ttls[i] > 0 and b not in deadlines:  # ``expire_nx`` on a live key
+                store.expire(b, ttls[i] / 1000)
             buckets.append(bucket)
             i += 1  # noqa: SIM113 - a counter costs less than ``enumerate`` (one scope, nearly always)
         for bucket in buckets:  # read after every write (two scopes may share a key), as the script does
             out += (bucket.get("spent", 0), bucket.get("held", 0))
     if charge.day_ttl_ms > 0:
         day_key = charge.day_key
-        day = store.get(day_key)
+        day = data.get(day_key) if deadlines.get(day_key, _NEVER) > mono else _gone(store, day_key)
         if day is None:
-            day = {}
-            store.set(day_key, day)
+            day = data[day_key] = {}
         get = day.get
         for name, amount in charge.fields:
             day[name] = get(name, 0) + amount
-        store.expire_nx(day_key, charge.day_ttl_ms / 1000)
+        if day_key not in deadlines:  # ``expire_nx`` on a live key
+            store.expire(day_key, charge.day_ttl_ms / 1000)
     ids[rid] = now
-    store.expire(ids_key, ittl_s)
+    _expire(store, ids_key, ittl_s, mono)
     return out
