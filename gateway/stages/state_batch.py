@@ -79,28 +79,18 @@ class StateBatch(dict[str, tuple[list[FusedOp | None], list[Finish]]]):
         if queued is None:
             return None
         ops, finishers = queued
-        sent = _sent(ops)
-        replies: list[Any] = []
-        error: StateError | None = None
-        if sent:
-            try:
-                replies = run_now(sent)
-            except StateError as exc:
-                error = exc
-        n = i = 0  # the finisher's position; the reply of the next one with an op
+        if None in ops:  # rare: a stage working alone
+            return _finish_sync(run_now, ops, finishers, None, phase)
+        try:
+            replies = run_now(ops)
+        except StateError as exc:
+            return _finish_sync(None, ops, finishers, exc, phase)
+        n = 0  # every finisher has an op: the reply at its own position
         for finish in finishers:
-            if ops[n] is None:
-                verdict = finish(None, None)
-            else:
-                verdict = finish(replies[i] if error is None else None, error)
-                i += 1
-            n += 1
-            if verdict is None:
-                continue
-            if type(verdict) is not Respond:
-                return _finish_rest(verdict, ops, finishers, n, i, replies, error, phase)
-            if phase == "admit":
-                return verdict
+            verdict = finish(replies[n], None)
+            n += 1  # noqa: SIM113 - a counter costs less than ``enumerate``, and ``_answer`` takes it
+            if verdict is not None and (type(verdict) is not Respond or phase == "admit"):
+                return _answer(verdict, ops, finishers, n, n, replies, None, phase)
         return None
 
     async def flush(self, backend: StateBackend, phase: str) -> Verdict:
@@ -129,6 +119,39 @@ class StateBatch(dict[str, tuple[list[FusedOp | None], list[Finish]]]):
 def _sent(ops: list[FusedOp | None]) -> list[FusedOp]:
     """The ops a flush sends: ``ops`` itself unless some finisher has none."""
     return ops if None not in ops else [op for op in ops if op is not None]  # type: ignore[misc]
+
+
+def _finish_sync(run_now: Callable[[list[FusedOp]], list[Any]] | None, ops: list[FusedOp | None],
+                 finishers: list[Finish], error: StateError | None, phase: str) -> Verdict | Awaitable[Verdict]:
+    """``flush_sync``'s rare cases: a finisher without an op (then ``run_now`` sends the others, if any),
+    or the call's ``error`` (``run_now`` None: it was made); each finisher with its op's reply or the error."""
+    replies: list[Any] = []
+    failed = error
+    sent = _sent(ops)
+    if sent and run_now is not None:
+        try:
+            replies = run_now(sent)
+        except StateError as exc:
+            failed = exc
+    n = i = 0  # the finisher's position; the reply of the next one with an op
+    for finish in finishers:
+        if ops[n] is None:
+            verdict = finish(None, None)
+        else:
+            verdict = finish(replies[i] if failed is None else None, failed)
+            i += 1
+        n += 1  # noqa: SIM113 - as in ``flush_sync``
+        if verdict is not None and (type(verdict) is not Respond or phase == "admit"):
+            return _answer(verdict, ops, finishers, n, i, replies, failed, phase)
+    return None
+
+
+def _answer(verdict: Verdict | Awaitable[Verdict], ops: list[FusedOp | None], finishers: list[Finish], n: int, i: int,
+            replies: list[Any], error: StateError | None, phase: str) -> Verdict | Awaitable[Verdict]:
+    """A finisher's answer (``admit``'s first stops the rest), or the rest in a coroutine from one that waits."""
+    if type(verdict) is Respond:
+        return verdict
+    return _finish_rest(verdict, ops, finishers, n, i, replies, error, phase)  # type: ignore[arg-type]
 
 
 async def _finish_rest(pending: Awaitable[Verdict], ops: list[FusedOp | None], finishers: list[Finish], at: int,
