@@ -126,17 +126,6 @@ def _gone(store: MemoryStore, key: str) -> None:
     store.delete(key)
 
 
-def _expire(store: MemoryStore, key: str, ttl_s: float, mono: float) -> None:
-    """``store.expire(key, ttl_s)`` at the caller's clock reading ``mono`` (the key is live in ``data``):
-    a deadline moved forward is written in place (its heap entry stands), anything else goes through it."""
-    deadlines = store.deadlines
-    old = deadlines.get(key)
-    if old is not None and old <= mono + ttl_s:
-        deadlines[key] = mono + ttl_s
-    else:
-        store.expire(key, ttl_s)
-
-
 def _purge(store: LocalStore, bucket: dict[str, int] | None, exp: ZSet, z: str, now: float) -> ZSet | None:
     """Release up to ``MAX_PURGE`` expired reservations of ``exp`` (its oldest is due), oldest first:
     O(released), never a scan of the held ones (a gateway holding thousands of long streams reserves
@@ -510,8 +499,8 @@ class ReserveOp:
             exp.add(rid, until)
             if s.ttl_ms > 0:
                 ttl_s = s.ttl_ms / 1000
-                _expire(store, key, ttl_s, mono)
-                _expire(store, z, ttl_s, mono)
+                store.expire(key, ttl_s, mono)
+                store.expire(z, ttl_s, mono)
             i += 1  # noqa: SIM113 - a counter costs less than ``enumerate`` (one scope, nearly always)
         verdict = "alt" if use_alt else "main"
         if fx is not None:
@@ -580,7 +569,7 @@ def settle_now(store: MemoryStore, charge: Charge, exp_keys: Sequence[str], ids_
                 exp.remove(rid)
             bucket["spent"] = bucket.get("spent", 0) + cost
             if ttls[i] > 0 and b not in deadlines:  # ``expire_nx`` on a live key
-                store.expire(b, ttls[i] / 1000)
+                store.expire(b, ttls[i] / 1000, mono)
             buckets.append(bucket)
             i += 1  # noqa: SIM113 - a counter costs less than ``enumerate`` (one scope, nearly always)
         for bucket in buckets:  # read after every write (two scopes may share a key), as the script does
@@ -594,7 +583,7 @@ def settle_now(store: MemoryStore, charge: Charge, exp_keys: Sequence[str], ids_
         for name, amount in charge.fields:
             day[name] = get(name, 0) + amount
         if day_key not in deadlines:  # ``expire_nx`` on a live key
-            store.expire(day_key, charge.day_ttl_ms / 1000)
+            store.expire(day_key, charge.day_ttl_ms / 1000, mono)
     ids[rid] = now
-    _expire(store, ids_key, ittl_s, mono)
+    store.expire(ids_key, ittl_s, mono)
     return out

@@ -133,9 +133,8 @@ def _commit(store: MemoryStore, token: str, specs: Sequence[Entry], found: list[
     none; from ``mono``, the call's clock reading), a reservation's weight; each entry's ``used`` in the
     reply ``out`` becomes the count after, and its ``reset`` the log's once taken. True when a peek is
     left, whose reset must be read after all (its log may be another entry's)."""
-    data, deadlines = store.data, store.deadlines
+    data = store.data
     ttl_s = (window // 1000 + TTL_PAD_MS) / 1000
-    deadline = mono + ttl_s
     peeked = False
     i = -1
     for (kind, _limit, weight, key, _hkey), log in zip(specs, found, strict=True):
@@ -161,11 +160,7 @@ def _commit(store: MemoryStore, token: str, specs: Sequence[Entry], found: list[
         else:
             out[i] = log.add(token, t, weight)
         out[i + 1] = -(-(times[-1] + window - t) // 1000)  # the newest entry, at ``t`` or later: > 0
-        old = deadlines.get(key)
-        if old is not None and old <= deadline:  # moved forward: ``store.expire``'s common case
-            deadlines[key] = deadline
-        else:
-            store.expire(key, ttl_s)
+        store.expire(key, ttl_s, mono)
     return peeked
 
 

@@ -86,10 +86,10 @@ class MemoryStore:
 
     def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
         self._clock = clock
-        # Public for the natives that run on every request (``gateway.ratelimit.native``), which read
-        # and move them directly at one clock reading, under the rules of ``get``, ``set`` and
-        # ``expire``: a key past its deadline is gone; a deadline only exists for a key in ``data``;
-        # one may be moved forward in place (its heap entry stands), anything else goes through ``expire``.
+        # Public for the natives that run on every request (``gateway.ratelimit.native``, the budget's
+        # ``gateway.budget.ledger``), which read them directly at one clock reading, under the rules of ``get`` and ``set``: a key past its deadline
+        # is gone; a deadline only exists for a key in ``data``; deadlines are set by ``expire`` (which
+        # takes that reading as ``now``).
         self.monotonic = monotonic_of(clock)  # read dozens of times a request
         self.data: dict[str, Any] = {}
         self.deadlines: dict[str, float] = {}
@@ -128,8 +128,11 @@ class MemoryStore:
         if ttl_s is not None:
             self.expire(key, ttl_s)
 
-    def expire(self, key: str, ttl_s: float) -> None:
-        now = self.monotonic()
+    def expire(self, key: str, ttl_s: float, now: float | None = None) -> None:
+        """``PEXPIRE``: ``key`` goes ``ttl_s`` from ``now`` (the caller's reading of ``monotonic``, one for
+        all its keys; None: read here); a missing or expired key is left gone."""
+        if now is None:
+            now = self.monotonic()
         old = self.deadlines.get(key)  # ``_alive`` inlined, on the same reading of the clock
         if old is not None:  # then the key is in ``data``, queued at ``old`` or before
             if old <= now or ttl_s <= 0:
