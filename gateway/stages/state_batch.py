@@ -70,12 +70,17 @@ class StateBatch(dict[str, tuple[list[FusedOp | None], list[Finish]]]):
         self.clear()
         return None
 
-    def flush_sync(self, run_now: Callable[[list[FusedOp]], list[Any]], phase: str) -> Verdict | Awaitable[Verdict]:
-        """``flush`` on a backend whose call never waits (memory; ``run_now`` is its plain ``run_fused``):
-        no coroutine unless a finisher must wait (then the rest runs in one, from that finisher on)."""
+    def _take(self, phase: str) -> tuple[list[FusedOp | None], list[Finish]] | None:
+        """What ``phase`` queued, taken out; other phases' ops (an ``admit`` never finished) are dropped."""
         queued = self.pop(phase, None)
         if self:
             self.clear()
+        return queued
+
+    def flush_sync(self, run_now: Callable[[list[FusedOp]], list[Any]], phase: str) -> Verdict | Awaitable[Verdict]:
+        """``flush`` on a backend whose call never waits (memory; ``run_now`` is its plain ``run_fused``):
+        no coroutine unless a finisher must wait (then the rest runs in one, from that finisher on)."""
+        queued = self._take(phase)
         if queued is None:
             return None
         ops, finishers = queued
@@ -99,9 +104,7 @@ class StateBatch(dict[str, tuple[list[FusedOp | None], list[Finish]]]):
         Ops of another phase (an ``admit`` the request never finished) are dropped unsent. In
         ``admit`` the first answer stops the finishers after it.
         """
-        queued = self.pop(phase, None)
-        if self:
-            self.clear()
+        queued = self._take(phase)
         if queued is None:
             return None
         ops, finishers = queued
