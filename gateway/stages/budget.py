@@ -74,9 +74,7 @@ class Hold(ReserveOp):
     __slots__ = ("amount", "ledger", "plan", "state")
 
     def __init__(self, rid: str, plan: BudgetPlan, main: int = 0, alt: int | None = None) -> None:
-        # the op's fields set here rather than by ``ReserveOp.__init__``: one call, not two
-        self.scopes, self.rid, self.hold_s, self.main, self.alt = plan.scopes, rid, plan.hold_s, main, alt
-        self.exp_keys = plan.exp_keys
+        ReserveOp.__init__(self, plan.scopes, rid, plan.hold_s, main, alt, plan.exp_keys)
         self.plan = plan
         self.state = "pending"  # pending | held | none (no reservation, still charged) | refused
         self.ledger: Ledger | None = None
