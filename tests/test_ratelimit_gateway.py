@@ -105,10 +105,11 @@ def test_per_key_and_per_model_limits(make_gateway, upstream):
 
 def test_concurrency_slots_free_on_success_error_and_disconnect(make_gateway, upstream):
     gw = make_gateway(limited_policy(upstream.url, "{concurrency: 1}"))
-    upstream.push(Fault(delay_s=0.6))
+    upstream.push(Fault(delay_s=1.0))
     slow = threading.Thread(target=lambda: _chat(gw))
     slow.start()
-    time.sleep(0.3)
+    # the slow request holds the one slot once it reaches the upstream (a busy CI host may start the thread late)
+    assert eventually(lambda: upstream.in_flight == 1)
     with pytest.raises(openai.RateLimitError) as exc:
         _chat(gw)
     assert exc.value.response.headers["retry-after"] == "1"
@@ -228,7 +229,7 @@ def test_queue_gives_up_after_max_wait(make_gateway, upstream):
     upstream.push(Fault(delay_s=1.5))
     slow = threading.Thread(target=lambda: _chat(gw))
     slow.start()
-    time.sleep(0.2)
+    assert eventually(lambda: upstream.in_flight == 1)
     with pytest.raises(openai.RateLimitError):
         _chat(gw)
     slow.join()
