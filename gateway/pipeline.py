@@ -242,12 +242,13 @@ class Pipeline:
                     ctx.phase_marks.append((PHASES[n], time.time()))
                 for at, hook in hooks:
                     verdict = hook(ctx)
-                    if verdict is not None and type(verdict) is not Respond:
-                        verdict = await verdict
-                    if verdict is not None:
-                        ctx.outcome = verdict.reason
-                        resp = verdict.response
-                        break
+                    if verdict is not None:  # (the common None is tested once)
+                        if type(verdict) is not Respond:
+                            verdict = await verdict
+                        if verdict is not None:
+                            ctx.outcome = verdict.reason
+                            resp = verdict.response
+                            break
                     if ctx.public_model and ctx.tenant is not None:  # known: the rest runs the request's plan
                         managed = ctx.api_key is not None and ctx.api_key.managed
                         if ctx.phase_marks is None:  # untraced: no phase to mark, the rest is one run of hooks
@@ -270,9 +271,11 @@ class Pipeline:
                     ctx.phase_marks.append((PHASES[first + i - 1], time.time()))
                 for hook in hooks:
                     verdict = hook(ctx)
-                    if verdict is not None and type(verdict) is not Respond:
-                        verdict = await verdict
-                    if verdict is not None:
+                    if verdict is not None:  # (the common None is tested once)
+                        if type(verdict) is not Respond:
+                            verdict = await verdict
+                            if verdict is None:
+                                continue
                         ctx.outcome = verdict.reason
                         resp = verdict.response
                         break

@@ -174,21 +174,28 @@ class MeteredBackend:
     def _now(self, call: Any, *args: Any) -> Any:
         """A fused call that does not wait (``call(*args)``), timed and counted as ``op="fused"``; its first
         argument names it in a trace (a concern's name, or the ops)."""
-        series = self._fused_series
-        duration, errors = series if series is not None else self._fused()
         start = time.perf_counter()
-        failed = False
         try:
-            return call(*args)
-        except StateError:
-            errors.inc()
-            failed = True
+            result = call(*args)
+        except BaseException as exc:
+            self._now_failed(start, args[0], exc)
             raise
-        finally:
-            elapsed = time.perf_counter() - start
-            duration.observe(elapsed)
-            if self.traced:
-                _trace(_fused_name(args[0]), elapsed, failed)
+        elapsed = time.perf_counter() - start
+        (self._fused_series or self._fused())[0].observe(elapsed)
+        if self.traced:
+            _trace(_fused_name(args[0]), elapsed, False)
+        return result
+
+    def _now_failed(self, start: float, what: Any, exc: BaseException) -> None:
+        """``_now``'s call raised ``exc``: timed as any call, counted as an error when a ``StateError``."""
+        duration, errors = self._fused()
+        failed = isinstance(exc, StateError)
+        if failed:
+            errors.inc()
+        elapsed = time.perf_counter() - start
+        duration.observe(elapsed)
+        if self.traced:
+            _trace(_fused_name(what), elapsed, failed)
 
     async def log_append(self, key: str, record: dict[str, Any], max_len: int) -> str:
         return await self._timed("log_append", self.inner.log_append(key, record, max_len))

@@ -117,18 +117,19 @@ class Recorder:
     def __init__(self, metrics: GatewayMetrics) -> None:
         self.m = metrics
         self._series: dict[tuple[str, str, str, str], Series] = {}
-        # (series labels, status, outcome, cache status) -> (its Series, requests child, cache child)
-        self._kinds: dict[tuple[Any, ...], tuple[Series, Any, Any]] = {}
+        # (series labels, status, outcome, cache status, rate-limit and budget outcomes) -> ``_kind``
+        self._kinds: dict[tuple[Any, ...], tuple[Series, Any, tuple[Any, ...]]] = {}
 
     def record(self, ctx: RequestContext, total: float, cost_usd: float) -> None:
         tenant, model, dep, cached = ctx.tenant, ctx.model, ctx.deployment, ctx.cache_status
         name = (tenant.name if tenant is not None else "unknown") if ctx.policy.metrics.per_tenant else NO_TENANT
         key = (name, ctx.public_model or OTHER, model.name if model is not None else OTHER,
-               dep.provider if dep is not None else NONE, ctx.status, ctx.outcome, cached)
+               dep.provider if dep is not None else NONE, ctx.status, ctx.outcome, cached,
+               ctx.ratelimit_outcome, ctx.budget_outcome)
         kind = self._kinds.get(key)
         if kind is None:
             kind = self._kind(key)
-        s, requests, cache = kind
+        s, requests, decided = kind
         requests.value += 1.0  # (plain children: a counter's ``inc()`` is this add, here without a call)
         s.duration.observe(total)
         attempts = ctx.attempts
@@ -139,7 +140,7 @@ class Recorder:
             overhead.observe(total - wait if total > wait else 0.0)
             first = attempts[0]
             if len(attempts) == 1 and first.error_kind is None and not ctx.fallbacks:  # one clean call
-                (self.m.attempts.children.get((first.deployment,)) or self.m.attempts.labels(first.deployment)).inc()
+                (self.m.attempts.children.get((first.deployment,)) or self.m.attempts.labels(first.deployment)).value += 1.0
             else:
                 self._attempts(ctx, s.served)
         if ctx.ttft_s is not None:
@@ -158,24 +159,32 @@ class Recorder:
             if s.cost_saved is None:
                 s.cost_saved = self.m.cost_saved.labels(s.tenant, s.served)
             s.cost_saved.inc(ctx.cost_saved_usd)
-        # decisions
-        if cache is not None:
-            cache.value += 1.0
-        if ctx.ratelimit_outcome or ctx.budget_outcome or ctx.route or ctx.audit is not None:
+        # decisions: the cache's, rate limit's and budget's (one each, resolved with the kind), then
+        # the route and the review sample
+        for child in decided:
+            child.value += 1.0
+        if ctx.route or ctx.audit is not None:
             self._decisions(ctx, s)
 
-    def _kind(self, key: tuple[Any, ...]) -> tuple[Series, Any, Any]:
-        """A request kind's series and children, made on its first request (children on first use, as
-        ``labels()`` made them); a bounded memo (label values come from the policy and vocabularies)."""
+    def _kind(self, key: tuple[Any, ...]) -> tuple[Series, Any, tuple[Any, ...]]:
+        """A request kind's series, its requests child and the decision children it adds one to (the
+        cache result, the rate-limit and budget decisions, a budget downgrade), made on its first
+        request (children on first use, as ``labels()`` made them); a bounded memo (label values
+        come from the policy and vocabularies)."""
         if len(self._kinds) >= MAX_KINDS:
             self._kinds.clear()
-        labels, (status, outcome, cached) = key[:4], key[4:]
+        labels, (status, outcome, cached, ratelimit, budget) = key[:4], key[4:]
         s = self._series.get(labels)
         if s is None:
             s = self._series[labels] = Series(self.m, *labels)
         requests = s.requests.get((status, outcome)) or s.request(status, outcome)
-        cache = (s.decisions.get(("cache", cached)) or s.decision("cache", cached)) if cached else None
-        found = self._kinds[key] = (s, requests, cache)
+        decided = []
+        for attribute, value in (("cache", cached), ("ratelimit", ratelimit), ("budget", budget)):
+            if value:
+                decided.append(s.decisions.get((attribute, value)) or s.decision(attribute, value))
+        if budget == "downgraded":
+            decided.append(self.m.downgrades.labels(s.tenant))
+        found = self._kinds[key] = (s, requests, tuple(decided))
         return found
 
     @staticmethod
@@ -189,14 +198,7 @@ class Recorder:
             (tokens.get("cached") or s.token("cached")).inc(usage.cached_tokens)
 
     def _decisions(self, ctx: RequestContext, s: Series) -> None:
-        """The rate-limit and budget decisions, the route, the review sample (the cache's: ``record``)."""
-        decisions = s.decisions
-        if ctx.ratelimit_outcome:  # (plain counter children: added to in place, as in ``record``)
-            (decisions.get(("ratelimit", ctx.ratelimit_outcome)) or s.decision("ratelimit", ctx.ratelimit_outcome)).value += 1.0
-        if ctx.budget_outcome:
-            (decisions.get(("budget", ctx.budget_outcome)) or s.decision("budget", ctx.budget_outcome)).value += 1.0
-            if ctx.budget_outcome == "downgraded":
-                self.m.downgrades.labels(s.tenant).inc()
+        """The route and the review sample (the cache, rate-limit and budget decisions: ``record``)."""
         if ctx.route:
             self.m.routed.labels(s.public, ctx.route, ctx.route_rule or NONE).inc()
         if ctx.audit is not None and ctx.audit.review:
