@@ -290,8 +290,9 @@ class Pipeline:
         if ctx.phase_marks is not None:
             ctx.phase_marks.append(("respond", time.time()))
         for f in (ctx.plan.filters if ctx.plan is not None else self._filters):
-            filtered = f(ctx, resp)
-            resp = filtered if isinstance(filtered, GatewayResponse) else await filtered
+            resp = f(ctx, resp)
+            if not isinstance(resp, GatewayResponse):  # an awaitable of the filtered response
+                resp = await resp
         return resp
 
     def _switch(self, ctx: RequestContext, key: Switch) -> tuple[Plan, tuple[Hook, ...]]:

@@ -95,6 +95,7 @@ class RequestRecords:
 
     def __init__(self, backend: StateBackend, clock: Callable[[], float] = time.monotonic) -> None:
         self.backend = backend
+        self.in_process = backend.kind == "memory"  # records kept in ``local``: nothing else could read them
         self.local = LocalRecords(clock)
         self.writer = BatchWriter(backend)
 
@@ -110,7 +111,7 @@ class RequestRecords:
         if found is None:
             return
         tenant, ttl, record = found
-        if self.backend.kind == "memory":
+        if self.in_process:
             self.local.put((tenant, ctx.request_id), ttl, record)
             return
         self.writer.add(tenant, record_key(ctx.policy, tenant, ctx.request_id), orjson.dumps(record), ttl)
@@ -131,7 +132,7 @@ class RequestRecords:
         self.writer.sent(op.key, op.value, error)
 
     async def lookup(self, policy: Policy, tenant: str, request_id: str) -> dict[str, Any] | None:
-        if self.backend.kind == "memory":
+        if self.in_process:
             found = self.local.get((tenant, request_id))
             return dict(zip(RECORD_FIELDS, found, strict=False)) if found is not None else None
         key = record_key(policy, tenant, request_id)

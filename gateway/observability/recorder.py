@@ -68,7 +68,7 @@ class Series:
     """
 
     __slots__ = ("m", "tenant", "public", "served", "provider", "duration", "upstream", "overhead", "ttft",
-                 "tokens", "cost", "cost_saved", "requests", "decisions")
+                 "prompt", "completion", "cached", "cost", "cost_saved", "requests", "decisions")
 
     def __init__(self, m: GatewayMetrics, tenant: str, public: str, served: str, provider: str) -> None:
         self.m, self.tenant, self.public, self.served, self.provider = m, tenant, public, served, provider
@@ -78,7 +78,9 @@ class Series:
         self.ttft: Any = None
         self.cost: Any = None
         self.cost_saved: Any = None
-        self.tokens: dict[str, Any] = {}
+        self.prompt: Any = None  # the token counters by kind (``token``)
+        self.completion: Any = None
+        self.cached: Any = None
         self.requests: dict[tuple[int, str], Any] = {}  # (status, outcome)
         self.decisions: dict[tuple[str, str], Any] = {}  # (metric attribute, value)
 
@@ -93,7 +95,9 @@ class Series:
         return self.upstream, self.overhead
 
     def token(self, kind: str) -> Any:
-        child = self.tokens[kind] = self.m.tokens.labels(self.tenant, self.served, kind)
+        """The counter of ``kind`` tokens (``prompt``, ``completion``, ``cached``), kept in its slot."""
+        child = self.m.tokens.labels(self.tenant, self.served, kind)
+        setattr(self, kind, child)
         return child
 
     def decision(self, attribute: str, value: str) -> Any:
@@ -189,13 +193,12 @@ class Recorder:
 
     @staticmethod
     def _tokens(usage: Usage, s: Series) -> None:
-        tokens = s.tokens
         if usage.prompt_tokens:
-            (tokens.get("prompt") or s.token("prompt")).inc(usage.prompt_tokens)
+            (s.prompt or s.token("prompt")).inc(usage.prompt_tokens)
         if usage.completion_tokens:
-            (tokens.get("completion") or s.token("completion")).inc(usage.completion_tokens)
+            (s.completion or s.token("completion")).inc(usage.completion_tokens)
         if usage.cached_tokens:
-            (tokens.get("cached") or s.token("cached")).inc(usage.cached_tokens)
+            (s.cached or s.token("cached")).inc(usage.cached_tokens)
 
     def _decisions(self, ctx: RequestContext, s: Series) -> None:
         """The route and the review sample (the cache, rate-limit and budget decisions: ``record``)."""

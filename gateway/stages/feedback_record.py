@@ -34,7 +34,7 @@ class FeedbackRecordStage(Stage):
         """Remember the request (memory), or queue its record's write in the state batch: nothing waits
         here, so a plain function (no coroutine per request)."""
         records, batch = self.records, ctx.state_batch
-        if batch is None or records.backend.kind == "memory" or not batch.sends("complete"):
+        if batch is None or records.in_process or not batch.sends("complete"):
             records.remember(ctx)
             return
         op = records.write_op(ctx)

@@ -61,7 +61,10 @@ class StateBatch(dict[str, tuple[list[FusedOp | None], list[Finish]]]):
         """Will ``phase``'s flush make a call (some op of it is not ``None``)? Read by a stage whose
         small write may ride that call but must not cost one of its own (the feedback record)."""
         queued = self.get(phase)
-        return queued is not None and queued[0].count(None) < len(queued[0])
+        if queued is None:
+            return False
+        ops = queued[0]
+        return None not in ops or ops.count(None) < len(ops)  # (the common case read first)
 
     def flush_now(self, backend: StateBackend, phase: str) -> Awaitable[Verdict] | None:
         """``flush``, without a coroutine when ``phase`` queued nothing (other phases' ops are dropped)."""
