@@ -21,6 +21,7 @@ this runner never changes for it.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Awaitable
@@ -50,8 +51,9 @@ PHASES = (
 # need the concrete model (and its price) the router picked, and a budget's soft-limit downgrade
 # rewrites that choice during ``admit``. Both still run only on a cache miss.
 HOOKS = (*PHASES, "on_response", "complete")
-# where a request moves to its own plan: (tenant, public model, surface, managed key, phase, stage position)
-Switch = tuple[str, str, str, bool, int, int]
+# where a request of a surface moves to its own plan: (tenant, public model, managed key, phase, stage position)
+Switch = tuple[str, str, bool, int, int]
+Switches = dict[Switch, tuple[Plan, tuple[Hook, ...]]]  # ``Pipeline._switch``
 
 
 @dataclass(slots=True)
@@ -190,22 +192,27 @@ class Pipeline:
         self._filters = [s.on_response for s in stages if _overrides(s, "on_response")]
         self._completes = [s.complete for s in stages if _overrides(s, "complete")]
         self.plans = PlanCache(None)
-        self._entries: dict[str, Plan] = {}  # the current policy's entry plan per surface name
-        self._switches: dict[Switch, tuple[Plan, tuple[Hook, ...]]] = {}  # ``_switch``
+        # the current policy's entry plan per surface name, with the memo of its requests' switches
+        self._entries: dict[str, tuple[Plan, Switches]] = {}
 
     def on_policy(self, policy: Policy) -> None:
         for s in self.stages:
             s.on_policy(policy)
         self.plans = PlanCache(policy)  # after the stages: their ``applies`` reads what they rebuilt
         self._entries = {}
-        self._switches = {}
 
     def entry_plan(self, policy: Policy, surface: Surface) -> Plan:
         """The plan a request of ``surface`` starts on: every stage that applies to some request."""
-        current = policy is self.plans.policy  # kept per surface for the current policy: no key tuple a request
+        return self._entry(policy, surface)[0]
+
+    def _entry(self, policy: Policy, surface: Surface) -> tuple[Plan, Switches]:
+        """``entry_plan`` and the memo of where its requests switch (``_switch``): kept per surface for the
+        current policy (no key tuple a request); for an older policy's request, a memo of its own."""
+        current = policy is self.plans.policy
         found = self._entries.get(surface.name) if current else None
         if found is None:
-            found = self.plans.get(policy, (None, None, surface.name, False), self._compile_entry, policy, surface)
+            found = (self.plans.get(policy, (None, None, surface.name, False), self._compile_entry, policy, surface),
+                     {})
             if current:
                 self._entries[surface.name] = found
         return found
@@ -234,9 +241,9 @@ class Pipeline:
         """
         resp: GatewayResponse | None = None
         try:
-            entry = ctx.plan = self.entry_plan(ctx.policy, ctx.surface)
-            rest: tuple[tuple[Hook, ...], ...] | None = None
-            first = 0
+            entry, switches = self._entry(ctx.policy, ctx.surface)
+            ctx.plan = entry
+            rest: tuple[Hook, ...] | None = None  # from the request's plan, once known
             for n, hooks in enumerate(entry.phases):
                 if ctx.phase_marks is not None:  # a traced request (the tracing stage's spans); None when off
                     ctx.phase_marks.append((PHASES[n], time.time()))
@@ -251,35 +258,29 @@ class Pipeline:
                             break
                     if ctx.public_model and ctx.tenant is not None:  # known: the rest runs the request's plan
                         managed = ctx.api_key is not None and ctx.api_key.managed
-                        if ctx.phase_marks is None:  # untraced: no phase to mark, the rest is one run of hooks
-                            key = (ctx.tenant.name, ctx.public_model, ctx.surface.name, managed, n, at)
-                            found = self._switches.get(key) if ctx.policy is self.plans.policy else None
+                        if ctx.phase_marks is None:  # untraced: the memoised rest
+                            key = (ctx.tenant.name, ctx.public_model, managed, n, at)
+                            found = switches.get(key)
                             if found is None:
-                                found = self._switch(ctx, key)
-                            ctx.plan, hooks = found
-                            rest, first = (hooks,), n + 1
+                                found = self._switch(ctx, key, switches)
+                            ctx.plan, rest = found
                         else:
                             plan = ctx.plan = self.plan_for(ctx.policy, ctx.surface, ctx.tenant, ctx.public_model,
                                                             managed)
-                            rest, first = (plan.after(n, at), *plan.hooks_by_phase[n + 1:]), n + 1
+                            rest = _marked(plan, n, at)
                         break
                 if rest is not None or resp is not None:
                     break
-            # The rest of the current phase, then the later phases from ``PHASES[first]`` on.
-            for i, hooks in enumerate(rest if resp is None and rest is not None else ()):
-                if i and ctx.phase_marks is not None:
-                    ctx.phase_marks.append((PHASES[first + i - 1], time.time()))
-                for hook in hooks:
-                    verdict = hook(ctx)
-                    if verdict is not None:  # (the common None is tested once)
-                        if type(verdict) is not Respond:
-                            verdict = await verdict
-                            if verdict is None:
-                                continue
-                        ctx.outcome = verdict.reason
-                        resp = verdict.response
-                        break
-                if resp is not None:
+            # The rest of the current phase, then the later phases: one run of hooks.
+            for hook in rest or ():
+                verdict = hook(ctx)
+                if verdict is not None:  # (the common None is tested once)
+                    if type(verdict) is not Respond:
+                        verdict = await verdict
+                        if verdict is None:
+                            continue
+                    ctx.outcome = verdict.reason
+                    resp = verdict.response
                     break
             if resp is None:
                 raise GatewayError(500, "no stage answered the request", code="no_upstream")
@@ -295,17 +296,16 @@ class Pipeline:
                 resp = await resp
         return resp
 
-    def _switch(self, ctx: RequestContext, key: Switch) -> tuple[Plan, tuple[Hook, ...]]:
+    def _switch(self, ctx: RequestContext, key: Switch, switches: Switches) -> tuple[Plan, tuple[Hook, ...]]:
         """The request's plan and its hooks after the stage at ``key``'s position in its phase, then every
-        later phase's, in order; kept in ``_switches`` for the current policy (read there first)."""
-        _, model, _, managed, phase, position = key
+        later phase's, in order; kept in ``switches``, its entry plan's memo (read there first)."""
+        _, model, managed, phase, position = key
         assert ctx.tenant is not None
         plan = self.plan_for(ctx.policy, ctx.surface, ctx.tenant, model, managed)
         found = (plan, tuple(chain(plan.after(phase, position), *plan.hooks_by_phase[phase + 1:])))
-        if ctx.policy is self.plans.policy:
-            if len(self._switches) >= PLAN_CACHE_SIZE:
-                self._switches.clear()
-            self._switches[key] = found
+        if len(switches) >= PLAN_CACHE_SIZE:
+            switches.clear()
+        switches[key] = found
         return found
 
     async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:
@@ -347,6 +347,22 @@ class Pipeline:
                     await pending
             except Exception:  # noqa: BLE001 - complete must reach every stage
                 _failed(fn)
+
+
+def _marked(plan: Plan, phase: int, position: int) -> tuple[Hook, ...]:
+    """A traced request's rest (``Pipeline._switch``'s hooks, not memoised): each later phase's hooks led by
+    one that marks the phase's start (``_mark``), so the runner's loop stays one run of hooks."""
+    hooks = list(plan.after(phase, position))
+    for later in range(phase + 1, len(PHASES)):
+        hooks.append(functools.partial(_mark, PHASES[later]))
+        hooks.extend(plan.hooks_by_phase[later])
+    return tuple(hooks)
+
+
+def _mark(phase: str, ctx: RequestContext) -> None:
+    """A hook of a traced request's rest: the wall time ``phase`` began (``ctx.phase_marks``)."""
+    if ctx.phase_marks is not None:
+        ctx.phase_marks.append((phase, time.time()))
 
 
 def _failed(fn: Hook) -> None:
