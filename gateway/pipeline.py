@@ -199,6 +199,8 @@ class Pipeline:
         for s in self.stages:
             s.on_policy(policy)
         self.plans = PlanCache(policy)  # after the stages: their ``applies`` reads what they rebuilt
+        for _, switches in self._entries.values():  # requests still running under the old policy: their
+            switches.clear()  # plans are compiled afresh, as ``plan_for`` does for an older policy
         self._entries = {}
 
     def entry_plan(self, policy: Policy, surface: Surface) -> Plan:
@@ -207,7 +209,7 @@ class Pipeline:
 
     def _entry(self, policy: Policy, surface: Surface) -> tuple[Plan, Switches]:
         """``entry_plan`` and the memo of where its requests switch (``_switch``): kept per surface for the
-        current policy (no key tuple a request); for an older policy's request, a memo of its own."""
+        current policy (no key tuple a request); for an older policy's request, an empty one, not kept."""
         current = policy is self.plans.policy
         found = self._entries.get(surface.name) if current else None
         if found is None:
@@ -298,14 +300,16 @@ class Pipeline:
 
     def _switch(self, ctx: RequestContext, key: Switch, switches: Switches) -> tuple[Plan, tuple[Hook, ...]]:
         """The request's plan and its hooks after the stage at ``key``'s position in its phase, then every
-        later phase's, in order; kept in ``switches``, its entry plan's memo (read there first)."""
+        later phase's, in order; kept in ``switches``, its entry plan's memo (read there first), for the
+        current policy."""
         _, model, managed, phase, position = key
         assert ctx.tenant is not None
         plan = self.plan_for(ctx.policy, ctx.surface, ctx.tenant, model, managed)
         found = (plan, tuple(chain(plan.after(phase, position), *plan.hooks_by_phase[phase + 1:])))
-        if len(switches) >= PLAN_CACHE_SIZE:
-            switches.clear()
-        switches[key] = found
+        if ctx.policy is self.plans.policy:
+            if len(switches) >= PLAN_CACHE_SIZE:
+                switches.clear()
+            switches[key] = found
         return found
 
     async def complete(self, ctx: RequestContext, error: BaseException | None) -> None:

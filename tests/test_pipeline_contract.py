@@ -395,6 +395,38 @@ async def test_plans_are_memoised_per_policy_and_rebuilt_on_reload() -> None:
     assert third.plan is not first.plan
 
 
+async def test_a_request_begun_before_a_reload_switches_to_a_plan_compiled_afresh() -> None:
+    """The memo of where requests switch to their own plan belongs to the policy it was filled under: a
+    request that switches after a reload gets its plan compiled afresh, as ``plan_for`` does."""
+    log: Log = []
+    gate = asyncio.Event()
+    gate.set()
+
+    class Waits(Stage):
+        async def authenticate(self, ctx: RequestContext) -> None:
+            await gate.wait()
+
+    pipeline = Pipeline([Waits(), resolver(log),
+                         fake_stage("up", log, ("call_upstream",), answers={"call_upstream": Respond(OK)})])
+    pipeline.on_policy(POLICY)
+    first = make_ctx()
+    first.request_id = "with"
+    await pipeline.run(first)
+    gate.clear()
+    late = make_ctx()
+    late.request_id = "with"
+    running = asyncio.create_task(pipeline.run(late))
+    await asyncio.sleep(0)  # waiting in ``authenticate``, before its switch
+    pipeline.on_policy(load_policy_text("version: 1\n", "contract.yaml", env={}))
+    gate.set()
+    assert (await running) is OK
+    assert late.plan is not None and late.plan is not first.plan and late.plan.scope.policy is POLICY
+    again = make_ctx()
+    again.request_id = "with"
+    await pipeline.run(again)  # under the old policy still: compiled afresh each time, never memoised
+    assert again.plan is not late.plan
+
+
 # -- through the handler: complete runs exactly once per request, whatever happened ------------------
 
 def make_handler(stages: list[Stage]) -> Handler:
