@@ -89,10 +89,10 @@ class Series:
             self.tenant, self.public, self.provider, status_class(status), outcome)
         return child
 
-    def upstream_children(self) -> tuple[Any, Any]:
+    def upstream_children(self) -> None:
+        """The upstream-wait and overhead histograms, on the first request that called upstream."""
         self.upstream = self.m.upstream_duration.labels(self.served, self.provider)
         self.overhead = self.m.overhead.labels(self.served)
-        return self.upstream, self.overhead
 
     def token(self, kind: str) -> Any:
         """The counter of ``kind`` tokens (``prompt``, ``completion``, ``cached``), kept in its slot."""
@@ -138,10 +138,11 @@ class Recorder:
         s.duration.observe(total)
         attempts = ctx.attempts
         if attempts:
-            upstream, overhead = s.upstream_children() if s.upstream is None else (s.upstream, s.overhead)
+            if s.upstream is None:
+                s.upstream_children()
             wait = ctx.upstream_wait_s
-            upstream.observe(wait)
-            overhead.observe(total - wait if total > wait else 0.0)
+            s.upstream.observe(wait)
+            s.overhead.observe(total - wait if total > wait else 0.0)
             first = attempts[0]
             if len(attempts) == 1 and first.error_kind is None and not ctx.fallbacks:  # one clean call
                 (self.m.attempts.children.get((first.deployment,)) or self.m.attempts.labels(first.deployment)).value += 1.0
