@@ -126,19 +126,16 @@ def _gone(store: MemoryStore, key: str) -> None:
     store.delete(key)
 
 
-def _purge(store: LocalStore, bucket: dict[str, int] | None, exp: ZSet, z: str, now: float) -> ZSet | None:
+def _purge(store: LocalStore, bucket: dict[str, int] | None, exp: ZSet, z: str, now: float) -> None:
     """Release up to ``MAX_PURGE`` expired reservations of ``exp`` (its oldest is due), oldest first:
     O(released), never a scan of the held ones (a gateway holding thousands of long streams reserves
-    on every request). Returns the scope's expiries left, ``None`` when there are none (an emptied set
-    goes, as on Redis)."""
+    on every request). An emptied set goes, as on Redis."""
     expired = exp.pop_through(now, MAX_PURGE)
     for rid in expired:
         if bucket is not None and f"r:{rid}" in bucket:
             bucket["held"] = bucket.get("held", 0) - bucket.pop(f"r:{rid}")
     if not exp:
         store.delete(z)
-        return None
-    return exp
 
 
 def _unhold(store: LocalStore, z: str, rid: str) -> None:
@@ -452,31 +449,29 @@ class ReserveOp:
     def native(self, store: MemoryStore, now: float, fx: FusedCtx | None = None) -> list[Any]:
         """``RESERVE`` on the typed scopes; in a fused call (``fx``) a refusal stops the later ops and
         a hold registers its undo."""
-        scopes, exp_keys, alt = self.scopes, self.exp_keys, self.alt
+        scopes, exp_keys, main, alt = self.scopes, self.exp_keys, self.main, self.alt
         data, deadlines, mono = store.data, store.deadlines, store.monotonic()  # read directly, at one clock reading
         levels: list[int] = []  # spent, held per scope: the reply's tail
-        buckets: list[dict[str, int] | None] = []  # per scope: its hash and expiries, if any
-        exps: list[ZSet | None] = []
+        refused = 0  # ``_over`` for ``main``, found as the levels are read
         i = 0
         for s in scopes:
             key, z = s.key, exp_keys[i]
             bucket = data.get(key) if deadlines.get(key, _NEVER) > mono else _gone(store, key)
             exp = data.get(z) if deadlines.get(z, _NEVER) > mono else _gone(store, z)
-            if not isinstance(exp, ZSet):
-                exp = None
-            elif exp.scores and exp.at(0)[0] <= now:  # some reservation expired (the oldest is live nearly always)
-                exp = _purge(store, bucket, exp, z, now)
-            buckets.append(bucket)
-            exps.append(exp)
+            if isinstance(exp, ZSet) and exp.scores and exp.at(0)[0] <= now:
+                _purge(store, bucket, exp, z, now)  # some reservation expired (the oldest is live nearly always)
             if bucket is None:
-                levels += (0, 0)
+                spent = held = 0
             else:
-                levels += (bucket.get("spent", 0), bucket.get("held", 0))
-            i += 1  # noqa: SIM113 - a counter costs less than ``enumerate`` (one scope, nearly always)
+                spent, held = bucket.get("spent", 0), bucket.get("held", 0)
+            levels += (spent, held)
+            i += 1  # noqa: SIM113 - a counter costs less than ``enumerate`` or ``zip`` (one scope, nearly always)
+            if s.enforce and not refused and spent + held + main > s.limit:
+                refused = i  # 1-based
         if alt is None:
-            amount, use_alt, refused = self.main, False, _over(scopes, levels, self.main)
+            amount, use_alt = main, False
         else:
-            amount, use_alt, refused = _fit(scopes, levels, self.main, alt)
+            amount, use_alt, refused = _fit(scopes, levels, main, alt)
         if refused:
             if fx is not None:
                 fx.refuse()
@@ -484,24 +479,22 @@ class ReserveOp:
         rid = self.rid
         field, until = "r:" + rid, now + self.hold_s
         i = 0
-        for s in scopes:
-            key, z, bucket, exp = s.key, exp_keys[i], buckets[i], exps[i]
+        for s in scopes:  # every key is live now, or gone (read above)
+            key, z = s.key, exp_keys[i]
+            bucket = data.get(key)
             if bucket is None:  # created now (by an earlier scope too, if two share a key): ``local_hash``
-                bucket = data.get(key)
-                if bucket is None:
-                    bucket = data[key] = {}
+                bucket = data[key] = {}
             bucket["held"] = bucket.get("held", 0) + amount
             bucket[field] = amount
-            if exp is None:  # created now (or earlier, as above); a sorted set replaces whatever else was there
-                exp = data.get(z)
-                if not isinstance(exp, ZSet):
-                    exp = data[z] = ZSet()
+            exp = data.get(z)
+            if not isinstance(exp, ZSet):  # a sorted set replaces whatever else was there
+                exp = data[z] = ZSet()
             exp.add(rid, until)
             if s.ttl_ms > 0:
                 ttl_s = s.ttl_ms / 1000
                 store.expire(key, ttl_s, mono)
                 store.expire(z, ttl_s, mono)
-            i += 1  # noqa: SIM113 - a counter costs less than ``enumerate`` (one scope, nearly always)
+            i += 1  # noqa: SIM113 - a counter costs less than ``enumerate`` or ``zip`` (one scope, nearly always)
         verdict = "alt" if use_alt else "main"
         if fx is not None:
             fx.variant = verdict
@@ -554,7 +547,6 @@ def settle_now(store: MemoryStore, charge: Charge, exp_keys: Sequence[str], ids_
     scope_keys = charge.scope_keys
     if scope_keys:  # none for a tenant without a budget
         cost, field, ttls = charge.cost, "r:" + rid, charge.scope_ttls_ms
-        buckets = []
         i = 0
         for b in scope_keys:
             bucket = data.get(b) if deadlines.get(b, _NEVER) > mono else _gone(store, b)
@@ -570,10 +562,13 @@ def settle_now(store: MemoryStore, charge: Charge, exp_keys: Sequence[str], ids_
             bucket["spent"] = bucket.get("spent", 0) + cost
             if ttls[i] > 0 and b not in deadlines:  # ``expire_nx`` on a live key
                 store.expire(b, ttls[i] / 1000, mono)
-            buckets.append(bucket)
-            i += 1  # noqa: SIM113 - a counter costs less than ``enumerate`` (one scope, nearly always)
-        for bucket in buckets:  # read after every write (two scopes may share a key), as the script does
+            i += 1  # noqa: SIM113 - a counter costs less than ``enumerate`` or ``zip`` (one scope, nearly always)
+        if len(scope_keys) == 1:  # the usual plan: the one bucket just written
             out += (bucket.get("spent", 0), bucket.get("held", 0))
+        else:
+            for b in scope_keys:  # read after every write (two scopes may share a key), as the script does
+                bucket = data[b]
+                out += (bucket.get("spent", 0), bucket.get("held", 0))
     if charge.day_ttl_ms > 0:
         day_key = charge.day_key
         day = data.get(day_key) if deadlines.get(day_key, _NEVER) > mono else _gone(store, day_key)

@@ -86,6 +86,9 @@ class BudgetPlan:
     end: float
 
 
+NO_PLAN = BudgetPlan((), [], (), (), (), 0.0, False, False, -math.inf, math.inf)  # a request nothing was reserved for
+
+
 @dataclass(frozen=True, slots=True)
 class Derived:
     """What a policy means for budgets, computed once per (re)load."""

@@ -48,8 +48,8 @@ from gateway.budget.ledger import (
     settled_key,
 )
 from gateway.budget.periods import DAY_RECORD_TTL_S
-from gateway.budget.pricing import PICO_PER_USD, cost, estimate_usage, usd, worst_case
-from gateway.budget.service import BudgetPlan, BudgetSpec
+from gateway.budget.pricing import PICO_PER_USD, Rates, cost, estimate_usage, usd, worst_case
+from gateway.budget.service import NO_PLAN, BudgetPlan, BudgetSpec
 from gateway.clock import time_of
 from gateway.context import RequestContext
 from gateway.errors import GatewayError
@@ -102,6 +102,9 @@ class BudgetStage(Stage):
         self._today = ""
         self._tenant_keys: dict[str, tuple[str, str]] = {}  # tenant -> (day record key, settled-ids key)
         self._day_fields_of: dict[tuple[str, str | None], tuple[Any, ...]] = {}  # (model, key) -> ``_day_names``
+        # model name -> (the ``ModelSpec`` last priced, its rates): ``BudgetService.rates`` is a function of the
+        # spec's price, so a request for the same spec (nearly all) reads it here without the call
+        self._rates_of: dict[str, tuple[ModelSpec, Rates]] = {}
         # memory: a settle no other op joins runs as a call of its own (``MemoryBackend.run_native``, timed
         # and named by the metered wrapper as the fused call it replaces); None elsewhere
         sync_native = getattr(services.backend, "sync_native", None) if services.backend.kind == "memory" else None
@@ -109,7 +112,7 @@ class BudgetStage(Stage):
 
     def on_policy(self, policy: Any) -> None:
         self.service.on_policy(policy)
-        self._today_end, self._tenant_keys, self._day_fields_of = 0.0, {}, {}
+        self._today_end, self._tenant_keys, self._day_fields_of, self._rates_of = 0.0, {}, {}, {}
 
     def applies(self, scope: Scope) -> bool | frozenset[str]:
         """``admit`` only where a budget may apply (or a full settle journal may refuse); ``complete``
@@ -145,9 +148,11 @@ class BudgetStage(Stage):
         if model.route is not None:  # a routed model nobody resolved yet is reserved at its large model's price
             model = ctx.policy.models.get(model.route.large) or model
         small = self._small(ctx, model) if plan.downgrade else None
-        main = worst_case(ctx.prompt_tokens_est, output_tokens(ctx, model), self.service.rates(model))
+        found = self._rates_of.get(model.name)
+        rates = found[1] if found is not None and found[0] is model else self._rates(model)
+        main = worst_case(ctx.prompt_tokens_est, output_tokens(ctx, model), rates)
         alt = None if small is None else worst_case(ctx.prompt_tokens_est, output_tokens(ctx, small),
-                                                    self.service.rates(small))
+                                                    self._rates(small))
         hold = Hold(f"{self._rid_prefix}{next(self._seq)}", plan, main, alt)
         ctx.budget_hold = hold  # before the await: a cancelled reserve is still released
         batch = ctx.state_batch
@@ -325,17 +330,13 @@ class BudgetStage(Stage):
         now = self._time()
         keys = self._tenant_keys.get(ctx.tenant.name) if self._today_start <= now < self._today_end else None
         day, settled = keys or self._day_keys(ctx.tenant.name, now)  # built once per (tenant, day)
-        plan = None if hold is None else hold.plan
-        charge = _new_charge(Charge, (  # by position, without the named tuple's Python-level ``__new__``
-            hold.rid if hold is not None else f"{self._rid_prefix}{next(self._seq)}",  # the settle's id
-            amount,
-            () if plan is None else plan.keys,
-            () if plan is None else plan.ttls_ms,
-            day,
-            DAY_RECORD_TTL_MS if fields else 0,
-            fields,
-        ))
-        ledger = None if hold is None else hold.ledger
+        if hold is None:  # no reservation (no budget applies, or admit never ran): the spend is still recorded
+            rid, plan, ledger = f"{self._rid_prefix}{next(self._seq)}", NO_PLAN, None
+        else:
+            rid, plan, ledger = hold.rid, hold.plan, hold.ledger
+        # by position, without the named tuple's Python-level ``__new__``; ``rid`` is the settle's id
+        charge = _new_charge(Charge, (rid, amount, plan.keys, plan.ttls_ms, day, DAY_RECORD_TTL_MS if fields else 0,
+                                      fields))
         batch = ctx.state_batch
         if batch is None:
             return self.service.settle(charge, ledger)
@@ -343,13 +344,13 @@ class BudgetStage(Stage):
         if run is not None and ctx.limit_state is None and ledger is not self.service.local:
             # nothing else joins ``complete``'s call (the limiter holds nothing for this request, and on
             # memory the feedback record stays in process): the settle is that call, with no op or batch
-            exp_keys, ids_ttl_ms = () if plan is None else plan.exp_keys, self.service.shared.settled_ttl_ms
             try:
-                reply = run(SETTLE_FRAGMENT.name, settle_now, charge, exp_keys, settled, ids_ttl_ms)
+                reply = run(SETTLE_FRAGMENT.name, settle_now, charge, plan.exp_keys, settled,
+                            self.service.shared.settled_ttl_ms)
             except StateError as exc:
                 return self._settled(charge, None, exc)
             return self._settled(charge, reply, None)
-        op = SettleOp(charge, self.service.shared.settled_ttl_ms, () if plan is None else plan.exp_keys, settled)
+        op = SettleOp(charge, self.service.shared.settled_ttl_ms, plan.exp_keys, settled)
         if ledger is self.service.local:  # ``BudgetService.settle``'s local part; the shared one goes in the call
             return self._settle_local_first(charge, batch, op)
         batch.add("complete", op, functools.partial(self._settled, charge))
@@ -381,7 +382,18 @@ class BudgetStage(Stage):
                 return None, 0
             completion_chars = 0 if ctx.endpoint == "embeddings" else ctx.generated_chars
             usage = ctx.usage = estimate_usage(ctx.prompt_tokens_est, completion_chars)
-        return usage, cost(usage, self.service.rates(ctx.model))
+        model = ctx.model
+        found = None if model is None else self._rates_of.get(model.name)
+        return usage, cost(usage, found[1] if found is not None and found[0] is model else self._rates(model))
+
+    def _rates(self, model: ModelSpec | None) -> Rates:
+        """``BudgetService.rates``, kept for the next request for ``model`` (``_rates_of``)."""
+        rates = self.service.rates(model)
+        if model is not None:
+            if len(self._rates_of) > 10_000:  # a model per name at a time: only reloads add names
+                self._rates_of.clear()
+            self._rates_of[model.name] = (model, rates)
+        return rates
 
     def _day_keys(self, tenant: str, now: float) -> tuple[str, str]:
         """The tenant's day record key for ``now`` and its settled-ids key, built once per (tenant, day):
