@@ -94,20 +94,21 @@ Decision = Result | str  # a script's result, or ALLOW / DENY when the shared ba
 
 
 class LimitState:
-    """The limiter's facts about one request (``ctx.limit_state``). A plain class: one per request."""
+    """The limiter's facts about one request (``ctx.limit_state``). A plain class: one per request.
 
-    __slots__ = ("deferred", "plan", "raw", "requests", "reserved", "slots_on", "token", "token_plan", "tokens",
-                 "tokens_on")
+    Class-level defaults (no ``__slots__``): what most requests never set costs nothing to build.
+    """
+
+    token_plan: Plan | None = None  # the tpm limits reserved in admit (of the model that serves)
+    requests: Result | None = None
+    raw: list[int] | None = None  # instead of ``requests``: the admitting reply, read without ``parse``
+    tokens: Result | None = None
+    reserved = 0  # tokens committed in admit
+    deferred = False  # request limits left to admit's call (no cache answers this request)
 
     def __init__(self, token: str, plan: Plan) -> None:
         self.token = token  # unique per request (never the client's x-request-id): the member in every log
         self.plan = plan
-        self.token_plan: Plan | None = None  # the tpm limits reserved in admit (of the model that serves)
-        self.requests: Result | None = None
-        self.raw: list[int] | None = None  # instead of ``requests``: the admitting reply, read without ``parse``
-        self.tokens: Result | None = None
-        self.reserved = 0  # tokens committed in admit
-        self.deferred = False  # request limits left to admit's call (no cache answers this request)
         self.slots_on: list[StateBackend] = []  # backends that may hold our slots
         self.tokens_on: list[StateBackend] = []  # ... and our token reservation
 
@@ -417,13 +418,14 @@ class RateLimitStage(Stage):
     @staticmethod
     def _entries(st: LimitState, tplan: Plan, cost: int, local: bool) -> list[Entry]:
         """Admit's entries: the deferred request limits, then the served model's token limits."""
-        out: list[Entry] = []
-        if st.deferred:
-            out += [(lim.kind, lim.local_limit, 1, lim.keys[0], "") for lim in st.plan.requests] if local \
-                else st.plan.request_entries
-        for lim in tplan.tokens:  # a loop, not a comprehension: every miss
-            keys = lim.keys
-            out.append(("T", lim.local_limit if local else lim.limit, cost, keys[0], keys[1]))
+        if local:
+            out: list[Entry] = [(lim.kind, lim.local_limit, 1, lim.keys[0], "") for lim in st.plan.requests] \
+                if st.deferred else []
+            out += [("T", lim.local_limit, cost, lim.keys[0], lim.keys[1]) for lim in tplan.tokens]
+            return out
+        out = list(st.plan.request_entries) if st.deferred else []
+        for limit, key, hkey in tplan.token_parts:  # a loop, not a comprehension: every miss
+            out.append(("T", limit, cost, key, hkey))
         return out
 
     def _local_args(self, st: LimitState, tplan: Plan, cost: int) -> list:
