@@ -233,9 +233,9 @@ def _commit(store: MemoryStore, token: str, specs: Sequence[Entry], found: list[
         else:
             peeked = True
             continue
-        # ``store.expire``: a live deadline (every one the check left is after ``mono``) pushed forward
-        # is only set; anything else (none yet, one pulled back) goes through the store's heap
-        if mono < deadlines.get(key, _NEVER) <= until:
+        # ``store.expire``: a deadline pushed forward is only set (every one the check left is after
+        # ``mono``, so alive); anything else (none yet, one pulled back) goes through the store's heap
+        if deadlines.get(key, _NEVER) <= until:
             deadlines[key] = until
         else:
             store.expire(key, ttl_s, mono)

@@ -466,10 +466,10 @@ class RateLimitStage(Stage):
         run = self._run
         if run is None:
             return self._complete(ctx, st)
-        shared, batch = self.guard.shared, ctx.state_batch
-        if not ((not slots_on or (len(slots_on) == 1 and slots_on[0] is shared))
-                and (not tokens_on or (len(tokens_on) == 1 and tokens_on[0] is shared))):
+        alone = [self.guard.shared]  # what a list of holders reads when only the shared backend is on it
+        if slots_on and slots_on != alone or tokens_on and tokens_on != alone:  # (backends compare by identity)
             return self._complete(ctx, st)
+        batch = ctx.state_batch
         plan = st.plan
         slots = plan.slot_keys if slots_on else ()
         tokens = (st.token_plan or plan).token_logs if tokens_on else ()
