@@ -79,18 +79,20 @@ def acquire_unleased(store: MemoryStore, token: str, force: bool, window: int,
             else:
                 found = None
                 break
-        elif type(log) is _NATIVE[kind] and deadlines.get(key, _NEVER) > mono:  # stored and alive: not empty
+        elif type(log) is _NATIVE[kind] and deadlines.get(key, _NEVER) > mono:  # stored and alive
             times, head = log.times, log.head
-            if times[head] <= cutoff:  # something left the window: trim
+            size = len(times)
+            if size > head and times[head] > cutoff:  # nothing left the window: ``trim``'s answer
+                n = size - head if kind == "R" else log.total
+            elif size == head:  # stored yet empty (only a failed call leaves one): as it is read in general
+                found = None
+                break
+            else:  # something left the window: trim
                 n = log.trim(cutoff)
                 if len(times) == log.head:  # emptied: its key goes, as ``_check_all`` does
                     store.delete(key)
                     found = None
                     break
-            elif kind == "R":  # ``trim``'s answer when nothing goes
-                n = len(times) - head
-            else:
-                n = log.total
         elif log is None and key not in new:  # nothing stored: a new log (a peek reads an empty one)
             log, n = (_NO_LOG if kind == "P" else _NATIVE[kind]()), 0
             new.append(key)
