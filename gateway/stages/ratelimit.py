@@ -150,8 +150,8 @@ class RateLimitStage(Stage):
         self.lines = Lines()
         self.leases = Leases(self.stats)
         self.releases = PendingReleases(self.stats)
-        self._prefix = secrets.token_hex(5) + "."  # this replica; the counter makes it unique per request
-        self._seq = itertools.count()
+        # this replica's prefix, then a counter: a token unique per request
+        self._tokens = map((secrets.token_hex(5) + ".{}").format, itertools.count())
         self._renewer: asyncio.Task | None = None
         self._replayer: asyncio.Task | None = None
 
@@ -210,7 +210,7 @@ class RateLimitStage(Stage):
         run = self._run
         if run is None or plan.queue_s > 0 or self.releases.items:
             return self._limit_requests(ctx, plan)
-        st = ctx.limit_state = LimitState(f"{self._prefix}{next(self._seq)}", plan)
+        st = ctx.limit_state = LimitState(next(self._tokens), plan)
         if ctx.state_batch is not None and not tenant.cache.enabled:
             st.deferred = True  # no cache answer can come first: checked in admit's one call
             return None
@@ -243,7 +243,7 @@ class RateLimitStage(Stage):
         """``limit_requests`` off the memory fast path: kept releases first, a queue, another backend."""
         if len(self.releases):  # capacity a lost release still holds comes back before we count
             await self._replay_releases()
-        st = LimitState(f"{self._prefix}{next(self._seq)}", plan)
+        st = LimitState(next(self._tokens), plan)
         ctx.limit_state = st
         if ctx.state_batch is not None and not ctx.tenant.cache.enabled:  # type: ignore[union-attr]
             st.deferred = True  # no cache answer can come first: checked in admit's one call
@@ -291,7 +291,7 @@ class RateLimitStage(Stage):
         if not (deferred or plan.tokens or (alt is not None and alt.tokens)):
             return None
         if st is None:  # no request limits, only the served model's tpm
-            st = ctx.limit_state = LimitState(f"{self._prefix}{next(self._seq)}", plan)
+            st = ctx.limit_state = LimitState(next(self._tokens), plan)
         st.token_plan = plan
         completion = 0 if ctx.endpoint == "embeddings" else ctx.policy.input.default_max_tokens
         cost = ctx.prompt_tokens_est + (ctx.max_tokens or completion) * ctx.choices
