@@ -166,3 +166,15 @@ def test_a_taken_log_s_expiry_moves_as_expire_moves_it() -> None:
     acquire_unleased(store, "b", False, WINDOW_US, ADMIT, clock.time())
     assert store.deadlines[RPM] == store.deadlines[TPM] == clock.monotonic() + 61
     assert store._queued == queued and len(store._heap) == 2  # the sweep requeues them when due
+
+
+def test_a_log_the_check_empties_is_shared_by_the_entries_after_it() -> None:
+    """A peek whose trim empties its key's log, then a take on that key: the take reuses that very log
+    (a native log again, not a twin's sorted set), as when both read it in one pass."""
+    clock = FakeClock()
+    store = MemoryStore(clock)
+    acquire_unleased(store, "a", False, WINDOW_US, [("T", 100, 10, TPM, TPMW)], clock.time())
+    clock.advance(60.5)  # out of the window, not yet expired
+    both = [("P", 100, 1, TPM, TPMW), ("T", 100, 10, TPM, TPMW)]
+    assert acquire_unleased(store, "b", False, WINDOW_US, both, clock.time()) == [1, 0, 0, 60000, 0, 10, 60000, 0]
+    assert type(store.get(TPM)) is TokenLog and store.get(TPMW) is None

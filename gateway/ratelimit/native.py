@@ -60,7 +60,8 @@ def acquire_unleased(store: MemoryStore, token: str, force: bool, window: int,
     (or absent: a new log no other entry names). Anything else (an entry over its limit, an expired
     key, another kind of value, a twin's log, a new log two entries name) is checked again from the
     start by ``_check_all``, the general case: nothing here writes but a trim, which a second trim to
-    the same cutoff leaves as it is, and a log that a trim empties is deleted (it reads as a new one).
+    the same cutoff leaves as it is, and a log that a trim empties is deleted (and handed over, for the
+    entries that name its key to share it, as they would have).
     """
     t = floor(now * 1_000_000 + 0.5)  # ``window.now_us``, inlined
     cutoff = t - window
@@ -68,6 +69,7 @@ def acquire_unleased(store: MemoryStore, token: str, force: bool, window: int,
     found: list[Any] | None = []  # each entry's log
     out: list[int] = [1, 0]  # status and retry, then (used, reset, over) per entry: reset filled in later
     new: list[str] = []  # the keys of new logs
+    emptied: dict[str, Any] = {}  # a log the check's trim emptied (and deleted), for ``_check_all`` to share
     for kind, limit, weight, key, _hkey in specs:
         log = data.get(key)
         if kind == "C":
@@ -91,6 +93,7 @@ def acquire_unleased(store: MemoryStore, token: str, force: bool, window: int,
                 n = log.trim(cutoff)
                 if len(times) == log.head:  # emptied: its key goes, as ``_check_all`` does
                     store.delete(key)
+                    emptied[key] = log
                     found = None
                     break
         elif log is None and key not in new:  # nothing stored: a new log (a peek reads an empty one)
@@ -105,7 +108,7 @@ def acquire_unleased(store: MemoryStore, token: str, force: bool, window: int,
         found.append(log)
         out += (n, 0, 0)
     if found is None:
-        checked = _check_all(store, specs, t, cutoff, window, mono)
+        checked = _check_all(store, specs, t, cutoff, window, mono, emptied)
         if checked is None:  # a twin's log: nothing is written yet, so the twin does it all
             return acquire_entries(store, token, force, window, None, specs, now)
         found, out, ok, retry = checked
@@ -122,14 +125,14 @@ def acquire_unleased(store: MemoryStore, token: str, force: bool, window: int,
     return out
 
 
-def _check_all(store: MemoryStore, specs: Sequence[Entry], t: int, cutoff: int, window: int,
-               mono: float) -> tuple[list[Any], list[int], bool, int] | None:
+def _check_all(store: MemoryStore, specs: Sequence[Entry], t: int, cutoff: int, window: int, mono: float,
+               logs: dict[str, Any]) -> tuple[list[Any], list[int], bool, int] | None:
     """``acquire_unleased``'s check in general: each key's log read once and shared by the entries that
-    name it, an expired or emptied key deleted, another kind of value replaced. The logs, the reply
+    name it (``logs``: each key's log; on entry, one that ``acquire_unleased``'s trim emptied and
+    deleted), an expired or emptied key deleted, another kind of value replaced. The logs, the reply
     so far, whether all fit and the retry (microseconds); None for a twin's log (or one key named
     under two kinds, as a twin's one sorted set would be), which the twin must take over."""
     data, deadlines = store.data, store.deadlines
-    logs: dict[str, Any] = {}  # each key's log, shared by the entries that name it
     found: list[Any] = []
     out: list[int] = [0, 0]
     ok, retry = True, 0
