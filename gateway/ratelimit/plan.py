@@ -65,11 +65,12 @@ class Plan:
     request_pairs: tuple[tuple[str, Limit], ...] = ()  # the request limits' part of ``acquire_pairs``
     request_entries: tuple[tuple[str, int, int, str, str], ...] = ()  # ... and of ``acquire_entries``
     token_logs: tuple[tuple[str, str], ...] = ()  # (log, weights) keys per token limit, released at completion
+    token_parts: tuple[tuple[int, str, str], ...] = ()  # (limit, log key, weights key) per token limit: admit's entries
     # ``acquire_entries``' reply read without ``parse`` (an admitted request on the memory backend): per
     # limit (not a peek) with limit > 0, (used's index, the count above which it is near); and per header
     # kind with candidates (requests: the rpm limits; tokens: the token peeks), its three header names,
     # the candidates (used's index, limit) in reply order and, when there is one, its limit as text
-    # ("" for several)
+    # ("" for several) and its (used's index, limit) again
     near_at: tuple[tuple[int, int], ...] = ()
     admit_near_at: tuple[tuple[int, int], ...] = ()  # ... of admit's reply (requests, then T entries)
     header_groups: tuple[HeaderGroup, ...] = ()  # ``result.reply_headers``
@@ -121,17 +122,24 @@ def _near_above(limit: int) -> int:
 
 REQUEST_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests")
 TOKEN_HEADERS = ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")
-HeaderGroup = tuple[str, str, str, tuple[tuple[int, int], ...], str]  # ``Plan.header_groups``
+HeaderGroup = tuple[str, str, str, tuple[tuple[int, int], ...], str, int, int]  # ``Plan.header_groups``
 
 
 def _header_groups(pairs: tuple[tuple[str, Limit], ...]) -> tuple[HeaderGroup, ...]:
-    """``Plan.header_groups`` of a reply laid out as ``pairs``: requests (rpm), then tokens (peeks)."""
+    """``Plan.header_groups`` of a reply laid out as ``pairs``: requests (rpm), then tokens (peeks). A
+    lone candidate's (used's index, limit) is in the group itself too ((-1, 0) for several)."""
     groups = []
     for names, kinds in ((REQUEST_HEADERS, ("R",)), (TOKEN_HEADERS, ("T", "P"))):
         found = tuple((2 + 3 * i, lim.limit) for i, (kind, lim) in enumerate(pairs) if kind in kinds)
-        if found:
-            groups.append((*names, found, str(found[0][1]) if len(found) == 1 else ""))
+        if len(found) == 1:
+            groups.append((*names, found, str(found[0][1]), *found[0]))
+        elif found:
+            groups.append((*names, found, "", -1, 0))
     return tuple(groups)
+
+
+def _token_parts(tokens: tuple[Limit, ...]) -> tuple[tuple[int, str, str], ...]:
+    return tuple((lim.limit, lim.keys[0], lim.keys[1]) for lim in tokens)
 
 
 def build_plan(policy: Policy, tenant: Tenant, key: ApiKey | None, model: str) -> Plan:
@@ -165,6 +173,7 @@ def build_plan(policy: Policy, tenant: Tenant, key: ApiKey | None, model: str) -
         request_pairs=pairs[:len(requests)],
         request_entries=entries[:len(requests)],
         token_logs=tuple((lim.keys[0], lim.keys[1]) for lim in tokens),
+        token_parts=_token_parts(tokens),
         near_at=tuple((2 + 3 * i, _near_above(lim.limit)) for i, (kind, lim) in enumerate(pairs)
                       if kind != "P" and lim.limit > 0),
         admit_near_at=tuple((2 + 3 * i, _near_above(lim.limit)) for i, lim in enumerate(requests + tokens)
@@ -185,7 +194,8 @@ def build_token_plan(policy: Policy, tenant: Tenant, key: ApiKey | None, public:
     return Plan(base.tenant, base.shadow, base.queue_s, (), tokens,
                 token_keys=[k for lim in tokens for k in lim.keys],
                 token_pairs=tuple(("T", lim) for lim in tokens),
-                token_logs=tuple((lim.keys[0], lim.keys[1]) for lim in tokens))
+                token_logs=tuple((lim.keys[0], lim.keys[1]) for lim in tokens),
+                token_parts=_token_parts(tokens))
 
 
 def _memo_name(key: ApiKey | None) -> Any:

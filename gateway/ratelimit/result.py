@@ -112,11 +112,11 @@ def headers(requests: Result | None, tokens: Result | None) -> dict[str, str]:
 def reply_headers(out: dict[str, str], raw: list[int], groups: tuple[HeaderGroup, ...]) -> None:
     """``headers(r, r)`` for ``r = parse(raw, pairs, False)``, read from the reply itself into ``out``:
     ``groups`` (``Plan.header_groups``) give per header kind its names, the (used's index, limit) of its
-    rpm limits or its token limits or peeks, in reply order, and a lone one's limit as text. No
-    ``Usage`` is built, and a lone limit (the common case) is the binding one without a comparison."""
-    for limit_name, left_name, reset_name, spec, lone in groups:
+    rpm limits or its token limits or peeks, in reply order, and a lone one's limit as text and its
+    (used's index, limit) once more. No ``Usage`` is built, and a lone limit (the common case) is the
+    binding one without a comparison."""
+    for limit_name, left_name, reset_name, spec, lone, at, limit in groups:
         if lone:
-            at, limit = spec[0]
             left = limit - raw[at]
             out[limit_name] = lone
             out[left_name] = str(left) if left > 0 else "0"

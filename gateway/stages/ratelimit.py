@@ -94,20 +94,21 @@ Decision = Result | str  # a script's result, or ALLOW / DENY when the shared ba
 
 
 class LimitState:
-    """The limiter's facts about one request (``ctx.limit_state``). A plain class: one per request."""
+    """The limiter's facts about one request (``ctx.limit_state``). A plain class: one per request.
 
-    __slots__ = ("deferred", "plan", "raw", "requests", "reserved", "slots_on", "token", "token_plan", "tokens",
-                 "tokens_on")
+    Class-level defaults (no ``__slots__``): what most requests never set costs nothing to build.
+    """
+
+    token_plan: Plan | None = None  # the tpm limits reserved in admit (of the model that serves)
+    requests: Result | None = None
+    raw: list[int] | None = None  # instead of ``requests``: the admitting reply, read without ``parse``
+    tokens: Result | None = None
+    reserved = 0  # tokens committed in admit
+    deferred = False  # request limits left to admit's call (no cache answers this request)
 
     def __init__(self, token: str, plan: Plan) -> None:
         self.token = token  # unique per request (never the client's x-request-id): the member in every log
         self.plan = plan
-        self.token_plan: Plan | None = None  # the tpm limits reserved in admit (of the model that serves)
-        self.requests: Result | None = None
-        self.raw: list[int] | None = None  # instead of ``requests``: the admitting reply, read without ``parse``
-        self.tokens: Result | None = None
-        self.reserved = 0  # tokens committed in admit
-        self.deferred = False  # request limits left to admit's call (no cache answers this request)
         self.slots_on: list[StateBackend] = []  # backends that may hold our slots
         self.tokens_on: list[StateBackend] = []  # ... and our token reservation
 
@@ -149,8 +150,8 @@ class RateLimitStage(Stage):
         self.lines = Lines()
         self.leases = Leases(self.stats)
         self.releases = PendingReleases(self.stats)
-        self._prefix = secrets.token_hex(5) + "."  # this replica; the counter makes it unique per request
-        self._seq = itertools.count()
+        # this replica's prefix, then a counter: a token unique per request
+        self._tokens = map((secrets.token_hex(5) + ".{}").format, itertools.count())
         self._renewer: asyncio.Task | None = None
         self._replayer: asyncio.Task | None = None
 
@@ -209,7 +210,7 @@ class RateLimitStage(Stage):
         run = self._run
         if run is None or plan.queue_s > 0 or self.releases.items:
             return self._limit_requests(ctx, plan)
-        st = ctx.limit_state = LimitState(f"{self._prefix}{next(self._seq)}", plan)
+        st = ctx.limit_state = LimitState(next(self._tokens), plan)
         if ctx.state_batch is not None and not tenant.cache.enabled:
             st.deferred = True  # no cache answer can come first: checked in admit's one call
             return None
@@ -242,7 +243,7 @@ class RateLimitStage(Stage):
         """``limit_requests`` off the memory fast path: kept releases first, a queue, another backend."""
         if len(self.releases):  # capacity a lost release still holds comes back before we count
             await self._replay_releases()
-        st = LimitState(f"{self._prefix}{next(self._seq)}", plan)
+        st = LimitState(next(self._tokens), plan)
         ctx.limit_state = st
         if ctx.state_batch is not None and not ctx.tenant.cache.enabled:  # type: ignore[union-attr]
             st.deferred = True  # no cache answer can come first: checked in admit's one call
@@ -290,7 +291,7 @@ class RateLimitStage(Stage):
         if not (deferred or plan.tokens or (alt is not None and alt.tokens)):
             return None
         if st is None:  # no request limits, only the served model's tpm
-            st = ctx.limit_state = LimitState(f"{self._prefix}{next(self._seq)}", plan)
+            st = ctx.limit_state = LimitState(next(self._tokens), plan)
         st.token_plan = plan
         completion = 0 if ctx.endpoint == "embeddings" else ctx.policy.input.default_max_tokens
         cost = ctx.prompt_tokens_est + (ctx.max_tokens or completion) * ctx.choices
@@ -417,13 +418,14 @@ class RateLimitStage(Stage):
     @staticmethod
     def _entries(st: LimitState, tplan: Plan, cost: int, local: bool) -> list[Entry]:
         """Admit's entries: the deferred request limits, then the served model's token limits."""
-        out: list[Entry] = []
-        if st.deferred:
-            out += [(lim.kind, lim.local_limit, 1, lim.keys[0], "") for lim in st.plan.requests] if local \
-                else st.plan.request_entries
-        for lim in tplan.tokens:  # a loop, not a comprehension: every miss
-            keys = lim.keys
-            out.append(("T", lim.local_limit if local else lim.limit, cost, keys[0], keys[1]))
+        if local:
+            out: list[Entry] = [(lim.kind, lim.local_limit, 1, lim.keys[0], "") for lim in st.plan.requests] \
+                if st.deferred else []
+            out += [("T", lim.local_limit, cost, lim.keys[0], lim.keys[1]) for lim in tplan.tokens]
+            return out
+        out = list(st.plan.request_entries) if st.deferred else []
+        for limit, key, hkey in tplan.token_parts:  # a loop, not a comprehension: every miss
+            out.append(("T", limit, cost, key, hkey))
         return out
 
     def _local_args(self, st: LimitState, tplan: Plan, cost: int) -> list:
@@ -464,10 +466,10 @@ class RateLimitStage(Stage):
         run = self._run
         if run is None:
             return self._complete(ctx, st)
-        shared, batch = self.guard.shared, ctx.state_batch
-        if not ((not slots_on or (len(slots_on) == 1 and slots_on[0] is shared))
-                and (not tokens_on or (len(tokens_on) == 1 and tokens_on[0] is shared))):
+        alone = [self.guard.shared]  # what a list of holders reads when only the shared backend is on it
+        if slots_on and slots_on != alone or tokens_on and tokens_on != alone:  # (backends compare by identity)
             return self._complete(ctx, st)
+        batch = ctx.state_batch
         plan = st.plan
         slots = plan.slot_keys if slots_on else ()
         tokens = (st.token_plan or plan).token_logs if tokens_on else ()
