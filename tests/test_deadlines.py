@@ -6,6 +6,8 @@ import asyncio
 
 from gateway.providers.deadlines import Deadlines
 
+U = 0.05  # the time unit: deadlines and checks sit a unit or more apart, so a busy host's late wake-up does not reorder them
+
 
 class Item:
     def __init__(self, fired: list[str], name: str) -> None:
@@ -21,13 +23,13 @@ async def test_each_is_cut_at_its_own_deadline_in_order_whatever_the_order_watch
     deadlines, fired = Deadlines(loop), []
     now = loop.time()
     late, early, gone = Item(fired, "late"), Item(fired, "early"), Item(fired, "gone")
-    deadlines.watch(late, now + 0.12)
-    deadlines.watch(gone, now + 0.02)
-    deadlines.watch(early, now + 0.05)  # later than the armed one (gone's): no new timer
+    deadlines.watch(late, now + 6 * U)
+    deadlines.watch(gone, now + U)
+    deadlines.watch(early, now + 3 * U)  # later than the armed one (gone's): no new timer
     deadlines.forget(gone)
-    await asyncio.sleep(0.08)
+    await asyncio.sleep(4.5 * U)
     assert fired == ["early"]
-    await asyncio.sleep(0.08)
+    await asyncio.sleep(3 * U)
     assert fired == ["early", "late"] and not deadlines.watched
 
 
@@ -37,11 +39,11 @@ async def test_a_deadline_earlier_than_the_armed_one_re_arms_and_a_moved_one_fol
     now = loop.time()
     a, b = Item(fired, "a"), Item(fired, "b")
     deadlines.watch(a, now + 5.0)
-    deadlines.watch(b, now + 0.03)
-    deadlines.watch(a, now + 0.06)  # moved earlier than it was, later than b's
-    await asyncio.sleep(0.045)
+    deadlines.watch(b, now + U)
+    deadlines.watch(a, now + 3 * U)  # moved earlier than it was, later than b's
+    await asyncio.sleep(2 * U)
     assert fired == ["b"]
-    await asyncio.sleep(0.04)
+    await asyncio.sleep(2 * U)
     assert fired == ["b", "a"]
 
 
@@ -49,15 +51,15 @@ async def test_attempts_ending_before_their_deadlines_share_one_loop_timer() -> 
     loop = asyncio.get_running_loop()
     deadlines, fired = Deadlines(loop), []
     first = Item(fired, "first")
-    deadlines.watch(first, loop.time() + 0.05)
+    deadlines.watch(first, loop.time() + U)
     handle = deadlines._handle
     for n in range(100):  # each later than the armed one: no new timer
         item = Item(fired, str(n))
-        deadlines.watch(item, loop.time() + 0.05)
+        deadlines.watch(item, loop.time() + U)
         deadlines.forget(item)
     assert deadlines._handle is handle
     deadlines.forget(first)
-    await asyncio.sleep(0.08)  # the timer fires, finds nobody due, and is not armed again
+    await asyncio.sleep(3 * U)  # the timer fires, finds nobody due, and is not armed again
     assert fired == [] and deadlines._handle is None
 
 

@@ -359,7 +359,11 @@ async def test_failover_to_a_replica_is_found_without_a_restart(own_cluster: Loc
     backend = RedisClusterBackend(own_cluster.url, timeout_ms=500)
     try:
         assert await backend.incr(key) == 1
-        await asyncio.sleep(0.2)  # replication is asynchronous
+        written = master.call("INFO", "replication")["master_repl_offset"]  # replication is asynchronous:
+        deadline = time.monotonic() + 10  # wait until the replica holds the write
+        while replica.call("INFO", "replication").get("slave_repl_offset", -1) < written:
+            assert time.monotonic() < deadline, "the replica did not receive the write"
+            await asyncio.sleep(0.05)
         master.stop()
         with pytest.raises(StateError):
             await backend.incr(key)

@@ -81,10 +81,12 @@ def test_events_faster_than_the_bound_are_never_cut_over_many_bounds(run) -> Non
         loop = asyncio.get_running_loop()
         source: asyncio.Queue = asyncio.Queue()
         got: list[Any] = []
-        feeder = asyncio.create_task(feed(source, 40, IDLE / 4))  # 40 events over ~10 bounds
-        await reader(source, Watchdog(IDLE, loop.time() + 60), got)
+        # 100 events over ~10 bounds, each a tenth of a bound after the last: a busy host's pause of
+        # most of a bound still cuts nothing unless a bound is mismeasured
+        feeder = asyncio.create_task(feed(source, 100, 0.01))
+        await reader(source, Watchdog(0.1, loop.time() + 60), got)
         await feeder
-        assert got == list(range(40))
+        assert got == list(range(100))
 
     run(scenario())
 
