@@ -20,7 +20,7 @@ KEY_HEADERS = ("x-api-key", "api-key")
 def presented_key(headers: Mapping[str, str]) -> str:
     """The key the caller sent, stripped; empty when there is none."""
     header = headers.get("Authorization", "")
-    if header[:7].lower() == "bearer ":
+    if header.startswith("Bearer ") or header[:7].lower() == "bearer ":  # (the usual spelling tested first)
         return header[7:].strip()
     for name in KEY_HEADERS:
         token = headers.get(name, "").strip()

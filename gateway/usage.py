@@ -39,27 +39,33 @@ def usage_from(data: dict) -> Usage | None:
 
 
 def usage_of(u: dict) -> Usage:
-    """An OpenAI usage object -> Usage. ``_int`` is called only for a value neither a plain int nor
-    absent (the common cases, read inline); the details objects are read only when present."""
+    """An OpenAI usage object -> Usage. ``_int`` is called only for a value that is not a plain int
+    (absent reads as 0); the details objects are read only when present."""
     get = u.get
-    v = get("prompt_tokens")
-    prompt = v if type(v) is int else 0 if v is None else _int(v)
-    v = get("completion_tokens")
-    completion = v if type(v) is int else 0 if v is None else _int(v)
+    prompt = get("prompt_tokens", 0)
+    if type(prompt) is not int:
+        prompt = _int(prompt)
+    completion = get("completion_tokens", 0)
+    if type(completion) is not int:
+        completion = _int(completion)
     cached = reasoning = written = 0
     details = get("prompt_tokens_details")
     if details:
-        v = details.get("cached_tokens")
-        cached = v if type(v) is int else 0 if v is None else _int(v)
-        v = details.get("cache_write_tokens")
-        written = v if type(v) is int else 0 if v is None else _int(v)
+        cached = details.get("cached_tokens", 0)
+        if type(cached) is not int:
+            cached = _int(cached)
+        written = details.get("cache_write_tokens", 0)
+        if type(written) is not int:
+            written = _int(written)
     if not cached:
-        v = get("prompt_cache_hit_tokens")
-        cached = v if type(v) is int else 0 if v is None else _int(v)
+        cached = get("prompt_cache_hit_tokens", 0)
+        if type(cached) is not int:
+            cached = _int(cached)
     details = get("completion_tokens_details")
     if details:
-        v = details.get("reasoning_tokens")
-        reasoning = v if type(v) is int else 0 if v is None else _int(v)
+        reasoning = details.get("reasoning_tokens", 0)
+        if type(reasoning) is not int:
+            reasoning = _int(reasoning)
     # (prompt, completion, cached, reasoning, cache_write) by position: no kwargs dict
     return Usage(prompt, completion, cached, reasoning, written)
 

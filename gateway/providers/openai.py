@@ -142,7 +142,7 @@ class HTTPProvider(Provider):
         fixed = self._fixed_lines(keyed) if LEAN and not req.headers else None
         headers = None if fixed is not None else {"user-agent": USER_AGENT, **self._static_headers, **keyed,
                                                   **req.headers, "x-request-id": req.request_id}
-        opening = min(first_byte, total)
+        opening = total if total < first_byte else first_byte  # (``min``'s answer, without its call)
         # The hooked connector sets the deadline (pool.py); with aiohttp's tracing it only moves it.
         timer = PoolTimer(t.pool_s, t.connect_s, opening, None if HOOKED else t.connect_s + opening, self._deadlines)
         token = TIMER.set(timer)
@@ -209,11 +209,16 @@ class OpenAIProvider(HTTPProvider):
         self._drop = () if options.stream_options else ("stream_options",)
         self._rename = not options.max_completion_tokens
         self._usage_field = options.usage_field
+        self._keyed: tuple[str, dict[str, str]] | None = None  # ``key_headers``' answer, for the key it names
 
     # --- hooks for variants (azure_openai) ---------------------------------------------------------
     def key_headers(self) -> dict[str, str]:
+        """Built once per key (callers copy it, never change it)."""
         key = self.key.current()
-        return {"authorization": f"Bearer {key}"} if key else {}
+        keyed = self._keyed
+        if keyed is None or keyed[0] is not key:
+            keyed = self._keyed = (key, {"authorization": f"Bearer {key}"} if key else {})
+        return keyed[1]
 
     def url(self, req: UpstreamRequest) -> str:
         return self._base + PATHS[req.endpoint]

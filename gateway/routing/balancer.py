@@ -42,8 +42,9 @@ class Lease:
         stats.in_flight += 1
 
     def release(self) -> None:
-        if self._stats is not None:
-            self._stats.in_flight -= 1
+        stats = self._stats
+        if stats is not None:
+            stats.in_flight -= 1
             self._stats = None
 
 

@@ -21,7 +21,7 @@ from gateway.errors import GatewayError, invalid
 from gateway.pipeline import Stage, Verdict
 from gateway.policy.model import ModelSpec
 from gateway.surfaces.base import Surface
-from gateway.tokens import prompt_tokens
+from gateway.tokens import chat_prompt_tokens, prompt_tokens
 
 _JSON = "application/json"
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
@@ -64,12 +64,13 @@ _COMMON_FIELDS = frozenset({"stream", "stream_options", "max_tokens", "max_compl
                             "temperature", "top_p", "presence_penalty", "frequency_penalty", "stop", "user"})
 
 
-def _check_common(body: dict) -> None:
+def _check_common(body: dict) -> frozenset[str]:
     """The shared fields' types and ranges, in a fixed order (the first error found is the one answered);
-    only the fields the body has are looked at (most requests carry two or three of the thirteen)."""
+    only the fields the body has are looked at (most requests carry two or three of the thirteen).
+    Returns the fields present (empty: ``_check`` reads none of them)."""
     present = _COMMON_FIELDS.intersection(body)
     if not present:  # nothing to check (a plain chat request)
-        return
+        return present
     if "stream" in present:
         _expect(body, "stream", (bool,), "a boolean")
     if "stream_options" in present:
@@ -98,6 +99,7 @@ def _check_common(body: dict) -> None:
         _items(body, "stop", lambda s: isinstance(s, str), "a string")
     if "user" in present:
         _expect(body, "user", (str,), "a string")
+    return present
 
 
 _INT_FIELDS = ("max_tokens", "max_completion_tokens", "n", "best_of", "seed")
@@ -402,20 +404,26 @@ class InputStage(Stage):
     @staticmethod
     def _check(ctx: RequestContext, raw: bytes, body: dict) -> None:
         """The checks of the body in the internal form, and the facts the later phases read."""
+        endpoint = ctx.endpoint
         model = resolve_model(ctx, body)
-        _check_common(body)
-        _ENDPOINT_CHECKS.get(ctx.endpoint, _check_embeddings)(body)
+        present = _check_common(body)
+        _ENDPOINT_CHECKS.get(endpoint, _check_embeddings)(body)
         ctx.raw_body, ctx.body = raw, body
         if ctx.surface.name == "openai":  # the client's bytes say exactly ``body`` until a stage replaces it
             ctx.raw_of = body
         ctx.public_model, ctx.model = model.name, model
-        ctx.stream = bool(body.get("stream")) and ctx.endpoint != "embeddings"
-        options = body.get("stream_options")
-        ctx.client_wants_usage = bool(options.get("include_usage")) if options else False
-        mt = body.get("max_completion_tokens") or body.get("max_tokens")
-        ctx.max_tokens = mt
-        if ctx.endpoint != "embeddings":
-            n, best_of = body.get("n"), body.get("best_of")
-            ctx.choices = max(n or 1, best_of or 1) if n or best_of else 1
-        ctx.prompt_tokens_est = prompt_tokens(ctx.endpoint, body)
+        if present:
+            ctx.stream = bool(body.get("stream")) and endpoint != "embeddings"
+            options = body.get("stream_options")
+            ctx.client_wants_usage = bool(options.get("include_usage")) if options else False
+            ctx.max_tokens = body.get("max_completion_tokens") or body.get("max_tokens")
+            if endpoint != "embeddings":
+                n, best_of = body.get("n"), body.get("best_of")
+                ctx.choices = max(n or 1, best_of or 1) if n or best_of else 1
+        else:  # none of those fields: what each reads when absent
+            ctx.stream = ctx.client_wants_usage = False
+            ctx.max_tokens = None
+            if endpoint != "embeddings":
+                ctx.choices = 1
+        ctx.prompt_tokens_est = chat_prompt_tokens(body) if endpoint == "chat" else prompt_tokens(endpoint, body)
         _check_limits(ctx, model)

@@ -210,13 +210,15 @@ class UpstreamStage(Stage):
         headers = {**ctx.upstream_headers, **ctx.surface.native_headers(ctx)} if native else ctx.upstream_headers
         body, raw = _wire(ctx, dep)
         stream = ctx.stream
+        first_byte, total = timeouts.first_byte_s, timeouts.total_s  # each capped by ``remaining`` (``min``, inline)
         req = UpstreamRequest(  # by position (a class called with keywords builds a dict of them first)
             ctx.endpoint, body, stream, ctx.request_id,  # endpoint, body, stream, request_id
-            headers, min(timeouts.first_byte_s, remaining),  # headers, first_byte_timeout_s
-            None if stream else min(timeouts.total_s, remaining), native, raw)  # total_timeout_s, native, raw
+            headers, remaining if remaining < first_byte else first_byte,  # headers, first_byte_timeout_s
+            None if stream else remaining if remaining < total else total, native, raw)  # total_timeout_s, native, raw
         lease = self.balancer.lease(name)
         resp: UpstreamResponse | None = None
         outcome: Respond | Failure | None = None
+        handed = False  # a stream handed to the client: its relay releases the lease and times the attempt
         try:
             try:
                 resp = await provider.send(req)
@@ -231,15 +233,18 @@ class UpstreamStage(Stage):
                 outcome = self._judge(ctx, dep, breaker, retry, attempt, resp)
                 return outcome
             # the answer (``_judge``'s, inline for a status under 400)
-            breaker.success()
+            if breaker.state != CLOSED or breaker.consecutive:  # (a closed breaker with no failures: as it was)
+                breaker.success()
             self.balancer.observe_ttfb(name, ttfb)
             answered = ctx.response_headers
-            answered["x-gateway-model"] = ctx.model.name if ctx.model else ""
+            model = ctx.model
+            answered["x-gateway-model"] = model.name if model else ""
             answered["x-gateway-provider"] = dep.provider
             if it is not None and status == 200:
                 events = self._relay(ctx, attempt, breaker, lease, first, it)
                 # (status, headers, body, events, close, native, content_type) by position
                 answer = GatewayResponse(200, {}, None, events, _closer(lease, resp), resp.native, "text/event-stream")
+                handed = True
             else:
                 answer = GatewayResponse(status, {}, resp.body, None, None, resp.native)  # (status, headers, body, events, close, native)
             outcome = Respond(answer, "ok")
@@ -248,7 +253,7 @@ class UpstreamStage(Stage):
             if outcome is None:
                 breaker.abandon()
             ended = loop.time()
-            if not (isinstance(outcome, Respond) and outcome.response.events is not None):  # not handed over
+            if not handed:
                 attempt.duration_s = ended - started
                 lease.release()
                 if resp is not None and resp.close is not None:
