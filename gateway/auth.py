@@ -20,7 +20,7 @@ KEY_HEADERS = ("x-api-key", "api-key")
 def presented_key(headers: Mapping[str, str]) -> str:
     """The key the caller sent, stripped; empty when there is none."""
     header = headers.get("Authorization", "")
-    if header.startswith("Bearer ") or header[:7].lower() == "bearer ":  # (the usual spelling tested first)
+    if header[:7].lower() == "bearer ":
         return header[7:].strip()
     for name in KEY_HEADERS:
         token = headers.get(name, "").strip()
@@ -31,7 +31,8 @@ def presented_key(headers: Mapping[str, str]) -> str:
 
 def key_digest(headers: Mapping[str, str]) -> str | None:
     """sha256 hex of the presented key, or None."""
-    token = presented_key(headers)
+    header = headers.get("Authorization", "")  # (the usual spelling read in place; any other: ``presented_key``)
+    token = header[7:].strip() if header.startswith("Bearer ") else presented_key(headers)
     if not token:
         return None
     # aiohttp decodes header bytes as UTF-8 with surrogateescape: encoding the same way gives back the

@@ -86,10 +86,10 @@ def tail_usage(body: bytes) -> Usage | None:
     if start < 0 or end <= start or body[at + 7:start].strip() != b":":
         return None
     try:
-        found = orjson.loads(body[start:end])
+        found = orjson.loads(body[start:end])  # (it opens with ``{``: parsed, it is a dict)
     except orjson.JSONDecodeError:
         return None
-    return usage_of(found) if isinstance(found, dict) else None
+    return usage_of(found)
 
 
 def _text_len(holder: dict) -> int:

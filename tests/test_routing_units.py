@@ -201,6 +201,22 @@ def test_breakers_registry_exports_states_and_follows_policy():
     assert Breakers(clock, CircuitBreakerPolicy(failures=2)).get("x").failures == 2
 
 
+def test_breakers_of_a_deployment_is_its_named_breaker_across_reloads():
+    clock = FakeClock()
+    breakers = Breakers(clock)
+    both = load_policy_text(basic_policy("http://127.0.0.1:9/v1", "http://127.0.0.1:8/v1"))
+    breakers.configure(both)
+    backup = both.models["small"].deployments[1]
+    first = breakers.of(backup)
+    assert first is breakers.get("backup/small-b") and breakers.of(backup) is first
+    assert breakers.of(Deployment("backup", "small-b")) is first  # an equal deployment: the same breaker
+    assert breakers.of(Deployment("nowhere", "x")) is breakers.get("nowhere/x")  # unknown: made, as ``get``
+    # a reload drops the deployment and the next brings it back: a new breaker, which ``of`` follows
+    breakers.configure(load_policy_text(basic_policy("http://127.0.0.1:9/v1")))
+    breakers.configure(both)
+    assert breakers.of(backup) is breakers.get("backup/small-b") is not first
+
+
 # -- retry ------------------------------------------------------------------------------------------
 def test_backoff_is_full_jitter_exponential_and_capped():
     retry = RetryPolicy(backoff_ms=100, max_backoff_ms=1000)

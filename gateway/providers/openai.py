@@ -139,7 +139,11 @@ class HTTPProvider(Provider):
         t = self.spec.timeouts
         first_byte, total = req.first_byte_timeout_s or t.first_byte_s, req.total_timeout_s or t.total_s
         keyed = self.key_headers()
-        fixed = self._fixed_lines(keyed) if LEAN and not req.headers else None
+        fixed = self._fixed
+        if not LEAN or req.headers:
+            fixed = None
+        elif fixed is None or fixed[0] is not keyed:  # (the same dict: its lines are ``fixed``'s, no call)
+            fixed = self._fixed_lines(keyed)
         headers = None if fixed is not None else {"user-agent": USER_AGENT, **self._static_headers, **keyed,
                                                   **req.headers, "x-request-id": req.request_id}
         opening = total if total < first_byte else first_byte  # (``min``'s answer, without its call)

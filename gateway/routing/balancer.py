@@ -42,9 +42,8 @@ class Lease:
         stats.in_flight += 1
 
     def release(self) -> None:
-        stats = self._stats
-        if stats is not None:
-            stats.in_flight -= 1
+        if self._stats is not None:
+            self._stats.in_flight -= 1
             self._stats = None
 
 

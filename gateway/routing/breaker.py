@@ -12,7 +12,7 @@ State is per gateway process (like Envoy's outlier detection): each replica lear
 from __future__ import annotations
 
 from gateway.clock import Clock
-from gateway.policy.model import CircuitBreakerPolicy, Policy
+from gateway.policy.model import CircuitBreakerPolicy, Deployment, Policy
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 
@@ -91,12 +91,16 @@ class Breakers:
         self.clock = clock
         self.policy = policy or CircuitBreakerPolicy()
         self._by_name: dict[str, CircuitBreaker] = {}
+        # ``of``'s memo: id(deployment) -> (that deployment, its breaker); the deployment is held, so its
+        # id is not reused while it is here. Cleared by ``configure``.
+        self._by_deployment: dict[int, tuple[Deployment, CircuitBreaker]] = {}
 
     def configure(self, policy: Policy) -> None:
         """Apply thresholds of a (re)loaded policy; keep the state of deployments that remain."""
         self.policy = policy.circuit_breaker
         names = {d.name for m in policy.models.values() for d in m.deployments}
         self._by_name = {n: self._by_name.get(n) or self._new(n) for n in sorted(names)}
+        self._by_deployment = {}
         for breaker in self._by_name.values():
             breaker.failures, breaker.cooldown_s = self.policy.failures, self.policy.cooldown_s
 
@@ -107,6 +111,16 @@ class Breakers:
         breaker = self._by_name.get(name)
         if breaker is None:
             breaker = self._by_name[name] = self._new(name)
+        return breaker
+
+    def of(self, deployment: Deployment) -> CircuitBreaker:
+        """``get(deployment.name)``, remembered per deployment object (its ``name`` is built anew on each
+        read) until the next ``configure``."""
+        found = self._by_deployment.get(id(deployment))
+        if found is not None and found[0] is deployment:
+            return found[1]
+        breaker = self.get(deployment.name)
+        self._by_deployment[id(deployment)] = (deployment, breaker)
         return breaker
 
     def states(self) -> dict[str, str]:

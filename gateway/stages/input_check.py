@@ -197,12 +197,12 @@ def _check_depth(raw: bytes, body: dict) -> None:
 
 def _check_messages(body: dict) -> None:
     messages = body.get("messages")
-    if messages is None:
-        raise invalid("'messages' is required", param="messages", code="missing_required_parameter")
-    if not isinstance(messages, list):
-        raise invalid(f"'messages' must be an array, got {_type_name(messages)}", param="messages",
-                      code="invalid_type")
-    if not messages:
+    if not isinstance(messages, list) or not messages:  # (the common case tested first; which error, below)
+        if messages is None:
+            raise invalid("'messages' is required", param="messages", code="missing_required_parameter")
+        if not isinstance(messages, list):
+            raise invalid(f"'messages' must be an array, got {_type_name(messages)}", param="messages",
+                          code="invalid_type")
         raise invalid("'messages' must contain at least one message", param="messages", code="invalid_value")
     for i, msg in enumerate(messages):  # the message's path is spelled only in an error: agents send hundreds
         if not isinstance(msg, dict):
@@ -258,17 +258,18 @@ _ENDPOINT_CHECKS: dict[str, Callable[[dict], None]] = {"chat": _check_messages, 
 
 
 def _check_limits(ctx: RequestContext, model: ModelSpec) -> None:
-    if model.is_virtual:
+    if model.route is not None:  # (``is_virtual``, its field read without the property's call)
         return
     requested = ctx.max_tokens
     window = model.context_window
-    cap = model.max_output_tokens
-    if requested is not None and cap is not None and requested > cap:
-        raise invalid(f"'max_tokens' is {requested}, above the {cap} output tokens model '{ctx.public_model}' "
-                      "allows", param="max_tokens", code="invalid_value")
-    if requested is not None and window is not None and requested > window:
-        raise invalid(f"'max_tokens' is {requested}, beyond the {window}-token context window of model "
-                      f"'{ctx.public_model}'", param="max_tokens", code="invalid_value")
+    if requested is not None:
+        cap = model.max_output_tokens
+        if cap is not None and requested > cap:
+            raise invalid(f"'max_tokens' is {requested}, above the {cap} output tokens model '{ctx.public_model}' "
+                          "allows", param="max_tokens", code="invalid_value")
+        if window is not None and requested > window:
+            raise invalid(f"'max_tokens' is {requested}, beyond the {window}-token context window of model "
+                          f"'{ctx.public_model}'", param="max_tokens", code="invalid_value")
     if window is not None and model.context_fallback is None and ctx.prompt_tokens_est + (requested or 0) > window:
         raise invalid(f"The prompt (about {ctx.prompt_tokens_est} tokens) plus max_tokens ({requested or 0}) "
                       f"exceeds the {window}-token context window of model '{ctx.public_model}'",
@@ -371,8 +372,7 @@ class InputStage(Stage):
         awaited."""
         request = ctx.request
         limit = ctx.policy.input.max_body_bytes
-        ctype = _JSON if request.headers.get("Content-Type") == _JSON else request.content_type
-        if ctype != _JSON:
+        if request.headers.get("Content-Type") != _JSON and (ctype := request.content_type) != _JSON:
             raise invalid(f"Content-Type must be application/json, got '{ctype}'", code="invalid_content_type")
         if (request.content_length or 0) > limit:
             raise GatewayError(413, f"The request body exceeds {limit} bytes", code="request_too_large",

@@ -146,7 +146,7 @@ class UpstreamStage(Stage):
             for i, dep in enumerate(deployments):
                 if i:
                     ctx.fallbacks += 1
-                breaker = self.breakers.get(dep.name)
+                breaker = self.breakers.of(dep)
                 retrying = False  # holds a retry-budget token
                 try:
                     for n in range(retry.attempts):
