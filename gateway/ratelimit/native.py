@@ -197,9 +197,8 @@ def _commit(store: MemoryStore, token: str, specs: Sequence[Entry], found: list[
     none; from ``mono``, the call's clock reading), a reservation's weight; each entry's ``used`` in the
     reply ``out`` becomes the count after, and its ``reset`` the log's once taken. True when a peek is
     left, whose reset must be read after all (its log may be another entry's)."""
-    data, deadlines = store.data, store.deadlines
+    data = store.data
     ttl_s = (window // 1000 + TTL_PAD_MS) / 1000
-    until = mono + ttl_s  # ``store.expire(key, ttl_s, mono)``'s deadline
     full = -(-window // 1000)  # the reset of a log whose newest entry is at ``t``
     peeked = False
     i = -1
@@ -238,12 +237,7 @@ def _commit(store: MemoryStore, token: str, specs: Sequence[Entry], found: list[
         else:
             peeked = True
             continue
-        # ``store.expire``: a deadline pushed forward is only set (every one the check left is after
-        # ``mono``, so alive); anything else (none yet, one pulled back) goes through the store's heap
-        if deadlines.get(key, _NEVER) <= until:
-            deadlines[key] = until
-        else:
-            store.expire(key, ttl_s, mono)
+        store.expire(key, ttl_s, mono)
     return peeked
 
 

@@ -50,8 +50,8 @@ class CircuitBreaker:
 
     def success(self) -> None:
         """The deployment answered. A late success of a call started before the breaker opened is ignored."""
-        if self.state == OPEN:
-            return
+        if self.state == OPEN or (self.state == CLOSED and not self.consecutive):  # (closed and clean: nothing to
+            return  # change, as a closed breaker never has a probe out)
         self.state, self.consecutive, self.probing = CLOSED, 0, False
 
     def failure(self) -> None:

@@ -148,9 +148,7 @@ class BudgetStage(Stage):
         if model.route is not None:  # a routed model nobody resolved yet is reserved at its large model's price
             model = ctx.policy.models.get(model.route.large) or model
         small = self._small(ctx, model) if plan.downgrade else None
-        found = self._rates_of.get(model.name)
-        rates = found[1] if found is not None and found[0] is model else self._rates(model)
-        main = worst_case(ctx.prompt_tokens_est, output_tokens(ctx, model), rates)
+        main = worst_case(ctx.prompt_tokens_est, output_tokens(ctx, model), self._rates(model))
         alt = None if small is None else worst_case(ctx.prompt_tokens_est, output_tokens(ctx, small),
                                                     self._rates(small))
         hold = Hold(f"{self._rid_prefix}{next(self._seq)}", plan, main, alt)
@@ -382,12 +380,13 @@ class BudgetStage(Stage):
                 return None, 0
             completion_chars = 0 if ctx.endpoint == "embeddings" else ctx.generated_chars
             usage = ctx.usage = estimate_usage(ctx.prompt_tokens_est, completion_chars)
-        model = ctx.model
-        found = None if model is None else self._rates_of.get(model.name)
-        return usage, cost(usage, found[1] if found is not None and found[0] is model else self._rates(model))
+        return usage, cost(usage, self._rates(ctx.model))
 
     def _rates(self, model: ModelSpec | None) -> Rates:
-        """``BudgetService.rates``, kept for the next request for ``model`` (``_rates_of``)."""
+        """``BudgetService.rates``, kept per model name for the spec it was read from (``_rates_of``)."""
+        found = None if model is None else self._rates_of.get(model.name)
+        if found is not None and found[0] is model:
+            return found[1]
         rates = self.service.rates(model)
         if model is not None:
             if len(self._rates_of) > 10_000:  # a model per name at a time: only reloads add names

@@ -233,8 +233,7 @@ class UpstreamStage(Stage):
                 outcome = self._judge(ctx, dep, breaker, retry, attempt, resp)
                 return outcome
             # the answer (``_judge``'s, inline for a status under 400)
-            if breaker.state != CLOSED or breaker.consecutive:  # (a closed breaker with no failures: as it was)
-                breaker.success()
+            breaker.success()
             self.balancer.observe_ttfb(name, ttfb)
             answered = ctx.response_headers
             model = ctx.model

@@ -87,9 +87,9 @@ class MemoryStore:
     def __init__(self, clock: Clock = SYSTEM_CLOCK) -> None:
         self._clock = clock
         # Public for the natives that run on every request (``gateway.ratelimit.native``, the budget's
-        # ``gateway.budget.ledger``), which read them directly at one clock reading, under the rules of ``get`` and ``set``: a key past its deadline
-        # is gone; a deadline only exists for a key in ``data``; deadlines are set by ``expire`` (which
-        # takes that reading as ``now``).
+        # ``gateway.budget.ledger``), which read them directly at one clock reading, under the rules of
+        # ``get`` and ``set``: a key past its deadline is gone; a deadline only exists for a key in
+        # ``data``; deadlines are set by ``expire`` (which takes that reading as ``now``).
         self.monotonic = monotonic_of(clock)  # read dozens of times a request
         self.data: dict[str, Any] = {}
         self.deadlines: dict[str, float] = {}
